@@ -1,0 +1,1 @@
+//! cdc-capture (under construction).

@@ -1,0 +1,1 @@
+//! cdc-election (under construction).

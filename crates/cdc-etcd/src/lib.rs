@@ -1,0 +1,1 @@
+//! cdc-etcd (under construction).

@@ -1,0 +1,1 @@
+//! cdc-orchestrator (under construction).

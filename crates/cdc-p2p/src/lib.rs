@@ -1,0 +1,1 @@
+//! cdc-p2p (under construction).

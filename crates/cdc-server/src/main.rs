@@ -1,0 +1,3 @@
+//! The capture server binary.
+
+fn main() {}

@@ -1,0 +1,71 @@
+//! Installs the external tools that building and testing need, from Debian's packages only.
+
+use std::process::Command;
+
+use anyhow::{Result, bail};
+
+use crate::run_checked;
+
+/// A tool the project needs, the Debian package that ships it, and the environment variable that
+/// may point at a binary elsewhere.
+struct Tool {
+    binary: &'static str,
+    package: &'static str,
+    env_override: &'static str,
+}
+
+const TOOLS: &[Tool] = &[
+    Tool { binary: "protoc", package: "protobuf-compiler", env_override: "PROTOC" },
+    Tool { binary: "etcd", package: "etcd-server", env_override: "CDC_ETCD_BIN" },
+    Tool { binary: "etcdctl", package: "etcd-client", env_override: "CDC_ETCDCTL_BIN" },
+];
+
+fn on_path(binary: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {binary}")])
+        .output()
+        .map(|out| out.status.success())
+        .unwrap_or(false)
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// Makes sure protoc, etcd and etcdctl are present, installing the missing ones with apt-get
+/// when running as root, and otherwise failing with the exact command to run.
+pub(crate) fn ensure_tools() -> Result<()> {
+    let missing: Vec<&Tool> = TOOLS
+        .iter()
+        .filter(|tool| std::env::var_os(tool.env_override).is_none() && !on_path(tool.binary))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let packages: Vec<&str> = missing.iter().map(|tool| tool.package).collect();
+    let install = format!("apt-get install -y {}", packages.join(" "));
+    if !is_root() {
+        bail!(
+            "missing tools: {}; install them with: sudo apt-get update && sudo {install}",
+            missing.iter().map(|tool| tool.binary).collect::<Vec<_>>().join(", ")
+        );
+    }
+    eprintln!("xtask: installing {} with apt-get", packages.join(" "));
+    run_checked(Command::new("apt-get").args(["update", "-qq"]))?;
+    run_checked(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-qq"])
+            .args(&packages),
+    )?;
+    for tool in &missing {
+        if !on_path(tool.binary) {
+            bail!("{} is still missing after installing {}", tool.binary, tool.package);
+        }
+    }
+    Ok(())
+}

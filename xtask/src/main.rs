@@ -1,0 +1,108 @@
+//! Project automation: `cargo xtask install | test | run-cluster | bench NAME`.
+//!
+//! The xtask links none of the project's crates; it drives `cargo` and the tools that a fresh
+//! Debian machine lacks (`protoc` for etcd-client's build, `etcd` and `etcdctl` for the tests).
+
+mod install;
+mod run_cluster;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "Project automation for the cdc workspace")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what a fresh machine lacks (protoc, etcd, etcdctl) through apt-get.
+    Install,
+    /// Run every test (unit, real etcd, real processes).
+    Test {
+        /// Extra arguments passed to the test runner (a filter, for example).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Build cdc-server and run a local cluster: one etcd and N captures.
+    RunCluster(run_cluster::Args),
+    /// Run a benchmark from the cdc-bench package in release mode (failover, worker, p2p).
+    Bench {
+        /// The benchmark: a binary of the cdc-bench package.
+        name: String,
+        /// Arguments passed to the benchmark.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Install => install::ensure_tools(),
+        Cmd::Test { args } => test(&args),
+        Cmd::RunCluster(args) => run_cluster::run(args),
+        Cmd::Bench { name, args } => bench(&name, &args),
+    }
+}
+
+/// The workspace root, from this package's manifest directory.
+pub(crate) fn project_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}
+
+/// The cargo that runs us, so that toolchain overrides carry over.
+pub(crate) fn cargo() -> Command {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(project_root());
+    cmd
+}
+
+pub(crate) fn run_checked(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("spawn {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn test(args: &[String]) -> Result<()> {
+    install::ensure_tools()?;
+    let has_nextest = cargo()
+        .args(["nextest", "--version"])
+        .output()
+        .map(|out| out.status.success())
+        .unwrap_or(false);
+    if has_nextest {
+        run_checked(
+            cargo()
+                .args(["nextest", "run", "--workspace", "--all-features"])
+                .args(["--no-fail-fast", "--profile", "ci"])
+                .args(args),
+        )
+    } else {
+        run_checked(
+            cargo()
+                .args(["test", "--workspace", "--all-features", "--no-fail-fast"])
+                .args(args),
+        )
+    }
+}
+
+fn bench(name: &str, args: &[String]) -> Result<()> {
+    install::ensure_tools()?;
+    run_checked(
+        cargo()
+            .args(["run", "--release", "--package", "cdc-bench", "--bin", name, "--"])
+            .args(args),
+    )
+}
