@@ -15,9 +15,21 @@ struct Tool {
 }
 
 const TOOLS: &[Tool] = &[
-    Tool { binary: "protoc", package: "protobuf-compiler", env_override: "PROTOC" },
-    Tool { binary: "etcd", package: "etcd-server", env_override: "CDC_ETCD_BIN" },
-    Tool { binary: "etcdctl", package: "etcd-client", env_override: "CDC_ETCDCTL_BIN" },
+    Tool {
+        binary: "protoc",
+        package: "protobuf-compiler",
+        env_override: "PROTOC",
+    },
+    Tool {
+        binary: "etcd",
+        package: "etcd-server",
+        env_override: "CDC_ETCD_BIN",
+    },
+    Tool {
+        binary: "etcdctl",
+        package: "etcd-client",
+        env_override: "CDC_ETCDCTL_BIN",
+    },
 ];
 
 fn on_path(binary: &str) -> bool {
@@ -51,7 +63,11 @@ pub(crate) fn ensure_tools() -> Result<()> {
     if !is_root() {
         bail!(
             "missing tools: {}; install them with: sudo apt-get update && sudo {install}",
-            missing.iter().map(|tool| tool.binary).collect::<Vec<_>>().join(", ")
+            missing
+                .iter()
+                .map(|tool| tool.binary)
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     eprintln!("xtask: installing {} with apt-get", packages.join(" "));
@@ -64,7 +80,11 @@ pub(crate) fn ensure_tools() -> Result<()> {
     )?;
     for tool in &missing {
         if !on_path(tool.binary) {
-            bail!("{} is still missing after installing {}", tool.binary, tool.package);
+            bail!(
+                "{} is still missing after installing {}",
+                tool.binary,
+                tool.package
+            );
         }
     }
     Ok(())

@@ -102,7 +102,15 @@ fn bench(name: &str, args: &[String]) -> Result<()> {
     install::ensure_tools()?;
     run_checked(
         cargo()
-            .args(["run", "--release", "--package", "cdc-bench", "--bin", name, "--"])
+            .args([
+                "run",
+                "--release",
+                "--package",
+                "cdc-bench",
+                "--bin",
+                name,
+                "--",
+            ])
             .args(args),
     )
 }

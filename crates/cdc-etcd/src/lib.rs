@@ -1,1 +1,25 @@
-//! cdc-etcd (under construction).
+//! The etcd layer: the only crate that names `etcd_client`.
+//!
+//! - [`EtcdClient`]: single-attempt calls under a deadline, with this crate's own request and
+//!   response types ([`Txn`], [`Compare`], [`KeyValue`], [`WatchResponse`], ...), so that no
+//!   etcd-client type crosses the crate boundary.
+//! - [`Error`]: every etcd-client error is classified in one module.
+//!
+//! Invariant: no other crate of the workspace depends on `etcd-client`.
+#![warn(missing_docs)]
+
+mod classify;
+mod client;
+mod error;
+mod types;
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use client::{ConnectConfig, EtcdClient, LeaseKeepAlive, RawWatch};
+pub use error::{Error, Result, RpcCode};
+pub use types::{
+    Compare, CompareOp, Event, EventKind, GetOptions, GetResponse, KeepAliveResponse, KeyValue,
+    LeaseGrant, LeaseId, LeaseTimeToLive, Revision, SortOrder, SortTarget, Txn, TxnOp,
+    TxnOpResponse, TxnResponse, WatchOptions, WatchResponse,
+};

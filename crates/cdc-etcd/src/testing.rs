@@ -1,0 +1,228 @@
+//! A real etcd process for tests and benchmarks (feature `testing`).
+//!
+//! [`EtcdServer::start`] runs the `etcd` binary (from `CDC_ETCD_BIN`, or `etcd` on the `PATH`) on
+//! free loopback ports with a temporary data dir, waits until it serves, and kills it on drop.
+//! For fault tests it can pause (SIGSTOP), resume, kill and restart the same member on the same
+//! data dir and ports.
+
+use std::io;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::client::{ConnectConfig, EtcdClient};
+use crate::types::GetOptions;
+
+const INSTALL_HINT: &str = "etcd is required for this test: run `cargo xtask install` (apt-get install etcd-server etcd-client) or set CDC_ETCD_BIN";
+
+/// How long to wait for etcd to serve after a start.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A running etcd member owned by a test.
+pub struct EtcdServer {
+    child: Option<Child>,
+    data_dir: tempfile::TempDir,
+    client_port: u16,
+    peer_port: u16,
+    paused: bool,
+}
+
+fn free_port() -> io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// The etcd binary to run.
+pub fn etcd_binary() -> PathBuf {
+    std::env::var_os("CDC_ETCD_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("etcd"))
+}
+
+/// The etcdctl binary to run.
+pub fn etcdctl_binary() -> PathBuf {
+    std::env::var_os("CDC_ETCDCTL_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("etcdctl"))
+}
+
+impl EtcdServer {
+    /// Starts a fresh single-member etcd and waits until it serves.
+    pub async fn start() -> io::Result<EtcdServer> {
+        let mut last_error = None;
+        // A free port can be taken by someone else between our probe and etcd's bind: retry.
+        for _ in 0..5 {
+            let data_dir = tempfile::Builder::new().prefix("cdc-etcd-").tempdir()?;
+            let mut server = EtcdServer {
+                child: None,
+                data_dir,
+                client_port: free_port()?,
+                peer_port: free_port()?,
+                paused: false,
+            };
+            match server.spawn_and_wait().await {
+                Ok(()) => return Ok(server),
+                Err(err) => last_error = Some(err),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| io::Error::other("etcd did not start")))
+    }
+
+    fn spawn(&mut self) -> io::Result<()> {
+        let client_url = format!("http://127.0.0.1:{}", self.client_port);
+        let peer_url = format!("http://127.0.0.1:{}", self.peer_port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())?;
+        let child = Command::new(etcd_binary())
+            .arg("--name=cdc-test")
+            .arg(format!(
+                "--data-dir={}",
+                self.data_dir.path().join("data").display()
+            ))
+            .arg(format!("--listen-client-urls={client_url}"))
+            .arg(format!("--advertise-client-urls={client_url}"))
+            .arg(format!("--listen-peer-urls={peer_url}"))
+            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+            .arg(format!("--initial-cluster=cdc-test={peer_url}"))
+            .arg("--initial-cluster-state=new")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .map_err(|err| {
+                if err.kind() == io::ErrorKind::NotFound {
+                    io::Error::new(
+                        io::ErrorKind::NotFound,
+                        format!("{INSTALL_HINT} ({}: {err})", etcd_binary().display()),
+                    )
+                } else {
+                    err
+                }
+            })?;
+        self.child = Some(child);
+        self.paused = false;
+        Ok(())
+    }
+
+    async fn spawn_and_wait(&mut self) -> io::Result<()> {
+        self.spawn()?;
+        self.wait_ready().await
+    }
+
+    async fn wait_ready(&mut self) -> io::Result<()> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let config = ConnectConfig {
+            request_timeout: Duration::from_secs(1),
+            ..ConnectConfig::default()
+        };
+        let client = EtcdClient::connect(&self.endpoints(), config)
+            .await
+            .map_err(|err| io::Error::other(format!("connect to test etcd: {err}")))?;
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    self.child = None;
+                    return Err(io::Error::other(format!(
+                        "etcd exited with {status} before serving; log: {}",
+                        self.log_path().display()
+                    )));
+                }
+            }
+            if client.get("health", GetOptions::default()).await.is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(io::Error::other(format!(
+                    "etcd did not serve within {READY_TIMEOUT:?}; log: {}",
+                    self.log_path().display()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The client URL, `http://127.0.0.1:<port>`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    /// The client URLs, for [`EtcdClient::connect`].
+    pub fn endpoints(&self) -> Vec<String> {
+        vec![self.endpoint()]
+    }
+
+    /// The file etcd logs to.
+    pub fn log_path(&self) -> PathBuf {
+        self.data_dir.path().join("etcd.log")
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        self.data_dir.path()
+    }
+
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// A new client with default settings.
+    pub async fn client(&self) -> crate::Result<EtcdClient> {
+        EtcdClient::connect(&self.endpoints(), ConnectConfig::default()).await
+    }
+
+    fn signal(&self, signal: Signal) -> io::Result<()> {
+        let pid = self
+            .pid()
+            .ok_or_else(|| io::Error::other("etcd is not running"))?;
+        let pid = i32::try_from(pid).map_err(io::Error::other)?;
+        kill(Pid::from_raw(pid), signal).map_err(io::Error::other)
+    }
+
+    /// Freezes the process (SIGSTOP): connections stay open and nothing answers.
+    pub fn pause(&mut self) -> io::Result<()> {
+        self.signal(Signal::SIGSTOP)?;
+        self.paused = true;
+        Ok(())
+    }
+
+    /// Resumes a paused process (SIGCONT).
+    pub fn resume(&mut self) -> io::Result<()> {
+        self.signal(Signal::SIGCONT)?;
+        self.paused = false;
+        Ok(())
+    }
+
+    /// Kills the process (SIGKILL) and reaps it. The data dir is kept for [`Self::restart`].
+    pub fn kill(&mut self) -> io::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            if self.paused {
+                let _ = child.kill();
+            }
+            child.kill()?;
+            child.wait()?;
+        }
+        self.paused = false;
+        Ok(())
+    }
+
+    /// Starts the same member again on the same data dir and ports, and waits until it serves.
+    pub async fn restart(&mut self) -> io::Result<()> {
+        self.kill()?;
+        self.spawn_and_wait().await
+    }
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
