@@ -57,7 +57,11 @@ fn changes_size(changes: &BTreeMap<Key, Option<Value>>) -> usize {
 /// The first group is always taken unless it alone exceeds the limits, which is
 /// [`Error::TxnSizeExceed`] or [`Error::TxnOpsExceed`]. A patch error other than
 /// [`Error::EtcdIgnore`] aborts the batch.
-pub(crate) fn next_batch(base: &RawState, groups: &[PatchGroup], limits: TxnLimits) -> Result<Batch> {
+pub(crate) fn next_batch(
+    base: &RawState,
+    groups: &[PatchGroup],
+    limits: TxnLimits,
+) -> Result<Batch> {
     let mut batch = Batch::default();
     for (index, group) in groups.iter().enumerate() {
         let changes = evaluate_group(base, &batch.changes, group)?;
@@ -80,7 +84,8 @@ pub(crate) fn next_batch(base: &RawState, groups: &[PatchGroup], limits: TxnLimi
             .keys()
             .filter(|key| !batch.changes.contains_key(*key))
             .count();
-        if batch.size + size > limits.max_size || batch.changes.len() + n_new_keys > limits.max_keys {
+        if batch.size + size > limits.max_size || batch.changes.len() + n_new_keys > limits.max_keys
+        {
             break;
         }
         batch.changes.extend(changes);

@@ -16,7 +16,9 @@ pub enum Error {
         capture_id: String,
     },
     /// A reactor finished normally; its last patches are committed before the worker returns.
-    #[error("[CDC:ErrReactorFinished]the reactor has done its job and should no longer be executed")]
+    #[error(
+        "[CDC:ErrReactorFinished]the reactor has done its job and should no longer be executed"
+    )]
     ReactorFinished,
     /// A patch asks to abort this commit attempt and to retry it later.
     #[error("[CDC:ErrEtcdTryAgain]the etcd txn should be aborted and retried immediately")]
@@ -25,7 +27,9 @@ pub enum Error {
     #[error("[CDC:ErrEtcdIgnore]this patch should be excluded from the current etcd txn")]
     EtcdIgnore,
     /// One patch group is larger than one transaction can carry.
-    #[error("[CDC:ErrEtcdTxnSizeExceed]patch size:{size} of a single changefeed exceed etcd txn max size:{max}")]
+    #[error(
+        "[CDC:ErrEtcdTxnSizeExceed]patch size:{size} of a single changefeed exceed etcd txn max size:{max}"
+    )]
     TxnSizeExceed {
         /// The group's size in bytes.
         size: usize,
@@ -33,7 +37,9 @@ pub enum Error {
         max: usize,
     },
     /// One patch group touches more keys than one transaction can carry.
-    #[error("[CDC:ErrEtcdTxnOpsExceed]patch ops:{ops} of a single changefeed exceed etcd txn max ops:{max}")]
+    #[error(
+        "[CDC:ErrEtcdTxnOpsExceed]patch ops:{ops} of a single changefeed exceed etcd txn max ops:{max}"
+    )]
     TxnOpsExceed {
         /// The number of keys the group touches.
         ops: usize,

@@ -178,8 +178,9 @@ impl Run {
         let interval = interval.max(Duration::from_millis(1));
         let mut timer = tokio::time::interval(interval);
         timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let limiter = Quota::with_period(interval)
-            .map(|quota| RateLimiter::direct(quota.allow_burst(NonZeroU32::new(2).expect("2 > 0"))));
+        let limiter = Quota::with_period(interval).map(|quota| {
+            RateLimiter::direct(quota.allow_burst(NonZeroU32::new(2).expect("2 > 0")))
+        });
         let has_session = session_done.is_some();
         let session_done = session_done.unwrap_or_default();
         let mut pending_groups: VecDeque<PatchGroup> = VecDeque::new();
@@ -194,7 +195,9 @@ impl Run {
                 _ = timer.tick() => None,
             };
             match item {
-                Some(WatchItem::Response(response)) => self.handle_response(response, cancel).await?,
+                Some(WatchItem::Response(response)) => {
+                    self.handle_response(response, cancel).await?
+                }
                 Some(WatchItem::Broken(Some(cdc_etcd::Error::Compacted { .. }))) => {
                     self.resync(cancel).await?;
                 }
@@ -370,7 +373,10 @@ impl Run {
     /// current snapshot are queued as updates, so the state is reloaded in full and stays
     /// consistent; then a new watch from the fresh revision.
     async fn resync(&mut self, cancel: &CancellationToken) -> Result<()> {
-        info!(revision = self.revision, "etcd worker watch compacted, resyncing");
+        info!(
+            revision = self.revision,
+            "etcd worker watch compacted, resyncing"
+        );
         let snapshot = self.read_snapshot(cancel).await?;
         self.check_fence_present(&snapshot.raw_state)?;
         for key in self.raw_state.keys() {
@@ -404,8 +410,7 @@ impl Run {
         }
         // A progress notification must not move the revision: an event of that revision
         // could still be on its way. Stale responses are dropped.
-        if response.is_progress_notify() || response.created || response.revision <= self.revision
-        {
+        if response.is_progress_notify() || response.created || response.revision <= self.revision {
             return Ok(());
         }
         self.revision = response.revision;
@@ -477,7 +482,11 @@ impl Run {
                 return Err(Error::NotOwner);
             }
         }
-        debug!(n_keys = batch.changes.len(), revision = self.revision, "etcd worker txn refused");
+        debug!(
+            n_keys = batch.changes.len(),
+            revision = self.revision,
+            "etcd worker txn refused"
+        );
         Err(Error::EtcdTryAgain)
     }
 

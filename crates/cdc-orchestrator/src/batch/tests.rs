@@ -23,7 +23,12 @@ fn limits() -> TxnLimits {
 fn batch_limits() {
     let base = RawState::new();
     let groups: Vec<PatchGroup> = (0..1000)
-        .map(|i| vec![put_patch(&format!("/key{i}"), format!("abc{i}").into_bytes())])
+        .map(|i| {
+            vec![put_patch(
+                &format!("/key{i}"),
+                format!("abc{i}").into_bytes(),
+            )]
+        })
         .collect();
     let batch = next_batch(&base, &groups, limits()).unwrap();
     assert!(batch.n_groups <= 1000);
