@@ -49,6 +49,24 @@ pub enum Error {
     /// An etcd call failed.
     #[error("etcd call failed")]
     Etcd(#[from] cdc_etcd::Error),
+    /// A value read from etcd could not be decoded.
+    #[error("[CDC:ErrUnmarshalFailed]decode the value of {key}")]
+    Unmarshal {
+        /// The key.
+        key: String,
+        /// Why.
+        #[source]
+        source: cdc_model::Error,
+    },
+    /// A model value is invalid or could not be encoded.
+    #[error("invalid model value")]
+    Model(#[from] cdc_model::Error),
+    /// `resume_changefeed` with a checkpoint found no status (Go dereferences nil here).
+    #[error("changefeed {changefeed} has no status to resume from")]
+    MissingStatus {
+        /// The changefeed.
+        changefeed: String,
+    },
     /// The worker was cancelled by its owner.
     #[error("cancelled")]
     Cancelled,
@@ -89,7 +107,10 @@ impl Error {
             | Error::TxnOpsExceed { .. }
             | Error::Cancelled
             | Error::InvalidKey { .. }
-            | Error::InvalidDeleteCounter { .. } => false,
+            | Error::InvalidDeleteCounter { .. }
+            | Error::Unmarshal { .. }
+            | Error::Model(_)
+            | Error::MissingStatus { .. } => false,
         }
     }
 }
@@ -117,6 +138,18 @@ mod tests {
         };
         assert!(Error::Etcd(deadline).is_retryable());
         assert!(!Error::Etcd(cdc_etcd::Error::Cancelled).is_retryable());
+        let leader_fail = cdc_etcd::Error::Rpc {
+            op: "txn",
+            code: cdc_etcd::RpcCode::Unavailable,
+            message: "etcdserver: request timed out, possibly due to previous leader failure"
+                .to_owned(),
+            endpoints: String::new(),
+        };
+        let exhausted = cdc_etcd::Error::ReachMaxTry {
+            tries: 12,
+            last: Box::new(leader_fail),
+        };
+        assert!(Error::Etcd(exhausted).is_retryable());
         assert!(!Error::Cancelled.is_retryable());
         assert!(!Error::NotOwner.is_retryable());
     }

@@ -12,14 +12,18 @@
 //! This crate never depends on tonic or p2p.
 
 mod batch;
+mod changefeed;
 mod error;
+mod global;
 pub mod key;
 mod patch;
 mod reactor;
 mod worker;
 
 pub use batch::{TXN_MAX_OPS, TXN_MAX_SIZE};
+pub use changefeed::ChangefeedReactorState;
 pub use error::{Error, Result};
+pub use global::{CaptureAddedHook, CaptureRemovedHook, GlobalReactorState};
 pub use patch::{
     DataPatch, Key, PatchFn, PatchGroup, PatchOutcome, PatchView, RawEntry, RawState,
     SingleDataPatch, Value,

@@ -1,0 +1,1 @@
+//! State tests: capture-spec §8 cases 36–43.
