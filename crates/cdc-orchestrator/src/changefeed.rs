@@ -182,8 +182,9 @@ impl ChangefeedReactorState {
     {
         let skip = self.skip_patches_in_this_tick.clone();
         let patch_key = key.clone();
-        self.pending
-            .push(Box::new(SingleDataPatch::new(key.into_bytes(), move |old| {
+        self.pending.push(Box::new(SingleDataPatch::new(
+            key.into_bytes(),
+            move |old| {
                 if skip.load(Ordering::SeqCst) {
                     return Err(Error::EtcdIgnore);
                 }
@@ -196,7 +197,8 @@ impl ChangefeedReactorState {
                     None => Ok(PatchOutcome::Set(None)),
                     Some(value) => Ok(PatchOutcome::Set(Some(to_go_json(&value)?))),
                 }
-            })));
+            },
+        )));
     }
 
     /// Queues a patch of the info: `func(old)` gives `(new, changed)`; `None` deletes.
@@ -377,15 +379,15 @@ impl ChangefeedReactorState {
             capture_id: capture_id.to_owned(),
         });
         let capture_id = capture_id.to_owned();
-        self.pending
-            .push(Box::new(SingleDataPatch::new(key.into_bytes(), move |old| {
-                match old {
-                    None | Some([]) => Err(Error::LeaseExpired {
-                        capture_id: capture_id.clone(),
-                    }),
-                    Some(_) => Ok(PatchOutcome::Unchanged),
-                }
-            })));
+        self.pending.push(Box::new(SingleDataPatch::new(
+            key.into_bytes(),
+            move |old| match old {
+                None | Some([]) => Err(Error::LeaseExpired {
+                    capture_id: capture_id.clone(),
+                }),
+                Some(_) => Ok(PatchOutcome::Unchanged),
+            },
+        )));
     }
 
     /// Resets the skip flag and queues checks that, when the info is gone or the changefeed is

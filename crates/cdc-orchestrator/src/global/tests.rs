@@ -23,7 +23,13 @@ fn apply<S: ReactorState>(state: &mut S, raw: &mut RawState) -> Result<()> {
         for (key, value) in changes {
             match &value {
                 Some(value) => {
-                    raw.insert(key.clone(), RawEntry { value: value.clone(), mod_revision: 1 });
+                    raw.insert(
+                        key.clone(),
+                        RawEntry {
+                            value: value.clone(),
+                            mod_revision: 1,
+                        },
+                    );
                 }
                 None => {
                     raw.remove(&key);
@@ -39,7 +45,13 @@ fn put<S: ReactorState>(state: &mut S, raw: &mut RawState, key: &str, value: Opt
     let key = key.as_bytes().to_vec();
     match value {
         Some(value) => {
-            raw.insert(key.clone(), RawEntry { value: value.as_bytes().to_vec(), mod_revision: 1 });
+            raw.insert(
+                key.clone(),
+                RawEntry {
+                    value: value.as_bytes().to_vec(),
+                    mod_revision: 1,
+                },
+            );
         }
         None => {
             raw.remove(&key);
@@ -77,29 +89,91 @@ fn check_capture_alive() {
 fn changefeed_state_update() {
     let mut raw = RawState::new();
     let mut state = ChangefeedReactorState::new(C, cf("test1"));
-    put(&mut state, &mut raw, "/tidb/cdc/default/default/changefeed/info/test1", Some(INFO));
-    put(&mut state, &mut raw, "/tidb/cdc/default/default/changefeed/status/test1", Some(r#"{"checkpoint-ts":421980719742451713,"admin-job-type":0}"#));
-    put(&mut state, &mut raw, "/tidb/cdc/default/default/task/position/6bbc01c8/test1", Some(r#"{"checkpoint-ts":421980720003809281,"resolved-ts":421980720003809281,"count":0,"error":null}"#));
-    put(&mut state, &mut raw, "/tidb/cdc/default/default/task/position/666777888/test1", Some(r#"{"checkpoint-ts":11332244,"resolved-ts":312321,"count":8}"#));
-    put(&mut state, &mut raw, "/tidb/cdc/default/default/changefeed/info/test-fake", Some("fake value"));
-    put(&mut state, &mut raw, "/tidb/cdc/default/default/task/position/666777888/test-fake", Some("fake value"));
+    put(
+        &mut state,
+        &mut raw,
+        "/tidb/cdc/default/default/changefeed/info/test1",
+        Some(INFO),
+    );
+    put(
+        &mut state,
+        &mut raw,
+        "/tidb/cdc/default/default/changefeed/status/test1",
+        Some(r#"{"checkpoint-ts":421980719742451713,"admin-job-type":0}"#),
+    );
+    put(
+        &mut state,
+        &mut raw,
+        "/tidb/cdc/default/default/task/position/6bbc01c8/test1",
+        Some(
+            r#"{"checkpoint-ts":421980720003809281,"resolved-ts":421980720003809281,"count":0,"error":null}"#,
+        ),
+    );
+    put(
+        &mut state,
+        &mut raw,
+        "/tidb/cdc/default/default/task/position/666777888/test1",
+        Some(r#"{"checkpoint-ts":11332244,"resolved-ts":312321,"count":8}"#),
+    );
+    put(
+        &mut state,
+        &mut raw,
+        "/tidb/cdc/default/default/changefeed/info/test-fake",
+        Some("fake value"),
+    );
+    put(
+        &mut state,
+        &mut raw,
+        "/tidb/cdc/default/default/task/position/666777888/test-fake",
+        Some("fake value"),
+    );
     let info = state.info.as_ref().unwrap();
     assert_eq!(info.sink_uri, "blackhole://");
     assert_eq!(info.sort_engine, "memory");
-    assert_eq!(state.status.as_ref().unwrap().checkpoint_ts, 421980719742451713);
+    assert_eq!(
+        state.status.as_ref().unwrap().checkpoint_ts,
+        421980719742451713
+    );
     assert_eq!(state.task_positions.len(), 2);
     assert_eq!(state.task_positions["666777888"].count, 8);
 
-    put(&mut state, &mut raw, "/tidb/cdc/default/default/changefeed/info/test1", None);
-    put(&mut state, &mut raw, "/tidb/cdc/default/default/changefeed/status/test1", None);
-    put(&mut state, &mut raw, "/tidb/cdc/default/default/task/position/6bbc01c8/test1", None);
-    put(&mut state, &mut raw, "/tidb/cdc/default/__cdc_meta__/capture/6bbc01c8", None);
+    put(
+        &mut state,
+        &mut raw,
+        "/tidb/cdc/default/default/changefeed/info/test1",
+        None,
+    );
+    put(
+        &mut state,
+        &mut raw,
+        "/tidb/cdc/default/default/changefeed/status/test1",
+        None,
+    );
+    put(
+        &mut state,
+        &mut raw,
+        "/tidb/cdc/default/default/task/position/6bbc01c8/test1",
+        None,
+    );
+    put(
+        &mut state,
+        &mut raw,
+        "/tidb/cdc/default/__cdc_meta__/capture/6bbc01c8",
+        None,
+    );
     assert!(state.info.is_none() && state.status.is_none());
-    assert_eq!(state.task_positions.keys().collect::<Vec<_>>(), ["666777888"]);
+    assert_eq!(
+        state.task_positions.keys().collect::<Vec<_>>(),
+        ["666777888"]
+    );
 
     // A null config is a typed error, not a panic.
     let err = state
-        .update(b"/tidb/cdc/default/default/changefeed/info/test1", Some(br#"{"config":null}"#), false)
+        .update(
+            b"/tidb/cdc/default/default/changefeed/info/test1",
+            Some(br#"{"config":null}"#),
+            false,
+        )
         .unwrap_err();
     assert!(matches!(err, Error::Model(_)), "{err:?}");
 }
@@ -139,7 +213,15 @@ fn patch_info() {
 fn patch_status() {
     let mut raw = RawState::new();
     let mut state = ChangefeedReactorState::new(C, cf("test1"));
-    state.patch_status(|_| Ok((Some(ChangeFeedStatus { checkpoint_ts: 5, ..Default::default() }), true)));
+    state.patch_status(|_| {
+        Ok((
+            Some(ChangeFeedStatus {
+                checkpoint_ts: 5,
+                ..Default::default()
+            }),
+            true,
+        ))
+    });
     apply(&mut state, &mut raw).unwrap();
     assert_eq!(state.status.as_ref().unwrap().checkpoint_ts, 5);
     state.patch_status(|status| {
@@ -162,7 +244,13 @@ fn patch_task_position() {
     for (capture, checkpoint) in [("capture1", 1), ("capture2", 2)] {
         state.patch_task_position(capture, move |position| {
             assert!(position.is_none());
-            Ok((Some(TaskPosition { checkpoint_ts: checkpoint, ..Default::default() }), true))
+            Ok((
+                Some(TaskPosition {
+                    checkpoint_ts: checkpoint,
+                    ..Default::default()
+                }),
+                true,
+            ))
         });
     }
     apply(&mut state, &mut raw).unwrap();
@@ -193,30 +281,77 @@ fn global_state_update() {
     let mut raw = RawState::new();
     let mut state = GlobalReactorState::new(C, 10);
     let owner1 = "/tidb/cdc/default/__cdc_meta__/owner/22317526c4fc9a37";
-    put(&mut state, &mut raw, owner1, Some("6bbc01c8-0605-4f86-a0f9-b3119109b225"));
-    put(&mut state, &mut raw, "/tidb/cdc/default/__cdc_meta__/owner/22317526c4fc9a38", Some("6bbc01c8-0605-4f86-a0f9-b3119109b225"));
-    put(&mut state, &mut raw, "/tidb/cdc/default/__cdc_meta__/capture/6bbc01c8", Some(r#"{"id":"6bbc01c8","address":"127.0.0.1:8300"}"#));
-    put(&mut state, &mut raw, "/tidb/cdc/default/default/task/position/6bbc01c8/test1", Some(r#"{"checkpoint-ts":1,"resolved-ts":1,"count":0}"#));
-    put(&mut state, &mut raw, "/tidb/cdc/default/default/task/position/6bbc01c8/test2", Some(r#"{"checkpoint-ts":1,"resolved-ts":1,"count":0}"#));
-    put(&mut state, &mut raw, "/tidb/cdc/default/default/upstream/12345", Some("{}"));
+    put(
+        &mut state,
+        &mut raw,
+        owner1,
+        Some("6bbc01c8-0605-4f86-a0f9-b3119109b225"),
+    );
+    put(
+        &mut state,
+        &mut raw,
+        "/tidb/cdc/default/__cdc_meta__/owner/22317526c4fc9a38",
+        Some("6bbc01c8-0605-4f86-a0f9-b3119109b225"),
+    );
+    put(
+        &mut state,
+        &mut raw,
+        "/tidb/cdc/default/__cdc_meta__/capture/6bbc01c8",
+        Some(r#"{"id":"6bbc01c8","address":"127.0.0.1:8300"}"#),
+    );
+    put(
+        &mut state,
+        &mut raw,
+        "/tidb/cdc/default/default/task/position/6bbc01c8/test1",
+        Some(r#"{"checkpoint-ts":1,"resolved-ts":1,"count":0}"#),
+    );
+    put(
+        &mut state,
+        &mut raw,
+        "/tidb/cdc/default/default/task/position/6bbc01c8/test2",
+        Some(r#"{"checkpoint-ts":1,"resolved-ts":1,"count":0}"#),
+    );
+    put(
+        &mut state,
+        &mut raw,
+        "/tidb/cdc/default/default/upstream/12345",
+        Some("{}"),
+    );
     assert_eq!(state.owner.len(), 2);
     assert_eq!(state.captures.len(), 1);
     assert_eq!(state.upstreams[&12345], cdc_model::UpstreamInfo::default());
     assert_eq!(state.changefeeds.len(), 2);
 
     put(&mut state, &mut raw, owner1, None);
-    put(&mut state, &mut raw, "/tidb/cdc/default/default/task/position/6bbc01c8/test1", None);
-    put(&mut state, &mut raw, "/tidb/cdc/default/__cdc_meta__/capture/6bbc01c8", None);
+    put(
+        &mut state,
+        &mut raw,
+        "/tidb/cdc/default/default/task/position/6bbc01c8/test1",
+        None,
+    );
+    put(
+        &mut state,
+        &mut raw,
+        "/tidb/cdc/default/__cdc_meta__/capture/6bbc01c8",
+        None,
+    );
     let start = Instant::now();
     state.update_pending_change(start);
     assert_eq!(state.captures.len(), 1, "removal is delayed");
     state.update_pending_change(start + Duration::from_secs(6));
     assert_eq!(state.owner.len(), 1);
     assert!(state.captures.is_empty());
-    assert_eq!(state.changefeeds.keys().cloned().collect::<Vec<_>>(), [cf("test2")]);
+    assert_eq!(
+        state.changefeeds.keys().cloned().collect::<Vec<_>>(),
+        [cf("test2")]
+    );
 
     // A malformed key is an error, not a panic.
-    assert!(state.update(b"/tidb/cdc/default/__meta_data__/abcd", Some(b"x"), false).is_err());
+    assert!(
+        state
+            .update(b"/tidb/cdc/default/__meta_data__/abcd", Some(b"x"), false)
+            .is_err()
+    );
 }
 
 // Case 42 (CaptureChangeHooks), plus a capture that comes back before the delay.
@@ -234,7 +369,10 @@ fn capture_change_hooks() {
     let key = "/tidb/cdc/default/__cdc_meta__/capture/capture-1";
     let value = r#"{"id":"capture-1","address":"ip-1:8300"}"#;
     put(&mut state, &mut raw, key, Some(value));
-    assert_eq!(*added.lock().unwrap(), [("capture-1".to_owned(), "ip-1:8300".to_owned())]);
+    assert_eq!(
+        *added.lock().unwrap(),
+        [("capture-1".to_owned(), "ip-1:8300".to_owned())]
+    );
     let start = Instant::now();
     put(&mut state, &mut raw, key, None);
     state.update_pending_change(start);
@@ -263,9 +401,24 @@ fn check_changefeed_normal() {
     assert!(state.info.is_none() && state.status.is_none());
 
     state.patch_info(|_| {
-        Ok((Some(cdc_model::ChangeFeedInfo { sink_uri: "123".to_owned(), config: Some(serde_json::json!({})), ..Default::default() }), true))
+        Ok((
+            Some(cdc_model::ChangeFeedInfo {
+                sink_uri: "123".to_owned(),
+                config: Some(serde_json::json!({})),
+                ..Default::default()
+            }),
+            true,
+        ))
     });
-    state.patch_status(|_| Ok((Some(ChangeFeedStatus { checkpoint_ts: 1, ..Default::default() }), true)));
+    state.patch_status(|_| {
+        Ok((
+            Some(ChangeFeedStatus {
+                checkpoint_ts: 1,
+                ..Default::default()
+            }),
+            true,
+        ))
+    });
     state.check_changefeed_normal();
     apply(&mut state, &mut raw).unwrap();
     assert_eq!(state.status.as_ref().unwrap().checkpoint_ts, 1);
