@@ -1,5 +1,10 @@
 //! The etcd worker against a real etcd: capture-spec §8 cases 26–32 and 34, the delete-counter
 //! protocol with an external writer, the owner fence and the compaction resync.
+#![allow(
+    clippy::unwrap_used,
+    clippy::large_futures,
+    reason = "test helpers panic on failure; test futures are awaited once"
+)]
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

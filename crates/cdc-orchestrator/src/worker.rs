@@ -119,8 +119,8 @@ impl EtcdWorker {
             delete_counter: 0,
             watch: None,
         };
-        run.main_loop(reactor, state, interval, self.session_done, cancel)
-            .await
+        // Boxed: the loop's future is large and callers hold this one across awaits.
+        Box::pin(run.main_loop(reactor, state, interval, self.session_done, cancel)).await
     }
 }
 
@@ -234,10 +234,11 @@ impl Run {
                 state.update(&key, value.as_deref(), false)?;
             }
             state.update_pending_change(Instant::now().into_std());
-            if let Some(limiter) = &limiter {
-                if limiter.check().is_err() {
-                    continue;
-                }
+            if limiter
+                .as_ref()
+                .is_some_and(|limiter| limiter.check().is_err())
+            {
+                continue;
             }
             let started = Instant::now();
             match reactor.tick(&mut state).await {

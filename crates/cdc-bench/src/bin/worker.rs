@@ -96,7 +96,7 @@ async fn worker_throughput(client: &EtcdClient) -> Result<f64> {
 /// The same transaction shape without the worker: compare every key's mod revision and the
 /// delete counter, put every key, one call at a time.
 async fn raw_throughput(client: &EtcdClient) -> Result<f64> {
-    let mut revisions = vec![0i64; N_KEYS];
+    let mut revisions = [0i64; N_KEYS];
     let started = Instant::now();
     let mut n_txns = 0u64;
     while started.elapsed() < RUN {
