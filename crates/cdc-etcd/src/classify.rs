@@ -50,10 +50,10 @@ pub(crate) fn classify(
                     compacted: 0,
                 };
             }
-            if let Some(lease_id) = lease_id {
-                if message.contains(LEASE_NOT_FOUND_MESSAGE) {
-                    return Error::LeaseNotFound { lease_id };
-                }
+            if let Some(lease_id) = lease_id
+                && message.contains(LEASE_NOT_FOUND_MESSAGE)
+            {
+                return Error::LeaseNotFound { lease_id };
             }
             Error::Rpc {
                 op,

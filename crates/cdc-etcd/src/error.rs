@@ -79,6 +79,109 @@ pub enum Error {
     /// The operation was cancelled by the caller.
     #[error("cancelled")]
     Cancelled,
+    /// A retried call did not succeed before the deadline of the whole call.
+    #[error(
+        "etcd {op} did not succeed within {after:?} (endpoints {endpoints}){}",
+        last.as_ref().map(|last| format!(", last error: {last}")).unwrap_or_default()
+    )]
+    DeadlineExceeded {
+        /// The operation.
+        op: &'static str,
+        /// The deadline of the whole call.
+        after: Duration,
+        /// The endpoints the client talks to.
+        endpoints: String,
+        /// The error of the last attempt, if one failed before the deadline.
+        last: Option<Box<Error>>,
+    },
+    /// A retried call failed on every attempt; `last` is the error of the last one.
+    #[error("[CDC:ErrReachMaxTry]reach maximum try: {tries}, error: {last}")]
+    ReachMaxTry {
+        /// How many attempts were made.
+        tries: u32,
+        /// The error of the last attempt.
+        last: Box<Error>,
+    },
+    /// A key is not a well-formed key of the cluster.
+    #[error("[CDC:ErrInvalidEtcdKey]invalid key: {key}: {reason}")]
+    InvalidEtcdKey {
+        /// The key (invalid UTF-8 replaced).
+        key: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A value read from etcd could not be decoded.
+    #[error("[CDC:ErrUnmarshalFailed]cannot decode the value of {key}")]
+    Decode {
+        /// The key whose value is bad.
+        key: String,
+        /// The decoding error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A value read from etcd is not what its key must hold (for example a non-numeric version).
+    #[error("invalid value under {key}: {reason}")]
+    InvalidValue {
+        /// The key whose value is bad.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The capture key does not exist.
+    #[error("[CDC:ErrCaptureNotExist]capture not exists, {capture_id}")]
+    CaptureNotExist {
+        /// The capture.
+        capture_id: String,
+    },
+    /// The changefeed info (or status) key does not exist.
+    #[error("[CDC:ErrChangeFeedNotExists]changefeed not exists, {changefeed}")]
+    ChangeFeedNotExists {
+        /// The changefeed, as `namespace/id`.
+        changefeed: String,
+    },
+    /// The upstream key does not exist.
+    #[error("[CDC:ErrUpstreamNotFound]upstream {upstream_id} not found in namespace {namespace}")]
+    UpstreamNotFound {
+        /// The namespace.
+        namespace: String,
+        /// The upstream ID.
+        upstream_id: u64,
+    },
+    /// A changefeed names another upstream than the one it is saved with.
+    #[error(
+        "[CDC:ErrUpstreamMissMatch]upstream missmatch,old: {changefeed_upstream}, new {upstream}"
+    )]
+    UpstreamMissMatch {
+        /// The changefeed's `upstream-id`.
+        changefeed_upstream: u64,
+        /// The upstream's ID.
+        upstream: u64,
+    },
+    /// There is no owner key.
+    #[error("[CDC:ErrOwnerNotFound]owner not found")]
+    OwnerNotFound,
+    /// The owner key belongs to another capture.
+    #[error("[CDC:ErrNotOwner]this capture is not a owner")]
+    NotOwner,
+    /// There is no owner candidate at all (etcd's `ErrElectionNoLeader`).
+    #[error("election: no leader")]
+    ElectionNoLeader,
+    /// A guarded metadata transaction did not apply.
+    #[error(
+        "[DFLOW:ErrMetaOpFailed]unexpected meta operation failure: {op} changefeed {changefeed}"
+    )]
+    MetaOpFailed {
+        /// `Create` or `Update`.
+        op: &'static str,
+        /// The changefeed, as `namespace/id`.
+        changefeed: String,
+    },
+    /// etcd holds the keys of another TiCDC cluster.
+    #[error("[CDC:ErrMultipleCDCClustersExist]multiple TiCDC clusters exist: found key {key}")]
+    MultipleCdcClustersExist {
+        /// The first foreign key found.
+        key: String,
+    },
 }
 
 /// The result type of this crate.
@@ -102,6 +205,45 @@ impl Error {
             Error::Compacted { .. } => false,
             Error::LeaseNotFound { .. } => false,
             Error::Cancelled => false,
+            // The whole call may succeed later; the caller decides.
+            Error::DeadlineExceeded { .. } => true,
+            // Only retryable errors are retried, so the last one is retryable too.
+            Error::ReachMaxTry { .. } => true,
+            Error::InvalidEtcdKey { .. } => false,
+            Error::Decode { .. } => false,
+            Error::InvalidValue { .. } => false,
+            Error::CaptureNotExist { .. } => false,
+            Error::ChangeFeedNotExists { .. } => false,
+            Error::UpstreamNotFound { .. } => false,
+            Error::UpstreamMissMatch { .. } => false,
+            Error::OwnerNotFound => false,
+            Error::NotOwner => false,
+            Error::ElectionNoLeader => true,
+            // Someone else changed the metadata: re-read and decide again.
+            Error::MetaOpFailed { .. } => true,
+            Error::MultipleCdcClustersExist { .. } => false,
+        }
+    }
+
+    /// The innermost error: the last attempt's error of [`Error::ReachMaxTry`] or
+    /// [`Error::DeadlineExceeded`], otherwise `self`.
+    pub fn root_cause(&self) -> &Error {
+        match self {
+            Error::ReachMaxTry { last, .. } => last.root_cause(),
+            Error::DeadlineExceeded {
+                last: Some(last), ..
+            } => last.root_cause(),
+            other => other,
+        }
+    }
+
+    /// Whether the requested revision was compacted, by type or by etcd's message (as TiCDC's
+    /// `IsErrCompacted`).
+    pub fn is_compacted(&self) -> bool {
+        match self.root_cause() {
+            Error::Compacted { .. } => true,
+            Error::Rpc { message, .. } => message.contains(crate::classify::COMPACTED_MESSAGE),
+            _ => false,
         }
     }
 }

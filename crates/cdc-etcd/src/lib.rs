@@ -4,6 +4,7 @@
 //!   response types ([`Txn`], [`Compare`], [`KeyValue`], [`WatchResponse`], ...), so that no
 //!   etcd-client type crosses the crate boundary.
 //! - [`Error`]: every etcd-client error is classified in one module.
+//! - [`key`]: the key layout of a TiCDC cluster ([`key::CdcKey`] parse and format).
 //!
 //! Invariant: no other crate of the workspace depends on `etcd-client`.
 #![warn(missing_docs)]
@@ -11,6 +12,7 @@
 mod classify;
 mod client;
 mod error;
+pub mod key;
 mod types;
 
 #[cfg(feature = "testing")]

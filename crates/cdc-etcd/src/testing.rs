@@ -124,14 +124,14 @@ impl EtcdServer {
             .await
             .map_err(|err| io::Error::other(format!("connect to test etcd: {err}")))?;
         loop {
-            if let Some(child) = self.child.as_mut() {
-                if let Some(status) = child.try_wait()? {
-                    self.child = None;
-                    return Err(io::Error::other(format!(
-                        "etcd exited with {status} before serving; log: {}",
-                        self.log_path().display()
-                    )));
-                }
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                self.child = None;
+                return Err(io::Error::other(format!(
+                    "etcd exited with {status} before serving; log: {}",
+                    self.log_path().display()
+                )));
             }
             if client.get("health", GetOptions::default()).await.is_ok() {
                 return Ok(());

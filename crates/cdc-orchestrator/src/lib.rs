@@ -1,1 +1,32 @@
-//! cdc-orchestrator (under construction).
+//! cdc-orchestrator: the etcd worker and the reactor contracts.
+//!
+//! - [`EtcdWorker`] is the IO shell: it keeps a consistent snapshot of a key prefix, ticks a
+//!   [`Reactor`] over a [`ReactorState`] and commits the state's [`DataPatch`] groups as
+//!   compare-and-swap transactions (capture-spec §4).
+//! - Everything else is pure: states and patches perform no IO and read no clock; the time is
+//!   passed in.
+//!
+//! Invariants: the reactor only sees a snapshot at one etcd revision, at or after the worker's
+//! own last commit (read-your-writes), and never a partially applied transaction. A patch group
+//! is committed at most once per accepted evaluation and never applied twice.
+//! This crate never depends on tonic or p2p.
+
+mod batch;
+mod changefeed;
+mod error;
+mod global;
+pub mod key;
+mod patch;
+mod reactor;
+mod worker;
+
+pub use batch::{TXN_MAX_OPS, TXN_MAX_SIZE};
+pub use changefeed::ChangefeedReactorState;
+pub use error::{Error, Result};
+pub use global::{CaptureAddedHook, CaptureRemovedHook, GlobalReactorState};
+pub use patch::{
+    DataPatch, Key, PatchFn, PatchGroup, PatchOutcome, PatchView, RawEntry, RawState,
+    SingleDataPatch, Value,
+};
+pub use reactor::{Reactor, ReactorState};
+pub use worker::{DELETE_COUNTER_SUFFIX, EtcdWorker, OwnerFence};

@@ -1,0 +1,579 @@
+//! The etcd worker: the IO shell that keeps a consistent snapshot of a key prefix, ticks a
+//! reactor over it and commits the reactor's patches as compare-and-swap transactions
+//! (capture-spec §4.2–§4.4).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::future::pending;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use cdc_etcd::{
+    Compare, CompareOp, EtcdClient, EventKind, GetOptions, RawWatch, Revision, Txn, TxnOp,
+    TxnOpResponse, WatchOptions, WatchResponse,
+};
+use governor::{Quota, RateLimiter};
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::batch::{TxnLimits, next_batch};
+use crate::error::{Error, Result};
+use crate::key::normalize_prefix;
+use crate::patch::{Key, PatchGroup, RawEntry, RawState, Value};
+use crate::reactor::{Reactor, ReactorState};
+
+/// The key, under the worker prefix, of the counter every deleting transaction bumps.
+pub const DELETE_COUNTER_SUFFIX: &str = "/__cdc_meta__/meta/ticdc-delete-etcd-key-count";
+
+/// A tick or a transaction slower than this is logged.
+const SLOW_WARN: Duration = Duration::from_secs(1);
+
+/// Attempts of a snapshot read or a watch creation before the worker gives up.
+const MAX_SETUP_TRIES: u32 = 10;
+
+/// The owner fence: every transaction of a fenced worker also requires that the owner key
+/// still has the create revision of the campaign that won.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnerFence {
+    /// The owner key (`.../__cdc_meta__/owner/<lease hex>`).
+    pub key: Vec<u8>,
+    /// The create revision of the owner key when the campaign was won.
+    pub create_revision: Revision,
+}
+
+/// An etcd worker for one prefix; used for a single [`EtcdWorker::run`].
+#[derive(Debug)]
+pub struct EtcdWorker {
+    client: EtcdClient,
+    prefix: String,
+    fence: Option<OwnerFence>,
+    session_done: Option<CancellationToken>,
+}
+
+impl EtcdWorker {
+    /// A worker for `prefix` (normalised: a leading `/`, no trailing `/`). It watches
+    /// `prefix + "/"`, so that cluster `default` never sees the keys of cluster `default-2`.
+    pub fn new(client: EtcdClient, prefix: impl AsRef<str>) -> Self {
+        EtcdWorker {
+            client,
+            prefix: normalize_prefix(prefix.as_ref()),
+            fence: None,
+            session_done: None,
+        }
+    }
+
+    /// Runs as the owner: every transaction compares the owner key's create revision, and the
+    /// deletion of the owner key or a refused fence ends the worker with [`Error::NotOwner`].
+    pub fn with_owner_fence(mut self, fence: OwnerFence) -> Self {
+        self.fence = Some(fence);
+        self
+    }
+
+    /// Ends the worker with [`Error::SessionDone`] when `session_done` is cancelled.
+    pub fn with_session_done(mut self, session_done: CancellationToken) -> Self {
+        self.session_done = Some(session_done);
+        self
+    }
+
+    /// The normalised prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The delete-counter key of this worker's prefix, shared with TiCDC's workers.
+    pub fn delete_counter_key(&self) -> String {
+        format!("{}{DELETE_COUNTER_SUFFIX}", self.prefix)
+    }
+
+    /// Loads the prefix, then ticks `reactor` over `state` at most once per `interval` (burst
+    /// 2) until the reactor finishes, an error occurs or `cancel` fires.
+    ///
+    /// Returns the final state after [`Error::ReactorFinished`] once the final patches are
+    /// committed; [`Error::Cancelled`] on cancellation; [`Error::SessionDone`] when the session
+    /// ends; [`Error::NotOwner`] when a fenced worker lost its owner key.
+    pub async fn run<S, R>(
+        self,
+        reactor: &mut R,
+        state: S,
+        interval: Duration,
+        cancel: &CancellationToken,
+    ) -> Result<S>
+    where
+        S: ReactorState,
+        R: Reactor<S>,
+    {
+        let counter_key = self.delete_counter_key().into_bytes();
+        let mut watch_key = self.prefix.clone().into_bytes();
+        watch_key.push(b'/');
+        let limits = TxnLimits::for_worker(self.fence.is_some());
+        let mut run = Run {
+            client: self.client,
+            fence: self.fence,
+            watch_key,
+            counter_key,
+            limits,
+            raw_state: RawState::new(),
+            pending_updates: Vec::new(),
+            revision: 0,
+            barrier_revision: -1,
+            delete_counter: 0,
+            watch: None,
+        };
+        // Boxed: the loop's future is large and callers hold this one across awaits.
+        Box::pin(run.main_loop(reactor, state, interval, self.session_done, cancel)).await
+    }
+}
+
+/// The snapshot of one prefix read.
+struct Snapshot {
+    raw_state: RawState,
+    delete_counter: i64,
+    revision: Revision,
+}
+
+struct Run {
+    client: EtcdClient,
+    fence: Option<OwnerFence>,
+    watch_key: Vec<u8>,
+    counter_key: Vec<u8>,
+    limits: TxnLimits,
+    raw_state: RawState,
+    pending_updates: Vec<(Key, Option<Value>)>,
+    revision: Revision,
+    barrier_revision: Revision,
+    delete_counter: i64,
+    watch: Option<RawWatch>,
+}
+
+/// What the watch delivered.
+enum WatchItem {
+    Response(WatchResponse),
+    /// The stream ended or broke; open a new one from the current revision.
+    Broken(Option<cdc_etcd::Error>),
+}
+
+impl Run {
+    async fn main_loop<S, R>(
+        &mut self,
+        reactor: &mut R,
+        mut state: S,
+        interval: Duration,
+        session_done: Option<CancellationToken>,
+        cancel: &CancellationToken,
+    ) -> Result<S>
+    where
+        S: ReactorState,
+        R: Reactor<S>,
+    {
+        // Initial sync.
+        let snapshot = self.read_snapshot(cancel).await?;
+        self.check_fence_present(&snapshot.raw_state)?;
+        for (key, entry) in &snapshot.raw_state {
+            state.update(key, Some(&entry.value), true)?;
+        }
+        state.update_pending_change(Instant::now().into_std());
+        self.install(snapshot);
+        self.open_watch(cancel).await?;
+
+        let interval = interval.max(Duration::from_millis(1));
+        let mut timer = tokio::time::interval(interval);
+        timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let limiter = Quota::with_period(interval).map(|quota| {
+            RateLimiter::direct(quota.allow_burst(NonZeroU32::new(2).expect("2 > 0")))
+        });
+        let has_session = session_done.is_some();
+        let session_done = session_done.unwrap_or_default();
+        let mut pending_groups: VecDeque<PatchGroup> = VecDeque::new();
+        let mut exiting = false;
+
+        loop {
+            let item = tokio::select! {
+                biased;
+                () = cancel.cancelled() => return Err(Error::Cancelled),
+                () = wait_session(&session_done, has_session) => return Err(Error::SessionDone),
+                item = next_watch_item(&mut self.watch) => Some(item),
+                _ = timer.tick() => None,
+            };
+            match item {
+                Some(WatchItem::Response(response)) => {
+                    self.handle_response(response, cancel).await?
+                }
+                Some(WatchItem::Broken(Some(cdc_etcd::Error::Compacted { .. }))) => {
+                    self.resync(cancel).await?;
+                }
+                Some(WatchItem::Broken(err)) => {
+                    if let Some(err) = err {
+                        warn!(error = %err, revision = self.revision, "etcd worker watch broken, re-watching");
+                    }
+                    self.open_watch(cancel).await?;
+                }
+                None => {}
+            }
+
+            let mut retry = false;
+            if !pending_groups.is_empty() && self.revision >= self.barrier_revision {
+                match self.try_commit(&mut pending_groups).await {
+                    Ok(n_committed) => retry = n_committed > 0,
+                    Err(err) if err.is_retryable() => {
+                        debug!(error = %err, "etcd worker commit will be retried");
+                        retry = true;
+                    }
+                    Err(err) => return Err(err),
+                }
+            }
+            if exiting {
+                if pending_groups.is_empty() {
+                    return Ok(state);
+                }
+                continue;
+            }
+            if retry || self.revision < self.barrier_revision {
+                continue;
+            }
+            for (key, value) in self.pending_updates.drain(..) {
+                state.update(&key, value.as_deref(), false)?;
+            }
+            state.update_pending_change(Instant::now().into_std());
+            if limiter
+                .as_ref()
+                .is_some_and(|limiter| limiter.check().is_err())
+            {
+                continue;
+            }
+            let started = Instant::now();
+            match reactor.tick(&mut state).await {
+                Ok(()) => {}
+                Err(Error::ReactorFinished) => exiting = true,
+                Err(err) => return Err(err),
+            }
+            if started.elapsed() > SLOW_WARN {
+                warn!(duration = ?started.elapsed(), "etcd worker tick took too long");
+            }
+            pending_groups.extend(state.get_patches());
+            if !pending_groups.is_empty() {
+                match self.try_commit(&mut pending_groups).await {
+                    Ok(_) => {}
+                    Err(err) if err.is_retryable() => {
+                        debug!(error = %err, "etcd worker commit will be retried");
+                    }
+                    Err(err) => return Err(err),
+                }
+            }
+            if exiting && pending_groups.is_empty() {
+                return Ok(state);
+            }
+        }
+    }
+
+    /// Reads the whole prefix, retrying transient failures.
+    async fn read_snapshot(&self, cancel: &CancellationToken) -> Result<Snapshot> {
+        let mut backoff = Duration::from_millis(100);
+        let mut tries = 0;
+        let response = loop {
+            tries += 1;
+            let result = tokio::select! {
+                () = cancel.cancelled() => return Err(Error::Cancelled),
+                result = self.client.get(self.watch_key.clone(), GetOptions::prefix()) => result,
+            };
+            match result {
+                Ok(response) => break response,
+                Err(err) if err.is_retryable() && tries < MAX_SETUP_TRIES => {
+                    warn!(error = %err, tries, "etcd worker snapshot read failed, retrying");
+                    tokio::select! {
+                        () = cancel.cancelled() => return Err(Error::Cancelled),
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                Err(err) => return Err(err.into()),
+            }
+        };
+        let mut raw_state = RawState::with_capacity(response.kvs.len());
+        let mut delete_counter = 0;
+        for kv in response.kvs {
+            if kv.key == self.counter_key {
+                delete_counter = self.parse_counter(&kv.value)?;
+            } else {
+                raw_state.insert(
+                    kv.key,
+                    RawEntry {
+                        value: kv.value,
+                        mod_revision: kv.mod_revision,
+                    },
+                );
+            }
+        }
+        Ok(Snapshot {
+            raw_state,
+            delete_counter,
+            revision: response.revision,
+        })
+    }
+
+    fn install(&mut self, snapshot: Snapshot) {
+        self.raw_state = snapshot.raw_state;
+        self.delete_counter = snapshot.delete_counter;
+        self.revision = snapshot.revision;
+    }
+
+    fn check_fence_present(&self, raw_state: &RawState) -> Result<()> {
+        match &self.fence {
+            Some(fence) if !raw_state.contains_key(&fence.key) => Err(Error::NotOwner),
+            _ => Ok(()),
+        }
+    }
+
+    fn parse_counter(&self, value: &[u8]) -> Result<i64> {
+        std::str::from_utf8(value)
+            .ok()
+            .and_then(|text| text.parse::<i64>().ok())
+            .filter(|counter| *counter > 0)
+            .ok_or_else(|| Error::InvalidDeleteCounter {
+                key: String::from_utf8_lossy(&self.counter_key).into_owned(),
+                value: String::from_utf8_lossy(value).into_owned(),
+            })
+    }
+
+    /// Opens the watch from `revision + 1`, retrying transient failures.
+    async fn open_watch(&mut self, cancel: &CancellationToken) -> Result<()> {
+        self.watch = None;
+        let mut backoff = Duration::from_millis(100);
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let options = WatchOptions {
+                prefix: true,
+                start_revision: self.revision + 1,
+                progress_notify: true,
+                prev_kv: false,
+            };
+            let result = tokio::select! {
+                () = cancel.cancelled() => return Err(Error::Cancelled),
+                result = self.client.watch(self.watch_key.clone(), options) => result,
+            };
+            match result {
+                Ok(watch) => {
+                    self.watch = Some(watch);
+                    return Ok(());
+                }
+                Err(cdc_etcd::Error::Compacted { .. }) => return self.resync(cancel).await,
+                Err(err) if err.is_retryable() && tries < MAX_SETUP_TRIES => {
+                    warn!(error = %err, tries, "etcd worker watch failed, retrying");
+                    tokio::select! {
+                        () = cancel.cancelled() => return Err(Error::Cancelled),
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
+    }
+
+    /// Replaces the snapshot after a compaction: a fresh read whose differences from the
+    /// current snapshot are queued as updates, so the state is reloaded in full and stays
+    /// consistent; then a new watch from the fresh revision.
+    async fn resync(&mut self, cancel: &CancellationToken) -> Result<()> {
+        info!(
+            revision = self.revision,
+            "etcd worker watch compacted, resyncing"
+        );
+        let snapshot = self.read_snapshot(cancel).await?;
+        self.check_fence_present(&snapshot.raw_state)?;
+        for key in self.raw_state.keys() {
+            if !snapshot.raw_state.contains_key(key) {
+                self.pending_updates.push((key.clone(), None));
+            }
+        }
+        for (key, entry) in &snapshot.raw_state {
+            if self.raw_state.get(key).map(|old| &old.value) != Some(&entry.value) {
+                self.pending_updates
+                    .push((key.clone(), Some(entry.value.clone())));
+            }
+        }
+        self.install(snapshot);
+        // The fresh revision is past any compaction, so a failure here is not a compaction
+        // loop; open_watch resyncs again only if another compaction overtook us.
+        Box::pin(self.open_watch(cancel)).await
+    }
+
+    async fn handle_response(
+        &mut self,
+        response: WatchResponse,
+        cancel: &CancellationToken,
+    ) -> Result<()> {
+        if response.compact_revision > 0 {
+            return self.resync(cancel).await;
+        }
+        if response.canceled {
+            warn!(reason = %response.cancel_reason, "etcd worker watch cancelled by the server, re-watching");
+            return self.open_watch(cancel).await;
+        }
+        // A progress notification must not move the revision: an event of that revision
+        // could still be on its way. Stale responses are dropped.
+        if response.is_progress_notify() || response.created || response.revision <= self.revision {
+            return Ok(());
+        }
+        self.revision = response.revision;
+        for event in response.events {
+            let key = event.kv.key;
+            if key == self.counter_key {
+                match event.kind {
+                    EventKind::Put => self.delete_counter = self.parse_counter(&event.kv.value)?,
+                    EventKind::Delete => {
+                        warn!("etcd worker delete counter was deleted, resetting it to 0");
+                        self.delete_counter = 0;
+                    }
+                }
+                continue;
+            }
+            match event.kind {
+                EventKind::Put => {
+                    self.raw_state.insert(
+                        key.clone(),
+                        RawEntry {
+                            value: event.kv.value.clone(),
+                            mod_revision: event.kv.mod_revision,
+                        },
+                    );
+                    self.pending_updates.push((key, Some(event.kv.value)));
+                }
+                EventKind::Delete => {
+                    if self.fence.as_ref().is_some_and(|fence| fence.key == key) {
+                        info!("owner key deleted, this capture is not the owner any more");
+                        return Err(Error::NotOwner);
+                    }
+                    self.raw_state.remove(&key);
+                    self.pending_updates.push((key, None));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits the leading groups that fit in one transaction. Returns the number of keys
+    /// committed; the committed groups leave `groups`.
+    async fn try_commit(&mut self, groups: &mut VecDeque<PatchGroup>) -> Result<usize> {
+        let batch = next_batch(&self.raw_state, groups.make_contiguous(), self.limits)?;
+        if batch.changes.is_empty() {
+            groups.drain(..batch.n_groups);
+            return Ok(0);
+        }
+        let txn = self.build_txn(&batch.changes);
+        let started = Instant::now();
+        let response = self.client.txn(txn).await?;
+        if started.elapsed() > SLOW_WARN {
+            warn!(duration = ?started.elapsed(), n_keys = batch.changes.len(), "etcd worker txn took too long");
+        }
+        if response.succeeded {
+            self.barrier_revision = response.revision;
+            groups.drain(..batch.n_groups);
+            return Ok(batch.changes.len());
+        }
+        if let Some(fence) = &self.fence {
+            let holds = response.responses.iter().any(|op| match op {
+                TxnOpResponse::Get(get) => get
+                    .kvs
+                    .first()
+                    .is_some_and(|kv| kv.create_revision == fence.create_revision),
+                TxnOpResponse::Put | TxnOpResponse::Delete { .. } => false,
+            });
+            if !holds {
+                info!("owner fence refused, this capture is not the owner any more");
+                return Err(Error::NotOwner);
+            }
+        }
+        debug!(
+            n_keys = batch.changes.len(),
+            revision = self.revision,
+            "etcd worker txn refused"
+        );
+        Err(Error::EtcdTryAgain)
+    }
+
+    fn build_txn(&self, changes: &BTreeMap<Key, Option<Value>>) -> Txn {
+        let mut txn = Txn::default();
+        let mut has_delete = false;
+        for (key, value) in changes {
+            let revision = self
+                .raw_state
+                .get(key)
+                .map_or(0, |entry| entry.mod_revision);
+            txn.compares.push(Compare::ModRevision {
+                key: key.clone(),
+                op: CompareOp::Equal,
+                revision,
+            });
+            match value {
+                Some(value) => txn.success.push(TxnOp::Put {
+                    key: key.clone(),
+                    value: value.clone(),
+                    lease: 0,
+                }),
+                None => {
+                    has_delete = true;
+                    txn.success.push(TxnOp::Delete {
+                        key: key.clone(),
+                        prefix: false,
+                    });
+                }
+            }
+        }
+        if has_delete {
+            txn.success.push(TxnOp::Put {
+                key: self.counter_key.clone(),
+                value: (self.delete_counter + 1).to_string().into_bytes(),
+                lease: 0,
+            });
+        }
+        txn.compares.push(if self.delete_counter > 0 {
+            Compare::Value {
+                key: self.counter_key.clone(),
+                op: CompareOp::Equal,
+                value: self.delete_counter.to_string().into_bytes(),
+            }
+        } else {
+            Compare::CreateRevision {
+                key: self.counter_key.clone(),
+                op: CompareOp::Equal,
+                revision: 0,
+            }
+        });
+        if let Some(fence) = &self.fence {
+            txn.compares.push(Compare::CreateRevision {
+                key: fence.key.clone(),
+                op: CompareOp::Equal,
+                revision: fence.create_revision,
+            });
+            txn.failure.push(TxnOp::Get {
+                key: fence.key.clone(),
+                options: GetOptions::default(),
+            });
+        }
+        txn
+    }
+}
+
+/// Resolves when the session ends; never when the worker has no session.
+async fn wait_session(session_done: &CancellationToken, has_session: bool) {
+    if has_session {
+        session_done.cancelled().await;
+    } else {
+        pending::<()>().await;
+    }
+}
+
+/// The next watch item; pending forever while no watch is open.
+///
+/// # Cancel safety
+/// Cancel-safe: `RawWatch::next` loses no response when cancelled.
+async fn next_watch_item(watch: &mut Option<RawWatch>) -> WatchItem {
+    match watch {
+        Some(watch) => match watch.next().await {
+            Ok(Some(response)) => WatchItem::Response(response),
+            Ok(None) => WatchItem::Broken(None),
+            Err(err) => WatchItem::Broken(Some(err)),
+        },
+        None => pending().await,
+    }
+}

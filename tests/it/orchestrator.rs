@@ -1,0 +1,775 @@
+//! The etcd worker against a real etcd: capture-spec §8 cases 26–32 and 34, the delete-counter
+//! protocol with an external writer, the owner fence and the compaction resync.
+#![allow(
+    clippy::unwrap_used,
+    clippy::large_futures,
+    reason = "test helpers panic on failure; test futures are awaited once"
+)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use cdc_etcd::testing::EtcdServer;
+use cdc_etcd::{Compare, CompareOp, EtcdClient, GetOptions, Txn, TxnOp};
+use cdc_orchestrator::{
+    DataPatch, Error, EtcdWorker, OwnerFence, PatchGroup, PatchOutcome, Reactor, ReactorState,
+    Result, SingleDataPatch,
+};
+use rand::Rng;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+const INTERVAL: Duration = Duration::from_millis(10);
+
+/// A state that mirrors every key of the prefix.
+#[derive(Default)]
+struct KvState {
+    values: BTreeMap<Vec<u8>, Vec<u8>>,
+    patches: Vec<PatchGroup>,
+    n_updates: usize,
+}
+
+impl ReactorState for KvState {
+    fn update(&mut self, key: &[u8], value: Option<&[u8]>, _is_init: bool) -> Result<()> {
+        self.n_updates += 1;
+        match value {
+            Some(value) => self.values.insert(key.to_vec(), value.to_vec()),
+            None => self.values.remove(key),
+        };
+        Ok(())
+    }
+
+    fn update_pending_change(&mut self, _now: std::time::Instant) {}
+
+    fn get_patches(&mut self) -> Vec<PatchGroup> {
+        std::mem::take(&mut self.patches)
+    }
+}
+
+impl KvState {
+    fn get(&self, key: &str) -> Option<&[u8]> {
+        self.values.get(key.as_bytes()).map(Vec::as_slice)
+    }
+
+    fn queue(&mut self, group: Vec<SingleDataPatch>) {
+        self.patches.push(
+            group
+                .into_iter()
+                .map(|patch| Box::new(patch) as Box<dyn DataPatch>)
+                .collect(),
+        );
+    }
+}
+
+/// A reactor whose tick is a closure receiving the tick number.
+struct FnReactor<F> {
+    n_ticks: usize,
+    tick: F,
+}
+
+impl<F> FnReactor<F> {
+    fn new(tick: F) -> Self {
+        FnReactor { n_ticks: 0, tick }
+    }
+}
+
+impl<F> Reactor<KvState> for FnReactor<F>
+where
+    F: FnMut(&mut KvState, usize) -> Result<()> + Send,
+{
+    async fn tick(&mut self, state: &mut KvState) -> Result<()> {
+        let n = self.n_ticks;
+        self.n_ticks += 1;
+        (self.tick)(state, n)
+    }
+}
+
+fn append(key: &str, suffix: &'static str) -> SingleDataPatch {
+    SingleDataPatch::new(key.as_bytes().to_vec(), move |old| {
+        let mut value = old.map(<[u8]>::to_vec).unwrap_or_default();
+        value.extend_from_slice(suffix.as_bytes());
+        Ok(PatchOutcome::Set(Some(value)))
+    })
+}
+
+fn set(key: &str, value: Option<&'static str>) -> SingleDataPatch {
+    SingleDataPatch::new(key.as_bytes().to_vec(), move |_| {
+        Ok(PatchOutcome::Set(value.map(|v| v.as_bytes().to_vec())))
+    })
+}
+
+async fn value_of(client: &EtcdClient, key: &str) -> Option<Vec<u8>> {
+    let response = client.get(key, GetOptions::default()).await.unwrap();
+    response.kvs.into_iter().next().map(|kv| kv.value)
+}
+
+async fn run_worker<F>(client: &EtcdClient, prefix: &str, tick: F) -> Result<KvState>
+where
+    F: FnMut(&mut KvState, usize) -> Result<()> + Send,
+{
+    let cancel = CancellationToken::new();
+    let mut reactor = FnReactor::new(tick);
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        EtcdWorker::new(client.clone(), prefix).run(
+            &mut reactor,
+            KvState::default(),
+            INTERVAL,
+            &cancel,
+        ),
+    )
+    .await
+    .expect("the worker finishes within 30 s")
+}
+
+// Case 28 (Finished).
+#[tokio::test]
+async fn finished_commits_final_patches() {
+    let server = EtcdServer::start().await.unwrap();
+    let client = server.client().await.unwrap();
+    run_worker(&client, "/finished", |state, n| match n {
+        0 | 1 => {
+            state.queue(vec![
+                append("/finished/key1", "abc"),
+                append("/finished/key2", "123"),
+            ]);
+            Ok(())
+        }
+        _ => {
+            state.queue(vec![
+                append("/finished/key1", "fin"),
+                set("/finished/key2", None),
+            ]);
+            Err(Error::ReactorFinished)
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        value_of(&client, "/finished/key1").await.unwrap(),
+        b"abcabcfin"
+    );
+    assert_eq!(value_of(&client, "/finished/key2").await, None);
+}
+
+// Case 29 (Cover).
+#[tokio::test]
+async fn patches_on_one_key_cover_each_other() {
+    let server = EtcdServer::start().await.unwrap();
+    let client = server.client().await.unwrap();
+    run_worker(&client, "/cover", |state, n| match n {
+        0 | 1 => {
+            state.queue(vec![
+                append("/cover/key1", "abc"),
+                append("/cover/key1", "cba"),
+                append("/cover/key2", "abc"),
+            ]);
+            Ok(())
+        }
+        _ => {
+            state.queue(vec![
+                append("/cover/key1", "fin"),
+                append("/cover/key1", "fin"),
+                set("/cover/key2", None),
+                append("/cover/key2", "fin"),
+            ]);
+            Err(Error::ReactorFinished)
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        value_of(&client, "/cover/key1").await.unwrap(),
+        b"abccbaabccbafinfin"
+    );
+    assert_eq!(value_of(&client, "/cover/key2").await.unwrap(), b"fin");
+}
+
+// Case 30 (EmptyTxn).
+#[tokio::test]
+async fn empty_transactions_finish() {
+    let server = EtcdServer::start().await.unwrap();
+    let client = server.client().await.unwrap();
+    client.put("/empty/key2", "123", 0).await.unwrap();
+    let outside = client.clone();
+    run_worker(&client, "/empty", move |state, n| match n {
+        0 => {
+            let outside = outside.clone();
+            // A write outside the prefix must not disturb the worker.
+            tokio::spawn(async move { outside.put("/empty-other/key", "x", 0).await });
+            state.queue(vec![
+                set("/empty/key1", None),
+                set("/empty/key2", Some("123")),
+            ]);
+            Ok(())
+        }
+        _ => {
+            state.queue(vec![set("/empty/key1", None)]);
+            Err(Error::ReactorFinished)
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(value_of(&client, "/empty/key1").await, None);
+    assert_eq!(value_of(&client, "/empty/key2").await.unwrap(), b"123");
+}
+
+// Case 31 (EmptyOrNil): an empty value is a value, not a delete.
+#[tokio::test]
+async fn empty_value_is_not_a_delete() {
+    let server = EtcdServer::start().await.unwrap();
+    let client = server.client().await.unwrap();
+    let state = run_worker(&client, "/eon", |state, n| {
+        let (key1, key2) = if n % 2 == 0 {
+            (Some(""), None)
+        } else {
+            (None, Some(""))
+        };
+        state.queue(vec![set("/eon/key1", key1), set("/eon/key2", key2)]);
+        if n == 2 {
+            Err(Error::ReactorFinished)
+        } else {
+            Ok(())
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(value_of(&client, "/eon/key1").await.unwrap(), b"");
+    assert_eq!(value_of(&client, "/eon/key2").await, None);
+    assert!(state.n_updates > 0);
+}
+
+// Case 27 (Linearizability).
+#[tokio::test]
+async fn linearizability() {
+    let server = EtcdServer::start().await.unwrap();
+    let client = server.client().await.unwrap();
+    for i in 0..1000 {
+        client.put("/lin/key", i.to_string(), 0).await.unwrap();
+    }
+    let writer = client.clone();
+    let writes = tokio::spawn(async move {
+        for i in 999..2000 {
+            writer.put("/lin/key", i.to_string(), 0).await.unwrap();
+        }
+    });
+    let mut last = -1i64;
+    let mut last_updates = 0;
+    let mut n_updated_ticks = 0;
+    run_worker(&client, "/lin", move |state, _| {
+        let value: i64 = std::str::from_utf8(state.get("/lin/key").unwrap_or(b"-1"))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(value >= last, "the value went back from {last} to {value}");
+        if state.n_updates > last_updates {
+            assert!(value >= n_updated_ticks, "{value} < {n_updated_ticks}");
+            n_updated_ticks += 1;
+            last_updates = state.n_updates;
+        }
+        last = value;
+        if value == 1999 {
+            Err(Error::ReactorFinished)
+        } else {
+            Ok(())
+        }
+    })
+    .await
+    .unwrap();
+    writes.await.unwrap();
+}
+
+// Case 26 (EtcdSum): concurrent incrementers never let the summing reactor see a torn state.
+#[tokio::test]
+async fn sum_stays_consistent() {
+    const N_GROUPS: usize = 10;
+    const N_INTS: usize = 5;
+    const N_TICKS: usize = 150;
+    let server = EtcdServer::start().await.unwrap();
+    let client = server.client().await.unwrap();
+    for group in 0..N_GROUPS {
+        for i in 0..N_INTS {
+            client
+                .put(format!("/sum/{group}/{i}"), "0", 0)
+                .await
+                .unwrap();
+        }
+        client
+            .put(format!("/sum/{group}/sum"), "0", 0)
+            .await
+            .unwrap();
+    }
+    fn read(state: &KvState, key: &str) -> i64 {
+        std::str::from_utf8(state.get(key).unwrap())
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+    fn increment(key: String) -> SingleDataPatch {
+        SingleDataPatch::new(key.into_bytes(), |old| {
+            let old: i64 = std::str::from_utf8(old.unwrap_or(b"0"))
+                .map_err(|_| Error::EtcdTryAgain)?
+                .parse()
+                .map_err(|_| Error::EtcdTryAgain)?;
+            Ok(PatchOutcome::Set(Some((old + 1).to_string().into_bytes())))
+        })
+    }
+    let mut workers = tokio::task::JoinSet::new();
+    for id in 0..6 {
+        let client = client.clone();
+        workers.spawn(async move {
+            run_worker(&client, "/sum", move |state, n| {
+                if n >= N_TICKS {
+                    return Err(Error::ReactorFinished);
+                }
+                if id == 0 {
+                    for group in 0..N_GROUPS {
+                        let total: i64 = (0..N_INTS)
+                            .map(|i| read(state, &format!("/sum/{group}/{i}")))
+                            .sum();
+                        assert_eq!(total, read(state, &format!("/sum/{group}/sum")));
+                    }
+                } else {
+                    let group = rand::rng().random_range(0..N_GROUPS);
+                    let i = rand::rng().random_range(0..N_INTS);
+                    state.queue(vec![
+                        increment(format!("/sum/{group}/{i}")),
+                        increment(format!("/sum/{group}/sum")),
+                    ]);
+                }
+                Ok(())
+            })
+            .await
+        });
+    }
+    while let Some(result) = workers.join_next().await {
+        result.unwrap().unwrap();
+    }
+}
+
+// Case 34 (EtcdBank): random transfers, random worker restarts; every tick sees sum == 0.
+#[tokio::test]
+async fn bank() {
+    const N_ACCOUNTS: usize = 25;
+    let server = EtcdServer::start().await.unwrap();
+    let client = server.client().await.unwrap();
+    for account in 0..N_ACCOUNTS {
+        client
+            .put(format!("/bank/{account}"), "0", 0)
+            .await
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let n_commits = Arc::new(AtomicUsize::new(0));
+    fn add(key: String, delta: i64, n_commits: Arc<AtomicUsize>) -> SingleDataPatch {
+        SingleDataPatch::new(key.into_bytes(), move |old| {
+            let old: i64 = std::str::from_utf8(old.unwrap_or(b"0"))
+                .map_err(|_| Error::EtcdTryAgain)?
+                .parse()
+                .map_err(|_| Error::EtcdTryAgain)?;
+            n_commits.fetch_add(1, Ordering::Relaxed);
+            Ok(PatchOutcome::Set(Some(
+                (old + delta).to_string().into_bytes(),
+            )))
+        })
+    }
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..10 {
+        let client = client.clone();
+        let n_commits = n_commits.clone();
+        workers.spawn(async move {
+            let mut n_runs = 0;
+            while Instant::now() < deadline {
+                n_runs += 1;
+                let n_commits = n_commits.clone();
+                run_worker(&client, "/bank", move |state, _| {
+                    let total: i64 = (0..N_ACCOUNTS)
+                        .map(|a| {
+                            let value = state.get(&format!("/bank/{a}")).unwrap();
+                            std::str::from_utf8(value).unwrap().parse::<i64>().unwrap()
+                        })
+                        .sum();
+                    assert_eq!(total, 0);
+                    let mut rng = rand::rng();
+                    let from = rng.random_range(0..N_ACCOUNTS);
+                    let to = rng.random_range(0..N_ACCOUNTS);
+                    let amount = rng.random_range(1..100);
+                    state.queue(vec![
+                        add(format!("/bank/{from}"), -amount, n_commits.clone()),
+                        add(format!("/bank/{to}"), amount, n_commits.clone()),
+                    ]);
+                    if Instant::now() >= deadline || rng.random_bool(0.2) {
+                        Err(Error::ReactorFinished)
+                    } else {
+                        Ok(())
+                    }
+                })
+                .await?;
+            }
+            Ok::<_, Error>(n_runs)
+        });
+    }
+    let mut n_runs = 0;
+    while let Some(result) = workers.join_next().await {
+        n_runs += result.unwrap().unwrap();
+    }
+    assert!(n_runs > 10, "workers were restarted");
+    assert!(n_commits.load(Ordering::Relaxed) > 0);
+    let response = client.get("/bank/", GetOptions::prefix()).await.unwrap();
+    let total: i64 = response
+        .kvs
+        .iter()
+        .map(|kv| {
+            std::str::from_utf8(&kv.value)
+                .unwrap()
+                .parse::<i64>()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(total, 0);
+}
+
+/// A reactor that waits for `go` in its first tick, then queues `patch` and finishes.
+struct GatedReactor {
+    entered: Arc<Notify>,
+    go: Arc<Notify>,
+    patch: Option<SingleDataPatch>,
+}
+
+impl Reactor<KvState> for GatedReactor {
+    async fn tick(&mut self, state: &mut KvState) -> Result<()> {
+        if let Some(patch) = self.patch.take() {
+            self.entered.notify_one();
+            self.go.notified().await;
+            state.queue(vec![patch]);
+            return Ok(());
+        }
+        Err(Error::ReactorFinished)
+    }
+}
+
+/// TiCDC's delete: compare the counter, delete the key, bump the counter.
+async fn external_delete(client: &EtcdClient, counter_key: &str, key: &str) {
+    let counter = value_of(client, counter_key).await;
+    let compare = match &counter {
+        Some(value) => Compare::Value {
+            key: counter_key.as_bytes().to_vec(),
+            op: CompareOp::Equal,
+            value: value.clone(),
+        },
+        None => Compare::CreateRevision {
+            key: counter_key.as_bytes().to_vec(),
+            op: CompareOp::Equal,
+            revision: 0,
+        },
+    };
+    let next = counter
+        .map(|value| std::str::from_utf8(&value).unwrap().parse::<i64>().unwrap())
+        .unwrap_or(0)
+        + 1;
+    let txn = Txn {
+        compares: vec![compare],
+        success: vec![
+            TxnOp::Delete {
+                key: key.as_bytes().to_vec(),
+                prefix: false,
+            },
+            TxnOp::Put {
+                key: counter_key.as_bytes().to_vec(),
+                value: next.to_string().into_bytes(),
+                lease: 0,
+            },
+        ],
+        failure: vec![],
+    };
+    assert!(client.txn(txn).await.unwrap().succeeded);
+}
+
+// Case 32 (ModifyAfterDelete).
+#[tokio::test]
+async fn modify_after_delete() {
+    let server = EtcdServer::start().await.unwrap();
+    let client = server.client().await.unwrap();
+    client.put("/mad/key1", "value", 0).await.unwrap();
+    let worker = EtcdWorker::new(client.clone(), "/mad");
+    let counter_key = worker.delete_counter_key();
+    let entered = Arc::new(Notify::new());
+    let go = Arc::new(Notify::new());
+    let mut reactor = GatedReactor {
+        entered: entered.clone(),
+        go: go.clone(),
+        patch: Some(SingleDataPatch::new(b"/mad/key1".to_vec(), |old| {
+            Ok(match old {
+                Some(_) => PatchOutcome::Set(Some(b"modified".to_vec())),
+                None => PatchOutcome::Unchanged,
+            })
+        })),
+    };
+    let cancel = CancellationToken::new();
+    let run = worker.run(&mut reactor, KvState::default(), INTERVAL, &cancel);
+    let deleter = async {
+        entered.notified().await;
+        // Worker 2 deletes the key with the counter protocol.
+        let mut reactor2 = FnReactor::new(|state: &mut KvState, _| {
+            state.queue(vec![set("/mad/key1", None)]);
+            Err(Error::ReactorFinished)
+        });
+        EtcdWorker::new(client.clone(), "/mad")
+            .run(&mut reactor2, KvState::default(), INTERVAL, &cancel)
+            .await
+            .unwrap();
+        go.notify_one();
+    };
+    let (result, ()) = tokio::time::timeout(Duration::from_secs(30), async {
+        tokio::join!(run, deleter)
+    })
+    .await
+    .unwrap();
+    result.unwrap();
+    assert_eq!(value_of(&client, "/mad/key1").await, None);
+    assert_eq!(value_of(&client, &counter_key).await.unwrap(), b"1");
+}
+
+// An external writer deletes a key of the shared prefix with TiCDC's counter protocol while
+// our transaction on another key is in flight: the counter refuses our transaction, the patch
+// is re-evaluated and committed once.
+#[tokio::test]
+async fn external_delete_forces_retry() {
+    let server = EtcdServer::start().await.unwrap();
+    let client = server.client().await.unwrap();
+    client.put("/ext/a", "a", 0).await.unwrap();
+    client.put("/ext/b", "", 0).await.unwrap();
+    let worker = EtcdWorker::new(client.clone(), "/ext");
+    let counter_key = worker.delete_counter_key();
+    let n_evaluations = Arc::new(AtomicUsize::new(0));
+    let entered = Arc::new(Notify::new());
+    let go = Arc::new(Notify::new());
+    let evaluations = n_evaluations.clone();
+    let mut reactor = GatedReactor {
+        entered: entered.clone(),
+        go: go.clone(),
+        patch: Some(SingleDataPatch::new(b"/ext/b".to_vec(), move |old| {
+            evaluations.fetch_add(1, Ordering::SeqCst);
+            let mut value = old.map(<[u8]>::to_vec).unwrap_or_default();
+            value.push(b'w');
+            Ok(PatchOutcome::Set(Some(value)))
+        })),
+    };
+    let cancel = CancellationToken::new();
+    let run = worker.run(&mut reactor, KvState::default(), INTERVAL, &cancel);
+    let writer = async {
+        entered.notified().await;
+        external_delete(&client, &counter_key, "/ext/a").await;
+        go.notify_one();
+    };
+    let (result, ()) =
+        tokio::time::timeout(Duration::from_secs(30), async { tokio::join!(run, writer) })
+            .await
+            .unwrap();
+    result.unwrap();
+    assert!(
+        n_evaluations.load(Ordering::SeqCst) >= 2,
+        "the counter forced a retry"
+    );
+    assert_eq!(value_of(&client, "/ext/b").await.unwrap(), b"w");
+    assert_eq!(value_of(&client, "/ext/a").await, None);
+}
+
+// A former owner whose key was deleted and whose successor was elected: its transactions are
+// refused by the fence and the worker ends with NotOwner, even before it sees the deletion.
+#[tokio::test]
+async fn stale_fence_is_refused() {
+    let server = EtcdServer::start().await.unwrap();
+    let client = server.client().await.unwrap();
+    let owner_key = "/fence/__cdc_meta__/owner/22";
+    let revision = client.put(owner_key, "capture-1", 0).await.unwrap();
+    let fence = OwnerFence {
+        key: owner_key.as_bytes().to_vec(),
+        create_revision: revision,
+    };
+
+    // The key is deleted and re-created by the successor's campaign while the old owner ticks.
+    let entered = Arc::new(Notify::new());
+    let go = Arc::new(Notify::new());
+    let mut reactor = GatedReactor {
+        entered: entered.clone(),
+        go: go.clone(),
+        patch: Some(set("/fence/data", Some("stale"))),
+    };
+    let cancel = CancellationToken::new();
+    let run = EtcdWorker::new(client.clone(), "/fence")
+        .with_owner_fence(fence.clone())
+        .run(&mut reactor, KvState::default(), INTERVAL, &cancel);
+    let successor = async {
+        entered.notified().await;
+        client.delete(owner_key, false).await.unwrap();
+        client
+            .put("/fence/__cdc_meta__/owner/33", "capture-2", 0)
+            .await
+            .unwrap();
+        client.put(owner_key, "capture-2", 0).await.unwrap();
+        go.notify_one();
+    };
+    let (result, ()) = tokio::time::timeout(Duration::from_secs(30), async {
+        tokio::join!(run, successor)
+    })
+    .await
+    .unwrap();
+    assert!(matches!(result, Err(Error::NotOwner)), "{:?}", result.err());
+    assert_eq!(value_of(&client, "/fence/data").await, None);
+
+    // A worker started with the stale fence never commits either.
+    let result = run_fenced(&client, fence).await;
+    assert!(matches!(result, Err(Error::NotOwner)), "{:?}", result.err());
+    assert_eq!(value_of(&client, "/fence/data").await, None);
+}
+
+async fn run_fenced(client: &EtcdClient, fence: OwnerFence) -> Result<KvState> {
+    let cancel = CancellationToken::new();
+    let mut reactor = FnReactor::new(|state: &mut KvState, _| {
+        state.queue(vec![set("/fence/data", Some("stale"))]);
+        Ok(())
+    });
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        EtcdWorker::new(client.clone(), "/fence")
+            .with_owner_fence(fence)
+            .run(&mut reactor, KvState::default(), INTERVAL, &cancel),
+    )
+    .await
+    .unwrap()
+}
+
+// The deletion of the owner's own key ends the worker with NotOwner.
+#[tokio::test]
+async fn owner_key_deleted_ends_worker() {
+    let server = EtcdServer::start().await.unwrap();
+    let client = server.client().await.unwrap();
+    let owner_key = "/own/__cdc_meta__/owner/7";
+    let revision = client.put(owner_key, "capture-1", 0).await.unwrap();
+    let deleter = client.clone();
+    let cancel = CancellationToken::new();
+    let mut reactor = FnReactor::new(move |_state: &mut KvState, n| {
+        if n == 0 {
+            let deleter = deleter.clone();
+            tokio::spawn(async move { deleter.delete(owner_key, false).await });
+        }
+        Ok(())
+    });
+    let result = tokio::time::timeout(
+        Duration::from_secs(30),
+        EtcdWorker::new(client.clone(), "/own")
+            .with_owner_fence(OwnerFence {
+                key: owner_key.as_bytes().to_vec(),
+                create_revision: revision,
+            })
+            .run(&mut reactor, KvState::default(), INTERVAL, &cancel),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(result, Err(Error::NotOwner)), "{:?}", result.err());
+}
+
+// Session done ends the worker; cancellation ends it with Cancelled.
+#[tokio::test]
+async fn session_done_and_cancel() {
+    let server = EtcdServer::start().await.unwrap();
+    let client = server.client().await.unwrap();
+    let session_done = CancellationToken::new();
+    let cancel = CancellationToken::new();
+    let done = session_done.clone();
+    let mut reactor = FnReactor::new(move |_state: &mut KvState, _| {
+        done.cancel();
+        Ok(())
+    });
+    let result = EtcdWorker::new(client.clone(), "/sd")
+        .with_session_done(session_done)
+        .run(&mut reactor, KvState::default(), INTERVAL, &cancel)
+        .await;
+    assert!(
+        matches!(result, Err(Error::SessionDone)),
+        "{:?}",
+        result.err()
+    );
+
+    let cancel2 = cancel.clone();
+    let mut reactor = FnReactor::new(move |_state: &mut KvState, _| {
+        cancel2.cancel();
+        Ok(())
+    });
+    let result = EtcdWorker::new(client.clone(), "/sd")
+        .run(&mut reactor, KvState::default(), INTERVAL, &cancel)
+        .await;
+    assert!(
+        matches!(result, Err(Error::Cancelled)),
+        "{:?}",
+        result.err()
+    );
+}
+
+// A compacted watch resyncs the worker: it sees the writes made while it was cut off.
+#[tokio::test]
+async fn compaction_resyncs() {
+    let mut server = EtcdServer::start().await.unwrap();
+    let client = server.client().await.unwrap();
+    client.put("/cmp/gone", "1", 0).await.unwrap();
+    client.put("/cmp/key", "0", 0).await.unwrap();
+    let entered = Arc::new(Notify::new());
+    let go = Arc::new(Notify::new());
+    let mut reactor = ResyncReactor {
+        entered: entered.clone(),
+        go: go.clone(),
+        n_ticks: 0,
+    };
+    let cancel = CancellationToken::new();
+    let run = EtcdWorker::new(client.clone(), "/cmp").run(
+        &mut reactor,
+        KvState::default(),
+        INTERVAL,
+        &cancel,
+    );
+    let disturb = async {
+        entered.notified().await;
+        // Break the worker's watch and compact away the revisions it would resume from.
+        server.kill().unwrap();
+        server.restart().await.unwrap();
+        let fresh = server.client().await.unwrap();
+        fresh.delete("/cmp/gone", false).await.unwrap();
+        fresh.put("/cmp/key", "1", 0).await.unwrap();
+        let revision = fresh.put("/cmp/key", "2", 0).await.unwrap();
+        fresh.compact(revision).await.unwrap();
+        go.notify_one();
+    };
+    let (result, ()) = tokio::time::timeout(Duration::from_secs(60), async {
+        tokio::join!(run, disturb)
+    })
+    .await
+    .unwrap();
+    let state = result.unwrap();
+    assert_eq!(state.get("/cmp/key"), Some(b"2".as_slice()));
+    assert_eq!(state.get("/cmp/gone"), None);
+}
+
+/// Blocks in its first tick, then finishes once it sees `/cmp/key == 2`.
+struct ResyncReactor {
+    entered: Arc<Notify>,
+    go: Arc<Notify>,
+    n_ticks: usize,
+}
+
+impl Reactor<KvState> for ResyncReactor {
+    async fn tick(&mut self, state: &mut KvState) -> Result<()> {
+        self.n_ticks += 1;
+        if self.n_ticks == 1 {
+            self.entered.notify_one();
+            self.go.notified().await;
+            return Ok(());
+        }
+        if state.get("/cmp/key") == Some(b"2".as_slice()) {
+            return Err(Error::ReactorFinished);
+        }
+        Ok(())
+    }
+}
