@@ -17,8 +17,8 @@ use crate::error::{Error, Result};
 use crate::info::{AtomicLiveness, CaptureInfo, Liveness};
 use crate::metrics::Metrics;
 use crate::reactor::{
-    Controller, ControllerFactory, MinimalReactors, Owner, OwnerFactory, ProcessorManager,
-    ProcessorManagerFactory, ReactorContext, Tick, META_VERSION,
+    Controller, ControllerFactory, META_VERSION, MinimalReactors, Owner, OwnerFactory,
+    ProcessorManager, ProcessorManagerFactory, ReactorContext, Tick,
 };
 use crate::session::{EtcdSessionFactory, SessionFactory};
 use crate::view::{ClusterView, Keys, run_view};
@@ -129,7 +129,12 @@ pub const GIT_HASH: &str = match option_env!("CDC_GIT_HASH") {
 
 impl Capture {
     /// A capture with `parts`; `config` must have been validated.
-    pub fn new(config: Config, client: EtcdClient, parts: CaptureParts, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub fn new(
+        config: Config,
+        client: EtcdClient,
+        parts: CaptureParts,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
         let restart_quota = Quota::with_period(Duration::from_secs(20))
             .expect("a non-zero period")
             .allow_burst(NonZeroU32::new(2).expect("non-zero"));
@@ -149,7 +154,9 @@ impl Capture {
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, CaptureState> {
-        self.state.lock().expect("the capture lock is never poisoned")
+        self.state
+            .lock()
+            .expect("the capture lock is never poisoned")
     }
 
     /// The configuration.
@@ -216,10 +223,10 @@ impl Capture {
         };
         let span = info_span!("capture", capture_id = %capture_id);
         let lease_id = session.lease_id();
-        let election = self
-            .parts
-            .elections
-            .create(self.client.clone(), &self.keys.owner_prefix(), lease_id);
+        let election =
+            self.parts
+                .elections
+                .create(self.client.clone(), &self.keys.owner_prefix(), lease_id);
         let (view_tx, view_rx) = watch::channel(Arc::new(ClusterView::default()));
         let context = self.reactor_context(&capture_id, lease_id, 0);
         let processor_manager = self
@@ -254,12 +261,19 @@ impl Capture {
             state.processor_manager = None;
             state.view_rx = None;
         }
-        self.delete_capture_info(&capture_id).instrument(span.clone()).await;
+        self.delete_capture_info(&capture_id)
+            .instrument(span.clone())
+            .await;
         session.close().instrument(span).await;
         result
     }
 
-    fn reactor_context(&self, capture_id: &str, lease_id: LeaseId, owner_revision: i64) -> ReactorContext {
+    fn reactor_context(
+        &self,
+        capture_id: &str,
+        lease_id: LeaseId,
+        owner_revision: i64,
+    ) -> ReactorContext {
         ReactorContext {
             client: self.client.clone(),
             keys: self.keys.clone(),
@@ -400,7 +414,11 @@ impl Capture {
     }
 
     /// The campaign loop of §6.4.
-    pub async fn campaign_owner(&self, incarnation: &Incarnation, cancel: &CancellationToken) -> Result<()> {
+    pub async fn campaign_owner(
+        &self,
+        incarnation: &Incarnation,
+        cancel: &CancellationToken,
+    ) -> Result<()> {
         loop {
             if cancel.is_cancelled() {
                 return Ok(());
@@ -443,7 +461,11 @@ impl Capture {
                 }
             };
             info!(owner_revision, "campaign won, this capture is the owner");
-            let context = self.reactor_context(&incarnation.capture_id, incarnation.lease_id, owner_revision);
+            let context = self.reactor_context(
+                &incarnation.capture_id,
+                incarnation.lease_id,
+                owner_revision,
+            );
             let owner = self.parts.owners.create(context.clone());
             let controller = self.parts.controllers.create(context);
             {
@@ -555,7 +577,10 @@ impl Capture {
             owner.async_stop();
             let mut is_owner_rx = self.is_owner_tx.subscribe();
             let resigned = is_owner_rx.wait_for(|is_owner| !*is_owner);
-            if tokio::time::timeout(RESIGN_TIMEOUT, resigned).await.is_err() {
+            if tokio::time::timeout(RESIGN_TIMEOUT, resigned)
+                .await
+                .is_err()
+            {
                 warn!("the owner did not resign within the drain deadline");
             }
         }
@@ -640,7 +665,10 @@ impl Capture {
                 state.info.clone(),
                 state.owner.is_some(),
                 state.processor_manager.clone(),
-                state.view_rx.as_ref().map(|view_rx| Arc::clone(&view_rx.borrow())),
+                state
+                    .view_rx
+                    .as_ref()
+                    .map(|view_rx| Arc::clone(&view_rx.borrow())),
             )
         };
         use std::fmt::Write as _;

@@ -154,7 +154,9 @@ impl Config {
             || !security.key_path.is_empty()
             || !security.cert_allowed_cn.is_empty()
         {
-            return Err(invalid("[security] TLS is not supported by this build".to_owned()));
+            return Err(invalid(
+                "[security] TLS is not supported by this build".to_owned(),
+            ));
         }
         Ok(warnings)
     }

@@ -16,7 +16,11 @@ use crate::error::{Error, Result};
 /// An election the capture campaigns in.
 pub trait Election: Send + Sync {
     /// Blocks until this candidate is the leader, with `value` as the leader's value.
-    fn campaign<'a>(&'a self, value: &'a str, cancel: &'a CancellationToken) -> BoxFuture<'a, Result<()>>;
+    fn campaign<'a>(
+        &'a self,
+        value: &'a str,
+        cancel: &'a CancellationToken,
+    ) -> BoxFuture<'a, Result<()>>;
     /// Gives the leadership up; a no-op when not leader.
     fn resign(&self) -> BoxFuture<'_, Result<()>>;
 }
@@ -193,7 +197,11 @@ impl EtcdElection {
 }
 
 impl Election for EtcdElection {
-    fn campaign<'a>(&'a self, value: &'a str, cancel: &'a CancellationToken) -> BoxFuture<'a, Result<()>> {
+    fn campaign<'a>(
+        &'a self,
+        value: &'a str,
+        cancel: &'a CancellationToken,
+    ) -> BoxFuture<'a, Result<()>> {
         Box::pin(self.campaign_inner(value, cancel))
     }
 

@@ -37,7 +37,9 @@ pub enum Error {
         capture_id: String,
     },
     /// The meta version in etcd is newer than this binary.
-    #[error("[CDC:ErrEtcdMigrateFailed]meta version {found} is newer than this binary's {supported}")]
+    #[error(
+        "[CDC:ErrEtcdMigrateFailed]meta version {found} is newer than this binary's {supported}"
+    )]
     MetaVersionTooNew {
         /// The version in etcd.
         found: i64,

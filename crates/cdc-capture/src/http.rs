@@ -30,6 +30,7 @@ struct Api {
 pub fn router(capture: Arc<Capture>) -> Router {
     let http = reqwest::Client::builder()
         .timeout(FORWARD_TIMEOUT)
+        .pool_idle_timeout(Duration::from_secs(5))
         .build()
         .expect("a client without TLS always builds");
     Router::new()
@@ -85,7 +86,13 @@ fn error_response(status: StatusCode, err: &Error) -> Response {
 }
 
 /// Sends the request to the owner, or answers why it cannot.
-async fn forward_to_owner(api: &Api, method: Method, path: &str, headers: &HeaderMap, body: Bytes) -> Response {
+async fn forward_to_owner(
+    api: &Api,
+    method: Method,
+    path: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Response {
     if headers.contains_key(FORWARD_HEADER) {
         return error_response(StatusCode::SERVICE_UNAVAILABLE, &Error::NotOwner);
     }
@@ -109,7 +116,10 @@ async fn forward(api: &Api, method: Method, address: &str, path: &str, body: Byt
     let answer = match sent {
         Ok(answer) => answer,
         Err(source) => {
-            let err = Error::Forward { address: address.to_owned(), source };
+            let err = Error::Forward {
+                address: address.to_owned(),
+                source,
+            };
             return error_response(StatusCode::BAD_GATEWAY, &err);
         }
     };
@@ -117,7 +127,10 @@ async fn forward(api: &Api, method: Method, address: &str, path: &str, body: Byt
     match answer.bytes().await {
         Ok(bytes) => (status, [("content-type", "application/json")], bytes).into_response(),
         Err(source) => {
-            let err = Error::Forward { address: address.to_owned(), source };
+            let err = Error::Forward {
+                address: address.to_owned(),
+                source,
+            };
             error_response(StatusCode::BAD_GATEWAY, &err)
         }
     }
@@ -143,7 +156,14 @@ struct CaptureItem {
 
 async fn captures(State(api): State<Api>, headers: HeaderMap) -> Response {
     let Some(controller) = api.capture.status_provider() else {
-        return forward_to_owner(&api, Method::GET, "/api/v2/captures", &headers, Bytes::new()).await;
+        return forward_to_owner(
+            &api,
+            Method::GET,
+            "/api/v2/captures",
+            &headers,
+            Bytes::new(),
+        )
+        .await;
     };
     let owner_id = api.capture.info().map(|info| info.id).unwrap_or_default();
     let cluster_id = &api.capture.config().cluster_id;
@@ -166,7 +186,16 @@ async fn resign(State(api): State<Api>, headers: HeaderMap) -> Response {
             owner.async_stop();
             axum::Json(json!({})).into_response()
         }
-        Err(_) => forward_to_owner(&api, Method::POST, "/api/v2/owner/resign", &headers, Bytes::new()).await,
+        Err(_) => {
+            forward_to_owner(
+                &api,
+                Method::POST,
+                "/api/v2/owner/resign",
+                &headers,
+                Bytes::new(),
+            )
+            .await
+        }
     }
 }
 
@@ -189,7 +218,10 @@ async fn drain(State(api): State<Api>, Path(id): Path<String>, headers: HeaderMa
             let path = format!("/api/v2/captures/{id}/drain");
             forward(&api, Method::POST, &target.address, &path, Bytes::new()).await
         }
-        None => error_response(StatusCode::BAD_REQUEST, &Error::CaptureNotExist { capture_id: id }),
+        None => error_response(
+            StatusCode::BAD_REQUEST,
+            &Error::CaptureNotExist { capture_id: id },
+        ),
     }
 }
 

@@ -14,6 +14,9 @@ use crate::config::{Config, parse_listen_addr};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 
+/// How long open requests may take once the server stops.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A bound, not yet running, capture server.
 #[derive(Debug)]
 pub struct Server {
@@ -26,17 +29,24 @@ impl Server {
     /// Connects to etcd (lazily) and binds the listen address. `config` must be validated.
     pub async fn bind(config: Config) -> Result<Server> {
         let addr = parse_listen_addr(&config.addr)?;
-        let listener = TcpListener::bind(addr).await.map_err(|source| Error::Serve {
-            addr: config.addr.clone(),
-            source,
-        })?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::Serve {
+                addr: config.addr.clone(),
+                source,
+            })?;
         let local_addr = listener.local_addr().map_err(|source| Error::Serve {
             addr: config.addr.clone(),
             source,
         })?;
         let client = EtcdClient::connect(&config.endpoints(), ConnectConfig::default()).await?;
         let metrics = Arc::new(Metrics::new());
-        let capture = Capture::new(config, client.clone(), CaptureParts::production(client), metrics);
+        let capture = Capture::new(
+            config,
+            client.clone(),
+            CaptureParts::production(client),
+            metrics,
+        );
         Ok(Server {
             capture,
             listener,
@@ -71,6 +81,18 @@ impl Server {
                 TcpListenerStream::new(listener),
                 serve_cancel.clone().cancelled_owned(),
             );
+        // Idle keep-alive connections (a peer's forwarding client) would hold a graceful
+        // shutdown open: give open requests a moment, then stop serving.
+        let serve = async {
+            let mut serve = std::pin::pin!(serve);
+            tokio::select! {
+                served = &mut serve => served,
+                () = async {
+                    serve_cancel.cancelled().await;
+                    tokio::time::sleep(SHUTDOWN_GRACE).await;
+                } => Ok(()),
+            }
+        };
         let run = async {
             let result = capture.run(cancel.clone()).await;
             Capture::log_exit(&result);

@@ -37,7 +37,11 @@ impl std::fmt::Debug for Session {
 /// Grants sessions; tests inject one that fails.
 pub trait SessionFactory: Send + Sync {
     /// Grants a lease of `ttl` seconds and starts keeping it alive.
-    fn grant<'a>(&'a self, ttl: i64, cancel: &'a CancellationToken) -> BoxFuture<'a, Result<Session>>;
+    fn grant<'a>(
+        &'a self,
+        ttl: i64,
+        cancel: &'a CancellationToken,
+    ) -> BoxFuture<'a, Result<Session>>;
 }
 
 /// The production factory: grants through etcd, retrying transient errors for up to 30 s.
@@ -54,7 +58,11 @@ impl EtcdSessionFactory {
 }
 
 impl SessionFactory for EtcdSessionFactory {
-    fn grant<'a>(&'a self, ttl: i64, cancel: &'a CancellationToken) -> BoxFuture<'a, Result<Session>> {
+    fn grant<'a>(
+        &'a self,
+        ttl: i64,
+        cancel: &'a CancellationToken,
+    ) -> BoxFuture<'a, Result<Session>> {
         Box::pin(Session::grant(self.client.clone(), ttl, cancel))
     }
 }
@@ -62,7 +70,11 @@ impl SessionFactory for EtcdSessionFactory {
 impl Session {
     /// Grants a lease and starts the keep-alive task. Transient errors are retried with backoff
     /// until 30 s have passed, which gives `DeadlineExceeded`.
-    pub async fn grant(client: EtcdClient, ttl: i64, cancel: &CancellationToken) -> Result<Session> {
+    pub async fn grant(
+        client: EtcdClient,
+        ttl: i64,
+        cancel: &CancellationToken,
+    ) -> Result<Session> {
         let deadline = Instant::now() + GRANT_DEADLINE;
         let mut backoff = Duration::from_millis(100);
         let grant = loop {

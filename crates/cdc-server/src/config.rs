@@ -92,16 +92,25 @@ mod tests {
             let (config, _) = load(&cli(&["--config", "cdc.toml"])).unwrap();
             assert_eq!(config.cluster_id, "from-file");
             assert_eq!(config.capture_session_ttl, 7);
-            assert_eq!(config.owner_flush_interval, std::time::Duration::from_millis(20));
+            assert_eq!(
+                config.owner_flush_interval,
+                std::time::Duration::from_millis(20)
+            );
             assert_eq!(config.addr, "127.0.0.1:8300");
             jail.set_env("CDC_CLUSTER_ID", "from-env");
             jail.set_env("CDC_CAPTURE_SESSION_TTL", "6");
             let (config, _) = load(&cli(&["--config", "cdc.toml"])).unwrap();
             assert_eq!(config.cluster_id, "from-env");
             assert_eq!(config.capture_session_ttl, 6);
-            let (config, _) =
-                load(&cli(&["--config", "cdc.toml", "--cluster-id", "from-flag", "--etcd", "http://e:1"]))
-                    .unwrap();
+            let (config, _) = load(&cli(&[
+                "--config",
+                "cdc.toml",
+                "--cluster-id",
+                "from-flag",
+                "--etcd",
+                "http://e:1",
+            ]))
+            .unwrap();
             assert_eq!(config.cluster_id, "from-flag");
             assert_eq!(config.pd, "http://e:1");
             Ok(())

@@ -63,16 +63,28 @@ fn init_logging(config: &Config) -> Result<()> {
         .with_context(|| format!("parse log-level {:?}", config.log_level))?;
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     if config.log_file.is_empty() {
-        let builder = builder.with_writer(std::io::stderr);
-        if config.log_json { builder.json().init() } else { builder.init() }
+        let builder = builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_writer(std::io::stderr);
+        if config.log_json {
+            builder.json().init()
+        } else {
+            builder.init()
+        }
     } else {
         let file = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&config.log_file)
             .with_context(|| format!("open log-file {}", config.log_file))?;
-        let builder = builder.with_ansi(false).with_writer(std::sync::Mutex::new(file));
-        if config.log_json { builder.json().init() } else { builder.init() }
+        let builder = builder
+            .with_ansi(false)
+            .with_writer(std::sync::Mutex::new(file));
+        if config.log_json {
+            builder.json().init()
+        } else {
+            builder.init()
+        }
     }
     Ok(())
 }
@@ -91,7 +103,10 @@ async fn serve(config: Config) -> Result<()> {
         _ = sigint.recv() => info!("received SIGINT, stopping"),
     }
     let stop = async {
-        if tokio::time::timeout(DRAIN_DEADLINE, capture.drain()).await.is_err() {
+        if tokio::time::timeout(DRAIN_DEADLINE, capture.drain())
+            .await
+            .is_err()
+        {
             warn!("drain did not finish in time");
         }
         cancel.cancel();
