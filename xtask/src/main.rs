@@ -77,6 +77,8 @@ pub(crate) fn run_checked(cmd: &mut Command) -> Result<()> {
 
 fn test(args: &[String]) -> Result<()> {
     install::ensure_tools()?;
+    // The multi-process tests run the cdc-server binary.
+    run_checked(cargo().args(["build", "--package", "cdc-server", "--bin", "cdc-server"]))?;
     let has_nextest = cargo()
         .args(["nextest", "--version"])
         .output()
