@@ -1,4 +1,8 @@
 //! Multi-process tests: a real etcd and real `cdc-server` processes.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test helpers: a failure is a test failure"
+)]
 
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};

@@ -1,5 +1,10 @@
 //! `cargo xtask run-cluster`: a local etcd and N captures on free loopback ports, logs streamed
 //! with a prefix, everything stopped and cleaned up on Ctrl-C.
+#![allow(
+    clippy::print_stderr,
+    clippy::disallowed_methods,
+    reason = "a foreground command: it reports on stderr and polls children from plain threads"
+)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};

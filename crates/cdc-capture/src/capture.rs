@@ -187,7 +187,7 @@ impl Capture {
                 self.metrics.restarts.inc();
             }
             first = false;
-            match self.run_once(&incarnation_cancel).await {
+            match Box::pin(self.run_once(&incarnation_cancel)).await {
                 Ok(()) => return Ok(()),
                 Err(err) if err.restarts_capture() => {
                     if cancel.is_cancelled() {

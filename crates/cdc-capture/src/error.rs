@@ -124,11 +124,13 @@ impl Error {
     /// Whether the outer loop starts a new incarnation after this error (§6.2): suicide,
     /// cancellation or an internal deadline.
     pub fn restarts_capture(&self) -> bool {
-        match self.root_cause() {
-            Error::Suicide | Error::Cancelled | Error::DeadlineExceeded { .. } => true,
-            Error::Etcd(cdc_etcd::Error::Timeout { .. } | cdc_etcd::Error::Cancelled) => true,
-            _ => false,
-        }
+        matches!(
+            self.root_cause(),
+            Error::Suicide
+                | Error::Cancelled
+                | Error::DeadlineExceeded { .. }
+                | Error::Etcd(cdc_etcd::Error::Timeout { .. } | cdc_etcd::Error::Cancelled)
+        )
     }
 
     /// Whether the error is etcd's compaction error.

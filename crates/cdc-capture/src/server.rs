@@ -94,7 +94,7 @@ impl Server {
             }
         };
         let run = async {
-            let result = capture.run(cancel.clone()).await;
+            let result = Box::pin(capture.run(cancel.clone())).await;
             Capture::log_exit(&result);
             serve_cancel.cancel();
             result

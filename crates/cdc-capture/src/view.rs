@@ -141,14 +141,13 @@ impl ClusterView {
                 }
                 parsed
             });
-        } else if rest.contains("/changefeed/info/") || rest.contains("/changefeed/status/") {
-            if let Some(value) = value
-                && serde_json::from_slice::<serde_json::Value>(value)
-                    .map(|json| !json.is_object())
-                    .unwrap_or(true)
-            {
-                warn!(key, "changefeed key holds undecodable JSON, ignoring it");
-            }
+        } else if (rest.contains("/changefeed/info/") || rest.contains("/changefeed/status/"))
+            && let Some(value) = value
+            && serde_json::from_slice::<serde_json::Value>(value)
+                .map(|json| !json.is_object())
+                .unwrap_or(true)
+        {
+            warn!(key, "changefeed key holds undecodable JSON, ignoring it");
         }
     }
 }

@@ -60,7 +60,11 @@ pub(crate) fn load(cli: &Cli) -> Result<(Config, Vec<String>), String> {
         figment = figment.merge(Toml::file_exact(path));
     }
     let figment = figment
-        .merge(Env::prefixed("CDC_").split("__"))
+        // `CDC_CAPTURE_SESSION_TTL` is `capture-session-ttl`; `__` nests (`CDC_DEBUG__MESSAGES__...`).
+        .merge(
+            Env::prefixed("CDC_")
+                .map(|key| key.as_str().replace("__", ".").replace('_', "-").into()),
+        )
         .merge(Serialized::defaults(&cli.overrides));
     let mut config: Config = figment.extract().map_err(|err| {
         err.into_iter()
@@ -83,6 +87,10 @@ mod tests {
     }
 
     #[test]
+    #[allow(
+        clippy::result_large_err,
+        reason = "figment's Jail returns its own error"
+    )]
     fn precedence_is_defaults_file_env_flags() {
         figment::Jail::expect_with(|jail| {
             jail.create_file(
@@ -118,6 +126,10 @@ mod tests {
     }
 
     #[test]
+    #[allow(
+        clippy::result_large_err,
+        reason = "figment's Jail returns its own error"
+    )]
     fn unknown_key_names_key_and_file() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("bad.toml", "capture-sesion-ttl = 5\n")?;
