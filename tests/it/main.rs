@@ -1,4 +1,5 @@
 //! One integration-test binary: real etcd, real processes.
 
+mod cluster;
 mod etcd_raw;
 mod orchestrator;

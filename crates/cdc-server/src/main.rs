@@ -1,3 +1,123 @@
-//! The capture server binary.
+//! The capture server binary: flags and configuration, logging, signals, then the capture.
 
-fn main() {}
+mod config;
+
+use std::fs::OpenOptions;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use cdc_capture::{Config, Server};
+use clap::Parser;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use tracing_subscriber::EnvFilter;
+
+/// How long a graceful stop may take before the process exits anyway.
+const STOP_DEADLINE: Duration = Duration::from_secs(10);
+/// How long the drain (owner resign) may take within the stop.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
+
+fn main() -> ExitCode {
+    let cli = config::Cli::parse();
+    let (config, warnings) = match config::load(&cli) {
+        Ok(loaded) => loaded,
+        Err(message) => {
+            #[allow(clippy::print_stderr, reason = "logging is not set up yet")]
+            {
+                eprintln!("cdc-server: {message}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(err) = init_logging(&config) {
+        #[allow(clippy::print_stderr, reason = "logging could not be set up")]
+        {
+            eprintln!("cdc-server: {err:#}");
+        }
+        return ExitCode::from(2);
+    }
+    for warning in warnings {
+        warn!("{warning}");
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            tracing::error!(error = %err, "starting the runtime failed");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("cdc-server failed: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(config: &Config) -> Result<()> {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.log_level))
+        .with_context(|| format!("parse log-level {:?}", config.log_level))?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if config.log_file.is_empty() {
+        let builder = builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_writer(std::io::stderr);
+        if config.log_json {
+            builder.json().init()
+        } else {
+            builder.init()
+        }
+    } else {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&config.log_file)
+            .with_context(|| format!("open log-file {}", config.log_file))?;
+        let builder = builder
+            .with_ansi(false)
+            .with_writer(std::sync::Mutex::new(file));
+        if config.log_json {
+            builder.json().init()
+        } else {
+            builder.init()
+        }
+    }
+    Ok(())
+}
+
+async fn serve(config: Config) -> Result<()> {
+    info!(config = ?config, "starting cdc-server");
+    let server = Server::bind(config).await.context("start the server")?;
+    let capture = std::sync::Arc::clone(server.capture());
+    let cancel = CancellationToken::new();
+    let mut sigterm = signal(SignalKind::terminate()).context("install the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("install the SIGINT handler")?;
+    let mut running = std::pin::pin!(server.run(cancel.clone()));
+    tokio::select! {
+        result = &mut running => return result.context("run the capture"),
+        _ = sigterm.recv() => info!("received SIGTERM, stopping"),
+        _ = sigint.recv() => info!("received SIGINT, stopping"),
+    }
+    let stop = async {
+        if tokio::time::timeout(DRAIN_DEADLINE, capture.drain())
+            .await
+            .is_err()
+        {
+            warn!("drain did not finish in time");
+        }
+        cancel.cancel();
+        running.await
+    };
+    tokio::select! {
+        result = tokio::time::timeout(STOP_DEADLINE, stop) => match result {
+            Ok(result) => result.context("stop the capture"),
+            Err(_) => anyhow::bail!("the capture did not stop within {STOP_DEADLINE:?}"),
+        },
+        _ = sigterm.recv() => anyhow::bail!("second signal, exiting at once"),
+        _ = sigint.recv() => anyhow::bail!("second signal, exiting at once"),
+    }
+}

@@ -1,0 +1,146 @@
+//! The error type of the capture.
+
+/// Errors of the capture. The `[CDC:...]` codes are TiCDC's: logs and HTTP answers carry them.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The incarnation must end and a new one start (new lease, new capture ID).
+    #[error("[CDC:ErrCaptureSuicide]capture suicide")]
+    Suicide,
+    /// Writing the capture key failed.
+    #[error("[CDC:ErrCaptureRegister]capture register to etcd failed")]
+    Register(#[source] Box<Error>),
+    /// No incarnation has been set up yet.
+    #[error("[CDC:ErrCaptureNotInitialized]capture has not been initialized yet")]
+    NotInitialized,
+    /// The owner campaign failed.
+    #[error("[CDC:ErrCaptureCampaignOwner]campaign owner failed")]
+    CampaignOwner(#[source] Box<Error>),
+    /// Resigning the ownership failed.
+    #[error("[CDC:ErrCaptureResignOwner]resign owner failed")]
+    ResignOwner(#[source] Box<Error>),
+    /// This capture is not the owner (or its owner key is gone).
+    #[error("[CDC:ErrNotOwner]this capture is not a owner")]
+    NotOwner,
+    /// No capture matches the owner key.
+    #[error("[CDC:ErrOwnerNotFound]owner not found")]
+    OwnerNotFound,
+    /// The etcd session (lease keep-alive) ended.
+    #[error("[CDC:ErrEtcdSessionDone]the etcd session is done")]
+    SessionDone,
+    /// The capture key is gone: its lease expired or was revoked.
+    #[error("[CDC:ErrLeaseExpired]owner lease expired ")]
+    LeaseExpired,
+    /// A capture ID that no capture has.
+    #[error("[CDC:ErrCaptureNotExist]capture not exists: {capture_id}")]
+    CaptureNotExist {
+        /// The unknown ID.
+        capture_id: String,
+    },
+    /// The meta version in etcd is newer than this binary.
+    #[error(
+        "[CDC:ErrEtcdMigrateFailed]meta version {found} is newer than this binary's {supported}"
+    )]
+    MetaVersionTooNew {
+        /// The version in etcd.
+        found: i64,
+        /// The version this binary writes.
+        supported: i64,
+    },
+    /// An etcd call failed.
+    #[error("[CDC:ErrPDEtcdAPIError]etcd api call error")]
+    Etcd(#[from] cdc_etcd::Error),
+    /// An internal deadline expired (TiCDC's DeadlineExceeded).
+    #[error("deadline of {op} exceeded")]
+    DeadlineExceeded {
+        /// What timed out.
+        op: &'static str,
+    },
+    /// The HTTP or gRPC listener failed.
+    #[error("serve {addr}")]
+    Serve {
+        /// The address.
+        addr: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A request to another capture failed.
+    #[error("forward to {address}")]
+    Forward {
+        /// The capture's address.
+        address: String,
+        /// Why.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// A configuration value is invalid.
+    #[error("[CDC:ErrInvalidServerOption]{message}")]
+    InvalidConfig {
+        /// What is wrong.
+        message: String,
+    },
+    /// The caller cancelled the operation.
+    #[error("context canceled")]
+    Cancelled,
+}
+
+/// The result type of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Whether a later attempt may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Suicide => true,
+            Error::Register(source) => source.is_retryable(),
+            Error::NotInitialized => true,
+            Error::CampaignOwner(source) => source.is_retryable(),
+            Error::ResignOwner(source) => source.is_retryable(),
+            Error::NotOwner => false,
+            Error::OwnerNotFound => true,
+            Error::SessionDone => true,
+            Error::LeaseExpired => true,
+            Error::CaptureNotExist { .. } => false,
+            Error::MetaVersionTooNew { .. } => false,
+            Error::Etcd(source) => source.is_retryable(),
+            Error::DeadlineExceeded { .. } => true,
+            Error::Serve { .. } => false,
+            Error::Forward { .. } => true,
+            Error::InvalidConfig { .. } => false,
+            Error::Cancelled => false,
+        }
+    }
+
+    /// The innermost error of the capture's own wrappers.
+    pub fn root_cause(&self) -> &Error {
+        match self {
+            Error::Register(source) | Error::CampaignOwner(source) | Error::ResignOwner(source) => {
+                source.root_cause()
+            }
+            other => other,
+        }
+    }
+
+    /// Whether the outer loop starts a new incarnation after this error (§6.2): suicide,
+    /// cancellation or an internal deadline.
+    pub fn restarts_capture(&self) -> bool {
+        matches!(
+            self.root_cause(),
+            Error::Suicide
+                | Error::Cancelled
+                | Error::DeadlineExceeded { .. }
+                | Error::Etcd(cdc_etcd::Error::Timeout { .. } | cdc_etcd::Error::Cancelled)
+        )
+    }
+
+    /// Whether the error is etcd's compaction error.
+    pub fn is_compacted(&self) -> bool {
+        match self.root_cause() {
+            Error::Etcd(cdc_etcd::Error::Compacted { .. }) => true,
+            Error::Etcd(other) => other
+                .to_string()
+                .contains("required revision has been compacted"),
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! One capture server: the capture plus its port, serving HTTP and gRPC together.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use cdc_etcd::{ConnectConfig, EtcdClient};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::capture::{Capture, CaptureParts};
+use crate::config::{Config, parse_listen_addr};
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+
+/// How long open requests may take once the server stops.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A bound, not yet running, capture server.
+#[derive(Debug)]
+pub struct Server {
+    capture: Arc<Capture>,
+    listener: TcpListener,
+    local_addr: SocketAddr,
+}
+
+impl Server {
+    /// Connects to etcd (lazily) and binds the listen address. `config` must be validated.
+    pub async fn bind(config: Config) -> Result<Server> {
+        let addr = parse_listen_addr(&config.addr)?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::Serve {
+                addr: config.addr.clone(),
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| Error::Serve {
+            addr: config.addr.clone(),
+            source,
+        })?;
+        let client = EtcdClient::connect(&config.endpoints(), ConnectConfig::default()).await?;
+        let metrics = Arc::new(Metrics::new());
+        let capture = Capture::new(
+            config,
+            client.clone(),
+            CaptureParts::production(client),
+            metrics,
+        );
+        Ok(Server {
+            capture,
+            listener,
+            local_addr,
+        })
+    }
+
+    /// The capture, for draining on a signal.
+    pub fn capture(&self) -> &Arc<Capture> {
+        &self.capture
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves the port and runs the capture until `cancel`, or until the capture fails.
+    pub async fn run(self, cancel: CancellationToken) -> Result<()> {
+        let Server {
+            capture,
+            listener,
+            local_addr,
+        } = self;
+        info!(addr = %local_addr, "serving HTTP and gRPC");
+        let routes = tonic::service::Routes::from(crate::http::router(Arc::clone(&capture)));
+        let serve_cancel = cancel.child_token();
+        let serve = tonic::transport::Server::builder()
+            .accept_http1(true)
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(listener),
+                serve_cancel.clone().cancelled_owned(),
+            );
+        // Idle keep-alive connections (a peer's forwarding client) would hold a graceful
+        // shutdown open: give open requests a moment, then stop serving.
+        let serve = async {
+            let mut serve = std::pin::pin!(serve);
+            tokio::select! {
+                served = &mut serve => served,
+                () = async {
+                    serve_cancel.cancelled().await;
+                    tokio::time::sleep(SHUTDOWN_GRACE).await;
+                } => Ok(()),
+            }
+        };
+        let run = async {
+            let result = Box::pin(capture.run(cancel.clone())).await;
+            Capture::log_exit(&result);
+            serve_cancel.cancel();
+            result
+        };
+        let (served, ran) = tokio::join!(serve, run);
+        ran?;
+        served.map_err(|err| Error::Serve {
+            addr: local_addr.to_string(),
+            source: std::io::Error::other(err),
+        })
+    }
+}

@@ -1,0 +1,148 @@
+//! Flags and configuration loading: defaults < file < `CDC_` environment < flags.
+
+use std::path::PathBuf;
+
+use cdc_capture::Config;
+use clap::Parser;
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::Serialize;
+
+/// `cdc-server`: one capture of a TiCDC-style cluster.
+#[derive(Debug, Parser)]
+#[command(name = "cdc-server", version)]
+pub(crate) struct Cli {
+    /// The configuration file (TOML with TiCDC's keys).
+    #[arg(long)]
+    pub(crate) config: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) overrides: Overrides,
+}
+
+/// Flags that override the file and the environment.
+#[derive(Debug, Default, clap::Args, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) struct Overrides {
+    /// The etcd (PD) endpoints, comma-separated.
+    #[arg(long, visible_alias = "etcd")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pd: Option<String>,
+    /// The address to listen on (default 127.0.0.1:8300).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    addr: Option<String>,
+    /// The address other captures and clients use (default: --addr).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    advertise_addr: Option<String>,
+    /// The cluster to join (default "default").
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster_id: Option<String>,
+    /// The log level.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    log_level: Option<String>,
+    /// The log file (default: standard error).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    log_file: Option<String>,
+    /// The data directory.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_dir: Option<String>,
+}
+
+/// Loads and validates the configuration; the error names the bad key and where it came from.
+pub(crate) fn load(cli: &Cli) -> Result<(Config, Vec<String>), String> {
+    let mut figment = Figment::from(Serialized::defaults(Config::default()));
+    if let Some(path) = &cli.config {
+        figment = figment.merge(Toml::file_exact(path));
+    }
+    let figment = figment
+        // `CDC_CAPTURE_SESSION_TTL` is `capture-session-ttl`; `__` nests (`CDC_DEBUG__MESSAGES__...`).
+        .merge(
+            Env::prefixed("CDC_")
+                .map(|key| key.as_str().replace("__", ".").replace('_', "-").into()),
+        )
+        .merge(Serialized::defaults(&cli.overrides));
+    let mut config: Config = figment.extract().map_err(|err| {
+        err.into_iter()
+            .map(|error| error.to_string())
+            .collect::<Vec<_>>()
+            .join("; ")
+    })?;
+    let warnings = config
+        .validate_and_adjust()
+        .map_err(|err| format!("invalid configuration: {err}"))?;
+    Ok((config, warnings))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        Cli::parse_from(std::iter::once("cdc-server").chain(args.iter().copied()))
+    }
+
+    #[test]
+    #[allow(
+        clippy::result_large_err,
+        reason = "figment's Jail returns its own error"
+    )]
+    fn precedence_is_defaults_file_env_flags() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "cdc.toml",
+                "cluster-id = \"from-file\"\ncapture-session-ttl = 7\nowner-flush-interval = \"20ms\"\n[debug.messages]\nserver-ack-interval = \"100ms\"\n",
+            )?;
+            let (config, _) = load(&cli(&["--config", "cdc.toml"])).unwrap();
+            assert_eq!(config.cluster_id, "from-file");
+            assert_eq!(config.capture_session_ttl, 7);
+            assert_eq!(
+                config.owner_flush_interval,
+                std::time::Duration::from_millis(20)
+            );
+            assert_eq!(config.addr, "127.0.0.1:8300");
+            jail.set_env("CDC_CLUSTER_ID", "from-env");
+            jail.set_env("CDC_CAPTURE_SESSION_TTL", "6");
+            let (config, _) = load(&cli(&["--config", "cdc.toml"])).unwrap();
+            assert_eq!(config.cluster_id, "from-env");
+            assert_eq!(config.capture_session_ttl, 6);
+            let (config, _) = load(&cli(&[
+                "--config",
+                "cdc.toml",
+                "--cluster-id",
+                "from-flag",
+                "--etcd",
+                "http://e:1",
+            ]))
+            .unwrap();
+            assert_eq!(config.cluster_id, "from-flag");
+            assert_eq!(config.pd, "http://e:1");
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(
+        clippy::result_large_err,
+        reason = "figment's Jail returns its own error"
+    )]
+    fn unknown_key_names_key_and_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("bad.toml", "capture-sesion-ttl = 5\n")?;
+            let err = load(&cli(&["--config", "bad.toml"])).unwrap_err();
+            assert!(err.contains("capture-sesion-ttl"), "{err}");
+            assert!(err.contains("bad.toml"), "{err}");
+            jail.create_file("bad2.toml", "[security]\nca = \"x\"\n")?;
+            let err = load(&cli(&["--config", "bad2.toml"])).unwrap_err();
+            assert!(err.contains("ca"), "{err}");
+            jail.create_file("bad3.toml", "gc-ttl = \"soon\"\n")?;
+            let err = load(&cli(&["--config", "bad3.toml"])).unwrap_err();
+            assert!(err.contains("gc-ttl") && err.contains("bad3.toml"), "{err}");
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,367 @@
+//! Multi-process tests: a real etcd and real `cdc-server` processes.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test helpers: a failure is a test failure"
+)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use cdc_etcd::testing::{EtcdServer, etcdctl_binary};
+use cdc_etcd::{EtcdClient, GetOptions};
+use serde_json::Value;
+
+const TTL: u64 = 5;
+
+/// The `cdc-server` binary next to this test binary (`target/<profile>/deps/it-*` ->
+/// `target/<profile>/cdc-server`). `cargo xtask test` builds it first.
+fn server_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary has a path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("the test binary lives in target/<profile>/deps");
+    let binary = profile_dir.join("cdc-server");
+    assert!(
+        binary.exists(),
+        "{} is missing: build it with `cargo build -p cdc-server`",
+        binary.display()
+    );
+    binary
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("a free loopback port")
+}
+
+struct Node {
+    address: String,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Node {
+    fn start(etcd: &str, cluster_id: &str) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("cdc.toml");
+        std::fs::write(&config, format!("capture-session-ttl = {TTL}\n")).unwrap();
+        let address = format!("127.0.0.1:{}", free_port());
+        let log = std::fs::File::create(dir.path().join("cdc.log")).unwrap();
+        let child = Command::new(server_binary())
+            .args(["--pd", etcd, "--addr", &address, "--cluster-id", cluster_id])
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Node {
+            address,
+            child,
+            _dir: dir,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    async fn wait_exit(&mut self, within: Duration) -> Result<ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        bail!("cdc-server {} still runs after {within:?}", self.pid())
+    }
+
+    fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    async fn get(&self, path: &str) -> Result<Value> {
+        let response = reqwest::Client::new()
+            .get(format!("http://{}{path}", self.address))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await?;
+        if !response.status().is_success() {
+            bail!("GET {path}: {}", response.status());
+        }
+        Ok(response.json().await?)
+    }
+
+    async fn status(&self) -> Result<Value> {
+        self.get("/status").await
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, for at most `within`.
+async fn wait_for<T, F, Fut>(within: Duration, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = check().await {
+            return Ok(value);
+        }
+        if Instant::now() >= deadline {
+            bail!("condition not met within {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The owners reported by the running nodes' `/status`, as (node index, capture id).
+async fn owners(nodes: &[Node]) -> Vec<(usize, String)> {
+    let mut owners = Vec::new();
+    for (index, node) in nodes.iter().enumerate() {
+        if let Ok(status) = node.status().await
+            && status["is_owner"] == Value::Bool(true)
+        {
+            owners.push((index, status["id"].as_str().unwrap_or_default().to_owned()));
+        }
+    }
+    owners
+}
+
+async fn start_cluster(n_nodes: usize, cluster_id: &str) -> (EtcdServer, Vec<Node>) {
+    let etcd = EtcdServer::start().await.unwrap();
+    let nodes: Vec<Node> = (0..n_nodes)
+        .map(|_| Node::start(&etcd.endpoint(), cluster_id))
+        .collect();
+    (etcd, nodes)
+}
+
+async fn one_owner(nodes: &mut [Node], within: Duration) -> Result<(usize, String)> {
+    let deadline = Instant::now() + within;
+    loop {
+        let found = owners(nodes).await;
+        if found.len() == 1 {
+            return Ok(found.into_iter().next().expect("one owner"));
+        }
+        if Instant::now() >= deadline {
+            bail!("owners after {within:?}: {found:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn capture_keys(client: &EtcdClient, cluster_id: &str) -> Vec<(String, Vec<u8>)> {
+    client
+        .get(
+            format!("/tidb/cdc/{cluster_id}/__cdc_meta__/capture/"),
+            GetOptions::prefix(),
+        )
+        .await
+        .unwrap()
+        .kvs
+        .into_iter()
+        .map(|kv| (kv.key_lossy(), kv.value))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_captures_register_and_sigterm_hands_ownership_over() -> Result<()> {
+    let (etcd, mut nodes) = start_cluster(3, "default").await;
+    let client = etcd.client().await?;
+    let (owner_index, owner_id) = one_owner(&mut nodes, Duration::from_secs(20)).await?;
+
+    // The captures list, served by the owner and forwarded by the others.
+    let captures = wait_for(Duration::from_secs(10), || async {
+        let list = nodes[(owner_index + 1) % 3]
+            .get("/api/v2/captures")
+            .await
+            .ok()?;
+        (list["total"] == 3).then_some(list)
+    })
+    .await?;
+    let items = captures["items"].as_array().context("items")?;
+    assert_eq!(items.len(), 3);
+    for item in items {
+        let keys: Vec<&str> = item
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(keys, ["id", "is_owner", "address", "cluster_id"]);
+        assert_eq!(
+            item["is_owner"],
+            Value::Bool(item["id"] == owner_id.as_str())
+        );
+        assert_eq!(item["cluster_id"], "default");
+    }
+
+    // TiCDC's exact capture-key JSON.
+    let keys = capture_keys(&client, "default").await;
+    assert_eq!(keys.len(), 3);
+    for (key, value) in &keys {
+        let text = String::from_utf8(value.clone())?;
+        let json: serde_json::Map<String, Value> = serde_json::from_str(&text)?;
+        let fields: Vec<&str> = json.keys().map(String::as_str).collect();
+        assert_eq!(
+            fields,
+            [
+                "id",
+                "address",
+                "version",
+                "git-hash",
+                "deploy-path",
+                "start-timestamp"
+            ]
+        );
+        assert!(key.ends_with(json["id"].as_str().unwrap()));
+        assert!(json["start-timestamp"].as_i64().unwrap() > 0);
+    }
+
+    // SIGTERM on the owner: a new owner within 1.5 s, and the process exits 0.
+    nodes[owner_index].signal("TERM");
+    let started = Instant::now();
+    let (new_index, _) = wait_for(Duration::from_millis(1500), || async {
+        let found = owners(&nodes).await;
+        found.into_iter().find(|(index, _)| *index != owner_index)
+    })
+    .await?;
+    assert_ne!(new_index, owner_index);
+    let status = nodes[owner_index]
+        .wait_exit(Duration::from_secs(10))
+        .await?;
+    assert!(status.success(), "{status:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    wait_for(Duration::from_secs(5), || async {
+        (capture_keys(&client, "default").await.len() == 2).then_some(())
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_owner_gives_a_new_owner_within_ttl() -> Result<()> {
+    let (_etcd, mut nodes) = start_cluster(3, "kill9").await;
+    let (owner_index, _) = one_owner(&mut nodes, Duration::from_secs(20)).await?;
+    nodes[owner_index].child.kill()?;
+    nodes[owner_index].child.wait()?;
+    let (new_index, _) = one_owner(&mut nodes, Duration::from_secs(TTL + 2)).await?;
+    assert_ne!(new_index, owner_index);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_lease_comes_back_as_a_new_capture() -> Result<()> {
+    let (etcd, mut nodes) = start_cluster(2, "revoke").await;
+    let client = etcd.client().await?;
+    one_owner(&mut nodes, Duration::from_secs(20)).await?;
+    let old_id = nodes[0].status().await?["id"].as_str().unwrap().to_owned();
+    let key = format!("/tidb/cdc/revoke/__cdc_meta__/capture/{old_id}");
+    let lease = client.get(key, GetOptions::default()).await?.kvs[0].lease;
+    let output = Command::new(etcdctl_binary())
+        .env("ETCDCTL_API", "3")
+        .args([
+            "--endpoints",
+            &etcd.endpoint(),
+            "lease",
+            "revoke",
+            &format!("{lease:x}"),
+        ])
+        .output()?;
+    assert!(output.status.success(), "{output:?}");
+    let new_id = wait_for(Duration::from_secs(25), || async {
+        let id = nodes[0].status().await.ok()?["id"].as_str()?.to_owned();
+        (!id.is_empty() && id != old_id).then_some(id)
+    })
+    .await?;
+    assert!(nodes[0].is_running());
+    wait_for(Duration::from_secs(10), || async {
+        let keys = capture_keys(&client, "revoke").await;
+        keys.iter()
+            .any(|(key, _)| key.ends_with(&new_id))
+            .then_some(())
+    })
+    .await?;
+    one_owner(&mut nodes, Duration::from_secs(10)).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_the_owner_key_gives_one_owner_again() -> Result<()> {
+    let (etcd, mut nodes) = start_cluster(3, "delowner").await;
+    let client = etcd.client().await?;
+    let (_, owner_id) = one_owner(&mut nodes, Duration::from_secs(20)).await?;
+    let owner_keys = client
+        .get(
+            "/tidb/cdc/delowner/__cdc_meta__/owner/",
+            GetOptions::prefix(),
+        )
+        .await?;
+    let owner_key = owner_keys
+        .kvs
+        .iter()
+        .find(|kv| kv.value == owner_id.as_bytes())
+        .context("the owner's key")?
+        .key
+        .clone();
+    client.delete(owner_key, false).await?;
+    let (_, new_owner) = wait_for(Duration::from_secs(3), || async {
+        let found = owners(&nodes).await;
+        (found.len() == 1 && found[0].1 != owner_id).then(|| found[0].clone())
+    })
+    .await?;
+    assert_ne!(new_owner, owner_id);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_json_crashes_nothing() -> Result<()> {
+    let (etcd, mut nodes) = start_cluster(2, "garbage").await;
+    let client = etcd.client().await?;
+    one_owner(&mut nodes, Duration::from_secs(20)).await?;
+    client
+        .put(
+            "/tidb/cdc/garbage/__cdc_meta__/capture/bogus",
+            "{not json",
+            0,
+        )
+        .await?;
+    client
+        .put(
+            "/tidb/cdc/garbage/default/changefeed/info/cf",
+            "]]garbage",
+            0,
+        )
+        .await?;
+    let list = wait_for(Duration::from_secs(5), || async {
+        let list = nodes[0].get("/api/v2/captures").await.ok()?;
+        (list["total"] == 2).then_some(list)
+    })
+    .await?;
+    assert_eq!(list["total"], 2);
+    assert!(nodes.iter_mut().all(Node::is_running));
+    one_owner(&mut nodes, Duration::from_secs(5)).await?;
+    Ok(())
+}
