@@ -9,7 +9,6 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -62,10 +61,7 @@ pub(crate) fn run(args: Args) -> Result<()> {
     }
     install::ensure_tools()?;
     run_checked(cargo().args(["build", "--package", "cdc-server", "--bin", "cdc-server"]))?;
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| project_root().join("target"));
-    let binary = target_dir.join("debug").join("cdc-server");
+    let binary = crate::target_dir().join("debug").join("cdc-server");
     let cluster_dir = project_root().join("target").join("cluster");
     let _ = std::fs::remove_dir_all(&cluster_dir);
     std::fs::create_dir_all(&cluster_dir).context("create target/cluster")?;
