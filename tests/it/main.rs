@@ -1,3 +1,4 @@
 //! One integration-test binary: real etcd, real processes.
 
 mod etcd_raw;
+mod etcd_watch;

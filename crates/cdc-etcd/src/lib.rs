@@ -4,6 +4,8 @@
 //!   response types ([`Txn`], [`Compare`], [`KeyValue`], [`WatchResponse`], ...), so that no
 //!   etcd-client type crosses the crate boundary.
 //! - [`Error`]: every etcd-client error is classified in one module.
+//! - [`watch::ResilientWatch`]: a watch that requests progress, re-opens itself when stuck or
+//!   broken, never drops a response and surfaces compaction as [`Error::Compacted`].
 //! - [`key`]: the key layout of a TiCDC cluster ([`key::CdcKey`] parse and format).
 //!
 //! Invariant: no other crate of the workspace depends on `etcd-client`.
@@ -14,6 +16,7 @@ mod client;
 mod error;
 pub mod key;
 mod types;
+pub mod watch;
 
 #[cfg(feature = "testing")]
 pub mod testing;
