@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use cdc_etcd::testing::EtcdServer;
 use cdc_etcd::watch::ResilientWatch;
-use cdc_etcd::{Error, WatchResponse};
+use cdc_etcd::{Error, RetryingClient, WatchResponse};
 use tokio_util::sync::CancellationToken;
 
 async fn recv(watch: &mut ResilientWatch) -> Option<cdc_etcd::Result<WatchResponse>> {
@@ -65,20 +65,14 @@ async fn no_event_lost_across_rewatch() {
     }
 
     server.restart().await.unwrap();
+    // The client reconnects on its own; the retrying client covers the first calls after the
+    // restart that may still fail.
+    let retrying = RetryingClient::new(client.clone());
     for n in 5..10 {
-        // The client reconnects on its own; the first call after a restart may still fail.
-        let mut tries = 0;
-        let revision = loop {
-            match client.put(format!("/w/{n}"), "v", 0).await {
-                Ok(revision) => break revision,
-                Err(err) if tries < 20 => {
-                    tries += 1;
-                    tracing::info!(error = %err, "put after restart failed, retrying");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(err) => panic!("put after restart: {err}"),
-            }
-        };
+        let revision = retrying
+            .put(format!("/w/{n}"), "v", 0, &cancel)
+            .await
+            .unwrap();
         written.push(revision);
     }
     while seen.len() < written.len() {

@@ -1,4 +1,5 @@
 //! One integration-test binary: real etcd, real processes.
 
 mod etcd_raw;
+mod etcd_retry;
 mod etcd_watch;

@@ -237,6 +237,13 @@ impl Error {
         }
     }
 
+    /// Whether this is one of etcd's transient server errors (no space, too many requests, no
+    /// leader, leader changed, not capable, stopped, request timed out, unhealthy) or a reset
+    /// connection: the only errors on which TiCDC retries a transaction.
+    pub fn is_transient_etcd_error(&self) -> bool {
+        crate::classify::is_transient(self)
+    }
+
     /// Whether the requested revision was compacted, by type or by etcd's message (as TiCDC's
     /// `IsErrCompacted`).
     pub fn is_compacted(&self) -> bool {

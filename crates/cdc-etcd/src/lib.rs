@@ -4,6 +4,8 @@
 //!   response types ([`Txn`], [`Compare`], [`KeyValue`], [`WatchResponse`], ...), so that no
 //!   etcd-client type crosses the crate boundary.
 //! - [`Error`]: every etcd-client error is classified in one module.
+//! - [`RetryingClient`]: the same calls retried under one deadline with TiCDC's backoff and
+//!   per-operation retry rules (deletes are never retried).
 //! - [`watch::ResilientWatch`]: a watch that requests progress, re-opens itself when stuck or
 //!   broken, never drops a response and surfaces compaction as [`Error::Compacted`].
 //! - [`key`]: the key layout of a TiCDC cluster ([`key::CdcKey`] parse and format).
@@ -15,6 +17,7 @@ mod classify;
 mod client;
 mod error;
 pub mod key;
+pub mod retry;
 mod types;
 pub mod watch;
 
@@ -23,6 +26,7 @@ pub mod testing;
 
 pub use client::{ConnectConfig, EtcdClient, LeaseKeepAlive, RawWatch};
 pub use error::{Error, Result, RpcCode};
+pub use retry::{RetryPolicy, RetryingClient};
 pub use types::{
     Compare, CompareOp, Event, EventKind, GetOptions, GetResponse, KeepAliveResponse, KeyValue,
     LeaseGrant, LeaseId, LeaseTimeToLive, Revision, SortOrder, SortTarget, Txn, TxnOp,
