@@ -8,11 +8,13 @@
 //!   per-operation retry rules (deletes are never retried).
 //! - [`watch::ResilientWatch`]: a watch that requests progress, re-opens itself when stuck or
 //!   broken, never drops a response and surfaces compaction as [`Error::Compacted`].
+//! - [`CdcEtcdClient`]: TiCDC's metadata operations (captures, owner, changefeeds, upstreams).
 //! - [`key`]: the key layout of a TiCDC cluster ([`key::CdcKey`] parse and format).
 //!
 //! Invariant: no other crate of the workspace depends on `etcd-client`.
 #![warn(missing_docs)]
 
+mod cdc_client;
 mod classify;
 mod client;
 mod error;
@@ -24,6 +26,7 @@ pub mod watch;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use cdc_client::{CdcEtcdClient, META_VERSION};
 pub use client::{ConnectConfig, EtcdClient, LeaseKeepAlive, RawWatch};
 pub use error::{Error, Result, RpcCode};
 pub use retry::{RetryPolicy, RetryingClient};
