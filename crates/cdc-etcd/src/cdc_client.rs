@@ -81,7 +81,11 @@ impl CdcEtcdClient {
     /// Wraps `client` for cluster `cluster_id`, reading the etcd cluster ID (MemberList) under
     /// the retry deadline.
     pub async fn new(client: EtcdClient, cluster_id: &str) -> Result<CdcEtcdClient> {
-        CdcEtcdClient::with_retrying(RetryingClient::new(client), cluster_id).await
+        Box::pin(CdcEtcdClient::with_retrying(
+            RetryingClient::new(client),
+            cluster_id,
+        ))
+        .await
     }
 
     /// Like [`CdcEtcdClient::new`] with a given retry policy.
