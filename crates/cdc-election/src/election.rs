@@ -466,17 +466,31 @@ impl Election {
         Ok(get.kvs.into_iter().next())
     }
 
-    /// TiCDC's `GetOwnerRevision` for the value we campaigned with: the leader key's mod
-    /// revision. [`Error::OwnerNotFound`] when nobody leads, [`Error::NotLeader`] when another
-    /// value leads (or we never campaigned).
+    /// TiCDC's `GetOwnerRevision` for the value we campaigned with (see
+    /// [`Election::owner_revision_of`]); [`Error::NotLeader`] if we never campaigned.
     pub async fn owner_revision(&self) -> Result<Revision> {
+        let ours = self.lock_state().value.clone();
+        match ours {
+            Some(value) => self.owner_revision_of(&value).await,
+            None => match self.first_in_queue().await? {
+                Some(_) => Err(Error::NotLeader),
+                None => Err(Error::OwnerNotFound),
+            },
+        }
+    }
+
+    /// TiCDC's `GetOwnerRevision(capture_id)`: the leader key's mod revision (its create
+    /// revision unless proclaimed) if `capture_id` leads; [`Error::OwnerNotFound`] when nobody
+    /// leads, [`Error::NotLeader`] when another value leads. Successive owners get strictly
+    /// increasing revisions.
+    pub async fn owner_revision_of(&self, capture_id: &str) -> Result<Revision> {
         let Some(leader) = self.first_in_queue().await? else {
             return Err(Error::OwnerNotFound);
         };
-        let ours = self.lock_state().value.clone();
-        match ours {
-            Some(value) if leader.value == value.as_bytes() => Ok(leader.mod_revision),
-            _ => Err(Error::NotLeader),
+        if leader.value == capture_id.as_bytes() {
+            Ok(leader.mod_revision)
+        } else {
+            Err(Error::NotLeader)
         }
     }
 }
