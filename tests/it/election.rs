@@ -24,7 +24,9 @@ async fn short_session(client: &EtcdClient, ttl_secs: i64) -> Session {
         min_ttl_secs: 1,
         ..SessionConfig::new(ttl_secs)
     };
-    Session::grant_with(client.clone(), config).await.unwrap()
+    Session::grant_with(client.clone(), config)
+        .await
+        .expect("grant a short session")
 }
 
 /// Polls `check` until it holds, failing after `limit`.
@@ -47,7 +49,7 @@ async fn key_exists(client: &EtcdClient, key: &[u8]) -> bool {
     !client
         .get(key.to_vec(), GetOptions::default())
         .await
-        .unwrap()
+        .expect("read a key")
         .kvs
         .is_empty()
 }
@@ -56,7 +58,7 @@ async fn queue_len(client: &EtcdClient, prefix: &str) -> usize {
     client
         .get(format!("{prefix}/"), GetOptions::prefix())
         .await
-        .unwrap()
+        .expect("read the election queue")
         .kvs
         .len()
 }
@@ -87,7 +89,7 @@ fn etcdctl(server: &EtcdServer) -> Command {
 
 /// Forwards each stdout line of `child` with the time it was read, through a bounded channel.
 fn stdout_lines(child: &mut Child) -> tokio::sync::mpsc::Receiver<(Instant, String)> {
-    let stdout = child.stdout.take().unwrap();
+    let stdout = child.stdout.take().expect("stdout is piped");
     let (lines_tx, lines_rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
         let mut lines = BufReader::new(stdout).lines();

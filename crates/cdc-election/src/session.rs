@@ -138,7 +138,8 @@ impl Session {
     pub async fn grant_with(client: EtcdClient, config: SessionConfig) -> Result<Session> {
         let requested = config.effective_ttl_secs();
         let sent = Instant::now();
-        let grant = client.lease_grant(requested).await?;
+        // Boxed: etcd-client's futures are large, and this one would inflate every caller's.
+        let grant = Box::pin(client.lease_grant(requested)).await?;
         if grant.ttl <= 0 {
             return Err(Error::LeaseExpired { lease_id: grant.id });
         }
@@ -179,7 +180,7 @@ impl Session {
         };
         if let Err(err) = started {
             stop.cancel();
-            revoke_bounded(&client, grant.id, config.revoke_timeout).await;
+            Box::pin(revoke_bounded(&client, grant.id, config.revoke_timeout)).await;
             return Err(err);
         }
         tracing::info!(
