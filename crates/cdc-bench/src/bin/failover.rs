@@ -3,7 +3,7 @@
 //!
 //! The leader is a child process, this binary re-executed in the `candidate` role: it grants a
 //! session, wins the election and holds it until it reads `resign` on stdin (graceful) or is
-//! killed (crash). The measuring candidate runs in this process with its own session; each
+//! killed (crash), at a random phase of its renewal period. The measuring candidate runs in this process with its own session; each
 //! figure is the time from the resign request or the SIGKILL to its campaign's return.
 //!
 //! Usage: `cargo xtask bench failover [--rounds N]` (default 5 rounds per case, TTL 5 and 10).
@@ -145,6 +145,12 @@ async fn round(
     wait_for_key(client, ours.key()).await?;
     if campaign.is_finished() {
         bail!("we won while the leader was alive");
+    }
+    if handover == Handover::Crash {
+        // The leader renews every TTL/3: kill it at a uniformly random phase of that period,
+        // as a real crash would, rather than right after its first renewal.
+        let period = Duration::from_secs(ttl.unsigned_abs()) / 3;
+        tokio::time::sleep(period.mul_f64(rand::random_range(0.0..1.0))).await;
     }
     let started = Instant::now();
     match handover {
