@@ -53,7 +53,11 @@ fn main() -> Result<()> {
 
 /// The workspace root, from this package's manifest directory.
 pub(crate) fn project_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    // `cargo run` sets CARGO_MANIFEST_DIR at run time too; prefer it, so that a binary built from
+    // another checkout sharing the target dir still works on the checkout it was run from.
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
         .parent()
         .expect("xtask lives one level below the workspace root")
         .to_path_buf()
