@@ -75,8 +75,18 @@ pub(crate) fn run_checked(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// The cargo target directory (`CARGO_TARGET_DIR`, or `target/` in the workspace).
+pub(crate) fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| project_root().join("target"))
+}
+
 fn test(args: &[String]) -> Result<()> {
     install::ensure_tools()?;
+    // Multi-process tests run the real server binary: build it first and tell them where it is.
+    run_checked(cargo().args(["build", "--package", "cdc-server"]))?;
+    let server_bin = target_dir().join("debug").join("cdc-server");
     let has_nextest = cargo()
         .args(["nextest", "--version"])
         .output()
@@ -85,6 +95,7 @@ fn test(args: &[String]) -> Result<()> {
     if has_nextest {
         run_checked(
             cargo()
+                .env("CDC_SERVER_BIN", &server_bin)
                 .args(["nextest", "run", "--workspace", "--all-features"])
                 .args(["--no-fail-fast", "--profile", "ci"])
                 .args(args),
@@ -92,6 +103,7 @@ fn test(args: &[String]) -> Result<()> {
     } else {
         run_checked(
             cargo()
+                .env("CDC_SERVER_BIN", &server_bin)
                 .args(["test", "--workspace", "--all-features", "--no-fail-fast"])
                 .args(args),
         )
