@@ -3,6 +3,12 @@
 //! The xtask links none of the project's crates; it drives `cargo` and the tools that a fresh
 //! Debian machine lacks (`protoc` for etcd-client's build, `etcd` and `etcdctl` for the tests).
 
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "a command-line tool reports to its terminal"
+)]
+
 mod install;
 mod run_cluster;
 
