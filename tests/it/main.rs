@@ -1,5 +1,8 @@
 //! One integration-test binary: real etcd, real processes.
 
 mod cluster;
+mod etcd_cdc_client;
 mod etcd_raw;
+mod etcd_retry;
+mod etcd_watch;
 mod orchestrator;

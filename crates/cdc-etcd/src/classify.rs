@@ -11,6 +11,9 @@ pub(crate) const COMPACTED_MESSAGE: &str = "required revision has been compacted
 /// The message etcd sends when a lease does not exist.
 pub(crate) const LEASE_NOT_FOUND_MESSAGE: &str = "requested lease not found";
 
+/// How tonic words a connection that broke under a call (observed when etcd is killed).
+const BROKEN_CONNECTION_MESSAGES: [&str; 2] = ["transport error", "h2 protocol error"];
+
 /// Maps a gRPC status code, read as its wire number (tonic is not a dependency of this crate).
 fn rpc_code(code: i32) -> RpcCode {
     match code {
@@ -55,9 +58,19 @@ pub(crate) fn classify(
             {
                 return Error::LeaseNotFound { lease_id };
             }
+            let mut code = rpc_code(i32::from(status.code()));
+            // tonic reports a connection that broke under a call as Unknown; it is the same
+            // condition as a refused connection.
+            if code == RpcCode::Unknown
+                && BROKEN_CONNECTION_MESSAGES
+                    .iter()
+                    .any(|broken| message.starts_with(broken))
+            {
+                code = RpcCode::Unavailable;
+            }
             Error::Rpc {
                 op,
-                code: rpc_code(i32::from(status.code())),
+                code,
                 message,
                 endpoints: endpoints.to_owned(),
             }
@@ -81,5 +94,85 @@ pub(crate) fn classify(
             message: other.to_string(),
             endpoints: endpoints.to_owned(),
         },
+    }
+}
+
+/// The messages of etcd's transient server errors (its `rpctypes` `ErrNoSpace`,
+/// `ErrTooManyRequests`, `ErrNoLeader`, `ErrLeaderChanged`, `ErrNotCapable`, `ErrStopped`,
+/// `ErrTimeout`, `ErrTimeoutDueToLeaderFail`, `ErrGRPCTimeoutDueToConnectionLost` and
+/// `ErrUnhealthy`), and the transport failures TiCDC also retries a txn on.
+const TRANSIENT_MESSAGES: [&str; 11] = [
+    "etcdserver: mvcc: database space exceeded",
+    "etcdserver: too many requests",
+    "etcdserver: no leader",
+    "etcdserver: leader changed",
+    "etcdserver: not capable",
+    "etcdserver: server stopped",
+    // Also the prefix of the "possibly due to previous leader failure" and "possibly due to
+    // connection lost" variants.
+    "etcdserver: request timed out",
+    "etcdserver: unhealthy cluster",
+    "raft: stopped",
+    "received prior goaway: code: NO_ERROR",
+    "connection reset by peer",
+];
+
+/// Whether `err` is one of etcd's transient errors, on which even a transaction is retried.
+pub(crate) fn is_transient(err: &Error) -> bool {
+    match err {
+        Error::Rpc { message, .. } | Error::StreamBroken { message, .. } => TRANSIENT_MESSAGES
+            .iter()
+            .any(|transient| message.contains(transient)),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rpc(code: RpcCode, message: &str) -> Error {
+        Error::Rpc {
+            op: "txn",
+            code,
+            message: message.to_owned(),
+            endpoints: "http://127.0.0.1:1".to_owned(),
+        }
+    }
+
+    #[test]
+    fn transient_errors() {
+        for message in [
+            "etcdserver: mvcc: database space exceeded",
+            "etcdserver: too many requests",
+            "etcdserver: no leader",
+            "etcdserver: leader changed",
+            "etcdserver: not capable",
+            "etcdserver: server stopped",
+            "etcdserver: request timed out",
+            "etcdserver: request timed out, possibly due to previous leader failure",
+            "etcdserver: request timed out, possibly due to connection lost",
+            "etcdserver: unhealthy cluster",
+            "rpc error: raft: stopped",
+            "transport: received prior goaway: code: NO_ERROR",
+            "read tcp: connection reset by peer",
+        ] {
+            assert!(
+                is_transient(&rpc(RpcCode::Unavailable, message)),
+                "{message}"
+            );
+        }
+        for err in [
+            rpc(RpcCode::Unknown, "mock error"),
+            rpc(RpcCode::DeadlineExceeded, "context deadline exceeded"),
+            rpc(RpcCode::Unavailable, "tcp connect error"),
+            Error::Cancelled,
+            Error::Compacted {
+                requested: 1,
+                compacted: 2,
+            },
+        ] {
+            assert!(!is_transient(&err), "{err}");
+        }
     }
 }

@@ -129,7 +129,14 @@ impl EtcdClient {
         let mut kv = self.kv.clone();
         let response = self
             .call("get", None, kv.get(key, Some(get_options(&options))))
-            .await?;
+            .await
+            .map_err(|err| match err {
+                Error::Compacted { compacted, .. } => Error::Compacted {
+                    requested: options.revision,
+                    compacted,
+                },
+                other => other,
+            })?;
         Ok(convert_get(response))
     }
 

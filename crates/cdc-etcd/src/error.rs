@@ -111,13 +111,22 @@ pub enum Error {
         reason: &'static str,
     },
     /// A value read from etcd could not be decoded.
-    #[error("[CDC:ErrUnmarshalFailed]cannot decode the value of {key}")]
+    #[error("decode the value of {key}")]
     Decode {
         /// The key whose value is bad.
         key: String,
         /// The decoding error.
         #[source]
-        source: serde_json::Error,
+        source: cdc_model::Error,
+    },
+    /// A value could not be encoded for etcd.
+    #[error("encode the value of {key}")]
+    Encode {
+        /// The key the value was for.
+        key: String,
+        /// The encoding error.
+        #[source]
+        source: cdc_model::Error,
     },
     /// A value read from etcd is not what its key must hold (for example a non-numeric version).
     #[error("invalid value under {key}: {reason}")]
@@ -211,6 +220,7 @@ impl Error {
             Error::ReachMaxTry { .. } => true,
             Error::InvalidEtcdKey { .. } => false,
             Error::Decode { .. } => false,
+            Error::Encode { .. } => false,
             Error::InvalidValue { .. } => false,
             Error::CaptureNotExist { .. } => false,
             Error::ChangeFeedNotExists { .. } => false,
@@ -235,6 +245,13 @@ impl Error {
             } => last.root_cause(),
             other => other,
         }
+    }
+
+    /// Whether this is one of etcd's transient server errors (no space, too many requests, no
+    /// leader, leader changed, not capable, stopped, request timed out, unhealthy) or a reset
+    /// connection: the only errors on which TiCDC retries a transaction.
+    pub fn is_transient_etcd_error(&self) -> bool {
+        crate::classify::is_transient(self)
     }
 
     /// Whether the requested revision was compacted, by type or by etcd's message (as TiCDC's

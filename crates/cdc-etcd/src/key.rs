@@ -7,6 +7,8 @@
 
 use std::fmt;
 
+use cdc_model::{CaptureId, ChangeFeedId};
+
 use crate::error::{Error, Result};
 use crate::types::LeaseId;
 
@@ -14,13 +16,10 @@ use crate::types::LeaseId;
 pub const ROOT: &str = "/tidb/cdc";
 /// The segment that separates cluster metadata from namespaces.
 pub const META_SEGMENT: &str = "__cdc_meta__";
+/// The segment under [`ROOT`] that holds migration backups.
+pub const BACKUP_SEGMENT: &str = "__backup__";
 /// The root of migration backups: `/tidb/cdc/__backup__/<version>/<old key>`.
 pub const BACKUP_PREFIX: &str = "/tidb/cdc/__backup__";
-/// The namespace of changefeeds created without one.
-pub const DEFAULT_NAMESPACE: &str = "default";
-/// Words that cannot be cluster IDs because the pre-v6.2 layout used them under [`ROOT`].
-pub const RESERVED_CLUSTER_IDS: [&str; 6] =
-    ["owner", "capture", "task", "changefeed", "job", "meta"];
 /// The prefixes of the pre-v6.2 layout that a migration backs up and then deletes.
 pub const LEGACY_PREFIXES: [&str; 8] = [
     "/tidb/cdc/changefeed/info",
@@ -209,6 +208,30 @@ impl CdcKey {
         Err(invalid(key, "unknown namespaced key"))
     }
 
+    /// The changefeed of a changefeed info, changefeed status or task position key.
+    pub fn changefeed(&self) -> Option<ChangeFeedId> {
+        match &self.kind {
+            CdcKeyKind::ChangefeedInfo {
+                namespace,
+                changefeed_id,
+            }
+            | CdcKeyKind::ChangefeedStatus {
+                namespace,
+                changefeed_id,
+            }
+            | CdcKeyKind::TaskPosition {
+                namespace,
+                changefeed_id,
+                ..
+            } => Some(ChangeFeedId::new(namespace.clone(), changefeed_id.clone())),
+            CdcKeyKind::Owner { .. }
+            | CdcKeyKind::Capture { .. }
+            | CdcKeyKind::MetaVersion
+            | CdcKeyKind::DeleteCounter
+            | CdcKeyKind::Upstream { .. } => None,
+        }
+    }
+
     /// The lease ID of an owner key, when its lease part is hex.
     pub fn owner_lease_id(&self) -> Option<LeaseId> {
         match &self.kind {
@@ -326,6 +349,37 @@ pub fn changefeed_info_prefix(cluster_id: &str, namespace: &str) -> String {
     format!(
         "{}/{CHANGEFEED_INFO}",
         namespaced_prefix(cluster_id, namespace)
+    )
+}
+
+/// `/tidb/cdc/<C>/<NS>/changefeed/info/<cfID>`.
+pub fn changefeed_info_key(cluster_id: &str, changefeed: &ChangeFeedId) -> String {
+    format!(
+        "{}/{}",
+        changefeed_info_prefix(cluster_id, &changefeed.namespace),
+        changefeed.id
+    )
+}
+
+/// `/tidb/cdc/<C>/<NS>/changefeed/status/<cfID>`.
+pub fn changefeed_status_key(cluster_id: &str, changefeed: &ChangeFeedId) -> String {
+    format!(
+        "{}/{}",
+        changefeed_status_prefix(cluster_id, &changefeed.namespace),
+        changefeed.id
+    )
+}
+
+/// `/tidb/cdc/<C>/<NS>/task/position/<captureID>/<cfID>`.
+pub fn task_position_key(
+    cluster_id: &str,
+    capture_id: &CaptureId,
+    changefeed: &ChangeFeedId,
+) -> String {
+    format!(
+        "{}/{}",
+        task_position_prefix(cluster_id, &changefeed.namespace, capture_id),
+        changefeed.id
     )
 }
 

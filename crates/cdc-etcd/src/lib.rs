@@ -4,22 +4,32 @@
 //!   response types ([`Txn`], [`Compare`], [`KeyValue`], [`WatchResponse`], ...), so that no
 //!   etcd-client type crosses the crate boundary.
 //! - [`Error`]: every etcd-client error is classified in one module.
+//! - [`RetryingClient`]: the same calls retried under one deadline with TiCDC's backoff and
+//!   per-operation retry rules (deletes are never retried).
+//! - [`watch::ResilientWatch`]: a watch that requests progress, re-opens itself when stuck or
+//!   broken, never drops a response and surfaces compaction as [`Error::Compacted`].
+//! - [`CdcEtcdClient`]: TiCDC's metadata operations (captures, owner, changefeeds, upstreams).
 //! - [`key`]: the key layout of a TiCDC cluster ([`key::CdcKey`] parse and format).
 //!
 //! Invariant: no other crate of the workspace depends on `etcd-client`.
 #![warn(missing_docs)]
 
+mod cdc_client;
 mod classify;
 mod client;
 mod error;
 pub mod key;
+pub mod retry;
 mod types;
+pub mod watch;
 
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use cdc_client::{CdcEtcdClient, META_VERSION};
 pub use client::{ConnectConfig, EtcdClient, LeaseKeepAlive, RawWatch};
 pub use error::{Error, Result, RpcCode};
+pub use retry::{RetryPolicy, RetryingClient};
 pub use types::{
     Compare, CompareOp, Event, EventKind, GetOptions, GetResponse, KeepAliveResponse, KeyValue,
     LeaseGrant, LeaseId, LeaseTimeToLive, Revision, SortOrder, SortTarget, Txn, TxnOp,

@@ -246,7 +246,29 @@ fn helpers() {
     );
     assert_eq!(upstream_key("c", "ns", 7), "/tidb/cdc/c/ns/upstream/7");
     assert_eq!(upstream_prefix("c", "ns"), "/tidb/cdc/c/ns/upstream");
+    let changefeed = ChangeFeedId::new("ns", "a/b");
+    let info = changefeed_info_key("c", &changefeed);
+    assert_eq!(info, "/tidb/cdc/c/ns/changefeed/info/a/b");
+    let status = changefeed_status_key("c", &changefeed);
+    assert_eq!(status, "/tidb/cdc/c/ns/changefeed/status/a/b");
+    let position = task_position_key("c", &"cap".to_owned(), &changefeed);
+    assert_eq!(position, "/tidb/cdc/c/ns/task/position/cap/a/b");
+    for text in [&info, &status, &position] {
+        assert_eq!(
+            CdcKey::parse("c", text).unwrap().changefeed(),
+            Some(changefeed.clone())
+        );
+    }
+    assert_eq!(
+        CdcKey::parse("c", &capture_key("c", "x"))
+            .unwrap()
+            .changefeed(),
+        None
+    );
     for text in [
+        info,
+        status,
+        position,
         owner,
         capture_key("c", "x"),
         meta_version_key("c"),

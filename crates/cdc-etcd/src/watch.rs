@@ -1,0 +1,402 @@
+//! [`ResilientWatch`]: a watch that survives stalls and broken streams (capture-spec §2.2).
+//!
+//! A task owned by the [`ResilientWatch`] reads the underlying watch and forwards every response
+//! through a bounded buffer, in order, never dropping one when the consumer is slow. After
+//! [`WatchConfig::progress_interval`] without a response it asks etcd for a progress
+//! notification; after [`WatchConfig::reset_after`] without any response it opens a new watch
+//! from the resume revision. A broken or ended stream is re-opened the same way, with backoff.
+//!
+//! The resume revision only moves forward: it starts at the requested start revision and becomes
+//! `mod_revision + 1` of the last forwarded event. Unlike the reference, which resumes from the
+//! last header revision (inclusive), this neither redelivers events nor skips the events of a
+//! catch-up batch that etcd splits (a split batch carries the store's current revision in its
+//! header, not the revision of its last event).
+//!
+//! What is forwarded: responses with events, and progress notifications (which carry a header
+//! revision the consumer must not advance to, capture-spec §9 item 6). A compaction ends the
+//! watch with `Err(Error::Compacted)`. `created` responses and server-side cancels other than
+//! compaction are consumed here (the latter re-open the watch).
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use crate::client::{EtcdClient, RawWatch};
+use crate::error::{Error, Result};
+use crate::types::{Revision, WatchOptions, WatchResponse};
+
+/// One watch stream, as [`ResilientWatch`] needs it.
+pub trait WatchStream: Send + 'static {
+    /// The next response; `Ok(None)` when the stream ended.
+    ///
+    /// # Cancel safety
+    /// Must be cancel-safe: a cancelled call loses no response.
+    fn next(&mut self) -> impl Future<Output = Result<Option<WatchResponse>>> + Send;
+
+    /// Asks for a progress notification.
+    fn request_progress(&mut self) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// Opens watch streams on one key or prefix, from a given revision. The seam that lets the
+/// wrapper's loop run against scripted streams under paused time.
+pub trait WatchSource: Send + 'static {
+    /// The stream type.
+    type Stream: WatchStream;
+
+    /// Opens a watch delivering events from `start_revision` (inclusive; 0 means "from now").
+    fn open(
+        &mut self,
+        start_revision: Revision,
+    ) -> impl Future<Output = Result<Self::Stream>> + Send;
+}
+
+impl WatchStream for RawWatch {
+    async fn next(&mut self) -> Result<Option<WatchResponse>> {
+        RawWatch::next(self).await
+    }
+
+    async fn request_progress(&mut self) -> Result<()> {
+        RawWatch::request_progress(self).await
+    }
+}
+
+/// A [`WatchSource`] on a real etcd.
+#[derive(Clone, Debug)]
+pub struct EtcdWatchSource {
+    client: EtcdClient,
+    key: Vec<u8>,
+    prefix: bool,
+}
+
+impl EtcdWatchSource {
+    /// Watches `key`, or every key with that prefix.
+    pub fn new(client: EtcdClient, key: Vec<u8>, prefix: bool) -> EtcdWatchSource {
+        EtcdWatchSource {
+            client,
+            key,
+            prefix,
+        }
+    }
+}
+
+impl WatchSource for EtcdWatchSource {
+    type Stream = RawWatch;
+
+    async fn open(&mut self, start_revision: Revision) -> Result<RawWatch> {
+        let options = WatchOptions {
+            prefix: self.prefix,
+            start_revision,
+            progress_notify: true,
+            prev_kv: false,
+        };
+        self.client.watch(self.key.clone(), options).await
+    }
+}
+
+/// Timing of a [`ResilientWatch`].
+#[derive(Clone, Debug)]
+pub struct WatchConfig {
+    /// Responses buffered for the consumer.
+    pub buffer: usize,
+    /// Silence after which a progress notification is requested (and the period of the check).
+    pub progress_interval: Duration,
+    /// Silence after which the watch is re-opened from the resume revision.
+    pub reset_after: Duration,
+    /// First delay before re-opening a broken stream; doubles up to `max_reopen_backoff`.
+    pub min_reopen_backoff: Duration,
+    /// Largest delay between attempts to re-open a broken stream.
+    pub max_reopen_backoff: Duration,
+}
+
+impl Default for WatchConfig {
+    fn default() -> WatchConfig {
+        WatchConfig {
+            buffer: 16,
+            progress_interval: Duration::from_secs(1),
+            reset_after: Duration::from_secs(10),
+            min_reopen_backoff: Duration::from_millis(100),
+            max_reopen_backoff: Duration::from_secs(2),
+        }
+    }
+}
+
+/// A watch that requests progress when idle, re-opens itself when stuck or broken, and never
+/// drops a response. Dropping it stops its task.
+#[derive(Debug)]
+pub struct ResilientWatch {
+    responses_rx: mpsc::Receiver<Result<WatchResponse>>,
+    cancel: CancellationToken,
+    task: Option<JoinHandle<()>>,
+}
+
+impl ResilientWatch {
+    /// Watches `key` (or every key with that prefix) on etcd from `start_revision` (inclusive; 0
+    /// means "from now"), with the default timing. `cancel` (or dropping the watch) stops it.
+    pub fn start(
+        client: EtcdClient,
+        key: Vec<u8>,
+        prefix: bool,
+        start_revision: Revision,
+        cancel: CancellationToken,
+    ) -> ResilientWatch {
+        ResilientWatch::with_source(
+            EtcdWatchSource::new(client, key, prefix),
+            start_revision,
+            WatchConfig::default(),
+            cancel,
+        )
+    }
+
+    /// Watches through any [`WatchSource`].
+    pub fn with_source<S: WatchSource>(
+        source: S,
+        start_revision: Revision,
+        config: WatchConfig,
+        cancel: CancellationToken,
+    ) -> ResilientWatch {
+        let cancel = cancel.child_token();
+        let (responses_tx, responses_rx) = mpsc::channel(config.buffer.max(1));
+        let forwarder = Forwarder {
+            source,
+            config,
+            resume_revision: start_revision,
+            responses_tx,
+            cancel: cancel.clone(),
+        };
+        let task = tokio::spawn(forwarder.run());
+        ResilientWatch {
+            responses_rx,
+            cancel,
+            task: Some(task),
+        }
+    }
+
+    /// The next response, or `None` once cancelled (or after a compaction error was delivered).
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: a cancelled call loses no response.
+    pub async fn recv(&mut self) -> Option<Result<WatchResponse>> {
+        tokio::select! {
+            biased;
+            () = self.cancel.cancelled() => None,
+            response = self.responses_rx.recv() => response,
+        }
+    }
+
+    /// Stops the watch and waits for its task to end.
+    pub async fn close(mut self) {
+        self.cancel.cancel();
+        if let Some(task) = self.task.take()
+            && let Err(err) = task.await
+            && err.is_panic()
+        {
+            std::panic::resume_unwind(err.into_panic());
+        }
+    }
+}
+
+impl Drop for ResilientWatch {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// What the forwarding loop does next.
+enum Step {
+    /// Keep reading the same stream.
+    Continue,
+    /// The stream was silent too long: open a new one now.
+    Stalled,
+    /// The stream broke or ended: open a new one after a backoff.
+    Broken,
+    /// The watch is over (cancelled, consumer gone, or compacted).
+    Stop,
+}
+
+struct Forwarder<S: WatchSource> {
+    source: S,
+    config: WatchConfig,
+    resume_revision: Revision,
+    responses_tx: mpsc::Sender<Result<WatchResponse>>,
+    cancel: CancellationToken,
+}
+
+impl<S: WatchSource> Forwarder<S> {
+    async fn run(mut self) {
+        let mut backoff = self.config.min_reopen_backoff;
+        loop {
+            let Some(stream) = self.open().await else {
+                return;
+            };
+            match self.forward(stream).await {
+                Step::Stop => return,
+                Step::Continue | Step::Stalled => backoff = self.config.min_reopen_backoff,
+                Step::Broken => {
+                    // The stream broke: pace the re-open so that a dead server is not hammered.
+                    if !sleep(&self.cancel, backoff).await {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(self.config.max_reopen_backoff);
+                }
+            }
+        }
+    }
+
+    /// Opens a stream from the resume revision, retrying with backoff; `None` when cancelled.
+    async fn open(&mut self) -> Option<S::Stream> {
+        let mut backoff = self.config.min_reopen_backoff;
+        loop {
+            let opened = tokio::select! {
+                () = self.cancel.cancelled() => return None,
+                opened = self.source.open(self.resume_revision) => opened,
+            };
+            match opened {
+                Ok(stream) => return Some(stream),
+                Err(err) => {
+                    tracing::warn!(
+                        revision = self.resume_revision,
+                        error = %err,
+                        "cannot open an etcd watch, retrying"
+                    );
+                }
+            }
+            if !sleep(&self.cancel, backoff).await {
+                return None;
+            }
+            backoff = (backoff * 2).min(self.config.max_reopen_backoff);
+        }
+    }
+
+    /// Forwards the responses of one stream until it must be re-opened or the watch ends.
+    async fn forward(&mut self, mut stream: S::Stream) -> Step {
+        let mut last_receipt = Instant::now();
+        let mut ticker = tokio::time::interval_at(
+            last_receipt + self.config.progress_interval,
+            self.config.progress_interval,
+        );
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                () = self.cancel.cancelled() => return Step::Stop,
+                received = stream.next() => {
+                    last_receipt = Instant::now();
+                    let step = self.handle(received, last_receipt).await;
+                    if !matches!(step, Step::Continue) {
+                        return step;
+                    }
+                    ticker.reset();
+                }
+                _ = ticker.tick() => {
+                    if let Err(err) = stream.request_progress().await {
+                        tracing::warn!(error = %err, "etcd watch progress request failed");
+                    }
+                    let silence = last_receipt.elapsed();
+                    if silence >= self.config.reset_after {
+                        tracing::warn!(
+                            ?silence,
+                            revision = self.resume_revision,
+                            "etcd watch silent, re-opening it"
+                        );
+                        return Step::Stalled;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn handle(
+        &mut self,
+        received: Result<Option<WatchResponse>>,
+        last_receipt: Instant,
+    ) -> Step {
+        let response = match received {
+            Ok(Some(response)) => response,
+            Ok(None) => {
+                tracing::warn!(
+                    revision = self.resume_revision,
+                    "etcd watch ended, re-opening it"
+                );
+                return Step::Broken;
+            }
+            Err(err) => {
+                tracing::warn!(
+                    revision = self.resume_revision,
+                    error = %err,
+                    "etcd watch broken, re-opening it"
+                );
+                return Step::Broken;
+            }
+        };
+        if response.compact_revision > 0 {
+            let err = Error::Compacted {
+                requested: self.resume_revision,
+                compacted: response.compact_revision,
+            };
+            self.send(Err(err), last_receipt).await;
+            return Step::Stop;
+        }
+        if response.canceled {
+            tracing::warn!(
+                revision = self.resume_revision,
+                reason = %response.cancel_reason,
+                "etcd cancelled the watch, re-opening it"
+            );
+            return Step::Broken;
+        }
+        if response.created && response.events.is_empty() {
+            return Step::Continue;
+        }
+        if let Some(last) = response.events.last() {
+            self.resume_revision = self.resume_revision.max(last.kv.mod_revision + 1);
+        }
+        if self.send(Ok(response), last_receipt).await {
+            Step::Continue
+        } else {
+            Step::Stop
+        }
+    }
+
+    /// Hands a response to the consumer, waiting as long as it takes; `false` when cancelled
+    /// or the consumer is gone. Never re-opens the watch meanwhile.
+    async fn send(&mut self, response: Result<WatchResponse>, last_receipt: Instant) -> bool {
+        let mut warn = tokio::time::interval(self.config.progress_interval);
+        warn.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                () = self.cancel.cancelled() => return false,
+                permit = self.responses_tx.reserve() => {
+                    return match permit {
+                        Ok(permit) => {
+                            permit.send(response);
+                            true
+                        }
+                        Err(_) => false,
+                    };
+                }
+                _ = warn.tick() => {
+                    let blocked = last_receipt.elapsed();
+                    if blocked >= self.config.reset_after {
+                        tracing::warn!(?blocked, "etcd watch consumer is slow");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Sleeps unless cancelled; `false` when cancelled.
+async fn sleep(cancel: &CancellationToken, duration: Duration) -> bool {
+    tokio::select! {
+        () = cancel.cancelled() => false,
+        () = tokio::time::sleep(duration) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests;
