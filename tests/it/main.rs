@@ -1,6 +1,7 @@
 //! One integration-test binary: real etcd, real processes.
 
 mod cluster;
+mod election;
 mod etcd_cdc_client;
 mod etcd_raw;
 mod etcd_retry;

@@ -1,1 +1,23 @@
-//! cdc-election (under construction).
+//! Lease sessions and owner election on etcd, as TiCDC's capture uses them.
+//!
+//! - [`Session`]: a granted lease kept alive on a dedicated thread, with a watchdog that fires
+//!   [`Session::done`] within one TTL of losing it, and [`Session::close`] that revokes it.
+//! - [`Election`]: Go's `concurrency.Election` recipe on `<prefix>/<lease hex>` keys, with a
+//!   confirming read after the wait, cancel-safe campaigns, and the [`OwnerFence`] that every
+//!   owner transaction compares.
+//!
+//! Invariants: every call goes straight to [`cdc_etcd::EtcdClient`] (single attempt, under a
+//! deadline), never through a retry wrapper; nothing is revoked or resigned on drop, so a crash
+//! looks like a crash to the rest of the cluster.
+//!
+//! Not here: the campaign loop, liveness and restarts (cdc-capture).
+
+mod election;
+mod error;
+mod session;
+
+pub use election::{Election, OwnerFence, RECHECK_INTERVAL};
+pub use error::{Error, Result};
+pub use session::{
+    DEFAULT_SESSION_TTL_SECS, MIN_SESSION_TTL_SECS, Session, SessionConfig, SessionEnd,
+};

@@ -1,0 +1,499 @@
+//! [`Election`]: the client-side recipe of Go's `concurrency.Election`, key for key.
+//!
+//! A candidate puts `<prefix>/<lease hex>` with its lease if the key is absent; its place in
+//! the queue is that key's create revision. The candidate with the lowest create revision leads;
+//! a waiting one watches the key just ahead of it for deletion and then looks again. Go
+//! programs and `etcdctl elect <prefix>` can join and observe the same election.
+//!
+//! Differences from Go, on purpose:
+//! - after the wait, a confirming read checks that our key still exists with our create
+//!   revision: a win over a dead key (lease gone while queued) is [`Error::LeaseExpired`];
+//! - a campaign that fails or is cancelled resigns (bounded), so it leaves no key behind;
+//! - a watch that stays silent for [`RECHECK_INTERVAL`] or breaks is replaced by a fresh read.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use cdc_etcd::{
+    Compare, CompareOp, EtcdClient, EventKind, GetOptions, KeyValue, LeaseId, Revision, RpcCode,
+    SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse, WatchOptions, WatchResponse,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, Result};
+
+/// A waiting candidate re-reads the queue this often even if its watch says nothing.
+pub const RECHECK_INTERVAL: Duration = Duration::from_secs(10);
+/// The bound on a resign.
+const RESIGN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Tries of the confirming read when it fails transiently.
+const CONFIRM_TRIES: u32 = 3;
+
+/// Proof of leadership: owner writes carry `create_revision(key) == create_revision`, so a
+/// deposed owner's writes fail even when its data revisions are still current.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnerFence {
+    /// Our election key, `<prefix>/<lease hex>`.
+    pub key: Vec<u8>,
+    /// Its create revision when we won.
+    pub create_revision: Revision,
+}
+
+impl OwnerFence {
+    /// The guard to add to every owner transaction.
+    pub fn compare(&self) -> Compare {
+        Compare::CreateRevision {
+            key: self.key.clone(),
+            op: CompareOp::Equal,
+            revision: self.create_revision,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Our key's create revision while we hold a key (queued or leading).
+    revision: Option<Revision>,
+    /// The value we campaigned with.
+    value: Option<String>,
+    leading: bool,
+}
+
+/// One candidate of the election on a prefix, attached to a lease.
+#[derive(Debug)]
+pub struct Election {
+    client: EtcdClient,
+    lease_id: LeaseId,
+    /// The election's key prefix with its trailing `/`.
+    queue_prefix: String,
+    key: Vec<u8>,
+    state: Mutex<State>,
+}
+
+/// What a watch response means to a waiting candidate.
+#[derive(Debug, PartialEq, Eq)]
+enum WatchOutcome {
+    /// The key ahead of us was deleted.
+    Deleted,
+    /// The watch start revision was compacted.
+    Compacted(Revision),
+    /// The server cancelled the watch for another reason.
+    Cancelled,
+    /// Nothing for us (creation, progress, a put).
+    Nothing,
+}
+
+fn watch_outcome(response: &WatchResponse, key: &[u8]) -> WatchOutcome {
+    if response.compact_revision > 0 {
+        return WatchOutcome::Compacted(response.compact_revision);
+    }
+    if response
+        .events
+        .iter()
+        .any(|event| event.kind == EventKind::Delete && event.kv.key == key)
+    {
+        return WatchOutcome::Deleted;
+    }
+    if response.canceled {
+        return WatchOutcome::Cancelled;
+    }
+    WatchOutcome::Nothing
+}
+
+/// Runs `call` unless `cancel` fires first.
+async fn unless_cancelled<T>(
+    cancel: &CancellationToken,
+    call: impl Future<Output = cdc_etcd::Result<T>>,
+) -> Result<T> {
+    tokio::select! {
+        biased;
+        _ = cancel.cancelled() => Err(Error::Cancelled),
+        result = call => result.map_err(Error::from),
+    }
+}
+
+async fn sleep_unless_cancelled(cancel: &CancellationToken, duration: Duration) -> Result<()> {
+    tokio::select! {
+        biased;
+        _ = cancel.cancelled() => Err(Error::Cancelled),
+        _ = tokio::time::sleep(duration) => Ok(()),
+    }
+}
+
+impl Election {
+    /// A candidate on `prefix` (TiCDC: `/tidb/cdc/<cluster>/__cdc_meta__/owner`, no trailing
+    /// slash) whose key is attached to `lease_id`.
+    pub fn new(client: EtcdClient, lease_id: LeaseId, prefix: &str) -> Election {
+        let prefix = prefix.trim_end_matches('/');
+        Election {
+            client,
+            lease_id,
+            queue_prefix: format!("{prefix}/"),
+            key: format!("{prefix}/{lease_id:x}").into_bytes(),
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// Our election key, `<prefix>/<lease hex>`.
+    pub fn key(&self) -> &[u8] {
+        &self.key
+    }
+
+    /// Whether our last campaign won and we have not resigned since.
+    pub fn is_leader(&self) -> bool {
+        self.lock_state().leading
+    }
+
+    fn lock_state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// Waits until this candidate leads with `value`, and returns the fence of its term.
+    ///
+    /// # Cancel safety
+    /// Cancel through `cancel`: the campaign then resigns (bounded) and returns
+    /// [`Error::Cancelled`], leaving no key. Any other failure resigns too. If the future is
+    /// dropped instead, our key stays until [`Election::resign`] or the end of the lease.
+    pub async fn campaign(&self, value: &str, cancel: &CancellationToken) -> Result<OwnerFence> {
+        if cancel.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+        match self.try_campaign(value, cancel).await {
+            Ok(fence) => {
+                tracing::info!(
+                    key = %String::from_utf8_lossy(&fence.key),
+                    revision = fence.create_revision,
+                    "campaign won"
+                );
+                Ok(fence)
+            }
+            Err(err) => {
+                if let Err(resign_err) = self.resign().await {
+                    tracing::warn!(error = %resign_err, "resign after a failed campaign");
+                }
+                Err(err)
+            }
+        }
+    }
+
+    async fn try_campaign(&self, value: &str, cancel: &CancellationToken) -> Result<OwnerFence> {
+        let revision = self.create_key(value).await?;
+        {
+            let mut state = self.lock_state();
+            state.revision = Some(revision);
+            state.value = Some(value.to_owned());
+            state.leading = false;
+        }
+        self.wait_for_turn(revision, cancel).await?;
+        self.confirm(revision, cancel).await?;
+        self.lock_state().leading = true;
+        Ok(OwnerFence {
+            key: self.key.clone(),
+            create_revision: revision,
+        })
+    }
+
+    /// Creates our key if absent (or takes over our lease's existing key), returning its
+    /// create revision. Not cut short by cancellation: a create whose outcome is unknown would
+    /// leave a key we could not clean up. If the outcome is unknown anyway (a failed call),
+    /// a key of our lease is removed before returning the error.
+    async fn create_key(&self, value: &str) -> Result<Revision> {
+        let txn = Txn {
+            compares: vec![Compare::CreateRevision {
+                key: self.key.clone(),
+                op: CompareOp::Equal,
+                revision: 0,
+            }],
+            success: vec![TxnOp::Put {
+                key: self.key.clone(),
+                value: value.as_bytes().to_vec(),
+                lease: self.lease_id,
+            }],
+            failure: vec![TxnOp::Get {
+                key: self.key.clone(),
+                options: GetOptions::default(),
+            }],
+        };
+        let response = match self.client.txn(txn).await {
+            Ok(response) => response,
+            Err(cdc_etcd::Error::Rpc {
+                code: RpcCode::NotFound,
+                ..
+            }) => {
+                return Err(Error::LeaseExpired {
+                    lease_id: self.lease_id,
+                });
+            }
+            Err(err) => {
+                self.remove_key_of_our_lease().await;
+                return Err(err.into());
+            }
+        };
+        if response.succeeded {
+            return Ok(response.revision);
+        }
+        // The key exists: a former campaign on this lease left it. Keep its place in the queue.
+        let existing = response.responses.into_iter().find_map(|op| match op {
+            TxnOpResponse::Get(get) => get.kvs.into_iter().next(),
+            TxnOpResponse::Put | TxnOpResponse::Delete { .. } => None,
+        });
+        let Some(existing) = existing else {
+            return Err(Error::NotLeader);
+        };
+        if existing.value != value.as_bytes() {
+            self.proclaim(&existing, value).await?;
+        }
+        Ok(existing.create_revision)
+    }
+
+    /// Replaces the value of our existing key, if it is still the same incarnation.
+    async fn proclaim(&self, existing: &KeyValue, value: &str) -> Result<()> {
+        let txn = Txn {
+            compares: vec![Compare::CreateRevision {
+                key: self.key.clone(),
+                op: CompareOp::Equal,
+                revision: existing.create_revision,
+            }],
+            success: vec![TxnOp::Put {
+                key: self.key.clone(),
+                value: value.as_bytes().to_vec(),
+                lease: self.lease_id,
+            }],
+            failure: vec![],
+        };
+        if self.client.txn(txn).await?.succeeded {
+            Ok(())
+        } else {
+            Err(Error::NotLeader)
+        }
+    }
+
+    /// Best effort after a create of unknown outcome: delete our key if it is on our lease.
+    async fn remove_key_of_our_lease(&self) {
+        let Ok(get) = self
+            .client
+            .get(self.key.clone(), GetOptions::default())
+            .await
+        else {
+            return;
+        };
+        let Some(kv) = get.kvs.first() else { return };
+        if kv.lease != self.lease_id {
+            return;
+        }
+        if let Err(err) = self.delete_if_created_at(kv.create_revision).await {
+            tracing::warn!(error = %err, "remove an election key of unknown outcome");
+        }
+    }
+
+    /// Waits until no key in the queue was created before `revision`.
+    async fn wait_for_turn(&self, revision: Revision, cancel: &CancellationToken) -> Result<()> {
+        loop {
+            let ahead = unless_cancelled(
+                cancel,
+                self.client.get(
+                    self.queue_prefix.clone(),
+                    GetOptions {
+                        prefix: true,
+                        limit: 1,
+                        sort: Some((SortTarget::Create, SortOrder::Descend)),
+                        max_create_revision: revision - 1,
+                        ..GetOptions::default()
+                    },
+                ),
+            )
+            .await?;
+            let Some(ahead_kv) = ahead.kvs.first() else {
+                return Ok(());
+            };
+            tracing::debug!(
+                ahead = %ahead_kv.key_lossy(),
+                "waiting for the candidate ahead"
+            );
+            self.wait_delete(&ahead_kv.key, ahead.revision + 1, cancel)
+                .await?;
+        }
+    }
+
+    /// Returns when `key` is deleted after `start_revision`, or when it is time to read the
+    /// queue again (a silent or broken watch).
+    async fn wait_delete(
+        &self,
+        key: &[u8],
+        start_revision: Revision,
+        cancel: &CancellationToken,
+    ) -> Result<()> {
+        let mut watch = unless_cancelled(
+            cancel,
+            self.client.watch(
+                key.to_vec(),
+                WatchOptions {
+                    start_revision,
+                    ..WatchOptions::default()
+                },
+            ),
+        )
+        .await?;
+        let recheck_at = tokio::time::Instant::now() + RECHECK_INTERVAL;
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return Err(Error::Cancelled),
+                _ = tokio::time::sleep_until(recheck_at) => return Ok(()),
+                next = watch.next() => next,
+            };
+            match next {
+                Ok(Some(response)) => match watch_outcome(&response, key) {
+                    WatchOutcome::Deleted => return Ok(()),
+                    WatchOutcome::Compacted(compacted) => {
+                        return Err(Error::Compacted {
+                            requested: start_revision,
+                            compacted,
+                        });
+                    }
+                    WatchOutcome::Cancelled => {
+                        tracing::info!(reason = %response.cancel_reason, "watch cancelled; reading the queue again");
+                        return sleep_unless_cancelled(cancel, Duration::from_millis(100)).await;
+                    }
+                    WatchOutcome::Nothing => {}
+                },
+                Err(cdc_etcd::Error::Compacted { compacted, .. }) => {
+                    return Err(Error::Compacted {
+                        requested: start_revision,
+                        compacted,
+                    });
+                }
+                Ok(None) | Err(_) => {
+                    // A broken watch is not a lost election: read the queue again, paced.
+                    tracing::info!("watch on the candidate ahead ended; reading the queue again");
+                    return sleep_unless_cancelled(cancel, Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    /// Checks that our key still exists with our create revision: the wait ends when the keys
+    /// ahead are gone, whether or not ours survived.
+    async fn confirm(&self, revision: Revision, cancel: &CancellationToken) -> Result<()> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match unless_cancelled(
+                cancel,
+                self.client.get(self.key.clone(), GetOptions::default()),
+            )
+            .await
+            {
+                Ok(get) => {
+                    return match get.kvs.first() {
+                        Some(kv) if kv.create_revision == revision => Ok(()),
+                        _ => Err(Error::LeaseExpired {
+                            lease_id: self.lease_id,
+                        }),
+                    };
+                }
+                Err(err) if err.is_retryable() && tries < CONFIRM_TRIES => {
+                    tracing::info!(error = %err, "confirming read failed; retrying");
+                    sleep_unless_cancelled(cancel, Duration::from_millis(100)).await?;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    async fn delete_if_created_at(&self, revision: Revision) -> Result<()> {
+        let txn = Txn {
+            compares: vec![Compare::CreateRevision {
+                key: self.key.clone(),
+                op: CompareOp::Equal,
+                revision,
+            }],
+            success: vec![TxnOp::Delete {
+                key: self.key.clone(),
+                prefix: false,
+            }],
+            failure: vec![],
+        };
+        match tokio::time::timeout(RESIGN_TIMEOUT, self.client.txn(txn)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(err)) => Err(err.into()),
+            Err(_) => Err(Error::Etcd(cdc_etcd::Error::Timeout {
+                op: "resign",
+                endpoints: self.client.endpoints().to_owned(),
+                after: RESIGN_TIMEOUT,
+            })),
+        }
+    }
+
+    /// Deletes our key if its create revision is still ours (bounded by 5 s). Resigning
+    /// without a key is Ok. On error the key is remembered, so resigning again may succeed.
+    pub async fn resign(&self) -> Result<()> {
+        let Some(revision) = self.lock_state().revision else {
+            return Ok(());
+        };
+        self.delete_if_created_at(revision).await?;
+        let mut state = self.lock_state();
+        if state.revision == Some(revision) {
+            *state = State::default();
+        }
+        tracing::info!(key = %String::from_utf8_lossy(&self.key), "resigned");
+        Ok(())
+    }
+
+    /// The current leader's value, or `None` when nobody campaigns.
+    pub async fn leader(&self) -> Result<Option<String>> {
+        Ok(self
+            .first_in_queue()
+            .await?
+            .map(|kv| String::from_utf8_lossy(&kv.value).into_owned()))
+    }
+
+    async fn first_in_queue(&self) -> Result<Option<KeyValue>> {
+        let get = self
+            .client
+            .get(
+                self.queue_prefix.clone(),
+                GetOptions {
+                    prefix: true,
+                    limit: 1,
+                    sort: Some((SortTarget::Create, SortOrder::Ascend)),
+                    ..GetOptions::default()
+                },
+            )
+            .await?;
+        Ok(get.kvs.into_iter().next())
+    }
+
+    /// TiCDC's `GetOwnerRevision` for the value we campaigned with (see
+    /// [`Election::owner_revision_of`]); [`Error::NotLeader`] if we never campaigned.
+    pub async fn owner_revision(&self) -> Result<Revision> {
+        let ours = self.lock_state().value.clone();
+        match ours {
+            Some(value) => self.owner_revision_of(&value).await,
+            None => match self.first_in_queue().await? {
+                Some(_) => Err(Error::NotLeader),
+                None => Err(Error::OwnerNotFound),
+            },
+        }
+    }
+
+    /// TiCDC's `GetOwnerRevision(capture_id)`: the leader key's mod revision (its create
+    /// revision unless proclaimed) if `capture_id` leads; [`Error::OwnerNotFound`] when nobody
+    /// leads, [`Error::NotLeader`] when another value leads. Successive owners get strictly
+    /// increasing revisions.
+    pub async fn owner_revision_of(&self, capture_id: &str) -> Result<Revision> {
+        let Some(leader) = self.first_in_queue().await? else {
+            return Err(Error::OwnerNotFound);
+        };
+        if leader.value == capture_id.as_bytes() {
+            Ok(leader.mod_revision)
+        } else {
+            Err(Error::NotLeader)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,488 @@
+//! [`Session`]: an etcd lease kept alive by a watchdog that notices its loss within one TTL.
+//!
+//! The keep-alive runs on a dedicated OS thread with its own current-thread tokio runtime and its
+//! own etcd connection, so a busy or blocked application runtime cannot delay a renewal (a
+//! starved keep-alive is the classic cause of spurious lease loss). The thread renews every
+//! TTL/3 and keeps a deadline: one granted TTL after the *send* of the last acknowledged
+//! renewal. etcd expires the lease no earlier than that, so reporting loss at the deadline is
+//! never late. A broken stream is reopened until the deadline (a restarted member keeps its
+//! leases); a TTL-0 answer, an answer for another lease, or "lease not found" is loss at once.
+//!
+//! Nothing is revoked on drop: a process that dies must look like a crash to the cluster, and
+//! only [`Session::close`] revokes.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cdc_etcd::{ConnectConfig, EtcdClient, KeepAliveResponse, LeaseId, LeaseKeepAlive};
+use tokio::sync::oneshot;
+use tokio::time::{Instant, sleep, sleep_until};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, Result};
+
+/// TiCDC's default `capture-session-ttl`, in seconds.
+pub const DEFAULT_SESSION_TTL_SECS: i64 = 10;
+/// The smallest `capture-session-ttl` TiCDC accepts (PD's minimum lease TTL), in seconds.
+pub const MIN_SESSION_TTL_SECS: i64 = 5;
+
+/// The shortest renewal period, whatever the TTL.
+const MIN_RENEW_INTERVAL: Duration = Duration::from_millis(200);
+/// Pacing of keep-alive stream reconnects.
+const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// How a session is granted and closed.
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
+    /// The requested TTL in seconds (`capture-session-ttl`).
+    pub ttl_secs: i64,
+    /// A requested TTL below this is raised to [`DEFAULT_SESSION_TTL_SECS`] with a warning.
+    /// TiCDC uses [`MIN_SESSION_TTL_SECS`]; tests lower it to reach etcd's own floor.
+    pub min_ttl_secs: i64,
+    /// The bound on the revoke done by [`Session::close`].
+    pub revoke_timeout: Duration,
+}
+
+impl SessionConfig {
+    /// TiCDC's rules for `capture-session-ttl = ttl_secs`.
+    pub fn new(ttl_secs: i64) -> SessionConfig {
+        SessionConfig {
+            ttl_secs,
+            min_ttl_secs: MIN_SESSION_TTL_SECS,
+            revoke_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// The TTL to request: `ttl_secs`, or the default when it is below the minimum.
+    pub fn effective_ttl_secs(&self) -> i64 {
+        if self.ttl_secs < self.min_ttl_secs {
+            tracing::warn!(
+                configured = self.ttl_secs,
+                minimum = self.min_ttl_secs,
+                using = DEFAULT_SESSION_TTL_SECS,
+                "capture-session-ttl is below the minimum; using the default"
+            );
+            DEFAULT_SESSION_TTL_SECS
+        } else {
+            self.ttl_secs
+        }
+    }
+}
+
+/// Why a session ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// [`Session::close`] stopped the keep-alive and revoked the lease.
+    Closed,
+    /// No renewal was acknowledged within one TTL of its send.
+    DeadlineExceeded,
+    /// etcd answered that the lease is gone (a TTL-0 answer or "lease not found").
+    LeaseNotFound,
+    /// etcd answered about another lease on our stream.
+    ForeignLease {
+        /// The lease the answer was about.
+        id: LeaseId,
+    },
+}
+
+impl SessionEnd {
+    /// Whether the lease was lost, as opposed to closed on purpose.
+    pub fn is_loss(&self) -> bool {
+        match self {
+            SessionEnd::Closed => false,
+            SessionEnd::DeadlineExceeded
+            | SessionEnd::LeaseNotFound
+            | SessionEnd::ForeignLease { .. } => true,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    end: Mutex<Option<SessionEnd>>,
+    renewals: AtomicU64,
+}
+
+impl Shared {
+    fn set_end(&self, end: SessionEnd) {
+        let mut slot = self.end.lock().unwrap_or_else(|poison| poison.into_inner());
+        slot.get_or_insert(end);
+    }
+}
+
+/// A granted lease and the keep-alive that holds it. See the module docs.
+#[derive(Debug)]
+pub struct Session {
+    client: EtcdClient,
+    lease_id: LeaseId,
+    ttl_secs: i64,
+    revoke_timeout: Duration,
+    done: CancellationToken,
+    stop: CancellationToken,
+    shared: Arc<Shared>,
+    keeper_exit: tokio::sync::Mutex<Option<oneshot::Receiver<()>>>,
+    closed: AtomicBool,
+}
+
+impl Session {
+    /// Grants a lease of `capture-session-ttl = ttl_secs` and starts keeping it alive.
+    pub async fn grant(client: EtcdClient, ttl_secs: i64) -> Result<Session> {
+        Session::grant_with(client, SessionConfig::new(ttl_secs)).await
+    }
+
+    /// Grants a lease with explicit settings and starts keeping it alive. Returns once the
+    /// keep-alive stream is open; on failure the lease is revoked (bounded) before returning.
+    pub async fn grant_with(client: EtcdClient, config: SessionConfig) -> Result<Session> {
+        let requested = config.effective_ttl_secs();
+        let sent = Instant::now();
+        // Boxed: etcd-client's futures are large, and this one would inflate every caller's.
+        let grant = Box::pin(client.lease_grant(requested)).await?;
+        if grant.ttl <= 0 {
+            return Err(Error::LeaseExpired { lease_id: grant.id });
+        }
+        if grant.ttl != requested {
+            tracing::warn!(
+                requested,
+                granted = grant.ttl,
+                lease_id = %format_args!("{:x}", grant.id),
+                "etcd granted another TTL than requested; timers use the granted one"
+            );
+        }
+        let ttl = Duration::from_secs(grant.ttl.unsigned_abs());
+        let done = CancellationToken::new();
+        let stop = CancellationToken::new();
+        let shared = Arc::new(Shared::default());
+        let keeper = Keeper {
+            endpoints: client.endpoints().split(',').map(str::to_owned).collect(),
+            connect: client.config().clone(),
+            lease_id: grant.id,
+            ttl,
+            deadline: sent + ttl,
+            stop: stop.clone(),
+            done: done.clone(),
+            shared: Arc::clone(&shared),
+        };
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let (exit_tx, exit_rx) = oneshot::channel();
+        let spawned = std::thread::Builder::new()
+            .name(format!("lease-{:x}", grant.id))
+            .spawn(move || keeper.run_on_own_runtime(ready_tx, exit_tx));
+        let started = match spawned {
+            Ok(_detached_join_handle) => ready_rx.await.unwrap_or_else(|_| {
+                Err(Error::Thread(std::io::Error::other(
+                    "the keep-alive thread exited before starting",
+                )))
+            }),
+            Err(err) => Err(Error::Thread(err)),
+        };
+        if let Err(err) = started {
+            stop.cancel();
+            Box::pin(revoke_bounded(&client, grant.id, config.revoke_timeout)).await;
+            return Err(err);
+        }
+        tracing::info!(
+            lease_id = %format_args!("{:x}", grant.id),
+            ttl_secs = grant.ttl,
+            "session started"
+        );
+        Ok(Session {
+            client,
+            lease_id: grant.id,
+            ttl_secs: grant.ttl,
+            revoke_timeout: config.revoke_timeout,
+            done,
+            stop,
+            shared,
+            keeper_exit: tokio::sync::Mutex::new(Some(exit_rx)),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    /// The lease.
+    pub fn lease_id(&self) -> LeaseId {
+        self.lease_id
+    }
+
+    /// The TTL etcd granted, in seconds (every timer uses it).
+    pub fn ttl(&self) -> i64 {
+        self.ttl_secs
+    }
+
+    /// Cancelled when the session ends: on loss of the lease, on [`Session::close`], or when
+    /// the session is dropped. [`Session::end`] tells which.
+    pub fn done(&self) -> CancellationToken {
+        self.done.clone()
+    }
+
+    /// How the session ended, or `None` while it runs.
+    pub fn end(&self) -> Option<SessionEnd> {
+        *self
+            .shared
+            .end
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// How many renewals etcd has acknowledged (the keep-alive handshakes included).
+    pub fn renewals(&self) -> u64 {
+        self.shared.renewals.load(Ordering::Relaxed)
+    }
+
+    /// Stops the keep-alive and revokes the lease, which deletes every key attached to it.
+    /// The revoke is bounded by [`SessionConfig::revoke_timeout`]; a lease that is already gone
+    /// is fine. Calling it again does nothing.
+    pub async fn close(&self) -> Result<()> {
+        if self.closed.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.stop.cancel();
+        if let Some(exit) = self.keeper_exit.lock().await.take() {
+            // The keeper observes `stop` at every await point; bound the wait all the same.
+            let _ = tokio::time::timeout(self.revoke_timeout, exit).await;
+        }
+        self.shared.set_end(SessionEnd::Closed);
+        let revoked =
+            tokio::time::timeout(self.revoke_timeout, self.client.lease_revoke(self.lease_id))
+                .await;
+        self.done.cancel();
+        match revoked {
+            Ok(Ok(())) | Ok(Err(cdc_etcd::Error::LeaseNotFound { .. })) => {
+                tracing::info!(lease_id = %format_args!("{:x}", self.lease_id), "session closed");
+                Ok(())
+            }
+            Ok(Err(err)) => Err(err.into()),
+            Err(_) => Err(Error::Etcd(cdc_etcd::Error::Timeout {
+                op: "lease_revoke",
+                endpoints: self.client.endpoints().to_owned(),
+                after: self.revoke_timeout,
+            })),
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // Stop renewing but revoke nothing: the lease expires as if the process had died.
+        // The keeper thread sees `stop` at its next await point and exits on its own.
+        self.stop.cancel();
+        self.done.cancel();
+    }
+}
+
+async fn revoke_bounded(client: &EtcdClient, lease_id: LeaseId, timeout: Duration) {
+    match tokio::time::timeout(timeout, client.lease_revoke(lease_id)).await {
+        Ok(Ok(())) | Ok(Err(cdc_etcd::Error::LeaseNotFound { .. })) => {}
+        Ok(Err(err)) => tracing::warn!(error = %err, "revoke an unused lease"),
+        Err(_) => tracing::warn!(?timeout, "revoke an unused lease timed out"),
+    }
+}
+
+/// The keep-alive loop, run on its own thread.
+struct Keeper {
+    endpoints: Vec<String>,
+    connect: ConnectConfig,
+    lease_id: LeaseId,
+    ttl: Duration,
+    /// The lease is surely alive until then: one TTL after the send of the last acknowledged
+    /// renewal (armed by the grant).
+    deadline: Instant,
+    stop: CancellationToken,
+    done: CancellationToken,
+    shared: Arc<Shared>,
+}
+
+/// Why a keep-alive stream could not be opened.
+enum OpenFailure {
+    Stopped,
+    Deadline,
+    /// etcd answered "lease not found".
+    Gone,
+    Failed(cdc_etcd::Error),
+}
+
+/// What one turn of the loop observed.
+enum Step {
+    Stop,
+    Deadline,
+    Renew,
+    Answer(cdc_etcd::Result<Option<KeepAliveResponse>>),
+}
+
+impl Keeper {
+    fn run_on_own_runtime(self, ready: oneshot::Sender<Result<()>>, exit: oneshot::Sender<()>) {
+        match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime.block_on(self.run(ready)),
+            Err(err) => {
+                let _ = ready.send(Err(Error::Thread(err)));
+            }
+        }
+        let _ = exit.send(());
+    }
+
+    async fn run(mut self, ready: oneshot::Sender<Result<()>>) {
+        // Our own connection: its HTTP/2 task runs on this runtime, not the application's.
+        let client = match EtcdClient::connect(&self.endpoints, self.connect.clone()).await {
+            Ok(client) => client,
+            Err(err) => {
+                let _ = ready.send(Err(err.into()));
+                return;
+            }
+        };
+        let stream = match self.open(&client).await {
+            Ok(stream) => stream,
+            Err(failure) => {
+                let _ = ready.send(Err(match failure {
+                    OpenFailure::Stopped => Error::Cancelled,
+                    OpenFailure::Deadline | OpenFailure::Gone => Error::LeaseExpired {
+                        lease_id: self.lease_id,
+                    },
+                    OpenFailure::Failed(err) => err.into(),
+                }));
+                return;
+            }
+        };
+        let _ = ready.send(Ok(()));
+        let end = self.keep_alive(&client, stream).await;
+        if let Some(end) = end {
+            tracing::warn!(
+                lease_id = %format_args!("{:x}", self.lease_id),
+                ?end,
+                "session lost"
+            );
+            self.shared.set_end(end);
+            self.done.cancel();
+        }
+    }
+
+    /// Opens a keep-alive stream: its handshake is one acknowledged renewal.
+    async fn open(&mut self, client: &EtcdClient) -> Result<LeaseKeepAlive, OpenFailure> {
+        let sent = Instant::now();
+        let opened = tokio::select! {
+            biased;
+            _ = self.stop.cancelled() => return Err(OpenFailure::Stopped),
+            _ = sleep_until(self.deadline) => return Err(OpenFailure::Deadline),
+            opened = client.lease_keep_alive(self.lease_id) => opened,
+        };
+        match opened {
+            Ok(stream) => {
+                self.acknowledged(sent);
+                Ok(stream)
+            }
+            Err(cdc_etcd::Error::LeaseNotFound { .. }) => Err(OpenFailure::Gone),
+            Err(err) => Err(OpenFailure::Failed(err)),
+        }
+    }
+
+    fn acknowledged(&mut self, sent: Instant) {
+        self.deadline = self.deadline.max(sent + self.ttl);
+        self.shared.renewals.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Renews until stopped (`None`) or lost (`Some(why)`).
+    async fn keep_alive(
+        &mut self,
+        client: &EtcdClient,
+        stream: LeaseKeepAlive,
+    ) -> Option<SessionEnd> {
+        let renew_every = (self.ttl / 3).max(MIN_RENEW_INTERVAL);
+        let mut stream = Some(stream);
+        // Send times of the renewals still waiting for their answer (answers come in order).
+        let mut in_flight: VecDeque<Instant> = VecDeque::new();
+        let mut next_renewal = Instant::now() + renew_every;
+        let mut backoff = RECONNECT_BACKOFF_MIN;
+        loop {
+            let Some(open) = stream.as_mut() else {
+                tokio::select! {
+                    biased;
+                    _ = self.stop.cancelled() => return None,
+                    _ = sleep_until(self.deadline) => return Some(SessionEnd::DeadlineExceeded),
+                    _ = sleep(jittered(backoff)) => {}
+                }
+                backoff = (backoff * 2).min(RECONNECT_BACKOFF_MAX);
+                match self.open(client).await {
+                    Ok(reopened) => {
+                        tracing::info!(
+                            lease_id = %format_args!("{:x}", self.lease_id),
+                            "keep-alive stream reopened"
+                        );
+                        stream = Some(reopened);
+                        in_flight.clear();
+                        next_renewal = Instant::now() + renew_every;
+                        backoff = RECONNECT_BACKOFF_MIN;
+                    }
+                    Err(OpenFailure::Stopped) => return None,
+                    Err(OpenFailure::Deadline) => return Some(SessionEnd::DeadlineExceeded),
+                    Err(OpenFailure::Gone) => return Some(SessionEnd::LeaseNotFound),
+                    Err(OpenFailure::Failed(err)) => {
+                        tracing::debug!(error = %err, "reopen the keep-alive stream");
+                    }
+                }
+                continue;
+            };
+            let step = tokio::select! {
+                biased;
+                _ = self.stop.cancelled() => Step::Stop,
+                _ = sleep_until(self.deadline) => Step::Deadline,
+                answer = open.next() => Step::Answer(answer),
+                _ = sleep_until(next_renewal) => Step::Renew,
+            };
+            match step {
+                Step::Stop => return None,
+                Step::Deadline => return Some(SessionEnd::DeadlineExceeded),
+                Step::Renew => {
+                    let sent = Instant::now();
+                    // Scheduled from the send, not from the last answer (a delayed tick).
+                    next_renewal = sent + renew_every;
+                    let result = tokio::select! {
+                        biased;
+                        _ = self.stop.cancelled() => return None,
+                        _ = sleep_until(self.deadline) => return Some(SessionEnd::DeadlineExceeded),
+                        result = open.send() => result,
+                    };
+                    match result {
+                        Ok(()) => in_flight.push_back(sent),
+                        Err(err) => {
+                            tracing::info!(error = %err, "keep-alive send failed; reopening");
+                            stream = None;
+                        }
+                    }
+                }
+                Step::Answer(Ok(Some(answer))) => {
+                    if answer.id != self.lease_id {
+                        return Some(SessionEnd::ForeignLease { id: answer.id });
+                    }
+                    if answer.ttl <= 0 {
+                        return Some(SessionEnd::LeaseNotFound);
+                    }
+                    match in_flight.pop_front() {
+                        Some(sent) => self.acknowledged(sent),
+                        None => tracing::debug!("keep-alive answer without a request"),
+                    }
+                }
+                Step::Answer(Err(cdc_etcd::Error::LeaseNotFound { .. })) => {
+                    return Some(SessionEnd::LeaseNotFound);
+                }
+                Step::Answer(Ok(None)) => {
+                    tracing::info!("keep-alive stream ended; reopening");
+                    stream = None;
+                }
+                Step::Answer(Err(err)) => {
+                    tracing::info!(error = %err, "keep-alive stream broke; reopening");
+                    stream = None;
+                }
+            }
+        }
+    }
+}
+
+/// `base` plus up to 50 % random jitter.
+fn jittered(base: Duration) -> Duration {
+    let extra = rand::random_range(0.0..0.5);
+    base.mul_f64(1.0 + extra)
+}

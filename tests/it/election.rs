@@ -1,0 +1,711 @@
+//! Lease sessions and owner election against a real etcd (and real `etcdctl` processes).
+
+use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cdc_election::{Election, Error, OwnerFence, Session, SessionConfig, SessionEnd};
+use cdc_etcd::testing::{EtcdServer, etcdctl_binary};
+use cdc_etcd::{Compare, CompareOp, EtcdClient, GetOptions, Txn, TxnOp};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::time::{Instant, timeout};
+use tokio_util::sync::CancellationToken;
+
+/// A unique election prefix shaped like TiCDC's owner prefix.
+fn owner_prefix(cluster: &str) -> String {
+    format!("/tidb/cdc/{cluster}/__cdc_meta__/owner")
+}
+
+/// A session that may use TTLs below TiCDC's 5 s minimum (etcd's own floor still applies).
+async fn short_session(client: &EtcdClient, ttl_secs: i64) -> Session {
+    let config = SessionConfig {
+        min_ttl_secs: 1,
+        ..SessionConfig::new(ttl_secs)
+    };
+    Session::grant_with(client.clone(), config)
+        .await
+        .expect("grant a short session")
+}
+
+/// Polls `check` until it holds, failing after `limit`.
+async fn wait_for<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn key_exists(client: &EtcdClient, key: &[u8]) -> bool {
+    !client
+        .get(key.to_vec(), GetOptions::default())
+        .await
+        .expect("read a key")
+        .kvs
+        .is_empty()
+}
+
+async fn queue_len(client: &EtcdClient, prefix: &str) -> usize {
+    client
+        .get(format!("{prefix}/"), GetOptions::prefix())
+        .await
+        .expect("read the election queue")
+        .kvs
+        .len()
+}
+
+/// Starts a campaign on its own task.
+fn spawn_campaign(
+    election: &Arc<Election>,
+    value: &str,
+    cancel: &CancellationToken,
+) -> tokio::task::JoinHandle<Result<OwnerFence, Error>> {
+    let election = Arc::clone(election);
+    let value = value.to_owned();
+    let cancel = cancel.clone();
+    tokio::spawn(async move { election.campaign(&value, &cancel).await })
+}
+
+fn etcdctl(server: &EtcdServer) -> Command {
+    let mut command = Command::new(etcdctl_binary());
+    command
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={}", server.endpoint()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    command
+}
+
+/// Forwards each stdout line of `child` with the time it was read, through a bounded channel.
+fn stdout_lines(child: &mut Child) -> tokio::sync::mpsc::Receiver<(Instant, String)> {
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let (lines_tx, lines_rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stdout).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if lines_tx.send((Instant::now(), line)).await.is_err() {
+                break;
+            }
+        }
+    });
+    lines_rx
+}
+
+async fn next_line_matching(
+    lines: &mut tokio::sync::mpsc::Receiver<(Instant, String)>,
+    limit: Duration,
+    wanted: impl Fn(&str) -> bool,
+) -> Instant {
+    let deadline = Instant::now() + limit;
+    loop {
+        let (at, line) = tokio::time::timeout_at(deadline, lines.recv())
+            .await
+            .expect("timed out waiting for etcdctl output")
+            .expect("etcdctl closed its output");
+        if wanted(&line) {
+            return at;
+        }
+    }
+}
+
+/// capture-spec §8 case 12 (DelegateLease).
+#[tokio::test]
+async fn session_grants_keeps_and_revokes_its_lease() {
+    let server = EtcdServer::start().await.unwrap();
+    let client = server.client().await.unwrap();
+    let session = Session::grant(client.clone(), 10).await.unwrap();
+    assert_eq!(session.ttl(), 10);
+
+    let ttl = client.lease_time_to_live(session.lease_id()).await.unwrap();
+    assert_eq!(ttl.granted_ttl, 10);
+    assert!(0 < ttl.ttl && ttl.ttl < 10, "{ttl:?}");
+
+    session.close().await.unwrap();
+    assert_eq!(
+        client
+            .lease_time_to_live(session.lease_id())
+            .await
+            .unwrap()
+            .ttl,
+        -1
+    );
+    assert!(session.done().is_cancelled());
+    assert_eq!(session.end(), Some(SessionEnd::Closed));
+    // Closing again, with the lease gone, is fine.
+    session.close().await.unwrap();
+}
+
+#[test]
+fn a_capture_session_ttl_below_five_seconds_becomes_ten() {
+    assert_eq!(SessionConfig::new(3).effective_ttl_secs(), 10);
+    assert_eq!(SessionConfig::new(0).effective_ttl_secs(), 10);
+    assert_eq!(SessionConfig::new(5).effective_ttl_secs(), 5);
+    assert_eq!(SessionConfig::new(30).effective_ttl_secs(), 30);
+}
+
+#[tokio::test]
+async fn the_granted_ttl_is_used_when_etcd_raises_a_short_one() {
+    let server = EtcdServer::start().await.unwrap();
+    let client = server.client().await.unwrap();
+    let session = short_session(&client, 1).await;
+    assert_eq!(session.ttl(), 2, "etcd's minimum TTL is 2 s");
+    assert_eq!(
+        client
+            .lease_time_to_live(session.lease_id())
+            .await
+            .unwrap()
+            .granted_ttl,
+        2
+    );
+    // Three granted TTLs later the lease is still held, renewed about every 2/3 s.
+    let done = session.done();
+    assert!(
+        timeout(Duration::from_secs(6), done.cancelled())
+            .await
+            .is_err(),
+        "session ended: {:?}",
+        session.end()
+    );
+    assert!(session.renewals() >= 6, "renewals: {}", session.renewals());
+    assert!(
+        client
+            .lease_time_to_live(session.lease_id())
+            .await
+            .unwrap()
+            .ttl
+            > 0
+    );
+    session.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_uncontested_campaign_wins_at_once() {
+    let server = EtcdServer::start().await.unwrap();
+    let client = server.client().await.unwrap();
+    let prefix = owner_prefix("uncontested");
+    let session = Session::grant(client.clone(), 5).await.unwrap();
+    let election = Election::new(client.clone(), session.lease_id(), &prefix);
+
+    assert!(matches!(
+        election.owner_revision().await,
+        Err(Error::OwnerNotFound)
+    ));
+    assert_eq!(election.leader().await.unwrap(), None);
+
+    let fence = timeout(
+        Duration::from_secs(5),
+        election.campaign("capture-a", &CancellationToken::new()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        fence.key,
+        format!("{prefix}/{:x}", session.lease_id()).into_bytes()
+    );
+    let kv = client
+        .get(fence.key.clone(), GetOptions::default())
+        .await
+        .unwrap()
+        .kvs
+        .remove(0);
+    assert_eq!(kv.create_revision, fence.create_revision);
+    assert_eq!(kv.lease, session.lease_id());
+    assert_eq!(kv.value, b"capture-a");
+    assert!(election.is_leader());
+    assert_eq!(
+        election.leader().await.unwrap().as_deref(),
+        Some("capture-a")
+    );
+    assert_eq!(
+        election.owner_revision().await.unwrap(),
+        fence.create_revision
+    );
+    assert!(matches!(
+        election.owner_revision_of("capture-b").await,
+        Err(Error::NotLeader)
+    ));
+
+    election.resign().await.unwrap();
+    assert!(!election.is_leader());
+    assert_eq!(election.leader().await.unwrap(), None);
+    // Resigning without a key is Ok.
+    election.resign().await.unwrap();
+    session.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_queued_candidate_survives_three_ttls_and_takes_over_within_100ms_of_a_resign() {
+    let server = EtcdServer::start().await.unwrap();
+    let client = server.client().await.unwrap();
+    let prefix = owner_prefix("queued");
+    let session_a = short_session(&client, 2).await;
+    let session_b = short_session(&client, 2).await;
+    let a = Election::new(client.clone(), session_a.lease_id(), &prefix);
+    let b = Arc::new(Election::new(client.clone(), session_b.lease_id(), &prefix));
+    let never = CancellationToken::new();
+
+    let fence_a = a.campaign("a", &never).await.unwrap();
+    let mut campaign_b = spawn_campaign(&b, "b", &never);
+    wait_for("b's key", Duration::from_secs(5), || {
+        key_exists(&client, b.key())
+    })
+    .await;
+
+    // Three TTLs of waiting: b neither wins nor loses its lease or its key.
+    let ttl = Duration::from_secs(u64::try_from(session_b.ttl()).unwrap());
+    assert!(timeout(ttl * 3, &mut campaign_b).await.is_err());
+    assert!(!session_b.done().is_cancelled());
+    assert!(key_exists(&client, b.key()).await);
+    assert_eq!(b.leader().await.unwrap().as_deref(), Some("a"));
+
+    a.resign().await.unwrap();
+    let resigned = Instant::now();
+    let fence_b = timeout(Duration::from_secs(5), campaign_b)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let handover = resigned.elapsed();
+    assert!(
+        handover <= Duration::from_millis(100),
+        "hand-over took {handover:?}"
+    );
+    assert!(fence_b.create_revision > fence_a.create_revision);
+    assert_eq!(b.leader().await.unwrap().as_deref(), Some("b"));
+    session_a.close().await.unwrap();
+    session_b.close().await.unwrap();
+}
+
+/// The leader is a real process: `etcdctl lease keep-alive` holds the leader's lease and is
+/// killed with SIGKILL, so the lease ends exactly as a crashed capture's would.
+#[tokio::test]
+async fn after_the_leader_process_is_killed_the_next_candidate_wins_once_the_lease_expires() {
+    const TTL_SECS: i64 = 5;
+    let server = EtcdServer::start().await.unwrap();
+    let client = server.client().await.unwrap();
+    let prefix = owner_prefix("killed");
+
+    let leader_lease = client.lease_grant(TTL_SECS).await.unwrap();
+    let mut keeper = etcdctl(&server)
+        .args(["lease", "keep-alive", &format!("{:x}", leader_lease.id)])
+        .spawn()
+        .unwrap();
+    let mut renewals = stdout_lines(&mut keeper);
+    next_line_matching(&mut renewals, Duration::from_secs(5), |line| {
+        line.contains("keepalived")
+    })
+    .await;
+    let leader = Election::new(client.clone(), leader_lease.id, &prefix);
+    let never = CancellationToken::new();
+    leader.campaign("crashed", &never).await.unwrap();
+
+    let session = Session::grant(client.clone(), TTL_SECS).await.unwrap();
+    let next = Arc::new(Election::new(client.clone(), session.lease_id(), &prefix));
+    let campaign = spawn_campaign(&next, "next", &never);
+    wait_for("the next candidate's key", Duration::from_secs(5), || {
+        key_exists(&client, next.key())
+    })
+    .await;
+
+    // Kill right after a fresh renewal: the lease then ends one TTL after that renewal.
+    while renewals.try_recv().is_ok() {}
+    let renewed = next_line_matching(&mut renewals, Duration::from_secs(5), |line| {
+        line.contains("keepalived")
+    })
+    .await;
+    keeper.start_kill().unwrap();
+    let killed = Instant::now();
+    keeper.wait().await.unwrap();
+
+    let ttl = Duration::from_secs(TTL_SECS.unsigned_abs());
+    timeout(ttl + Duration::from_secs(3), campaign)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let since_renewal = renewed.elapsed();
+    let since_kill = killed.elapsed();
+    assert!(
+        since_renewal >= ttl - Duration::from_millis(500),
+        "won {since_renewal:?} after the last renewal: sooner than the lease allows"
+    );
+    assert!(
+        since_kill <= ttl + Duration::from_secs(1),
+        "won {since_kill:?} after the kill"
+    );
+    assert_eq!(next.leader().await.unwrap().as_deref(), Some("next"));
+    session.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_win_on_an_already_revoked_lease_is_rejected() {
+    let server = EtcdServer::start().await.unwrap();
+    let client = server.client().await.unwrap();
+    let prefix = owner_prefix("revoked");
+    let session_a = Session::grant(client.clone(), 5).await.unwrap();
+    let session_b = Session::grant(client.clone(), 5).await.unwrap();
+    let a = Election::new(client.clone(), session_a.lease_id(), &prefix);
+    let b = Arc::new(Election::new(client.clone(), session_b.lease_id(), &prefix));
+    let never = CancellationToken::new();
+
+    a.campaign("a", &never).await.unwrap();
+    let campaign_b = spawn_campaign(&b, "b", &never);
+    wait_for("b's key", Duration::from_secs(5), || {
+        key_exists(&client, b.key())
+    })
+    .await;
+
+    // b's lease is revoked behind its back while it waits; then a steps down.
+    client.lease_revoke(session_b.lease_id()).await.unwrap();
+    a.resign().await.unwrap();
+    let result = timeout(Duration::from_secs(5), campaign_b)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(result, Err(Error::LeaseExpired { lease_id }) if lease_id == session_b.lease_id()),
+        "{result:?}"
+    );
+    assert!(!b.is_leader());
+    assert_eq!(b.leader().await.unwrap(), None);
+    // The session noticed as well.
+    timeout(Duration::from_secs(6), session_b.done().cancelled())
+        .await
+        .unwrap();
+    assert_eq!(session_b.end(), Some(SessionEnd::LeaseNotFound));
+
+    // A campaign started on the revoked lease is refused at once.
+    let result = b.campaign("b", &never).await;
+    assert!(
+        matches!(result, Err(Error::LeaseExpired { .. })),
+        "{result:?}"
+    );
+    assert_eq!(queue_len(&client, &prefix).await, 0);
+    session_a.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_cancelled_campaign_leaves_no_key() {
+    let server = EtcdServer::start().await.unwrap();
+    let client = server.client().await.unwrap();
+    let prefix = owner_prefix("cancelled");
+    let session_a = Session::grant(client.clone(), 5).await.unwrap();
+    let session_b = Session::grant(client.clone(), 5).await.unwrap();
+    let a = Election::new(client.clone(), session_a.lease_id(), &prefix);
+    let b = Arc::new(Election::new(client.clone(), session_b.lease_id(), &prefix));
+
+    a.campaign("a", &CancellationToken::new()).await.unwrap();
+    let cancel = CancellationToken::new();
+    let campaign_b = spawn_campaign(&b, "b", &cancel);
+    wait_for("b's key", Duration::from_secs(5), || {
+        key_exists(&client, b.key())
+    })
+    .await;
+    cancel.cancel();
+    let result = timeout(Duration::from_secs(5), campaign_b)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(result, Err(Error::Cancelled)), "{result:?}");
+    assert!(!key_exists(&client, b.key()).await);
+    assert_eq!(queue_len(&client, &prefix).await, 1);
+
+    // An already-cancelled campaign does nothing.
+    assert!(matches!(
+        b.campaign("b", &cancel).await,
+        Err(Error::Cancelled)
+    ));
+    assert_eq!(queue_len(&client, &prefix).await, 1);
+    assert_eq!(a.leader().await.unwrap().as_deref(), Some("a"));
+    session_a.close().await.unwrap();
+    session_b.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_stale_leaders_fenced_write_is_refused_even_at_the_current_data_revision() {
+    let server = EtcdServer::start().await.unwrap();
+    let client = server.client().await.unwrap();
+    let prefix = owner_prefix("fenced");
+    let data_key = b"/tidb/cdc/fenced/default/changefeed/info/cf".to_vec();
+    let never = CancellationToken::new();
+
+    let session_a = Session::grant(client.clone(), 5).await.unwrap();
+    let a = Election::new(client.clone(), session_a.lease_id(), &prefix);
+    let fence_a = a.campaign("a", &never).await.unwrap();
+    let data_revision = client.put(data_key.clone(), "v1", 0).await.unwrap();
+
+    // a is deposed (its lease ends) without noticing; b wins.
+    client.lease_revoke(session_a.lease_id()).await.unwrap();
+    let session_b = Session::grant(client.clone(), 5).await.unwrap();
+    let b = Election::new(client.clone(), session_b.lease_id(), &prefix);
+    let fence_b = b.campaign("b", &never).await.unwrap();
+
+    let fenced_put = |fence: &OwnerFence, value: &str| Txn {
+        compares: vec![
+            fence.compare(),
+            Compare::ModRevision {
+                key: data_key.clone(),
+                op: CompareOp::Equal,
+                revision: data_revision,
+            },
+        ],
+        success: vec![TxnOp::Put {
+            key: data_key.clone(),
+            value: value.as_bytes().to_vec(),
+            lease: 0,
+        }],
+        failure: vec![],
+    };
+    assert!(
+        !client
+            .txn(fenced_put(&fence_a, "stale"))
+            .await
+            .unwrap()
+            .succeeded
+    );
+    assert!(
+        client
+            .txn(fenced_put(&fence_b, "fresh"))
+            .await
+            .unwrap()
+            .succeeded
+    );
+    let value = client
+        .get(data_key.clone(), GetOptions::default())
+        .await
+        .unwrap()
+        .kvs
+        .remove(0)
+        .value;
+    assert_eq!(value, b"fresh");
+    session_b.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_session_reports_loss_within_its_ttl_when_etcd_is_paused() {
+    const TTL_SECS: i64 = 5;
+    let mut server = EtcdServer::start().await.unwrap();
+    let client = server.client().await.unwrap();
+    let session = Session::grant(client.clone(), TTL_SECS).await.unwrap();
+    wait_for("a renewal", Duration::from_secs(5), || {
+        let renewals = session.renewals();
+        async move { renewals >= 2 }
+    })
+    .await;
+
+    server.pause().unwrap();
+    let paused = Instant::now();
+    let ttl = Duration::from_secs(TTL_SECS.unsigned_abs());
+    let reported = timeout(ttl * 2, session.done().cancelled()).await;
+    let after = paused.elapsed();
+    server.resume().unwrap();
+    assert!(
+        reported.is_ok(),
+        "no loss reported {after:?} after the pause"
+    );
+    assert_eq!(session.end(), Some(SessionEnd::DeadlineExceeded));
+    // The deadline is one TTL after the send of the last acknowledged renewal, which was at
+    // most a renewal period (TTL/3) before the pause.
+    assert!(
+        after <= ttl + Duration::from_millis(300),
+        "loss reported {after:?} after the pause"
+    );
+    assert!(
+        after >= ttl * 2 / 3 - Duration::from_millis(300),
+        "loss reported too early: {after:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_session_survives_an_etcd_restart_within_its_ttl() {
+    const TTL_SECS: i64 = 10;
+    let mut server = EtcdServer::start().await.unwrap();
+    let client = server.client().await.unwrap();
+    let session = Session::grant(client.clone(), TTL_SECS).await.unwrap();
+    client
+        .put(
+            "/tidb/cdc/restart/__cdc_meta__/capture/c",
+            "{}",
+            session.lease_id(),
+        )
+        .await
+        .unwrap();
+
+    server.kill().unwrap();
+    let killed = Instant::now();
+    server.restart().await.unwrap();
+    let restarted_at = session.renewals();
+    wait_for(
+        "renewals on a reopened stream",
+        Duration::from_secs(10),
+        || {
+            let renewals = session.renewals();
+            async move { renewals >= restarted_at + 2 }
+        },
+    )
+    .await;
+    // Past the deadline the kill would have caused without a reconnect, the session holds.
+    let ttl = Duration::from_secs(TTL_SECS.unsigned_abs());
+    assert!(
+        tokio::time::timeout_at(
+            killed + ttl + Duration::from_secs(1),
+            session.done().cancelled()
+        )
+        .await
+        .is_err(),
+        "session ended: {:?}",
+        session.end()
+    );
+    assert!(
+        client
+            .lease_time_to_live(session.lease_id())
+            .await
+            .unwrap()
+            .ttl
+            > 0
+    );
+    assert!(key_exists(&client, b"/tidb/cdc/restart/__cdc_meta__/capture/c").await);
+    session.close().await.unwrap();
+}
+
+/// capture-spec §8 case 23 (GetOwnerRevision): three candidates, 16 terms.
+#[tokio::test]
+async fn owner_revisions_strictly_increase_over_sixteen_terms_of_three_candidates() {
+    const TERMS: usize = 16;
+    let server = EtcdServer::start().await.unwrap();
+    let client = server.client().await.unwrap();
+    let prefix = owner_prefix("terms");
+    let observer = Election::new(client.clone(), 0, &prefix);
+    assert!(matches!(
+        observer.owner_revision_of("capture-0").await,
+        Err(Error::OwnerNotFound)
+    ));
+
+    let terms = Arc::new(AtomicUsize::new(0));
+    let revisions = Arc::new(Mutex::new(Vec::new()));
+    let stop = CancellationToken::new();
+    let mut candidates = tokio::task::JoinSet::new();
+    for n in 0..3 {
+        let session = Session::grant(client.clone(), 5).await.unwrap();
+        let election = Election::new(client.clone(), session.lease_id(), &prefix);
+        let (terms, revisions, stop) = (terms.clone(), revisions.clone(), stop.clone());
+        let capture_id = format!("capture-{n}");
+        let other_id = format!("capture-{}", (n + 1) % 3);
+        candidates.spawn(async move {
+            loop {
+                let fence = match election.campaign(&capture_id, &stop).await {
+                    Ok(fence) => fence,
+                    Err(Error::Cancelled) => break,
+                    Err(err) => panic!("campaign of {capture_id}: {err}"),
+                };
+                let revision = election.owner_revision_of(&capture_id).await.unwrap();
+                assert_eq!(revision, fence.create_revision);
+                assert!(matches!(
+                    election.owner_revision_of(&other_id).await,
+                    Err(Error::NotLeader)
+                ));
+                revisions
+                    .lock()
+                    .unwrap()
+                    .push((revision, capture_id.clone()));
+                election.resign().await.unwrap();
+                if terms.fetch_add(1, Ordering::SeqCst) + 1 >= TERMS {
+                    stop.cancel();
+                    break;
+                }
+            }
+            session.close().await.unwrap();
+        });
+    }
+    timeout(Duration::from_secs(30), async {
+        while let Some(joined) = candidates.join_next().await {
+            joined.unwrap();
+        }
+    })
+    .await
+    .unwrap();
+
+    let revisions = revisions.lock().unwrap().clone();
+    assert!(revisions.len() >= TERMS, "{revisions:?}");
+    assert!(
+        revisions.windows(2).all(|pair| pair[0].0 < pair[1].0),
+        "{revisions:?}"
+    );
+    for n in 0..3 {
+        let id = format!("capture-{n}");
+        assert!(
+            revisions.iter().any(|(_, owner)| *owner == id),
+            "{revisions:?}"
+        );
+    }
+    assert_eq!(queue_len(&client, &prefix).await, 0);
+}
+
+/// Go's `concurrency.Election` (here `etcdctl elect`) and ours share one election.
+#[tokio::test]
+async fn etcdctl_elect_and_our_candidate_share_the_election() {
+    let server = EtcdServer::start().await.unwrap();
+    let client = server.client().await.unwrap();
+    let prefix = owner_prefix("interop");
+
+    let mut go_candidate = etcdctl(&server)
+        .args(["elect", &prefix, "go-capture"])
+        .spawn()
+        .unwrap();
+    let mut go_output = stdout_lines(&mut go_candidate);
+    next_line_matching(&mut go_output, Duration::from_secs(10), |line| {
+        line == "go-capture"
+    })
+    .await;
+
+    let session = Session::grant(client.clone(), 5).await.unwrap();
+    let ours = Arc::new(Election::new(client.clone(), session.lease_id(), &prefix));
+    let campaign = spawn_campaign(&ours, "rust-capture", &CancellationToken::new());
+    wait_for("our key", Duration::from_secs(5), || {
+        key_exists(&client, ours.key())
+    })
+    .await;
+    assert_eq!(ours.leader().await.unwrap().as_deref(), Some("go-capture"));
+    assert!(!campaign.is_finished());
+    assert!(matches!(ours.owner_revision().await, Err(Error::NotLeader)));
+
+    // SIGINT makes etcdctl resign; ours takes over.
+    let pid = go_candidate.id().unwrap().to_string();
+    let status = Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success());
+    timeout(Duration::from_secs(5), campaign)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    go_candidate.wait().await.unwrap();
+
+    let mut observer = etcdctl(&server)
+        .args(["elect", "-l", &prefix])
+        .spawn()
+        .unwrap();
+    let mut observed = stdout_lines(&mut observer);
+    next_line_matching(&mut observed, Duration::from_secs(10), |line| {
+        line == "rust-capture"
+    })
+    .await;
+    observer.start_kill().unwrap();
+    observer.wait().await.unwrap();
+    session.close().await.unwrap();
+}
