@@ -1,1 +1,3 @@
 //! One integration-test binary: real etcd, real processes.
+
+mod p2p;

@@ -184,6 +184,11 @@ impl MessageClient {
             .take()
     }
 
+    /// The counters this client adds to (shared with the other clients of its router).
+    pub fn metrics(&self) -> crate::metrics::MetricsSnapshot {
+        self.shared.metrics.snapshot()
+    }
+
     /// Whether `run` has ended; sends then fail with `ClientClosed`.
     pub fn is_closed(&self) -> bool {
         self.shared.closed.is_cancelled()
