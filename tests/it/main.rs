@@ -7,3 +7,4 @@ mod etcd_raw;
 mod etcd_retry;
 mod etcd_watch;
 mod orchestrator;
+mod p2p;
