@@ -382,7 +382,7 @@ impl Capture {
                 let incarnation = incarnation.clone();
                 let group = group.clone();
                 async move {
-                    let result = Box::pin(capture.campaign_owner(&incarnation, &group)).await;
+                    let result = capture.campaign_owner(&incarnation, &group).await;
                     if group.is_cancelled() {
                         return Err(Error::Cancelled);
                     }
@@ -568,7 +568,8 @@ impl Capture {
                 key: fence.key,
                 create_revision: fence.create_revision,
             };
-            let result = async {
+            // Boxed: the worker's future is large and the campaign loop's callers hold it.
+            let result = Box::pin(async {
                 self.migrate(&fence, cancel).await?;
                 let state = self.hooked_state(incarnation, true);
                 self.run_etcd_worker(
@@ -580,7 +581,7 @@ impl Capture {
                     cancel,
                 )
                 .await
-            }
+            })
             .await;
             owner.async_stop();
             controller.async_stop();
@@ -954,3 +955,6 @@ fn from_worker_error(err: cdc_orchestrator::Error) -> Error {
         other => Error::Orchestrator(other),
     }
 }
+
+#[cfg(test)]
+mod tests;
