@@ -709,3 +709,34 @@ async fn etcdctl_elect_and_our_candidate_share_the_election() {
     observer.wait().await.unwrap();
     session.close().await.unwrap();
 }
+
+/// The keep-alive has its own thread and runtime: an application runtime that is blocked for
+/// longer than the TTL does not lose the lease.
+#[tokio::test(flavor = "current_thread")]
+async fn a_blocked_application_runtime_does_not_starve_the_keep_alive() {
+    let server = EtcdServer::start().await.unwrap();
+    let client = server.client().await.unwrap();
+    let session = short_session(&client, 2).await;
+    let before = session.renewals();
+    // Deliberately block the only thread of the test's runtime for two TTLs.
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the test simulates a starved application runtime"
+    )]
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(!session.done().is_cancelled(), "{:?}", session.end());
+    assert!(
+        session.renewals() >= before + 4,
+        "renewals went from {before} to {}",
+        session.renewals()
+    );
+    assert!(
+        client
+            .lease_time_to_live(session.lease_id())
+            .await
+            .unwrap()
+            .ttl
+            > 0
+    );
+    session.close().await.unwrap();
+}

@@ -314,6 +314,8 @@ impl Election {
             );
             self.wait_delete(&ahead_kv.key, ahead.revision + 1, cancel)
                 .await?;
+            // Stop waiting as soon as our own key is gone (our lease ended while queued).
+            self.confirm(revision, cancel).await?;
         }
     }
 

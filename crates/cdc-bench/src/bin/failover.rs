@@ -3,8 +3,9 @@
 //!
 //! The leader is a child process, this binary re-executed in the `candidate` role: it grants a
 //! session, wins the election and holds it until it reads `resign` on stdin (graceful) or is
-//! killed (crash), at a random phase of its renewal period. The measuring candidate runs in this process with its own session; each
-//! figure is the time from the resign request or the SIGKILL to its campaign's return.
+//! killed with SIGKILL (crash) at a random phase of its renewal period. The measuring candidate
+//! runs in this process with its own session; each figure is the time from the resign request
+//! or the SIGKILL to its campaign's return.
 //!
 //! Usage: `cargo xtask bench failover [--rounds N]` (default 5 rounds per case, TTL 5 and 10).
 #![allow(
