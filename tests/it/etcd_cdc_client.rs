@@ -9,10 +9,11 @@ use cdc_model::{CaptureInfo, ChangeFeedId, ChangeFeedInfo, UpstreamInfo};
 use tokio_util::sync::CancellationToken;
 
 async fn setup(cluster_id: &str) -> (EtcdServer, CdcEtcdClient) {
-    let server = EtcdServer::start().await.unwrap();
-    let client = CdcEtcdClient::new(server.client().await.unwrap(), cluster_id)
+    let server = EtcdServer::start().await.expect("start etcd");
+    let raw = server.client().await.expect("connect to etcd");
+    let client = CdcEtcdClient::new(raw, cluster_id)
         .await
-        .unwrap();
+        .expect("create the CDC client");
     (server, client)
 }
 
@@ -276,7 +277,7 @@ fn capture(n: usize) -> CaptureInfo {
 /// Case 22: captures on three leases, their lease map, and revoking them all (plus a fake one).
 #[tokio::test]
 async fn capture_leases() {
-    let (_server, client) = setup("default").await;
+    let (server, client) = setup("default").await;
     let cancel = CancellationToken::new();
     let mut captures = Vec::new();
     let mut leases = BTreeMap::new();
@@ -299,6 +300,8 @@ async fn capture_leases() {
     );
     assert_eq!(client.get_capture_leases(&cancel).await.unwrap(), leases);
 
+    // One lease is already gone (revoked out of band): revoking it again is fine.
+    server.revoke_lease(leases["capture-0"]).await.unwrap();
     let mut with_fake = leases.clone();
     with_fake.insert("fake".to_owned(), 200);
     client.revoke_all_leases(&with_fake, &cancel).await.unwrap();
@@ -328,7 +331,7 @@ async fn enqueue(client: &EtcdClient, lease: i64, capture_id: &str) -> i64 {
         }],
         failure: vec![],
     };
-    let response = client.txn(txn).await.unwrap();
+    let response = client.txn(txn).await.expect("enqueue txn");
     assert!(response.succeeded, "{key} was free");
     response.revision
 }

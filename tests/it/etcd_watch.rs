@@ -22,8 +22,8 @@ async fn compaction_surfaces_as_typed_error() {
     for value in 2..=5 {
         client.put("/w/a", value.to_string(), 0).await.unwrap();
     }
-    let last = client.put("/w/b", "x", 0).await.unwrap();
-    client.compact(last).await.unwrap();
+    client.put("/w/b", "x", 0).await.unwrap();
+    let last = server.compact().await.unwrap();
 
     let cancel = CancellationToken::new();
     let mut watch = ResilientWatch::start(client, b"/w/".to_vec(), true, first, cancel.clone());

@@ -3,7 +3,7 @@
 //! [`EtcdServer::start`] runs the `etcd` binary (from `CDC_ETCD_BIN`, or `etcd` on the `PATH`) on
 //! free loopback ports with a temporary data dir, waits until it serves, and kills it on drop.
 //! For fault tests it can pause (SIGSTOP), resume, kill and restart the same member on the same
-//! data dir and ports.
+//! data dir and ports, revoke a lease out of band and compact the history.
 
 use std::io;
 use std::net::TcpListener;
@@ -15,7 +15,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use crate::client::{ConnectConfig, EtcdClient};
-use crate::types::GetOptions;
+use crate::types::{GetOptions, LeaseId, Revision};
 
 const INSTALL_HINT: &str = "etcd is required for this test: run `cargo xtask install` (apt-get install etcd-server etcd-client) or set CDC_ETCD_BIN";
 
@@ -174,6 +174,19 @@ impl EtcdServer {
     /// A new client with default settings.
     pub async fn client(&self) -> crate::Result<EtcdClient> {
         EtcdClient::connect(&self.endpoints(), ConnectConfig::default()).await
+    }
+
+    /// Revokes a lease out of band, as an operator or an expiry would.
+    pub async fn revoke_lease(&self, lease_id: LeaseId) -> crate::Result<()> {
+        self.client().await?.lease_revoke(lease_id).await
+    }
+
+    /// Compacts (physically) the whole history up to the current revision and returns it.
+    pub async fn compact(&self) -> crate::Result<Revision> {
+        let client = self.client().await?;
+        let revision = client.get("compact", GetOptions::default()).await?.revision;
+        client.compact(revision).await?;
+        Ok(revision)
     }
 
     fn signal(&self, signal: Signal) -> io::Result<()> {
