@@ -52,7 +52,10 @@ impl Proxy {
                     drop(inbound);
                     continue;
                 }
-                let cut = accept_generation.lock().unwrap().child_token();
+                let cut = accept_generation
+                    .lock()
+                    .expect("never poisoned")
+                    .child_token();
                 let upstream = upstream.clone();
                 connections.spawn(async move {
                     let Ok(mut outbound) = TcpStream::connect(&upstream).await else {
@@ -77,7 +80,7 @@ impl Proxy {
 
     /// Drops every open connection.
     fn cut(&self) {
-        let mut generation = self.generation.lock().unwrap();
+        let mut generation = self.generation.lock().expect("never poisoned");
         generation.cancel();
         *generation = CancellationToken::new();
     }
@@ -133,7 +136,7 @@ async fn start_server(topics: &[IndexTopic]) -> Result<Harness> {
             .sync_add_handler(
                 topic,
                 move |sender, index: i64| {
-                    let mut ledger = ledger.lock().unwrap();
+                    let mut ledger = ledger.lock().expect("never poisoned");
                     ledger.delivered += 1;
                     let last = ledger
                         .last
