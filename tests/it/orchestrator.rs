@@ -1,5 +1,6 @@
 //! The etcd worker against a real etcd: capture-spec §8 cases 26–32 and 34, the delete-counter
-//! protocol with an external writer, the owner fence and the compaction resync.
+//! protocol with an external writer, the owner fence, the compaction resync and progress
+//! notifications at a commit's revision.
 #![allow(
     clippy::unwrap_used,
     clippy::large_futures,
@@ -12,13 +13,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use cdc_etcd::testing::EtcdServer;
-use cdc_etcd::{Compare, CompareOp, EtcdClient, GetOptions, Txn, TxnOp};
+use cdc_etcd::watch::{EtcdWatchSource, WatchSource, WatchStream};
+use cdc_etcd::{
+    Compare, CompareOp, EtcdClient, Event, EventKind, GetOptions, KeyValue, RawWatch, Revision,
+    Txn, TxnOp, WatchOptions, WatchResponse,
+};
 use cdc_orchestrator::{
     DataPatch, Error, EtcdWorker, OwnerFence, PatchGroup, PatchOutcome, Reactor, ReactorState,
     Result, SingleDataPatch,
 };
 use rand::Rng;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 const INTERVAL: Duration = Duration::from_millis(10);
@@ -109,16 +114,18 @@ async fn run_worker<F>(client: &EtcdClient, prefix: &str, tick: F) -> Result<KvS
 where
     F: FnMut(&mut KvState, usize) -> Result<()> + Send,
 {
+    run_worker_with(EtcdWorker::new(client.clone(), prefix), tick).await
+}
+
+async fn run_worker_with<F>(worker: EtcdWorker, tick: F) -> Result<KvState>
+where
+    F: FnMut(&mut KvState, usize) -> Result<()> + Send,
+{
     let cancel = CancellationToken::new();
     let mut reactor = FnReactor::new(tick);
     tokio::time::timeout(
         Duration::from_secs(30),
-        EtcdWorker::new(client.clone(), prefix).run(
-            &mut reactor,
-            KvState::default(),
-            INTERVAL,
-            &cancel,
-        ),
+        worker.run(&mut reactor, KvState::default(), INTERVAL, &cancel),
     )
     .await
     .expect("the worker finishes within 30 s")
@@ -349,7 +356,59 @@ async fn sum_stays_consistent() {
     }
 }
 
-// Case 34 (EtcdBank): random transfers, random worker restarts; every tick sees sum == 0.
+/// Watches through etcd and asks etcd for a progress notification right after every response
+/// with events, so that real progress notifications (at the revision of the commit just
+/// delivered, or of one not delivered yet) are interleaved with the commits.
+#[derive(Clone)]
+struct ProgressSource {
+    inner: EtcdWatchSource,
+    n_progress: Arc<AtomicUsize>,
+}
+
+struct ProgressStream {
+    inner: RawWatch,
+    request_pending: bool,
+    n_progress: Arc<AtomicUsize>,
+}
+
+impl WatchSource for ProgressSource {
+    type Stream = ProgressStream;
+
+    async fn open(&mut self, start_revision: Revision) -> cdc_etcd::Result<ProgressStream> {
+        Ok(ProgressStream {
+            inner: self.inner.open(start_revision).await?,
+            request_pending: false,
+            n_progress: self.n_progress.clone(),
+        })
+    }
+}
+
+impl WatchStream for ProgressStream {
+    async fn next(&mut self) -> cdc_etcd::Result<Option<WatchResponse>> {
+        // Cancel-safe: the flag is cleared only once the request went out.
+        if self.request_pending {
+            self.inner.request_progress().await?;
+            self.request_pending = false;
+        }
+        let response = self.inner.next().await?;
+        if let Some(response) = &response {
+            if response.is_progress_notify() {
+                self.n_progress.fetch_add(1, Ordering::Relaxed);
+            } else if !response.events.is_empty() {
+                self.request_pending = true;
+            }
+        }
+        Ok(response)
+    }
+
+    async fn request_progress(&mut self) -> cdc_etcd::Result<()> {
+        self.inner.request_progress().await
+    }
+}
+
+// Case 34 (EtcdBank): random transfers, random worker restarts, progress notifications
+// interleaved with the commits (requested after every delivered commit, denser than the
+// case's single request after 10 % of the commits); every tick sees sum == 0.
 #[tokio::test]
 async fn bank() {
     const N_ACCOUNTS: usize = 25;
@@ -375,16 +434,23 @@ async fn bank() {
             )))
         })
     }
+    let n_progress = Arc::new(AtomicUsize::new(0));
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..10 {
         let client = client.clone();
         let n_commits = n_commits.clone();
+        let source = ProgressSource {
+            inner: EtcdWatchSource::new(client.clone(), b"/bank/".to_vec(), true),
+            n_progress: n_progress.clone(),
+        };
         workers.spawn(async move {
             let mut n_runs = 0;
             while Instant::now() < deadline {
                 n_runs += 1;
                 let n_commits = n_commits.clone();
-                run_worker(&client, "/bank", move |state, _| {
+                let worker =
+                    EtcdWorker::new(client.clone(), "/bank").with_watch_source(source.clone());
+                run_worker_with(worker, move |state, _| {
                     let total: i64 = (0..N_ACCOUNTS)
                         .map(|a| {
                             let value = state.get(&format!("/bank/{a}")).unwrap();
@@ -417,6 +483,10 @@ async fn bank() {
     }
     assert!(n_runs > 10, "workers were restarted");
     assert!(n_commits.load(Ordering::Relaxed) > 0);
+    assert!(
+        n_progress.load(Ordering::Relaxed) > 0,
+        "progress notifications reached the workers"
+    );
     let response = client.get("/bank/", GetOptions::prefix()).await.unwrap();
     let total: i64 = response
         .kvs
@@ -772,4 +842,201 @@ impl Reactor<KvState> for ResyncReactor {
         }
         Ok(())
     }
+}
+
+/// A watch source whose streams deliver the responses a test scripts; every stream opened
+/// shares the one script, and the start revision of every open is recorded.
+#[derive(Clone)]
+struct ScriptedSource {
+    responses: Arc<tokio::sync::Mutex<mpsc::Receiver<WatchResponse>>>,
+    opened_at: Arc<std::sync::Mutex<Vec<Revision>>>,
+}
+
+impl ScriptedSource {
+    fn new() -> (ScriptedSource, mpsc::Sender<WatchResponse>) {
+        let (script, responses) = mpsc::channel(8);
+        let source = ScriptedSource {
+            responses: Arc::new(tokio::sync::Mutex::new(responses)),
+            opened_at: Arc::default(),
+        };
+        (source, script)
+    }
+}
+
+struct ScriptedStream {
+    responses: Arc<tokio::sync::Mutex<mpsc::Receiver<WatchResponse>>>,
+}
+
+impl WatchSource for ScriptedSource {
+    type Stream = ScriptedStream;
+
+    async fn open(&mut self, start_revision: Revision) -> cdc_etcd::Result<ScriptedStream> {
+        self.opened_at.lock().unwrap().push(start_revision);
+        Ok(ScriptedStream {
+            responses: self.responses.clone(),
+        })
+    }
+}
+
+impl WatchStream for ScriptedStream {
+    async fn next(&mut self) -> cdc_etcd::Result<Option<WatchResponse>> {
+        Ok(self.responses.lock().await.recv().await)
+    }
+
+    /// The script supplies the progress notifications.
+    async fn request_progress(&mut self) -> cdc_etcd::Result<()> {
+        Ok(())
+    }
+}
+
+fn watch_response(revision: Revision, events: Vec<Event>) -> WatchResponse {
+    WatchResponse {
+        revision,
+        watch_id: if events.is_empty() { -1 } else { 0 },
+        created: false,
+        canceled: false,
+        compact_revision: 0,
+        cancel_reason: String::new(),
+        events,
+    }
+}
+
+fn put_event(key: &str, value: &str, revision: Revision) -> Event {
+    Event {
+        kind: EventKind::Put,
+        kv: KeyValue {
+            key: key.as_bytes().to_vec(),
+            value: value.as_bytes().to_vec(),
+            create_revision: revision,
+            mod_revision: revision,
+            version: 1,
+            lease: 0,
+        },
+        prev_kv: None,
+    }
+}
+
+// A progress notification at the revision of the worker's own commit, arriving before the
+// commit's event, neither moves the worker past that event nor lets it tick without it; a
+// stale response is dropped; the watch starts at the snapshot revision + 1.
+#[tokio::test]
+async fn progress_at_commit_revision_keeps_the_event() {
+    let server = EtcdServer::start().await.unwrap();
+    let client = server.client().await.unwrap();
+    let snapshot_revision = client.put("/pn/a", "0", 0).await.unwrap();
+    let mut commits = client
+        .watch(
+            "/pn/a",
+            WatchOptions {
+                prefix: false,
+                start_revision: snapshot_revision + 1,
+                progress_notify: false,
+                prev_kv: false,
+            },
+        )
+        .await
+        .unwrap();
+    let (source, script) = ScriptedSource::new();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let cancel = CancellationToken::new();
+    let mut reactor = FnReactor::new({
+        let seen = seen.clone();
+        move |state: &mut KvState, n| {
+            if n == 0 {
+                state.queue(vec![set("/pn/a", Some("1"))]);
+                return Ok(());
+            }
+            seen.lock()
+                .unwrap()
+                .push(state.get("/pn/a").map(<[u8]>::to_vec));
+            Err(Error::ReactorFinished)
+        }
+    });
+    let run = EtcdWorker::new(client.clone(), "/pn")
+        .with_watch_source(source.clone())
+        .run(&mut reactor, KvState::default(), INTERVAL, &cancel);
+    let feed = async {
+        // The worker's commit, as etcd delivers it.
+        let commit = loop {
+            let response = commits.next().await.unwrap().unwrap();
+            if !response.events.is_empty() {
+                break response;
+            }
+        };
+        let revision = commit.events[0].kv.mod_revision;
+        assert_eq!(commit.events[0].kv.value, b"1");
+        script
+            .send(watch_response(revision, Vec::new()))
+            .await
+            .unwrap();
+        let stale = put_event("/pn/stale", "stale", snapshot_revision);
+        script
+            .send(watch_response(snapshot_revision, vec![stale]))
+            .await
+            .unwrap();
+        script.send(commit).await.unwrap();
+    };
+    let (result, ()) =
+        tokio::time::timeout(Duration::from_secs(30), async { tokio::join!(run, feed) })
+            .await
+            .unwrap();
+    let state = result.unwrap();
+    assert_eq!(*seen.lock().unwrap(), [Some(b"1".to_vec())]);
+    assert_eq!(state.get("/pn/a"), Some(b"1".as_slice()));
+    assert_eq!(state.get("/pn/stale"), None);
+    assert_eq!(
+        source.opened_at.lock().unwrap().first(),
+        Some(&(snapshot_revision + 1))
+    );
+}
+
+// A catch-up batch that etcd splits carries the store's current revision in the header of
+// every part: the later parts are applied, not dropped as stale.
+#[tokio::test]
+async fn split_catch_up_batch_is_applied() {
+    let server = EtcdServer::start().await.unwrap();
+    let client = server.client().await.unwrap();
+    client.put("/sp/a", "0", 0).await.unwrap();
+    let (source, script) = ScriptedSource::new();
+    let synced = Arc::new(Notify::new());
+    let cancel = CancellationToken::new();
+    let mut reactor = FnReactor::new({
+        let synced = synced.clone();
+        move |state: &mut KvState, n| {
+            if n == 0 {
+                assert_eq!(state.get("/sp/b"), None);
+                synced.notify_one();
+            }
+            if state.get("/sp/b").is_some() {
+                return Err(Error::ReactorFinished);
+            }
+            Ok(())
+        }
+    });
+    let run = EtcdWorker::new(client.clone(), "/sp")
+        .with_watch_source(source.clone())
+        .run(&mut reactor, KvState::default(), INTERVAL, &cancel);
+    let feed = async {
+        // Written after the worker's snapshot, delivered in two parts.
+        synced.notified().await;
+        let first = client.put("/sp/a", "1", 0).await.unwrap();
+        let current = client.put("/sp/b", "1", 0).await.unwrap();
+        let parts = [
+            put_event("/sp/a", "1", first),
+            put_event("/sp/b", "1", current),
+        ];
+        for part in parts {
+            script
+                .send(watch_response(current, vec![part]))
+                .await
+                .unwrap();
+        }
+    };
+    let (result, ()) =
+        tokio::time::timeout(Duration::from_secs(30), async { tokio::join!(run, feed) })
+            .await
+            .unwrap();
+    let state = result.unwrap();
+    assert_eq!(state.get("/sp/a"), Some(b"1".as_slice()));
+    assert_eq!(state.get("/sp/b"), Some(b"1".as_slice()));
 }

@@ -3,6 +3,12 @@
 //! The xtask links none of the project's crates; it drives `cargo` and the tools that a fresh
 //! Debian machine lacks (`protoc` for etcd-client's build, `etcd` and `etcdctl` for the tests).
 
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "a command-line tool reports to its terminal"
+)]
+
 mod install;
 mod run_cluster;
 
@@ -53,7 +59,11 @@ fn main() -> Result<()> {
 
 /// The workspace root, from this package's manifest directory.
 pub(crate) fn project_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    // `cargo run` sets CARGO_MANIFEST_DIR at run time too; prefer it, so that a binary built from
+    // another checkout sharing the target dir still works on the checkout it was run from.
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
         .parent()
         .expect("xtask lives one level below the workspace root")
         .to_path_buf()

@@ -3,13 +3,15 @@
 //! (capture-spec §4.2–§4.4).
 
 use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
 use std::future::pending;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
+use cdc_etcd::watch::{EtcdWatchSource, ResilientWatch, WatchConfig, WatchSource};
 use cdc_etcd::{
-    Compare, CompareOp, EtcdClient, EventKind, GetOptions, RawWatch, Revision, Txn, TxnOp,
-    TxnOpResponse, WatchOptions, WatchResponse,
+    Compare, CompareOp, EtcdClient, EventKind, GetOptions, Revision, Txn, TxnOp, TxnOpResponse,
+    WatchResponse,
 };
 use governor::{Quota, RateLimiter};
 use tokio::time::{Instant, MissedTickBehavior};
@@ -28,7 +30,7 @@ pub const DELETE_COUNTER_SUFFIX: &str = "/__cdc_meta__/meta/ticdc-delete-etcd-ke
 /// A tick or a transaction slower than this is logged.
 const SLOW_WARN: Duration = Duration::from_secs(1);
 
-/// Attempts of a snapshot read or a watch creation before the worker gives up.
+/// Attempts of a snapshot read before the worker gives up.
 const MAX_SETUP_TRIES: u32 = 10;
 
 /// The owner fence: every transaction of a fenced worker also requires that the owner key
@@ -41,6 +43,35 @@ pub struct OwnerFence {
     pub create_revision: Revision,
 }
 
+/// Starts the worker's watch from a revision (inclusive).
+type OpenWatch = dyn Fn(Revision, CancellationToken) -> ResilientWatch + Send + Sync;
+
+/// How the worker opens its watch: a [`ResilientWatch`] over some [`WatchSource`].
+struct WatchOpener(Box<OpenWatch>);
+
+impl WatchOpener {
+    fn new<S: WatchSource + Clone + Sync>(source: S) -> Self {
+        WatchOpener(Box::new(move |start_revision, cancel| {
+            ResilientWatch::with_source(
+                source.clone(),
+                start_revision,
+                WatchConfig::default(),
+                cancel,
+            )
+        }))
+    }
+
+    fn open(&self, start_revision: Revision, cancel: CancellationToken) -> ResilientWatch {
+        (self.0)(start_revision, cancel)
+    }
+}
+
+impl fmt::Debug for WatchOpener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("WatchOpener")
+    }
+}
+
 /// An etcd worker for one prefix; used for a single [`EtcdWorker::run`].
 #[derive(Debug)]
 pub struct EtcdWorker {
@@ -48,18 +79,30 @@ pub struct EtcdWorker {
     prefix: String,
     fence: Option<OwnerFence>,
     session_done: Option<CancellationToken>,
+    watch_opener: WatchOpener,
 }
 
 impl EtcdWorker {
     /// A worker for `prefix` (normalised: a leading `/`, no trailing `/`). It watches
     /// `prefix + "/"`, so that cluster `default` never sees the keys of cluster `default-2`.
     pub fn new(client: EtcdClient, prefix: impl AsRef<str>) -> Self {
+        let prefix = normalize_prefix(prefix.as_ref());
+        let source = EtcdWatchSource::new(client.clone(), watch_key(&prefix), true);
         EtcdWorker {
             client,
-            prefix: normalize_prefix(prefix.as_ref()),
+            prefix,
             fence: None,
             session_done: None,
+            watch_opener: WatchOpener::new(source),
         }
+    }
+
+    /// Watches through `source` instead of this worker's client (a seam for scripted watch
+    /// streams). `source` must deliver the changes of every key under `prefix + "/"`; the
+    /// worker wraps it in a [`ResilientWatch`] with the default timing.
+    pub fn with_watch_source<S: WatchSource + Clone + Sync>(mut self, source: S) -> Self {
+        self.watch_opener = WatchOpener::new(source);
+        self
     }
 
     /// Runs as the owner: every transaction compares the owner key's create revision, and the
@@ -103,8 +146,7 @@ impl EtcdWorker {
         R: Reactor<S>,
     {
         let counter_key = self.delete_counter_key().into_bytes();
-        let mut watch_key = self.prefix.clone().into_bytes();
-        watch_key.push(b'/');
+        let watch_key = watch_key(&self.prefix);
         let limits = TxnLimits::for_worker(self.fence.is_some());
         let mut run = Run {
             client: self.client,
@@ -117,11 +159,22 @@ impl EtcdWorker {
             revision: 0,
             barrier_revision: -1,
             delete_counter: 0,
+            watch_opener: self.watch_opener,
             watch: None,
         };
         // Boxed: the loop's future is large and callers hold this one across awaits.
-        Box::pin(run.main_loop(reactor, state, interval, self.session_done, cancel)).await
+        let result =
+            Box::pin(run.main_loop(reactor, state, interval, self.session_done, cancel)).await;
+        run.close_watch().await;
+        result
     }
+}
+
+/// The key the worker watches and reads: `prefix + "/"`.
+fn watch_key(prefix: &str) -> Vec<u8> {
+    let mut key = prefix.as_bytes().to_vec();
+    key.push(b'/');
+    key
 }
 
 /// The snapshot of one prefix read.
@@ -142,14 +195,8 @@ struct Run {
     revision: Revision,
     barrier_revision: Revision,
     delete_counter: i64,
-    watch: Option<RawWatch>,
-}
-
-/// What the watch delivered.
-enum WatchItem {
-    Response(WatchResponse),
-    /// The stream ended or broke; open a new one from the current revision.
-    Broken(Option<cdc_etcd::Error>),
+    watch_opener: WatchOpener,
+    watch: Option<ResilientWatch>,
 }
 
 impl Run {
@@ -173,7 +220,7 @@ impl Run {
         }
         state.update_pending_change(Instant::now().into_std());
         self.install(snapshot);
-        self.open_watch(cancel).await?;
+        self.open_watch(cancel).await;
 
         let interval = interval.max(Duration::from_millis(1));
         let mut timer = tokio::time::interval(interval);
@@ -195,17 +242,26 @@ impl Run {
                 _ = timer.tick() => None,
             };
             match item {
-                Some(WatchItem::Response(response)) => {
-                    self.handle_response(response, cancel).await?
-                }
-                Some(WatchItem::Broken(Some(cdc_etcd::Error::Compacted { .. }))) => {
+                Some(Some(Ok(response))) => self.handle_response(response)?,
+                Some(Some(Err(cdc_etcd::Error::Compacted {
+                    requested,
+                    compacted,
+                }))) => {
+                    info!(
+                        revision = self.revision,
+                        requested, compacted, "etcd worker watch compacted, resyncing"
+                    );
                     self.resync(cancel).await?;
                 }
-                Some(WatchItem::Broken(err)) => {
-                    if let Some(err) = err {
-                        warn!(error = %err, revision = self.revision, "etcd worker watch broken, re-watching");
-                    }
-                    self.open_watch(cancel).await?;
+                // The wrapper reports nothing but compaction as an error.
+                Some(Some(Err(err))) => return Err(err.into()),
+                Some(None) => {
+                    // The wrapper's task ended without being cancelled by us.
+                    warn!(
+                        revision = self.revision,
+                        "etcd worker watch ended, re-watching"
+                    );
+                    self.open_watch(cancel).await;
                 }
                 None => {}
             }
@@ -334,39 +390,16 @@ impl Run {
             })
     }
 
-    /// Opens the watch from `revision + 1`, retrying transient failures.
-    async fn open_watch(&mut self, cancel: &CancellationToken) -> Result<()> {
-        self.watch = None;
-        let mut backoff = Duration::from_millis(100);
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            let options = WatchOptions {
-                prefix: true,
-                start_revision: self.revision + 1,
-                progress_notify: true,
-                prev_kv: false,
-            };
-            let result = tokio::select! {
-                () = cancel.cancelled() => return Err(Error::Cancelled),
-                result = self.client.watch(self.watch_key.clone(), options) => result,
-            };
-            match result {
-                Ok(watch) => {
-                    self.watch = Some(watch);
-                    return Ok(());
-                }
-                Err(cdc_etcd::Error::Compacted { .. }) => return self.resync(cancel).await,
-                Err(err) if err.is_retryable() && tries < MAX_SETUP_TRIES => {
-                    warn!(error = %err, tries, "etcd worker watch failed, retrying");
-                    tokio::select! {
-                        () = cancel.cancelled() => return Err(Error::Cancelled),
-                        () = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                }
-                Err(err) => return Err(err.into()),
-            }
+    /// Replaces the watch by one from `revision + 1` (capture-spec §4.3 step 3).
+    async fn open_watch(&mut self, cancel: &CancellationToken) {
+        self.close_watch().await;
+        self.watch = Some(self.watch_opener.open(self.revision + 1, cancel.clone()));
+    }
+
+    /// Stops the watch and waits for its task.
+    async fn close_watch(&mut self) {
+        if let Some(watch) = self.watch.take() {
+            watch.close().await;
         }
     }
 
@@ -374,10 +407,7 @@ impl Run {
     /// current snapshot are queued as updates, so the state is reloaded in full and stays
     /// consistent; then a new watch from the fresh revision.
     async fn resync(&mut self, cancel: &CancellationToken) -> Result<()> {
-        info!(
-            revision = self.revision,
-            "etcd worker watch compacted, resyncing"
-        );
+        self.close_watch().await;
         let snapshot = self.read_snapshot(cancel).await?;
         self.check_fence_present(&snapshot.raw_state)?;
         for key in self.raw_state.keys() {
@@ -392,30 +422,29 @@ impl Run {
             }
         }
         self.install(snapshot);
-        // The fresh revision is past any compaction, so a failure here is not a compaction
-        // loop; open_watch resyncs again only if another compaction overtook us.
-        Box::pin(self.open_watch(cancel)).await
+        self.open_watch(cancel).await;
+        Ok(())
     }
 
-    async fn handle_response(
-        &mut self,
-        response: WatchResponse,
-        cancel: &CancellationToken,
-    ) -> Result<()> {
-        if response.compact_revision > 0 {
-            return self.resync(cancel).await;
-        }
-        if response.canceled {
-            warn!(reason = %response.cancel_reason, "etcd worker watch cancelled by the server, re-watching");
-            return self.open_watch(cancel).await;
-        }
-        // A progress notification must not move the revision: an event of that revision
-        // could still be on its way. Stale responses are dropped.
-        if response.is_progress_notify() || response.created || response.revision <= self.revision {
+    /// Applies one watch response. A progress notification is ignored: moving the revision to
+    /// its header could drop an event of that revision still on its way. Events at or below
+    /// the revision reached before this response are stale and dropped (so is a response
+    /// holding only those). The
+    /// revision becomes that of the last applied event rather than the header's: every part of
+    /// a catch-up batch that etcd splits carries the store's current revision in its header,
+    /// and advancing to it would drop the later parts. The worker's own commit comes back as
+    /// events at the commit revision, so the read-your-writes barrier is still reached.
+    fn handle_response(&mut self, response: WatchResponse) -> Result<()> {
+        if response.is_progress_notify() {
             return Ok(());
         }
-        self.revision = response.revision;
+        // The events of one transaction share a revision: compare with the one before.
+        let applied = self.revision;
         for event in response.events {
+            if event.kv.mod_revision <= applied {
+                continue;
+            }
+            self.revision = self.revision.max(event.kv.mod_revision);
             let key = event.kv.key;
             if key == self.counter_key {
                 match event.kind {
@@ -563,17 +592,15 @@ async fn wait_session(session_done: &CancellationToken, has_session: bool) {
     }
 }
 
-/// The next watch item; pending forever while no watch is open.
+/// The next response of the watch; pending forever while no watch is open.
 ///
 /// # Cancel safety
-/// Cancel-safe: `RawWatch::next` loses no response when cancelled.
-async fn next_watch_item(watch: &mut Option<RawWatch>) -> WatchItem {
+/// Cancel-safe: `ResilientWatch::recv` loses no response when cancelled.
+async fn next_watch_item(
+    watch: &mut Option<ResilientWatch>,
+) -> Option<cdc_etcd::Result<WatchResponse>> {
     match watch {
-        Some(watch) => match watch.next().await {
-            Ok(Some(response)) => WatchItem::Response(response),
-            Ok(None) => WatchItem::Broken(None),
-            Err(err) => WatchItem::Broken(Some(err)),
-        },
+        Some(watch) => watch.recv().await,
         None => pending().await,
     }
 }
