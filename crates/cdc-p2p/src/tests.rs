@@ -1055,11 +1055,14 @@ async fn topic_congested_then_recovers() {
     server.stop().await;
 }
 
+/// The open streams' response senders of a [`RecordingServer`].
+type ResponseSenders =
+    Arc<Mutex<Vec<mpsc::Sender<std::result::Result<SendMessageResponse, tonic::Status>>>>>;
+
 /// A protocol double: records every packet and lets the test answer.
 struct RecordingServer {
     packets: mpsc::Sender<(usize, MessagePacket)>,
-    responses:
-        Arc<Mutex<Vec<mpsc::Sender<std::result::Result<SendMessageResponse, tonic::Status>>>>>,
+    responses: ResponseSenders,
     n_streams: Arc<std::sync::atomic::AtomicUsize>,
 }
 
@@ -1091,8 +1094,7 @@ impl crate::proto::cdc_peer_to_peer_server::CdcPeerToPeer for RecordingServer {
 struct Recording {
     addr: String,
     packets: mpsc::Receiver<(usize, MessagePacket)>,
-    responses:
-        Arc<Mutex<Vec<mpsc::Sender<std::result::Result<SendMessageResponse, tonic::Status>>>>>,
+    responses: ResponseSenders,
     cancel: CancellationToken,
 }
 
