@@ -15,21 +15,29 @@ use serde_json::Value;
 
 const TTL: u64 = 5;
 
-/// The `cdc-server` binary next to this test binary (`target/<profile>/deps/it-*` ->
-/// `target/<profile>/cdc-server`). `cargo xtask test` builds it first.
-fn server_binary() -> PathBuf {
+/// A workspace binary: `$env_var` if set, else next to this test binary
+/// (`target/<profile>/deps/it-*` -> `target/<profile>/<name>`). `cargo xtask test` builds
+/// both and sets the variables.
+pub(crate) fn workspace_binary(name: &str, env_var: &str) -> PathBuf {
+    if let Some(path) = std::env::var_os(env_var) {
+        return PathBuf::from(path);
+    }
     let exe = std::env::current_exe().expect("the test binary has a path");
     let profile_dir = exe
         .parent()
         .and_then(|deps| deps.parent())
         .expect("the test binary lives in target/<profile>/deps");
-    let binary = profile_dir.join("cdc-server");
+    let binary = profile_dir.join(name);
     assert!(
         binary.exists(),
-        "{} is missing: build it with `cargo build -p cdc-server`",
+        "{} is missing: build it with `cargo build -p {name}` or set {env_var}",
         binary.display()
     );
     binary
+}
+
+pub(crate) fn server_binary() -> PathBuf {
+    workspace_binary("cdc-server", "CDC_SERVER_BIN")
 }
 
 fn free_port() -> u16 {
@@ -120,7 +128,7 @@ impl Drop for Node {
 }
 
 /// Polls `check` every 20 ms until it returns `Some`, for at most `within`.
-async fn wait_for<T, F, Fut>(within: Duration, mut check: F) -> Result<T>
+pub(crate) async fn wait_for<T, F, Fut>(within: Duration, mut check: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -363,5 +371,32 @@ async fn garbage_json_crashes_nothing() -> Result<()> {
     assert_eq!(list["total"], 2);
     assert!(nodes.iter_mut().all(Node::is_running));
     one_owner(&mut nodes, Duration::from_secs(5)).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarting_etcd_brings_every_capture_back_with_one_owner() -> Result<()> {
+    let (mut etcd, mut nodes) = start_cluster(3, "etcdrestart").await;
+    one_owner(&mut nodes, Duration::from_secs(20)).await?;
+    etcd.restart().await?;
+    let restarted = Instant::now();
+    let client = etcd.client().await?;
+    let within = Duration::from_secs(TTL + 10);
+    // Every capture registered (under its current ID), and exactly one owner.
+    wait_for(within, || async {
+        let keys = capture_keys(&client, "etcdrestart").await;
+        let mut ids = Vec::new();
+        for node in &nodes {
+            ids.push(node.status().await.ok()?["id"].as_str()?.to_owned());
+        }
+        let registered = keys.len() == 3
+            && ids
+                .iter()
+                .all(|id| keys.iter().any(|(key, _)| key.ends_with(id.as_str())));
+        (registered && owners(&nodes).await.len() == 1).then_some(())
+    })
+    .await?;
+    assert!(restarted.elapsed() <= within);
+    assert!(nodes.iter_mut().all(Node::is_running));
     Ok(())
 }

@@ -1,9 +1,11 @@
 //! One integration-test binary: real etcd, real processes.
 
 mod cluster;
+mod cluster_run;
 mod election;
 mod etcd_cdc_client;
 mod etcd_raw;
 mod etcd_retry;
 mod etcd_watch;
 mod orchestrator;
+mod p2p;

@@ -50,6 +50,10 @@ fn is_root() -> bool {
 
 /// Makes sure protoc, etcd and etcdctl are present, installing the missing ones with apt-get
 /// when running as root, and otherwise failing with the exact command to run.
+#[allow(
+    clippy::print_stderr,
+    reason = "a foreground command reports the installation on stderr"
+)]
 pub(crate) fn ensure_tools() -> Result<()> {
     let missing: Vec<&Tool> = TOOLS
         .iter()

@@ -97,6 +97,7 @@ fn test(args: &[String]) -> Result<()> {
     // Multi-process tests run the real server binary: build it first and tell them where it is.
     run_checked(cargo().args(["build", "--package", "cdc-server"]))?;
     let server_bin = target_dir().join("debug").join("cdc-server");
+    let xtask_bin = std::env::current_exe().context("the xtask binary's path")?;
     let has_nextest = cargo()
         .args(["nextest", "--version"])
         .output()
@@ -106,6 +107,7 @@ fn test(args: &[String]) -> Result<()> {
         run_checked(
             cargo()
                 .env("CDC_SERVER_BIN", &server_bin)
+                .env("CDC_XTASK_BIN", &xtask_bin)
                 .args(["nextest", "run", "--workspace", "--all-features"])
                 .args(["--no-fail-fast", "--profile", "ci"])
                 .args(args),
@@ -114,6 +116,7 @@ fn test(args: &[String]) -> Result<()> {
         run_checked(
             cargo()
                 .env("CDC_SERVER_BIN", &server_bin)
+                .env("CDC_XTASK_BIN", &xtask_bin)
                 .args(["test", "--workspace", "--all-features", "--no-fail-fast"])
                 .args(args),
         )

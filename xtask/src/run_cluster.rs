@@ -9,6 +9,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -31,6 +32,12 @@ pub(crate) struct Args {
     /// The capture-session-ttl of every capture, in seconds (at least 5).
     #[arg(long, default_value_t = 10)]
     session_ttl: u32,
+    /// Run this cdc-server binary instead of building the workspace's.
+    #[arg(long)]
+    server_binary: Option<PathBuf>,
+    /// Where etcd's data and the captures' files go (removed on exit); default `target/cluster`.
+    #[arg(long)]
+    cluster_dir: Option<PathBuf>,
 }
 
 struct Process {
@@ -60,9 +67,17 @@ pub(crate) fn run(args: Args) -> Result<()> {
         bail!("--nodes must be at least 1");
     }
     install::ensure_tools()?;
-    run_checked(cargo().args(["build", "--package", "cdc-server", "--bin", "cdc-server"]))?;
-    let binary = crate::target_dir().join("debug").join("cdc-server");
-    let cluster_dir = project_root().join("target").join("cluster");
+    let binary = match &args.server_binary {
+        Some(binary) => binary.clone(),
+        None => {
+            run_checked(cargo().args(["build", "--package", "cdc-server", "--bin", "cdc-server"]))?;
+            crate::target_dir().join("debug").join("cdc-server")
+        }
+    };
+    let cluster_dir = args
+        .cluster_dir
+        .clone()
+        .unwrap_or_else(|| project_root().join("target").join("cluster"));
     let _ = std::fs::remove_dir_all(&cluster_dir);
     std::fs::create_dir_all(&cluster_dir).context("create target/cluster")?;
 
@@ -113,7 +128,14 @@ pub(crate) fn run(args: Args) -> Result<()> {
 
     let owner = wait_owner(&addresses, Duration::from_secs(30))?;
     let mut out = std::io::stdout().lock();
-    writeln!(out, "\nrun-cluster: etcd at {etcd_url}")?;
+    match processes.iter().find(|process| process.name == "etcd") {
+        Some(etcd) => writeln!(
+            out,
+            "\nrun-cluster: etcd at {etcd_url} (pid {})",
+            etcd.child.id()
+        )?,
+        None => writeln!(out, "\nrun-cluster: etcd at {etcd_url}")?,
+    }
     for (index, address) in addresses.iter().enumerate() {
         let pid = processes
             .iter()
@@ -139,6 +161,7 @@ pub(crate) fn run(args: Args) -> Result<()> {
         .unwrap_or(0);
     writeln!(out, "  kill -TERM {last}    # stops node-{}", args.nodes)?;
     writeln!(out, "run-cluster: Ctrl-C stops everything")?;
+    out.flush()?;
     drop(out);
 
     let signal = signals.wait().context("wait for a signal")?;

@@ -1,10 +1,15 @@
 //! The capture: the restart loop, one incarnation, the owner campaign, drain and close (§6).
 
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use cdc_etcd::{EtcdClient, GetOptions, LeaseId};
+use cdc_election::Session;
+use cdc_etcd::{CdcEtcdClient, Compare, CompareOp, GetOptions, Txn, TxnOp, key};
+use cdc_model::{AtomicLiveness, CaptureInfo, DEFAULT_NAMESPACE, Liveness};
+use cdc_orchestrator::{EtcdWorker, GlobalReactorState, OwnerFence};
+use cdc_p2p::{MessageRouter, MessageServer, MetricsSnapshot, ServerWrapper};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -12,37 +17,25 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::config::Config;
-use crate::election::{Election, EtcdElection, RESIGN_TIMEOUT};
+use crate::election::{Election, ElectionFactory, EtcdElections, RESIGN_TIMEOUT};
 use crate::error::{Error, Result};
-use crate::info::{AtomicLiveness, CaptureInfo, Liveness};
 use crate::metrics::Metrics;
+use crate::pool::InitPool;
 use crate::reactor::{
-    Controller, ControllerFactory, META_VERSION, MinimalReactors, Owner, OwnerFactory,
-    ProcessorManager, ProcessorManagerFactory, ReactorContext, Tick,
+    CaptureState, Controller, ControllerFactory, MinimalReactors, Owner, OwnerFactory,
+    ProcessorManager, ProcessorManagerFactory, ReactorContext, Role, WorkerReactor,
+    default_upstream,
 };
 use crate::session::{EtcdSessionFactory, SessionFactory};
-use crate::view::{ClusterView, Keys, run_view};
 
 /// The deadline for deleting the capture's keys on exit.
 const CLEAN_META_TIMEOUT: Duration = Duration::from_secs(10);
+/// The deadline of the owner lookups the HTTP API does.
+const OWNER_LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often a processor polls the meta version until the migration is done.
+const META_VERSION_POLL: Duration = Duration::from_secs(1);
 /// Workers of the changefeed-initialisation pool.
 pub const CHANGEFEED_INIT_WORKERS: usize = 8;
-
-/// Builds elections; tests inject doubles.
-pub trait ElectionFactory: Send + Sync {
-    /// The election under `prefix` for `lease_id`.
-    fn create(&self, client: EtcdClient, prefix: &str, lease_id: LeaseId) -> Arc<dyn Election>;
-}
-
-/// The etcd election factory.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct EtcdElections;
-
-impl ElectionFactory for EtcdElections {
-    fn create(&self, client: EtcdClient, prefix: &str, lease_id: LeaseId) -> Arc<dyn Election> {
-        Arc::new(EtcdElection::new(client, prefix, lease_id))
-    }
-}
 
 /// The pluggable parts of a capture.
 #[derive(Clone)]
@@ -60,10 +53,10 @@ pub struct CaptureParts {
 }
 
 impl CaptureParts {
-    /// The production parts on `client`.
-    pub fn production(client: EtcdClient) -> Self {
+    /// The production parts on `etcd`.
+    pub fn production(etcd: &CdcEtcdClient) -> Self {
         CaptureParts {
-            sessions: Arc::new(EtcdSessionFactory::new(client)),
+            sessions: Arc::new(EtcdSessionFactory::new(etcd.client().clone())),
             elections: Arc::new(EtcdElections),
             owners: Arc::new(MinimalReactors),
             controllers: Arc::new(MinimalReactors),
@@ -78,35 +71,42 @@ pub struct Incarnation {
     /// The capture ID of this incarnation.
     pub capture_id: String,
     /// The session's lease.
-    pub lease_id: LeaseId,
+    pub lease_id: cdc_etcd::LeaseId,
     /// Cancelled when the session is lost.
     pub session_done: CancellationToken,
     /// The owner election.
     pub election: Arc<dyn Election>,
-    /// The cluster view.
-    pub view_rx: watch::Receiver<Arc<ClusterView>>,
+    /// This incarnation's message server.
+    pub message_server: Arc<MessageServer>,
+    /// This incarnation's router.
+    pub router: Arc<MessageRouter>,
+    /// This incarnation's changefeed-initialisation pool.
+    pub init_pool: Arc<InitPool>,
 }
 
 #[derive(Default)]
-struct CaptureState {
+struct Current {
     info: Option<CaptureInfo>,
+    session: Option<Arc<Session>>,
     incarnation_cancel: Option<CancellationToken>,
     owner: Option<Arc<dyn Owner>>,
     controller: Option<Arc<dyn Controller>>,
     processor_manager: Option<Arc<dyn ProcessorManager>>,
-    view_rx: Option<watch::Receiver<Arc<ClusterView>>>,
+    message_server: Option<Arc<MessageServer>>,
+    router: Option<Arc<MessageRouter>>,
 }
 
 /// A capture server's capture. Shared as `Arc<Capture>` by the HTTP handlers.
 pub struct Capture {
     config: Config,
-    client: EtcdClient,
-    keys: Keys,
+    etcd: CdcEtcdClient,
     parts: CaptureParts,
     metrics: Arc<Metrics>,
+    p2p: ServerWrapper,
     liveness: Arc<AtomicLiveness>,
-    state: Mutex<CaptureState>,
+    state: Mutex<Current>,
     is_owner_tx: watch::Sender<bool>,
+    migrate_done: AtomicBool,
     restart_limiter: DefaultDirectRateLimiter,
     campaign_limiter: DefaultDirectRateLimiter,
 }
@@ -128,35 +128,38 @@ pub const GIT_HASH: &str = match option_env!("CDC_GIT_HASH") {
 };
 
 impl Capture {
-    /// A capture with `parts`; `config` must have been validated.
+    /// A capture with `parts`; `config` must have been validated. `p2p` is the process's gRPC
+    /// service wrapper, into which each incarnation installs its message server.
     pub fn new(
         config: Config,
-        client: EtcdClient,
+        etcd: CdcEtcdClient,
         parts: CaptureParts,
         metrics: Arc<Metrics>,
+        p2p: ServerWrapper,
     ) -> Arc<Self> {
         let restart_quota = Quota::with_period(Duration::from_secs(20))
             .expect("a non-zero period")
             .allow_burst(NonZeroU32::new(2).expect("non-zero"));
         let campaign_quota = Quota::per_second(NonZeroU32::new(1).expect("non-zero"));
         Arc::new(Capture {
-            keys: Keys::new(&config.cluster_id),
             config,
-            client,
+            etcd,
             parts,
             metrics,
+            p2p,
             liveness: Arc::new(AtomicLiveness::default()),
-            state: Mutex::new(CaptureState::default()),
+            state: Mutex::new(Current::default()),
             is_owner_tx: watch::channel(false).0,
+            migrate_done: AtomicBool::new(false),
             restart_limiter: RateLimiter::direct(restart_quota),
             campaign_limiter: RateLimiter::direct(campaign_quota),
         })
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, CaptureState> {
+    fn state(&self) -> std::sync::MutexGuard<'_, Current> {
         self.state
             .lock()
-            .expect("the capture lock is never poisoned")
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The configuration.
@@ -169,9 +172,25 @@ impl Capture {
         &self.metrics
     }
 
+    /// The cluster's etcd client.
+    pub fn etcd(&self) -> &CdcEtcdClient {
+        &self.etcd
+    }
+
     /// The outer loop (§6.2): runs incarnations until `cancel`, restarting after suicide,
     /// cancellation or an internal deadline (at most 0.05/s after a burst of 2).
     pub async fn run(self: &Arc<Self>, cancel: CancellationToken) -> Result<()> {
+        let result = self.run_loop(&cancel).await;
+        let session = self.state().session.take();
+        if let Some(session) = session
+            && let Err(err) = session.close().await
+        {
+            warn!(error = %err, "closing the last session failed");
+        }
+        result
+    }
+
+    async fn run_loop(self: &Arc<Self>, cancel: &CancellationToken) -> Result<()> {
         let mut first = true;
         loop {
             if cancel.is_cancelled() {
@@ -200,13 +219,18 @@ impl Capture {
         }
     }
 
-    /// One incarnation (§6.3): new session, new ID, register, run the task group, clean up.
-    pub async fn run_once(self: &Arc<Self>, cancel: &CancellationToken) -> Result<()> {
-        let session = self
-            .parts
-            .sessions
-            .grant(self.config.capture_session_ttl, cancel)
-            .await?;
+    /// §6.3 reset: a new session (closing the previous one), a new capture ID, a new message
+    /// server in the wrapper, a new router, a new pool and a new processor manager.
+    pub async fn reset(
+        &self,
+        cancel: &CancellationToken,
+    ) -> Result<(Incarnation, Arc<dyn ProcessorManager>, CaptureInfo)> {
+        let session = Arc::new(
+            self.parts
+                .sessions
+                .grant(self.config.capture_session_ttl, cancel)
+                .await?,
+        );
         let capture_id = uuid::Uuid::new_v4().to_string();
         let info = CaptureInfo {
             id: capture_id.clone(),
@@ -221,90 +245,119 @@ impl Capture {
                 .map(|elapsed| i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX))
                 .unwrap_or(0),
         };
-        let span = info_span!("capture", capture_id = %capture_id);
-        let lease_id = session.lease_id();
-        let election =
-            self.parts
-                .elections
-                .create(self.client.clone(), &self.keys.owner_prefix(), lease_id);
-        let (view_tx, view_rx) = watch::channel(Arc::new(ClusterView::default()));
-        let context = self.reactor_context(&capture_id, lease_id, 0);
-        let processor_manager = self
-            .parts
-            .processors
-            .create(context, Arc::clone(&self.liveness));
-        {
+        let previous = {
             let mut state = self.state();
             state.info = Some(info.clone());
-            state.processor_manager = Some(Arc::clone(&processor_manager));
-            state.view_rx = Some(view_rx.clone());
+            state.session.replace(Arc::clone(&session))
+        };
+        if let Some(previous) = previous
+            && let Err(err) = previous.close().await
+        {
+            warn!(error = %err, "closing the previous session failed");
         }
+        let lease_id = session.lease_id();
+        let election = self.parts.elections.create(
+            self.etcd.client().clone(),
+            &key::owner_prefix(&self.config.cluster_id),
+            lease_id,
+        );
+        let messages = &self.config.debug.messages;
+        let message_server = Arc::new(MessageServer::new(
+            capture_id.clone(),
+            messages.server_config(),
+        ));
+        let router = Arc::new(MessageRouter::new(
+            capture_id.clone(),
+            messages.client_config(self.config.advertise_addr.clone()),
+        ));
+        let old_router = {
+            let mut state = self.state();
+            self.p2p.reset(None);
+            state.message_server = Some(Arc::clone(&message_server));
+            state.router.replace(Arc::clone(&router))
+        };
+        if let Some(old_router) = old_router {
+            old_router.close().await;
+        }
+        self.p2p.reset(Some(Arc::clone(&message_server)));
+        let init_pool = Arc::new(InitPool::new(CHANGEFEED_INIT_WORKERS));
         let incarnation = Incarnation {
             capture_id: capture_id.clone(),
             lease_id,
             session_done: session.done(),
             election,
-            view_rx,
+            message_server,
+            router,
+            init_pool,
         };
+        let context = self.reactor_context(&incarnation, 0);
+        let processor_manager = self
+            .parts
+            .processors
+            .create(context, Arc::clone(&self.liveness));
+        self.state().processor_manager = Some(Arc::clone(&processor_manager));
+        Ok((incarnation, processor_manager, info))
+    }
+
+    /// One incarnation (§6.3): reset, register, run the task group, clean up.
+    pub async fn run_once(self: &Arc<Self>, cancel: &CancellationToken) -> Result<()> {
+        let (incarnation, processor_manager, info) = self.reset(cancel).await?;
+        let span = info_span!("capture", capture_id = %incarnation.capture_id);
         let result = async {
-            self.register(&info, lease_id).await?;
-            info!(address = %info.address, lease_id = %format_args!("{lease_id:x}"), "capture registered");
-            self.run_group(&incarnation, view_tx, &processor_manager, cancel).await
+            self.register(&info, incarnation.lease_id, cancel).await?;
+            info!(address = %info.address, lease_id = %format_args!("{:x}", incarnation.lease_id), "capture registered");
+            self.run_group(&incarnation, &processor_manager, cancel).await
         }
         .instrument(span.clone())
         .await;
-        // Always: stop the processors first, then forget the owner, then clean up our keys.
+        // Always: stop the processors first, then the owner and the p2p parts, then delete
+        // our keys on a fresh deadline.
         processor_manager.close().await;
         self.close();
-        {
+        let router = {
             let mut state = self.state();
             state.processor_manager = None;
-            state.view_rx = None;
+            state.message_server = None;
+            state.router.take()
+        };
+        if let Some(router) = router {
+            router.close().await;
         }
-        self.delete_capture_info(&capture_id)
-            .instrument(span.clone())
+        self.delete_capture_info(&incarnation.capture_id)
+            .instrument(span)
             .await;
-        session.close().instrument(span).await;
         result
     }
 
-    fn reactor_context(
-        &self,
-        capture_id: &str,
-        lease_id: LeaseId,
-        owner_revision: i64,
-    ) -> ReactorContext {
+    fn reactor_context(&self, incarnation: &Incarnation, owner_revision: i64) -> ReactorContext {
         ReactorContext {
-            client: self.client.clone(),
-            keys: self.keys.clone(),
-            capture_id: capture_id.to_owned(),
-            lease_id,
-            owner_key: format!("{}/{lease_id:x}", self.keys.owner_prefix()),
+            etcd: self.etcd.clone(),
+            capture_id: incarnation.capture_id.clone(),
+            lease_id: incarnation.lease_id,
             owner_revision,
             pd_endpoints: self.config.endpoints().join(","),
             metrics: Arc::clone(&self.metrics),
+            router: Arc::clone(&incarnation.router),
+            message_server: Arc::clone(&incarnation.message_server),
+            init_pool: Arc::clone(&incarnation.init_pool),
         }
     }
 
-    async fn register(&self, info: &CaptureInfo, lease_id: LeaseId) -> Result<()> {
-        let value = serde_json::to_vec(info).expect("a plain struct always encodes");
-        self.client
-            .put(self.keys.capture_key(&info.id), value, lease_id)
+    async fn register(
+        &self,
+        info: &CaptureInfo,
+        lease_id: cdc_etcd::LeaseId,
+        cancel: &CancellationToken,
+    ) -> Result<()> {
+        self.etcd
+            .put_capture_info(info, lease_id, cancel)
             .await
-            .map_err(|err| Error::Register(Box::new(err.into())))?;
-        Ok(())
+            .map_err(|err| Error::Register(Box::new(err.into())))
     }
 
     async fn delete_capture_info(&self, capture_id: &str) {
-        let delete = async {
-            self.client
-                .delete(self.keys.capture_key(capture_id), false)
-                .await?;
-            self.client
-                .delete(self.keys.task_position_prefix(capture_id), true)
-                .await?;
-            Ok::<(), cdc_etcd::Error>(())
-        };
+        let fresh = CancellationToken::new();
+        let delete = self.etcd.delete_capture_info(capture_id, &fresh);
         match tokio::time::timeout(CLEAN_META_TIMEOUT, delete).await {
             Ok(Ok(())) => info!("capture info deleted"),
             Ok(Err(err)) => warn!(error = %err, "deleting the capture info failed"),
@@ -312,29 +365,17 @@ impl Capture {
         }
     }
 
-    /// The task group: view, campaign and processor; the first error cancels the rest.
+    /// The task group: campaign, processor, message server and pool; the first error cancels
+    /// the rest, and the first root error (not a sibling's cancellation) is returned.
     async fn run_group(
         self: &Arc<Self>,
         incarnation: &Incarnation,
-        view_tx: watch::Sender<Arc<ClusterView>>,
         processor_manager: &Arc<dyn ProcessorManager>,
         cancel: &CancellationToken,
     ) -> Result<()> {
         let group = cancel.child_token();
         let mut tasks: JoinSet<Result<()>> = JoinSet::new();
         let span = tracing::Span::current();
-        tasks.spawn(
-            {
-                let group = group.clone();
-                let client = self.client.clone();
-                let keys = self.keys.clone();
-                async move {
-                    run_view(client, keys, view_tx, group).await;
-                    Err(Error::Cancelled)
-                }
-            }
-            .instrument(span.clone()),
-        );
         tasks.spawn(
             {
                 let capture = Arc::clone(self);
@@ -368,15 +409,21 @@ impl Capture {
                 let group = group.clone();
                 let processor_manager = Arc::clone(processor_manager);
                 async move {
-                    let result = capture
-                        .run_worker(
-                            "processor",
-                            WorkerReactor::Processor(&processor_manager),
-                            capture.config.processor_flush_interval,
-                            &incarnation,
-                            &group,
-                        )
-                        .await;
+                    let result = async {
+                        capture.wait_meta_version(&incarnation, &group).await?;
+                        let state = capture.hooked_state(&incarnation, false);
+                        capture
+                            .run_etcd_worker(
+                                Role::Processor(Arc::clone(&processor_manager)),
+                                state,
+                                capture.config.processor_flush_interval,
+                                &incarnation,
+                                None,
+                                &group,
+                            )
+                            .await
+                    }
+                    .await;
                     // Stop the owner too, and close the processors at once: no double writes.
                     group.cancel();
                     processor_manager.close().await;
@@ -385,6 +432,23 @@ impl Capture {
             }
             .instrument(info_span!(parent: &span, "processor")),
         );
+        tasks.spawn(
+            {
+                let server = Arc::clone(&incarnation.message_server);
+                let local = incarnation.router.local_channel();
+                let group = group.clone();
+                async move {
+                    server.run(group.clone(), local).await?;
+                    Err(Error::Cancelled)
+                }
+            }
+            .instrument(info_span!(parent: &span, "p2p")),
+        );
+        tasks.spawn({
+            let pool = Arc::clone(&incarnation.init_pool);
+            let group = group.clone();
+            async move { pool.run(&group).await }
+        });
         let mut first_error: Option<Error> = None;
         while let Some(joined) = tasks.join_next().await {
             let result = match joined {
@@ -413,6 +477,31 @@ impl Capture {
         }
     }
 
+    /// A reactor state whose capture hooks keep the router's peers current; the owner's also
+    /// deregisters removed captures from the message server (§6.4 step 8).
+    fn hooked_state(&self, incarnation: &Incarnation, owner: bool) -> CaptureState {
+        let mut state = GlobalReactorState::new(
+            self.config.cluster_id.clone(),
+            u64::try_from(self.config.capture_session_ttl).unwrap_or(0),
+        );
+        let router = Arc::clone(&incarnation.router);
+        let on_added = Box::new(move |capture_id: &String, address: &str| {
+            router.add_peer(capture_id.clone(), address.to_owned());
+        });
+        let router = Arc::clone(&incarnation.router);
+        let server = owner.then(|| Arc::clone(&incarnation.message_server));
+        let on_removed = Box::new(move |capture_id: &String| {
+            router.remove_peer(capture_id);
+            if let Some(server) = &server
+                && let Err(err) = server.schedule_deregister_peer_task(capture_id)
+            {
+                warn!(%capture_id, error = %err, "deregistering a removed capture failed");
+            }
+        });
+        state.set_hooks(on_added, on_removed);
+        CaptureState(state)
+    }
+
     /// The campaign loop of §6.4.
     pub async fn campaign_owner(
         &self,
@@ -430,13 +519,13 @@ impl Capture {
             if self.liveness.load() == Liveness::Stopping {
                 return Ok(());
             }
-            match incarnation
+            let fence = match incarnation
                 .election
                 .campaign(&incarnation.capture_id, cancel)
                 .await
             {
-                Ok(()) => {}
-                Err(Error::Cancelled) => return Ok(()),
+                Ok(fence) => fence,
+                Err(err) if is_cancelled(&err) => return Ok(()),
                 Err(err) if err.is_compacted() => {
                     warn!(error = %err, "campaign hit a compaction, campaigning again");
                     continue;
@@ -445,27 +534,24 @@ impl Capture {
                     warn!(error = %err, "campaign failed");
                     return Err(Error::CampaignOwner(Box::new(err)));
                 }
-            }
+            };
             if self.liveness.load() == Liveness::Stopping {
                 info!("elected while stopping, resigning");
                 return self.resign(incarnation).await;
             }
-            let owner_key = format!("{}/{:x}", self.keys.owner_prefix(), incarnation.lease_id);
             let owner_revision = tokio::select! {
                 () = cancel.cancelled() => return Ok(()),
-                response = self.client.get(owner_key.clone(), GetOptions::default()) => {
-                    match response?.kvs.first() {
-                        Some(kv) => kv.create_revision,
-                        None => return Err(Error::NotOwner),
+                revision = incarnation.election.owner_revision(&incarnation.capture_id) => {
+                    match revision {
+                        Ok(revision) => revision,
+                        Err(err) if is_cancelled(&err) => return Ok(()),
+                        Err(err) => return Err(err),
                     }
                 }
             };
             info!(owner_revision, "campaign won, this capture is the owner");
-            let context = self.reactor_context(
-                &incarnation.capture_id,
-                incarnation.lease_id,
-                owner_revision,
-            );
+            self.metrics.owner_changes.inc();
+            let context = self.reactor_context(incarnation, owner_revision);
             let owner = self.parts.owners.create(context.clone());
             let controller = self.parts.controllers.create(context);
             {
@@ -478,15 +564,25 @@ impl Capture {
             if self.liveness.load() == Liveness::Stopping {
                 owner.async_stop();
             }
-            let result = self
-                .run_worker(
-                    "owner",
-                    WorkerReactor::Owner(&owner, &controller),
+            let fence = OwnerFence {
+                key: fence.key,
+                create_revision: fence.create_revision,
+            };
+            // Boxed: the worker's future is large and the campaign loop's callers hold it.
+            let result = Box::pin(async {
+                self.migrate(&fence, cancel).await?;
+                let state = self.hooked_state(incarnation, true);
+                self.run_etcd_worker(
+                    Role::Owner(Arc::clone(&owner), Arc::clone(&controller)),
+                    state,
                     self.config.owner_flush_interval,
                     incarnation,
+                    Some(fence),
                     cancel,
                 )
-                .await;
+                .await
+            })
+            .await;
             owner.async_stop();
             controller.async_stop();
             {
@@ -494,12 +590,15 @@ impl Capture {
                 state.owner = None;
                 state.controller = None;
             }
-            if !matches!(result, Err(Error::NotOwner)) {
-                self.resign(incarnation).await?;
-            }
+            let resigned = if matches!(result, Err(Error::NotOwner)) {
+                Ok(())
+            } else {
+                self.resign(incarnation).await
+            };
             self.is_owner_tx.send_replace(false);
             info!(result = ?result.as_ref().err(), "owner stopped");
             result?;
+            resigned?;
         }
     }
 
@@ -517,49 +616,168 @@ impl Capture {
         }
     }
 
-    /// Ticks `reactor` every `interval` over the current view until it finishes or fails;
-    /// maps a lost session to suicide (§6.3 `run_etcd_worker`).
-    async fn run_worker(
+    /// The owner's side of the meta-version gate (§6.6, no legacy data to move): when the
+    /// version key is absent or older, write the default upstream info and version 1 in one
+    /// transaction fenced by the owner key. A newer version is an error.
+    async fn migrate(&self, fence: &OwnerFence, cancel: &CancellationToken) -> Result<()> {
+        let version_key = key::meta_version_key(&self.config.cluster_id);
+        let current = self
+            .etcd
+            .retrying()
+            .get(version_key.clone(), GetOptions::default(), cancel)
+            .await?;
+        let current = current.kvs.first();
+        let version = current.map(|kv| parse_meta_version(&kv.value));
+        match version {
+            Some(Some(version)) if version == cdc_etcd::META_VERSION => {}
+            Some(Some(version)) if version > cdc_etcd::META_VERSION => {
+                return Err(Error::MetaVersionTooNew {
+                    found: version,
+                    supported: cdc_etcd::META_VERSION,
+                });
+            }
+            _ => {
+                let upstream = default_upstream(&self.etcd, &self.config.endpoints().join(","));
+                let upstream_key =
+                    key::upstream_key(&self.config.cluster_id, DEFAULT_NAMESPACE, upstream.id);
+                let unchanged = Compare::ModRevision {
+                    key: version_key.clone().into_bytes(),
+                    op: CompareOp::Equal,
+                    revision: current.map_or(0, |kv| kv.mod_revision),
+                };
+                let txn = Txn {
+                    compares: vec![
+                        Compare::CreateRevision {
+                            key: fence.key.clone(),
+                            op: CompareOp::Equal,
+                            revision: fence.create_revision,
+                        },
+                        unchanged,
+                    ],
+                    success: vec![
+                        TxnOp::Put {
+                            key: upstream_key.into_bytes(),
+                            value: cdc_model::to_go_json(&upstream)?,
+                            lease: 0,
+                        },
+                        TxnOp::Put {
+                            key: version_key.into_bytes(),
+                            value: cdc_etcd::META_VERSION.to_string().into_bytes(),
+                            lease: 0,
+                        },
+                    ],
+                    failure: vec![],
+                };
+                let response = self.etcd.retrying().txn(txn, cancel).await?;
+                if !response.succeeded {
+                    // Another owner migrated meanwhile, or we lost the ownership: the worker's
+                    // fence decides which on its first commit or owner-key check.
+                    info!("the meta version changed during the migration");
+                } else {
+                    info!(
+                        version = cdc_etcd::META_VERSION,
+                        "meta version and default upstream written"
+                    );
+                }
+            }
+        }
+        self.migrate_done.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// The processor's side of the meta-version gate: polls every second until the version is
+    /// the current one (warning every 5 s).
+    async fn wait_meta_version(
         &self,
-        role: &'static str,
-        reactor: WorkerReactor<'_>,
-        interval: Duration,
         incarnation: &Incarnation,
         cancel: &CancellationToken,
     ) -> Result<()> {
-        let mut ticker = tokio::time::interval(interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let ticks = self.metrics.worker_ticks.with_label_values(&[role]);
-        let result: Result<()> = loop {
+        let mut polls = 0_u32;
+        loop {
+            match self.etcd.get_meta_version(cancel).await {
+                Ok(Some(version)) if version == cdc_etcd::META_VERSION => {
+                    self.migrate_done.store(true, Ordering::SeqCst);
+                    return Ok(());
+                }
+                Ok(Some(version)) if version > cdc_etcd::META_VERSION => {
+                    return Err(Error::MetaVersionTooNew {
+                        found: version,
+                        supported: cdc_etcd::META_VERSION,
+                    });
+                }
+                Ok(version) => {
+                    if polls % 5 == 4 {
+                        warn!(?version, "waiting for the owner to write the meta version");
+                    }
+                }
+                Err(cdc_etcd::Error::Cancelled) => return Err(Error::Cancelled),
+                Err(err) => warn!(error = %err, "reading the meta version failed"),
+            }
+            polls = polls.saturating_add(1);
             tokio::select! {
-                biased;
                 () = cancel.cancelled() => return Err(Error::Cancelled),
-                () = incarnation.session_done.cancelled() => break Err(Error::SessionDone),
-                _ = ticker.tick() => {}
+                () = incarnation.session_done.cancelled() => return Err(Error::Suicide),
+                () = tokio::time::sleep(META_VERSION_POLL) => {}
             }
-            let view = Arc::clone(&incarnation.view_rx.borrow());
-            ticks.inc();
-            match reactor.tick(&view).await {
-                Ok(Tick::Continue) => {}
-                Ok(Tick::Finished) => return Ok(()),
-                Err(err) => break Err(err),
-            }
+        }
+    }
+
+    /// Runs `role` on an etcd worker over the cluster's base key until it finishes or fails,
+    /// and maps the error (§6.3 `run_etcd_worker`): session done or lease expired is suicide;
+    /// after any other error, a lease whose TTL reads -1 is suicide too.
+    async fn run_etcd_worker(
+        &self,
+        role: Role,
+        state: CaptureState,
+        interval: Duration,
+        incarnation: &Incarnation,
+        fence: Option<OwnerFence>,
+        cancel: &CancellationToken,
+    ) -> Result<()> {
+        let name = role.name();
+        let mut reactor = WorkerReactor {
+            ticks: self.metrics.worker_ticks.with_label_values(&[name]),
+            capture_id: incarnation.capture_id.clone(),
+            role,
+            failure: None,
         };
-        let Err(err) = result else { return Ok(()) };
+        let mut worker = EtcdWorker::new(
+            self.etcd.client().clone(),
+            key::base_key(&self.config.cluster_id),
+        )
+        .with_session_done(incarnation.session_done.clone());
+        if let Some(fence) = fence {
+            worker = worker.with_owner_fence(fence);
+        }
+        let err = match worker.run(&mut reactor, state, interval, cancel).await {
+            Ok(_) => return Ok(()),
+            Err(err) => reactor
+                .failure
+                .take()
+                .unwrap_or_else(|| from_worker_error(err)),
+        };
         match err {
             Error::SessionDone | Error::LeaseExpired => {
-                warn!(role, error = %err, "the session is lost, suicide");
+                warn!(role = name, error = %err, "the session is lost, suicide");
                 Err(Error::Suicide)
             }
             Error::Cancelled => Err(Error::Cancelled),
-            other => match self.client.lease_time_to_live(incarnation.lease_id).await {
+            other => match self
+                .etcd
+                .client()
+                .lease_time_to_live(incarnation.lease_id)
+                .await
+            {
                 Ok(ttl) if ttl.ttl == -1 => {
-                    warn!(role, error = %other, "the lease is gone, suicide");
+                    warn!(role = name, error = %other, "the lease is gone, suicide");
                     Err(Error::Suicide)
                 }
-                Ok(_) => Err(other),
+                Ok(_) => {
+                    warn!(role = name, error = %other, "etcd worker failed");
+                    Err(other)
+                }
                 Err(ttl_error) => {
-                    warn!(role, error = %other, "worker failed and the lease could not be checked");
+                    warn!(role = name, error = %other, "worker failed and the lease could not be checked");
                     Err(Error::Etcd(ttl_error))
                 }
             },
@@ -591,8 +809,9 @@ impl Capture {
         self.liveness.load()
     }
 
-    /// Stops the owner and ends the current incarnation (a new one starts unless the parent
-    /// token is cancelled). Re-entrant.
+    /// Stops the owner, takes the message server out of the wrapper and ends the current
+    /// incarnation (a new one starts unless the parent token is cancelled; the incarnation's
+    /// exit path closes the router). Re-entrant.
     pub fn close(&self) {
         let mut state = self.state();
         if let Some(owner) = &state.owner {
@@ -601,6 +820,7 @@ impl Capture {
         if let Some(controller) = &state.controller {
             controller.async_stop();
         }
+        self.p2p.reset(None);
         if let Some(cancel) = state.incarnation_cancel.take() {
             cancel.cancel();
         }
@@ -636,53 +856,71 @@ impl Capture {
         self.state().controller.clone()
     }
 
-    /// The current cluster view, if an incarnation runs.
-    pub fn view(&self) -> Option<Arc<ClusterView>> {
-        self.state()
-            .view_rx
-            .as_ref()
-            .map(|view_rx| Arc::clone(&view_rx.borrow()))
-    }
-
-    /// The owner's (and controller's) capture info, from the cluster view.
-    pub fn get_controller_capture_info(&self) -> Result<CaptureInfo> {
-        self.view()
-            .and_then(|view| view.owner_capture().cloned())
+    /// The owner's (and controller's) capture info, read from etcd: the owner ID, then its
+    /// capture key. No owner, or an owner without a capture key, is [`Error::OwnerNotFound`].
+    pub async fn get_controller_capture_info(&self) -> Result<CaptureInfo> {
+        let lookup = async {
+            let cancel = CancellationToken::new();
+            let owner_id = self.etcd.get_owner_id(&cancel).await.ok()?;
+            self.etcd.get_capture_info(&owner_id, &cancel).await.ok()
+        };
+        tokio::time::timeout(OWNER_LOOKUP_TIMEOUT, lookup)
+            .await
+            .ok()
+            .flatten()
             .ok_or(Error::OwnerNotFound)
     }
 
-    /// Whether the meta version gate has passed.
+    /// Another capture's info, read from etcd.
+    pub async fn get_capture_info(&self, capture_id: &str) -> Result<CaptureInfo> {
+        let cancel = CancellationToken::new();
+        let lookup = self.etcd.get_capture_info(capture_id, &cancel);
+        match tokio::time::timeout(OWNER_LOOKUP_TIMEOUT, lookup).await {
+            Ok(Ok(info)) => Ok(info),
+            Ok(Err(cdc_etcd::Error::CaptureNotExist { .. })) => Err(Error::CaptureNotExist {
+                capture_id: capture_id.to_owned(),
+            }),
+            Ok(Err(err)) => Err(err.into()),
+            Err(_) => Err(Error::DeadlineExceeded {
+                op: "get capture info",
+            }),
+        }
+    }
+
+    /// Whether the meta-version gate has passed (§6.6).
     pub fn is_ready(&self) -> bool {
-        self.view()
-            .is_some_and(|view| view.meta_version == Some(META_VERSION))
+        self.migrate_done.load(Ordering::SeqCst)
+    }
+
+    /// The p2p counters of the current incarnation: (message server, router clients).
+    pub fn p2p_metrics(&self) -> Option<(MetricsSnapshot, MetricsSnapshot)> {
+        let state = self.state();
+        let server = state.message_server.as_ref()?.metrics();
+        let router = state.router.as_ref()?.metrics();
+        Some((server, router))
     }
 
     /// A human-readable dump. The capture lock is released before the components are asked.
     pub fn write_debug_info(&self, out: &mut String) {
-        let (info, owner, processor_manager, view) = {
+        let (info, owner, processor_manager) = {
             let state = self.state();
             (
                 state.info.clone(),
                 state.owner.is_some(),
                 state.processor_manager.clone(),
-                state
-                    .view_rx
-                    .as_ref()
-                    .map(|view_rx| Arc::clone(&view_rx.borrow())),
             )
         };
         use std::fmt::Write as _;
         let _ = writeln!(out, "capture: {info:?}");
-        let _ = writeln!(out, "liveness: {:?}, owner: {owner}", self.liveness());
-        if let Some(view) = view {
-            let _ = writeln!(
-                out,
-                "cluster view at revision {}: {} captures, owner {:?}, meta version {:?}",
-                view.revision,
-                view.captures.len(),
-                view.owner().map(|owner| owner.capture_id.as_str()),
-                view.meta_version,
-            );
+        let _ = writeln!(
+            out,
+            "liveness: {}, owner: {owner}, ready: {}",
+            self.liveness(),
+            self.is_ready()
+        );
+        if let Some((server, router)) = self.p2p_metrics() {
+            let _ = writeln!(out, "p2p server: {server:?}");
+            let _ = writeln!(out, "p2p clients: {router:?}");
         }
         if let Some(processor_manager) = processor_manager {
             processor_manager.write_debug_info(out);
@@ -697,21 +935,26 @@ impl Capture {
     }
 }
 
-/// What a worker ticks.
-enum WorkerReactor<'a> {
-    Processor(&'a Arc<dyn ProcessorManager>),
-    Owner(&'a Arc<dyn Owner>, &'a Arc<dyn Controller>),
+fn is_cancelled(err: &Error) -> bool {
+    matches!(
+        err.root_cause(),
+        Error::Cancelled | Error::Election(cdc_election::Error::Cancelled)
+    )
 }
 
-impl WorkerReactor<'_> {
-    async fn tick(&self, view: &ClusterView) -> Result<Tick> {
-        match self {
-            WorkerReactor::Processor(manager) => manager.tick(view).await,
-            WorkerReactor::Owner(owner, controller) => {
-                let tick = owner.tick(view).await?;
-                controller.tick(view).await?;
-                Ok(tick)
-            }
-        }
+fn parse_meta_version(value: &[u8]) -> Option<u64> {
+    std::str::from_utf8(value).ok()?.trim().parse().ok()
+}
+
+fn from_worker_error(err: cdc_orchestrator::Error) -> Error {
+    match err {
+        cdc_orchestrator::Error::NotOwner => Error::NotOwner,
+        cdc_orchestrator::Error::SessionDone => Error::SessionDone,
+        cdc_orchestrator::Error::LeaseExpired { .. } => Error::LeaseExpired,
+        cdc_orchestrator::Error::Cancelled => Error::Cancelled,
+        other => Error::Orchestrator(other),
     }
 }
+
+#[cfg(test)]
+mod tests;

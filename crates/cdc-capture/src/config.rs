@@ -7,9 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// The smallest session TTL PD accepts; smaller values are reset to the default.
-pub const MIN_SESSION_TTL_SECS: i64 = 5;
-const DEFAULT_SESSION_TTL_SECS: i64 = 10;
+use cdc_election::{DEFAULT_SESSION_TTL_SECS, MIN_SESSION_TTL_SECS};
+use cdc_p2p::MessagesConfig;
+
 const RESERVED_CLUSTER_IDS: &[&str] = &["owner", "capture", "task", "changefeed", "job", "meta"];
 
 /// The configuration of one capture server. Keys are TiCDC's (`capture-session-ttl`, ...).
@@ -68,8 +68,8 @@ pub struct SecurityConfig {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct DebugConfig {
-    /// The `[debug.messages]` section (p2p settings).
-    pub messages: serde_json::Map<String, serde_json::Value>,
+    /// The `[debug.messages]` section (p2p settings, §5.6).
+    pub messages: MessagesConfig,
 }
 
 impl Default for Config {
@@ -148,6 +148,10 @@ impl Config {
         if self.endpoints().is_empty() {
             return Err(invalid("empty PD endpoints".to_owned()));
         }
+        self.debug
+            .messages
+            .validate_and_adjust()
+            .map_err(|err| invalid(format!("[debug.messages]: {err}")))?;
         let security = &self.security;
         if !security.ca_path.is_empty()
             || !security.cert_path.is_empty()

@@ -42,13 +42,25 @@ pub enum Error {
     )]
     MetaVersionTooNew {
         /// The version in etcd.
-        found: i64,
+        found: u64,
         /// The version this binary writes.
-        supported: i64,
+        supported: u64,
     },
     /// An etcd call failed.
     #[error("[CDC:ErrPDEtcdAPIError]etcd api call error")]
     Etcd(#[from] cdc_etcd::Error),
+    /// The session or the election failed.
+    #[error("election")]
+    Election(#[from] cdc_election::Error),
+    /// An etcd worker failed.
+    #[error("etcd worker")]
+    Orchestrator(#[from] cdc_orchestrator::Error),
+    /// A model value could not be encoded or is invalid.
+    #[error("model")]
+    Model(#[from] cdc_model::Error),
+    /// The p2p layer failed.
+    #[error("p2p")]
+    P2p(#[from] cdc_p2p::Error),
     /// An internal deadline expired (TiCDC's DeadlineExceeded).
     #[error("deadline of {op} exceeded")]
     DeadlineExceeded {
@@ -103,6 +115,10 @@ impl Error {
             Error::CaptureNotExist { .. } => false,
             Error::MetaVersionTooNew { .. } => false,
             Error::Etcd(source) => source.is_retryable(),
+            Error::Election(source) => source.is_retryable(),
+            Error::Orchestrator(source) => source.is_retryable(),
+            Error::Model(_) => false,
+            Error::P2p(source) => source.is_retryable(),
             Error::DeadlineExceeded { .. } => true,
             Error::Serve { .. } => false,
             Error::Forward { .. } => true,
@@ -124,23 +140,37 @@ impl Error {
     /// Whether the outer loop starts a new incarnation after this error (§6.2): suicide,
     /// cancellation or an internal deadline.
     pub fn restarts_capture(&self) -> bool {
-        matches!(
-            self.root_cause(),
-            Error::Suicide
-                | Error::Cancelled
-                | Error::DeadlineExceeded { .. }
-                | Error::Etcd(cdc_etcd::Error::Timeout { .. } | cdc_etcd::Error::Cancelled)
-        )
+        match self.root_cause() {
+            Error::Suicide | Error::Cancelled | Error::DeadlineExceeded { .. } => true,
+            Error::Etcd(err)
+            | Error::Election(cdc_election::Error::Etcd(err))
+            | Error::Orchestrator(cdc_orchestrator::Error::Etcd(err)) => etcd_restarts(err),
+            Error::Election(cdc_election::Error::Cancelled)
+            | Error::Orchestrator(cdc_orchestrator::Error::Cancelled) => true,
+            _ => false,
+        }
     }
 
     /// Whether the error is etcd's compaction error.
     pub fn is_compacted(&self) -> bool {
         match self.root_cause() {
-            Error::Etcd(cdc_etcd::Error::Compacted { .. }) => true,
-            Error::Etcd(other) => other
+            Error::Etcd(cdc_etcd::Error::Compacted { .. })
+            | Error::Election(cdc_election::Error::Compacted { .. }) => true,
+            Error::Etcd(other) | Error::Election(cdc_election::Error::Etcd(other)) => other
                 .to_string()
                 .contains("required revision has been compacted"),
             _ => false,
         }
+    }
+}
+
+/// Cancellation or an internal deadline of an etcd call (TiCDC's Canceled/DeadlineExceeded).
+fn etcd_restarts(err: &cdc_etcd::Error) -> bool {
+    match err {
+        cdc_etcd::Error::Timeout { .. }
+        | cdc_etcd::Error::Cancelled
+        | cdc_etcd::Error::DeadlineExceeded { .. } => true,
+        cdc_etcd::Error::ReachMaxTry { last, .. } => etcd_restarts(last),
+        _ => false,
     }
 }

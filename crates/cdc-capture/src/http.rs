@@ -96,7 +96,7 @@ async fn forward_to_owner(
     if headers.contains_key(FORWARD_HEADER) {
         return error_response(StatusCode::SERVICE_UNAVAILABLE, &Error::NotOwner);
     }
-    let owner = match api.capture.get_controller_capture_info() {
+    let owner = match api.capture.get_controller_capture_info().await {
         Ok(owner) => owner,
         Err(err) => return error_response(StatusCode::SERVICE_UNAVAILABLE, &err),
     };
@@ -209,19 +209,13 @@ async fn drain(State(api): State<Api>, Path(id): Path<String>, headers: HeaderMa
         let err = Error::CaptureNotExist { capture_id: id };
         return error_response(StatusCode::BAD_REQUEST, &err);
     }
-    let target = api
-        .capture
-        .view()
-        .and_then(|view| view.captures.get(&id).cloned());
-    match target {
-        Some(target) => {
+    match api.capture.get_capture_info(&id).await {
+        Ok(target) => {
             let path = format!("/api/v2/captures/{id}/drain");
             forward(&api, Method::POST, &target.address, &path, Bytes::new()).await
         }
-        None => error_response(
-            StatusCode::BAD_REQUEST,
-            &Error::CaptureNotExist { capture_id: id },
-        ),
+        Err(err @ Error::CaptureNotExist { .. }) => error_response(StatusCode::BAD_REQUEST, &err),
+        Err(err) => error_response(StatusCode::SERVICE_UNAVAILABLE, &err),
     }
 }
 
@@ -232,6 +226,9 @@ async fn debug_info(State(api): State<Api>) -> Response {
 }
 
 async fn metrics(State(api): State<Api>) -> Response {
+    if let Some((server, clients)) = api.capture.p2p_metrics() {
+        api.capture.metrics().set_p2p(&server, &clients);
+    }
     (
         [("content-type", "text/plain; version=0.0.4")],
         api.capture.metrics().encode(),

@@ -1,9 +1,11 @@
 //! The capture: one TiCDC server process's membership in a cluster.
 //!
-//! A [`Capture`] runs incarnations: each grants a lease (a [`Session`]), registers a new
-//! capture ID under it, campaigns for owner through an [`Election`], runs the processor
-//! manager, and ends in suicide (then a new incarnation) when the lease is lost. The
-//! [`Server`] puts the capture behind one port that serves the HTTP API and gRPC.
+//! A [`Capture`] runs incarnations: each grants a lease (a [`cdc_election::Session`]),
+//! registers a new capture ID under it, installs a fresh p2p message server in the process's
+//! [`cdc_p2p::ServerWrapper`], campaigns for owner through an [`Election`], runs the processor
+//! manager on a [`cdc_orchestrator::EtcdWorker`], and ends in suicide (then a new incarnation)
+//! when the lease is lost. The [`Server`] puts the capture behind one port that serves the
+//! HTTP API and gRPC.
 //!
 //! Owner, controller and processor manager are traits built by factories ([`CaptureParts`]),
 //! so tests inject doubles; the binary runs [`MinimalReactors`].
@@ -16,27 +18,22 @@ mod config;
 mod election;
 mod error;
 mod http;
-mod info;
 mod metrics;
+mod pool;
 mod reactor;
 mod server;
 mod session;
-mod view;
 
-pub use capture::{
-    CHANGEFEED_INIT_WORKERS, Capture, CaptureParts, ElectionFactory, EtcdElections, GIT_HASH,
-    Incarnation, VERSION,
-};
-pub use config::{Config, DebugConfig, MIN_SESSION_TTL_SECS, SecurityConfig, is_valid_cluster_id};
-pub use election::{Election, EtcdElection};
+pub use capture::{CHANGEFEED_INIT_WORKERS, Capture, CaptureParts, GIT_HASH, Incarnation, VERSION};
+pub use config::{Config, DebugConfig, SecurityConfig, is_valid_cluster_id};
+pub use election::{Election, ElectionFactory, EtcdElections};
 pub use error::{Error, Result};
 pub use http::{FORWARD_HEADER, router};
-pub use info::{AtomicLiveness, CaptureInfo, Liveness};
 pub use metrics::Metrics;
+pub use pool::{InitPool, Job};
 pub use reactor::{
-    Controller, ControllerFactory, META_VERSION, MinimalReactors, Owner, OwnerFactory,
-    ProcessorManager, ProcessorManagerFactory, ReactorContext, Tick,
+    Controller, ControllerFactory, MinimalReactors, Owner, OwnerFactory, ProcessorManager,
+    ProcessorManagerFactory, ReactorContext, Tick,
 };
 pub use server::Server;
-pub use session::{EtcdSessionFactory, Session, SessionFactory};
-pub use view::{ClusterView, Keys, OwnerCandidate};
+pub use session::{EtcdSessionFactory, SessionFactory};

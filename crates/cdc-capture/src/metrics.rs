@@ -1,8 +1,8 @@
 //! The capture's Prometheus metrics, in a registry per server (served at `/metrics`).
 
+use cdc_p2p::MetricsSnapshot;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The metrics of one capture server.
@@ -15,8 +15,9 @@ pub struct Metrics {
     pub owner_changes: IntCounter,
     /// Ticks of the etcd workers, by role.
     pub worker_ticks: IntCounterVec,
-    /// Latency of etcd commits, by role.
-    pub commit_duration: HistogramVec,
+    /// The p2p counters of the current incarnation, by side (`server`, `client`) and counter;
+    /// they start again from zero with each incarnation.
+    pub p2p: IntGaugeVec,
     /// Incarnations started after the first.
     pub restarts: IntCounter,
 }
@@ -34,13 +35,12 @@ impl Metrics {
             &["role"],
         )
         .expect("valid metric");
-        let commit_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "ticdc_etcd_worker_etcd_txn_exec_duration_seconds",
-                "etcd commit latency",
-            )
-            .buckets(prometheus::exponential_buckets(0.002, 2.0, 12).expect("valid buckets")),
-            &["role"],
+        let p2p = IntGaugeVec::new(
+            Opts::new(
+                "ticdc_p2p_incarnation_messages",
+                "p2p counters of the current incarnation",
+            ),
+            &["side", "counter"],
         )
         .expect("valid metric");
         let restarts = IntCounter::new("ticdc_capture_restarts_total", "capture restarts")
@@ -49,7 +49,7 @@ impl Metrics {
             Box::new(captures.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(owner_changes.clone()),
             Box::new(worker_ticks.clone()),
-            Box::new(commit_duration.clone()),
+            Box::new(p2p.clone()),
             Box::new(restarts.clone()),
         ] {
             registry
@@ -61,7 +61,7 @@ impl Metrics {
             captures,
             owner_changes,
             worker_ticks,
-            commit_duration,
+            p2p,
             restarts,
         }
     }
@@ -69,6 +69,24 @@ impl Metrics {
     /// The registry, for other components' metrics.
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// Sets the p2p gauges from the current incarnation's (server, clients) counters.
+    pub fn set_p2p(&self, server: &MetricsSnapshot, clients: &MetricsSnapshot) {
+        for (side, snapshot) in [("server", server), ("client", clients)] {
+            for (counter, value) in [
+                ("sent", snapshot.messages_sent),
+                ("resent", snapshot.messages_resent),
+                ("received", snapshot.messages_received),
+                ("repeated", snapshot.messages_repeated),
+                ("acked", snapshot.messages_acked),
+                ("reconnects", snapshot.reconnects),
+            ] {
+                self.p2p
+                    .with_label_values(&[side, counter])
+                    .set(i64::try_from(value).unwrap_or(i64::MAX));
+            }
+        }
     }
 
     /// Prometheus text exposition of every metric.

@@ -1,58 +1,63 @@
 //! The owner, controller and processor manager: traits built through factories (so tests can
-//! inject doubles), and the minimal reactors the binary runs until changefeed scheduling lands.
+//! inject doubles), the minimal reactors the binary runs until changefeed scheduling lands, and
+//! the adapter that runs them on a [`cdc_orchestrator::EtcdWorker`].
 
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
 
-use cdc_etcd::{Compare, CompareOp, EtcdClient, LeaseId, Revision, Txn, TxnOp};
+use cdc_etcd::{CdcEtcdClient, LeaseId, Revision, key};
+use cdc_model::{AtomicLiveness, CaptureInfo, DEFAULT_NAMESPACE, UpstreamInfo};
+use cdc_orchestrator::{
+    GlobalReactorState, PatchGroup, PatchOutcome, Reactor, ReactorState, SingleDataPatch,
+};
+use cdc_p2p::{MessageRouter, MessageServer};
 use futures::future::BoxFuture;
-use serde::Serialize;
-use tracing::info;
+use prometheus::IntCounter;
+use tracing::{info, warn};
 
 use crate::error::{Error, Result};
-use crate::info::{AtomicLiveness, CaptureInfo};
 use crate::metrics::Metrics;
-use crate::view::{ClusterView, Keys};
-
-/// The meta version this binary writes and accepts.
-pub const META_VERSION: i64 = 1;
+use crate::pool::InitPool;
 
 /// What a tick asks of its worker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tick {
     /// Keep ticking.
     Continue,
-    /// The reactor is done; the worker returns Ok.
+    /// The reactor is done; the worker commits what is queued and returns Ok.
     Finished,
 }
 
 /// What a reactor gets from its incarnation.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ReactorContext {
-    /// The etcd client.
-    pub client: EtcdClient,
-    /// The cluster's key layout.
-    pub keys: Keys,
+    /// The cluster's etcd client.
+    pub etcd: CdcEtcdClient,
     /// This capture.
     pub capture_id: String,
     /// The session's lease.
     pub lease_id: LeaseId,
-    /// The owner key (`owner/<leaseHex>`).
-    pub owner_key: String,
-    /// The owner key's create revision, which fences the owner's writes (0 for processors).
+    /// The owner revision (`get_owner_revision`; 0 for processors), stamped into messages.
     pub owner_revision: Revision,
     /// The PD endpoints, comma-separated (the default upstream's).
     pub pd_endpoints: String,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// The incarnation's router (peers follow the capture keys).
+    pub router: Arc<MessageRouter>,
+    /// The incarnation's message server, for handlers of peers' messages.
+    pub message_server: Arc<MessageServer>,
+    /// The incarnation's changefeed-initialisation pool.
+    pub init_pool: Arc<InitPool>,
 }
 
-/// The owner: runs while this capture is elected.
+/// The owner: runs while this capture is elected, on a fenced etcd worker.
 pub trait Owner: Send + Sync {
-    /// One pass over the cluster.
-    fn tick<'a>(&'a self, view: &'a ClusterView) -> BoxFuture<'a, Result<Tick>>;
+    /// One pass over the cluster; patches go through `state.queue_patches`.
+    fn tick<'a>(&'a self, state: &'a mut GlobalReactorState) -> BoxFuture<'a, Result<Tick>>;
     /// Asks the owner to finish; its next tick returns `Finished`.
     fn async_stop(&self);
 }
@@ -66,7 +71,7 @@ pub trait OwnerFactory: Send + Sync {
 /// The controller: runs beside the owner and serves the capture list.
 pub trait Controller: Send + Sync {
     /// One pass over the cluster.
-    fn tick<'a>(&'a self, view: &'a ClusterView) -> BoxFuture<'a, Result<Tick>>;
+    fn tick<'a>(&'a self, state: &'a mut GlobalReactorState) -> BoxFuture<'a, Result<Tick>>;
     /// Asks the controller to finish.
     fn async_stop(&self);
     /// The captures as of the last tick.
@@ -82,7 +87,7 @@ pub trait ControllerFactory: Send + Sync {
 /// The processor manager: runs on every capture.
 pub trait ProcessorManager: Send + Sync {
     /// One pass over the cluster.
-    fn tick<'a>(&'a self, view: &'a ClusterView) -> BoxFuture<'a, Result<Tick>>;
+    fn tick<'a>(&'a self, state: &'a mut GlobalReactorState) -> BoxFuture<'a, Result<Tick>>;
     /// Stops every processor; called first on every exit of the incarnation.
     fn close(&self) -> BoxFuture<'_, ()>;
     /// Appends a human-readable dump.
@@ -108,7 +113,6 @@ impl OwnerFactory for MinimalReactors {
         Arc::new(MinimalOwner {
             context,
             stopped: AtomicBool::new(false),
-            upstream_written: AtomicBool::new(false),
         })
     }
 }
@@ -138,116 +142,47 @@ impl ProcessorManagerFactory for MinimalReactors {
     }
 }
 
-/// The default upstream's value (TiCDC's UpstreamInfo JSON).
-#[derive(Serialize)]
-struct UpstreamInfo<'a> {
-    id: u64,
-    #[serde(rename = "pd-endpoints")]
-    pd_endpoints: &'a str,
-    #[serde(rename = "key-path")]
-    key_path: &'a str,
-    #[serde(rename = "cert-path")]
-    cert_path: &'a str,
-    #[serde(rename = "ca-path")]
-    ca_path: &'a str,
-    #[serde(rename = "cert-allowed-cn")]
-    cert_allowed_cn: Option<Vec<String>>,
+/// The default upstream of this cluster: the etcd (PD) cluster ID and endpoints.
+pub(crate) fn default_upstream(etcd: &CdcEtcdClient, pd_endpoints: &str) -> UpstreamInfo {
+    UpstreamInfo {
+        id: etcd.etcd_cluster_id(),
+        pd_endpoints: pd_endpoints.to_owned(),
+        key_path: String::new(),
+        cert_path: String::new(),
+        ca_path: String::new(),
+        cert_allowed_cn: None,
+    }
 }
 
-/// Keeps the meta version and the default upstream info, fenced by the owner key.
+/// Keeps the default upstream info (the meta version is written by the migration step before
+/// the owner's worker starts). Its writes are fenced by the worker.
 struct MinimalOwner {
     context: ReactorContext,
     stopped: AtomicBool,
-    upstream_written: AtomicBool,
-}
-
-impl MinimalOwner {
-    fn fence(&self) -> Compare {
-        Compare::CreateRevision {
-            key: self.context.owner_key.as_bytes().to_vec(),
-            op: CompareOp::Equal,
-            revision: self.context.owner_revision,
-        }
-    }
-
-    /// Puts `value` at `key` if the key is absent and we still own the cluster.
-    async fn put_if_absent(&self, key: String, value: Vec<u8>) -> Result<()> {
-        let started = std::time::Instant::now();
-        let key = key.into_bytes();
-        let response = self
-            .context
-            .client
-            .txn(Txn {
-                compares: vec![
-                    self.fence(),
-                    Compare::CreateRevision {
-                        key: key.clone(),
-                        op: CompareOp::Equal,
-                        revision: 0,
-                    },
-                ],
-                success: vec![TxnOp::Put {
-                    key,
-                    value,
-                    lease: 0,
-                }],
-                failure: vec![],
-            })
-            .await?;
-        self.context
-            .metrics
-            .commit_duration
-            .with_label_values(&["owner"])
-            .observe(started.elapsed().as_secs_f64());
-        if response.succeeded {
-            info!("owner wrote cluster metadata");
-        }
-        Ok(())
-    }
 }
 
 impl Owner for MinimalOwner {
-    fn tick<'a>(&'a self, view: &'a ClusterView) -> BoxFuture<'a, Result<Tick>> {
+    fn tick<'a>(&'a self, state: &'a mut GlobalReactorState) -> BoxFuture<'a, Result<Tick>> {
         Box::pin(async move {
             if self.stopped.load(Ordering::SeqCst) {
                 return Ok(Tick::Finished);
             }
-            if !view.initialized {
-                return Ok(Tick::Continue);
-            }
-            if !view.owners.contains_key(&self.context.owner_key) {
-                return Err(Error::NotOwner);
-            }
-            match view.meta_version {
-                Some(version) if version > META_VERSION => {
-                    return Err(Error::MetaVersionTooNew {
-                        found: version,
-                        supported: META_VERSION,
-                    });
-                }
-                Some(_) => {}
-                None => {
-                    self.put_if_absent(
-                        self.context.keys.meta_version_key(),
-                        META_VERSION.to_string().into_bytes(),
-                    )
-                    .await?;
-                }
-            }
-            if !self.upstream_written.load(Ordering::SeqCst) {
-                let upstream_id = self.context.client.cluster_id().await?;
-                let value = serde_json::to_vec(&UpstreamInfo {
-                    id: upstream_id,
-                    pd_endpoints: &self.context.pd_endpoints,
-                    key_path: "",
-                    cert_path: "",
-                    ca_path: "",
-                    cert_allowed_cn: None,
-                })
-                .expect("a plain struct always encodes");
-                self.put_if_absent(self.context.keys.upstream_key(upstream_id), value)
-                    .await?;
-                self.upstream_written.store(true, Ordering::SeqCst);
+            let upstream = default_upstream(&self.context.etcd, &self.context.pd_endpoints);
+            if !state.upstreams.contains_key(&upstream.id) {
+                let key = key::upstream_key(&state.cluster_id, DEFAULT_NAMESPACE, upstream.id);
+                let value = cdc_model::to_go_json(&upstream)?;
+                info!(
+                    upstream_id = upstream.id,
+                    "writing the default upstream info"
+                );
+                let patch = SingleDataPatch::new(key, move |old| {
+                    Ok(match old {
+                        Some(_) => PatchOutcome::Unchanged,
+                        None => PatchOutcome::Set(Some(value.clone())),
+                    })
+                });
+                let group: PatchGroup = vec![Box::new(patch)];
+                state.queue_patches(group);
             }
             Ok(Tick::Continue)
         })
@@ -266,16 +201,16 @@ struct MinimalController {
 }
 
 impl Controller for MinimalController {
-    fn tick<'a>(&'a self, view: &'a ClusterView) -> BoxFuture<'a, Result<Tick>> {
+    fn tick<'a>(&'a self, state: &'a mut GlobalReactorState) -> BoxFuture<'a, Result<Tick>> {
         Box::pin(async move {
             if self.stopped.load(Ordering::SeqCst) {
                 return Ok(Tick::Finished);
             }
-            if !view.initialized {
-                return Ok(Tick::Continue);
-            }
-            let current: Vec<CaptureInfo> = view.captures.values().cloned().collect();
-            let mut known = self.captures.lock().expect("never poisoned");
+            let current: Vec<CaptureInfo> = state.captures.values().cloned().collect();
+            let mut known = self
+                .captures
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             if *known != current {
                 for capture in current.iter().filter(|c| !known.contains(c)) {
                     info!(capture_id = %capture.id, address = %capture.address, "capture joined");
@@ -296,11 +231,14 @@ impl Controller for MinimalController {
     }
 
     fn captures(&self) -> Vec<CaptureInfo> {
-        self.captures.lock().expect("never poisoned").clone()
+        self.captures
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 }
 
-/// Checks every tick that this capture's key is still there (`check_capture_alive`).
+/// Checks every tick that this capture is still in the cluster (`check_capture_alive`).
 struct MinimalProcessorManager {
     context: ReactorContext,
     liveness: Arc<AtomicLiveness>,
@@ -309,13 +247,14 @@ struct MinimalProcessorManager {
 }
 
 impl ProcessorManager for MinimalProcessorManager {
-    fn tick<'a>(&'a self, view: &'a ClusterView) -> BoxFuture<'a, Result<Tick>> {
+    fn tick<'a>(&'a self, state: &'a mut GlobalReactorState) -> BoxFuture<'a, Result<Tick>> {
         Box::pin(async move {
             if self.closed.load(Ordering::SeqCst) {
                 return Ok(Tick::Finished);
             }
             self.ticks.fetch_add(1, Ordering::Relaxed);
-            if view.initialized && !view.capture_keys.contains(&self.context.capture_id) {
+            if !state.captures.contains_key(&self.context.capture_id) {
+                warn!(capture_id = %self.context.capture_id, "this capture's key is gone");
                 return Err(Error::LeaseExpired);
             }
             Ok(Tick::Continue)
@@ -331,11 +270,100 @@ impl ProcessorManager for MinimalProcessorManager {
     fn write_debug_info(&self, out: &mut String) {
         let _ = writeln!(
             out,
-            "processor manager of capture {}: ticks {}, liveness {:?}, closed {}",
+            "processor manager of capture {}: ticks {}, liveness {}, closed {}",
             self.context.capture_id,
             self.ticks.load(Ordering::Relaxed),
             self.liveness.load(),
             self.closed.load(Ordering::SeqCst),
         );
+    }
+}
+
+/// The [`GlobalReactorState`] of a capture's worker. A value that does not decode (garbage
+/// JSON under a capture or changefeed key, a key that does not parse) is logged and skipped
+/// instead of ending the worker: bad data written by someone else must not stop the cluster.
+pub(crate) struct CaptureState(pub(crate) GlobalReactorState);
+
+impl ReactorState for CaptureState {
+    fn update(
+        &mut self,
+        key: &[u8],
+        value: Option<&[u8]>,
+        is_init: bool,
+    ) -> cdc_orchestrator::Result<()> {
+        match self.0.update(key, value, is_init) {
+            Err(
+                err @ (cdc_orchestrator::Error::Unmarshal { .. }
+                | cdc_orchestrator::Error::Model(_)
+                | cdc_orchestrator::Error::InvalidKey { .. }
+                | cdc_orchestrator::Error::Etcd(cdc_etcd::Error::InvalidEtcdKey { .. })),
+            ) => {
+                warn!(key = %String::from_utf8_lossy(key), error = %err, "ignoring a value that does not decode");
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    fn update_pending_change(&mut self, now: Instant) {
+        self.0.update_pending_change(now);
+    }
+
+    fn get_patches(&mut self) -> Vec<PatchGroup> {
+        self.0.get_patches()
+    }
+}
+
+/// What a worker ticks.
+pub(crate) enum Role {
+    Processor(Arc<dyn ProcessorManager>),
+    Owner(Arc<dyn Owner>, Arc<dyn Controller>),
+}
+
+impl Role {
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Role::Processor(_) => "processor",
+            Role::Owner(..) => "owner",
+        }
+    }
+}
+
+/// Runs a [`Role`] as a [`Reactor`]: a finished tick becomes `ReactorFinished`, and a
+/// capture error is kept (the worker gets its nearest orchestrator error) so that the caller
+/// maps the precise cause.
+pub(crate) struct WorkerReactor {
+    pub(crate) role: Role,
+    pub(crate) capture_id: String,
+    pub(crate) ticks: IntCounter,
+    pub(crate) failure: Option<Error>,
+}
+
+impl Reactor<CaptureState> for WorkerReactor {
+    async fn tick(&mut self, state: &mut CaptureState) -> cdc_orchestrator::Result<()> {
+        self.ticks.inc();
+        let result = match &self.role {
+            Role::Processor(manager) => manager.tick(&mut state.0).await,
+            Role::Owner(owner, controller) => match owner.tick(&mut state.0).await {
+                Ok(tick) => controller.tick(&mut state.0).await.map(|_| tick),
+                Err(err) => Err(err),
+            },
+        };
+        match result {
+            Ok(Tick::Continue) => Ok(()),
+            Ok(Tick::Finished) => Err(cdc_orchestrator::Error::ReactorFinished),
+            Err(err) => {
+                let nearest = match &err {
+                    Error::LeaseExpired => cdc_orchestrator::Error::LeaseExpired {
+                        capture_id: self.capture_id.clone(),
+                    },
+                    Error::NotOwner => cdc_orchestrator::Error::NotOwner,
+                    Error::SessionDone => cdc_orchestrator::Error::SessionDone,
+                    _ => cdc_orchestrator::Error::Cancelled,
+                };
+                self.failure = Some(err);
+                Err(nearest)
+            }
+        }
     }
 }

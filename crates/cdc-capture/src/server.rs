@@ -3,7 +3,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use cdc_etcd::{ConnectConfig, EtcdClient};
+use cdc_etcd::{CdcEtcdClient, ConnectConfig, EtcdClient};
+use cdc_p2p::ServerWrapper;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
@@ -21,6 +22,7 @@ const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 #[derive(Debug)]
 pub struct Server {
     capture: Arc<Capture>,
+    p2p: ServerWrapper,
     listener: TcpListener,
     local_addr: SocketAddr,
 }
@@ -40,15 +42,14 @@ impl Server {
             source,
         })?;
         let client = EtcdClient::connect(&config.endpoints(), ConnectConfig::default()).await?;
+        let etcd = Box::pin(CdcEtcdClient::new(client, &config.cluster_id)).await?;
         let metrics = Arc::new(Metrics::new());
-        let capture = Capture::new(
-            config,
-            client.clone(),
-            CaptureParts::production(client),
-            metrics,
-        );
+        let p2p = ServerWrapper::new(&config.debug.messages.server_config());
+        let parts = CaptureParts::production(&etcd);
+        let capture = Capture::new(config, etcd, parts, metrics, p2p.clone());
         Ok(Server {
             capture,
+            p2p,
             listener,
             local_addr,
         })
@@ -68,13 +69,20 @@ impl Server {
     pub async fn run(self, cancel: CancellationToken) -> Result<()> {
         let Server {
             capture,
+            p2p,
             listener,
             local_addr,
         } = self;
         info!(addr = %local_addr, "serving HTTP and gRPC");
-        let routes = tonic::service::Routes::from(crate::http::router(Arc::clone(&capture)));
+        // The p2p service is registered once; incarnations swap the server behind it.
+        let routes = tonic::service::Routes::from(crate::http::router(Arc::clone(&capture)))
+            .add_service(p2p.service());
         let serve_cancel = cancel.child_token();
-        let serve = tonic::transport::Server::builder()
+        let builder = cdc_p2p::configure_server(
+            tonic::transport::Server::builder(),
+            &capture.config().debug.messages.server_config(),
+        );
+        let serve = builder
             .accept_http1(true)
             .add_routes(routes)
             .serve_with_incoming_shutdown(

@@ -53,6 +53,17 @@ pub(crate) struct Overrides {
     data_dir: Option<String>,
 }
 
+/// Whether `key` (a `CDC_` variable without its prefix) names a top-level configuration key.
+fn is_config_env_key(key: &str) -> bool {
+    let section = key.split("__").next().unwrap_or(key).replace('_', "-");
+    match serde_json::to_value(Config::default()) {
+        Ok(serde_json::Value::Object(fields)) => fields
+            .keys()
+            .any(|field| field.eq_ignore_ascii_case(&section)),
+        _ => false,
+    }
+}
+
 /// Loads and validates the configuration; the error names the bad key and where it came from.
 pub(crate) fn load(cli: &Cli) -> Result<(Config, Vec<String>), String> {
     let mut figment = Figment::from(Serialized::defaults(Config::default()));
@@ -61,8 +72,11 @@ pub(crate) fn load(cli: &Cli) -> Result<(Config, Vec<String>), String> {
     }
     let figment = figment
         // `CDC_CAPTURE_SESSION_TTL` is `capture-session-ttl`; `__` nests (`CDC_DEBUG__MESSAGES__...`).
+        // Only variables naming a configuration section are read: other `CDC_` variables
+        // (tool paths such as `CDC_ETCD_BIN` in the environment of tests) are not ours.
         .merge(
             Env::prefixed("CDC_")
+                .filter(|key| is_config_env_key(key.as_str()))
                 .map(|key| key.as_str().replace("__", ".").replace('_', "-").into()),
         )
         .merge(Serialized::defaults(&cli.overrides));
@@ -107,9 +121,14 @@ mod tests {
             assert_eq!(config.addr, "127.0.0.1:8300");
             jail.set_env("CDC_CLUSTER_ID", "from-env");
             jail.set_env("CDC_CAPTURE_SESSION_TTL", "6");
+            jail.set_env("CDC_DEBUG__MESSAGES__SERVER_WORKER_POOL_SIZE", "4");
+            // Not configuration: tool paths of the test environment.
+            jail.set_env("CDC_SERVER_BIN", "/bin/true");
+            jail.set_env("CDC_ETCD_BIN", "/bin/true");
             let (config, _) = load(&cli(&["--config", "cdc.toml"])).unwrap();
             assert_eq!(config.cluster_id, "from-env");
             assert_eq!(config.capture_session_ttl, 6);
+            assert_eq!(config.debug.messages.server_worker_pool_size, 4);
             let (config, _) = load(&cli(&[
                 "--config",
                 "cdc.toml",

@@ -68,3 +68,17 @@ fn cluster_id_rules() {
     assert!(!is_valid_cluster_id("a_b"));
     assert!(!is_valid_cluster_id("meta"));
 }
+
+#[test]
+fn debug_messages_are_validated_and_adjusted() {
+    let mut config = Config::default();
+    config.debug.messages.server_worker_pool_size = 0;
+    config.validate_and_adjust().unwrap();
+    assert_eq!(
+        config.debug.messages,
+        cdc_p2p::MessagesConfig::default(),
+        "worker pool 0 -> default"
+    );
+    config.debug.messages.server_ack_interval = Duration::from_secs(20);
+    assert!(message(&mut config).contains("[debug.messages]"));
+}

@@ -1,0 +1,364 @@
+//! Cases 87–92 of capture-spec §8: the capture with doubles for the session, the election and
+//! the owner, on a real etcd.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+
+use cdc_election::OwnerFence;
+use cdc_etcd::testing::EtcdServer;
+use cdc_etcd::{CdcEtcdClient, EtcdClient, GetOptions, LeaseId, Revision};
+use cdc_model::Liveness;
+use cdc_orchestrator::GlobalReactorState;
+use cdc_p2p::{MessageRouter, MessageServer, ServerConfig, ServerWrapper};
+use futures::future::BoxFuture;
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::reactor::Tick;
+
+const CLUSTER: &str = "capture-test";
+
+async fn etcd() -> (EtcdServer, CdcEtcdClient) {
+    let server = EtcdServer::start().await.unwrap();
+    let client = server.client().await.unwrap();
+    let etcd = CdcEtcdClient::new(client, CLUSTER).await.unwrap();
+    (server, etcd)
+}
+
+fn config(server: &EtcdServer) -> Config {
+    let mut config = Config {
+        pd: server.endpoint(),
+        cluster_id: CLUSTER.to_owned(),
+        capture_session_ttl: 5,
+        ..Config::default()
+    };
+    config.validate_and_adjust().unwrap();
+    config
+}
+
+fn capture(server: &EtcdServer, etcd: &CdcEtcdClient, parts: CaptureParts) -> Arc<Capture> {
+    Capture::new(
+        config(server),
+        etcd.clone(),
+        parts,
+        Arc::new(Metrics::new()),
+        ServerWrapper::new(&ServerConfig::default()),
+    )
+}
+
+/// Grants that always miss their deadline.
+#[derive(Default)]
+struct DeadlineSessions {
+    grants: AtomicUsize,
+}
+
+impl SessionFactory for DeadlineSessions {
+    fn grant<'a>(
+        &'a self,
+        _ttl: i64,
+        _cancel: &'a CancellationToken,
+    ) -> BoxFuture<'a, Result<Session>> {
+        self.grants.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async { Err(Error::DeadlineExceeded { op: "lease grant" }) })
+    }
+}
+
+/// An election that wins at once (writing a real owner key without lease, so the fenced
+/// worker sees it), or never wins when `never_wins`; it can drain the capture while
+/// campaigning.
+#[derive(Default)]
+struct ElectionDouble {
+    client: OnceLock<EtcdClient>,
+    never_wins: bool,
+    drain_while_campaigning: OnceLock<Weak<Capture>>,
+    campaigned: AtomicBool,
+    resigned: AtomicBool,
+    revision: OnceLock<Revision>,
+}
+
+impl ElectionDouble {
+    fn key() -> Vec<u8> {
+        format!("{}/1", cdc_etcd::key::owner_prefix(CLUSTER)).into_bytes()
+    }
+}
+
+impl Election for ElectionDouble {
+    fn campaign<'a>(
+        &'a self,
+        value: &'a str,
+        cancel: &'a CancellationToken,
+    ) -> BoxFuture<'a, Result<OwnerFence>> {
+        Box::pin(async move {
+            self.campaigned.store(true, Ordering::SeqCst);
+            if self.never_wins {
+                cancel.cancelled().await;
+                return Err(Error::Cancelled);
+            }
+            if let Some(capture) = self.drain_while_campaigning.get().and_then(Weak::upgrade) {
+                capture.drain().await;
+            }
+            let client = self.client.get().expect("the test sets the client");
+            let revision = client.put(Self::key(), value, 0).await?;
+            let _ = self.revision.set(revision);
+            Ok(OwnerFence {
+                key: Self::key(),
+                create_revision: revision,
+            })
+        })
+    }
+
+    fn resign(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            self.resigned.store(true, Ordering::SeqCst);
+            if let Some(client) = self.client.get() {
+                client.delete(Self::key(), false).await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn owner_revision<'a>(&'a self, _capture_id: &'a str) -> BoxFuture<'a, Result<Revision>> {
+        Box::pin(async move { self.revision.get().copied().ok_or(Error::OwnerNotFound) })
+    }
+}
+
+struct Elections(Arc<ElectionDouble>);
+
+impl ElectionFactory for Elections {
+    fn create(&self, client: EtcdClient, _prefix: &str, _lease_id: LeaseId) -> Arc<dyn Election> {
+        let _ = self.0.client.set(client);
+        Arc::clone(&self.0) as Arc<dyn Election>
+    }
+}
+
+/// An owner that runs until asked to stop.
+#[derive(Default)]
+struct OwnerDouble {
+    stopped: AtomicBool,
+}
+
+impl Owner for OwnerDouble {
+    fn tick<'a>(&'a self, _state: &'a mut GlobalReactorState) -> BoxFuture<'a, Result<Tick>> {
+        Box::pin(async move {
+            Ok(if self.stopped.load(Ordering::SeqCst) {
+                Tick::Finished
+            } else {
+                Tick::Continue
+            })
+        })
+    }
+
+    fn async_stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+    }
+}
+
+struct Owners(Arc<OwnerDouble>);
+
+impl OwnerFactory for Owners {
+    fn create(&self, _context: ReactorContext) -> Arc<dyn Owner> {
+        Arc::clone(&self.0) as Arc<dyn Owner>
+    }
+}
+
+fn parts(etcd: &CdcEtcdClient, election: &Arc<ElectionDouble>) -> CaptureParts {
+    CaptureParts {
+        elections: Arc::new(Elections(Arc::clone(election))),
+        ..CaptureParts::production(etcd)
+    }
+}
+
+fn incarnation(election: &Arc<ElectionDouble>, client: &EtcdClient) -> Incarnation {
+    let _ = election.client.set(client.clone());
+    Incarnation {
+        capture_id: "double".to_owned(),
+        lease_id: 1,
+        session_done: CancellationToken::new(),
+        election: Arc::clone(election) as Arc<dyn Election>,
+        message_server: Arc::new(MessageServer::new("double", ServerConfig::default())),
+        router: Arc::new(MessageRouter::new("double", Default::default())),
+        init_pool: Arc::new(InitPool::new(CHANGEFEED_INIT_WORKERS)),
+    }
+}
+
+async fn wait_until(within: Duration, mut check: impl FnMut() -> bool) {
+    tokio::time::timeout(within, async {
+        while !check() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("condition met in time");
+}
+
+// Case 87: with etcd stopped, a reset in the background leaves `info()` answering; cancelling
+// it fails the reset with "context canceled".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_keeps_info_and_fails_on_cancel() {
+    let (mut server, etcd) = etcd().await;
+    let capture = capture(&server, &etcd, CaptureParts::production(&etcd));
+    let first = capture.reset(&CancellationToken::new()).await.unwrap().2;
+    assert_eq!(capture.info().unwrap(), first);
+    server.kill().unwrap();
+    let cancel = CancellationToken::new();
+    let mut reset = Box::pin(capture.reset(&cancel));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), &mut reset)
+            .await
+            .is_err(),
+        "the reset waits for etcd"
+    );
+    assert_eq!(capture.info().unwrap(), first);
+    cancel.cancel();
+    let err = match tokio::time::timeout(Duration::from_secs(5), reset).await {
+        Ok(Err(err)) => err,
+        Ok(Ok(_)) => panic!("the reset succeeded without etcd"),
+        Err(_) => panic!("the reset ignored the cancellation"),
+    };
+    assert_eq!(err.to_string(), "context canceled");
+    assert_eq!(capture.info().unwrap(), first);
+}
+
+// Case 88: grants that miss their deadline make `run` retry; cancelling the parent returns Ok.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_retries_internal_deadline_exceeded() {
+    let (server, etcd) = etcd().await;
+    let sessions = Arc::new(DeadlineSessions::default());
+    let parts = CaptureParts {
+        sessions: Arc::clone(&sessions) as Arc<dyn SessionFactory>,
+        ..CaptureParts::production(&etcd)
+    };
+    let capture = capture(&server, &etcd, parts);
+    let cancel = CancellationToken::new();
+    let run = tokio::spawn({
+        let capture = Arc::clone(&capture);
+        let cancel = cancel.clone();
+        async move { capture.run(cancel).await }
+    });
+    wait_until(Duration::from_secs(5), || {
+        sessions.grants.load(Ordering::SeqCst) >= 2
+    })
+    .await;
+    cancel.cancel();
+    let result = tokio::time::timeout(Duration::from_secs(5), run)
+        .await
+        .expect("run returns within 5 s")
+        .unwrap();
+    assert!(result.is_ok(), "{result:?}");
+}
+
+// Case 89: `info()` before any incarnation is an error, not a panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn info_before_initialisation() {
+    let (server, etcd) = etcd().await;
+    let capture = capture(&server, &etcd, CaptureParts::production(&etcd));
+    assert!(matches!(capture.info(), Err(Error::NotInitialized)));
+}
+
+// Case 90: a capture that is not owner drains at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_when_not_owner() {
+    let (server, etcd) = etcd().await;
+    let election = Arc::new(ElectionDouble {
+        never_wins: true,
+        ..ElectionDouble::default()
+    });
+    let capture = capture(&server, &etcd, parts(&etcd, &election));
+    let cancel = CancellationToken::new();
+    let run = tokio::spawn({
+        let capture = Arc::clone(&capture);
+        let cancel = cancel.clone();
+        async move { capture.run(cancel).await }
+    });
+    wait_until(Duration::from_secs(10), || {
+        election.campaigned.load(Ordering::SeqCst)
+    })
+    .await;
+    tokio::time::timeout(Duration::from_secs(1), capture.drain())
+        .await
+        .expect("drain completes within 1 s");
+    assert_eq!(capture.liveness(), Liveness::Stopping);
+    cancel.cancel();
+    let result = tokio::time::timeout(Duration::from_secs(15), run)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(result.is_ok(), "{result:?}");
+}
+
+// Case 91: an owner is stopped by the drain, which completes once it resigned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_waits_for_the_owner_to_resign() {
+    let (server, etcd) = etcd().await;
+    let election = Arc::new(ElectionDouble::default());
+    let owner = Arc::new(OwnerDouble::default());
+    let parts = CaptureParts {
+        owners: Arc::new(Owners(Arc::clone(&owner))),
+        ..parts(&etcd, &election)
+    };
+    let capture = capture(&server, &etcd, parts);
+    let cancel = CancellationToken::new();
+    let run = tokio::spawn({
+        let capture = Arc::clone(&capture);
+        let cancel = cancel.clone();
+        async move { capture.run(cancel).await }
+    });
+    wait_until(Duration::from_secs(10), || capture.is_owner()).await;
+    tokio::time::timeout(Duration::from_secs(3), capture.drain())
+        .await
+        .expect("drain completes within 3 s");
+    assert!(owner.stopped.load(Ordering::SeqCst));
+    assert!(election.resigned.load(Ordering::SeqCst));
+    assert!(!capture.is_owner());
+    assert_eq!(capture.liveness(), Liveness::Stopping);
+    cancel.cancel();
+    let result = tokio::time::timeout(Duration::from_secs(15), run)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(result.is_ok(), "{result:?}");
+}
+
+// Case 92: no campaign while Stopping; Stopping set during the campaign resigns after winning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn campaign_respects_liveness() {
+    let (server, etcd) = etcd().await;
+    let client = etcd.client().clone();
+
+    let election = Arc::new(ElectionDouble::default());
+    let capture_a = capture(&server, &etcd, parts(&etcd, &election));
+    capture_a.drain().await;
+    let cancel = CancellationToken::new();
+    capture_a
+        .campaign_owner(&incarnation(&election, &client), &cancel)
+        .await
+        .unwrap();
+    assert!(!election.campaigned.load(Ordering::SeqCst));
+    assert!(!election.resigned.load(Ordering::SeqCst));
+
+    let election = Arc::new(ElectionDouble::default());
+    let capture_b = capture(&server, &etcd, parts(&etcd, &election));
+    let _ = election
+        .drain_while_campaigning
+        .set(Arc::downgrade(&capture_b));
+    assert_eq!(capture_b.liveness(), Liveness::Alive);
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        capture_b.campaign_owner(&incarnation(&election, &client), &cancel),
+    )
+    .await
+    .expect("the campaign loop returns")
+    .unwrap();
+    assert!(election.campaigned.load(Ordering::SeqCst));
+    assert!(election.resigned.load(Ordering::SeqCst));
+    assert!(!capture_b.is_owner());
+    let owner_keys = client
+        .get(ElectionDouble::key(), GetOptions::default())
+        .await
+        .unwrap();
+    assert!(
+        owner_keys.kvs.is_empty(),
+        "the resign deleted the owner key"
+    );
+}

@@ -1,0 +1,464 @@
+//! The message client (§5.3): one per remote peer, with per-topic sequences, batching,
+//! acks and resend after every reconnect.
+
+use std::collections::{HashMap, VecDeque};
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use governor::{Quota, RateLimiter};
+use prost::Message as _;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::config::ClientConfig;
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::proto::{ExitReason, MessageEntry, MessagePacket, SendMessageResponse, StreamMeta};
+use crate::topic::{Codec, Topic};
+
+/// Packets queued between the batcher and the HTTP/2 stream.
+const OUTBOUND_CHANNEL_SIZE: usize = 4;
+
+#[derive(Debug)]
+struct TopicState {
+    next_seq: i64,
+    ack: i64,
+    /// Sent (or about to be sent) but not acked, in sequence order.
+    unacked: VecDeque<MessageEntry>,
+}
+
+impl TopicState {
+    fn new() -> Self {
+        TopicState {
+            next_seq: 1,
+            ack: 0,
+            unacked: VecDeque::new(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    sender_id: String,
+    receiver_id: String,
+    config: ClientConfig,
+    metrics: Arc<Metrics>,
+    topics: Mutex<HashMap<String, TopicState>>,
+    queue_tx: mpsc::Sender<MessageEntry>,
+    queue_rx: Mutex<Option<mpsc::Receiver<MessageEntry>>>,
+    closed: CancellationToken,
+    epoch: AtomicI64,
+}
+
+/// A client that sends messages to one remote peer's message server.
+#[derive(Debug, Clone)]
+pub struct MessageClient {
+    shared: Arc<Shared>,
+}
+
+impl MessageClient {
+    /// A client from `sender_id` (this capture) to `receiver_id` (the peer's capture ID).
+    pub fn new(
+        sender_id: impl Into<String>,
+        receiver_id: impl Into<String>,
+        config: ClientConfig,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let (queue_tx, queue_rx) = mpsc::channel(config.send_channel_size.max(1));
+        MessageClient {
+            shared: Arc::new(Shared {
+                sender_id: sender_id.into(),
+                receiver_id: receiver_id.into(),
+                config,
+                metrics,
+                topics: Mutex::default(),
+                queue_tx,
+                queue_rx: Mutex::new(Some(queue_rx)),
+                closed: CancellationToken::new(),
+                epoch: AtomicI64::new(0),
+            }),
+        }
+    }
+
+    fn topics(&self) -> std::sync::MutexGuard<'_, HashMap<String, TopicState>> {
+        self.shared
+            .topics
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn encode<T: Topic>(&self, topic: &T, message: &T::Message) -> Result<bytes::Bytes> {
+        if self.shared.closed.is_cancelled() {
+            return Err(Error::ClientClosed);
+        }
+        let name = topic.name();
+        {
+            let mut topics = self.topics();
+            if !topics.contains_key(name) {
+                topics.insert(name.to_owned(), TopicState::new());
+            }
+        }
+        T::Codec::encode(message).map_err(|source| Error::Encode {
+            topic: name.to_owned(),
+            source,
+        })
+    }
+
+    /// Assigns the sequence under the lock, so queue order equals sequence order.
+    fn commit(
+        &self,
+        permit: mpsc::Permit<'_, MessageEntry>,
+        topic: &str,
+        content: bytes::Bytes,
+    ) -> i64 {
+        let mut topics = self.topics();
+        let state = match topics.get_mut(topic) {
+            Some(state) => state,
+            None => topics
+                .entry(topic.to_owned())
+                .or_insert_with(TopicState::new),
+        };
+        let sequence = state.next_seq;
+        state.next_seq += 1;
+        permit.send(MessageEntry {
+            topic: topic.to_owned(),
+            content,
+            sequence,
+        });
+        sequence
+    }
+
+    /// Queues a message, waiting for space. Returns its sequence.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: a message is queued only when the call returns `Ok`.
+    pub async fn send_message<T: Topic>(
+        &self,
+        topic: &T,
+        message: &T::Message,
+        cancel: &CancellationToken,
+    ) -> Result<i64> {
+        let content = self.encode(topic, message)?;
+        let permit = tokio::select! {
+            biased;
+            _ = self.shared.closed.cancelled() => return Err(Error::ClientClosed),
+            _ = cancel.cancelled() => return Err(Error::Cancelled),
+            permit = self.shared.queue_tx.reserve() => permit.map_err(|_| Error::ClientClosed)?,
+        };
+        Ok(self.commit(permit, topic.name(), content))
+    }
+
+    /// Queues a message, failing at once with `SendTryAgain` when the queue is full.
+    pub fn try_send_message<T: Topic>(&self, topic: &T, message: &T::Message) -> Result<i64> {
+        let content = self.encode(topic, message)?;
+        let permit = self
+            .shared
+            .queue_tx
+            .try_reserve()
+            .map_err(|err| match err {
+                mpsc::error::TrySendError::Full(()) => Error::SendTryAgain,
+                mpsc::error::TrySendError::Closed(()) => Error::ClientClosed,
+            })?;
+        Ok(self.commit(permit, topic.name(), content))
+    }
+
+    /// `(ack, true)` for a topic this client has sent to (0 before any ack), `(0, false)`
+    /// for an unknown topic.
+    pub fn current_ack(&self, topic: &str) -> (i64, bool) {
+        match self.topics().get(topic) {
+            Some(state) => (state.ack, true),
+            None => (0, false),
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn take_queue(&self) -> Option<mpsc::Receiver<MessageEntry>> {
+        self.shared
+            .queue_rx
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
+    }
+
+    /// The counters this client adds to (shared with the other clients of its router).
+    pub fn metrics(&self) -> crate::metrics::MetricsSnapshot {
+        self.shared.metrics.snapshot()
+    }
+
+    /// Whether `run` has ended; sends then fail with `ClientClosed`.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.is_cancelled()
+    }
+
+    /// Connects to `addr` and keeps the stream up, reconnecting (rate-limited) until `cancel`
+    /// fires or the peer turns out to be another capture (`ClientPermanentFail`). Runs once;
+    /// afterwards the client is closed.
+    pub async fn run(&self, cancel: &CancellationToken, addr: &str) -> Result<()> {
+        let queue_rx = self
+            .shared
+            .queue_rx
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        let result = match queue_rx {
+            Some(mut queue_rx) => self.run_loop(cancel, addr, &mut queue_rx).await,
+            None => Err(Error::ClientClosed),
+        };
+        self.shared.closed.cancel();
+        result
+    }
+
+    async fn run_loop(
+        &self,
+        cancel: &CancellationToken,
+        addr: &str,
+        queue_rx: &mut mpsc::Receiver<MessageEntry>,
+    ) -> Result<()> {
+        let rate = self.shared.config.retry_rate_limit_per_second;
+        let period = if rate.is_finite() && rate > 0.0 {
+            Duration::from_secs_f64(1.0 / rate)
+        } else {
+            Duration::from_secs(1)
+        };
+        let quota = Quota::with_period(period.max(Duration::from_micros(1)))
+            .expect("the period is not zero")
+            .allow_burst(NonZeroU32::MIN);
+        let limiter = RateLimiter::direct(quota);
+        loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return Ok(()),
+                _ = limiter.until_ready() => {}
+            }
+            match self.run_once(cancel, addr, queue_rx).await {
+                Ok(()) => return Ok(()),
+                Err(Error::Cancelled) => return Ok(()),
+                Err(err @ Error::ClientPermanentFail { .. }) => {
+                    warn!(receiver_id = %self.shared.receiver_id, error = %crate::report(&err), "p2p client failed permanently");
+                    return Err(err);
+                }
+                Err(err) => {
+                    debug!(receiver_id = %self.shared.receiver_id, %addr, error = %crate::report(&err), "p2p stream broke, reconnecting");
+                }
+            }
+        }
+    }
+
+    async fn run_once(
+        &self,
+        cancel: &CancellationToken,
+        addr: &str,
+        queue_rx: &mut mpsc::Receiver<MessageEntry>,
+    ) -> Result<()> {
+        let config = &self.shared.config;
+        let mut grpc = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Ok(()),
+            connected = crate::transport::connect(addr, config) => connected?,
+        };
+        let epoch = self.shared.epoch.fetch_add(1, Ordering::Relaxed) + 1;
+        if epoch > 1 {
+            self.shared.metrics.add_reconnect();
+        }
+        info!(receiver_id = %self.shared.receiver_id, %addr, epoch, "p2p stream opening");
+        let (out_tx, out_rx) = mpsc::channel(OUTBOUND_CHANNEL_SIZE);
+        let meta = StreamMeta {
+            sender_id: self.shared.sender_id.clone(),
+            receiver_id: self.shared.receiver_id.clone(),
+            epoch,
+            client_version: config.client_version.clone(),
+            sender_advertised_addr: config.advertised_addr.clone(),
+        };
+        out_tx
+            .send(MessagePacket {
+                meta: Some(meta),
+                entries: Vec::new(),
+            })
+            .await
+            .map_err(|_| Error::ServerClosed)?;
+        let receive = async {
+            let response = grpc
+                .send_message(ReceiverStream::new(out_rx))
+                .await
+                .map_err(|status| Error::Stream {
+                    source: Box::new(status),
+                })?;
+            self.receive_responses(response.into_inner()).await
+        };
+        let mut batcher = Batcher::new(out_tx, config.max_batch_count, config.max_batch_bytes);
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => Ok(()),
+            received = receive => received,
+            sent = self.send_entries(queue_rx, &mut batcher) => sent,
+        }
+    }
+
+    /// Tx: resends every unacked entry, then streams the queue in batches.
+    ///
+    /// An entry moves to its topic's unacked queue as it leaves the send queue, so dropping
+    /// this future at any await loses nothing: the next stream resends it.
+    async fn send_entries(
+        &self,
+        queue_rx: &mut mpsc::Receiver<MessageEntry>,
+        batcher: &mut Batcher,
+    ) -> Result<()> {
+        let resend: Vec<Vec<MessageEntry>> = self
+            .topics()
+            .values()
+            .filter(|state| !state.unacked.is_empty())
+            .map(|state| state.unacked.iter().cloned().collect())
+            .collect();
+        for entries in resend {
+            self.shared.metrics.add_resent(entries.len() as u64);
+            for entry in entries {
+                batcher.append(entry).await?;
+            }
+            batcher.flush().await?;
+        }
+        let interval = self.shared.config.batch_send_interval;
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let limit = self.shared.config.max_batch_count.clamp(1, 1024);
+        let mut received = Vec::with_capacity(limit);
+        loop {
+            tokio::select! {
+                n = queue_rx.recv_many(&mut received, limit) => {
+                    if n == 0 {
+                        return Err(Error::ClientClosed);
+                    }
+                    {
+                        let mut topics = self.topics();
+                        for entry in &received {
+                            let state = topics
+                                .get_mut(&entry.topic)
+                                .expect("a topic's state is created before its first entry is queued");
+                            debug_assert!(
+                                state.unacked.back().is_none_or(|last| last.sequence + 1 == entry.sequence),
+                                "sequences leave the queue in order"
+                            );
+                            if entry.sequence > state.ack {
+                                state.unacked.push_back(entry.clone());
+                            }
+                        }
+                    }
+                    self.shared.metrics.add_sent(received.len() as u64);
+                    for entry in received.drain(..) {
+                        batcher.append(entry).await?;
+                    }
+                }
+                _ = ticker.tick() => batcher.flush().await?,
+            }
+        }
+    }
+
+    /// Rx: applies acks until the server ends the stream.
+    async fn receive_responses(
+        &self,
+        mut inbound: tonic::Streaming<SendMessageResponse>,
+    ) -> Result<()> {
+        loop {
+            let response = match inbound.message().await {
+                Ok(Some(response)) => response,
+                Ok(None) => return Err(Error::ServerClosed),
+                Err(status) => {
+                    return Err(Error::Stream {
+                        source: Box::new(status),
+                    });
+                }
+            };
+            match response.exit_reason() {
+                ExitReason::Ok => self.apply_acks(&response),
+                ExitReason::CaptureIdMismatch => {
+                    return Err(Error::ClientPermanentFail {
+                        reason: response.error_message,
+                    });
+                }
+                reason => {
+                    debug!(?reason, message = %response.error_message, "p2p server ended the stream");
+                    return Err(Error::ServerClosed);
+                }
+            }
+        }
+    }
+
+    fn apply_acks(&self, response: &SendMessageResponse) {
+        let mut acked = 0;
+        let mut topics = self.topics();
+        for ack in &response.ack {
+            let Some(state) = topics.get_mut(&ack.topic) else {
+                debug!(topic = %ack.topic, "ack for an unknown topic ignored");
+                continue;
+            };
+            if ack.last_seq <= state.ack {
+                continue;
+            }
+            state.ack = ack.last_seq;
+            while state
+                .unacked
+                .front()
+                .is_some_and(|entry| entry.sequence <= ack.last_seq)
+            {
+                state.unacked.pop_front();
+                acked += 1;
+            }
+        }
+        drop(topics);
+        self.shared.metrics.add_acked(acked);
+    }
+}
+
+/// Collects entries into packets, flushing at `max_count` entries or `max_bytes` wire bytes.
+#[derive(Debug)]
+pub(crate) struct Batcher {
+    out_tx: mpsc::Sender<MessagePacket>,
+    max_count: usize,
+    max_bytes: usize,
+    entries: Vec<MessageEntry>,
+    bytes: usize,
+}
+
+impl Batcher {
+    pub(crate) fn new(
+        out_tx: mpsc::Sender<MessagePacket>,
+        max_count: usize,
+        max_bytes: usize,
+    ) -> Self {
+        Batcher {
+            out_tx,
+            max_count,
+            max_bytes,
+            entries: Vec::new(),
+            bytes: 0,
+        }
+    }
+
+    pub(crate) async fn append(&mut self, entry: MessageEntry) -> Result<()> {
+        self.bytes += entry.encoded_len();
+        self.entries.push(entry);
+        if self.entries.len() >= self.max_count || self.bytes >= self.max_bytes {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Sends the pending entries as one packet without meta; does nothing when empty.
+    pub(crate) async fn flush(&mut self) -> Result<()> {
+        if self.entries.is_empty() {
+            return Ok(());
+        }
+        let packet = MessagePacket {
+            meta: None,
+            entries: std::mem::take(&mut self.entries),
+        };
+        self.bytes = 0;
+        self.out_tx
+            .send(packet)
+            .await
+            .map_err(|_| Error::ServerClosed)
+    }
+}

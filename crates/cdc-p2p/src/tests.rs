@@ -1,0 +1,1598 @@
+//! In-process tests of the p2p layer: acceptance cases 44–83 of capture-spec.md §8, adapted
+//! where the Go test checked internals. Servers listen on 127.0.0.1:0.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::Streaming;
+
+use crate::ack::AckManager;
+use crate::client::Batcher;
+use crate::proto::{ExitReason, MessageEntry, MessagePacket, SendMessageResponse, StreamMeta};
+use crate::*;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct TestMessage {
+    index: i64,
+}
+
+type TestTopic = NamedTopic<TestMessage>;
+
+const SERVER_ID: &str = "test-server-1";
+
+/// Polls `check` every 5 ms until it holds or `timeout` passes.
+async fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn test_server_config() -> ServerConfig {
+    ServerConfig {
+        ack_interval: Duration::from_millis(20),
+        ..ServerConfig::default()
+    }
+}
+
+fn test_client_config() -> ClientConfig {
+    ClientConfig {
+        retry_rate_limit_per_second: 50.0,
+        ..ClientConfig::default()
+    }
+}
+
+struct TestServer {
+    server: Arc<MessageServer>,
+    wrapper: ServerWrapper,
+    addr: String,
+    cancel: CancellationToken,
+    run: tokio::task::JoinHandle<Result<()>>,
+    serving: JoinSet<()>,
+}
+
+impl TestServer {
+    async fn start(server_id: &str, config: ServerConfig, local_rx: Option<LocalReceiver>) -> Self {
+        let server = Arc::new(MessageServer::new(server_id, config.clone()));
+        let wrapper = ServerWrapper::new(&config);
+        wrapper.reset(Some(Arc::clone(&server)));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let cancel = CancellationToken::new();
+        let mut serving = JoinSet::new();
+        let serve_wrapper = wrapper.clone();
+        let serve_cancel = cancel.clone();
+        serving.spawn(async move {
+            serve(listener, &serve_wrapper, &config, serve_cancel)
+                .await
+                .unwrap();
+        });
+        let running = Arc::clone(&server);
+        let run_cancel = cancel.clone();
+        let run = tokio::spawn(async move { running.run(run_cancel, local_rx).await });
+        TestServer {
+            server,
+            wrapper,
+            addr,
+            cancel,
+            run,
+            serving,
+        }
+    }
+
+    async fn stop(mut self) {
+        self.cancel.cancel();
+        self.run.await.unwrap().unwrap();
+        while self.serving.join_next().await.is_some() {}
+    }
+}
+
+fn meta(sender: &str, receiver: &str, epoch: i64) -> StreamMeta {
+    StreamMeta {
+        sender_id: sender.to_owned(),
+        receiver_id: receiver.to_owned(),
+        epoch,
+        client_version: String::new(),
+        sender_advertised_addr: String::new(),
+    }
+}
+
+fn entry(topic: &str, sequence: i64) -> MessageEntry {
+    MessageEntry {
+        topic: topic.to_owned(),
+        content: Bytes::from(serde_json::to_vec(&TestMessage { index: sequence }).unwrap()),
+        sequence,
+    }
+}
+
+fn packet(entries: Vec<MessageEntry>) -> MessagePacket {
+    MessagePacket {
+        meta: None,
+        entries,
+    }
+}
+
+/// A hand-driven stream: the test writes packets and reads responses.
+async fn open_raw(
+    addr: &str,
+    meta: StreamMeta,
+) -> (mpsc::Sender<MessagePacket>, Streaming<SendMessageResponse>) {
+    let mut client = connect(addr, &ClientConfig::default()).await.unwrap();
+    let (tx, rx) = mpsc::channel(1024);
+    tx.send(MessagePacket {
+        meta: Some(meta),
+        entries: Vec::new(),
+    })
+    .await
+    .unwrap();
+    let responses = client
+        .send_message(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    (tx, responses)
+}
+
+/// Reads responses until one has a reason other than OK (or the stream ends).
+async fn next_exit_reason(responses: &mut Streaming<SendMessageResponse>) -> Option<ExitReason> {
+    let read = async {
+        loop {
+            match responses.message().await {
+                Ok(Some(response)) if response.exit_reason() == ExitReason::Ok => continue,
+                Ok(Some(response)) => return Some(response.exit_reason()),
+                Ok(None) | Err(_) => return None,
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .unwrap()
+}
+
+/// Reads responses until the ack of `topic` reaches `seq`.
+async fn wait_ack(responses: &mut Streaming<SendMessageResponse>, topic: &str, seq: i64) {
+    let read = async {
+        loop {
+            let response = responses.message().await.unwrap().unwrap();
+            assert_eq!(
+                response.exit_reason(),
+                ExitReason::Ok,
+                "{}",
+                response.error_message
+            );
+            if response
+                .ack
+                .iter()
+                .any(|ack| ack.topic == topic && ack.last_seq >= seq)
+            {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .unwrap();
+}
+
+type Received = Arc<Mutex<Vec<(String, i64)>>>;
+
+/// A handler that records (sender, index).
+fn recorder(
+    received: &Received,
+) -> impl FnMut(SenderId, TestMessage) -> std::future::Ready<Result<(), BoxError>> + Send + 'static
+{
+    let received = Arc::clone(received);
+    move |sender: SenderId, message: TestMessage| {
+        received
+            .lock()
+            .unwrap()
+            .push((sender.to_string(), message.index));
+        std::future::ready(Ok(()))
+    }
+}
+
+fn count(received: &Received) -> usize {
+    received.lock().unwrap().len()
+}
+
+/// Asserts that each sender's indices are 1, 2, 3, ... in order.
+fn assert_in_order(received: &Received) -> HashMap<String, i64> {
+    let mut last: HashMap<String, i64> = HashMap::new();
+    for (sender, index) in received.lock().unwrap().iter() {
+        let previous = last.entry(sender.clone()).or_insert(0);
+        assert_eq!(*index, *previous + 1, "sender {sender}");
+        *previous = *index;
+    }
+    last
+}
+
+// Cases 44, 45, 46: the ack records.
+#[test]
+fn ack_manager_get_set_range_remove() {
+    let acks = AckManager::default();
+    assert_eq!(acks.get("node-1", "topic-1"), 0);
+    acks.set("node-1", "topic-1", 1);
+    acks.set("node-1", "topic-2", 2);
+    acks.set("node-2", "topic-1", 3);
+    assert_eq!(acks.get("node-1", "topic-1"), 1);
+    assert_eq!(acks.get("node-1", "topic-2"), 2);
+    assert_eq!(acks.get("node-2", "topic-1"), 3);
+    assert_eq!(acks.get("node-2", "topic-2"), 0);
+
+    for i in 0..100 {
+        acks.set("node-3", &format!("topic-{i}"), i);
+    }
+    let mut seen = HashMap::new();
+    acks.range("node-3", |topic, seq| {
+        seen.insert(topic.to_owned(), seq);
+        true
+    });
+    assert_eq!(seen.len(), 100);
+    assert!((0..100).all(|i| seen[&format!("topic-{i}")] == i));
+    let mut visited = 0;
+    acks.range("node-3", |_, _| {
+        visited += 1;
+        visited < 50
+    });
+    assert_eq!(visited, 50);
+    acks.range("unknown", |_, _| panic!("an unknown node visits nothing"));
+
+    acks.set("node-1", "topic-3", 3);
+    acks.set("node-2", "topic-3", 3);
+    acks.remove_topic("topic-3");
+    assert_eq!(acks.get("node-1", "topic-3"), 0);
+    assert_eq!(acks.get("node-2", "topic-3"), 0);
+    assert_eq!(acks.get("node-1", "topic-1"), 1);
+    acks.remove_node("node-2");
+    assert_eq!(acks.get("node-2", "topic-1"), 0);
+    assert_eq!(acks.get("node-1", "topic-2"), 2);
+}
+
+// Cases 47, 48 (adapted: the server never blocks on a stream, it uses `try_send`): a send
+// reaches the reader; a full channel says so; a closed handle refuses sends; double close is
+// fine; `meta()` returns the meta.
+#[test]
+fn stream_handle_send_and_close() {
+    use crate::stream_handle::{StreamHandle, TrySendError};
+    let (tx, mut rx) = mpsc::channel(1);
+    let handle = StreamHandle::with_closed(meta("a", "b", 7), tx, CancellationToken::new());
+    assert_eq!(handle.meta().epoch, 7);
+    let response = SendMessageResponse {
+        error_message: "test".to_owned(),
+        ..SendMessageResponse::default()
+    };
+    handle.try_send(Ok(response.clone())).unwrap();
+    assert_eq!(
+        handle.try_send(Ok(response.clone())),
+        Err(TrySendError::Full)
+    );
+    assert_eq!(rx.try_recv().unwrap().unwrap().error_message, "test");
+    handle.close();
+    handle.close();
+    assert!(handle.is_closed());
+    assert_eq!(handle.try_send(Ok(response)), Err(TrySendError::Closed));
+}
+
+#[derive(Debug, PartialEq)]
+struct Packed(u32);
+
+impl CustomEncoding for Packed {
+    fn marshal(&self) -> Result<Bytes, BoxError> {
+        Ok(Bytes::copy_from_slice(&self.0.to_be_bytes()))
+    }
+
+    fn unmarshal(payload: Bytes) -> Result<Self, BoxError> {
+        let bytes: [u8; 4] = payload.as_ref().try_into()?;
+        Ok(Packed(u32::from_be_bytes(bytes)))
+    }
+}
+
+// Case 49: JSON by default; a type with its own encoding uses exactly those bytes.
+#[test]
+fn codecs_round_trip() {
+    let message = TestMessage { index: 42 };
+    let encoded = <Json as Codec<TestMessage>>::encode(&message).unwrap();
+    assert_eq!(&encoded[..], br#"{"index":42}"#);
+    assert_eq!(
+        <Json as Codec<TestMessage>>::decode(encoded).unwrap(),
+        message
+    );
+    let encoded = <Custom as Codec<Packed>>::encode(&Packed(0x01020304)).unwrap();
+    assert_eq!(&encoded[..], &[1, 2, 3, 4]);
+    assert_eq!(
+        <Custom as Codec<Packed>>::decode(encoded).unwrap(),
+        Packed(0x01020304)
+    );
+    assert!(<Custom as Codec<Packed>>::decode(Bytes::from_static(b"xy")).is_err());
+}
+
+// Cases 50, 51, 52: the batcher flushes at the count, not below the byte limit, and never
+// sends an empty packet.
+#[tokio::test]
+async fn batcher_limits() {
+    let (tx, mut rx) = mpsc::channel(16);
+    let mut batcher = Batcher::new(tx.clone(), 100, usize::MAX);
+    for seq in 1..100 {
+        batcher.append(entry("topic", seq)).await.unwrap();
+    }
+    assert!(rx.try_recv().is_err());
+    batcher.append(entry("topic", 100)).await.unwrap();
+    let sent = rx.try_recv().unwrap();
+    assert!(sent.meta.is_none());
+    let seqs: Vec<i64> = sent.entries.iter().map(|entry| entry.sequence).collect();
+    assert_eq!(seqs, (1..=100).collect::<Vec<_>>());
+
+    let mut batcher = Batcher::new(tx.clone(), usize::MAX, 1000);
+    for seq in 1..=11 {
+        batcher.append(entry("topic", seq)).await.unwrap();
+    }
+    assert!(rx.try_recv().is_err(), "about 220 bytes stay below 1000");
+
+    let mut batcher = Batcher::new(tx, 100, 1000);
+    batcher.flush().await.unwrap();
+    assert!(rx.try_recv().is_err());
+}
+
+// Case 53: connecting to a real server and opening SendMessage reaches the server once.
+#[tokio::test]
+async fn connect_reaches_server() {
+    let server = TestServer::start(SERVER_ID, test_server_config(), None).await;
+    let mut n_peers = server.server.n_peers();
+    let (_tx, _responses) = open_raw(&server.addr, meta("client-1", SERVER_ID, 1)).await;
+    tokio::time::timeout(Duration::from_secs(5), n_peers.wait_for(|n| *n == 1))
+        .await
+        .unwrap()
+        .unwrap();
+    server.stop().await;
+}
+
+// Cases 54, 55: 8 producers share a queue of 8; the consumer sees sequences 1..=N in order
+// and each producer sees increasing sequences.
+#[tokio::test]
+async fn send_queue_orders_sequences() {
+    for blocking in [false, true] {
+        let per_producer = if blocking { 100 } else { 1000 };
+        let config = ClientConfig {
+            send_channel_size: 8,
+            ..ClientConfig::default()
+        };
+        let client = MessageClient::new("a", "b", config, Arc::default());
+        let mut queue = client.take_queue().unwrap();
+        let topic = TestTopic::new("topic");
+        let mut producers = JoinSet::new();
+        for _ in 0..8 {
+            let client = client.clone();
+            let topic = topic.clone();
+            producers.spawn(async move {
+                let cancel = CancellationToken::new();
+                let mut last = 0;
+                for index in 0..per_producer {
+                    let message = TestMessage { index };
+                    let seq = if blocking {
+                        client
+                            .send_message(&topic, &message, &cancel)
+                            .await
+                            .unwrap()
+                    } else {
+                        loop {
+                            match client.try_send_message(&topic, &message) {
+                                Ok(seq) => break seq,
+                                Err(Error::SendTryAgain) => tokio::task::yield_now().await,
+                                Err(err) => panic!("{err}"),
+                            }
+                        }
+                    };
+                    assert!(seq > last);
+                    last = seq;
+                }
+            });
+        }
+        let total = 8 * per_producer;
+        for expected in 1..=total {
+            let entry = tokio::time::timeout(Duration::from_secs(10), queue.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(entry.sequence, expected);
+        }
+        while let Some(joined) = producers.join_next().await {
+            joined.unwrap();
+        }
+    }
+}
+
+// Case 56: 16 clients × 512 messages sent before the handler exists (pending limit lifted)
+// plus 1024 local messages; per-sender order from 1; acks reach 512; local messages come
+// from the server's own ID; removing the handler twice is fine and its error channel gets
+// HandlerCancelled.
+#[tokio::test]
+async fn server_multi_client_single_topic() {
+    let config = ServerConfig {
+        max_pending_message_count_per_topic: 1 << 20,
+        ..test_server_config()
+    };
+    let (local, local_rx) = LocalClient::new();
+    let server = TestServer::start(SERVER_ID, config, Some(local_rx)).await;
+    let topic = TestTopic::new("test-topic-1");
+    let cancel = CancellationToken::new();
+    let mut clients = Vec::new();
+    let mut runs = JoinSet::new();
+    for i in 0..16 {
+        let client = MessageClient::new(
+            format!("client-{i}"),
+            SERVER_ID,
+            test_client_config(),
+            Arc::default(),
+        );
+        let running = client.clone();
+        let addr = server.addr.clone();
+        let run_cancel = cancel.clone();
+        runs.spawn(async move { running.run(&run_cancel, &addr).await });
+        for index in 1..=512 {
+            client
+                .send_message(&topic, &TestMessage { index }, &cancel)
+                .await
+                .unwrap();
+        }
+        clients.push(client);
+    }
+    for index in 1..=1024 {
+        local
+            .send_message(&topic, TestMessage { index }, &cancel)
+            .await
+            .unwrap();
+    }
+    let received = Received::default();
+    let mut errors = server
+        .server
+        .sync_add_handler(&topic, recorder(&received), &cancel)
+        .await
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || count(&received)
+            == 16 * 512 + 1024)
+        .await
+    );
+    let last = assert_in_order(&received);
+    assert_eq!(last[SERVER_ID], 1024);
+    for i in 0..16 {
+        assert_eq!(last[&format!("client-{i}")], 512);
+    }
+    for client in &clients {
+        assert!(
+            wait_until(Duration::from_secs(5), || client
+                .current_ack("test-topic-1")
+                == (512, true))
+            .await
+        );
+    }
+    server
+        .server
+        .sync_remove_handler("test-topic-1", &cancel)
+        .await
+        .unwrap();
+    server
+        .server
+        .sync_remove_handler("test-topic-1", &cancel)
+        .await
+        .unwrap();
+    assert!(matches!(errors.recv().await, Some(Error::HandlerCancelled)));
+    cancel.cancel();
+    while let Some(joined) = runs.join_next().await {
+        joined.unwrap().unwrap();
+    }
+    server.stop().await;
+}
+
+// Case 57: after removal (once ack >= 42) the handler is never called again, and removal
+// completes within 500 ms.
+#[tokio::test]
+async fn server_deregister_handler() {
+    let server = TestServer::start(SERVER_ID, test_server_config(), None).await;
+    let topic = TestTopic::new("topic");
+    let cancel = CancellationToken::new();
+    let received = Received::default();
+    server
+        .server
+        .sync_add_handler(&topic, recorder(&received), &cancel)
+        .await
+        .unwrap();
+    let (tx, mut responses) = open_raw(&server.addr, meta("client-1", SERVER_ID, 1)).await;
+    for seq in 1..=42 {
+        tx.send(packet(vec![entry("topic", seq)])).await.unwrap();
+    }
+    wait_ack(&mut responses, "topic", 42).await;
+    tokio::time::timeout(
+        Duration::from_millis(500),
+        server.server.sync_remove_handler("topic", &cancel),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let before = count(&received);
+    for seq in 43..=60 {
+        tx.send(packet(vec![entry("topic", seq)])).await.unwrap();
+    }
+    // Wait for the server to have taken those packets (they are buffered without a handler).
+    let stop = server.server.block_main_loop().unwrap();
+    stop.send(()).unwrap();
+    assert_eq!(count(&received), before);
+    server.stop().await;
+}
+
+// Case 58: cancelling the server ends open streams with "message server is closing".
+#[tokio::test]
+async fn server_closed_ends_streams() {
+    let server = TestServer::start(SERVER_ID, test_server_config(), None).await;
+    let mut n_peers = server.server.n_peers();
+    let (_tx, mut responses) = open_raw(&server.addr, meta("client-1", SERVER_ID, 1)).await;
+    n_peers.wait_for(|n| *n == 1).await.unwrap();
+    server.cancel.cancel();
+    let status = tokio::time::timeout(Duration::from_secs(1), responses.message())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        status.message().contains("message server is closing"),
+        "{status:?}"
+    );
+    server.stop().await;
+}
+
+// Case 59: 512 messages to a topic without handler, limit 256 -> CONGESTED.
+#[tokio::test]
+async fn topic_congested_without_handler() {
+    let server = TestServer::start(SERVER_ID, test_server_config(), None).await;
+    let (tx, mut responses) = open_raw(&server.addr, meta("client-1", SERVER_ID, 1)).await;
+    for seq in 1..=512 {
+        // A send may fail once the server has closed the stream.
+        if tx.send(packet(vec![entry("topic", seq)])).await.is_err() {
+            break;
+        }
+    }
+    assert_eq!(
+        next_exit_reason(&mut responses).await,
+        Some(ExitReason::Congested)
+    );
+    server.stop().await;
+}
+
+// Cases 60, 61 and duplicate-stream arbitration: an older incoming stream is stale; a newer
+// one makes the old stream stale; the same epoch twice is a duplicate.
+#[tokio::test]
+async fn stream_epoch_arbitration() {
+    let server = TestServer::start(SERVER_ID, test_server_config(), None).await;
+    let mut n_peers = server.server.n_peers();
+    let (_tx5, mut responses5) = open_raw(&server.addr, meta("client-1", SERVER_ID, 5)).await;
+    n_peers.wait_for(|n| *n == 1).await.unwrap();
+    let (_tx4, mut responses4) = open_raw(&server.addr, meta("client-1", SERVER_ID, 4)).await;
+    assert_eq!(
+        next_exit_reason(&mut responses4).await,
+        Some(ExitReason::StaleConnection)
+    );
+    let (_tx5b, mut responses5b) = open_raw(&server.addr, meta("client-1", SERVER_ID, 5)).await;
+    assert_eq!(
+        next_exit_reason(&mut responses5b).await,
+        Some(ExitReason::DuplicateConnection)
+    );
+    let (_tx6, _responses6) = open_raw(&server.addr, meta("client-1", SERVER_ID, 6)).await;
+    assert_eq!(
+        next_exit_reason(&mut responses5).await,
+        Some(ExitReason::StaleConnection)
+    );
+    server.stop().await;
+}
+
+// Case 62: every message sent twice -> each index once, in order; ack reaches 128.
+#[tokio::test]
+async fn repeated_messages_are_dropped() {
+    let server = TestServer::start(SERVER_ID, test_server_config(), None).await;
+    let topic = TestTopic::new("topic");
+    let cancel = CancellationToken::new();
+    let received = Received::default();
+    server
+        .server
+        .sync_add_handler(&topic, recorder(&received), &cancel)
+        .await
+        .unwrap();
+    let (tx, mut responses) = open_raw(&server.addr, meta("client-1", SERVER_ID, 1)).await;
+    for seq in 1..=128 {
+        tx.send(packet(vec![entry("topic", seq)])).await.unwrap();
+        tx.send(packet(vec![entry("topic", seq)])).await.unwrap();
+    }
+    wait_ack(&mut responses, "topic", 128).await;
+    assert_eq!(count(&received), 128);
+    assert_in_order(&received);
+    assert_eq!(server.server.metrics().messages_repeated, 128);
+    server.stop().await;
+}
+
+// Cases 63, 64 (adapted: the main loop "is blocked" by never having started): a pending
+// sync_add_handler returns ServerClosed and a pending sync_remove_handler returns Ok once
+// the server is cancelled.
+#[tokio::test]
+async fn exit_while_adding_or_removing_handler() {
+    let server = Arc::new(MessageServer::new(SERVER_ID, test_server_config()));
+    let topic = TestTopic::new("topic");
+    let cancel = CancellationToken::new();
+    let adding = {
+        let server = Arc::clone(&server);
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            server
+                .sync_add_handler(
+                    &topic,
+                    |_, _: TestMessage| std::future::ready(Ok(())),
+                    &cancel,
+                )
+                .await
+                .map(|_| ())
+        })
+    };
+    let removing = {
+        let server = Arc::clone(&server);
+        let cancel = cancel.clone();
+        tokio::spawn(async move { server.sync_remove_handler("topic", &cancel).await })
+    };
+    let server_cancel = CancellationToken::new();
+    server_cancel.cancel();
+    server.run(server_cancel, None).await.unwrap();
+    assert!(matches!(adding.await.unwrap(), Err(Error::ServerClosed)));
+    removing.await.unwrap().unwrap();
+    assert!(matches!(
+        server.run(CancellationToken::new(), None).await,
+        Err(Error::AlreadyRunning)
+    ));
+}
+
+// Case 65: a receiver ID other than the server's gets CAPTURE_ID_MISMATCH first.
+#[tokio::test]
+async fn receiver_id_mismatch() {
+    let server = TestServer::start(SERVER_ID, test_server_config(), None).await;
+    let (_tx, mut responses) = open_raw(&server.addr, meta("client-1", "test-server-2", 1)).await;
+    let first = responses.message().await.unwrap().unwrap();
+    assert_eq!(first.exit_reason(), ExitReason::CaptureIdMismatch);
+    assert!(
+        first
+            .error_message
+            .contains("CDC:ErrPeerMessageReceiverMismatch")
+    );
+    assert!(responses.message().await.is_err());
+    server.stop().await;
+}
+
+// Case 66: seqs 1, 2, 3; the handler blocks on 2 and is removed (3 is lost) and re-added;
+// seq 4 arrives -> the new handler is never called and its error channel gets DataLost.
+#[tokio::test]
+async fn data_loss_after_unregister_handler() {
+    let server = TestServer::start(SERVER_ID, test_server_config(), None).await;
+    let topic = TestTopic::new("topic");
+    let cancel = CancellationToken::new();
+    let (entered_tx, mut entered_rx) = mpsc::channel(1);
+    let release = Arc::new(tokio::sync::Notify::new());
+    let handler_release = Arc::clone(&release);
+    server
+        .server
+        .sync_add_handler(
+            &topic,
+            move |_, message: TestMessage| {
+                let entered_tx = entered_tx.clone();
+                let release = Arc::clone(&handler_release);
+                async move {
+                    if message.index == 2 {
+                        entered_tx.send(()).await.unwrap();
+                        release.notified().await;
+                    }
+                    Ok(())
+                }
+            },
+            &cancel,
+        )
+        .await
+        .unwrap();
+    let (tx, _responses) = open_raw(&server.addr, meta("client-1", SERVER_ID, 1)).await;
+    tx.send(packet(vec![
+        entry("topic", 1),
+        entry("topic", 2),
+        entry("topic", 3),
+    ]))
+    .await
+    .unwrap();
+    entered_rx.recv().await.unwrap();
+    let removing = {
+        let server = Arc::clone(&server.server);
+        let cancel = cancel.clone();
+        tokio::spawn(async move { server.sync_remove_handler("topic", &cancel).await })
+    };
+    // The removal has been taken by the main loop once a later task runs.
+    server.server.block_main_loop().unwrap().send(()).unwrap();
+    release.notify_one();
+    removing.await.unwrap().unwrap();
+    let called = Received::default();
+    let mut errors = server
+        .server
+        .sync_add_handler(&topic, recorder(&called), &cancel)
+        .await
+        .unwrap();
+    tx.send(packet(vec![entry("topic", 4)])).await.unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(5), errors.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(
+            err,
+            Error::DataLost {
+                expected_seq: 3,
+                got_seq: 4,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(count(&called), 0);
+    server.stop().await;
+}
+
+// Case 67: schedule_deregister_peer_task empties the registry.
+#[tokio::test]
+async fn server_deregister_peer() {
+    let server = TestServer::start(SERVER_ID, test_server_config(), None).await;
+    let mut n_peers = server.server.n_peers();
+    let (_tx, _responses) = open_raw(&server.addr, meta("client-1", SERVER_ID, 1)).await;
+    n_peers.wait_for(|n| *n == 1).await.unwrap();
+    server
+        .server
+        .schedule_deregister_peer_task("client-1")
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(1), n_peers.wait_for(|n| *n == 0))
+        .await
+        .unwrap()
+        .unwrap();
+    server.stop().await;
+}
+
+/// Runs `n_senders` tasks that each send `per_sender` messages on every topic through one
+/// client, and checks every topic's ack reaches the total and handlers saw order.
+async fn run_client_load(
+    n_topics: usize,
+    n_senders: usize,
+    per_sender: i64,
+    config: ServerConfig,
+    inject_per_mille: u32,
+) {
+    let server = TestServer::start(SERVER_ID, config, None).await;
+    server
+        .server
+        .inject_restart
+        .store(inject_per_mille, Ordering::Relaxed);
+    let cancel = CancellationToken::new();
+    let topics: Vec<TestTopic> = (0..n_topics)
+        .map(|i| TestTopic::new(format!("topic-{i}")))
+        .collect();
+    let mut received = Vec::new();
+    for topic in &topics {
+        let topic_received = Received::default();
+        let seen = Arc::clone(&topic_received);
+        let mut last = 0;
+        // Within one topic and sender, sequences and therefore delivery are ordered.
+        server
+            .server
+            .sync_add_handler(
+                topic,
+                move |sender, message: TestMessage| {
+                    assert!(message.index > 0);
+                    last += 1;
+                    seen.lock().unwrap().push((sender.to_string(), last));
+                    std::future::ready(Ok(()))
+                },
+                &cancel,
+            )
+            .await
+            .unwrap();
+        received.push(topic_received);
+    }
+    let client = MessageClient::new("client-1", SERVER_ID, test_client_config(), Arc::default());
+    let running = client.clone();
+    let addr = server.addr.clone();
+    let run_cancel = cancel.clone();
+    let run = tokio::spawn(async move { running.run(&run_cancel, &addr).await });
+    let mut senders = JoinSet::new();
+    for _ in 0..n_senders {
+        let client = client.clone();
+        let topics = topics.clone();
+        let cancel = cancel.clone();
+        senders.spawn(async move {
+            for index in 1..=per_sender {
+                for topic in &topics {
+                    client
+                        .send_message(topic, &TestMessage { index }, &cancel)
+                        .await
+                        .unwrap();
+                }
+            }
+        });
+    }
+    while let Some(joined) = senders.join_next().await {
+        joined.unwrap();
+    }
+    let total = n_senders as i64 * per_sender;
+    for topic in &topics {
+        assert!(
+            wait_until(Duration::from_secs(40), || client.current_ack(topic.name())
+                == (total, true))
+            .await,
+            "ack of {} is {:?}",
+            topic.name(),
+            client.current_ack(topic.name())
+        );
+    }
+    for topic_received in &received {
+        assert_eq!(count(topic_received), total as usize);
+    }
+    cancel.cancel();
+    run.await.unwrap().unwrap();
+    server.stop().await;
+}
+
+// Case 68: 1 topic, 4 senders × 1024 -> ack 4096.
+#[tokio::test]
+async fn message_client_basic() {
+    run_client_load(1, 4, 1024, test_server_config(), 0).await;
+}
+
+// Case 69: 4 topics × 4 senders × 1024 -> every ack 4096.
+#[tokio::test]
+async fn message_client_basic_multi_topics() {
+    run_client_load(4, 4, 1024, test_server_config(), 0).await;
+}
+
+// Case 70: the server randomly (1%) answers CONGESTED and drops the stream; 128 messages on
+// 1 and on 4 topics arrive gap-free and in order, acks reach 128.
+#[tokio::test]
+async fn server_restart_injected() {
+    let config = ServerConfig {
+        max_pending_message_count_per_topic: 1 << 20,
+        ..test_server_config()
+    };
+    run_client_load(1, 1, 128, config.clone(), 10).await;
+    run_client_load(4, 1, 128, config, 10).await;
+}
+
+// Case 73: try_send_message retried on SendTryAgain gives consecutive sequences; order and
+// ack 128 hold.
+#[tokio::test]
+async fn basic_nonblocking() {
+    let server = TestServer::start(SERVER_ID, test_server_config(), None).await;
+    let cancel = CancellationToken::new();
+    let topic = TestTopic::new("topic");
+    let received = Received::default();
+    server
+        .server
+        .sync_add_handler(&topic, recorder(&received), &cancel)
+        .await
+        .unwrap();
+    let config = ClientConfig {
+        send_channel_size: 4,
+        ..test_client_config()
+    };
+    let client = MessageClient::new("client-1", SERVER_ID, config, Arc::default());
+    let running = client.clone();
+    let addr = server.addr.clone();
+    let run_cancel = cancel.clone();
+    let run = tokio::spawn(async move { running.run(&run_cancel, &addr).await });
+    for index in 1..=128 {
+        let seq = loop {
+            match client.try_send_message(&topic, &TestMessage { index }) {
+                Ok(seq) => break seq,
+                Err(Error::SendTryAgain) => tokio::time::sleep(Duration::from_millis(1)).await,
+                Err(err) => panic!("{err}"),
+            }
+        };
+        assert_eq!(seq, index);
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || client.current_ack("topic")
+            == (128, true))
+        .await
+    );
+    assert_in_order(&received);
+    cancel.cancel();
+    run.await.unwrap().unwrap();
+    server.stop().await;
+}
+
+// Case 74: a task queue of 10 and a slowed main loop push back; 1024 send_message calls
+// succeed and the final ack equals the last sequence.
+#[tokio::test]
+async fn message_back_pressure() {
+    let config = ServerConfig {
+        max_pending_task_count: 10,
+        ..test_server_config()
+    };
+    let server = TestServer::start(SERVER_ID, config, None).await;
+    let cancel = CancellationToken::new();
+    let topic = TestTopic::new("topic");
+    let received = Received::default();
+    let seen = Arc::clone(&received);
+    server
+        .server
+        .sync_add_handler(
+            &topic,
+            move |sender: SenderId, message: TestMessage| {
+                seen.lock()
+                    .unwrap()
+                    .push((sender.to_string(), message.index));
+                async move {
+                    if message.index % 64 == 0 {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Ok(())
+                }
+            },
+            &cancel,
+        )
+        .await
+        .unwrap();
+    let client = MessageClient::new("client-1", SERVER_ID, test_client_config(), Arc::default());
+    let running = client.clone();
+    let addr = server.addr.clone();
+    let run_cancel = cancel.clone();
+    let run = tokio::spawn(async move { running.run(&run_cancel, &addr).await });
+    let mut last = 0;
+    for index in 1..=1024 {
+        if index % 256 == 0 {
+            // Slow the main loop down for a moment.
+            let unblock = loop {
+                match server.server.block_main_loop() {
+                    Ok(unblock) => break unblock,
+                    Err(Error::TaskQueueCongested) => tokio::task::yield_now().await,
+                    Err(err) => panic!("{err}"),
+                }
+            };
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            unblock.send(()).unwrap();
+        }
+        last = client
+            .send_message(&topic, &TestMessage { index }, &cancel)
+            .await
+            .unwrap();
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || client.current_ack("topic")
+            == (last, true))
+        .await
+    );
+    assert_in_order(&received);
+    cancel.cancel();
+    run.await.unwrap().unwrap();
+    server.stop().await;
+}
+
+// Case 75: per-topic pending limit 10; 100 messages paced; the handler is removed for a while
+// and re-added -> CONGESTED, reconnect and resend; the ack finally reaches 100.
+#[tokio::test]
+async fn topic_congested_then_recovers() {
+    let config = ServerConfig {
+        max_pending_message_count_per_topic: 10,
+        ..test_server_config()
+    };
+    let server = TestServer::start(SERVER_ID, config, None).await;
+    let cancel = CancellationToken::new();
+    let topic = TestTopic::new("topic");
+    let received = Received::default();
+    server
+        .server
+        .sync_add_handler(&topic, recorder(&received), &cancel)
+        .await
+        .unwrap();
+    let metrics = Arc::new(Metrics::default());
+    let client = MessageClient::new(
+        "client-1",
+        SERVER_ID,
+        test_client_config(),
+        Arc::clone(&metrics),
+    );
+    let running = client.clone();
+    let addr = server.addr.clone();
+    let run_cancel = cancel.clone();
+    let run = tokio::spawn(async move { running.run(&run_cancel, &addr).await });
+    for index in 1..=100 {
+        if index == 30 {
+            server
+                .server
+                .sync_remove_handler("topic", &cancel)
+                .await
+                .unwrap();
+        }
+        if index == 70 {
+            server
+                .server
+                .sync_add_handler(&topic, recorder(&received), &cancel)
+                .await
+                .unwrap();
+        }
+        client
+            .send_message(&topic, &TestMessage { index }, &cancel)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    assert!(
+        wait_until(Duration::from_secs(20), || client.current_ack("topic")
+            == (100, true))
+        .await
+    );
+    assert!(
+        metrics.snapshot().reconnects >= 1,
+        "congestion forced a reconnect"
+    );
+    let indices: Vec<i64> = received
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, index)| *index)
+        .collect();
+    assert_eq!(indices, (1..=100).collect::<Vec<_>>());
+    cancel.cancel();
+    run.await.unwrap().unwrap();
+    server.stop().await;
+}
+
+/// The open streams' response senders of a [`RecordingServer`].
+type ResponseSenders =
+    Arc<Mutex<Vec<mpsc::Sender<std::result::Result<SendMessageResponse, tonic::Status>>>>>;
+
+/// A protocol double: records every packet and lets the test answer.
+struct RecordingServer {
+    packets: mpsc::Sender<(usize, MessagePacket)>,
+    responses: ResponseSenders,
+    n_streams: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[tonic::async_trait]
+impl crate::proto::cdc_peer_to_peer_server::CdcPeerToPeer for RecordingServer {
+    type SendMessageStream =
+        ReceiverStream<std::result::Result<SendMessageResponse, tonic::Status>>;
+
+    async fn send_message(
+        &self,
+        request: tonic::Request<Streaming<MessagePacket>>,
+    ) -> std::result::Result<tonic::Response<Self::SendMessageStream>, tonic::Status> {
+        let stream_index = self.n_streams.fetch_add(1, Ordering::SeqCst);
+        let (tx, rx) = mpsc::channel(16);
+        self.responses.lock().unwrap().push(tx);
+        let packets = self.packets.clone();
+        let mut inbound = request.into_inner();
+        tokio::spawn(async move {
+            while let Ok(Some(packet)) = inbound.message().await {
+                if packets.send((stream_index, packet)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(tonic::Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+struct Recording {
+    addr: String,
+    packets: mpsc::Receiver<(usize, MessagePacket)>,
+    responses: ResponseSenders,
+    cancel: CancellationToken,
+}
+
+async fn start_recording() -> Recording {
+    let (packets_tx, packets) = mpsc::channel(1024);
+    let responses = Arc::default();
+    let service = RecordingServer {
+        packets: packets_tx,
+        responses: Arc::clone(&responses),
+        n_streams: Arc::default(),
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let cancel = CancellationToken::new();
+    let shutdown = cancel.clone();
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(crate::proto::cdc_peer_to_peer_server::CdcPeerToPeerServer::new(service))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                shutdown.cancelled_owned(),
+            )
+            .await
+            .unwrap();
+    });
+    Recording {
+        addr,
+        packets,
+        responses,
+        cancel,
+    }
+}
+
+impl Recording {
+    async fn next_packet(&mut self) -> (usize, MessagePacket) {
+        tokio::time::timeout(Duration::from_secs(10), self.packets.recv())
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
+    fn respond(
+        &self,
+        stream: usize,
+        response: std::result::Result<SendMessageResponse, tonic::Status>,
+    ) {
+        let sender = self.responses.lock().unwrap()[stream].clone();
+        sender.try_send(response).unwrap();
+    }
+}
+
+fn ack_response(topic: &str, last_seq: i64) -> SendMessageResponse {
+    SendMessageResponse {
+        ack: vec![crate::proto::Ack {
+            topic: topic.to_owned(),
+            last_seq,
+        }],
+        exit_reason: ExitReason::Ok as i32,
+        error_message: String::new(),
+    }
+}
+
+// Case 76: first meta {sender, receiver, epoch 1, version, advertised address}; try_send gives
+// seq 1; current_ack known 0 / unknown false; ack 1 -> 1; send_message gives seq 2; a stream
+// error -> epoch 2 resends seq 2 only.
+#[tokio::test]
+async fn client_basics_against_recording_server() {
+    let mut recording = start_recording().await;
+    let config = ClientConfig {
+        client_version: "v5.4.0".to_owned(),
+        advertised_addr: "fake-addr:8300".to_owned(),
+        ..test_client_config()
+    };
+    let client = MessageClient::new("node-1", "node-2", config, Arc::default());
+    let cancel = CancellationToken::new();
+    let running = client.clone();
+    let addr = recording.addr.clone();
+    let run_cancel = cancel.clone();
+    let run = tokio::spawn(async move { running.run(&run_cancel, &addr).await });
+    let (stream, first) = recording.next_packet().await;
+    assert_eq!(stream, 0);
+    let expected = StreamMeta {
+        client_version: "v5.4.0".to_owned(),
+        sender_advertised_addr: "fake-addr:8300".to_owned(),
+        ..meta("node-1", "node-2", 1)
+    };
+    assert_eq!(first.meta, Some(expected));
+    assert!(first.entries.is_empty());
+    let topic = TestTopic::new("test-topic");
+    assert_eq!(
+        client
+            .try_send_message(&topic, &TestMessage { index: 1 })
+            .unwrap(),
+        1
+    );
+    let (_, batch) = recording.next_packet().await;
+    assert_eq!(batch.entries.len(), 1);
+    assert_eq!(batch.entries[0].sequence, 1);
+    assert_eq!(client.current_ack("test-topic"), (0, true));
+    assert_eq!(client.current_ack("unknown"), (0, false));
+    recording.respond(0, Ok(ack_response("test-topic", 1)));
+    assert!(
+        wait_until(Duration::from_secs(5), || client.current_ack("test-topic")
+            == (1, true))
+        .await
+    );
+    assert_eq!(
+        client
+            .send_message(&topic, &TestMessage { index: 2 }, &cancel)
+            .await
+            .unwrap(),
+        2
+    );
+    let (_, batch) = recording.next_packet().await;
+    assert_eq!(batch.entries[0].sequence, 2);
+    recording.respond(0, Err(tonic::Status::internal("injected")));
+    let (stream, reconnect) = recording.next_packet().await;
+    assert_eq!(stream, 1);
+    assert_eq!(reconnect.meta.unwrap().epoch, 2);
+    let (_, resent) = recording.next_packet().await;
+    let seqs: Vec<i64> = resent.entries.iter().map(|entry| entry.sequence).collect();
+    assert_eq!(seqs, vec![2]);
+    cancel.cancel();
+    run.await.unwrap().unwrap();
+    recording.cancel.cancel();
+}
+
+// Case 77: CAPTURE_ID_MISMATCH ends run with ClientPermanentFail, without reconnecting.
+#[tokio::test]
+async fn client_permanent_failure() {
+    let mut recording = start_recording().await;
+    let client = MessageClient::new("node-1", "node-2", test_client_config(), Arc::default());
+    let cancel = CancellationToken::new();
+    let running = client.clone();
+    let addr = recording.addr.clone();
+    let run = tokio::spawn(async move { running.run(&cancel, &addr).await });
+    let (stream, _) = recording.next_packet().await;
+    recording.respond(
+        stream,
+        Ok(SendMessageResponse {
+            exit_reason: ExitReason::CaptureIdMismatch as i32,
+            ..SendMessageResponse::default()
+        }),
+    );
+    let result = tokio::time::timeout(Duration::from_secs(5), run)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(result, Err(Error::ClientPermanentFail { .. })));
+    assert!(recording.packets.try_recv().is_err(), "no reconnect");
+    let topic = TestTopic::new("topic");
+    assert!(matches!(
+        client.try_send_message(&topic, &TestMessage { index: 1 }),
+        Err(Error::ClientClosed)
+    ));
+    recording.cancel.cancel();
+}
+
+// Case 78: with a queue of 1 and no consumer (the peer is unreachable), the second try_send
+// gives SendTryAgain; stopping the client releases a blocked send_message; sending after
+// run ended gives ClientClosed.
+#[tokio::test]
+async fn client_send_anomalies() {
+    let unused = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = unused.local_addr().unwrap().to_string();
+    drop(unused);
+    let config = ClientConfig {
+        send_channel_size: 1,
+        ..test_client_config()
+    };
+    let client = MessageClient::new("node-1", "node-2", config, Arc::default());
+    let topic = TestTopic::new("topic");
+    assert_eq!(
+        client
+            .try_send_message(&topic, &TestMessage { index: 1 })
+            .unwrap(),
+        1
+    );
+    assert!(matches!(
+        client.try_send_message(&topic, &TestMessage { index: 2 }),
+        Err(Error::SendTryAgain)
+    ));
+    let run_cancel = CancellationToken::new();
+    let running = client.clone();
+    let cancel = run_cancel.clone();
+    let run = tokio::spawn(async move { running.run(&cancel, &addr).await });
+    let blocked = {
+        let client = client.clone();
+        let topic = topic.clone();
+        tokio::spawn(async move {
+            client
+                .send_message(&topic, &TestMessage { index: 2 }, &CancellationToken::new())
+                .await
+        })
+    };
+    run_cancel.cancel();
+    run.await.unwrap().unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(1), blocked)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(result, Err(Error::ClientClosed)));
+    assert!(matches!(
+        client
+            .send_message(&topic, &TestMessage { index: 3 }, &CancellationToken::new())
+            .await,
+        Err(Error::ClientClosed)
+    ));
+}
+
+// Case 79: 3 servers, 1024 messages round-robin through one router; each handler sees
+// in-order indices from the router's capture; the local client and channel exist; an
+// unknown peer gives None; close three times is safe.
+#[tokio::test]
+async fn router_basic() {
+    let router = MessageRouter::new("test-client-1", test_client_config());
+    let mut servers = Vec::new();
+    let mut received = Vec::new();
+    let cancel = CancellationToken::new();
+    let topic = TestTopic::new("topic");
+    for i in 0..3 {
+        let server_id = format!("server-{i}");
+        let server = TestServer::start(&server_id, test_server_config(), None).await;
+        let server_received = Received::default();
+        server
+            .server
+            .sync_add_handler(&topic, recorder(&server_received), &cancel)
+            .await
+            .unwrap();
+        router.add_peer(&server_id, &server.addr);
+        servers.push(server);
+        received.push(server_received);
+    }
+    assert!(router.get_client("test-client-1").is_some());
+    assert!(router.local_channel().is_some());
+    assert!(router.get_client("unknown").is_none());
+    let mut last = [0; 3];
+    for index in 0..1024 {
+        let peer = (index % 3) as usize;
+        let client = router.get_client(&format!("server-{peer}")).unwrap();
+        last[peer] = client
+            .send_message(
+                &topic,
+                TestMessage {
+                    index: last[peer] + 1,
+                },
+                &cancel,
+            )
+            .await
+            .unwrap();
+    }
+    for peer in 0..3 {
+        let client = router.get_client(&format!("server-{peer}")).unwrap();
+        assert!(
+            wait_until(Duration::from_secs(10), || client.current_ack("topic")
+                == (last[peer], true))
+            .await
+        );
+        let seen = assert_in_order(&received[peer]);
+        assert_eq!(seen["test-client-1"], last[peer]);
+    }
+    router.close().await;
+    router.close().await;
+    router.close().await;
+    for server in servers {
+        server.stop().await;
+    }
+}
+
+// Case 80: after remove_peer, sending on that peer's client gives ClientClosed within
+// 500 ms; traffic to the other peer is unaffected.
+#[tokio::test]
+async fn router_remove_peer() {
+    let router = MessageRouter::new("test-client-1", test_client_config());
+    let cancel = CancellationToken::new();
+    let topic = TestTopic::new("topic");
+    let server1 = TestServer::start("server-1", test_server_config(), None).await;
+    let server2 = TestServer::start("server-2", test_server_config(), None).await;
+    let received1 = Received::default();
+    let received2 = Received::default();
+    server1
+        .server
+        .sync_add_handler(&topic, recorder(&received1), &cancel)
+        .await
+        .unwrap();
+    server2
+        .server
+        .sync_add_handler(&topic, recorder(&received2), &cancel)
+        .await
+        .unwrap();
+    router.add_peer("server-1", &server1.addr);
+    router.add_peer("server-2", &server2.addr);
+    let client2 = router.get_client("server-2").unwrap();
+    for index in 1..=128 {
+        client2
+            .send_message(&topic, TestMessage { index }, &cancel)
+            .await
+            .unwrap();
+    }
+    router.remove_peer("server-2");
+    let closed = async {
+        loop {
+            match client2
+                .send_message(&topic, TestMessage { index: 0 }, &cancel)
+                .await
+            {
+                Err(Error::ClientClosed) => return,
+                Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                Err(err) => panic!("{err}"),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_millis(500), closed)
+        .await
+        .unwrap();
+    assert!(
+        router.get_client("server-2").is_none(),
+        "the address is gone"
+    );
+    let client1 = router.get_client("server-1").unwrap();
+    for index in 1..=128 {
+        client1
+            .send_message(&topic, TestMessage { index }, &cancel)
+            .await
+            .unwrap();
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || client1.current_ack("topic")
+            == (128, true))
+        .await
+    );
+    router.close().await;
+    server1.stop().await;
+    server2.stop().await;
+}
+
+// Case 81: a permanently failing client reports ClientPermanentFail on the router's errors.
+#[tokio::test]
+async fn router_client_failure() {
+    let router = MessageRouter::new("test-client-1", test_client_config());
+    let mut errors = router.errors().unwrap();
+    let server = TestServer::start("server-1", test_server_config(), None).await;
+    // The peer's address now belongs to another capture.
+    router.add_peer("server-2", &server.addr);
+    let client = router.get_client("server-2").unwrap();
+    let topic = TestTopic::new("topic");
+    client
+        .try_send_message(&topic, TestMessage { index: 1 })
+        .unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(5), errors.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(err, Error::ClientPermanentFail { .. }), "{err}");
+    router.close().await;
+    server.stop().await;
+}
+
+// Case 82: no inner server -> UNAVAILABLE; reset(inner) -> a packet reaches the server with
+// one active stream; reset(None) -> the stream fails with CANCELLED.
+#[tokio::test]
+async fn server_wrapper_basics() {
+    let server = TestServer::start(SERVER_ID, test_server_config(), None).await;
+    server.wrapper.reset(None);
+    let mut client = connect(&server.addr, &ClientConfig::default())
+        .await
+        .unwrap();
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(MessagePacket {
+        meta: Some(meta("client-1", SERVER_ID, 1)),
+        entries: Vec::new(),
+    })
+    .await
+    .unwrap();
+    let status = client
+        .send_message(ReceiverStream::new(rx))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert_eq!(status.message(), "message server is not running");
+
+    server.wrapper.reset(Some(Arc::clone(&server.server)));
+    let mut n_peers = server.server.n_peers();
+    let (_tx, mut responses) = open_raw(&server.addr, meta("client-1", SERVER_ID, 1)).await;
+    n_peers.wait_for(|n| *n == 1).await.unwrap();
+    server.wrapper.reset(None);
+    let status = tokio::time::timeout(Duration::from_secs(1), responses.message())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Cancelled);
+    server.stop().await;
+}
+
+// Case 83 (adapted: no hook pauses the RPC inside the wrapper, so streams are opened while
+// reset runs concurrently): no panic, no deadlock, every stream ends.
+#[tokio::test]
+async fn server_wrapper_reset_races_streams() {
+    let server = TestServer::start(SERVER_ID, test_server_config(), None).await;
+    let mut opening = JoinSet::new();
+    for i in 0..16 {
+        let addr = server.addr.clone();
+        opening.spawn(async move {
+            let mut client = connect(&addr, &ClientConfig::default()).await.unwrap();
+            let (tx, rx) = mpsc::channel(4);
+            tx.send(MessagePacket {
+                meta: Some(meta(&format!("client-{i}"), SERVER_ID, 1)),
+                entries: Vec::new(),
+            })
+            .await
+            .unwrap();
+            if let Ok(response) = client.send_message(ReceiverStream::new(rx)).await {
+                let mut responses = response.into_inner();
+                while let Ok(Some(_)) = responses.message().await {}
+            }
+        });
+    }
+    for round in 0..16 {
+        let inner = (round % 2 == 1).then(|| Arc::clone(&server.server));
+        server.wrapper.reset(inner);
+        tokio::task::yield_now().await;
+    }
+    server.wrapper.reset(None);
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(joined) = opening.join_next().await {
+            joined.unwrap();
+        }
+    })
+    .await
+    .unwrap();
+    server.stop().await;
+}
+
+// Cases 84, 85: defaults are sane; an empty config adjusts to the defaults; out-of-range
+// values are ErrInvalidServerOption; durations read as humantime strings.
+#[test]
+fn messages_config_defaults_and_validation() {
+    let server = ServerConfig::default();
+    assert!(server.max_pending_task_count > 0 && server.worker_pool_size > 0);
+    assert!(server.ack_interval < Duration::from_secs(10));
+    assert_eq!(server.max_recv_msg_size, 256 << 20);
+    let client = ClientConfig::default();
+    assert!(client.max_batch_count > 0 && client.max_batch_bytes > 0);
+    assert!(client.retry_rate_limit_per_second > 0.1);
+
+    let mut empty: MessagesConfig = serde_json::from_value(serde_json::json!({
+        "client-max-batch-interval": "0s",
+        "client-max-batch-size": 0,
+        "client-max-batch-count": 0,
+        "client-retry-rate-limit": 0.0,
+        "server-max-pending-message-count": 0,
+        "server-ack-interval": "0s",
+        "server-worker-pool-size": 0,
+        "max-recv-msg-size": 0,
+        "keep-alive-time": "0s",
+        "keep-alive-timeout": "0s",
+    }))
+    .unwrap();
+    empty.validate_and_adjust().unwrap();
+    assert_eq!(empty, MessagesConfig::default());
+
+    let parsed: MessagesConfig =
+        serde_json::from_value(serde_json::json!({"client-max-batch-interval": "20ms"})).unwrap();
+    assert_eq!(parsed.client_max_batch_interval, Duration::from_millis(20));
+    assert!(
+        serde_json::from_value::<MessagesConfig>(serde_json::json!({"no-such-key": 1})).is_err()
+    );
+
+    let invalid = [
+        MessagesConfig {
+            server_ack_interval: Duration::from_secs(20),
+            ..MessagesConfig::default()
+        },
+        MessagesConfig {
+            client_max_batch_interval: Duration::from_secs(20),
+            ..MessagesConfig::default()
+        },
+        MessagesConfig {
+            server_worker_pool_size: 64,
+            ..MessagesConfig::default()
+        },
+        MessagesConfig {
+            max_recv_msg_size: -1,
+            ..MessagesConfig::default()
+        },
+    ];
+    for mut config in invalid {
+        let err = config.validate_and_adjust().unwrap_err();
+        assert_eq!(err.code(), "CDC:ErrInvalidServerOption");
+    }
+    let defaults = MessagesConfig::default();
+    assert_eq!(defaults.client_config("addr").max_batch_count, 1024);
+    assert_eq!(defaults.client_config("addr").max_batch_bytes, 64 << 20);
+    assert_eq!(
+        defaults.server_config().ack_interval,
+        Duration::from_millis(100)
+    );
+}
+
+#[allow(dead_code, reason = "keeps the helper signature checked")]
+fn _assert_future<F: Future>(_: F) {}
