@@ -2,7 +2,6 @@
 //! where the Go test checked internals. Servers listen on 127.0.0.1:0.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -1055,11 +1054,13 @@ async fn topic_congested_then_recovers() {
     server.stop().await;
 }
 
+type ResponseSenders =
+    Arc<Mutex<Vec<mpsc::Sender<std::result::Result<SendMessageResponse, tonic::Status>>>>>;
+
 /// A protocol double: records every packet and lets the test answer.
 struct RecordingServer {
     packets: mpsc::Sender<(usize, MessagePacket)>,
-    responses:
-        Arc<Mutex<Vec<mpsc::Sender<std::result::Result<SendMessageResponse, tonic::Status>>>>>,
+    responses: ResponseSenders,
     n_streams: Arc<std::sync::atomic::AtomicUsize>,
 }
 
@@ -1091,8 +1092,7 @@ impl crate::proto::cdc_peer_to_peer_server::CdcPeerToPeer for RecordingServer {
 struct Recording {
     addr: String,
     packets: mpsc::Receiver<(usize, MessagePacket)>,
-    responses:
-        Arc<Mutex<Vec<mpsc::Sender<std::result::Result<SendMessageResponse, tonic::Status>>>>>,
+    responses: ResponseSenders,
     cancel: CancellationToken,
 }
 
@@ -1591,6 +1591,3 @@ fn messages_config_defaults_and_validation() {
         Duration::from_millis(100)
     );
 }
-
-#[allow(dead_code, reason = "keeps the helper signature checked")]
-fn _assert_future<F: Future>(_: F) {}

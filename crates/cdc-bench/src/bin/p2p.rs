@@ -205,7 +205,7 @@ async fn serve(memory: bool) -> Result<()> {
             move |_, content: Bytes| {
                 handler_stats.record(&content);
                 n_handled += 1;
-                let slow = memory && n_handled % 100 == 0;
+                let slow = memory && n_handled.is_multiple_of(100);
                 async move {
                     if slow {
                         tokio::time::sleep(Duration::from_millis(1)).await;
