@@ -54,7 +54,7 @@ impl Proxy {
                 }
                 let cut = accept_generation
                     .lock()
-                    .expect("never poisoned")
+                    .expect("no panics while locked")
                     .child_token();
                 let upstream = upstream.clone();
                 connections.spawn(async move {
@@ -80,7 +80,7 @@ impl Proxy {
 
     /// Drops every open connection.
     fn cut(&self) {
-        let mut generation = self.generation.lock().expect("never poisoned");
+        let mut generation = self.generation.lock().expect("no panics while locked");
         generation.cancel();
         *generation = CancellationToken::new();
     }
@@ -136,7 +136,7 @@ async fn start_server(topics: &[IndexTopic]) -> Result<Harness> {
             .sync_add_handler(
                 topic,
                 move |sender, index: i64| {
-                    let mut ledger = ledger.lock().expect("never poisoned");
+                    let mut ledger = ledger.lock().expect("no panics while locked");
                     ledger.delivered += 1;
                     let last = ledger
                         .last
@@ -265,7 +265,7 @@ async fn proxy_drops_connections_exactly_once_in_order() -> Result<()> {
                     _ = cutting.cancelled() => break,
                     _ = tokio::time::sleep(pause) => {}
                 }
-                let mut generation = generation.lock().unwrap();
+                let mut generation = generation.lock().expect("no panics while locked");
                 generation.cancel();
                 *generation = CancellationToken::new();
                 n_cuts += 1;
@@ -281,7 +281,7 @@ async fn proxy_drops_connections_exactly_once_in_order() -> Result<()> {
         .map(|client| client.metrics().reconnects)
         .sum();
     {
-        let ledger = harness.ledger.lock().unwrap();
+        let ledger = harness.ledger.lock().expect("no panics while locked");
         ensure!(
             ledger.violations.is_empty(),
             "violations: {:?}",
@@ -317,7 +317,7 @@ async fn first_streams_fail_then_deliver() -> Result<()> {
         .await
         .context("send through a proxy that fails the first 3 connections")?;
     {
-        let ledger = harness.ledger.lock().unwrap();
+        let ledger = harness.ledger.lock().expect("no panics while locked");
         ensure!(
             ledger.violations.is_empty(),
             "violations: {:?}",

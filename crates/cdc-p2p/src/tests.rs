@@ -2,7 +2,6 @@
 //! where the Go test checked internals. Servers listen on 127.0.0.1:0.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -1055,7 +1054,6 @@ async fn topic_congested_then_recovers() {
     server.stop().await;
 }
 
-/// The open streams' response senders of a [`RecordingServer`].
 type ResponseSenders =
     Arc<Mutex<Vec<mpsc::Sender<std::result::Result<SendMessageResponse, tonic::Status>>>>>;
 
@@ -1593,6 +1591,3 @@ fn messages_config_defaults_and_validation() {
         Duration::from_millis(100)
     );
 }
-
-#[allow(dead_code, reason = "keeps the helper signature checked")]
-fn _assert_future<F: Future>(_: F) {}
