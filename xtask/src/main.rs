@@ -125,8 +125,12 @@ fn test(args: &[String]) -> Result<()> {
 
 fn bench(name: &str, args: &[String]) -> Result<()> {
     install::ensure_tools()?;
+    // Benchmarks that run real captures use the release server.
+    run_checked(cargo().args(["build", "--release", "--package", "cdc-server"]))?;
+    let server_bin = target_dir().join("release").join("cdc-server");
     run_checked(
         cargo()
+            .env("CDC_SERVER_BIN", &server_bin)
             .args([
                 "run",
                 "--release",
