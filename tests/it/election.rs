@@ -119,6 +119,16 @@ async fn next_line_matching(
     }
 }
 
+/// Whether this process runs the keep-alive thread of `lease_id` (named `lease-` and the low 32
+/// bits of the id, as Linux keeps 15 bytes of a thread name).
+fn keeper_thread_running(lease_id: i64) -> bool {
+    let name = format!("lease-{:08x}", lease_id as u32);
+    std::fs::read_dir("/proc/self/task")
+        .expect("list this process's threads")
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .any(|comm| comm.trim_end() == name)
+}
+
 /// capture-spec §8 case 12 (DelegateLease).
 #[tokio::test]
 async fn session_grants_keeps_and_revokes_its_lease() {
@@ -130,8 +140,11 @@ async fn session_grants_keeps_and_revokes_its_lease() {
     let ttl = client.lease_time_to_live(session.lease_id()).await.unwrap();
     assert_eq!(ttl.granted_ttl, 10);
     assert!(0 < ttl.ttl && ttl.ttl < 10, "{ttl:?}");
+    assert!(keeper_thread_running(session.lease_id()));
 
     session.close().await.unwrap();
+    // `close` joined the keep-alive thread.
+    assert!(!keeper_thread_running(session.lease_id()));
     assert_eq!(
         client
             .lease_time_to_live(session.lease_id())
@@ -491,6 +504,75 @@ async fn a_stale_leaders_fenced_write_is_refused_even_at_the_current_data_revisi
         .value;
     assert_eq!(value, b"fresh");
     session_b.close().await.unwrap();
+}
+
+/// Dropping a session is a crash: nothing is revoked, renewals stop, the lease runs out.
+#[tokio::test]
+async fn a_dropped_session_revokes_nothing_and_its_lease_expires_by_ttl() {
+    const TTL_SECS: i64 = 3;
+    let server = EtcdServer::start().await.unwrap();
+    let client = server.client().await.unwrap();
+    let session = short_session(&client, TTL_SECS).await;
+    let lease_id = session.lease_id();
+    let key = "/tidb/cdc/dropped/__cdc_meta__/capture/c";
+    client.put(key, "{}", lease_id).await.unwrap();
+
+    drop(session);
+    let dropped = Instant::now();
+    let left = client.lease_time_to_live(lease_id).await.unwrap().ttl;
+    assert!(
+        left > 0,
+        "the lease is still alive right after the drop: ttl {left}"
+    );
+    assert!(key_exists(&client, key.as_bytes()).await);
+    // The detached keep-alive thread ends on its own.
+    wait_for(
+        "the keep-alive thread's end",
+        Duration::from_secs(2),
+        || {
+            let running = keeper_thread_running(lease_id);
+            async move { !running }
+        },
+    )
+    .await;
+
+    let ttl = Duration::from_secs(TTL_SECS.unsigned_abs());
+    wait_for(
+        "the lease's expiry",
+        ttl + Duration::from_secs(2),
+        || async { client.lease_time_to_live(lease_id).await.unwrap().ttl < 0 },
+    )
+    .await;
+    let expired_after = dropped.elapsed();
+    // etcd reports whole seconds (rounded down): the lease ran for at least `left` of them.
+    let left = Duration::from_secs(left.unsigned_abs());
+    assert!(
+        expired_after >= left,
+        "gone {expired_after:?} after the drop, sooner than its remaining {left:?}"
+    );
+    assert!(!key_exists(&client, key.as_bytes()).await);
+}
+
+/// A lease revoked out of band is reported by the next renewal's TTL-0 answer, long before the
+/// TTL could run out.
+#[tokio::test]
+async fn a_lease_revoked_out_of_band_ends_the_session_at_the_next_renewal() {
+    const TTL_SECS: i64 = 10;
+    let server = EtcdServer::start().await.unwrap();
+    let client = server.client().await.unwrap();
+    let session = Session::grant(client.clone(), TTL_SECS).await.unwrap();
+    server.revoke_lease(session.lease_id()).await.unwrap();
+    let revoked = Instant::now();
+    let ttl = Duration::from_secs(TTL_SECS.unsigned_abs());
+    // The next renewal is at most TTL/3 away.
+    timeout(ttl / 3 + Duration::from_secs(1), session.done().cancelled())
+        .await
+        .unwrap_or_else(|_| panic!("no loss {:?} after the revoke", revoked.elapsed()));
+    assert_eq!(session.end(), Some(SessionEnd::LeaseNotFound));
+    assert!(session.end().is_some_and(|end| end.is_loss()));
+    // Closing a lost session is fine: the lease is already gone.
+    session.close().await.unwrap();
+    assert!(!keeper_thread_running(session.lease_id()));
 }
 
 #[tokio::test]

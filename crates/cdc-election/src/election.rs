@@ -68,6 +68,20 @@ pub struct Election {
     queue_prefix: String,
     key: Vec<u8>,
     state: Mutex<State>,
+    /// Pauses a waiting candidate between its read of the queue and its watch (tests only).
+    #[cfg(test)]
+    watch_hook: Option<std::sync::Arc<WatchHook>>,
+}
+
+/// Lets a test act on etcd between a waiting candidate's read and its watch, once.
+#[cfg(test)]
+#[derive(Debug)]
+struct WatchHook {
+    armed: std::sync::atomic::AtomicBool,
+    /// The revision of the read, set when the candidate reaches the hook.
+    revision: std::sync::atomic::AtomicI64,
+    reached: tokio::sync::Notify,
+    release: tokio::sync::Notify,
 }
 
 /// What a watch response means to a waiting candidate.
@@ -131,6 +145,8 @@ impl Election {
             queue_prefix: format!("{prefix}/"),
             key: format!("{prefix}/{lease_id:x}").into_bytes(),
             state: Mutex::new(State::default()),
+            #[cfg(test)]
+            watch_hook: None,
         }
     }
 
@@ -312,6 +328,15 @@ impl Election {
                 ahead = %ahead_kv.key_lossy(),
                 "waiting for the candidate ahead"
             );
+            #[cfg(test)]
+            if let Some(hook) = &self.watch_hook
+                && hook.armed.swap(false, std::sync::atomic::Ordering::SeqCst)
+            {
+                hook.revision
+                    .store(ahead.revision, std::sync::atomic::Ordering::SeqCst);
+                hook.reached.notify_one();
+                hook.release.notified().await;
+            }
             self.wait_delete(&ahead_kv.key, ahead.revision + 1, cancel)
                 .await?;
             // Stop waiting as soon as our own key is gone (our lease ended while queued).

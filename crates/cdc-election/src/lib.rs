@@ -7,8 +7,9 @@
 //!   owner transaction compares.
 //!
 //! Invariants: every call goes straight to [`cdc_etcd::EtcdClient`] (single attempt, under a
-//! deadline), never through a retry wrapper; nothing is revoked or resigned on drop, so a crash
-//! looks like a crash to the rest of the cluster.
+//! deadline), never through a retry wrapper; nothing is revoked or resigned when a session or a
+//! campaign is dropped, so a crash looks like a crash to the rest of the cluster (a grant dropped
+//! before it returned is the exception: its keeper revokes the lease nobody holds yet).
 //!
 //! Not here: the campaign loop, liveness and restarts (cdc-capture).
 

@@ -9,7 +9,13 @@
 //! leases); a TTL-0 answer, an answer for another lease, or "lease not found" is loss at once.
 //!
 //! Nothing is revoked on drop: a process that dies must look like a crash to the cluster, and
-//! only [`Session::close`] revokes.
+//! only [`Session::close`] revokes. [`Session::close`] also joins the keep-alive thread; dropping
+//! a session stops the thread without waiting for it (see `Drop`).
+//!
+//! A grant that is cancelled (its future dropped) after etcd granted the lease stops the keeper,
+//! which then revokes the lease: no key is attached to it yet and nobody will ever hold it. A
+//! grant dropped while the `LeaseGrant` call itself is in flight cannot know the id: that lease
+//! expires by its TTL.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -42,8 +48,12 @@ pub struct SessionConfig {
     /// A requested TTL below this is raised to [`DEFAULT_SESSION_TTL_SECS`] with a warning.
     /// TiCDC uses [`MIN_SESSION_TTL_SECS`]; tests lower it to reach etcd's own floor.
     pub min_ttl_secs: i64,
-    /// The bound on the revoke done by [`Session::close`].
+    /// The bound on the revoke done by [`Session::close`] (and on its join of the keep-alive
+    /// thread).
     pub revoke_timeout: Duration,
+    /// Pauses the keeper at the handshake (tests only).
+    #[cfg(test)]
+    handshake_hook: Option<Arc<HandshakeHook>>,
 }
 
 impl SessionConfig {
@@ -53,6 +63,8 @@ impl SessionConfig {
             ttl_secs,
             min_ttl_secs: MIN_SESSION_TTL_SECS,
             revoke_timeout: Duration::from_secs(5),
+            #[cfg(test)]
+            handshake_hook: None,
         }
     }
 
@@ -104,6 +116,8 @@ impl SessionEnd {
 struct Shared {
     end: Mutex<Option<SessionEnd>>,
     renewals: AtomicU64,
+    /// Set when the grant was dropped before the session was built: nobody holds the lease.
+    abandoned: AtomicBool,
 }
 
 impl Shared {
@@ -123,8 +137,56 @@ pub struct Session {
     done: CancellationToken,
     stop: CancellationToken,
     shared: Arc<Shared>,
-    keeper_exit: tokio::sync::Mutex<Option<oneshot::Receiver<()>>>,
+    /// Taken and joined by [`Session::close`].
+    keeper: Mutex<Option<KeeperThread>>,
     closed: AtomicBool,
+}
+
+/// The keep-alive thread and the signal it sends as its last act.
+#[derive(Debug)]
+struct KeeperThread {
+    thread: std::thread::JoinHandle<()>,
+    exited: oneshot::Receiver<()>,
+}
+
+impl KeeperThread {
+    /// Waits up to `limit` for the thread to end, then joins it (reporting a panic). A thread
+    /// that does not end in time is left detached, with a warning.
+    async fn join(self, limit: Duration) {
+        if tokio::time::timeout(limit, self.exited).await.is_err() {
+            tracing::warn!(
+                ?limit,
+                "the keep-alive thread did not end in time; detached"
+            );
+            return;
+        }
+        // The thread has signalled (or unwound past) its last statement: the join returns at
+        // once, but it is still a blocking call, so it runs on the blocking pool.
+        let thread = self.thread;
+        match tokio::task::spawn_blocking(move || thread.join()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_panic)) => tracing::error!("the keep-alive thread panicked"),
+            Err(err) => tracing::warn!(error = %err, "join the keep-alive thread"),
+        }
+    }
+}
+
+/// Armed from the keeper's spawn until the session is built. Dropped armed (the grant's caller
+/// was cancelled), it marks the lease abandoned and stops the keeper, which then revokes it.
+struct PendingGrant {
+    stop: CancellationToken,
+    shared: Arc<Shared>,
+    armed: bool,
+}
+
+impl Drop for PendingGrant {
+    fn drop(&mut self) {
+        if self.armed {
+            // Before `stop`: the keeper reads the flag once it has seen `stop`.
+            self.shared.abandoned.store(true, Ordering::SeqCst);
+            self.stop.cancel();
+        }
+    }
 }
 
 impl Session {
@@ -161,28 +223,48 @@ impl Session {
             lease_id: grant.id,
             ttl,
             deadline: sent + ttl,
+            revoke_timeout: config.revoke_timeout,
             stop: stop.clone(),
             done: done.clone(),
             shared: Arc::clone(&shared),
+            #[cfg(test)]
+            handshake_hook: config.handshake_hook.clone(),
         };
         let (ready_tx, ready_rx) = oneshot::channel();
-        let (exit_tx, exit_rx) = oneshot::channel();
+        let (exited_tx, exited_rx) = oneshot::channel();
+        // Linux keeps 15 bytes of a thread name: the low 32 bits tell a member's leases apart.
         let spawned = std::thread::Builder::new()
-            .name(format!("lease-{:x}", grant.id))
-            .spawn(move || keeper.run_on_own_runtime(ready_tx, exit_tx));
-        let started = match spawned {
-            Ok(_detached_join_handle) => ready_rx.await.unwrap_or_else(|_| {
-                Err(Error::Thread(std::io::Error::other(
-                    "the keep-alive thread exited before starting",
-                )))
-            }),
-            Err(err) => Err(Error::Thread(err)),
+            .name(format!("lease-{:08x}", grant.id as u32))
+            .spawn(move || keeper.run_on_own_runtime(ready_tx, exited_tx));
+        let keeper = match spawned {
+            Ok(thread) => KeeperThread {
+                thread,
+                exited: exited_rx,
+            },
+            Err(err) => {
+                Box::pin(revoke_bounded(&client, grant.id, config.revoke_timeout)).await;
+                return Err(Error::Thread(err));
+            }
         };
+        // Declared after `ready_rx`, so a dropped grant drops it first: the keeper sees the
+        // lease abandoned no later than it sees the handshake answer go nowhere.
+        let mut pending = PendingGrant {
+            stop: stop.clone(),
+            shared: Arc::clone(&shared),
+            armed: true,
+        };
+        let started = ready_rx.await.unwrap_or_else(|_| {
+            Err(Error::Thread(std::io::Error::other(
+                "the keep-alive thread exited before starting",
+            )))
+        });
         if let Err(err) = started {
-            stop.cancel();
+            // The keeper has answered (or unwound) and is ending.
+            keeper.join(config.revoke_timeout).await;
             Box::pin(revoke_bounded(&client, grant.id, config.revoke_timeout)).await;
             return Err(err);
         }
+        pending.armed = false;
         tracing::info!(
             lease_id = %format_args!("{:x}", grant.id),
             ttl_secs = grant.ttl,
@@ -196,7 +278,7 @@ impl Session {
             done,
             stop,
             shared,
-            keeper_exit: tokio::sync::Mutex::new(Some(exit_rx)),
+            keeper: Mutex::new(Some(keeper)),
             closed: AtomicBool::new(false),
         })
     }
@@ -231,17 +313,23 @@ impl Session {
         self.shared.renewals.load(Ordering::Relaxed)
     }
 
-    /// Stops the keep-alive and revokes the lease, which deletes every key attached to it.
-    /// The revoke is bounded by [`SessionConfig::revoke_timeout`]; a lease that is already gone
-    /// is fine. Calling it again does nothing.
+    /// Stops the keep-alive, joins its thread, and revokes the lease, which deletes every key
+    /// attached to it. The join and the revoke are each bounded by
+    /// [`SessionConfig::revoke_timeout`]; a lease that is already gone is fine. Calling it again
+    /// does nothing.
     pub async fn close(&self) -> Result<()> {
         if self.closed.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
         self.stop.cancel();
-        if let Some(exit) = self.keeper_exit.lock().await.take() {
-            // The keeper observes `stop` at every await point; bound the wait all the same.
-            let _ = tokio::time::timeout(self.revoke_timeout, exit).await;
+        let keeper = self
+            .keeper
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .take();
+        if let Some(keeper) = keeper {
+            // The keeper observes `stop` at every await point; the join is bounded all the same.
+            keeper.join(self.revoke_timeout).await;
         }
         self.shared.set_end(SessionEnd::Closed);
         let revoked =
@@ -266,7 +354,10 @@ impl Session {
 impl Drop for Session {
     fn drop(&mut self) {
         // Stop renewing but revoke nothing: the lease expires as if the process had died.
-        // The keeper thread sees `stop` at its next await point and exits on its own.
+        // The keeper thread sees `stop` at its next await point and ends on its own; it is
+        // detached here on purpose (its handle dropped with `self.keeper`): joining would block
+        // the dropping thread, often an async worker, on another thread's runtime shutdown.
+        // [`Session::close`] is the way to wait for it.
         self.stop.cancel();
         self.done.cancel();
     }
@@ -274,10 +365,60 @@ impl Drop for Session {
 
 async fn revoke_bounded(client: &EtcdClient, lease_id: LeaseId, timeout: Duration) {
     match tokio::time::timeout(timeout, client.lease_revoke(lease_id)).await {
-        Ok(Ok(())) | Ok(Err(cdc_etcd::Error::LeaseNotFound { .. })) => {}
+        Ok(Ok(())) | Ok(Err(cdc_etcd::Error::LeaseNotFound { .. })) => {
+            tracing::info!(lease_id = %format_args!("{lease_id:x}"), "revoked an unused lease");
+        }
         Ok(Err(err)) => tracing::warn!(error = %err, "revoke an unused lease"),
         Err(_) => tracing::warn!(?timeout, "revoke an unused lease timed out"),
     }
+}
+
+/// What the keep-alive loop needs from etcd: the seam that lets unit tests script answers.
+trait LeaseTransport {
+    type Stream: LeaseStream;
+
+    /// Opens a keep-alive stream; its handshake is one acknowledged renewal.
+    async fn open(&self, lease_id: LeaseId) -> cdc_etcd::Result<Self::Stream>;
+}
+
+/// An open keep-alive stream ([`LeaseKeepAlive`] in production).
+trait LeaseStream {
+    async fn send(&mut self) -> cdc_etcd::Result<()>;
+
+    /// Cancel-safe.
+    async fn next(&mut self) -> cdc_etcd::Result<Option<KeepAliveResponse>>;
+}
+
+impl LeaseTransport for EtcdClient {
+    type Stream = LeaseKeepAlive;
+
+    async fn open(&self, lease_id: LeaseId) -> cdc_etcd::Result<LeaseKeepAlive> {
+        self.lease_keep_alive(lease_id).await
+    }
+}
+
+impl LeaseStream for LeaseKeepAlive {
+    async fn send(&mut self) -> cdc_etcd::Result<()> {
+        LeaseKeepAlive::send(self).await
+    }
+
+    async fn next(&mut self) -> cdc_etcd::Result<Option<KeepAliveResponse>> {
+        LeaseKeepAlive::next(self).await
+    }
+}
+
+/// Lets a test stop the keeper between the open keep-alive stream and its answer to the grant.
+#[cfg(test)]
+#[derive(Debug, Default)]
+struct HandshakeHook {
+    /// The lease, set when the keeper reaches the hook.
+    lease_id: std::sync::atomic::AtomicI64,
+    /// Notified when the keeper reaches the hook.
+    reached: tokio::sync::Notify,
+    /// The keeper waits for it.
+    release: tokio::sync::Notify,
+    /// Notified after the keeper answered the grant (whether or not anyone received it).
+    answered: tokio::sync::Notify,
 }
 
 /// The keep-alive loop, run on its own thread.
@@ -289,9 +430,13 @@ struct Keeper {
     /// The lease is surely alive until then: one TTL after the send of the last acknowledged
     /// renewal (armed by the grant).
     deadline: Instant,
+    /// The bound on the revoke of an abandoned lease.
+    revoke_timeout: Duration,
     stop: CancellationToken,
     done: CancellationToken,
     shared: Arc<Shared>,
+    #[cfg(test)]
+    handshake_hook: Option<Arc<HandshakeHook>>,
 }
 
 /// Why a keep-alive stream could not be opened.
@@ -312,21 +457,26 @@ enum Step {
 }
 
 impl Keeper {
-    fn run_on_own_runtime(self, ready: oneshot::Sender<Result<()>>, exit: oneshot::Sender<()>) {
+    fn run_on_own_runtime(self, ready: oneshot::Sender<Result<()>>, exited: oneshot::Sender<()>) {
         match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
         {
-            Ok(runtime) => runtime.block_on(self.run(ready)),
+            Ok(runtime) => {
+                runtime.block_on(self.run(ready));
+                // Shut the runtime (and the connection's tasks) down before signalling the end.
+                drop(runtime);
+            }
             Err(err) => {
                 let _ = ready.send(Err(Error::Thread(err)));
             }
         }
-        let _ = exit.send(());
+        let _ = exited.send(());
     }
 
     async fn run(mut self, ready: oneshot::Sender<Result<()>>) {
         // Our own connection: its HTTP/2 task runs on this runtime, not the application's.
+        // (Lazy, so it fails only on malformed endpoints; bounded by the connect timeout.)
         let client = match EtcdClient::connect(&self.endpoints, self.connect.clone()).await {
             Ok(client) => client,
             Err(err) => {
@@ -334,40 +484,75 @@ impl Keeper {
                 return;
             }
         };
-        let stream = match self.open(&client).await {
-            Ok(stream) => stream,
-            Err(failure) => {
-                let _ = ready.send(Err(match failure {
+        let opened = self.open(&client).await;
+        #[cfg(test)]
+        if let Some(hook) = self.handshake_hook.clone() {
+            hook.lease_id.store(self.lease_id, Ordering::SeqCst);
+            hook.reached.notify_one();
+            hook.release.notified().await;
+        }
+        let (answer, stream) = match opened {
+            Ok(stream) => (Ok(()), Some(stream)),
+            Err(failure) => (
+                Err(match failure {
                     OpenFailure::Stopped => Error::Cancelled,
                     OpenFailure::Deadline | OpenFailure::Gone => Error::LeaseExpired {
                         lease_id: self.lease_id,
                     },
                     OpenFailure::Failed(err) => err.into(),
-                }));
-                return;
-            }
+                }),
+                None,
+            ),
         };
-        let _ = ready.send(Ok(()));
-        let end = self.keep_alive(&client, stream).await;
-        if let Some(end) = end {
-            tracing::warn!(
-                lease_id = %format_args!("{:x}", self.lease_id),
-                ?end,
-                "session lost"
-            );
-            self.shared.set_end(end);
-            self.done.cancel();
+        let unheard = ready.send(answer).is_err();
+        #[cfg(test)]
+        if let Some(hook) = &self.handshake_hook {
+            hook.answered.notify_one();
+        }
+        let Some(stream) = stream.filter(|_| !unheard) else {
+            // An unheard answer means the grant was dropped: nobody will ever hold this lease.
+            if unheard || self.is_abandoned() {
+                self.revoke_abandoned(&client).await;
+            }
+            return;
+        };
+        match self.keep_alive(&client, stream).await {
+            Some(end) => {
+                tracing::warn!(
+                    lease_id = %format_args!("{:x}", self.lease_id),
+                    ?end,
+                    "session lost"
+                );
+                self.shared.set_end(end);
+                self.done.cancel();
+            }
+            // Stopped before the session was built: the grant was dropped after our answer.
+            None if self.is_abandoned() => self.revoke_abandoned(&client).await,
+            None => {}
         }
     }
 
+    fn is_abandoned(&self) -> bool {
+        self.shared.abandoned.load(Ordering::SeqCst)
+    }
+
+    /// Revokes (bounded) the lease of a grant that never completed: no key of ours is attached.
+    async fn revoke_abandoned(&self, client: &EtcdClient) {
+        tracing::info!(
+            lease_id = %format_args!("{:x}", self.lease_id),
+            "the grant was cancelled; revoking its lease"
+        );
+        Box::pin(revoke_bounded(client, self.lease_id, self.revoke_timeout)).await;
+    }
+
     /// Opens a keep-alive stream: its handshake is one acknowledged renewal.
-    async fn open(&mut self, client: &EtcdClient) -> Result<LeaseKeepAlive, OpenFailure> {
+    async fn open<T: LeaseTransport>(&mut self, transport: &T) -> Result<T::Stream, OpenFailure> {
         let sent = Instant::now();
         let opened = tokio::select! {
             biased;
             _ = self.stop.cancelled() => return Err(OpenFailure::Stopped),
             _ = sleep_until(self.deadline) => return Err(OpenFailure::Deadline),
-            opened = client.lease_keep_alive(self.lease_id) => opened,
+            opened = transport.open(self.lease_id) => opened,
         };
         match opened {
             Ok(stream) => {
@@ -385,10 +570,10 @@ impl Keeper {
     }
 
     /// Renews until stopped (`None`) or lost (`Some(why)`).
-    async fn keep_alive(
+    async fn keep_alive<T: LeaseTransport>(
         &mut self,
-        client: &EtcdClient,
-        stream: LeaseKeepAlive,
+        transport: &T,
+        stream: T::Stream,
     ) -> Option<SessionEnd> {
         let renew_every = (self.ttl / 3).max(MIN_RENEW_INTERVAL);
         let mut stream = Some(stream);
@@ -405,7 +590,7 @@ impl Keeper {
                     _ = sleep(jittered(backoff)) => {}
                 }
                 backoff = (backoff * 2).min(RECONNECT_BACKOFF_MAX);
-                match self.open(client).await {
+                match self.open(transport).await {
                     Ok(reopened) => {
                         tracing::info!(
                             lease_id = %format_args!("{:x}", self.lease_id),
@@ -486,3 +671,6 @@ fn jittered(base: Duration) -> Duration {
     let extra = rand::random_range(0.0..0.5);
     base.mul_f64(1.0 + extra)
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,8 +1,16 @@
-//! Pure tests of the watch interpretation.
+//! The watch interpretation, and a compaction while waiting against a real etcd.
 
-use cdc_etcd::{Event, EventKind, KeyValue, WatchResponse};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::Duration;
 
-use super::{WatchOutcome, watch_outcome};
+use cdc_etcd::testing::EtcdServer;
+use cdc_etcd::{Event, EventKind, GetOptions, KeyValue, WatchResponse};
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+
+use super::{Election, WatchHook, WatchOutcome, watch_outcome};
+use crate::{Error, Session};
 
 fn response(events: Vec<Event>) -> WatchResponse {
     WatchResponse {
@@ -69,4 +77,95 @@ fn only_a_delete_of_the_watched_key_ends_the_wait() {
     let mut cancelled = response(vec![]);
     cancelled.canceled = true;
     assert_eq!(watch_outcome(&cancelled, key), WatchOutcome::Cancelled);
+}
+
+/// The compaction cannot be timed from outside (the window is between the candidate's read and
+/// its watch: a re-watch after a broken stream starts from a fresh read), so the candidate stops
+/// at a hook there while the test writes and compacts on the real etcd.
+#[tokio::test]
+async fn a_compaction_past_the_wait_start_is_a_retryable_error_and_the_retry_wins() {
+    let server = EtcdServer::start().await.unwrap();
+    let client = server.client().await.unwrap();
+    let prefix = "/tidb/cdc/compacted/__cdc_meta__/owner";
+    let session_a = Session::grant(client.clone(), 10).await.unwrap();
+    let session_b = Session::grant(client.clone(), 10).await.unwrap();
+    let never = CancellationToken::new();
+    let a = Election::new(client.clone(), session_a.lease_id(), prefix);
+    a.campaign("a", &never).await.unwrap();
+
+    let hook = Arc::new(WatchHook {
+        armed: AtomicBool::new(true),
+        revision: AtomicI64::new(0),
+        reached: tokio::sync::Notify::new(),
+        release: tokio::sync::Notify::new(),
+    });
+    let mut b = Election::new(client.clone(), session_b.lease_id(), prefix);
+    b.watch_hook = Some(Arc::clone(&hook));
+    let b = Arc::new(b);
+    let campaign = {
+        let (b, never) = (Arc::clone(&b), never.clone());
+        tokio::spawn(async move { b.campaign("b", &never).await })
+    };
+    timeout(Duration::from_secs(5), hook.reached.notified())
+        .await
+        .expect("the candidate reads the queue");
+    let read_at = hook.revision.load(Ordering::SeqCst);
+    client.put("/unrelated", "1", 0).await.unwrap();
+    client.put("/unrelated", "2", 0).await.unwrap();
+    let compacted = server.compact().await.unwrap();
+    assert!(
+        compacted > read_at + 1,
+        "{compacted} must pass the watch start {}",
+        read_at + 1
+    );
+    hook.release.notify_one();
+
+    let err = timeout(Duration::from_secs(5), campaign)
+        .await
+        .expect("the campaign ends")
+        .unwrap()
+        .expect_err("a compacted wait fails");
+    assert!(
+        matches!(err, Error::Compacted { requested, compacted: at } if requested == read_at + 1 && at == compacted),
+        "{err:?}"
+    );
+    assert!(err.is_retryable());
+    // The failed campaign resigned: no key of ours is left in the queue.
+    let ours = client
+        .get(b.key().to_vec(), GetOptions::default())
+        .await
+        .unwrap();
+    assert!(ours.kvs.is_empty());
+
+    // Campaign again: the retry queues behind the leader and wins when it resigns.
+    let retry = {
+        let (b, never) = (Arc::clone(&b), never.clone());
+        tokio::spawn(async move { b.campaign("b", &never).await })
+    };
+    let queued = async {
+        loop {
+            let get = client
+                .get(b.key().to_vec(), GetOptions::default())
+                .await
+                .unwrap();
+            if !get.kvs.is_empty() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    timeout(Duration::from_secs(5), queued)
+        .await
+        .expect("the retry queues");
+    a.resign().await.unwrap();
+    let fence = timeout(Duration::from_secs(5), retry)
+        .await
+        .expect("the retry wins")
+        .unwrap()
+        .unwrap();
+    assert_eq!(fence.key, b.key());
+    assert!(b.is_leader());
+    assert_eq!(a.leader().await.unwrap().as_deref(), Some("b"));
+    session_a.close().await.unwrap();
+    session_b.close().await.unwrap();
 }
