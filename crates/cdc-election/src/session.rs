@@ -458,6 +458,8 @@ enum Step {
 
 impl Keeper {
     fn run_on_own_runtime(self, ready: oneshot::Sender<Result<()>>, exited: oneshot::Sender<()>) {
+        // However the keeper ends, a panic included, nobody renews the lease any more: say so.
+        let done_on_exit = self.done.clone().drop_guard();
         match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -471,6 +473,7 @@ impl Keeper {
                 let _ = ready.send(Err(Error::Thread(err)));
             }
         }
+        drop(done_on_exit);
         let _ = exited.send(());
     }
 
