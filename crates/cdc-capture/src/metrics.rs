@@ -20,6 +20,10 @@ pub struct Metrics {
     pub p2p: IntGaugeVec,
     /// Incarnations started after the first.
     pub restarts: IntCounter,
+    /// Resigns that failed or timed out.
+    pub resign_failures: IntCounter,
+    /// p2p clients that stopped with an error (read from the router's error channel).
+    pub p2p_client_errors: IntCounter,
 }
 
 impl Metrics {
@@ -45,12 +49,24 @@ impl Metrics {
         .expect("valid metric");
         let restarts = IntCounter::new("ticdc_capture_restarts_total", "capture restarts")
             .expect("valid metric");
+        let resign_failures = IntCounter::new(
+            "ticdc_capture_resign_failures_total",
+            "owner resigns that failed or timed out",
+        )
+        .expect("valid metric");
+        let p2p_client_errors = IntCounter::new(
+            "ticdc_p2p_client_errors_total",
+            "p2p clients that stopped with an error",
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(captures.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(owner_changes.clone()),
             Box::new(worker_ticks.clone()),
             Box::new(p2p.clone()),
             Box::new(restarts.clone()),
+            Box::new(resign_failures.clone()),
+            Box::new(p2p_client_errors.clone()),
         ] {
             registry
                 .register(collector)
@@ -63,6 +79,8 @@ impl Metrics {
             worker_ticks,
             p2p,
             restarts,
+            resign_failures,
+            p2p_client_errors,
         }
     }
 
