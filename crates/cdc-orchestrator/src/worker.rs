@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::future::pending;
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::Duration;
 
 use cdc_etcd::watch::{EtcdWatchSource, ResilientWatch, WatchConfig, WatchSource};
@@ -21,6 +22,7 @@ use tracing::{debug, info, warn};
 use crate::batch::{TxnLimits, next_batch};
 use crate::error::{Error, Result};
 use crate::key::normalize_prefix;
+use crate::metrics::WorkerMetrics;
 use crate::patch::{Key, PatchGroup, RawEntry, RawState, Value};
 use crate::reactor::{Reactor, ReactorState};
 
@@ -80,6 +82,7 @@ pub struct EtcdWorker {
     fence: Option<OwnerFence>,
     session_done: Option<CancellationToken>,
     watch_opener: WatchOpener,
+    metrics: Arc<WorkerMetrics>,
 }
 
 impl EtcdWorker {
@@ -94,6 +97,7 @@ impl EtcdWorker {
             fence: None,
             session_done: None,
             watch_opener: WatchOpener::new(source),
+            metrics: Arc::default(),
         }
     }
 
@@ -116,6 +120,18 @@ impl EtcdWorker {
     pub fn with_session_done(mut self, session_done: CancellationToken) -> Self {
         self.session_done = Some(session_done);
         self
+    }
+
+    /// Counts into `metrics` instead of counters of its own; pass the same `metrics` to every
+    /// worker a role runs so that the counters survive worker restarts.
+    pub fn with_metrics(mut self, metrics: Arc<WorkerMetrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// The counters this worker updates (clone the `Arc` before [`EtcdWorker::run`]).
+    pub fn metrics(&self) -> &Arc<WorkerMetrics> {
+        &self.metrics
     }
 
     /// The normalised prefix.
@@ -161,6 +177,7 @@ impl EtcdWorker {
             delete_counter: 0,
             watch_opener: self.watch_opener,
             watch: None,
+            metrics: self.metrics,
         };
         // Boxed: the loop's future is large and callers hold this one across awaits.
         let result =
@@ -197,6 +214,7 @@ struct Run {
     delete_counter: i64,
     watch_opener: WatchOpener,
     watch: Option<ResilientWatch>,
+    metrics: Arc<WorkerMetrics>,
 }
 
 impl Run {
@@ -297,6 +315,7 @@ impl Run {
                 continue;
             }
             let started = Instant::now();
+            self.metrics.record_tick();
             match reactor.tick(&mut state).await {
                 Ok(()) => {}
                 Err(Error::ReactorFinished) => exiting = true,
@@ -407,6 +426,7 @@ impl Run {
     /// current snapshot are queued as updates, so the state is reloaded in full and stays
     /// consistent; then a new watch from the fresh revision.
     async fn resync(&mut self, cancel: &CancellationToken) -> Result<()> {
+        self.metrics.record_resync();
         self.close_watch().await;
         let snapshot = self.read_snapshot(cancel).await?;
         self.check_fence_present(&snapshot.raw_state)?;
@@ -491,8 +511,10 @@ impl Run {
         let txn = self.build_txn(&batch.changes);
         let started = Instant::now();
         let response = self.client.txn(txn).await?;
-        if started.elapsed() > SLOW_WARN {
-            warn!(duration = ?started.elapsed(), n_keys = batch.changes.len(), "etcd worker txn took too long");
+        let latency = started.elapsed();
+        self.metrics.record_txn(response.succeeded, latency);
+        if latency > SLOW_WARN {
+            warn!(duration = ?latency, n_keys = batch.changes.len(), "etcd worker txn took too long");
         }
         if response.succeeded {
             self.barrier_revision = response.revision;
