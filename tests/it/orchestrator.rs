@@ -105,6 +105,17 @@ fn set(key: &str, value: Option<&'static str>) -> SingleDataPatch {
     })
 }
 
+/// Adds one to a decimal value (absent: 0).
+fn increment(key: String) -> SingleDataPatch {
+    SingleDataPatch::new(key.into_bytes(), |old| {
+        let old: i64 = std::str::from_utf8(old.unwrap_or(b"0"))
+            .map_err(|_| Error::EtcdTryAgain)?
+            .parse()
+            .map_err(|_| Error::EtcdTryAgain)?;
+        Ok(PatchOutcome::Set(Some((old + 1).to_string().into_bytes())))
+    })
+}
+
 async fn value_of(client: &EtcdClient, key: &str) -> Option<Vec<u8>> {
     let response = client.get(key, GetOptions::default()).await.unwrap();
     response.kvs.into_iter().next().map(|kv| kv.value)
@@ -313,15 +324,6 @@ async fn sum_stays_consistent() {
             .unwrap()
             .parse()
             .unwrap()
-    }
-    fn increment(key: String) -> SingleDataPatch {
-        SingleDataPatch::new(key.into_bytes(), |old| {
-            let old: i64 = std::str::from_utf8(old.unwrap_or(b"0"))
-                .map_err(|_| Error::EtcdTryAgain)?
-                .parse()
-                .map_err(|_| Error::EtcdTryAgain)?;
-            Ok(PatchOutcome::Set(Some((old + 1).to_string().into_bytes())))
-        })
     }
     let mut workers = tokio::task::JoinSet::new();
     for id in 0..6 {
@@ -645,6 +647,115 @@ async fn external_delete_forces_retry() {
     );
     assert_eq!(value_of(&client, "/ext/b").await.unwrap(), b"w");
     assert_eq!(value_of(&client, "/ext/a").await, None);
+}
+
+/// Queues, on tick `n`, an increment of `/rep/n` and a write (even `n`) or delete (odd `n`)
+/// of `/rep/tmp<id>`; finishes after `N_REPAIR_TICKS` ticks.
+fn repair_tick(state: &mut KvState, n: usize, id: usize) -> Result<()> {
+    let tmp = format!("/rep/tmp{id}");
+    let value = if n % 2 == 0 { Some("x") } else { None };
+    state.queue(vec![increment("/rep/n".to_owned()), set(&tmp, value)]);
+    if n + 1 == N_REPAIR_TICKS {
+        Err(Error::ReactorFinished)
+    } else {
+        Ok(())
+    }
+}
+
+const N_REPAIR_TICKS: usize = 20;
+
+fn counter_of(value: &[u8]) -> i64 {
+    std::str::from_utf8(value).unwrap().parse().unwrap()
+}
+
+// A delete counter holding something other than a positive number is repaired, not fatal:
+// found in the snapshot, or written while two workers increment one key and delete others,
+// neither of which loses an update.
+#[tokio::test]
+async fn invalid_delete_counter_is_repaired() {
+    let server = EtcdServer::start().await.unwrap();
+    let client = server.client().await.unwrap();
+    let counter_key = EtcdWorker::new(client.clone(), "/rep").delete_counter_key();
+
+    // In the snapshot: the first commit, a delete, goes through.
+    client.put("/rep/tmp9", "x", 0).await.unwrap();
+    let garbage = client.put(counter_key.as_str(), "-3", 0).await.unwrap();
+    run_worker(&client, "/rep", |state, _| {
+        state.queue(vec![set("/rep/tmp9", None)]);
+        Err(Error::ReactorFinished)
+    })
+    .await
+    .unwrap();
+    assert_eq!(value_of(&client, "/rep/tmp9").await, None);
+    let counter = counter_of(&value_of(&client, &counter_key).await.unwrap());
+    assert!(counter > garbage, "{counter} <= {garbage}");
+
+    // Written while the workers run, by worker 0 in its sixth tick.
+    let mut reactor0 = RepairReactor {
+        id: 0,
+        n_ticks: 0,
+        garbage: Some((client.clone(), counter_key.clone())),
+        garbage_revision: None,
+    };
+    let mut reactor1 = RepairReactor {
+        id: 1,
+        n_ticks: 0,
+        garbage: None,
+        garbage_revision: None,
+    };
+    let cancel = CancellationToken::new();
+    let run0 = EtcdWorker::new(client.clone(), "/rep").run(
+        &mut reactor0,
+        KvState::default(),
+        INTERVAL,
+        &cancel,
+    );
+    let run1 = EtcdWorker::new(client.clone(), "/rep").run(
+        &mut reactor1,
+        KvState::default(),
+        INTERVAL,
+        &cancel,
+    );
+    let (result0, result1) =
+        tokio::time::timeout(Duration::from_secs(30), async { tokio::join!(run0, run1) })
+            .await
+            .unwrap();
+    result0.unwrap();
+    result1.unwrap();
+    let garbage = reactor0.garbage_revision.unwrap();
+    let n = counter_of(&value_of(&client, "/rep/n").await.unwrap());
+    assert_eq!(n, 2 * i64::try_from(N_REPAIR_TICKS).unwrap());
+    assert_eq!(value_of(&client, "/rep/tmp0").await, None);
+    assert_eq!(value_of(&client, "/rep/tmp1").await, None);
+    // Only the repair writes a counter over the garbage; deletes then count on from it.
+    let counter = counter_of(&value_of(&client, &counter_key).await.unwrap());
+    assert!(counter >= garbage, "{counter} < {garbage}");
+}
+
+/// Ticks like [`repair_tick`]; with `garbage`, its sixth tick first writes a non-number to the
+/// delete counter.
+struct RepairReactor {
+    id: usize,
+    n_ticks: usize,
+    garbage: Option<(EtcdClient, String)>,
+    garbage_revision: Option<Revision>,
+}
+
+impl Reactor<KvState> for RepairReactor {
+    async fn tick(&mut self, state: &mut KvState) -> Result<()> {
+        let n = self.n_ticks;
+        self.n_ticks += 1;
+        if n == 5
+            && let Some((client, counter_key)) = &self.garbage
+        {
+            let revision = client
+                .put(counter_key.as_str(), "garbage", 0)
+                .await
+                .unwrap();
+            self.garbage_revision = Some(revision);
+        }
+        repair_tick(state, n, self.id)
+    }
 }
 
 // A former owner whose key was deleted and whose successor was elected: its transactions are
