@@ -1,6 +1,6 @@
 //! The etcd worker against a real etcd: capture-spec §8 cases 26–32 and 34, the delete-counter
-//! protocol with an external writer, the owner fence, the compaction resync and progress
-//! notifications at a commit's revision.
+//! protocol with an external writer and its repair, the owner fence, the compaction resync,
+//! progress notifications at a commit's revision and the worker's metrics.
 #![allow(
     clippy::unwrap_used,
     clippy::large_futures,
@@ -20,7 +20,7 @@ use cdc_etcd::{
 };
 use cdc_orchestrator::{
     DataPatch, Error, EtcdWorker, OwnerFence, PatchGroup, PatchOutcome, Reactor, ReactorState,
-    Result, SingleDataPatch,
+    Result, SingleDataPatch, WorkerMetrics,
 };
 use rand::Rng;
 use tokio::sync::{Notify, mpsc};
@@ -142,12 +142,14 @@ where
     .expect("the worker finishes within 30 s")
 }
 
-// Case 28 (Finished).
+// Case 28 (Finished); the worker's metrics count its ticks and commits.
 #[tokio::test]
 async fn finished_commits_final_patches() {
     let server = EtcdServer::start().await.unwrap();
     let client = server.client().await.unwrap();
-    run_worker(&client, "/finished", |state, n| match n {
+    let metrics = Arc::new(WorkerMetrics::new());
+    let worker = EtcdWorker::new(client.clone(), "/finished").with_metrics(metrics.clone());
+    run_worker_with(worker, |state, n| match n {
         0 | 1 => {
             state.queue(vec![
                 append("/finished/key1", "abc"),
@@ -170,6 +172,14 @@ async fn finished_commits_final_patches() {
         b"abcabcfin"
     );
     assert_eq!(value_of(&client, "/finished/key2").await, None);
+    let snapshot = metrics.snapshot();
+    assert_eq!(snapshot.ticks, 3);
+    assert_eq!(snapshot.commits, 3);
+    assert_eq!(snapshot.commit_conflicts, 0);
+    assert_eq!(snapshot.resyncs, 0);
+    assert_eq!(snapshot.commit_latency.count, 3);
+    assert_eq!(snapshot.commit_latency.buckets[11], 3);
+    assert!(snapshot.commit_latency.sum > Duration::ZERO);
 }
 
 // Case 29 (Cover).
@@ -614,6 +624,7 @@ async fn external_delete_forces_retry() {
     client.put("/ext/a", "a", 0).await.unwrap();
     client.put("/ext/b", "", 0).await.unwrap();
     let worker = EtcdWorker::new(client.clone(), "/ext");
+    let metrics = worker.metrics().clone();
     let counter_key = worker.delete_counter_key();
     let n_evaluations = Arc::new(AtomicUsize::new(0));
     let entered = Arc::new(Notify::new());
@@ -647,6 +658,12 @@ async fn external_delete_forces_retry() {
     );
     assert_eq!(value_of(&client, "/ext/b").await.unwrap(), b"w");
     assert_eq!(value_of(&client, "/ext/a").await, None);
+    assert_eq!(metrics.commits(), 1);
+    assert!(metrics.commit_conflicts() >= 1);
+    assert_eq!(
+        metrics.snapshot().commit_latency.count,
+        metrics.commits() + metrics.commit_conflicts()
+    );
 }
 
 /// Queues, on tick `n`, an increment of `/rep/n` and a write (even `n`) or delete (odd `n`)
@@ -890,10 +907,12 @@ async fn session_done_and_cancel() {
     );
 }
 
-// A compacted watch resyncs the worker: it sees the writes made while it was cut off.
+// A compacted watch resyncs the worker: it sees the writes made while it was cut off. The
+// watch is cut before the writes and re-opened only after the compaction, so etcd itself
+// reports the compaction.
 #[tokio::test]
 async fn compaction_resyncs() {
-    let mut server = EtcdServer::start().await.unwrap();
+    let server = EtcdServer::start().await.unwrap();
     let client = server.client().await.unwrap();
     client.put("/cmp/gone", "1", 0).await.unwrap();
     client.put("/cmp/key", "0", 0).await.unwrap();
@@ -904,26 +923,26 @@ async fn compaction_resyncs() {
         go: go.clone(),
         n_ticks: 0,
     };
+    let (phase_tx, phase) = tokio::sync::watch::channel(CutPhase::Serving);
+    let source = CutSource {
+        inner: EtcdWatchSource::new(client.clone(), b"/cmp/".to_vec(), true),
+        phase,
+    };
     let cancel = CancellationToken::new();
-    let run = EtcdWorker::new(client.clone(), "/cmp").run(
-        &mut reactor,
-        KvState::default(),
-        INTERVAL,
-        &cancel,
-    );
+    let worker = EtcdWorker::new(client.clone(), "/cmp").with_watch_source(source);
+    let metrics = worker.metrics().clone();
+    let run = worker.run(&mut reactor, KvState::default(), INTERVAL, &cancel);
     let disturb = async {
         entered.notified().await;
-        // Break the worker's watch and compact away the revisions it would resume from.
-        server.kill().unwrap();
-        server.restart().await.unwrap();
-        let fresh = server.client().await.unwrap();
-        fresh.delete("/cmp/gone", false).await.unwrap();
-        fresh.put("/cmp/key", "1", 0).await.unwrap();
-        let revision = fresh.put("/cmp/key", "2", 0).await.unwrap();
-        fresh.compact(revision).await.unwrap();
+        phase_tx.send_replace(CutPhase::Cut);
+        client.delete("/cmp/gone", false).await.unwrap();
+        client.put("/cmp/key", "1", 0).await.unwrap();
+        let revision = client.put("/cmp/key", "2", 0).await.unwrap();
+        client.compact(revision).await.unwrap();
+        phase_tx.send_replace(CutPhase::Reopen);
         go.notify_one();
     };
-    let (result, ()) = tokio::time::timeout(Duration::from_secs(60), async {
+    let (result, ()) = tokio::time::timeout(Duration::from_secs(30), async {
         tokio::join!(run, disturb)
     })
     .await
@@ -931,6 +950,69 @@ async fn compaction_resyncs() {
     let state = result.unwrap();
     assert_eq!(state.get("/cmp/key"), Some(b"2".as_slice()));
     assert_eq!(state.get("/cmp/gone"), None);
+    assert_eq!(metrics.resyncs(), 1);
+}
+
+/// Where a [`CutSource`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CutPhase {
+    /// Streams deliver etcd's responses.
+    Serving,
+    /// The streams opened while serving have ended; no stream opens.
+    Cut,
+    /// Streams open again and deliver etcd's responses.
+    Reopen,
+}
+
+/// Watches through etcd; once cut, its streams end and none opens until it is reopened.
+#[derive(Clone)]
+struct CutSource {
+    inner: EtcdWatchSource,
+    phase: tokio::sync::watch::Receiver<CutPhase>,
+}
+
+struct CutStream {
+    inner: RawWatch,
+    phase: tokio::sync::watch::Receiver<CutPhase>,
+    /// The phase the stream was opened in; it ends when the phase moves on.
+    opened_in: CutPhase,
+}
+
+impl WatchSource for CutSource {
+    type Stream = CutStream;
+
+    async fn open(&mut self, start_revision: Revision) -> cdc_etcd::Result<CutStream> {
+        let opened_in = *self
+            .phase
+            .wait_for(|phase| *phase != CutPhase::Cut)
+            .await
+            .map_err(|_| cdc_etcd::Error::Cancelled)?;
+        Ok(CutStream {
+            inner: self.inner.open(start_revision).await?,
+            phase: self.phase.clone(),
+            opened_in,
+        })
+    }
+}
+
+impl WatchStream for CutStream {
+    async fn next(&mut self) -> cdc_etcd::Result<Option<WatchResponse>> {
+        let opened_in = self.opened_in;
+        // Biased: once the phase moved on, nothing more is delivered, not even a response
+        // that arrived meanwhile.
+        tokio::select! {
+            biased;
+            moved = self.phase.wait_for(|phase| *phase != opened_in) => {
+                moved.map_err(|_| cdc_etcd::Error::Cancelled)?;
+                Ok(None)
+            }
+            response = self.inner.next() => response,
+        }
+    }
+
+    async fn request_progress(&mut self) -> cdc_etcd::Result<()> {
+        self.inner.request_progress().await
+    }
 }
 
 /// Blocks in its first tick, then finishes once it sees `/cmp/key == 2`.
