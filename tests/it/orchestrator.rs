@@ -116,6 +116,35 @@ fn increment(key: String) -> SingleDataPatch {
     })
 }
 
+/// A reactor that awaits `first` at the start of its first tick, then ticks like
+/// [`FnReactor`].
+struct FirstReactor<Fut, F> {
+    first: Option<Fut>,
+    inner: FnReactor<F>,
+}
+
+impl<Fut, F> FirstReactor<Fut, F> {
+    fn new(first: Fut, tick: F) -> Self {
+        FirstReactor {
+            first: Some(first),
+            inner: FnReactor::new(tick),
+        }
+    }
+}
+
+impl<Fut, F> Reactor<KvState> for FirstReactor<Fut, F>
+where
+    Fut: Future<Output = ()> + Send,
+    F: FnMut(&mut KvState, usize) -> Result<()> + Send,
+{
+    async fn tick(&mut self, state: &mut KvState) -> Result<()> {
+        if let Some(first) = self.first.take() {
+            first.await;
+        }
+        self.inner.tick(state).await
+    }
+}
+
 async fn value_of(client: &EtcdClient, key: &str) -> Option<Vec<u8>> {
     let response = client.get(key, GetOptions::default()).await.unwrap();
     response.kvs.into_iter().next().map(|kv| kv.value)
@@ -215,31 +244,47 @@ async fn patches_on_one_key_cover_each_other() {
     assert_eq!(value_of(&client, "/cover/key2").await.unwrap(), b"fin");
 }
 
-// Case 30 (EmptyTxn).
+// Case 30 (EmptyTxn); a write next to the prefix (`/empty-other`) never reaches the state.
 #[tokio::test]
 async fn empty_transactions_finish() {
     let server = EtcdServer::start().await.unwrap();
     let client = server.client().await.unwrap();
     client.put("/empty/key2", "123", 0).await.unwrap();
-    let outside = client.clone();
-    run_worker(&client, "/empty", move |state, n| match n {
-        0 => {
-            let outside = outside.clone();
-            // A write outside the prefix must not disturb the worker.
-            tokio::spawn(async move { outside.put("/empty-other/key", "x", 0).await });
+    // Written after the worker's snapshot: next to the prefix, then inside it. Once the
+    // worker sees the marker, its watch has delivered everything up to the other write.
+    let writes = async {
+        client.put("/empty-other/key", "x", 0).await.unwrap();
+        client.put("/empty/marker", "m", 0).await.unwrap();
+    };
+    let mut reactor = FirstReactor::new(writes, |state: &mut KvState, n| {
+        if n == 0 {
             state.queue(vec![
                 set("/empty/key1", None),
                 set("/empty/key2", Some("123")),
             ]);
-            Ok(())
+            return Ok(());
         }
-        _ => {
-            state.queue(vec![set("/empty/key1", None)]);
-            Err(Error::ReactorFinished)
+        if state.get("/empty/marker").is_none() {
+            return Ok(());
         }
-    })
+        state.queue(vec![set("/empty/key1", None)]);
+        Err(Error::ReactorFinished)
+    });
+    let cancel = CancellationToken::new();
+    let state = tokio::time::timeout(
+        Duration::from_secs(30),
+        EtcdWorker::new(client.clone(), "/empty").run(
+            &mut reactor,
+            KvState::default(),
+            INTERVAL,
+            &cancel,
+        ),
+    )
     .await
+    .unwrap()
     .unwrap();
+    assert_eq!(state.get("/empty/marker"), Some(b"m".as_slice()));
+    assert_eq!(state.get("/empty-other/key"), None);
     assert_eq!(value_of(&client, "/empty/key1").await, None);
     assert_eq!(value_of(&client, "/empty/key2").await.unwrap(), b"123");
 }
@@ -847,15 +892,11 @@ async fn owner_key_deleted_ends_worker() {
     let client = server.client().await.unwrap();
     let owner_key = "/own/__cdc_meta__/owner/7";
     let revision = client.put(owner_key, "capture-1", 0).await.unwrap();
-    let deleter = client.clone();
     let cancel = CancellationToken::new();
-    let mut reactor = FnReactor::new(move |_state: &mut KvState, n| {
-        if n == 0 {
-            let deleter = deleter.clone();
-            tokio::spawn(async move { deleter.delete(owner_key, false).await });
-        }
-        Ok(())
-    });
+    let delete = async {
+        client.delete(owner_key, false).await.unwrap();
+    };
+    let mut reactor = FirstReactor::new(delete, |_state: &mut KvState, _| Ok(()));
     let result = tokio::time::timeout(
         Duration::from_secs(30),
         EtcdWorker::new(client.clone(), "/own")
