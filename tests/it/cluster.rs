@@ -607,8 +607,14 @@ async fn status_health_debug_and_metrics_endpoints() -> Result<()> {
         "ticdc_owner_captures",
         "ticdc_capture_owner_changes_total",
         "ticdc_etcd_worker_ticks_total",
+        "ticdc_etcd_worker_commits_total",
+        "ticdc_etcd_worker_commit_conflicts_total",
+        "ticdc_etcd_worker_resyncs_total",
+        "ticdc_etcd_worker_commit_duration_seconds",
         "ticdc_p2p_incarnation_messages",
+        "ticdc_p2p_client_errors_total",
         "ticdc_capture_restarts_total",
+        "ticdc_capture_resign_failures_total",
     ];
     let roles = ["owner", "controller", "processor"];
     let metrics = wait_for(Duration::from_secs(10), || async {
@@ -616,8 +622,20 @@ async fn status_health_debug_and_metrics_endpoints() -> Result<()> {
         let complete = families
             .iter()
             .all(|family| text.contains(&format!("# TYPE {family} ")))
+            && text.contains("# TYPE ticdc_etcd_worker_commit_duration_seconds histogram")
             && roles.iter().all(|role| {
-                text.contains(&format!("ticdc_etcd_worker_ticks_total{{role=\"{role}\"}}"))
+                // Every role has ticked (the processor after the meta-version gate), and has
+                // a commit latency histogram.
+                let ticks = format!("ticdc_etcd_worker_ticks_total{{role=\"{role}\"}} ");
+                let ticked = text
+                    .lines()
+                    .find_map(|line| line.strip_prefix(ticks.as_str()))
+                    .and_then(|value| value.parse::<f64>().ok())
+                    .is_some_and(|value| value > 0.0);
+                let histogram = format!(
+                    "ticdc_etcd_worker_commit_duration_seconds_bucket{{role=\"{role}\",le=\"+Inf\"}}"
+                );
+                ticked && text.contains(&histogram)
             })
             && text.contains("ticdc_owner_captures 2");
         complete.then_some(text)

@@ -817,7 +817,6 @@ impl Capture {
     ) -> Result<()> {
         let name = role.name();
         let mut reactor = WorkerReactor {
-            ticks: self.metrics.worker_ticks.with_label_values(&[name]),
             capture_id: incarnation.capture_id.clone(),
             role,
             failure: None,
@@ -826,7 +825,8 @@ impl Capture {
             self.etcd.client().clone(),
             key::base_key(&self.config.cluster_id),
         )
-        .with_session_done(incarnation.session_done.clone());
+        .with_session_done(incarnation.session_done.clone())
+        .with_metrics(self.metrics.worker(name));
         if let Some(fence) = fence {
             worker = worker.with_owner_fence(fence);
         }

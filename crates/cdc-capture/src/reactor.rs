@@ -15,7 +15,6 @@ use cdc_orchestrator::{
 };
 use cdc_p2p::{MessageRouter, MessageServer};
 use futures::future::BoxFuture;
-use prometheus::IntCounter;
 use tracing::{info, warn};
 
 use crate::error::{Error, Result};
@@ -354,13 +353,11 @@ impl Role {
 pub(crate) struct WorkerReactor {
     pub(crate) role: Role,
     pub(crate) capture_id: String,
-    pub(crate) ticks: IntCounter,
     pub(crate) failure: Option<Error>,
 }
 
 impl Reactor<CaptureState> for WorkerReactor {
     async fn tick(&mut self, state: &mut CaptureState) -> cdc_orchestrator::Result<()> {
-        self.ticks.inc();
         let result = match &self.role {
             Role::Processor(manager) => manager.tick(&mut state.0).await,
             Role::Owner(owner) => owner.tick(&mut state.0).await,
