@@ -50,6 +50,7 @@ fn free_port() -> u16 {
 struct Node {
     address: String,
     child: Child,
+    log: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -59,7 +60,8 @@ impl Node {
         let config = dir.path().join("cdc.toml");
         std::fs::write(&config, format!("capture-session-ttl = {TTL}\n")).unwrap();
         let address = format!("127.0.0.1:{}", free_port());
-        let log = std::fs::File::create(dir.path().join("cdc.log")).unwrap();
+        let log_path = dir.path().join("cdc.log");
+        let log = std::fs::File::create(&log_path).unwrap();
         let child = Command::new(server_binary())
             .args(["--pd", etcd, "--addr", &address, "--cluster-id", cluster_id])
             .arg("--config")
@@ -72,8 +74,45 @@ impl Node {
         Node {
             address,
             child,
+            log: log_path,
             _dir: dir,
         }
+    }
+
+    /// What the process logged so far.
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    async fn post(&self, path: &str) -> Result<Value> {
+        let response = reqwest::Client::new()
+            .post(format!("http://{}{path}", self.address))
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await?;
+        let status = response.status();
+        let body = response.text().await?;
+        if !status.is_success() {
+            bail!("POST {path}: {status}: {body}");
+        }
+        Ok(serde_json::from_str(&body)?)
+    }
+
+    async fn get_text(&self, path: &str) -> Result<String> {
+        let response = reqwest::Client::new()
+            .get(format!("http://{}{path}", self.address))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await?;
+        if !response.status().is_success() {
+            bail!("GET {path}: {}", response.status());
+        }
+        Ok(response.text().await?)
+    }
+
+    async fn id(&self) -> Result<String> {
+        let status = self.status().await?;
+        Ok(status["id"].as_str().unwrap_or_default().to_owned())
     }
 
     fn pid(&self) -> u32 {
@@ -349,28 +388,40 @@ async fn garbage_json_crashes_nothing() -> Result<()> {
     let (etcd, mut nodes) = start_cluster(2, "garbage").await;
     let client = etcd.client().await?;
     one_owner(&mut nodes, Duration::from_secs(20)).await?;
-    client
-        .put(
-            "/tidb/cdc/garbage/__cdc_meta__/capture/bogus",
-            "{not json",
-            0,
-        )
-        .await?;
-    client
-        .put(
-            "/tidb/cdc/garbage/default/changefeed/info/cf",
-            "]]garbage",
-            0,
-        )
-        .await?;
-    let list = wait_for(Duration::from_secs(5), || async {
-        let list = nodes[0].get("/api/v2/captures").await.ok()?;
-        (list["total"] == 2).then_some(list)
+    let bad_capture = "/tidb/cdc/garbage/__cdc_meta__/capture/bogus";
+    let bad_changefeed = "/tidb/cdc/garbage/default/changefeed/info/cf";
+    client.put(bad_capture, "{not json", 0).await?;
+    client.put(bad_changefeed, "]]garbage", 0).await?;
+    // A sentinel written after the garbage: a third capture registers, and the owner's list
+    // shows it only once its worker has gone past the garbage's revisions.
+    nodes.push(Node::start(&etcd.endpoint(), "garbage"));
+    let third = wait_for(Duration::from_secs(15), || async {
+        let id = nodes[2].id().await.ok()?;
+        (!id.is_empty()).then_some(id)
     })
     .await?;
-    assert_eq!(list["total"], 2);
+    let list = wait_for(Duration::from_secs(10), || async {
+        let list = nodes[0].get("/api/v2/captures").await.ok()?;
+        let listed = list["items"]
+            .as_array()?
+            .iter()
+            .any(|item| item["id"] == third.as_str());
+        listed.then_some(list)
+    })
+    .await?;
+    assert_eq!(list["total"], 3, "{list}");
     assert!(nodes.iter_mut().all(Node::is_running));
     one_owner(&mut nodes, Duration::from_secs(5)).await?;
+    // Every capture that saw the garbage logged both keys (the first two live, the third in
+    // its initial snapshot).
+    for node in &nodes {
+        wait_for(Duration::from_secs(5), || async {
+            let log = node.log_text();
+            (log.contains(bad_capture) && log.contains(bad_changefeed)).then_some(())
+        })
+        .await
+        .with_context(|| format!("the log names the bad keys: {}", node.log_text()))?;
+    }
     Ok(())
 }
 
@@ -398,5 +449,272 @@ async fn restarting_etcd_brings_every_capture_back_with_one_owner() -> Result<()
     .await?;
     assert!(restarted.elapsed() <= within);
     assert!(nodes.iter_mut().all(Node::is_running));
+    Ok(())
+}
+
+/// Runs etcdctl against `etcd` and checks it succeeded.
+fn etcdctl(etcd: &EtcdServer, args: &[&str]) -> Result<String> {
+    let output = Command::new(etcdctl_binary())
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", &etcd.endpoint()])
+        .args(args)
+        .output()?;
+    if !output.status.success() {
+        bail!("etcdctl {args:?}: {output:?}");
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_capture_key_restarts_the_capture_at_once() -> Result<()> {
+    let (etcd, mut nodes) = start_cluster(2, "delcapture").await;
+    let client = etcd.client().await?;
+    one_owner(&mut nodes, Duration::from_secs(20)).await?;
+    let old_id = nodes[1].id().await?;
+    let other_id = nodes[0].id().await?;
+    let key = format!("/tidb/cdc/delcapture/__cdc_meta__/capture/{old_id}");
+    let lease = client.get(key.as_str(), GetOptions::default()).await?.kvs[0].lease;
+    // Only the key goes; its lease stays alive.
+    let deleted = etcdctl(&etcd, &["del", &key])?;
+    assert_eq!(deleted.trim(), "1");
+    let started = Instant::now();
+    let new_id = wait_for(Duration::from_secs(3), || async {
+        let id = nodes[1].id().await.ok()?;
+        (!id.is_empty() && id != old_id).then_some(id)
+    })
+    .await
+    .context("a new capture well before the removal delay (5 s)")?;
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(nodes[1].is_running());
+    wait_for(Duration::from_secs(5), || async {
+        let keys = capture_keys(&client, "delcapture").await;
+        let ids: Vec<&str> = keys
+            .iter()
+            .filter_map(|(key, _)| key.rsplit('/').next())
+            .collect();
+        (ids.len() == 2 && ids.contains(&new_id.as_str()) && ids.contains(&other_id.as_str()))
+            .then_some(())
+    })
+    .await?;
+    // The new incarnation closed the old session: the old lease is revoked.
+    let ttl = client.lease_time_to_live(lease).await?;
+    assert_eq!(ttl.ttl, -1, "the old lease is gone");
+    assert!(nodes[1].log_text().contains("ErrLeaseExpired"));
+    one_owner(&mut nodes, Duration::from_secs(10)).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resign_sent_to_a_non_owner_is_forwarded() -> Result<()> {
+    let (_etcd, mut nodes) = start_cluster(3, "resign").await;
+    let (owner_index, owner_id) = one_owner(&mut nodes, Duration::from_secs(20)).await?;
+    let answer = nodes[(owner_index + 1) % 3]
+        .post("/api/v2/owner/resign")
+        .await?;
+    assert_eq!(answer, serde_json::json!({}));
+    let (new_index, _) = wait_for(Duration::from_secs(5), || async {
+        let found = owners(&nodes).await;
+        (found.len() == 1 && found[0].1 != owner_id).then(|| found[0].clone())
+    })
+    .await?;
+    assert_ne!(new_index, owner_index);
+    // The old owner stays up as a plain capture.
+    assert!(nodes.iter_mut().all(Node::is_running));
+    assert_eq!(nodes[owner_index].id().await?, owner_id);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_through_another_capture_stops_the_owner() -> Result<()> {
+    let (_etcd, mut nodes) = start_cluster(3, "drain").await;
+    let (owner_index, owner_id) = one_owner(&mut nodes, Duration::from_secs(20)).await?;
+    let answer = nodes[(owner_index + 1) % 3]
+        .post(&format!("/api/v2/captures/{owner_id}/drain"))
+        .await?;
+    assert_eq!(answer, serde_json::json!({"current_table_count": 0}));
+    let status = nodes[owner_index].status().await?;
+    assert_eq!(status["liveness"], 1, "{status}");
+    assert_eq!(status["is_owner"], false, "{status}");
+    let (new_index, _) = one_owner(&mut nodes, Duration::from_secs(5)).await?;
+    assert_ne!(new_index, owner_index);
+    // A drained capture keeps running and never campaigns again.
+    let answer = nodes[owner_index].post("/api/v2/owner/resign").await?;
+    assert_eq!(answer, serde_json::json!({}));
+    let (after, _) = one_owner(&mut nodes, Duration::from_secs(5)).await?;
+    assert_ne!(after, owner_index);
+    assert!(nodes[owner_index].is_running());
+    assert_eq!(nodes[owner_index].id().await?, owner_id);
+    // An unknown capture is a bad request.
+    let err = nodes[0]
+        .post("/api/v2/captures/no-such-capture/drain")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("ErrCaptureNotExist"), "{err}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_health_debug_and_metrics_endpoints() -> Result<()> {
+    let (_etcd, mut nodes) = start_cluster(2, "endpoints").await;
+    let (owner_index, owner_id) = one_owner(&mut nodes, Duration::from_secs(20)).await?;
+    let other = (owner_index + 1) % 2;
+
+    for (index, node) in nodes.iter().enumerate() {
+        let status = node.status().await?;
+        let fields: Vec<&str> = status
+            .as_object()
+            .context("an object")?
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "version",
+                "git_hash",
+                "id",
+                "pid",
+                "is_owner",
+                "liveness",
+                "cluster_id"
+            ]
+        );
+        assert!(status["version"].as_str().unwrap().starts_with('v'));
+        assert!(status["git_hash"].is_string());
+        assert_eq!(status["pid"], node.pid());
+        assert_eq!(status["is_owner"], index == owner_index);
+        assert_eq!(status["liveness"], 0);
+        assert_eq!(status["cluster_id"], "endpoints");
+        assert_eq!(node.get("/api/v2/status").await?, status);
+        // Health: served by the owner, forwarded by the other capture.
+        assert_eq!(node.get("/api/v2/health").await?, serde_json::json!({}));
+    }
+
+    // Debug info names this capture, its liveness and its processor manager.
+    for node in &nodes {
+        let id = node.id().await?;
+        let info = node.get_text("/debug/info").await?;
+        assert!(info.contains(&id), "{info}");
+        assert!(info.contains("liveness: Alive"), "{info}");
+        assert!(info.contains("processor manager"), "{info}");
+    }
+    let info = nodes[owner_index].get_text("/debug/info").await?;
+    assert!(info.contains("owner: true"), "{info}");
+    assert!(info.contains(&owner_id));
+
+    // Metrics: every family, on the owner (which runs all three workers).
+    let families = [
+        "ticdc_owner_captures",
+        "ticdc_capture_owner_changes_total",
+        "ticdc_etcd_worker_ticks_total",
+        "ticdc_etcd_worker_commits_total",
+        "ticdc_etcd_worker_commit_conflicts_total",
+        "ticdc_etcd_worker_resyncs_total",
+        "ticdc_etcd_worker_commit_duration_seconds",
+        "ticdc_p2p_incarnation_messages",
+        "ticdc_p2p_client_errors_total",
+        "ticdc_capture_restarts_total",
+        "ticdc_capture_resign_failures_total",
+    ];
+    let roles = ["owner", "controller", "processor"];
+    let metrics = wait_for(Duration::from_secs(10), || async {
+        let text = nodes[owner_index].get_text("/metrics").await.ok()?;
+        let complete = families
+            .iter()
+            .all(|family| text.contains(&format!("# TYPE {family} ")))
+            && text.contains("# TYPE ticdc_etcd_worker_commit_duration_seconds histogram")
+            && roles.iter().all(|role| {
+                // Every role has ticked (the processor after the meta-version gate), and has
+                // a commit latency histogram.
+                let ticks = format!("ticdc_etcd_worker_ticks_total{{role=\"{role}\"}} ");
+                let ticked = text
+                    .lines()
+                    .find_map(|line| line.strip_prefix(ticks.as_str()))
+                    .and_then(|value| value.parse::<f64>().ok())
+                    .is_some_and(|value| value > 0.0);
+                let histogram = format!(
+                    "ticdc_etcd_worker_commit_duration_seconds_bucket{{role=\"{role}\",le=\"+Inf\"}}"
+                );
+                ticked && text.contains(&histogram)
+            })
+            && text.contains("ticdc_owner_captures 2");
+        complete.then_some(text)
+    })
+    .await
+    .with_context(|| "every metric family is exported, with a series per worker role")?;
+    assert!(
+        metrics.contains("ticdc_capture_owner_changes_total 1"),
+        "{metrics}"
+    );
+    let metrics = nodes[other].get_text("/metrics").await?;
+    assert!(
+        metrics.contains("ticdc_capture_restarts_total 0"),
+        "{metrics}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_exits_at_once() -> Result<()> {
+    let (mut etcd, mut nodes) = start_cluster(1, "twosignals").await;
+    one_owner(&mut nodes, Duration::from_secs(20)).await?;
+    // With etcd frozen, the graceful stop waits on the resign and the cleanup for seconds.
+    etcd.pause()?;
+    nodes[0].signal("TERM");
+    wait_for(Duration::from_secs(5), || async {
+        nodes[0]
+            .log_text()
+            .contains("received SIGTERM, stopping")
+            .then_some(())
+    })
+    .await?;
+    assert!(nodes[0].is_running(), "the first SIGTERM stops gracefully");
+    nodes[0].signal("TERM");
+    let status = nodes[0].wait_exit(Duration::from_millis(1500)).await;
+    etcd.resume()?;
+    let status = status?;
+    assert!(!status.success(), "{status:?}");
+    assert!(nodes[0].log_text().contains("second signal"));
+    Ok(())
+}
+
+/// Runs cdc-server on a configuration file and returns (exit code, stderr).
+fn run_with_config(content: &str) -> Result<(Option<i32>, String, PathBuf, tempfile::TempDir)> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("cdc.toml");
+    std::fs::write(&path, content)?;
+    let output = Command::new(server_binary())
+        .args(["--pd", "http://127.0.0.1:1", "--addr"])
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .arg("--config")
+        .arg(&path)
+        .stdin(Stdio::null())
+        .output()?;
+    Ok((
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+        path,
+        dir,
+    ))
+}
+
+#[test]
+fn bad_configuration_exits_with_status_2() -> Result<()> {
+    for (content, key) in [
+        ("capture-sesion-ttl = 5\n", "capture-sesion-ttl"),
+        ("gc-ttl = \"soon\"\n", "gc-ttl"),
+        (
+            "[debug.messages]\nserver-ack-interval = 3\n",
+            "server-ack-interval",
+        ),
+    ] {
+        let (code, stderr, path, _dir) = run_with_config(content)?;
+        assert_eq!(code, Some(2), "{content}: {stderr}");
+        assert!(stderr.contains(key), "{content}: {stderr}");
+        assert!(
+            stderr.contains(&path.display().to_string()),
+            "{content}: {stderr}"
+        );
+    }
     Ok(())
 }

@@ -20,6 +20,33 @@ fn is_alive(pid: i32) -> bool {
     !status.is_empty() && !status.contains("State:\tZ")
 }
 
+/// The blocked-signal mask of process `pid` (`SigBlk` in /proc), if it runs.
+fn blocked_signals(pid: i32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let mask = status
+        .lines()
+        .find_map(|line| line.strip_prefix("SigBlk:"))?
+        .trim();
+    u64::from_str_radix(mask, 16).ok()
+}
+
+/// The processes whose parent is `pid`.
+fn children_of(pid: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|child| {
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+            // The fields after the command's closing parenthesis: state, ppid, ...
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<i32>().ok())
+                == Some(pid)
+        })
+        .collect()
+}
+
 fn pid_of(line: &str) -> Option<i32> {
     line.split("(pid ")
         .nth(1)?
@@ -117,6 +144,23 @@ async fn run_cluster_starts_lists_and_stops() -> Result<()> {
         .count();
     assert_eq!(owners, 1);
 
+    // The captures do not inherit run-cluster's blocked signals (etcd is started the same way;
+    // its Go runtime changes its own mask), and a node stops on SIGTERM.
+    for (_, pid) in &nodes {
+        assert_eq!(blocked_signals(*pid), Some(0), "process {pid}");
+    }
+    let (_, stopped) = nodes[1];
+    let sent = Command::new("kill")
+        .args(["-TERM", &stopped.to_string()])
+        .status()?;
+    assert!(sent.success());
+    wait_for(Duration::from_secs(12), || async {
+        (!is_alive(stopped)).then_some(())
+    })
+    .await
+    .context("the node exits on SIGTERM")?;
+    assert!(is_alive(xtask_pid), "run-cluster keeps running");
+
     // SIGINT stops everything: the xtask exits 0, its children are gone, the files removed.
     let sent = Command::new("kill")
         .args(["-INT", &xtask_pid.to_string()])
@@ -132,5 +176,49 @@ async fn run_cluster_starts_lists_and_stops() -> Result<()> {
         assert!(!is_alive(pid), "process {pid} still runs");
     }
     assert!(!cluster_dir.exists());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_cluster_stops_on_sigint_during_startup() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    // An etcd nobody listens on: the captures never get an owner, startup waits.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut child = Command::new(workspace_binary("xtask", "CDC_XTASK_BIN"))
+        .args(["run-cluster", "--nodes", "2", "--session-ttl", "5"])
+        .args(["--etcd", &format!("http://127.0.0.1:{port}")])
+        .arg("--server-binary")
+        .arg(server_binary())
+        .arg("--cluster-dir")
+        .arg(dir.path().join("cluster"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let xtask_pid = i32::try_from(child.id())?;
+    let nodes = wait_for(Duration::from_secs(20), || {
+        let nodes = children_of(xtask_pid);
+        async move { (nodes.len() == 2).then_some(nodes) }
+    })
+    .await
+    .context("run-cluster starts two captures")?;
+    for pid in &nodes {
+        assert_eq!(blocked_signals(*pid), Some(0), "process {pid}");
+    }
+    let sent = Command::new("kill")
+        .args(["-INT", &xtask_pid.to_string()])
+        .status()?;
+    assert!(sent.success());
+    let status = wait_for(Duration::from_secs(30), || {
+        let status = child.try_wait().ok().flatten();
+        async move { status }
+    })
+    .await
+    .context("run-cluster stops during startup")?;
+    assert!(status.success(), "{status:?}");
+    for pid in nodes {
+        assert!(!is_alive(pid), "process {pid} still runs");
+    }
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! The etcd worker against a real etcd: capture-spec §8 cases 26–32 and 34, the delete-counter
-//! protocol with an external writer, the owner fence, the compaction resync and progress
-//! notifications at a commit's revision.
+//! protocol with an external writer and its repair, the owner fence, the compaction resync,
+//! progress notifications at a commit's revision and the worker's metrics.
 #![allow(
     clippy::unwrap_used,
     clippy::large_futures,
@@ -20,7 +20,7 @@ use cdc_etcd::{
 };
 use cdc_orchestrator::{
     DataPatch, Error, EtcdWorker, OwnerFence, PatchGroup, PatchOutcome, Reactor, ReactorState,
-    Result, SingleDataPatch,
+    Result, SingleDataPatch, WorkerMetrics,
 };
 use rand::Rng;
 use tokio::sync::{Notify, mpsc};
@@ -105,6 +105,46 @@ fn set(key: &str, value: Option<&'static str>) -> SingleDataPatch {
     })
 }
 
+/// Adds one to a decimal value (absent: 0).
+fn increment(key: String) -> SingleDataPatch {
+    SingleDataPatch::new(key.into_bytes(), |old| {
+        let old: i64 = std::str::from_utf8(old.unwrap_or(b"0"))
+            .map_err(|_| Error::EtcdTryAgain)?
+            .parse()
+            .map_err(|_| Error::EtcdTryAgain)?;
+        Ok(PatchOutcome::Set(Some((old + 1).to_string().into_bytes())))
+    })
+}
+
+/// A reactor that awaits `first` at the start of its first tick, then ticks like
+/// [`FnReactor`].
+struct FirstReactor<Fut, F> {
+    first: Option<Fut>,
+    inner: FnReactor<F>,
+}
+
+impl<Fut, F> FirstReactor<Fut, F> {
+    fn new(first: Fut, tick: F) -> Self {
+        FirstReactor {
+            first: Some(first),
+            inner: FnReactor::new(tick),
+        }
+    }
+}
+
+impl<Fut, F> Reactor<KvState> for FirstReactor<Fut, F>
+where
+    Fut: Future<Output = ()> + Send,
+    F: FnMut(&mut KvState, usize) -> Result<()> + Send,
+{
+    async fn tick(&mut self, state: &mut KvState) -> Result<()> {
+        if let Some(first) = self.first.take() {
+            first.await;
+        }
+        self.inner.tick(state).await
+    }
+}
+
 async fn value_of(client: &EtcdClient, key: &str) -> Option<Vec<u8>> {
     let response = client.get(key, GetOptions::default()).await.unwrap();
     response.kvs.into_iter().next().map(|kv| kv.value)
@@ -131,12 +171,14 @@ where
     .expect("the worker finishes within 30 s")
 }
 
-// Case 28 (Finished).
+// Case 28 (Finished); the worker's metrics count its ticks and commits.
 #[tokio::test]
 async fn finished_commits_final_patches() {
     let server = EtcdServer::start().await.unwrap();
     let client = server.client().await.unwrap();
-    run_worker(&client, "/finished", |state, n| match n {
+    let metrics = Arc::new(WorkerMetrics::new());
+    let worker = EtcdWorker::new(client.clone(), "/finished").with_metrics(metrics.clone());
+    run_worker_with(worker, |state, n| match n {
         0 | 1 => {
             state.queue(vec![
                 append("/finished/key1", "abc"),
@@ -159,6 +201,14 @@ async fn finished_commits_final_patches() {
         b"abcabcfin"
     );
     assert_eq!(value_of(&client, "/finished/key2").await, None);
+    let snapshot = metrics.snapshot();
+    assert_eq!(snapshot.ticks, 3);
+    assert_eq!(snapshot.commits, 3);
+    assert_eq!(snapshot.commit_conflicts, 0);
+    assert_eq!(snapshot.resyncs, 0);
+    assert_eq!(snapshot.commit_latency.count, 3);
+    assert_eq!(snapshot.commit_latency.buckets[11], 3);
+    assert!(snapshot.commit_latency.sum > Duration::ZERO);
 }
 
 // Case 29 (Cover).
@@ -194,31 +244,47 @@ async fn patches_on_one_key_cover_each_other() {
     assert_eq!(value_of(&client, "/cover/key2").await.unwrap(), b"fin");
 }
 
-// Case 30 (EmptyTxn).
+// Case 30 (EmptyTxn); a write next to the prefix (`/empty-other`) never reaches the state.
 #[tokio::test]
 async fn empty_transactions_finish() {
     let server = EtcdServer::start().await.unwrap();
     let client = server.client().await.unwrap();
     client.put("/empty/key2", "123", 0).await.unwrap();
-    let outside = client.clone();
-    run_worker(&client, "/empty", move |state, n| match n {
-        0 => {
-            let outside = outside.clone();
-            // A write outside the prefix must not disturb the worker.
-            tokio::spawn(async move { outside.put("/empty-other/key", "x", 0).await });
+    // Written after the worker's snapshot: next to the prefix, then inside it. Once the
+    // worker sees the marker, its watch has delivered everything up to the other write.
+    let writes = async {
+        client.put("/empty-other/key", "x", 0).await.unwrap();
+        client.put("/empty/marker", "m", 0).await.unwrap();
+    };
+    let mut reactor = FirstReactor::new(writes, |state: &mut KvState, n| {
+        if n == 0 {
             state.queue(vec![
                 set("/empty/key1", None),
                 set("/empty/key2", Some("123")),
             ]);
-            Ok(())
+            return Ok(());
         }
-        _ => {
-            state.queue(vec![set("/empty/key1", None)]);
-            Err(Error::ReactorFinished)
+        if state.get("/empty/marker").is_none() {
+            return Ok(());
         }
-    })
+        state.queue(vec![set("/empty/key1", None)]);
+        Err(Error::ReactorFinished)
+    });
+    let cancel = CancellationToken::new();
+    let state = tokio::time::timeout(
+        Duration::from_secs(30),
+        EtcdWorker::new(client.clone(), "/empty").run(
+            &mut reactor,
+            KvState::default(),
+            INTERVAL,
+            &cancel,
+        ),
+    )
     .await
+    .unwrap()
     .unwrap();
+    assert_eq!(state.get("/empty/marker"), Some(b"m".as_slice()));
+    assert_eq!(state.get("/empty-other/key"), None);
     assert_eq!(value_of(&client, "/empty/key1").await, None);
     assert_eq!(value_of(&client, "/empty/key2").await.unwrap(), b"123");
 }
@@ -313,15 +379,6 @@ async fn sum_stays_consistent() {
             .unwrap()
             .parse()
             .unwrap()
-    }
-    fn increment(key: String) -> SingleDataPatch {
-        SingleDataPatch::new(key.into_bytes(), |old| {
-            let old: i64 = std::str::from_utf8(old.unwrap_or(b"0"))
-                .map_err(|_| Error::EtcdTryAgain)?
-                .parse()
-                .map_err(|_| Error::EtcdTryAgain)?;
-            Ok(PatchOutcome::Set(Some((old + 1).to_string().into_bytes())))
-        })
     }
     let mut workers = tokio::task::JoinSet::new();
     for id in 0..6 {
@@ -612,6 +669,7 @@ async fn external_delete_forces_retry() {
     client.put("/ext/a", "a", 0).await.unwrap();
     client.put("/ext/b", "", 0).await.unwrap();
     let worker = EtcdWorker::new(client.clone(), "/ext");
+    let metrics = worker.metrics().clone();
     let counter_key = worker.delete_counter_key();
     let n_evaluations = Arc::new(AtomicUsize::new(0));
     let entered = Arc::new(Notify::new());
@@ -645,6 +703,121 @@ async fn external_delete_forces_retry() {
     );
     assert_eq!(value_of(&client, "/ext/b").await.unwrap(), b"w");
     assert_eq!(value_of(&client, "/ext/a").await, None);
+    assert_eq!(metrics.commits(), 1);
+    assert!(metrics.commit_conflicts() >= 1);
+    assert_eq!(
+        metrics.snapshot().commit_latency.count,
+        metrics.commits() + metrics.commit_conflicts()
+    );
+}
+
+/// Queues, on tick `n`, an increment of `/rep/n` and a write (even `n`) or delete (odd `n`)
+/// of `/rep/tmp<id>`; finishes after `N_REPAIR_TICKS` ticks.
+fn repair_tick(state: &mut KvState, n: usize, id: usize) -> Result<()> {
+    let tmp = format!("/rep/tmp{id}");
+    let value = if n % 2 == 0 { Some("x") } else { None };
+    state.queue(vec![increment("/rep/n".to_owned()), set(&tmp, value)]);
+    if n + 1 == N_REPAIR_TICKS {
+        Err(Error::ReactorFinished)
+    } else {
+        Ok(())
+    }
+}
+
+const N_REPAIR_TICKS: usize = 20;
+
+fn counter_of(value: &[u8]) -> i64 {
+    std::str::from_utf8(value).unwrap().parse().unwrap()
+}
+
+// A delete counter holding something other than a positive number is repaired, not fatal:
+// found in the snapshot, or written while two workers increment one key and delete others,
+// neither of which loses an update.
+#[tokio::test]
+async fn invalid_delete_counter_is_repaired() {
+    let server = EtcdServer::start().await.unwrap();
+    let client = server.client().await.unwrap();
+    let counter_key = EtcdWorker::new(client.clone(), "/rep").delete_counter_key();
+
+    // In the snapshot: the first commit, a delete, goes through.
+    client.put("/rep/tmp9", "x", 0).await.unwrap();
+    let garbage = client.put(counter_key.as_str(), "-3", 0).await.unwrap();
+    run_worker(&client, "/rep", |state, _| {
+        state.queue(vec![set("/rep/tmp9", None)]);
+        Err(Error::ReactorFinished)
+    })
+    .await
+    .unwrap();
+    assert_eq!(value_of(&client, "/rep/tmp9").await, None);
+    let counter = counter_of(&value_of(&client, &counter_key).await.unwrap());
+    assert!(counter > garbage, "{counter} <= {garbage}");
+
+    // Written while the workers run, by worker 0 in its sixth tick.
+    let mut reactor0 = RepairReactor {
+        id: 0,
+        n_ticks: 0,
+        garbage: Some((client.clone(), counter_key.clone())),
+        garbage_revision: None,
+    };
+    let mut reactor1 = RepairReactor {
+        id: 1,
+        n_ticks: 0,
+        garbage: None,
+        garbage_revision: None,
+    };
+    let cancel = CancellationToken::new();
+    let run0 = EtcdWorker::new(client.clone(), "/rep").run(
+        &mut reactor0,
+        KvState::default(),
+        INTERVAL,
+        &cancel,
+    );
+    let run1 = EtcdWorker::new(client.clone(), "/rep").run(
+        &mut reactor1,
+        KvState::default(),
+        INTERVAL,
+        &cancel,
+    );
+    let (result0, result1) =
+        tokio::time::timeout(Duration::from_secs(30), async { tokio::join!(run0, run1) })
+            .await
+            .unwrap();
+    result0.unwrap();
+    result1.unwrap();
+    let garbage = reactor0.garbage_revision.unwrap();
+    let n = counter_of(&value_of(&client, "/rep/n").await.unwrap());
+    assert_eq!(n, 2 * i64::try_from(N_REPAIR_TICKS).unwrap());
+    assert_eq!(value_of(&client, "/rep/tmp0").await, None);
+    assert_eq!(value_of(&client, "/rep/tmp1").await, None);
+    // Only the repair writes a counter over the garbage; deletes then count on from it.
+    let counter = counter_of(&value_of(&client, &counter_key).await.unwrap());
+    assert!(counter >= garbage, "{counter} < {garbage}");
+}
+
+/// Ticks like [`repair_tick`]; with `garbage`, its sixth tick first writes a non-number to the
+/// delete counter.
+struct RepairReactor {
+    id: usize,
+    n_ticks: usize,
+    garbage: Option<(EtcdClient, String)>,
+    garbage_revision: Option<Revision>,
+}
+
+impl Reactor<KvState> for RepairReactor {
+    async fn tick(&mut self, state: &mut KvState) -> Result<()> {
+        let n = self.n_ticks;
+        self.n_ticks += 1;
+        if n == 5
+            && let Some((client, counter_key)) = &self.garbage
+        {
+            let revision = client
+                .put(counter_key.as_str(), "garbage", 0)
+                .await
+                .unwrap();
+            self.garbage_revision = Some(revision);
+        }
+        repair_tick(state, n, self.id)
+    }
 }
 
 // A former owner whose key was deleted and whose successor was elected: its transactions are
@@ -719,15 +892,11 @@ async fn owner_key_deleted_ends_worker() {
     let client = server.client().await.unwrap();
     let owner_key = "/own/__cdc_meta__/owner/7";
     let revision = client.put(owner_key, "capture-1", 0).await.unwrap();
-    let deleter = client.clone();
     let cancel = CancellationToken::new();
-    let mut reactor = FnReactor::new(move |_state: &mut KvState, n| {
-        if n == 0 {
-            let deleter = deleter.clone();
-            tokio::spawn(async move { deleter.delete(owner_key, false).await });
-        }
-        Ok(())
-    });
+    let delete = async {
+        client.delete(owner_key, false).await.unwrap();
+    };
+    let mut reactor = FirstReactor::new(delete, |_state: &mut KvState, _| Ok(()));
     let result = tokio::time::timeout(
         Duration::from_secs(30),
         EtcdWorker::new(client.clone(), "/own")
@@ -779,10 +948,12 @@ async fn session_done_and_cancel() {
     );
 }
 
-// A compacted watch resyncs the worker: it sees the writes made while it was cut off.
+// A compacted watch resyncs the worker: it sees the writes made while it was cut off. The
+// watch is cut before the writes and re-opened only after the compaction, so etcd itself
+// reports the compaction.
 #[tokio::test]
 async fn compaction_resyncs() {
-    let mut server = EtcdServer::start().await.unwrap();
+    let server = EtcdServer::start().await.unwrap();
     let client = server.client().await.unwrap();
     client.put("/cmp/gone", "1", 0).await.unwrap();
     client.put("/cmp/key", "0", 0).await.unwrap();
@@ -793,26 +964,26 @@ async fn compaction_resyncs() {
         go: go.clone(),
         n_ticks: 0,
     };
+    let (phase_tx, phase) = tokio::sync::watch::channel(CutPhase::Serving);
+    let source = CutSource {
+        inner: EtcdWatchSource::new(client.clone(), b"/cmp/".to_vec(), true),
+        phase,
+    };
     let cancel = CancellationToken::new();
-    let run = EtcdWorker::new(client.clone(), "/cmp").run(
-        &mut reactor,
-        KvState::default(),
-        INTERVAL,
-        &cancel,
-    );
+    let worker = EtcdWorker::new(client.clone(), "/cmp").with_watch_source(source);
+    let metrics = worker.metrics().clone();
+    let run = worker.run(&mut reactor, KvState::default(), INTERVAL, &cancel);
     let disturb = async {
         entered.notified().await;
-        // Break the worker's watch and compact away the revisions it would resume from.
-        server.kill().unwrap();
-        server.restart().await.unwrap();
-        let fresh = server.client().await.unwrap();
-        fresh.delete("/cmp/gone", false).await.unwrap();
-        fresh.put("/cmp/key", "1", 0).await.unwrap();
-        let revision = fresh.put("/cmp/key", "2", 0).await.unwrap();
-        fresh.compact(revision).await.unwrap();
+        phase_tx.send_replace(CutPhase::Cut);
+        client.delete("/cmp/gone", false).await.unwrap();
+        client.put("/cmp/key", "1", 0).await.unwrap();
+        let revision = client.put("/cmp/key", "2", 0).await.unwrap();
+        client.compact(revision).await.unwrap();
+        phase_tx.send_replace(CutPhase::Reopen);
         go.notify_one();
     };
-    let (result, ()) = tokio::time::timeout(Duration::from_secs(60), async {
+    let (result, ()) = tokio::time::timeout(Duration::from_secs(30), async {
         tokio::join!(run, disturb)
     })
     .await
@@ -820,6 +991,69 @@ async fn compaction_resyncs() {
     let state = result.unwrap();
     assert_eq!(state.get("/cmp/key"), Some(b"2".as_slice()));
     assert_eq!(state.get("/cmp/gone"), None);
+    assert_eq!(metrics.resyncs(), 1);
+}
+
+/// Where a [`CutSource`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CutPhase {
+    /// Streams deliver etcd's responses.
+    Serving,
+    /// The streams opened while serving have ended; no stream opens.
+    Cut,
+    /// Streams open again and deliver etcd's responses.
+    Reopen,
+}
+
+/// Watches through etcd; once cut, its streams end and none opens until it is reopened.
+#[derive(Clone)]
+struct CutSource {
+    inner: EtcdWatchSource,
+    phase: tokio::sync::watch::Receiver<CutPhase>,
+}
+
+struct CutStream {
+    inner: RawWatch,
+    phase: tokio::sync::watch::Receiver<CutPhase>,
+    /// The phase the stream was opened in; it ends when the phase moves on.
+    opened_in: CutPhase,
+}
+
+impl WatchSource for CutSource {
+    type Stream = CutStream;
+
+    async fn open(&mut self, start_revision: Revision) -> cdc_etcd::Result<CutStream> {
+        let opened_in = *self
+            .phase
+            .wait_for(|phase| *phase != CutPhase::Cut)
+            .await
+            .map_err(|_| cdc_etcd::Error::Cancelled)?;
+        Ok(CutStream {
+            inner: self.inner.open(start_revision).await?,
+            phase: self.phase.clone(),
+            opened_in,
+        })
+    }
+}
+
+impl WatchStream for CutStream {
+    async fn next(&mut self) -> cdc_etcd::Result<Option<WatchResponse>> {
+        let opened_in = self.opened_in;
+        // Biased: once the phase moved on, nothing more is delivered, not even a response
+        // that arrived meanwhile.
+        tokio::select! {
+            biased;
+            moved = self.phase.wait_for(|phase| *phase != opened_in) => {
+                moved.map_err(|_| cdc_etcd::Error::Cancelled)?;
+                Ok(None)
+            }
+            response = self.inner.next() => response,
+        }
+    }
+
+    async fn request_progress(&mut self) -> cdc_etcd::Result<()> {
+        self.inner.request_progress().await
+    }
 }
 
 /// Blocks in its first tick, then finishes once it sees `/cmp/key == 2`.

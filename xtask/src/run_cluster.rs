@@ -9,8 +9,9 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -55,17 +56,10 @@ impl Drop for Process {
 }
 
 pub(crate) fn run(args: Args) -> Result<()> {
-    // Ctrl-C and SIGTERM are taken by one thread below; children get them unblocked.
-    let signals = {
-        let mut set = SigSet::empty();
-        set.add(Signal::SIGINT);
-        set.add(Signal::SIGTERM);
-        set
-    };
-    signals.thread_block().context("block SIGINT and SIGTERM")?;
     if args.nodes == 0 {
         bail!("--nodes must be at least 1");
     }
+    // Install and build with the default signal handling: Ctrl-C ends them and us.
     install::ensure_tools()?;
     let binary = match &args.server_binary {
         Some(binary) => binary.clone(),
@@ -74,6 +68,26 @@ pub(crate) fn run(args: Args) -> Result<()> {
             crate::target_dir().join("debug").join("cdc-server")
         }
     };
+    // From here on SIGINT and SIGTERM are taken by one thread. They are blocked before any
+    // other thread starts, so every thread inherits the mask (a thread that did not block
+    // them would let the default action kill us without cleaning up). Children start with an
+    // empty mask: see `spawn`.
+    let signals = {
+        let mut set = SigSet::empty();
+        set.add(Signal::SIGINT);
+        set.add(Signal::SIGTERM);
+        set
+    };
+    signals.thread_block().context("block SIGINT and SIGTERM")?;
+    let (signal_tx, signal_rx) = mpsc::sync_channel::<Signal>(4);
+    thread::spawn(move || {
+        while let Ok(signal) = signals.wait() {
+            if signal_tx.send(signal).is_err() {
+                break;
+            }
+        }
+    });
+
     let cluster_dir = args
         .cluster_dir
         .clone()
@@ -82,6 +96,68 @@ pub(crate) fn run(args: Args) -> Result<()> {
     std::fs::create_dir_all(&cluster_dir).context("create target/cluster")?;
 
     let mut processes: Vec<Process> = Vec::new();
+    let started = start(&args, &binary, &cluster_dir, &mut processes, &signal_rx);
+    let result = match started {
+        Ok(()) => match signal_rx.recv() {
+            Ok(signal) => {
+                eprintln!("run-cluster: {signal:?} received, stopping the cluster");
+                Ok(())
+            }
+            Err(_) => Err(anyhow::anyhow!("the signal thread ended")),
+        },
+        Err(err) if err.is::<Interrupted>() => {
+            eprintln!("run-cluster: {err}, stopping what was started");
+            Ok(())
+        }
+        Err(err) => Err(err),
+    };
+    // Captures first (they resign and delete their keys), then etcd.
+    for process in processes.iter_mut().rev() {
+        if process.name == "etcd" {
+            continue;
+        }
+        stop(process);
+    }
+    for process in processes.iter_mut() {
+        stop(process);
+    }
+    drop(processes);
+    if args.etcd.is_none() {
+        let _ = std::fs::remove_dir_all(&cluster_dir);
+    }
+    eprintln!("run-cluster: stopped");
+    result
+}
+
+/// A signal arrived before the cluster was up.
+#[derive(Debug)]
+struct Interrupted(Signal);
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?} received during startup", self.0)
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// Waits `pause` for a signal; a signal is [`Interrupted`].
+fn check_signal(signals: &mpsc::Receiver<Signal>, pause: Duration) -> Result<()> {
+    match signals.recv_timeout(pause) {
+        Ok(signal) => Err(Interrupted(signal).into()),
+        Err(mpsc::RecvTimeoutError::Timeout) => Ok(()),
+        Err(mpsc::RecvTimeoutError::Disconnected) => bail!("the signal thread ended"),
+    }
+}
+
+/// Starts etcd (unless `--etcd`) and the captures, waits for an owner and prints the summary.
+fn start(
+    args: &Args,
+    binary: &Path,
+    cluster_dir: &Path,
+    processes: &mut Vec<Process>,
+    signals: &mpsc::Receiver<Signal>,
+) -> Result<()> {
     let etcd_url = match &args.etcd {
         Some(url) => url.clone(),
         None => {
@@ -98,8 +174,8 @@ pub(crate) fn run(args: Args) -> Result<()> {
                 .args(["--advertise-client-urls", &url, "--listen-peer-urls", &peer])
                 .args(["--initial-advertise-peer-urls", &peer])
                 .args(["--initial-cluster", &format!("etcd={peer}")]);
-            processes.push(spawn("etcd", command, &signals)?);
-            wait_tcp(client_port, Duration::from_secs(20)).context("wait for etcd")?;
+            processes.push(spawn("etcd", command)?);
+            wait_tcp(client_port, Duration::from_secs(20), signals).context("wait for etcd")?;
             url
         }
     };
@@ -115,18 +191,18 @@ pub(crate) fn run(args: Args) -> Result<()> {
             &config,
             format!("capture-session-ttl = {}\n", args.session_ttl),
         )?;
-        let mut command = Command::new(&binary);
+        let mut command = Command::new(binary);
         command
             .args(["--pd", &etcd_url, "--addr", &address])
             .arg("--data-dir")
             .arg(&dir)
             .arg("--config")
             .arg(&config);
-        processes.push(spawn(&format!("node-{node}"), command, &signals)?);
+        processes.push(spawn(&format!("node-{node}"), command)?);
         addresses.push(address);
     }
 
-    let owner = wait_owner(&addresses, Duration::from_secs(30))?;
+    let owner = wait_owner(&addresses, Duration::from_secs(30), signals)?;
     let mut out = std::io::stdout().lock();
     match processes.iter().find(|process| process.name == "etcd") {
         Some(etcd) => writeln!(
@@ -162,35 +238,25 @@ pub(crate) fn run(args: Args) -> Result<()> {
     writeln!(out, "  kill -TERM {last}    # stops node-{}", args.nodes)?;
     writeln!(out, "run-cluster: Ctrl-C stops everything")?;
     out.flush()?;
-    drop(out);
-
-    let signal = signals.wait().context("wait for a signal")?;
-    eprintln!("run-cluster: {signal:?} received, stopping the cluster");
-    // Captures first (they resign and delete their keys), then etcd.
-    for process in processes.iter_mut().rev() {
-        if process.name == "etcd" {
-            continue;
-        }
-        stop(process);
-    }
-    for process in processes.iter_mut() {
-        stop(process);
-    }
-    drop(processes);
-    if args.etcd.is_none() {
-        let _ = std::fs::remove_dir_all(&cluster_dir);
-    }
-    eprintln!("run-cluster: stopped");
     Ok(())
 }
 
-fn spawn(name: &str, mut command: Command, signals: &SigSet) -> Result<Process> {
-    let unblock = *signals;
+/// Starts a child with an empty signal mask, whatever ours is, so that it reacts to SIGTERM
+/// and SIGINT. (The standard library resets the mask in the child too; this does not rely on
+/// it.)
+fn spawn(name: &str, mut command: Command) -> Result<Process> {
     // SAFETY: between fork and exec only async-signal-safe calls are allowed; sigprocmask is.
     unsafe {
-        command.pre_exec(move || unblock.thread_unblock().map_err(std::io::Error::from));
+        command.pre_exec(|| {
+            SigSet::empty()
+                .thread_set_mask()
+                .map_err(std::io::Error::from)
+        });
     }
+    // A process group of its own: Ctrl-C in the terminal reaches only us, and we stop the
+    // children in order (captures first, then etcd).
     let mut child = command
+        .process_group(0)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -244,13 +310,13 @@ fn free_port() -> Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
-fn wait_tcp(port: u16, within: Duration) -> Result<()> {
+fn wait_tcp(port: u16, within: Duration, signals: &mpsc::Receiver<Signal>) -> Result<()> {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
         if TcpStream::connect(("127.0.0.1", port)).is_ok() {
             return Ok(());
         }
-        thread::sleep(Duration::from_millis(100));
+        check_signal(signals, Duration::from_millis(100))?;
     }
     bail!("nothing listens on port {port} after {within:?}")
 }
@@ -270,7 +336,11 @@ fn http_get(address: &str, path: &str) -> Result<String> {
 }
 
 /// Waits until some node reports itself owner; returns its address.
-fn wait_owner(addresses: &[String], within: Duration) -> Result<String> {
+fn wait_owner(
+    addresses: &[String],
+    within: Duration,
+    signals: &mpsc::Receiver<Signal>,
+) -> Result<String> {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
         for address in addresses {
@@ -280,7 +350,7 @@ fn wait_owner(addresses: &[String], within: Duration) -> Result<String> {
                 return Ok(address.clone());
             }
         }
-        thread::sleep(Duration::from_millis(200));
+        check_signal(signals, Duration::from_millis(200))?;
     }
     bail!("no owner elected within {within:?}")
 }

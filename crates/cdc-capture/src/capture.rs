@@ -444,6 +444,13 @@ impl Capture {
             }
             .instrument(info_span!(parent: &span, "p2p")),
         );
+        if let Some(errors) = incarnation.router.errors() {
+            tasks.spawn(
+                Arc::clone(self)
+                    .watch_router_errors(errors, group.clone())
+                    .instrument(info_span!(parent: &span, "p2p")),
+            );
+        }
         tasks.spawn({
             let pool = Arc::clone(&incarnation.init_pool);
             let group = group.clone();
@@ -474,6 +481,31 @@ impl Capture {
         match first_error {
             Some(err) => Err(err),
             None => Ok(()),
+        }
+    }
+
+    /// Logs and counts the errors of p2p clients that stopped for good until the group ends.
+    /// The router has already dropped such a client; a permanent failure (the peer restarted
+    /// as another capture: `CAPTURE_ID_MISMATCH`) is normal churn and ends nothing.
+    async fn watch_router_errors(
+        self: Arc<Self>,
+        mut errors: tokio::sync::mpsc::Receiver<cdc_p2p::Error>,
+        group: CancellationToken,
+    ) -> Result<()> {
+        loop {
+            tokio::select! {
+                () = group.cancelled() => return Err(Error::Cancelled),
+                received = errors.recv() => match received {
+                    Some(err) => {
+                        self.metrics.p2p_client_errors.inc();
+                        warn!(error = %err, "p2p client to a peer stopped; the router dropped it");
+                    }
+                    None => {
+                        group.cancelled().await;
+                        return Err(Error::Cancelled);
+                    }
+                },
+            }
         }
     }
 
@@ -571,16 +603,8 @@ impl Capture {
             // Boxed: the worker's future is large and the campaign loop's callers hold it.
             let result = Box::pin(async {
                 self.migrate(&fence, cancel).await?;
-                let state = self.hooked_state(incarnation, true);
-                self.run_etcd_worker(
-                    Role::Owner(Arc::clone(&owner), Arc::clone(&controller)),
-                    state,
-                    self.config.owner_flush_interval,
-                    incarnation,
-                    Some(fence),
-                    cancel,
-                )
-                .await
+                self.run_owner_workers(&owner, &controller, incarnation, &fence, cancel)
+                    .await
             })
             .await;
             owner.async_stop();
@@ -602,18 +626,75 @@ impl Capture {
         }
     }
 
+    /// The owner and the controller, each on its own etcd worker fenced by the owner key, in
+    /// one group: the first error cancels both, and when one finishes the other is asked to
+    /// finish too. Returns the root error (a sibling's cancellation is a consequence), the
+    /// owner's first when both failed.
+    async fn run_owner_workers(
+        &self,
+        owner: &Arc<dyn Owner>,
+        controller: &Arc<dyn Controller>,
+        incarnation: &Incarnation,
+        fence: &OwnerFence,
+        cancel: &CancellationToken,
+    ) -> Result<()> {
+        let term = cancel.child_token();
+        let interval = self.config.owner_flush_interval;
+        let owner_worker = async {
+            // Boxed: a worker's future is large.
+            let result = Box::pin(self.run_etcd_worker(
+                Role::Owner(Arc::clone(owner)),
+                self.hooked_state(incarnation, true),
+                interval,
+                incarnation,
+                Some(fence.clone()),
+                &term,
+            ))
+            .await;
+            controller.async_stop();
+            if result.is_err() {
+                term.cancel();
+            }
+            result
+        };
+        let controller_worker = async {
+            // Boxed: a worker's future is large.
+            let result = Box::pin(self.run_etcd_worker(
+                Role::Controller(Arc::clone(controller)),
+                self.hooked_state(incarnation, false),
+                interval,
+                incarnation,
+                Some(fence.clone()),
+                &term,
+            ))
+            .await;
+            owner.async_stop();
+            if result.is_err() {
+                term.cancel();
+            }
+            result
+        };
+        let (owner_result, controller_result) = tokio::join!(owner_worker, controller_worker);
+        match (owner_result, controller_result) {
+            (Err(Error::Cancelled), Err(err)) | (Err(err), _) | (Ok(()), Err(err)) => Err(err),
+            (Ok(()), Ok(())) => Ok(()),
+        }
+    }
+
+    /// Resigns the ownership on a fresh 5 s deadline. A failure or a timeout is reported
+    /// (`ErrCaptureResignOwner`), logged and counted.
     async fn resign(&self, incarnation: &Incarnation) -> Result<()> {
-        match tokio::time::timeout(RESIGN_TIMEOUT, incarnation.election.resign()).await {
+        let err = match tokio::time::timeout(RESIGN_TIMEOUT, incarnation.election.resign()).await {
             Ok(Ok(())) => {
                 info!("resigned the ownership");
-                Ok(())
+                return Ok(());
             }
-            Ok(Err(err)) => Err(Error::ResignOwner(Box::new(err))),
-            Err(_) => {
-                warn!("resigning the ownership timed out");
-                Ok(())
-            }
-        }
+            Ok(Err(err)) => Error::ResignOwner(Box::new(err)),
+            Err(_) => Error::ResignOwner(Box::new(Error::DeadlineExceeded { op: "resign owner" })),
+        };
+        self.metrics.resign_failures.inc();
+        warn!(error = %err, cause = %err.root_cause(), "resigning the ownership failed");
+        Err(err)
     }
 
     /// The owner's side of the meta-version gate (§6.6, no legacy data to move): when the
@@ -736,7 +817,6 @@ impl Capture {
     ) -> Result<()> {
         let name = role.name();
         let mut reactor = WorkerReactor {
-            ticks: self.metrics.worker_ticks.with_label_values(&[name]),
             capture_id: incarnation.capture_id.clone(),
             role,
             failure: None,
@@ -745,7 +825,8 @@ impl Capture {
             self.etcd.client().clone(),
             key::base_key(&self.config.cluster_id),
         )
-        .with_session_done(incarnation.session_done.clone());
+        .with_session_done(incarnation.session_done.clone())
+        .with_metrics(self.metrics.worker(name));
         if let Some(fence) = fence {
             worker = worker.with_owner_fence(fence);
         }

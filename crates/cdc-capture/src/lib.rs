@@ -29,7 +29,7 @@ pub use config::{Config, DebugConfig, SecurityConfig, is_valid_cluster_id};
 pub use election::{Election, ElectionFactory, EtcdElections};
 pub use error::{Error, Result};
 pub use http::{FORWARD_HEADER, router};
-pub use metrics::Metrics;
+pub use metrics::{Metrics, WORKER_ROLES};
 pub use pool::{InitPool, Job};
 pub use reactor::{
     Controller, ControllerFactory, MinimalReactors, Owner, OwnerFactory, ProcessorManager,

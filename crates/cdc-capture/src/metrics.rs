@@ -1,9 +1,16 @@
 //! The capture's Prometheus metrics, in a registry per server (served at `/metrics`).
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use cdc_orchestrator::{COMMIT_LATENCY_BOUNDS, WorkerMetrics, WorkerMetricsSnapshot};
 use cdc_p2p::MetricsSnapshot;
-use prometheus::{
-    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
-};
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{Bucket, Counter, Histogram, LabelPair, Metric, MetricFamily, MetricType};
+use prometheus::{Encoder, IntCounter, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+
+/// The roles of the etcd workers, each with its own series.
+pub const WORKER_ROLES: [&str; 3] = ["owner", "controller", "processor"];
 
 /// The metrics of one capture server.
 #[derive(Debug)]
@@ -13,13 +20,17 @@ pub struct Metrics {
     pub captures: IntGauge,
     /// Owner changes seen by this capture.
     pub owner_changes: IntCounter,
-    /// Ticks of the etcd workers, by role.
-    pub worker_ticks: IntCounterVec,
+    /// The counters of the etcd workers, one set per role (shared by every incarnation).
+    workers: Vec<(&'static str, Arc<WorkerMetrics>)>,
     /// The p2p counters of the current incarnation, by side (`server`, `client`) and counter;
     /// they start again from zero with each incarnation.
     pub p2p: IntGaugeVec,
     /// Incarnations started after the first.
     pub restarts: IntCounter,
+    /// Resigns that failed or timed out.
+    pub resign_failures: IntCounter,
+    /// p2p clients that stopped with an error (read from the router's error channel).
+    pub p2p_client_errors: IntCounter,
 }
 
 impl Metrics {
@@ -30,11 +41,10 @@ impl Metrics {
             .expect("valid metric");
         let owner_changes = IntCounter::new("ticdc_capture_owner_changes_total", "owner changes")
             .expect("valid metric");
-        let worker_ticks = IntCounterVec::new(
-            Opts::new("ticdc_etcd_worker_ticks_total", "etcd worker ticks"),
-            &["role"],
-        )
-        .expect("valid metric");
+        let workers: Vec<(&'static str, Arc<WorkerMetrics>)> = WORKER_ROLES
+            .iter()
+            .map(|role| (*role, Arc::new(WorkerMetrics::new())))
+            .collect();
         let p2p = IntGaugeVec::new(
             Opts::new(
                 "ticdc_p2p_incarnation_messages",
@@ -45,12 +55,24 @@ impl Metrics {
         .expect("valid metric");
         let restarts = IntCounter::new("ticdc_capture_restarts_total", "capture restarts")
             .expect("valid metric");
+        let resign_failures = IntCounter::new(
+            "ticdc_capture_resign_failures_total",
+            "owner resigns that failed or timed out",
+        )
+        .expect("valid metric");
+        let p2p_client_errors = IntCounter::new(
+            "ticdc_p2p_client_errors_total",
+            "p2p clients that stopped with an error",
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(captures.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(owner_changes.clone()),
-            Box::new(worker_ticks.clone()),
+            Box::new(WorkerCollector::new(workers.clone())),
             Box::new(p2p.clone()),
             Box::new(restarts.clone()),
+            Box::new(resign_failures.clone()),
+            Box::new(p2p_client_errors.clone()),
         ] {
             registry
                 .register(collector)
@@ -60,10 +82,21 @@ impl Metrics {
             registry,
             captures,
             owner_changes,
-            worker_ticks,
+            workers,
             p2p,
             restarts,
+            resign_failures,
+            p2p_client_errors,
         }
+    }
+
+    /// The counters the etcd workers of `role` (one of [`WORKER_ROLES`]) update.
+    pub fn worker(&self, role: &str) -> Arc<WorkerMetrics> {
+        self.workers
+            .iter()
+            .find(|(name, _)| *name == role)
+            .map(|(_, metrics)| Arc::clone(metrics))
+            .unwrap_or_else(|| panic!("unknown worker role {role}"))
     }
 
     /// The registry, for other components' metrics.
@@ -102,5 +135,176 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+/// Renders the etcd workers' counters at each scrape: ticks, commits, conflicts and resyncs
+/// as counters, the commit latency as a histogram, each with a `role` label.
+struct WorkerCollector {
+    descs: Vec<Desc>,
+    workers: Vec<(&'static str, Arc<WorkerMetrics>)>,
+}
+
+/// (name, help) of the worker counters, in the order `WorkerCollector::collect` renders them.
+const WORKER_COUNTERS: [(&str, &str); 4] = [
+    ("ticdc_etcd_worker_ticks_total", "etcd worker ticks"),
+    (
+        "ticdc_etcd_worker_commits_total",
+        "etcd worker transactions committed",
+    ),
+    (
+        "ticdc_etcd_worker_commit_conflicts_total",
+        "etcd worker transactions refused by a failed compare",
+    ),
+    (
+        "ticdc_etcd_worker_resyncs_total",
+        "etcd worker resyncs after a compacted watch",
+    ),
+];
+const COMMIT_LATENCY: (&str, &str) = (
+    "ticdc_etcd_worker_commit_duration_seconds",
+    "etcd worker transaction round-trip latency",
+);
+
+impl WorkerCollector {
+    fn new(workers: Vec<(&'static str, Arc<WorkerMetrics>)>) -> Self {
+        let descs = WORKER_COUNTERS
+            .iter()
+            .chain([&COMMIT_LATENCY])
+            .map(|(name, help)| {
+                Desc::new(
+                    (*name).to_owned(),
+                    (*help).to_owned(),
+                    vec!["role".to_owned()],
+                    HashMap::new(),
+                )
+                .expect("valid metric")
+            })
+            .collect();
+        WorkerCollector { descs, workers }
+    }
+}
+
+fn role_label(role: &str) -> Vec<LabelPair> {
+    let mut label = LabelPair::default();
+    label.set_name("role".to_owned());
+    label.set_value(role.to_owned());
+    vec![label]
+}
+
+fn family(name: &str, help: &str, kind: MetricType, metrics: Vec<Metric>) -> MetricFamily {
+    let mut family = MetricFamily::default();
+    family.set_name(name.to_owned());
+    family.set_help(help.to_owned());
+    family.set_field_type(kind);
+    family.set_metric(metrics);
+    family
+}
+
+#[allow(
+    clippy::cast_precision_loss,
+    reason = "Prometheus samples are f64; counts beyond 2^53 lose precision by design"
+)]
+fn as_sample(value: u64) -> f64 {
+    value as f64
+}
+
+impl Collector for WorkerCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let snapshots: Vec<(&str, WorkerMetricsSnapshot)> = self
+            .workers
+            .iter()
+            .map(|(role, metrics)| (*role, metrics.snapshot()))
+            .collect();
+        let counter_values: [fn(&WorkerMetricsSnapshot) -> u64; 4] = [
+            |s| s.ticks,
+            |s| s.commits,
+            |s| s.commit_conflicts,
+            |s| s.resyncs,
+        ];
+        let mut families: Vec<MetricFamily> = WORKER_COUNTERS
+            .iter()
+            .zip(counter_values)
+            .map(|((name, help), value)| {
+                let metrics = snapshots
+                    .iter()
+                    .map(|(role, snapshot)| {
+                        let mut counter = Counter::default();
+                        counter.set_value(as_sample(value(snapshot)));
+                        let mut metric = Metric::default();
+                        metric.set_label(role_label(role));
+                        metric.set_counter(counter);
+                        metric
+                    })
+                    .collect();
+                family(name, help, MetricType::COUNTER, metrics)
+            })
+            .collect();
+        let histograms = snapshots
+            .iter()
+            .map(|(role, snapshot)| {
+                let latency = &snapshot.commit_latency;
+                // The finite buckets; the encoder adds `+Inf` from the sample count.
+                let buckets = COMMIT_LATENCY_BOUNDS
+                    .iter()
+                    .zip(latency.buckets)
+                    .map(|(bound, count)| {
+                        let mut bucket = Bucket::default();
+                        bucket.set_upper_bound(*bound);
+                        bucket.set_cumulative_count(count);
+                        bucket
+                    })
+                    .collect();
+                let mut histogram = Histogram::default();
+                histogram.set_sample_count(latency.count);
+                histogram.set_sample_sum(latency.sum.as_secs_f64());
+                histogram.set_bucket(buckets);
+                let mut metric = Metric::default();
+                metric.set_label(role_label(role));
+                metric.set_histogram(histogram);
+                metric
+            })
+            .collect();
+        let (name, help) = COMMIT_LATENCY;
+        families.push(family(name, help, MetricType::HISTOGRAM, histograms));
+        families
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_metrics_render_per_role_with_a_latency_histogram() {
+        let metrics = Metrics::new();
+        let text = metrics.encode();
+        for role in WORKER_ROLES {
+            for (name, _) in WORKER_COUNTERS {
+                assert!(
+                    text.contains(&format!("{name}{{role=\"{role}\"}} 0")),
+                    "{text}"
+                );
+            }
+            let histogram = COMMIT_LATENCY.0;
+            for line in [
+                format!("{histogram}_bucket{{role=\"{role}\",le=\"0.001\"}} 0"),
+                format!("{histogram}_bucket{{role=\"{role}\",le=\"2.5\"}} 0"),
+                format!("{histogram}_bucket{{role=\"{role}\",le=\"+Inf\"}} 0"),
+                format!("{histogram}_sum{{role=\"{role}\"}} 0"),
+                format!("{histogram}_count{{role=\"{role}\"}} 0"),
+            ] {
+                assert!(text.contains(&line), "{line} in {text}");
+            }
+        }
+        assert!(text.contains(&format!("# TYPE {} histogram", COMMIT_LATENCY.0)));
+        assert!(Arc::ptr_eq(
+            &metrics.worker("owner"),
+            &metrics.worker("owner")
+        ));
     }
 }

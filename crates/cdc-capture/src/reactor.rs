@@ -15,7 +15,6 @@ use cdc_orchestrator::{
 };
 use cdc_p2p::{MessageRouter, MessageServer};
 use futures::future::BoxFuture;
-use prometheus::IntCounter;
 use tracing::{info, warn};
 
 use crate::error::{Error, Result};
@@ -238,6 +237,23 @@ impl Controller for MinimalController {
     }
 }
 
+/// A read-only patch on this capture's raw key (TiCDC's `check_capture_alive`): when the key
+/// is absent or empty at commit time, the worker fails with `ErrLeaseExpired`. It reads the
+/// raw key, not `GlobalReactorState::captures`, which keeps a vanished capture for the removal
+/// delay.
+pub(crate) fn check_capture_alive(cluster_id: &str, capture_id: &str) -> SingleDataPatch {
+    let capture_id = capture_id.to_owned();
+    SingleDataPatch::new(
+        key::capture_key(cluster_id, &capture_id),
+        move |old| match old {
+            None | Some([]) => Err(cdc_orchestrator::Error::LeaseExpired {
+                capture_id: capture_id.clone(),
+            }),
+            Some(_) => Ok(PatchOutcome::Unchanged),
+        },
+    )
+}
+
 /// Checks every tick that this capture is still in the cluster (`check_capture_alive`).
 struct MinimalProcessorManager {
     context: ReactorContext,
@@ -253,10 +269,10 @@ impl ProcessorManager for MinimalProcessorManager {
                 return Ok(Tick::Finished);
             }
             self.ticks.fetch_add(1, Ordering::Relaxed);
-            if !state.captures.contains_key(&self.context.capture_id) {
-                warn!(capture_id = %self.context.capture_id, "this capture's key is gone");
-                return Err(Error::LeaseExpired);
-            }
+            state.queue_patches(vec![Box::new(check_capture_alive(
+                &state.cluster_id,
+                &self.context.capture_id,
+            ))]);
             Ok(Tick::Continue)
         })
     }
@@ -317,14 +333,16 @@ impl ReactorState for CaptureState {
 /// What a worker ticks.
 pub(crate) enum Role {
     Processor(Arc<dyn ProcessorManager>),
-    Owner(Arc<dyn Owner>, Arc<dyn Controller>),
+    Owner(Arc<dyn Owner>),
+    Controller(Arc<dyn Controller>),
 }
 
 impl Role {
     pub(crate) fn name(&self) -> &'static str {
         match self {
             Role::Processor(_) => "processor",
-            Role::Owner(..) => "owner",
+            Role::Owner(_) => "owner",
+            Role::Controller(_) => "controller",
         }
     }
 }
@@ -335,19 +353,15 @@ impl Role {
 pub(crate) struct WorkerReactor {
     pub(crate) role: Role,
     pub(crate) capture_id: String,
-    pub(crate) ticks: IntCounter,
     pub(crate) failure: Option<Error>,
 }
 
 impl Reactor<CaptureState> for WorkerReactor {
     async fn tick(&mut self, state: &mut CaptureState) -> cdc_orchestrator::Result<()> {
-        self.ticks.inc();
         let result = match &self.role {
             Role::Processor(manager) => manager.tick(&mut state.0).await,
-            Role::Owner(owner, controller) => match owner.tick(&mut state.0).await {
-                Ok(tick) => controller.tick(&mut state.0).await.map(|_| tick),
-                Err(err) => Err(err),
-            },
+            Role::Owner(owner) => owner.tick(&mut state.0).await,
+            Role::Controller(controller) => controller.tick(&mut state.0).await,
         };
         match result {
             Ok(Tick::Continue) => Ok(()),

@@ -78,14 +78,6 @@ pub enum Error {
         /// What is wrong with it.
         reason: &'static str,
     },
-    /// The delete counter of the prefix holds something other than a positive decimal.
-    #[error("invalid delete counter value {value:?} at {key}")]
-    InvalidDeleteCounter {
-        /// The counter key.
-        key: String,
-        /// The value found.
-        value: String,
-    },
 }
 
 /// The result type of this crate.
@@ -107,7 +99,6 @@ impl Error {
             | Error::TxnOpsExceed { .. }
             | Error::Cancelled
             | Error::InvalidKey { .. }
-            | Error::InvalidDeleteCounter { .. }
             | Error::Unmarshal { .. }
             | Error::Model(_)
             | Error::MissingStatus { .. } => false,

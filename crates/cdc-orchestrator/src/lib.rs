@@ -3,6 +3,8 @@
 //! - [`EtcdWorker`] is the IO shell: it keeps a consistent snapshot of a key prefix, ticks a
 //!   [`Reactor`] over a [`ReactorState`] and commits the state's [`DataPatch`] groups as
 //!   compare-and-swap transactions (capture-spec §4).
+//! - [`WorkerMetrics`] counts the worker's ticks, commits, conflicts, commit latency and
+//!   resyncs for a capture's `/metrics`.
 //! - Everything else is pure: states and patches perform no IO and read no clock; the time is
 //!   passed in.
 //!
@@ -16,6 +18,7 @@ mod changefeed;
 mod error;
 mod global;
 pub mod key;
+mod metrics;
 mod patch;
 mod reactor;
 mod worker;
@@ -24,6 +27,7 @@ pub use batch::{TXN_MAX_OPS, TXN_MAX_SIZE};
 pub use changefeed::ChangefeedReactorState;
 pub use error::{Error, Result};
 pub use global::{CaptureAddedHook, CaptureRemovedHook, GlobalReactorState};
+pub use metrics::{COMMIT_LATENCY_BOUNDS, LatencySnapshot, WorkerMetrics, WorkerMetricsSnapshot};
 pub use patch::{
     DataPatch, Key, PatchFn, PatchGroup, PatchOutcome, PatchView, RawEntry, RawState,
     SingleDataPatch, Value,

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::future::pending;
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::Duration;
 
 use cdc_etcd::watch::{EtcdWatchSource, ResilientWatch, WatchConfig, WatchSource};
@@ -16,11 +17,12 @@ use cdc_etcd::{
 use governor::{Quota, RateLimiter};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::batch::{TxnLimits, next_batch};
 use crate::error::{Error, Result};
 use crate::key::normalize_prefix;
+use crate::metrics::WorkerMetrics;
 use crate::patch::{Key, PatchGroup, RawEntry, RawState, Value};
 use crate::reactor::{Reactor, ReactorState};
 
@@ -80,6 +82,7 @@ pub struct EtcdWorker {
     fence: Option<OwnerFence>,
     session_done: Option<CancellationToken>,
     watch_opener: WatchOpener,
+    metrics: Arc<WorkerMetrics>,
 }
 
 impl EtcdWorker {
@@ -94,6 +97,7 @@ impl EtcdWorker {
             fence: None,
             session_done: None,
             watch_opener: WatchOpener::new(source),
+            metrics: Arc::default(),
         }
     }
 
@@ -116,6 +120,18 @@ impl EtcdWorker {
     pub fn with_session_done(mut self, session_done: CancellationToken) -> Self {
         self.session_done = Some(session_done);
         self
+    }
+
+    /// Counts into `metrics` instead of counters of its own; pass the same `metrics` to every
+    /// worker a role runs so that the counters survive worker restarts.
+    pub fn with_metrics(mut self, metrics: Arc<WorkerMetrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// The counters this worker updates (clone the `Arc` before [`EtcdWorker::run`]).
+    pub fn metrics(&self) -> &Arc<WorkerMetrics> {
+        &self.metrics
     }
 
     /// The normalised prefix.
@@ -159,8 +175,10 @@ impl EtcdWorker {
             revision: 0,
             barrier_revision: -1,
             delete_counter: 0,
+            invalid_counter: None,
             watch_opener: self.watch_opener,
             watch: None,
+            metrics: self.metrics,
         };
         // Boxed: the loop's future is large and callers hold this one across awaits.
         let result =
@@ -180,8 +198,19 @@ fn watch_key(prefix: &str) -> Vec<u8> {
 /// The snapshot of one prefix read.
 struct Snapshot {
     raw_state: RawState,
-    delete_counter: i64,
+    counter: CounterRead,
     revision: Revision,
+}
+
+/// The delete counter as read from etcd.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CounterRead {
+    /// The key does not exist.
+    Absent,
+    /// A positive decimal.
+    Valid(i64),
+    /// Anything else, written at this revision.
+    Invalid(Revision),
 }
 
 struct Run {
@@ -194,9 +223,13 @@ struct Run {
     pending_updates: Vec<(Key, Option<Value>)>,
     revision: Revision,
     barrier_revision: Revision,
+    /// The last valid delete counter seen (0: none).
     delete_counter: i64,
+    /// The mod revision of an invalid counter value awaiting repair.
+    invalid_counter: Option<Revision>,
     watch_opener: WatchOpener,
     watch: Option<ResilientWatch>,
+    metrics: Arc<WorkerMetrics>,
 }
 
 impl Run {
@@ -276,6 +309,15 @@ impl Run {
                     }
                     Err(err) => return Err(err),
                 }
+            } else if self.invalid_counter.is_some() {
+                // Repaired even while idle: other workers sharing the prefix need it too.
+                match self.repair_counter().await {
+                    Ok(()) => {}
+                    Err(err) if err.is_retryable() => {
+                        debug!(error = %err, "etcd worker counter repair will be retried");
+                    }
+                    Err(err) => return Err(err),
+                }
             }
             if exiting {
                 if pending_groups.is_empty() {
@@ -297,6 +339,7 @@ impl Run {
                 continue;
             }
             let started = Instant::now();
+            self.metrics.record_tick();
             match reactor.tick(&mut state).await {
                 Ok(()) => {}
                 Err(Error::ReactorFinished) => exiting = true,
@@ -345,10 +388,10 @@ impl Run {
             }
         };
         let mut raw_state = RawState::with_capacity(response.kvs.len());
-        let mut delete_counter = 0;
+        let mut counter = CounterRead::Absent;
         for kv in response.kvs {
             if kv.key == self.counter_key {
-                delete_counter = self.parse_counter(&kv.value)?;
+                counter = self.parse_counter(&kv.value, kv.mod_revision);
             } else {
                 raw_state.insert(
                     kv.key,
@@ -361,14 +404,14 @@ impl Run {
         }
         Ok(Snapshot {
             raw_state,
-            delete_counter,
+            counter,
             revision: response.revision,
         })
     }
 
     fn install(&mut self, snapshot: Snapshot) {
         self.raw_state = snapshot.raw_state;
-        self.delete_counter = snapshot.delete_counter;
+        self.observe_counter(snapshot.counter);
         self.revision = snapshot.revision;
     }
 
@@ -379,15 +422,78 @@ impl Run {
         }
     }
 
-    fn parse_counter(&self, value: &[u8]) -> Result<i64> {
-        std::str::from_utf8(value)
+    /// Reads a counter value written at `mod_revision`; anything but a positive decimal is
+    /// logged and marked for repair.
+    fn parse_counter(&self, value: &[u8], mod_revision: Revision) -> CounterRead {
+        let parsed = std::str::from_utf8(value)
             .ok()
             .and_then(|text| text.parse::<i64>().ok())
-            .filter(|counter| *counter > 0)
-            .ok_or_else(|| Error::InvalidDeleteCounter {
-                key: String::from_utf8_lossy(&self.counter_key).into_owned(),
-                value: String::from_utf8_lossy(value).into_owned(),
-            })
+            .filter(|counter| *counter > 0);
+        match parsed {
+            Some(counter) => CounterRead::Valid(counter),
+            None => {
+                error!(
+                    key = %String::from_utf8_lossy(&self.counter_key),
+                    value = %String::from_utf8_lossy(value),
+                    mod_revision,
+                    "etcd worker delete counter is not a positive number, repairing it"
+                );
+                CounterRead::Invalid(mod_revision)
+            }
+        }
+    }
+
+    fn observe_counter(&mut self, counter: CounterRead) {
+        match counter {
+            CounterRead::Absent => {
+                self.delete_counter = 0;
+                self.invalid_counter = None;
+            }
+            CounterRead::Valid(counter) => {
+                self.delete_counter = counter;
+                self.invalid_counter = None;
+            }
+            // The last valid value stays: the repair counts on from it.
+            CounterRead::Invalid(mod_revision) => self.invalid_counter = Some(mod_revision),
+        }
+    }
+
+    /// Replaces an invalid delete counter by a positive one, unless it changed since it was
+    /// read (then another worker repaired it first, or a writer replaced it, and its event is
+    /// on the way: [`Error::EtcdTryAgain`]). No-op while the counter is valid.
+    ///
+    /// The new value, the larger of the last valid value + 1 and the revision of the invalid
+    /// write, is one an incrementing writer has not reached: every increment takes a revision
+    /// of its own. A transaction in flight elsewhere compared the old value and is refused.
+    async fn repair_counter(&mut self) -> Result<()> {
+        let Some(mod_revision) = self.invalid_counter else {
+            return Ok(());
+        };
+        let counter = (self.delete_counter + 1).max(mod_revision);
+        let txn = Txn {
+            compares: vec![Compare::ModRevision {
+                key: self.counter_key.clone(),
+                op: CompareOp::Equal,
+                revision: mod_revision,
+            }],
+            success: vec![TxnOp::Put {
+                key: self.counter_key.clone(),
+                value: counter.to_string().into_bytes(),
+                lease: 0,
+            }],
+            failure: Vec::new(),
+        };
+        if self.client.txn(txn).await?.succeeded {
+            info!(counter, "etcd worker delete counter repaired");
+            self.observe_counter(CounterRead::Valid(counter));
+            Ok(())
+        } else {
+            debug!(
+                mod_revision,
+                "etcd worker delete counter changed before its repair"
+            );
+            Err(Error::EtcdTryAgain)
+        }
     }
 
     /// Replaces the watch by one from `revision + 1` (capture-spec §4.3 step 3).
@@ -407,6 +513,7 @@ impl Run {
     /// current snapshot are queued as updates, so the state is reloaded in full and stays
     /// consistent; then a new watch from the fresh revision.
     async fn resync(&mut self, cancel: &CancellationToken) -> Result<()> {
+        self.metrics.record_resync();
         self.close_watch().await;
         let snapshot = self.read_snapshot(cancel).await?;
         self.check_fence_present(&snapshot.raw_state)?;
@@ -447,13 +554,14 @@ impl Run {
             self.revision = self.revision.max(event.kv.mod_revision);
             let key = event.kv.key;
             if key == self.counter_key {
-                match event.kind {
-                    EventKind::Put => self.delete_counter = self.parse_counter(&event.kv.value)?,
+                let counter = match event.kind {
+                    EventKind::Put => self.parse_counter(&event.kv.value, event.kv.mod_revision),
                     EventKind::Delete => {
                         warn!("etcd worker delete counter was deleted, resetting it to 0");
-                        self.delete_counter = 0;
+                        CounterRead::Absent
                     }
-                }
+                };
+                self.observe_counter(counter);
                 continue;
             }
             match event.kind {
@@ -483,6 +591,8 @@ impl Run {
     /// Commits the leading groups that fit in one transaction. Returns the number of keys
     /// committed; the committed groups leave `groups`.
     async fn try_commit(&mut self, groups: &mut VecDeque<PatchGroup>) -> Result<usize> {
+        // Every transaction compares the counter: an invalid one is repaired first.
+        self.repair_counter().await?;
         let batch = next_batch(&self.raw_state, groups.make_contiguous(), self.limits)?;
         if batch.changes.is_empty() {
             groups.drain(..batch.n_groups);
@@ -491,8 +601,10 @@ impl Run {
         let txn = self.build_txn(&batch.changes);
         let started = Instant::now();
         let response = self.client.txn(txn).await?;
-        if started.elapsed() > SLOW_WARN {
-            warn!(duration = ?started.elapsed(), n_keys = batch.changes.len(), "etcd worker txn took too long");
+        let latency = started.elapsed();
+        self.metrics.record_txn(response.succeeded, latency);
+        if latency > SLOW_WARN {
+            warn!(duration = ?latency, n_keys = batch.changes.len(), "etcd worker txn took too long");
         }
         if response.succeeded {
             self.barrier_revision = response.revision;

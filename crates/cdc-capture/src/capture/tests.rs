@@ -75,6 +75,19 @@ struct ElectionDouble {
     campaigned: AtomicBool,
     resigned: AtomicBool,
     revision: OnceLock<Revision>,
+    resign: ResignDouble,
+}
+
+/// What the election double's resign does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum ResignDouble {
+    /// Deletes the owner key.
+    #[default]
+    Deletes,
+    /// Fails with an etcd error.
+    Fails,
+    /// Never returns.
+    Hangs,
 }
 
 impl ElectionDouble {
@@ -111,6 +124,13 @@ impl Election for ElectionDouble {
     fn resign(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
             self.resigned.store(true, Ordering::SeqCst);
+            match self.resign {
+                ResignDouble::Deletes => {}
+                ResignDouble::Fails => {
+                    return Err(Error::Etcd(cdc_etcd::Error::LeaseNotFound { lease_id: 1 }));
+                }
+                ResignDouble::Hangs => futures::future::pending::<()>().await,
+            }
             if let Some(client) = self.client.get() {
                 client.delete(Self::key(), false).await?;
             }
@@ -361,4 +381,41 @@ async fn campaign_respects_liveness() {
         owner_keys.kvs.is_empty(),
         "the resign deleted the owner key"
     );
+}
+
+// Case 92 with a resign that fails, then one that hangs: elected while Stopping, the campaign
+// loop reports `ErrCaptureResignOwner` (the hang after the 5 s resign deadline) and counts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_or_timed_out_resign_is_reported() {
+    let (server, etcd) = etcd().await;
+    let client = etcd.client().clone();
+    for (resign, within) in [
+        (ResignDouble::Fails, Duration::from_secs(5)),
+        (ResignDouble::Hangs, RESIGN_TIMEOUT + Duration::from_secs(5)),
+    ] {
+        let election = Arc::new(ElectionDouble {
+            resign,
+            ..ElectionDouble::default()
+        });
+        let capture = capture(&server, &etcd, parts(&etcd, &election));
+        let _ = election
+            .drain_while_campaigning
+            .set(Arc::downgrade(&capture));
+        let cancel = CancellationToken::new();
+        let err = tokio::time::timeout(
+            within,
+            capture.campaign_owner(&incarnation(&election, &client), &cancel),
+        )
+        .await
+        .expect("the campaign loop returns")
+        .unwrap_err();
+        assert!(matches!(err, Error::ResignOwner(_)), "{resign:?}: {err:?}");
+        assert!(
+            err.to_string().starts_with("[CDC:ErrCaptureResignOwner]"),
+            "{err}"
+        );
+        assert!(election.resigned.load(Ordering::SeqCst));
+        assert_eq!(capture.metrics().resign_failures.get(), 1, "{resign:?}");
+        assert!(!capture.is_owner());
+    }
 }

@@ -1,0 +1,182 @@
+//! Counters of an etcd worker, for a capture's `/metrics`.
+//!
+//! [`WorkerMetrics`] is a set of relaxed atomics the worker bumps as it runs: a few atomic
+//! additions per tick and per transaction, no lock and no allocation. Share one
+//! `Arc<WorkerMetrics>` across the workers of a role (see [`crate::EtcdWorker::with_metrics`])
+//! so that its counters keep growing across worker restarts, as Prometheus counters must.
+//! [`WorkerMetrics::snapshot`] reads everything at once for rendering.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// The upper bounds, in seconds, of the finite commit latency buckets; the `+Inf` bucket
+/// follows them.
+pub const COMMIT_LATENCY_BOUNDS: [f64; 11] = [
+    0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// The same bounds in nanoseconds, compared against observations.
+const BOUNDS_NANOS: [u64; 11] = [
+    1_000_000,
+    2_000_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+];
+
+/// Live counters of one or more etcd workers.
+#[derive(Debug, Default)]
+pub struct WorkerMetrics {
+    ticks: AtomicU64,
+    commits: AtomicU64,
+    commit_conflicts: AtomicU64,
+    resyncs: AtomicU64,
+    latency_sum_nanos: AtomicU64,
+    /// Observations per bucket, not cumulative: index `i < 11` counts latencies in
+    /// `(bound[i-1], bound[i]]`, index 11 those above the last bound.
+    latency_buckets: [AtomicU64; 12],
+}
+
+impl WorkerMetrics {
+    /// Zeroed counters.
+    pub fn new() -> WorkerMetrics {
+        WorkerMetrics::default()
+    }
+
+    /// Reactor ticks run.
+    pub fn ticks(&self) -> u64 {
+        self.ticks.load(Ordering::Relaxed)
+    }
+
+    /// Transactions committed (etcd answered `succeeded`).
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+
+    /// Transactions etcd refused because a compare failed (another writer got there first,
+    /// or the owner fence no longer holds).
+    pub fn commit_conflicts(&self) -> u64 {
+        self.commit_conflicts.load(Ordering::Relaxed)
+    }
+
+    /// Full re-reads of the prefix after the watch was compacted.
+    pub fn resyncs(&self) -> u64 {
+        self.resyncs.load(Ordering::Relaxed)
+    }
+
+    /// Everything at once. Each field is read atomically; fields bumped concurrently with
+    /// the read may be one observation apart, but the histogram's count is always the sum of
+    /// its buckets.
+    pub fn snapshot(&self) -> WorkerMetricsSnapshot {
+        let mut cumulative = 0u64;
+        let buckets = std::array::from_fn(|index| {
+            cumulative += self.latency_buckets[index].load(Ordering::Relaxed);
+            cumulative
+        });
+        WorkerMetricsSnapshot {
+            ticks: self.ticks(),
+            commits: self.commits(),
+            commit_conflicts: self.commit_conflicts(),
+            resyncs: self.resyncs(),
+            commit_latency: LatencySnapshot {
+                sum: Duration::from_nanos(self.latency_sum_nanos.load(Ordering::Relaxed)),
+                count: cumulative,
+                buckets,
+            },
+        }
+    }
+
+    pub(crate) fn record_tick(&self) {
+        self.ticks.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn record_resync(&self) {
+        self.resyncs.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One transaction answered by etcd after `latency`; `succeeded` tells a commit from a
+    /// conflict.
+    pub(crate) fn record_txn(&self, succeeded: bool, latency: Duration) {
+        if succeeded {
+            self.commits.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.commit_conflicts.fetch_add(1, Ordering::Relaxed);
+        }
+        let nanos = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+        self.latency_sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+        let bucket = BOUNDS_NANOS.partition_point(|bound| *bound < nanos);
+        self.latency_buckets[bucket].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The counters of a [`WorkerMetrics`] at one moment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerMetricsSnapshot {
+    /// Reactor ticks run.
+    pub ticks: u64,
+    /// Transactions committed.
+    pub commits: u64,
+    /// Transactions refused by a failed compare.
+    pub commit_conflicts: u64,
+    /// Resyncs after a compacted watch.
+    pub resyncs: u64,
+    /// Round-trip latency of every transaction etcd answered, committed or refused.
+    pub commit_latency: LatencySnapshot,
+}
+
+/// A latency histogram in Prometheus' shape.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LatencySnapshot {
+    /// The sum of all observations (`_sum`, rendered in seconds).
+    pub sum: Duration,
+    /// The number of observations (`_count`); equals the `+Inf` bucket.
+    pub count: u64,
+    /// Cumulative counts (`_bucket`): index `i < 11` counts observations of at most
+    /// [`COMMIT_LATENCY_BOUNDS`]`[i]` seconds, index 11 is the `+Inf` bucket.
+    pub buckets: [u64; 12],
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounds_agree() {
+        for (seconds, nanos) in COMMIT_LATENCY_BOUNDS.iter().zip(BOUNDS_NANOS) {
+            assert_eq!(
+                Duration::from_secs_f64(*seconds),
+                Duration::from_nanos(nanos)
+            );
+        }
+    }
+
+    #[test]
+    fn histogram_is_cumulative() {
+        let metrics = WorkerMetrics::new();
+        metrics.record_txn(true, Duration::from_micros(500));
+        metrics.record_txn(true, Duration::from_millis(1));
+        metrics.record_txn(false, Duration::from_millis(3));
+        metrics.record_txn(true, Duration::from_secs(3));
+        metrics.record_tick();
+        metrics.record_resync();
+        let snapshot = metrics.snapshot();
+        assert_eq!(snapshot.ticks, 1);
+        assert_eq!(snapshot.commits, 3);
+        assert_eq!(snapshot.commit_conflicts, 1);
+        assert_eq!(snapshot.resyncs, 1);
+        let latency = snapshot.commit_latency;
+        assert_eq!(latency.count, 4);
+        assert_eq!(
+            latency.sum,
+            Duration::from_micros(500) + Duration::from_millis(4) + Duration::from_secs(3)
+        );
+        // <=1ms: 2 (1ms is inclusive); <=5ms: 3; above 2.5s only in +Inf.
+        assert_eq!(latency.buckets, [2, 2, 3, 3, 3, 3, 3, 3, 3, 3, 3, 4]);
+    }
+}
