@@ -771,7 +771,7 @@ async fn external_delete_forces_retry() {
 /// of `/rep/tmp<id>`; finishes after `N_REPAIR_TICKS` ticks.
 fn repair_tick(state: &mut KvState, n: usize, id: usize) -> Result<()> {
     let tmp = format!("/rep/tmp{id}");
-    let value = if n % 2 == 0 { Some("x") } else { None };
+    let value = if n.is_multiple_of(2) { Some("x") } else { None };
     state.queue(vec![increment("/rep/n".to_owned()), set(&tmp, value)]);
     if n + 1 == N_REPAIR_TICKS {
         Err(Error::ReactorFinished)
