@@ -20,7 +20,7 @@ use cdc_etcd::{
 };
 use cdc_orchestrator::{
     DataPatch, Error, EtcdWorker, OwnerFence, PatchGroup, PatchOutcome, Reactor, ReactorState,
-    Result, SingleDataPatch, WorkerMetrics,
+    Result, SingleDataPatch, TXN_MAX_OPS, WorkerMetrics,
 };
 use rand::Rng;
 use tokio::sync::{Notify, mpsc};
@@ -287,6 +287,62 @@ async fn empty_transactions_finish() {
     assert_eq!(state.get("/empty-other/key"), None);
     assert_eq!(value_of(&client, "/empty/key1").await, None);
     assert_eq!(value_of(&client, "/empty/key2").await.unwrap(), b"123");
+}
+
+// A group of the most keys one transaction may touch, with a delete among them, commits in
+// one transaction on etcd's default --max-txn-ops (128): with the delete-counter compare and
+// put (and, when fenced, the owner compare), the compares and the puts each reach 128 at most.
+#[tokio::test]
+async fn largest_group_fits_default_txn_ops() {
+    let server = EtcdServer::start().await.unwrap();
+    let client = server.client().await.unwrap();
+    // This etcd enforces the default: one operation more is refused.
+    let too_many = Txn {
+        compares: Vec::new(),
+        success: (0..=TXN_MAX_OPS)
+            .map(|i| TxnOp::Put {
+                key: format!("/limit/{i}").into_bytes(),
+                value: b"v".to_vec(),
+                lease: 0,
+            })
+            .collect(),
+        failure: Vec::new(),
+    };
+    assert!(client.txn(too_many).await.is_err());
+
+    for (prefix, fenced) in [("/max", false), ("/maxf", true)] {
+        let n_keys = TXN_MAX_OPS - 1 - usize::from(fenced);
+        let deleted = format!("{prefix}/k0");
+        client.put(deleted.as_str(), "x", 0).await.unwrap();
+        let mut worker = EtcdWorker::new(client.clone(), prefix);
+        if fenced {
+            let key = format!("{prefix}/__cdc_meta__/owner/1");
+            let create_revision = client.put(key.as_str(), "capture-1", 0).await.unwrap();
+            worker = worker.with_owner_fence(OwnerFence {
+                key: key.into_bytes(),
+                create_revision,
+            });
+        }
+        let metrics = worker.metrics().clone();
+        let counter_key = worker.delete_counter_key();
+        run_worker_with(worker, |state, _| {
+            let mut group = vec![set(&format!("{prefix}/k0"), None)];
+            group.extend((1..n_keys).map(|i| set(&format!("{prefix}/k{i}"), Some("v"))));
+            state.queue(group);
+            Err(Error::ReactorFinished)
+        })
+        .await
+        .unwrap();
+        assert_eq!(metrics.commits(), 1, "{prefix}: one transaction");
+        assert_eq!(value_of(&client, &deleted).await, None);
+        let written = client
+            .get(format!("{prefix}/k"), GetOptions::prefix())
+            .await
+            .unwrap();
+        assert_eq!(written.kvs.len(), n_keys - 1);
+        assert!(written.kvs.iter().all(|kv| kv.value == b"v"));
+        assert_eq!(value_of(&client, &counter_key).await.unwrap(), b"1");
+    }
 }
 
 // Case 31 (EmptyOrNil): an empty value is a value, not a delete.
@@ -715,7 +771,7 @@ async fn external_delete_forces_retry() {
 /// of `/rep/tmp<id>`; finishes after `N_REPAIR_TICKS` ticks.
 fn repair_tick(state: &mut KvState, n: usize, id: usize) -> Result<()> {
     let tmp = format!("/rep/tmp{id}");
-    let value = if n % 2 == 0 { Some("x") } else { None };
+    let value = if n.is_multiple_of(2) { Some("x") } else { None };
     state.queue(vec![increment("/rep/n".to_owned()), set(&tmp, value)]);
     if n + 1 == N_REPAIR_TICKS {
         Err(Error::ReactorFinished)

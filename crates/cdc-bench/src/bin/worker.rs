@@ -10,7 +10,7 @@ use cdc_etcd::testing::EtcdServer;
 use cdc_etcd::{Compare, CompareOp, EtcdClient, Txn, TxnOp};
 use cdc_orchestrator::{
     DataPatch, Error, EtcdWorker, GlobalReactorState, PatchGroup, PatchOutcome, Reactor,
-    ReactorState, SingleDataPatch,
+    ReactorState, SingleDataPatch, WorkerMetricsSnapshot,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -73,7 +73,8 @@ impl Reactor<CountState> for CountReactor {
     }
 }
 
-async fn worker_throughput(client: &EtcdClient) -> Result<f64> {
+/// Transactions per second, and the worker's own counters of the run.
+async fn worker_throughput(client: &EtcdClient) -> Result<(f64, WorkerMetricsSnapshot)> {
     let cancel = CancellationToken::new();
     let started = Instant::now();
     let mut reactor = CountReactor {
@@ -83,14 +84,16 @@ async fn worker_throughput(client: &EtcdClient) -> Result<f64> {
         round: 0,
         patches: Vec::new(),
     };
-    EtcdWorker::new(client.clone(), "/tp")
+    let worker = EtcdWorker::new(client.clone(), "/tp");
+    let metrics = worker.metrics().clone();
+    worker
         .run(&mut reactor, state, Duration::from_millis(1), &cancel)
         .await
         .context("run the worker")?;
     let elapsed = started.elapsed().as_secs_f64();
     let response = client.get("/tp/0", cdc_etcd::GetOptions::default()).await?;
     let rounds: f64 = std::str::from_utf8(&response.kvs[0].value)?.parse()?;
-    Ok(rounds / elapsed)
+    Ok((rounds / elapsed, metrics.snapshot()))
 }
 
 /// The same transaction shape without the worker: compare every key's mod revision and the
@@ -228,11 +231,19 @@ async fn main() -> Result<()> {
     let server = EtcdServer::start().await.context("start etcd")?;
     let client = server.client().await?;
 
-    let worker_tps = worker_throughput(&client).await?;
+    let (worker_tps, metrics) = Box::pin(worker_throughput(&client)).await?;
     let raw_tps = raw_throughput(&client).await?;
     println!(
         "worker: {worker_tps:.0} txn/s, {:.0} keys/s",
         worker_tps * N_KEYS as f64
+    );
+    let latency = &metrics.commit_latency;
+    println!(
+        "worker metrics: {} ticks, {} commits, {} conflicts, mean commit latency {:.2} ms",
+        metrics.ticks,
+        metrics.commits,
+        metrics.commit_conflicts,
+        latency.sum.as_secs_f64() * 1000.0 / latency.count.max(1) as f64
     );
     println!(
         "raw CAS: {raw_tps:.0} txn/s, {:.0} keys/s",

@@ -83,20 +83,45 @@ fn append_patch(key: Vec<u8>, marker: u32) -> Box<dyn crate::patch::DataPatch> {
     }))
 }
 
+/// The production limits of an unfenced and a fenced worker (1.25 MiB, 127 and 126 keys),
+/// and smaller ones that the generated groups hit more often.
+fn any_limits() -> impl Strategy<Value = TxnLimits> {
+    prop_oneof![
+        Just(TxnLimits::for_worker(false)),
+        Just(TxnLimits::for_worker(true)),
+        (20usize..128).prop_map(|max_keys| TxnLimits {
+            max_keys,
+            max_size: 256 * 1024,
+        }),
+    ]
+}
+
+#[test]
+fn production_limits() {
+    assert_eq!(
+        TxnLimits::for_worker(false),
+        TxnLimits {
+            max_keys: 127,
+            max_size: 1280 * 1024
+        }
+    );
+    assert_eq!(TxnLimits::for_worker(true).max_keys, 126);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
     // Batching never exceeds the limits, never applies a group twice, and commits every
-    // accepted group exactly once.
+    // accepted group exactly once. Padded keys (up to 12 KB a patch, up to 1,140 keys)
+    // reach both the key and the size limit of production.
     #[test]
     fn batching_properties(
         groups in prop::collection::vec(
-            prop::collection::vec((0u8..40, 0usize..3000), 1..20),
+            prop::collection::vec((0u8..40, 0usize..6_000), 1..20),
             1..60,
         ),
-        max_keys in 20usize..128,
+        limits in any_limits(),
     ) {
-        let limits = TxnLimits { max_keys, max_size: 256 * 1024 };
         // Each patch appends its group's marker, padded so that sizes matter.
         let build = |groups: &[Vec<(u8, usize)>], from: usize| -> Vec<PatchGroup> {
             groups[from..]
