@@ -50,6 +50,25 @@ impl TopicState {
     }
 }
 
+/// The next sequence per topic. Senders mostly repeat a topic, so the last one used is
+/// checked before the map.
+#[derive(Debug, Default)]
+struct Sequences {
+    /// (topic, next sequence), in order of first use.
+    slots: Vec<(String, i64)>,
+    index: HashMap<String, usize>,
+    last: usize,
+}
+
+impl Sequences {
+    fn find(&self, topic: &str) -> Option<usize> {
+        match self.slots.get(self.last) {
+            Some((name, _)) if name == topic => Some(self.last),
+            _ => self.index.get(topic).copied(),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Shared {
     sender_id: String,
@@ -58,7 +77,7 @@ struct Shared {
     metrics: Arc<Metrics>,
     /// The next sequence per topic. Senders take this lock once per message; it is apart
     /// from `topics` so that they never wait for the stream tasks.
-    sequences: Mutex<HashMap<String, i64>>,
+    sequences: Mutex<Sequences>,
     /// Acks and unacked entries per topic, taken once per chunk by the stream tasks. A topic
     /// is added here and to `sequences` together, under both locks (`sequences` first).
     topics: Mutex<HashMap<String, TopicState>>,
@@ -109,7 +128,7 @@ impl MessageClient {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn sequences(&self) -> std::sync::MutexGuard<'_, HashMap<String, i64>> {
+    fn sequences(&self) -> std::sync::MutexGuard<'_, Sequences> {
         self.shared
             .sequences
             .lock()
@@ -117,31 +136,35 @@ impl MessageClient {
     }
 
     /// Takes the topic's next sequence, creating the topic on first use.
-    fn take_seq(&self, sequences: &mut HashMap<String, i64>, topic: &str) -> i64 {
-        match sequences.get_mut(topic) {
-            Some(next) => {
-                *next += 1;
-                *next - 1
-            }
-            None => {
-                self.topics()
-                    .entry(topic.to_owned())
-                    .or_insert_with(TopicState::new);
-                sequences.insert(topic.to_owned(), 2);
-                1
-            }
-        }
+    fn take_seq(&self, sequences: &mut Sequences, topic: &str) -> i64 {
+        let slot = match sequences.find(topic) {
+            Some(slot) => slot,
+            None => self.add_topic(sequences, topic),
+        };
+        sequences.last = slot;
+        let next = &mut sequences.slots[slot].1;
+        *next += 1;
+        *next - 1
+    }
+
+    /// Adds a topic to both maps (the caller holds the sequences lock). Returns its slot.
+    fn add_topic(&self, sequences: &mut Sequences, topic: &str) -> usize {
+        self.topics()
+            .entry(topic.to_owned())
+            .or_insert_with(TopicState::new);
+        sequences.slots.push((topic.to_owned(), 1));
+        sequences
+            .index
+            .insert(topic.to_owned(), sequences.slots.len() - 1);
+        sequences.slots.len() - 1
     }
 
     /// Creates the topic on first use. The sending paths create it in `commit`, under the
     /// lock that assigns the sequence; this is for the paths that queue nothing.
     fn register(&self, topic: &str) {
         let mut sequences = self.sequences();
-        if !sequences.contains_key(topic) {
-            self.topics()
-                .entry(topic.to_owned())
-                .or_insert_with(TopicState::new);
-            sequences.insert(topic.to_owned(), 1);
+        if sequences.find(topic).is_none() {
+            self.add_topic(&mut sequences, topic);
         }
     }
 
