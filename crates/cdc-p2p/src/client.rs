@@ -3,10 +3,11 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use governor::{Quota, RateLimiter};
 use prost::Message as _;
 use tokio::sync::mpsc;
@@ -15,28 +16,55 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::ClientConfig;
-use crate::error::{Error, Result};
+use crate::error::{BoxError, Error, Result};
 use crate::metrics::Metrics;
 use crate::proto::{ExitReason, MessageEntry, MessagePacket, SendMessageResponse, StreamMeta};
 use crate::topic::{Codec, Topic};
 
 /// Packets queued between the batcher and the HTTP/2 stream.
 const OUTBOUND_CHANNEL_SIZE: usize = 4;
+/// A batch's entries are allocated up front up to this count (TiCDC's default batch).
+const MAX_PREALLOCATED_ENTRIES: usize = 1024;
+
+/// An entry sent (or about to be sent) but not acked. The topic is the key of its state, so
+/// only the payload handle and the sequence are kept.
+#[derive(Debug)]
+struct Unacked {
+    sequence: i64,
+    content: Bytes,
+}
 
 #[derive(Debug)]
 struct TopicState {
-    next_seq: i64,
     ack: i64,
     /// Sent (or about to be sent) but not acked, in sequence order.
-    unacked: VecDeque<MessageEntry>,
+    unacked: VecDeque<Unacked>,
 }
 
 impl TopicState {
     fn new() -> Self {
         TopicState {
-            next_seq: 1,
             ack: 0,
             unacked: VecDeque::new(),
+        }
+    }
+}
+
+/// The next sequence per topic. Senders mostly repeat a topic, so the last one used is
+/// checked before the map.
+#[derive(Debug, Default)]
+struct Sequences {
+    /// (topic, next sequence), in order of first use.
+    slots: Vec<(String, i64)>,
+    index: HashMap<String, usize>,
+    last: usize,
+}
+
+impl Sequences {
+    fn find(&self, topic: &str) -> Option<usize> {
+        match self.slots.get(self.last) {
+            Some((name, _)) if name == topic => Some(self.last),
+            _ => self.index.get(topic).copied(),
         }
     }
 }
@@ -47,10 +75,17 @@ struct Shared {
     receiver_id: String,
     config: ClientConfig,
     metrics: Arc<Metrics>,
+    /// The next sequence per topic. Senders take this lock once per message; it is apart
+    /// from `topics` so that they never wait for the stream tasks.
+    sequences: Mutex<Sequences>,
+    /// Acks and unacked entries per topic, taken once per chunk by the stream tasks. A topic
+    /// is added here and to `sequences` together, under both locks (`sequences` first).
     topics: Mutex<HashMap<String, TopicState>>,
     queue_tx: mpsc::Sender<MessageEntry>,
     queue_rx: Mutex<Option<mpsc::Receiver<MessageEntry>>>,
     closed: CancellationToken,
+    /// Set with `closed`; checked on every send without taking the token's lock.
+    is_closed: AtomicBool,
     epoch: AtomicI64,
 }
 
@@ -75,10 +110,12 @@ impl MessageClient {
                 receiver_id: receiver_id.into(),
                 config,
                 metrics,
+                sequences: Mutex::default(),
                 topics: Mutex::default(),
                 queue_tx,
                 queue_rx: Mutex::new(Some(queue_rx)),
                 closed: CancellationToken::new(),
+                is_closed: AtomicBool::new(false),
                 epoch: AtomicI64::new(0),
             }),
         }
@@ -91,45 +128,114 @@ impl MessageClient {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn encode<T: Topic>(&self, topic: &T, message: &T::Message) -> Result<bytes::Bytes> {
-        if self.shared.closed.is_cancelled() {
+    fn sequences(&self) -> std::sync::MutexGuard<'_, Sequences> {
+        self.shared
+            .sequences
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Takes the topic's next sequence, creating the topic on first use.
+    fn take_seq(&self, sequences: &mut Sequences, topic: &str) -> i64 {
+        let slot = match sequences.find(topic) {
+            Some(slot) => slot,
+            None => self.add_topic(sequences, topic),
+        };
+        sequences.last = slot;
+        let next = &mut sequences.slots[slot].1;
+        *next += 1;
+        *next - 1
+    }
+
+    /// Adds a topic to both maps (the caller holds the sequences lock). Returns its slot.
+    fn add_topic(&self, sequences: &mut Sequences, topic: &str) -> usize {
+        self.topics()
+            .entry(topic.to_owned())
+            .or_insert_with(TopicState::new);
+        sequences.slots.push((topic.to_owned(), 1));
+        sequences
+            .index
+            .insert(topic.to_owned(), sequences.slots.len() - 1);
+        sequences.slots.len() - 1
+    }
+
+    /// Creates the topic on first use. The sending paths create it in `commit`, under the
+    /// lock that assigns the sequence; this is for the paths that queue nothing.
+    fn register(&self, topic: &str) {
+        let mut sequences = self.sequences();
+        if sequences.find(topic).is_none() {
+            self.add_topic(&mut sequences, topic);
+        }
+    }
+
+    /// Steps 1 to 3 of a send: refuses a closed client, then encodes; a topic that fails to
+    /// encode is still created, as the topic comes before the encoding.
+    fn encode(
+        &self,
+        topic: &str,
+        encode: impl FnOnce() -> std::result::Result<Bytes, BoxError>,
+    ) -> Result<Bytes> {
+        if self.shared.is_closed.load(Ordering::Acquire) {
             return Err(Error::ClientClosed);
         }
-        let name = topic.name();
-        {
-            let mut topics = self.topics();
-            if !topics.contains_key(name) {
-                topics.insert(name.to_owned(), TopicState::new());
+        encode().map_err(|source| {
+            self.register(topic);
+            Error::Encode {
+                topic: topic.to_owned(),
+                source,
             }
-        }
-        T::Codec::encode(message).map_err(|source| Error::Encode {
-            topic: name.to_owned(),
-            source,
         })
     }
 
-    /// Assigns the sequence under the lock, so queue order equals sequence order.
-    fn commit(
-        &self,
-        permit: mpsc::Permit<'_, MessageEntry>,
-        topic: &str,
-        content: bytes::Bytes,
-    ) -> i64 {
-        let mut topics = self.topics();
-        let state = match topics.get_mut(topic) {
-            Some(state) => state,
-            None => topics
-                .entry(topic.to_owned())
-                .or_insert_with(TopicState::new),
-        };
-        let sequence = state.next_seq;
-        state.next_seq += 1;
+    /// Creates the topic if needed and assigns the sequence, under the sequences lock, so
+    /// queue order equals sequence order.
+    fn commit(&self, permit: mpsc::Permit<'_, MessageEntry>, topic: &str, content: Bytes) -> i64 {
+        let mut sequences = self.sequences();
+        let sequence = self.take_seq(&mut sequences, topic);
         permit.send(MessageEntry {
             topic: topic.to_owned(),
             content,
             sequence,
         });
         sequence
+    }
+
+    async fn queue(&self, topic: &str, content: Bytes, cancel: &CancellationToken) -> Result<i64> {
+        if cancel.is_cancelled() {
+            self.register(topic);
+            return Err(Error::Cancelled);
+        }
+        // With space in the queue nothing waits, so the cancellation futures are only built
+        // when the queue is full.
+        let permit = match self.shared.queue_tx.try_reserve() {
+            Ok(permit) => permit,
+            Err(mpsc::error::TrySendError::Closed(())) => return Err(Error::ClientClosed),
+            Err(mpsc::error::TrySendError::Full(())) => {
+                self.register(topic);
+                tokio::select! {
+                    biased;
+                    _ = self.shared.closed.cancelled() => return Err(Error::ClientClosed),
+                    _ = cancel.cancelled() => return Err(Error::Cancelled),
+                    permit = self.shared.queue_tx.reserve() => permit.map_err(|_| Error::ClientClosed)?,
+                }
+            }
+        };
+        Ok(self.commit(permit, topic, content))
+    }
+
+    fn try_queue(&self, topic: &str, content: Bytes) -> Result<i64> {
+        let permit = self
+            .shared
+            .queue_tx
+            .try_reserve()
+            .map_err(|err| match err {
+                mpsc::error::TrySendError::Full(()) => {
+                    self.register(topic);
+                    Error::SendTryAgain
+                }
+                mpsc::error::TrySendError::Closed(()) => Error::ClientClosed,
+            })?;
+        Ok(self.commit(permit, topic, content))
     }
 
     /// Queues a message, waiting for space. Returns its sequence.
@@ -142,28 +248,34 @@ impl MessageClient {
         message: &T::Message,
         cancel: &CancellationToken,
     ) -> Result<i64> {
-        let content = self.encode(topic, message)?;
-        let permit = tokio::select! {
-            biased;
-            _ = self.shared.closed.cancelled() => return Err(Error::ClientClosed),
-            _ = cancel.cancelled() => return Err(Error::Cancelled),
-            permit = self.shared.queue_tx.reserve() => permit.map_err(|_| Error::ClientClosed)?,
-        };
-        Ok(self.commit(permit, topic.name(), content))
+        let content = self.encode(topic.name(), || T::Codec::encode(message))?;
+        self.queue(topic.name(), content, cancel).await
+    }
+
+    /// `send_message` for a message it may consume (see `Codec::encode_owned`).
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: a message is queued only when the call returns `Ok`.
+    pub async fn send_message_owned<T: Topic>(
+        &self,
+        topic: &T,
+        message: T::Message,
+        cancel: &CancellationToken,
+    ) -> Result<i64> {
+        let content = self.encode(topic.name(), || T::Codec::encode_owned(message))?;
+        self.queue(topic.name(), content, cancel).await
     }
 
     /// Queues a message, failing at once with `SendTryAgain` when the queue is full.
     pub fn try_send_message<T: Topic>(&self, topic: &T, message: &T::Message) -> Result<i64> {
-        let content = self.encode(topic, message)?;
-        let permit = self
-            .shared
-            .queue_tx
-            .try_reserve()
-            .map_err(|err| match err {
-                mpsc::error::TrySendError::Full(()) => Error::SendTryAgain,
-                mpsc::error::TrySendError::Closed(()) => Error::ClientClosed,
-            })?;
-        Ok(self.commit(permit, topic.name(), content))
+        let content = self.encode(topic.name(), || T::Codec::encode(message))?;
+        self.try_queue(topic.name(), content)
+    }
+
+    /// `try_send_message` for a message it may consume (see `Codec::encode_owned`).
+    pub fn try_send_message_owned<T: Topic>(&self, topic: &T, message: T::Message) -> Result<i64> {
+        let content = self.encode(topic.name(), || T::Codec::encode_owned(message))?;
+        self.try_queue(topic.name(), content)
     }
 
     /// `(ack, true)` for a topic this client has sent to (0 before any ack), `(0, false)`
@@ -208,6 +320,7 @@ impl MessageClient {
             Some(mut queue_rx) => self.run_loop(cancel, addr, &mut queue_rx).await,
             None => Err(Error::ClientClosed),
         };
+        self.shared.is_closed.store(true, Ordering::Release);
         self.shared.closed.cancel();
         result
     }
@@ -309,15 +422,23 @@ impl MessageClient {
     ) -> Result<()> {
         let resend: Vec<Vec<MessageEntry>> = self
             .topics()
-            .values()
-            .filter(|state| !state.unacked.is_empty())
-            .map(|state| state.unacked.iter().cloned().collect())
+            .iter()
+            .filter(|(_, state)| !state.unacked.is_empty())
+            .map(|(topic, state)| {
+                state
+                    .unacked
+                    .iter()
+                    .map(|unacked| MessageEntry {
+                        topic: topic.clone(),
+                        content: unacked.content.clone(),
+                        sequence: unacked.sequence,
+                    })
+                    .collect()
+            })
             .collect();
         for entries in resend {
             self.shared.metrics.add_resent(entries.len() as u64);
-            for entry in entries {
-                batcher.append(entry).await?;
-            }
+            batcher.extend(entries).await?;
             batcher.flush().await?;
         }
         let interval = self.shared.config.batch_send_interval;
@@ -331,28 +452,44 @@ impl MessageClient {
                     if n == 0 {
                         return Err(Error::ClientClosed);
                     }
-                    {
-                        let mut topics = self.topics();
-                        for entry in &received {
-                            let state = topics
-                                .get_mut(&entry.topic)
-                                .expect("a topic's state is created before its first entry is queued");
-                            debug_assert!(
-                                state.unacked.back().is_none_or(|last| last.sequence + 1 == entry.sequence),
-                                "sequences leave the queue in order"
-                            );
-                            if entry.sequence > state.ack {
-                                state.unacked.push_back(entry.clone());
-                            }
-                        }
-                    }
+                    self.track_unacked(&received);
                     self.shared.metrics.add_sent(received.len() as u64);
-                    for entry in received.drain(..) {
-                        batcher.append(entry).await?;
-                    }
+                    batcher.extend(received.drain(..)).await?;
                 }
                 _ = ticker.tick() => batcher.flush().await?,
             }
+        }
+    }
+
+    /// Moves a chunk taken off the send queue into the unacked queues, under one lock, one
+    /// map lookup per run of entries of the same topic.
+    fn track_unacked(&self, entries: &[MessageEntry]) {
+        let mut topics = self.topics();
+        let mut rest = entries;
+        while let Some(first) = rest.first() {
+            let run = rest
+                .iter()
+                .position(|entry| entry.topic != first.topic)
+                .unwrap_or(rest.len());
+            let state = topics
+                .get_mut(&first.topic)
+                .expect("a topic's state is created before its first entry is queued");
+            for entry in &rest[..run] {
+                debug_assert!(
+                    state
+                        .unacked
+                        .back()
+                        .is_none_or(|last| last.sequence + 1 == entry.sequence),
+                    "sequences leave the queue in order"
+                );
+                if entry.sequence > state.ack {
+                    state.unacked.push_back(Unacked {
+                        sequence: entry.sequence,
+                        content: entry.content.clone(),
+                    });
+                }
+            }
+            rest = &rest[run..];
         }
     }
 
@@ -446,14 +583,28 @@ impl Batcher {
         Ok(())
     }
 
+    /// Appends entries in order, flushing whenever a limit is reached.
+    pub(crate) async fn extend(
+        &mut self,
+        entries: impl IntoIterator<Item = MessageEntry>,
+    ) -> Result<()> {
+        for entry in entries {
+            self.append(entry).await?;
+        }
+        Ok(())
+    }
+
     /// Sends the pending entries as one packet without meta; does nothing when empty.
     pub(crate) async fn flush(&mut self) -> Result<()> {
         if self.entries.is_empty() {
             return Ok(());
         }
+        // The next batch starts with room for a full one, as growing it costs a copy per
+        // doubling.
+        let capacity = self.max_count.min(MAX_PREALLOCATED_ENTRIES);
         let packet = MessagePacket {
             meta: None,
-            entries: std::mem::take(&mut self.entries),
+            entries: std::mem::replace(&mut self.entries, Vec::with_capacity(capacity)),
         };
         self.bytes = 0;
         self.out_tx

@@ -36,7 +36,7 @@ impl PeerClient {
         cancel: &CancellationToken,
     ) -> Result<i64> {
         match self {
-            PeerClient::Remote(client) => client.send_message(topic, &message, cancel).await,
+            PeerClient::Remote(client) => client.send_message_owned(topic, message, cancel).await,
             PeerClient::Local(client) => client.send_message(topic, message, cancel).await,
         }
     }
@@ -44,7 +44,7 @@ impl PeerClient {
     /// Queues a message or fails at once with `SendTryAgain`.
     pub fn try_send_message<T: Topic>(&self, topic: &T, message: T::Message) -> Result<i64> {
         match self {
-            PeerClient::Remote(client) => client.try_send_message(topic, &message),
+            PeerClient::Remote(client) => client.try_send_message_owned(topic, message),
             PeerClient::Local(client) => client.try_send_message(topic, message),
         }
     }

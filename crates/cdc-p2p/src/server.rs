@@ -755,12 +755,22 @@ impl MainLoop {
         if !self.peer_is_current(sender_id, epoch) {
             return Ok(());
         }
-        // Split by topic, keeping arrival order within each topic.
+        // Split by topic, keeping arrival order within each topic. A batch of one topic (the
+        // common case) moves on whole.
         let mut by_topic: Vec<(String, Vec<MessageEntry>)> = Vec::new();
-        for entry in entries {
-            match by_topic.iter_mut().find(|(topic, _)| *topic == entry.topic) {
-                Some((_, group)) => group.push(entry),
-                None => by_topic.push((entry.topic.clone(), vec![entry])),
+        let single_topic = entries
+            .first()
+            .filter(|first| entries.iter().all(|entry| entry.topic == first.topic))
+            .map(|first| first.topic.clone());
+        match single_topic {
+            Some(topic) => by_topic.push((topic, entries)),
+            None => {
+                for entry in entries {
+                    match by_topic.iter_mut().find(|(topic, _)| *topic == entry.topic) {
+                        Some((_, group)) => group.push(entry),
+                        None => by_topic.push((entry.topic.clone(), vec![entry])),
+                    }
+                }
             }
         }
         for (topic, group) in by_topic {
@@ -1078,7 +1088,9 @@ where
         entries: Vec<MessageEntry>,
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            let mut last = context.acks.get(&sender_id, &self.topic);
+            // One lookup per batch; each processed message is then acked by a plain store.
+            let ack = context.acks.cell(&sender_id, &self.topic);
+            let mut last = ack.load();
             for entry in entries {
                 if context.cancelled.load(Ordering::Acquire) {
                     return Ok(());
@@ -1102,7 +1114,7 @@ where
                         source,
                     })?;
                 last = entry.sequence;
-                context.acks.set(&sender_id, &self.topic, last);
+                ack.store(last);
                 context.metrics.add_received(1);
             }
             Ok(())

@@ -12,6 +12,11 @@ use crate::error::BoxError;
 pub trait Codec<M>: Send + Sync + 'static {
     /// Encodes a message.
     fn encode(message: &M) -> Result<Bytes, BoxError>;
+    /// Encodes a message it may consume. A codec whose messages already hold their payload
+    /// moves it instead of sharing it.
+    fn encode_owned(message: M) -> Result<Bytes, BoxError> {
+        Self::encode(&message)
+    }
     /// Decodes a payload.
     fn decode(payload: Bytes) -> Result<M, BoxError>;
 }
@@ -37,6 +42,10 @@ pub struct Raw;
 impl Codec<Bytes> for Raw {
     fn encode(message: &Bytes) -> Result<Bytes, BoxError> {
         Ok(message.clone())
+    }
+
+    fn encode_owned(message: Bytes) -> Result<Bytes, BoxError> {
+        Ok(message)
     }
 
     fn decode(payload: Bytes) -> Result<Bytes, BoxError> {

@@ -138,6 +138,20 @@ fn server_config(memory: bool) -> ServerConfig {
     }
 }
 
+/// CPU time of this process's live threads, in nanoseconds (from `/proc/self/task/*/schedstat`).
+/// A machine shared with other work changes wall-clock rates a lot; CPU per message much less.
+fn cpu_ns() -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .filter_map(|task| {
+            let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+            stat.split(' ').next()?.parse::<u64>().ok()
+        })
+        .sum()
+}
+
 fn peak_rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
@@ -228,8 +242,10 @@ async fn serve(memory: bool) -> Result<()> {
             latencies: Vec::with_capacity(usize::try_from(expected)?),
             ..Phase::default()
         };
+        let cpu_at_start = cpu_ns();
         println!("ready");
         stats.done.notified().await;
+        let cpu = cpu_ns().saturating_sub(cpu_at_start);
         let mut phase = std::mem::take(&mut *stats.phase.lock().expect("no panics while locked"));
         phase.latencies.sort_unstable();
         let percentile = |p: f64| {
@@ -237,13 +253,14 @@ async fn serve(memory: bool) -> Result<()> {
             phase.latencies.get(index).copied().unwrap_or(0)
         };
         println!(
-            "result {} {} {} {} {} {}",
+            "result {} {} {} {} {} {} {}",
             phase.received,
             phase.last_received.saturating_sub(phase.first_sent),
             percentile(0.5),
             percentile(0.99),
             phase.gaps,
             peak_rss_kib(),
+            cpu,
         );
     }
     cancel.cancel();
@@ -287,7 +304,16 @@ impl Child {
             .split(' ')
             .map(str::parse)
             .collect::<Result<_, _>>()?;
-        let [received, elapsed_ns, p50_ns, p99_ns, gaps, rss_kib] = fields[..] else {
+        let [
+            received,
+            elapsed_ns,
+            p50_ns,
+            p99_ns,
+            gaps,
+            rss_kib,
+            server_cpu_ns,
+        ] = fields[..]
+        else {
             bail!("bad result line {line:?}");
         };
         Ok(PhaseResult {
@@ -297,6 +323,8 @@ impl Child {
             p99_ns,
             gaps,
             rss_kib,
+            server_cpu_ns,
+            client_cpu_ns: 0,
         })
     }
 }
@@ -308,11 +336,19 @@ struct PhaseResult {
     p99_ns: u64,
     gaps: u64,
     rss_kib: u64,
+    server_cpu_ns: u64,
+    client_cpu_ns: u64,
 }
 
 impl PhaseResult {
     fn rate(&self) -> f64 {
         self.received as f64 / (self.elapsed_ns.max(1) as f64 / 1e9)
+    }
+
+    /// CPU microseconds per message: (client process, server process).
+    fn cpu_us_per_message(&self) -> (f64, f64) {
+        let per = |ns: u64| ns as f64 / 1e3 / self.received.max(1) as f64;
+        (per(self.client_cpu_ns), per(self.server_cpu_ns))
     }
 }
 
@@ -447,51 +483,122 @@ async fn spawn_server(memory: bool) -> Result<(Child, String, String, u64)> {
     Ok((child, p2p.to_owned(), raw.to_owned(), rss_kib))
 }
 
+/// Flood runs per path and size. The runs alternate between the paths (and which goes
+/// first), so that a noisy moment on the shared machine hits both, and the ratio compares
+/// the medians.
+const FLOOD_ROUNDS: usize = 3;
+/// Messages sent through each path before measuring: the p2p client connects on first use,
+/// and neither path should pay for connecting or a cold allocator in a measured phase.
+const WARM_UP: u64 = 20_000;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Path {
+    Raw,
+    P2p,
+}
+
+impl Path {
+    fn name(self) -> &'static str {
+        match self {
+            Path::Raw => "raw",
+            Path::P2p => "p2p",
+        }
+    }
+}
+
+/// Runs one phase: the server expects `count` messages, the driver sends them on `path`.
+async fn run_phase(
+    child: &mut Child,
+    router: &MessageRouter,
+    raw_addr: &str,
+    path: Path,
+    (size, pace, count): (usize, Pace, u64),
+) -> Result<PhaseResult> {
+    child.start_phase(count).await?;
+    let cpu_at_start = cpu_ns();
+    let mut open_stream = None;
+    match path {
+        Path::P2p => drive_p2p(router, count, size, pace).await?,
+        Path::Raw => open_stream = Some(drive_raw(raw_addr, count, size, pace).await?),
+    }
+    let mut result = child.result().await?;
+    result.client_cpu_ns = cpu_ns().saturating_sub(cpu_at_start);
+    // The stream closes only once the server has everything.
+    drop(open_stream);
+    if result.gaps > 0 {
+        bail!("{}: {} sequence gaps", path.name(), result.gaps);
+    }
+    Ok(result)
+}
+
+fn print_row(path: Path, label: &str, load: &str, result: &PhaseResult) {
+    let (client_cpu, server_cpu) = result.cpu_us_per_message();
+    println!(
+        "{:<6} {label:<5} {load:<10} {:>9} {:>12.0} {:>8.3} {:>8.3} {client_cpu:>8.3} {server_cpu:>8.3}",
+        path.name(),
+        result.received,
+        result.rate(),
+        result.p50_ns as f64 / 1e6,
+        result.p99_ns as f64 / 1e6,
+    );
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_unstable_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
 async fn compare() -> Result<()> {
     let (mut child, p2p_addr, raw_addr, _) = spawn_server(false).await?;
     let router = MessageRouter::new("bench-driver", ClientConfig::default());
     router.add_peer(SERVER_ID, &p2p_addr);
     println!(
-        "p2p benchmark: two processes on loopback, batches of {BATCH_COUNT} or {BATCH_INTERVAL:?}"
+        "p2p benchmark: two processes on loopback, batches of {BATCH_COUNT} or {BATCH_INTERVAL:?}; \
+         {FLOOD_ROUNDS} alternating flood runs per path, ratio of the medians"
     );
+    for path in [Path::Raw, Path::P2p] {
+        run_phase(
+            &mut child,
+            &router,
+            &raw_addr,
+            path,
+            (64, Pace::Flood, WARM_UP),
+        )
+        .await?;
+    }
     println!(
-        "{:<6} {:<5} {:<10} {:>9} {:>14} {:>10} {:>10}",
-        "path", "size", "load", "messages", "msg/s", "p50 ms", "p99 ms"
+        "{:<6} {:<5} {:<10} {:>9} {:>12} {:>8} {:>8} {:>8} {:>8}",
+        "path", "size", "load", "messages", "msg/s", "p50 ms", "p99 ms", "cli cpu", "srv cpu"
     );
     let mut ratios = Vec::new();
-    for (size, label, n) in [(64usize, "64B", 400_000u64), (1024, "1KiB", 200_000)] {
-        let mut rates = [0.0; 2];
-        for (path_index, path) in ["raw", "p2p"].into_iter().enumerate() {
-            for (load, pace, count) in [
-                ("flood", Pace::Flood, n),
-                ("10k/s", Pace::PerSecond(10_000), 20_000),
-            ] {
-                child.start_phase(count).await?;
-                let mut open_stream = None;
-                if path == "p2p" {
-                    drive_p2p(&router, count, size, pace).await?;
-                } else {
-                    open_stream = Some(drive_raw(&raw_addr, count, size, pace).await?);
+    for (size, label, n) in [(64usize, "64B", 1_000_000u64), (1024, "1KiB", 300_000)] {
+        let mut raw_rates = Vec::new();
+        let mut p2p_rates = Vec::new();
+        for round in 0..FLOOD_ROUNDS {
+            let order = if round % 2 == 0 {
+                [Path::Raw, Path::P2p]
+            } else {
+                [Path::P2p, Path::Raw]
+            };
+            for path in order {
+                let result =
+                    run_phase(&mut child, &router, &raw_addr, path, (size, Pace::Flood, n)).await?;
+                print_row(path, label, &format!("flood #{}", round + 1), &result);
+                match path {
+                    Path::Raw => raw_rates.push(result.rate()),
+                    Path::P2p => p2p_rates.push(result.rate()),
                 }
-                let result = child.result().await?;
-                // The stream closes only once the server has everything.
-                drop(open_stream);
-                if result.gaps > 0 {
-                    bail!("{path} {label}: {} sequence gaps", result.gaps);
-                }
-                if matches!(pace, Pace::Flood) {
-                    rates[path_index] = result.rate();
-                }
-                println!(
-                    "{path:<6} {label:<5} {load:<10} {:>9} {:>14.0} {:>10.3} {:>10.3}",
-                    result.received,
-                    result.rate(),
-                    result.p50_ns as f64 / 1e6,
-                    result.p99_ns as f64 / 1e6,
-                );
             }
         }
-        ratios.push((label, rates[1] / rates[0]));
+        for path in [Path::Raw, Path::P2p] {
+            let paced = (size, Pace::PerSecond(10_000), 20_000);
+            let result = run_phase(&mut child, &router, &raw_addr, path, paced).await?;
+            print_row(path, label, "10k/s", &result);
+        }
+        let raw = median(&mut raw_rates);
+        let p2p = median(&mut p2p_rates);
+        println!("{label}: median flood msg/s raw {raw:.0}, p2p {p2p:.0} (cpu: µs per message)");
+        ratios.push((label, p2p / raw));
     }
     router.close().await;
     drop(child.stdin);
