@@ -13,32 +13,9 @@ use cdc_etcd::testing::{EtcdServer, etcdctl_binary};
 use cdc_etcd::{EtcdClient, GetOptions};
 use serde_json::Value;
 
+use crate::support::{send_signal, server_binary, wait_for};
+
 const TTL: u64 = 5;
-
-/// A workspace binary: `$env_var` if set, else next to this test binary
-/// (`target/<profile>/deps/it-*` -> `target/<profile>/<name>`). `cargo xtask test` builds
-/// both and sets the variables.
-pub(crate) fn workspace_binary(name: &str, env_var: &str) -> PathBuf {
-    if let Some(path) = std::env::var_os(env_var) {
-        return PathBuf::from(path);
-    }
-    let exe = std::env::current_exe().expect("the test binary has a path");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("the test binary lives in target/<profile>/deps");
-    let binary = profile_dir.join(name);
-    assert!(
-        binary.exists(),
-        "{} is missing: build it with `cargo build -p {name}` or set {env_var}",
-        binary.display()
-    );
-    binary
-}
-
-pub(crate) fn server_binary() -> PathBuf {
-    workspace_binary("cdc-server", "CDC_SERVER_BIN")
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -98,7 +75,8 @@ impl Node {
         Ok(serde_json::from_str(&body)?)
     }
 
-    async fn get_text(&self, path: &str) -> Result<String> {
+    /// A successful answer to `GET path`.
+    async fn get_response(&self, path: &str) -> Result<reqwest::Response> {
         let response = reqwest::Client::new()
             .get(format!("http://{}{path}", self.address))
             .timeout(Duration::from_secs(2))
@@ -107,7 +85,11 @@ impl Node {
         if !response.status().is_success() {
             bail!("GET {path}: {}", response.status());
         }
-        Ok(response.text().await?)
+        Ok(response)
+    }
+
+    async fn get_text(&self, path: &str) -> Result<String> {
+        Ok(self.get_response(path).await?.text().await?)
     }
 
     async fn id(&self) -> Result<String> {
@@ -120,11 +102,7 @@ impl Node {
     }
 
     fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{name}"), &self.pid().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
+        send_signal(self.pid(), name);
     }
 
     async fn wait_exit(&mut self, within: Duration) -> Result<ExitStatus> {
@@ -143,15 +121,7 @@ impl Node {
     }
 
     async fn get(&self, path: &str) -> Result<Value> {
-        let response = reqwest::Client::new()
-            .get(format!("http://{}{path}", self.address))
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await?;
-        if !response.status().is_success() {
-            bail!("GET {path}: {}", response.status());
-        }
-        Ok(response.json().await?)
+        Ok(self.get_response(path).await?.json().await?)
     }
 
     async fn status(&self) -> Result<Value> {
@@ -163,24 +133,6 @@ impl Drop for Node {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// Polls `check` every 20 ms until it returns `Some`, for at most `within`.
-pub(crate) async fn wait_for<T, F, Fut>(within: Duration, mut check: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(value) = check().await {
-            return Ok(value);
-        }
-        if Instant::now() >= deadline {
-            bail!("condition not met within {within:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use crate::cluster::{server_binary, wait_for, workspace_binary};
+use crate::support::{send_signal, server_binary, wait_for, workspace_binary};
 
 /// Whether process `pid` still exists (a zombie counts as gone: it no longer runs).
 fn is_alive(pid: i32) -> bool {
@@ -150,10 +150,7 @@ async fn run_cluster_starts_lists_and_stops() -> Result<()> {
         assert_eq!(blocked_signals(*pid), Some(0), "process {pid}");
     }
     let (_, stopped) = nodes[1];
-    let sent = Command::new("kill")
-        .args(["-TERM", &stopped.to_string()])
-        .status()?;
-    assert!(sent.success());
+    send_signal(stopped, "TERM");
     wait_for(Duration::from_secs(12), || async {
         (!is_alive(stopped)).then_some(())
     })
@@ -162,10 +159,7 @@ async fn run_cluster_starts_lists_and_stops() -> Result<()> {
     assert!(is_alive(xtask_pid), "run-cluster keeps running");
 
     // SIGINT stops everything: the xtask exits 0, its children are gone, the files removed.
-    let sent = Command::new("kill")
-        .args(["-INT", &xtask_pid.to_string()])
-        .status()?;
-    assert!(sent.success());
+    send_signal(xtask_pid, "INT");
     let status = wait_for(Duration::from_secs(40), || {
         let status = child.try_wait().ok().flatten();
         async move { status }
@@ -206,10 +200,7 @@ async fn run_cluster_stops_on_sigint_during_startup() -> Result<()> {
     for pid in &nodes {
         assert_eq!(blocked_signals(*pid), Some(0), "process {pid}");
     }
-    let sent = Command::new("kill")
-        .args(["-INT", &xtask_pid.to_string()])
-        .status()?;
-    assert!(sent.success());
+    send_signal(xtask_pid, "INT");
     let status = wait_for(Duration::from_secs(30), || {
         let status = child.try_wait().ok().flatten();
         async move { status }

@@ -13,6 +13,8 @@ use tokio::process::{Child, Command};
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 
+use crate::support::{etcd, key_exists};
+
 /// A unique election prefix shaped like TiCDC's owner prefix.
 fn owner_prefix(cluster: &str) -> String {
     format!("/tidb/cdc/{cluster}/__cdc_meta__/owner")
@@ -45,15 +47,6 @@ where
     }
 }
 
-async fn key_exists(client: &EtcdClient, key: &[u8]) -> bool {
-    !client
-        .get(key.to_vec(), GetOptions::default())
-        .await
-        .expect("read a key")
-        .kvs
-        .is_empty()
-}
-
 async fn queue_len(client: &EtcdClient, prefix: &str) -> usize {
     client
         .get(format!("{prefix}/"), GetOptions::prefix())
@@ -73,6 +66,41 @@ fn spawn_campaign(
     let value = value.to_owned();
     let cancel = cancel.clone();
     tokio::spawn(async move { election.campaign(&value, &cancel).await })
+}
+
+/// Two candidates of one election: `a` has won, `b`'s campaign waits in the queue.
+struct Contest {
+    a: Election,
+    fence_a: OwnerFence,
+    b: Arc<Election>,
+    campaign_b: tokio::task::JoinHandle<Result<OwnerFence, Error>>,
+}
+
+/// Lets `a` (on `session_a`) win the election of `prefix`, then starts `b`'s campaign (on
+/// `session_b`, under `cancel_b`) and waits until its key is queued.
+async fn contest(
+    client: &EtcdClient,
+    prefix: &str,
+    session_a: &Session,
+    session_b: &Session,
+    cancel_b: &CancellationToken,
+) -> Contest {
+    let a = Election::new(client.clone(), session_a.lease_id(), prefix);
+    let b = Arc::new(Election::new(client.clone(), session_b.lease_id(), prefix));
+    let fence_a = Box::pin(a.campaign("a", &CancellationToken::new()))
+        .await
+        .expect("the first candidate wins at once");
+    let campaign_b = spawn_campaign(&b, "b", cancel_b);
+    wait_for("b's key", Duration::from_secs(5), || {
+        key_exists(client, b.key())
+    })
+    .await;
+    Contest {
+        a,
+        fence_a,
+        b,
+        campaign_b,
+    }
 }
 
 fn etcdctl(server: &EtcdServer) -> Command {
@@ -132,8 +160,7 @@ fn keeper_thread_running(lease_id: i64) -> bool {
 /// capture-spec §8 case 12 (DelegateLease).
 #[tokio::test]
 async fn session_grants_keeps_and_revokes_its_lease() {
-    let server = EtcdServer::start().await.unwrap();
-    let client = server.client().await.unwrap();
+    let (_server, client) = etcd().await;
     let session = Session::grant(client.clone(), 10).await.unwrap();
     assert_eq!(session.ttl(), 10);
 
@@ -169,8 +196,7 @@ fn a_capture_session_ttl_below_five_seconds_becomes_ten() {
 
 #[tokio::test]
 async fn the_granted_ttl_is_used_when_etcd_raises_a_short_one() {
-    let server = EtcdServer::start().await.unwrap();
-    let client = server.client().await.unwrap();
+    let (_server, client) = etcd().await;
     let session = short_session(&client, 1).await;
     assert_eq!(session.ttl(), 2, "etcd's minimum TTL is 2 s");
     assert_eq!(
@@ -204,8 +230,7 @@ async fn the_granted_ttl_is_used_when_etcd_raises_a_short_one() {
 
 #[tokio::test]
 async fn an_uncontested_campaign_wins_at_once() {
-    let server = EtcdServer::start().await.unwrap();
-    let client = server.client().await.unwrap();
+    let (_server, client) = etcd().await;
     let prefix = owner_prefix("uncontested");
     let session = Session::grant(client.clone(), 5).await.unwrap();
     let election = Election::new(client.clone(), session.lease_id(), &prefix);
@@ -260,20 +285,22 @@ async fn an_uncontested_campaign_wins_at_once() {
 
 #[tokio::test]
 async fn a_queued_candidate_survives_three_ttls_and_takes_over_within_100ms_of_a_resign() {
-    let server = EtcdServer::start().await.unwrap();
-    let client = server.client().await.unwrap();
+    let (_server, client) = etcd().await;
     let prefix = owner_prefix("queued");
     let session_a = short_session(&client, 2).await;
     let session_b = short_session(&client, 2).await;
-    let a = Election::new(client.clone(), session_a.lease_id(), &prefix);
-    let b = Arc::new(Election::new(client.clone(), session_b.lease_id(), &prefix));
-    let never = CancellationToken::new();
-
-    let fence_a = a.campaign("a", &never).await.unwrap();
-    let mut campaign_b = spawn_campaign(&b, "b", &never);
-    wait_for("b's key", Duration::from_secs(5), || {
-        key_exists(&client, b.key())
-    })
+    let Contest {
+        a,
+        fence_a,
+        b,
+        mut campaign_b,
+    } = contest(
+        &client,
+        &prefix,
+        &session_a,
+        &session_b,
+        &CancellationToken::new(),
+    )
     .await;
 
     // Three TTLs of waiting: b neither wins nor loses its lease or its key.
@@ -306,8 +333,7 @@ async fn a_queued_candidate_survives_three_ttls_and_takes_over_within_100ms_of_a
 #[tokio::test]
 async fn after_the_leader_process_is_killed_the_next_candidate_wins_once_the_lease_expires() {
     const TTL_SECS: i64 = 5;
-    let server = EtcdServer::start().await.unwrap();
-    let client = server.client().await.unwrap();
+    let (server, client) = etcd().await;
     let prefix = owner_prefix("killed");
 
     let leader_lease = client.lease_grant(TTL_SECS).await.unwrap();
@@ -364,21 +390,14 @@ async fn after_the_leader_process_is_killed_the_next_candidate_wins_once_the_lea
 
 #[tokio::test]
 async fn a_win_on_an_already_revoked_lease_is_rejected() {
-    let server = EtcdServer::start().await.unwrap();
-    let client = server.client().await.unwrap();
+    let (_server, client) = etcd().await;
     let prefix = owner_prefix("revoked");
     let session_a = Session::grant(client.clone(), 5).await.unwrap();
     let session_b = Session::grant(client.clone(), 5).await.unwrap();
-    let a = Election::new(client.clone(), session_a.lease_id(), &prefix);
-    let b = Arc::new(Election::new(client.clone(), session_b.lease_id(), &prefix));
     let never = CancellationToken::new();
-
-    a.campaign("a", &never).await.unwrap();
-    let campaign_b = spawn_campaign(&b, "b", &never);
-    wait_for("b's key", Duration::from_secs(5), || {
-        key_exists(&client, b.key())
-    })
-    .await;
+    let Contest {
+        a, b, campaign_b, ..
+    } = contest(&client, &prefix, &session_a, &session_b, &never).await;
 
     // b's lease is revoked behind its back while it waits; then a steps down.
     client.lease_revoke(session_b.lease_id()).await.unwrap();
@@ -411,21 +430,14 @@ async fn a_win_on_an_already_revoked_lease_is_rejected() {
 
 #[tokio::test]
 async fn a_cancelled_campaign_leaves_no_key() {
-    let server = EtcdServer::start().await.unwrap();
-    let client = server.client().await.unwrap();
+    let (_server, client) = etcd().await;
     let prefix = owner_prefix("cancelled");
     let session_a = Session::grant(client.clone(), 5).await.unwrap();
     let session_b = Session::grant(client.clone(), 5).await.unwrap();
-    let a = Election::new(client.clone(), session_a.lease_id(), &prefix);
-    let b = Arc::new(Election::new(client.clone(), session_b.lease_id(), &prefix));
-
-    a.campaign("a", &CancellationToken::new()).await.unwrap();
     let cancel = CancellationToken::new();
-    let campaign_b = spawn_campaign(&b, "b", &cancel);
-    wait_for("b's key", Duration::from_secs(5), || {
-        key_exists(&client, b.key())
-    })
-    .await;
+    let Contest {
+        a, b, campaign_b, ..
+    } = contest(&client, &prefix, &session_a, &session_b, &cancel).await;
     cancel.cancel();
     let result = timeout(Duration::from_secs(5), campaign_b)
         .await
@@ -448,8 +460,7 @@ async fn a_cancelled_campaign_leaves_no_key() {
 
 #[tokio::test]
 async fn a_stale_leaders_fenced_write_is_refused_even_at_the_current_data_revision() {
-    let server = EtcdServer::start().await.unwrap();
-    let client = server.client().await.unwrap();
+    let (_server, client) = etcd().await;
     let prefix = owner_prefix("fenced");
     let data_key = b"/tidb/cdc/fenced/default/changefeed/info/cf".to_vec();
     let never = CancellationToken::new();
@@ -510,8 +521,7 @@ async fn a_stale_leaders_fenced_write_is_refused_even_at_the_current_data_revisi
 #[tokio::test]
 async fn a_dropped_session_revokes_nothing_and_its_lease_expires_by_ttl() {
     const TTL_SECS: i64 = 3;
-    let server = EtcdServer::start().await.unwrap();
-    let client = server.client().await.unwrap();
+    let (_server, client) = etcd().await;
     let session = short_session(&client, TTL_SECS).await;
     let lease_id = session.lease_id();
     let key = "/tidb/cdc/dropped/__cdc_meta__/capture/c";
@@ -558,8 +568,7 @@ async fn a_dropped_session_revokes_nothing_and_its_lease_expires_by_ttl() {
 #[tokio::test]
 async fn a_lease_revoked_out_of_band_ends_the_session_at_the_next_renewal() {
     const TTL_SECS: i64 = 10;
-    let server = EtcdServer::start().await.unwrap();
-    let client = server.client().await.unwrap();
+    let (server, client) = etcd().await;
     let session = Session::grant(client.clone(), TTL_SECS).await.unwrap();
     server.revoke_lease(session.lease_id()).await.unwrap();
     let revoked = Instant::now();
@@ -578,8 +587,7 @@ async fn a_lease_revoked_out_of_band_ends_the_session_at_the_next_renewal() {
 #[tokio::test]
 async fn the_session_reports_loss_within_its_ttl_when_etcd_is_paused() {
     const TTL_SECS: i64 = 5;
-    let mut server = EtcdServer::start().await.unwrap();
-    let client = server.client().await.unwrap();
+    let (mut server, client) = etcd().await;
     let session = Session::grant(client.clone(), TTL_SECS).await.unwrap();
     wait_for("a renewal", Duration::from_secs(5), || {
         let renewals = session.renewals();
@@ -613,8 +621,7 @@ async fn the_session_reports_loss_within_its_ttl_when_etcd_is_paused() {
 #[tokio::test]
 async fn the_session_survives_an_etcd_restart_within_its_ttl() {
     const TTL_SECS: i64 = 10;
-    let mut server = EtcdServer::start().await.unwrap();
-    let client = server.client().await.unwrap();
+    let (mut server, client) = etcd().await;
     let session = Session::grant(client.clone(), TTL_SECS).await.unwrap();
     client
         .put(
@@ -666,8 +673,7 @@ async fn the_session_survives_an_etcd_restart_within_its_ttl() {
 #[tokio::test]
 async fn owner_revisions_strictly_increase_over_sixteen_terms_of_three_candidates() {
     const TERMS: usize = 16;
-    let server = EtcdServer::start().await.unwrap();
-    let client = server.client().await.unwrap();
+    let (_server, client) = etcd().await;
     let prefix = owner_prefix("terms");
     let observer = Election::new(client.clone(), 0, &prefix);
     assert!(matches!(
@@ -738,8 +744,7 @@ async fn owner_revisions_strictly_increase_over_sixteen_terms_of_three_candidate
 /// Go's `concurrency.Election` (here `etcdctl elect`) and ours share one election.
 #[tokio::test]
 async fn etcdctl_elect_and_our_candidate_share_the_election() {
-    let server = EtcdServer::start().await.unwrap();
-    let client = server.client().await.unwrap();
+    let (server, client) = etcd().await;
     let prefix = owner_prefix("interop");
 
     let mut go_candidate = etcdctl(&server)
@@ -796,8 +801,7 @@ async fn etcdctl_elect_and_our_candidate_share_the_election() {
 /// longer than the TTL does not lose the lease.
 #[tokio::test(flavor = "current_thread")]
 async fn a_blocked_application_runtime_does_not_starve_the_keep_alive() {
-    let server = EtcdServer::start().await.unwrap();
-    let client = server.client().await.unwrap();
+    let (_server, client) = etcd().await;
     let session = short_session(&client, 2).await;
     let before = session.renewals();
     // Deliberately block the only thread of the test's runtime for two TTLs.

@@ -8,9 +8,10 @@ use cdc_etcd::{CdcEtcdClient, Compare, CompareOp, Error, EtcdClient, GetOptions,
 use cdc_model::{CaptureInfo, ChangeFeedId, ChangeFeedInfo, UpstreamInfo};
 use tokio_util::sync::CancellationToken;
 
+use crate::support::{etcd, key_exists};
+
 async fn setup(cluster_id: &str) -> (EtcdServer, CdcEtcdClient) {
-    let server = EtcdServer::start().await.expect("start etcd");
-    let raw = server.client().await.expect("connect to etcd");
+    let (server, raw) = etcd().await;
     let client = CdcEtcdClient::new(raw, cluster_id)
         .await
         .expect("create the CDC client");
@@ -26,6 +27,15 @@ fn info(id: &ChangeFeedId, upstream_id: u64) -> ChangeFeedInfo {
         sort_dir: "/old-dir".to_owned(),
         start_ts: 42,
         ..ChangeFeedInfo::default()
+    }
+}
+
+/// Upstream 1.
+fn upstream_1() -> UpstreamInfo {
+    UpstreamInfo {
+        id: 1,
+        pd_endpoints: "http://127.0.0.1:2385".to_owned(),
+        ..UpstreamInfo::default()
     }
 }
 
@@ -159,11 +169,7 @@ async fn create_changefeed() {
     let (_server, client) = setup("default").await;
     let cancel = CancellationToken::new();
     let id = ChangeFeedId::new("test", "create-changefeed");
-    let upstream = UpstreamInfo {
-        id: 1,
-        pd_endpoints: "http://127.0.0.1:2385".to_owned(),
-        ..UpstreamInfo::default()
-    };
+    let upstream = upstream_1();
     client
         .create_changefeed_info(&upstream, &info(&id, 1), &id, &cancel)
         .await
@@ -209,11 +215,7 @@ async fn update_changefeed_and_upstream() {
     let (_server, client) = setup("default").await;
     let cancel = CancellationToken::new();
     let id = ChangeFeedId::default_namespace("update-changefeed");
-    let upstream = UpstreamInfo {
-        id: 1,
-        pd_endpoints: "http://127.0.0.1:2385".to_owned(),
-        ..UpstreamInfo::default()
-    };
+    let upstream = upstream_1();
     let saved = info(&id, 1);
     client
         .save_changefeed_info(&saved, &id, &cancel)
@@ -235,27 +237,24 @@ async fn update_changefeed_and_upstream() {
         saved
     );
     // Same upstream again: the upstream key is compared but not rewritten.
-    let before = client
-        .client()
-        .get(
-            key::upstream_key("default", "default", 1),
-            GetOptions::default(),
-        )
-        .await
-        .unwrap();
+    let upstream_mod_revision = || async {
+        client
+            .client()
+            .get(
+                key::upstream_key("default", "default", 1),
+                GetOptions::default(),
+            )
+            .await
+            .unwrap()
+            .kvs[0]
+            .mod_revision
+    };
+    let before = upstream_mod_revision().await;
     client
         .update_changefeed_and_upstream(&upstream, &saved, &id, &cancel)
         .await
         .unwrap();
-    let after = client
-        .client()
-        .get(
-            key::upstream_key("default", "default", 1),
-            GetOptions::default(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(before.kvs[0].mod_revision, after.kvs[0].mod_revision);
+    assert_eq!(before, upstream_mod_revision().await);
 
     let missing = ChangeFeedId::default_namespace("missing");
     let err = client
@@ -430,17 +429,10 @@ async fn delete_capture_info() {
         .delete_capture_info(&capture_id, &cancel)
         .await
         .unwrap();
-    let exists = |key: String| async move {
-        !raw.get(key, GetOptions::default())
-            .await
-            .unwrap()
-            .kvs
-            .is_empty()
-    };
-    assert!(!exists(position).await);
-    assert!(!exists(key::capture_key("default", &capture_id)).await);
-    assert!(exists(neighbour_position).await);
-    assert!(exists(status_key).await);
+    assert!(!key_exists(raw, position).await);
+    assert!(!key_exists(raw, key::capture_key("default", &capture_id)).await);
+    assert!(key_exists(raw, neighbour_position).await);
+    assert!(key_exists(raw, status_key).await);
 }
 
 /// Bad data never panics: garbage JSON under a capture key, a key that is not UTF-8 under the

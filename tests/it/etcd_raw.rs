@@ -1,12 +1,12 @@
 //! The single-attempt etcd client against a real etcd.
 
-use cdc_etcd::testing::EtcdServer;
 use cdc_etcd::{Compare, CompareOp, EventKind, GetOptions, Txn, TxnOp, WatchOptions};
+
+use crate::support::etcd;
 
 #[tokio::test]
 async fn raw_client_round_trip() {
-    let server = EtcdServer::start().await.unwrap();
-    let client = server.client().await.unwrap();
+    let (_server, client) = etcd().await;
 
     let rev = client.put("/a/1", "x", 0).await.unwrap();
     let got = client.get("/a/", GetOptions::prefix()).await.unwrap();

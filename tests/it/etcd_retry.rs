@@ -97,28 +97,21 @@ async fn unreachable_etcd() {
     let message = err.to_string();
     assert!(message.contains(&endpoint), "{message}");
 
-    let err = client.delete("/u", false, &cancel).await.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::Rpc {
-                code: RpcCode::Unavailable,
-                ..
-            }
-        ),
-        "{err}"
-    );
-    let err = client.txn(Txn::default(), &cancel).await.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::Rpc {
-                code: RpcCode::Unavailable,
-                ..
-            }
-        ),
-        "{err}"
-    );
+    for err in [
+        client.delete("/u", false, &cancel).await.unwrap_err(),
+        client.txn(Txn::default(), &cancel).await.unwrap_err(),
+    ] {
+        assert!(
+            matches!(
+                err,
+                Error::Rpc {
+                    code: RpcCode::Unavailable,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
 
     // After a restart the same client works again.
     server.restart().await.unwrap();

@@ -2,10 +2,11 @@
 
 use std::time::Duration;
 
-use cdc_etcd::testing::EtcdServer;
 use cdc_etcd::watch::ResilientWatch;
 use cdc_etcd::{Error, RetryingClient, WatchResponse};
 use tokio_util::sync::CancellationToken;
+
+use crate::support::etcd;
 
 async fn recv(watch: &mut ResilientWatch) -> Option<cdc_etcd::Result<WatchResponse>> {
     tokio::time::timeout(Duration::from_secs(30), watch.recv())
@@ -16,8 +17,7 @@ async fn recv(watch: &mut ResilientWatch) -> Option<cdc_etcd::Result<WatchRespon
 /// A watch from a compacted revision ends with `Error::Compacted` naming both revisions.
 #[tokio::test]
 async fn compaction_surfaces_as_typed_error() {
-    let server = EtcdServer::start().await.unwrap();
-    let client = server.client().await.unwrap();
+    let (server, client) = etcd().await;
     let first = client.put("/w/a", "1", 0).await.unwrap();
     for value in 2..=5 {
         client.put("/w/a", value.to_string(), 0).await.unwrap();
@@ -47,8 +47,7 @@ async fn compaction_surfaces_as_typed_error() {
 /// revision order: the wrapper re-opens the broken stream from the last forwarded event.
 #[tokio::test]
 async fn no_event_lost_across_rewatch() {
-    let mut server = EtcdServer::start().await.unwrap();
-    let client = server.client().await.unwrap();
+    let (mut server, client) = etcd().await;
     let start = client.put("/other", "x", 0).await.unwrap() + 1;
     let cancel = CancellationToken::new();
     let mut watch =

@@ -9,3 +9,4 @@ mod etcd_retry;
 mod etcd_watch;
 mod orchestrator;
 mod p2p;
+mod support;

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use cdc_etcd::testing::EtcdServer;
 use cdc_etcd::watch::{EtcdWatchSource, WatchSource, WatchStream};
 use cdc_etcd::{
     Compare, CompareOp, EtcdClient, Event, EventKind, GetOptions, KeyValue, RawWatch, Revision,
@@ -25,6 +24,8 @@ use cdc_orchestrator::{
 use rand::Rng;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
+
+use crate::support::etcd;
 
 const INTERVAL: Duration = Duration::from_millis(10);
 
@@ -174,8 +175,7 @@ where
 // Case 28 (Finished); the worker's metrics count its ticks and commits.
 #[tokio::test]
 async fn finished_commits_final_patches() {
-    let server = EtcdServer::start().await.unwrap();
-    let client = server.client().await.unwrap();
+    let (_server, client) = etcd().await;
     let metrics = Arc::new(WorkerMetrics::new());
     let worker = EtcdWorker::new(client.clone(), "/finished").with_metrics(metrics.clone());
     run_worker_with(worker, |state, n| match n {
@@ -214,8 +214,7 @@ async fn finished_commits_final_patches() {
 // Case 29 (Cover).
 #[tokio::test]
 async fn patches_on_one_key_cover_each_other() {
-    let server = EtcdServer::start().await.unwrap();
-    let client = server.client().await.unwrap();
+    let (_server, client) = etcd().await;
     run_worker(&client, "/cover", |state, n| match n {
         0 | 1 => {
             state.queue(vec![
@@ -247,8 +246,7 @@ async fn patches_on_one_key_cover_each_other() {
 // Case 30 (EmptyTxn); a write next to the prefix (`/empty-other`) never reaches the state.
 #[tokio::test]
 async fn empty_transactions_finish() {
-    let server = EtcdServer::start().await.unwrap();
-    let client = server.client().await.unwrap();
+    let (_server, client) = etcd().await;
     client.put("/empty/key2", "123", 0).await.unwrap();
     // Written after the worker's snapshot: next to the prefix, then inside it. Once the
     // worker sees the marker, its watch has delivered everything up to the other write.
@@ -294,8 +292,7 @@ async fn empty_transactions_finish() {
 // put (and, when fenced, the owner compare), the compares and the puts each reach 128 at most.
 #[tokio::test]
 async fn largest_group_fits_default_txn_ops() {
-    let server = EtcdServer::start().await.unwrap();
-    let client = server.client().await.unwrap();
+    let (_server, client) = etcd().await;
     // This etcd enforces the default: one operation more is refused.
     let too_many = Txn {
         compares: Vec::new(),
@@ -348,8 +345,7 @@ async fn largest_group_fits_default_txn_ops() {
 // Case 31 (EmptyOrNil): an empty value is a value, not a delete.
 #[tokio::test]
 async fn empty_value_is_not_a_delete() {
-    let server = EtcdServer::start().await.unwrap();
-    let client = server.client().await.unwrap();
+    let (_server, client) = etcd().await;
     let state = run_worker(&client, "/eon", |state, n| {
         let (key1, key2) = if n % 2 == 0 {
             (Some(""), None)
@@ -373,8 +369,7 @@ async fn empty_value_is_not_a_delete() {
 // Case 27 (Linearizability).
 #[tokio::test]
 async fn linearizability() {
-    let server = EtcdServer::start().await.unwrap();
-    let client = server.client().await.unwrap();
+    let (_server, client) = etcd().await;
     for i in 0..1000 {
         client.put("/lin/key", i.to_string(), 0).await.unwrap();
     }
@@ -416,8 +411,7 @@ async fn sum_stays_consistent() {
     const N_GROUPS: usize = 10;
     const N_INTS: usize = 5;
     const N_TICKS: usize = 150;
-    let server = EtcdServer::start().await.unwrap();
-    let client = server.client().await.unwrap();
+    let (_server, client) = etcd().await;
     for group in 0..N_GROUPS {
         for i in 0..N_INTS {
             client
@@ -525,8 +519,7 @@ impl WatchStream for ProgressStream {
 #[tokio::test]
 async fn bank() {
     const N_ACCOUNTS: usize = 25;
-    let server = EtcdServer::start().await.unwrap();
-    let client = server.client().await.unwrap();
+    let (_server, client) = etcd().await;
     for account in 0..N_ACCOUNTS {
         client
             .put(format!("/bank/{account}"), "0", 0)
@@ -673,8 +666,7 @@ async fn external_delete(client: &EtcdClient, counter_key: &str, key: &str) {
 // Case 32 (ModifyAfterDelete).
 #[tokio::test]
 async fn modify_after_delete() {
-    let server = EtcdServer::start().await.unwrap();
-    let client = server.client().await.unwrap();
+    let (_server, client) = etcd().await;
     client.put("/mad/key1", "value", 0).await.unwrap();
     let worker = EtcdWorker::new(client.clone(), "/mad");
     let counter_key = worker.delete_counter_key();
@@ -720,8 +712,7 @@ async fn modify_after_delete() {
 // is re-evaluated and committed once.
 #[tokio::test]
 async fn external_delete_forces_retry() {
-    let server = EtcdServer::start().await.unwrap();
-    let client = server.client().await.unwrap();
+    let (_server, client) = etcd().await;
     client.put("/ext/a", "a", 0).await.unwrap();
     client.put("/ext/b", "", 0).await.unwrap();
     let worker = EtcdWorker::new(client.clone(), "/ext");
@@ -791,8 +782,7 @@ fn counter_of(value: &[u8]) -> i64 {
 // neither of which loses an update.
 #[tokio::test]
 async fn invalid_delete_counter_is_repaired() {
-    let server = EtcdServer::start().await.unwrap();
-    let client = server.client().await.unwrap();
+    let (_server, client) = etcd().await;
     let counter_key = EtcdWorker::new(client.clone(), "/rep").delete_counter_key();
 
     // In the snapshot: the first commit, a delete, goes through.
@@ -880,8 +870,7 @@ impl Reactor<KvState> for RepairReactor {
 // refused by the fence and the worker ends with NotOwner, even before it sees the deletion.
 #[tokio::test]
 async fn stale_fence_is_refused() {
-    let server = EtcdServer::start().await.unwrap();
-    let client = server.client().await.unwrap();
+    let (_server, client) = etcd().await;
     let owner_key = "/fence/__cdc_meta__/owner/22";
     let revision = client.put(owner_key, "capture-1", 0).await.unwrap();
     let fence = OwnerFence {
@@ -944,8 +933,7 @@ async fn run_fenced(client: &EtcdClient, fence: OwnerFence) -> Result<KvState> {
 // The deletion of the owner's own key ends the worker with NotOwner.
 #[tokio::test]
 async fn owner_key_deleted_ends_worker() {
-    let server = EtcdServer::start().await.unwrap();
-    let client = server.client().await.unwrap();
+    let (_server, client) = etcd().await;
     let owner_key = "/own/__cdc_meta__/owner/7";
     let revision = client.put(owner_key, "capture-1", 0).await.unwrap();
     let cancel = CancellationToken::new();
@@ -970,8 +958,7 @@ async fn owner_key_deleted_ends_worker() {
 // Session done ends the worker; cancellation ends it with Cancelled.
 #[tokio::test]
 async fn session_done_and_cancel() {
-    let server = EtcdServer::start().await.unwrap();
-    let client = server.client().await.unwrap();
+    let (_server, client) = etcd().await;
     let session_done = CancellationToken::new();
     let cancel = CancellationToken::new();
     let done = session_done.clone();
@@ -1009,8 +996,7 @@ async fn session_done_and_cancel() {
 // reports the compaction.
 #[tokio::test]
 async fn compaction_resyncs() {
-    let server = EtcdServer::start().await.unwrap();
-    let client = server.client().await.unwrap();
+    let (_server, client) = etcd().await;
     client.put("/cmp/gone", "1", 0).await.unwrap();
     client.put("/cmp/key", "0", 0).await.unwrap();
     let entered = Arc::new(Notify::new());
@@ -1211,8 +1197,7 @@ fn put_event(key: &str, value: &str, revision: Revision) -> Event {
 // stale response is dropped; the watch starts at the snapshot revision + 1.
 #[tokio::test]
 async fn progress_at_commit_revision_keeps_the_event() {
-    let server = EtcdServer::start().await.unwrap();
-    let client = server.client().await.unwrap();
+    let (_server, client) = etcd().await;
     let snapshot_revision = client.put("/pn/a", "0", 0).await.unwrap();
     let mut commits = client
         .watch(
@@ -1284,8 +1269,7 @@ async fn progress_at_commit_revision_keeps_the_event() {
 // every part: the later parts are applied, not dropped as stale.
 #[tokio::test]
 async fn split_catch_up_batch_is_applied() {
-    let server = EtcdServer::start().await.unwrap();
-    let client = server.client().await.unwrap();
+    let (_server, client) = etcd().await;
     client.put("/sp/a", "0", 0).await.unwrap();
     let (source, script) = ScriptedSource::new();
     let synced = Arc::new(Notify::new());

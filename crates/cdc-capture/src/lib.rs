@@ -10,6 +10,10 @@
 //! Owner, controller and processor manager are traits built by factories ([`CaptureParts`]),
 //! so tests inject doubles; the binary runs [`MinimalReactors`].
 //!
+//! Not here: the etcd key layout and client (cdc-etcd), the session and election recipes
+//! (cdc-election), the etcd worker (cdc-orchestrator), the p2p protocol (cdc-p2p), and flag
+//! parsing, config loading and logging setup (cdc-server).
+//!
 //! Invariants: the processors are closed first on every exit of an incarnation; every etcd
 //! call on the exit path has a deadline; liveness only moves from Alive to Stopping.
 

@@ -52,6 +52,12 @@ fn encode<T: Serialize + ?Sized>(key: &str, value: &T) -> Result<Vec<u8>> {
     })
 }
 
+fn changefeed_not_exists(changefeed: &ChangeFeedId) -> Error {
+    Error::ChangeFeedNotExists {
+        changefeed: changefeed.to_string(),
+    }
+}
+
 fn first_created() -> GetOptions {
     GetOptions {
         prefix: true,
@@ -144,6 +150,17 @@ impl CdcEtcdClient {
         Ok(response.kvs.into_iter().next())
     }
 
+    /// Reads and decodes `key`, with its mod revision; `missing()` when the key is absent.
+    async fn get_decoded<T: DeserializeOwned>(
+        &self,
+        key: &str,
+        missing: impl FnOnce() -> Error,
+        cancel: &CancellationToken,
+    ) -> Result<(T, Revision)> {
+        let kv = self.get_one(key, cancel).await?.ok_or_else(missing)?;
+        Ok((decode(&kv)?, kv.mod_revision))
+    }
+
     async fn get_prefix(&self, prefix: &str, cancel: &CancellationToken) -> Result<GetResponse> {
         self.retrying
             .get(
@@ -192,12 +209,11 @@ impl CdcEtcdClient {
         cancel: &CancellationToken,
     ) -> Result<CaptureInfo> {
         let key = key::capture_key(&self.cluster_id, capture_id);
-        match self.get_one(&key, cancel).await? {
-            Some(kv) => decode(&kv),
-            None => Err(Error::CaptureNotExist {
-                capture_id: capture_id.to_owned(),
-            }),
-        }
+        let missing = || Error::CaptureNotExist {
+            capture_id: capture_id.to_owned(),
+        };
+        let (info, _) = self.get_decoded(&key, missing, cancel).await?;
+        Ok(info)
     }
 
     /// The lease of every capture key, by capture ID.
@@ -338,12 +354,10 @@ impl CdcEtcdClient {
         cancel: &CancellationToken,
     ) -> Result<ChangeFeedInfo> {
         let key = key::changefeed_info_key(&self.cluster_id, changefeed);
-        match self.get_one(&key, cancel).await? {
-            Some(kv) => decode(&kv),
-            None => Err(Error::ChangeFeedNotExists {
-                changefeed: changefeed.to_string(),
-            }),
-        }
+        let (info, _) = self
+            .get_decoded(&key, || changefeed_not_exists(changefeed), cancel)
+            .await?;
+        Ok(info)
     }
 
     /// A changefeed's status and its mod revision; [`Error::ChangeFeedNotExists`] when missing.
@@ -353,12 +367,8 @@ impl CdcEtcdClient {
         cancel: &CancellationToken,
     ) -> Result<(ChangeFeedStatus, Revision)> {
         let key = key::changefeed_status_key(&self.cluster_id, changefeed);
-        match self.get_one(&key, cancel).await? {
-            Some(kv) => Ok((decode(&kv)?, kv.mod_revision)),
-            None => Err(Error::ChangeFeedNotExists {
-                changefeed: changefeed.to_string(),
-            }),
-        }
+        self.get_decoded(&key, || changefeed_not_exists(changefeed), cancel)
+            .await
     }
 
     /// Writes a changefeed's info unconditionally.
@@ -393,13 +403,12 @@ impl CdcEtcdClient {
         cancel: &CancellationToken,
     ) -> Result<UpstreamInfo> {
         let key = key::upstream_key(&self.cluster_id, namespace, upstream_id);
-        match self.get_one(&key, cancel).await? {
-            Some(kv) => decode(&kv),
-            None => Err(Error::UpstreamNotFound {
-                namespace: namespace.to_owned(),
-                upstream_id,
-            }),
-        }
+        let missing = || Error::UpstreamNotFound {
+            namespace: namespace.to_owned(),
+            upstream_id,
+        };
+        let (info, _) = self.get_decoded(&key, missing, cancel).await?;
+        Ok(info)
     }
 
     /// Creates a changefeed and saves its upstream in one transaction that requires the info
@@ -433,14 +442,11 @@ impl CdcEtcdClient {
     ) -> Result<()> {
         let info_key = key::changefeed_info_key(&self.cluster_id, changefeed);
         let status_key = key::changefeed_status_key(&self.cluster_id, changefeed);
-        let info_revision = match self.get_one(&info_key, cancel).await? {
-            Some(kv) => kv.mod_revision,
-            None => {
-                return Err(Error::ChangeFeedNotExists {
-                    changefeed: changefeed.to_string(),
-                });
-            }
-        };
+        let info_revision = self
+            .get_one(&info_key, cancel)
+            .await?
+            .ok_or_else(|| changefeed_not_exists(changefeed))?
+            .mod_revision;
         let status_revision = self
             .get_one(&status_key, cancel)
             .await?

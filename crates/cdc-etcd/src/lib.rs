@@ -11,6 +11,9 @@
 //! - [`CdcEtcdClient`]: TiCDC's metadata operations (captures, owner, changefeeds, upstreams).
 //! - [`key`]: the key layout of a TiCDC cluster ([`key::CdcKey`] parse and format).
 //!
+//! Not here: sessions and the owner election (cdc-election), the etcd worker and its reactor
+//! states (cdc-orchestrator).
+//!
 //! Invariant: no other crate of the workspace depends on `etcd-client`.
 #![warn(missing_docs)]
 

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use cdc_etcd::key::{CdcKey, CdcKeyKind};
 use cdc_model::{CaptureId, CaptureInfo, ChangeFeedId, UpstreamId, UpstreamInfo, from_json};
+use serde::de::DeserializeOwned;
 use tracing::{info, warn};
 
 use crate::changefeed::ChangefeedReactorState;
@@ -38,6 +39,14 @@ pub struct GlobalReactorState {
     /// Vanished captures; the time is stamped by the first `update_pending_change` after the
     /// delete. A capture that comes back is taken off this map.
     to_remove: HashMap<CaptureId, Option<Instant>>,
+}
+
+/// Decodes the JSON value of `key`.
+fn decode<T: DeserializeOwned>(key: &CdcKey, bytes: &[u8]) -> Result<T> {
+    from_json(bytes).map_err(|source| Error::Unmarshal {
+        key: key.to_string(),
+        source,
+    })
 }
 
 impl GlobalReactorState {
@@ -119,11 +128,7 @@ impl ReactorState for GlobalReactorState {
                     self.to_remove.entry(capture_id.clone()).or_insert(None);
                 }
                 Some(bytes) => {
-                    let capture: CaptureInfo =
-                        from_json(bytes).map_err(|source| Error::Unmarshal {
-                            key: key.to_string(),
-                            source,
-                        })?;
+                    let capture: CaptureInfo = decode(&key, bytes)?;
                     self.to_remove.remove(capture_id);
                     if let Some(hook) = self.on_capture_added.as_mut() {
                         hook(capture_id, &capture.address);
@@ -131,20 +136,12 @@ impl ReactorState for GlobalReactorState {
                     self.captures.insert(capture_id.clone(), capture);
                 }
             },
-            CdcKeyKind::ChangefeedInfo {
-                namespace,
-                changefeed_id,
-            }
-            | CdcKeyKind::ChangefeedStatus {
-                namespace,
-                changefeed_id,
-            }
-            | CdcKeyKind::TaskPosition {
-                namespace,
-                changefeed_id,
-                ..
-            } => {
-                let id = ChangeFeedId::new(namespace.clone(), changefeed_id.clone());
+            CdcKeyKind::ChangefeedInfo { .. }
+            | CdcKeyKind::ChangefeedStatus { .. }
+            | CdcKeyKind::TaskPosition { .. } => {
+                let id = key
+                    .changefeed()
+                    .expect("changefeed info, status and task position keys name a changefeed");
                 self.update_changefeed(id, &key.kind, value)?;
             }
             CdcKeyKind::Upstream { upstream_id, .. } => match value {
@@ -152,11 +149,7 @@ impl ReactorState for GlobalReactorState {
                     self.upstreams.remove(upstream_id);
                 }
                 Some(bytes) => {
-                    let upstream: UpstreamInfo =
-                        from_json(bytes).map_err(|source| Error::Unmarshal {
-                            key: key.to_string(),
-                            source,
-                        })?;
+                    let upstream: UpstreamInfo = decode(&key, bytes)?;
                     self.upstreams.insert(*upstream_id, upstream);
                 }
             },

@@ -5,6 +5,8 @@
 //!   compare-and-swap transactions (capture-spec §4).
 //! - [`WorkerMetrics`] counts the worker's ticks, commits, conflicts, commit latency and
 //!   resyncs for a capture's `/metrics`.
+//! - [`GlobalReactorState`] and [`ChangefeedReactorState`] are TiCDC's cluster and changefeed
+//!   states; [`key`] holds the relative-key helpers of a worker prefix.
 //! - Everything else is pure: states and patches perform no IO and read no clock; the time is
 //!   passed in.
 //!
@@ -12,6 +14,8 @@
 //! own last commit (read-your-writes), and never a partially applied transaction. A patch group
 //! is committed at most once per accepted evaluation and never applied twice.
 //! This crate never depends on tonic or p2p.
+//!
+//! Not here: the owner, controller and processor reactors that run on the worker (cdc-capture).
 
 mod batch;
 mod changefeed;

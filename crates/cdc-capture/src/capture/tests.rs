@@ -202,6 +202,31 @@ fn incarnation(election: &Arc<ElectionDouble>, client: &EtcdClient) -> Incarnati
     }
 }
 
+/// Runs `capture` on its own task, under a token that [`stop_run`] cancels.
+fn spawn_run(capture: &Arc<Capture>) -> (CancellationToken, tokio::task::JoinHandle<Result<()>>) {
+    let cancel = CancellationToken::new();
+    let run = tokio::spawn({
+        let capture = Arc::clone(capture);
+        let cancel = cancel.clone();
+        async move { capture.run(cancel).await }
+    });
+    (cancel, run)
+}
+
+/// Cancels a run and checks that it returns `Ok` within `within`.
+async fn stop_run(
+    cancel: &CancellationToken,
+    run: tokio::task::JoinHandle<Result<()>>,
+    within: Duration,
+) {
+    cancel.cancel();
+    let result = tokio::time::timeout(within, run)
+        .await
+        .unwrap_or_else(|_| panic!("run returns within {within:?}"))
+        .unwrap();
+    assert!(result.is_ok(), "{result:?}");
+}
+
 async fn wait_until(within: Duration, mut check: impl FnMut() -> bool) {
     tokio::time::timeout(within, async {
         while !check() {
@@ -250,22 +275,12 @@ async fn run_retries_internal_deadline_exceeded() {
         ..CaptureParts::production(&etcd)
     };
     let capture = capture(&server, &etcd, parts);
-    let cancel = CancellationToken::new();
-    let run = tokio::spawn({
-        let capture = Arc::clone(&capture);
-        let cancel = cancel.clone();
-        async move { capture.run(cancel).await }
-    });
+    let (cancel, run) = spawn_run(&capture);
     wait_until(Duration::from_secs(5), || {
         sessions.grants.load(Ordering::SeqCst) >= 2
     })
     .await;
-    cancel.cancel();
-    let result = tokio::time::timeout(Duration::from_secs(5), run)
-        .await
-        .expect("run returns within 5 s")
-        .unwrap();
-    assert!(result.is_ok(), "{result:?}");
+    stop_run(&cancel, run, Duration::from_secs(5)).await;
 }
 
 // Case 89: `info()` before any incarnation is an error, not a panic.
@@ -285,12 +300,7 @@ async fn drain_when_not_owner() {
         ..ElectionDouble::default()
     });
     let capture = capture(&server, &etcd, parts(&etcd, &election));
-    let cancel = CancellationToken::new();
-    let run = tokio::spawn({
-        let capture = Arc::clone(&capture);
-        let cancel = cancel.clone();
-        async move { capture.run(cancel).await }
-    });
+    let (cancel, run) = spawn_run(&capture);
     wait_until(Duration::from_secs(10), || {
         election.campaigned.load(Ordering::SeqCst)
     })
@@ -299,12 +309,7 @@ async fn drain_when_not_owner() {
         .await
         .expect("drain completes within 1 s");
     assert_eq!(capture.liveness(), Liveness::Stopping);
-    cancel.cancel();
-    let result = tokio::time::timeout(Duration::from_secs(15), run)
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(result.is_ok(), "{result:?}");
+    stop_run(&cancel, run, Duration::from_secs(15)).await;
 }
 
 // Case 91: an owner is stopped by the drain, which completes once it resigned.
@@ -318,12 +323,7 @@ async fn drain_waits_for_the_owner_to_resign() {
         ..parts(&etcd, &election)
     };
     let capture = capture(&server, &etcd, parts);
-    let cancel = CancellationToken::new();
-    let run = tokio::spawn({
-        let capture = Arc::clone(&capture);
-        let cancel = cancel.clone();
-        async move { capture.run(cancel).await }
-    });
+    let (cancel, run) = spawn_run(&capture);
     wait_until(Duration::from_secs(10), || capture.is_owner()).await;
     tokio::time::timeout(Duration::from_secs(3), capture.drain())
         .await
@@ -332,12 +332,7 @@ async fn drain_waits_for_the_owner_to_resign() {
     assert!(election.resigned.load(Ordering::SeqCst));
     assert!(!capture.is_owner());
     assert_eq!(capture.liveness(), Liveness::Stopping);
-    cancel.cancel();
-    let result = tokio::time::timeout(Duration::from_secs(15), run)
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(result.is_ok(), "{result:?}");
+    stop_run(&cancel, run, Duration::from_secs(15)).await;
 }
 
 // Case 92: no campaign while Stopping; Stopping set during the campaign resigns after winning.

@@ -208,6 +208,18 @@ async fn lease_gone(client: &EtcdClient, lease_id: LeaseId) -> bool {
         < 0
 }
 
+/// Waits until `lease_id` is revoked (not left to its TTL) and its keep-alive thread is gone.
+async fn wait_for_revoke_and_keeper_end(client: &EtcdClient, lease_id: LeaseId) {
+    wait_for("the lease's revoke", Duration::from_secs(3), async || {
+        lease_gone(client, lease_id).await
+    })
+    .await;
+    wait_for("the keeper's end", Duration::from_secs(3), async || {
+        !keeper_thread_running(lease_id)
+    })
+    .await;
+}
+
 /// Starts a grant that stops at the keeper's handshake, and returns it with its lease.
 async fn grant_stopped_at_the_handshake(
     client: &EtcdClient,
@@ -244,14 +256,7 @@ async fn a_grant_cancelled_during_the_handshake_revokes_its_lease_and_ends_its_t
     hook.release.notify_one();
 
     // Revoked, not left to its 10 s TTL, and the thread is gone.
-    wait_for("the lease's revoke", Duration::from_secs(3), async || {
-        lease_gone(&client, lease_id).await
-    })
-    .await;
-    wait_for("the keeper's end", Duration::from_secs(3), async || {
-        !keeper_thread_running(lease_id)
-    })
-    .await;
+    wait_for_revoke_and_keeper_end(&client, lease_id).await;
 }
 
 #[tokio::test]
@@ -266,14 +271,7 @@ async fn a_grant_dropped_after_the_keeper_answered_revokes_its_lease_and_ends_it
     hook.answered.notified().await;
     drop(grant);
 
-    wait_for("the lease's revoke", Duration::from_secs(3), async || {
-        lease_gone(&client, lease_id).await
-    })
-    .await;
-    wait_for("the keeper's end", Duration::from_secs(3), async || {
-        !keeper_thread_running(lease_id)
-    })
-    .await;
+    wait_for_revoke_and_keeper_end(&client, lease_id).await;
 }
 
 #[tokio::test]

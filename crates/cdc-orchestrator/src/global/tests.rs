@@ -21,47 +21,57 @@ fn apply<S: ReactorState>(state: &mut S, raw: &mut RawState) -> Result<()> {
             other => other?,
         };
         for (key, value) in changes {
-            match &value {
-                Some(value) => {
-                    raw.insert(
-                        key.clone(),
-                        RawEntry {
-                            value: value.clone(),
-                            mod_revision: 1,
-                        },
-                    );
-                }
-                None => {
-                    raw.remove(&key);
-                }
-            }
+            write_raw(raw, &key, value.as_deref());
             state.update(&key, value.as_deref(), false)?;
         }
     }
     Ok(())
 }
 
-fn put<S: ReactorState>(state: &mut S, raw: &mut RawState, key: &str, value: Option<&str>) {
-    let key = key.as_bytes().to_vec();
+/// Writes `value` under `key` in `raw` (at revision 1); `None` deletes.
+fn write_raw(raw: &mut RawState, key: &[u8], value: Option<&[u8]>) {
     match value {
         Some(value) => {
             raw.insert(
-                key.clone(),
+                key.to_vec(),
                 RawEntry {
-                    value: value.as_bytes().to_vec(),
+                    value: value.to_vec(),
                     mod_revision: 1,
                 },
             );
         }
         None => {
-            raw.remove(&key);
+            raw.remove(key);
         }
     }
-    state.update(&key, value.map(str::as_bytes), false).unwrap();
+}
+
+fn put<S: ReactorState>(state: &mut S, raw: &mut RawState, key: &str, value: Option<&str>) {
+    let value = value.map(str::as_bytes);
+    write_raw(raw, key.as_bytes(), value);
+    state.update(key.as_bytes(), value, false).unwrap();
 }
 
 fn cf(id: &str) -> ChangeFeedId {
     ChangeFeedId::new("default", id)
+}
+
+/// A new changefeed's info: sink `123`, an empty config, defaults elsewhere.
+fn info_with_sink_123() -> cdc_model::ChangeFeedInfo {
+    cdc_model::ChangeFeedInfo {
+        sink_uri: "123".to_owned(),
+        config: Some(serde_json::json!({})),
+        ..Default::default()
+    }
+}
+
+/// Queues a patch that sets the checkpoint of the existing status.
+fn set_checkpoint(state: &mut ChangefeedReactorState, checkpoint_ts: u64) {
+    state.patch_status(move |status| {
+        let mut status = status.unwrap();
+        status.checkpoint_ts = checkpoint_ts;
+        Ok((Some(status), true))
+    });
 }
 
 const INFO: &str = r#"{"sink-uri":"blackhole://","opts":{},"create-time":"2020-02-02T00:00:00.000000+08:00","start-ts":421980685886554116,"target-ts":0,"admin-job-type":0,"sort-engine":"memory","sort-dir":"","config":{"case-sensitive":true},"state":"normal","history":null,"error":null,"sync-point-enabled":false,"sync-point-interval":600000000000}"#;
@@ -185,12 +195,7 @@ fn patch_info() {
     let mut state = ChangefeedReactorState::new(C, cf("test1"));
     state.patch_info(|info| {
         assert!(info.is_none());
-        let info = cdc_model::ChangeFeedInfo {
-            sink_uri: "123".to_owned(),
-            config: Some(serde_json::json!({})),
-            ..Default::default()
-        };
-        Ok((Some(info), true))
+        Ok((Some(info_with_sink_123()), true))
     });
     apply(&mut state, &mut raw).unwrap();
     let info = state.info.clone().unwrap();
@@ -224,11 +229,7 @@ fn patch_status() {
     });
     apply(&mut state, &mut raw).unwrap();
     assert_eq!(state.status.as_ref().unwrap().checkpoint_ts, 5);
-    state.patch_status(|status| {
-        let mut status = status.unwrap();
-        status.checkpoint_ts = 6;
-        Ok((Some(status), true))
-    });
+    set_checkpoint(&mut state, 6);
     apply(&mut state, &mut raw).unwrap();
     assert_eq!(state.status.as_ref().unwrap().checkpoint_ts, 6);
     state.patch_status(|_| Ok((None, true)));
@@ -400,16 +401,7 @@ fn check_changefeed_normal() {
     apply(&mut state, &mut raw).unwrap();
     assert!(state.info.is_none() && state.status.is_none());
 
-    state.patch_info(|_| {
-        Ok((
-            Some(cdc_model::ChangeFeedInfo {
-                sink_uri: "123".to_owned(),
-                config: Some(serde_json::json!({})),
-                ..Default::default()
-            }),
-            true,
-        ))
-    });
+    state.patch_info(|_| Ok((Some(info_with_sink_123()), true)));
     state.patch_status(|_| {
         Ok((
             Some(ChangeFeedStatus {
@@ -428,20 +420,12 @@ fn check_changefeed_normal() {
         info.admin_job_type = AdminJobType::Stop;
         Ok((Some(info), true))
     });
-    state.patch_status(|status| {
-        let mut status = status.unwrap();
-        status.checkpoint_ts = 2;
-        Ok((Some(status), true))
-    });
+    set_checkpoint(&mut state, 2);
     state.check_changefeed_normal();
     apply(&mut state, &mut raw).unwrap();
     assert_eq!(state.status.as_ref().unwrap().checkpoint_ts, 1);
 
-    state.patch_status(|status| {
-        let mut status = status.unwrap();
-        status.checkpoint_ts = 2;
-        Ok((Some(status), true))
-    });
+    set_checkpoint(&mut state, 2);
     state.check_changefeed_normal();
     apply(&mut state, &mut raw).unwrap();
     assert_eq!(state.status.as_ref().unwrap().checkpoint_ts, 2);
