@@ -351,11 +351,11 @@ impl MessageClient {
                 Ok(()) => return Ok(()),
                 Err(Error::Cancelled) => return Ok(()),
                 Err(err @ Error::ClientPermanentFail { .. }) => {
-                    warn!(receiver_id = %self.shared.receiver_id, error = %crate::report(&err), "p2p client failed permanently");
+                    warn!(receiver_id = %self.shared.receiver_id, error = %crate::error::report(&err), "p2p client failed permanently");
                     return Err(err);
                 }
                 Err(err) => {
-                    debug!(receiver_id = %self.shared.receiver_id, %addr, error = %crate::report(&err), "p2p stream broke, reconnecting");
+                    debug!(receiver_id = %self.shared.receiver_id, %addr, error = %crate::error::report(&err), "p2p stream broke, reconnecting");
                 }
             }
         }

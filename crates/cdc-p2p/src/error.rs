@@ -244,6 +244,18 @@ impl Error {
 
     /// The `error_message` sent on the wire: `[code]text`, as TiCDC formats it.
     pub fn wire_message(&self) -> String {
-        format!("[{}]{}", self.code(), crate::report(self))
+        format!("[{}]{}", self.code(), report(self))
     }
+}
+
+/// Renders an error and its chain of sources on one line.
+pub(crate) fn report(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }

@@ -167,7 +167,7 @@ impl MessageRouter {
         self.shared.tasks.spawn(async move {
             let result = running.run(&cancel, &addr).await;
             if let Err(err) = result {
-                warn!(peer = %peer_id, error = %crate::report(&err), "p2p client stopped");
+                warn!(peer = %peer_id, error = %crate::error::report(&err), "p2p client stopped");
                 // Capacity 1: extra errors are dropped, as in TiCDC.
                 let _ = shared.errors_tx.try_send(err);
             }

@@ -22,7 +22,7 @@ use tracing::{debug, info, warn};
 
 use crate::ack::AckManager;
 use crate::config::ServerConfig;
-use crate::error::{BoxError, Error, Result};
+use crate::error::{BoxError, Error, Result, report};
 use crate::local::{LocalEntry, LocalReceiver};
 use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::proto::{Ack, ExitReason, MessageEntry, MessagePacket, SendMessageResponse, StreamMeta};
@@ -544,11 +544,6 @@ fn error_response(err: &Error) -> SendMessageResponse {
         exit_reason: err.exit_reason() as i32,
         error_message: err.wire_message(),
     }
-}
-
-/// Renders an error with its sources.
-pub(crate) fn report(err: &(dyn std::error::Error + 'static)) -> String {
-    crate::report(err)
 }
 
 struct HandlerEntry {
