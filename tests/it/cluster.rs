@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use crate::support::{send_signal, server_binary, wait_for};
 
-const TTL: u64 = 5;
+pub(crate) const TTL: u64 = 5;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -24,7 +24,7 @@ fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
-struct Node {
+pub(crate) struct Node {
     address: String,
     child: Child,
     log: PathBuf,
@@ -88,20 +88,20 @@ impl Node {
         Ok(response)
     }
 
-    async fn get_text(&self, path: &str) -> Result<String> {
+    pub(crate) async fn get_text(&self, path: &str) -> Result<String> {
         Ok(self.get_response(path).await?.text().await?)
     }
 
-    async fn id(&self) -> Result<String> {
+    pub(crate) async fn id(&self) -> Result<String> {
         let status = self.status().await?;
         Ok(status["id"].as_str().unwrap_or_default().to_owned())
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    fn signal(&self, name: &str) {
+    pub(crate) fn signal(&self, name: &str) {
         send_signal(self.pid(), name);
     }
 
@@ -116,15 +116,15 @@ impl Node {
         bail!("cdc-server {} still runs after {within:?}", self.pid())
     }
 
-    fn is_running(&mut self) -> bool {
+    pub(crate) fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
 
-    async fn get(&self, path: &str) -> Result<Value> {
+    pub(crate) async fn get(&self, path: &str) -> Result<Value> {
         Ok(self.get_response(path).await?.json().await?)
     }
 
-    async fn status(&self) -> Result<Value> {
+    pub(crate) async fn status(&self) -> Result<Value> {
         self.get("/status").await
     }
 }
@@ -137,7 +137,7 @@ impl Drop for Node {
 }
 
 /// The owners reported by the running nodes' `/status`, as (node index, capture id).
-async fn owners(nodes: &[Node]) -> Vec<(usize, String)> {
+pub(crate) async fn owners(nodes: &[Node]) -> Vec<(usize, String)> {
     let mut owners = Vec::new();
     for (index, node) in nodes.iter().enumerate() {
         if let Ok(status) = node.status().await
@@ -149,7 +149,7 @@ async fn owners(nodes: &[Node]) -> Vec<(usize, String)> {
     owners
 }
 
-async fn start_cluster(n_nodes: usize, cluster_id: &str) -> (EtcdServer, Vec<Node>) {
+pub(crate) async fn start_cluster(n_nodes: usize, cluster_id: &str) -> (EtcdServer, Vec<Node>) {
     let etcd = EtcdServer::start().await.unwrap();
     let nodes: Vec<Node> = (0..n_nodes)
         .map(|_| Node::start(&etcd.endpoint(), cluster_id))
@@ -157,7 +157,7 @@ async fn start_cluster(n_nodes: usize, cluster_id: &str) -> (EtcdServer, Vec<Nod
     (etcd, nodes)
 }
 
-async fn one_owner(nodes: &mut [Node], within: Duration) -> Result<(usize, String)> {
+pub(crate) async fn one_owner(nodes: &mut [Node], within: Duration) -> Result<(usize, String)> {
     let deadline = Instant::now() + within;
     loop {
         let found = owners(nodes).await;
@@ -171,7 +171,21 @@ async fn one_owner(nodes: &mut [Node], within: Duration) -> Result<(usize, Strin
     }
 }
 
-async fn capture_keys(client: &EtcdClient, cluster_id: &str) -> Vec<(String, Vec<u8>)> {
+/// Every node's capture ID, in node order, once each node has one (a node reports an empty
+/// ID until its first incarnation has started).
+pub(crate) async fn started_ids(nodes: &[Node], within: Duration) -> Result<Vec<String>> {
+    wait_for(within, || async {
+        let mut ids = Vec::new();
+        for node in nodes {
+            ids.push(node.id().await.ok().filter(|id| !id.is_empty())?);
+        }
+        Some(ids)
+    })
+    .await
+    .context("every capture has started")
+}
+
+pub(crate) async fn capture_keys(client: &EtcdClient, cluster_id: &str) -> Vec<(String, Vec<u8>)> {
     client
         .get(
             format!("/tidb/cdc/{cluster_id}/__cdc_meta__/capture/"),
@@ -509,6 +523,8 @@ async fn drain_through_another_capture_stops_the_owner() -> Result<()> {
 async fn status_health_debug_and_metrics_endpoints() -> Result<()> {
     let (_etcd, mut nodes) = start_cluster(2, "endpoints").await;
     let (owner_index, owner_id) = one_owner(&mut nodes, Duration::from_secs(20)).await?;
+    // Both captures have started, so their `/status` no longer changes.
+    started_ids(&nodes, Duration::from_secs(10)).await?;
     let other = (owner_index + 1) % 2;
 
     for (index, node) in nodes.iter().enumerate() {

@@ -1,6 +1,7 @@
 //! One integration-test binary: real etcd, real processes.
 
 mod cluster;
+mod cluster_faults;
 mod cluster_run;
 mod election;
 mod etcd_cdc_client;

@@ -79,3 +79,22 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Checks that `check` holds at every poll (every 50 ms) for `window`: the first failure is
+/// the error. For invariants that must hold over a stretch of time, such as "no restart".
+pub(crate) async fn hold_for<F, Fut>(window: Duration, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    let started = Instant::now();
+    loop {
+        check()
+            .await
+            .map_err(|err| err.context(format!("after {:?}", started.elapsed())))?;
+        if started.elapsed() >= window {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
