@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use cdc_etcd::testing::EtcdServer;
 use cdc_etcd::watch::{EtcdWatchSource, WatchSource, WatchStream};
 use cdc_etcd::{
     Compare, CompareOp, EtcdClient, Event, EventKind, GetOptions, KeyValue, RawWatch, Revision,
@@ -1313,4 +1314,152 @@ async fn split_catch_up_batch_is_applied() {
     let state = result.unwrap();
     assert_eq!(state.get("/sp/a"), Some(b"1".as_slice()));
     assert_eq!(state.get("/sp/b"), Some(b"1".as_slice()));
+}
+
+/// How soon a stopped worker must return, whatever it was waiting on.
+const PROMPT: Duration = Duration::from_secs(1);
+
+/// A reactor whose first tick waits for `go`, queues a write, then announces `ticked`; every
+/// later tick does nothing.
+struct CommitReactor {
+    entered: Arc<Notify>,
+    go: Arc<Notify>,
+    ticked: Arc<Notify>,
+    patch: Option<SingleDataPatch>,
+}
+
+impl CommitReactor {
+    fn new(patch: SingleDataPatch) -> Self {
+        CommitReactor {
+            entered: Arc::new(Notify::new()),
+            go: Arc::new(Notify::new()),
+            ticked: Arc::new(Notify::new()),
+            patch: Some(patch),
+        }
+    }
+}
+
+impl Reactor<KvState> for CommitReactor {
+    async fn tick(&mut self, state: &mut KvState) -> Result<()> {
+        if let Some(patch) = self.patch.take() {
+            self.entered.notify_one();
+            self.go.notified().await;
+            state.queue(vec![patch]);
+            self.ticked.notify_one();
+        }
+        Ok(())
+    }
+}
+
+/// Runs a worker whose first commit meets a frozen etcd, then fires `stop` (the worker's
+/// cancel token, or its session-done token with `session`). Returns the worker's result and
+/// how long it took to return after `stop` fired.
+async fn stop_during_commit(
+    server: &mut EtcdServer,
+    client: &EtcdClient,
+    prefix: &str,
+    session: bool,
+) -> (Result<KvState>, Duration) {
+    let cancel = CancellationToken::new();
+    let session_done = CancellationToken::new();
+    let stop = if session {
+        session_done.clone()
+    } else {
+        cancel.clone()
+    };
+    let mut reactor = CommitReactor::new(set(&format!("{prefix}/k"), Some("v")));
+    let (entered, go, ticked) = (
+        reactor.entered.clone(),
+        reactor.go.clone(),
+        reactor.ticked.clone(),
+    );
+    let run = async {
+        let result = EtcdWorker::new(client.clone(), prefix)
+            .with_session_done(session_done.clone())
+            .run(&mut reactor, KvState::default(), INTERVAL, &cancel)
+            .await;
+        (result, Instant::now())
+    };
+    let driver = async {
+        entered.notified().await;
+        server.pause().unwrap();
+        go.notify_one();
+        // One task: the worker is polled on until it waits, inside the transaction.
+        ticked.notified().await;
+        stop.cancel();
+        Instant::now()
+    };
+    let ((result, returned), stopped) =
+        tokio::time::timeout(Duration::from_secs(30), async { tokio::join!(run, driver) })
+            .await
+            .unwrap();
+    server.resume().unwrap();
+    (result, returned.saturating_duration_since(stopped))
+}
+
+// A worker waiting on a transaction that etcd does not answer still returns at once when it
+// is cancelled or its session ends.
+#[tokio::test]
+async fn stop_during_commit_is_prompt() {
+    let (mut server, client) = etcd().await;
+    let (result, took) = stop_during_commit(&mut server, &client, "/sc1", false).await;
+    assert!(
+        matches!(result, Err(Error::Cancelled)),
+        "{:?}",
+        result.err()
+    );
+    assert!(took < PROMPT, "cancelled worker returned after {took:?}");
+    let (result, took) = stop_during_commit(&mut server, &client, "/sc2", true).await;
+    assert!(
+        matches!(result, Err(Error::SessionDone)),
+        "{:?}",
+        result.err()
+    );
+    assert!(
+        took < PROMPT,
+        "worker returned {took:?} after its session ended"
+    );
+}
+
+// A tick that never returns does not keep a stopped worker alive.
+#[tokio::test]
+async fn stop_during_tick_is_prompt() {
+    let (_server, client) = etcd().await;
+    let session_done = CancellationToken::new();
+    let cancel = CancellationToken::new();
+    let entered = Arc::new(Notify::new());
+    let entered2 = entered.clone();
+    let mut reactor = FirstReactor::new(
+        async move {
+            entered2.notify_one();
+            std::future::pending::<()>().await;
+        },
+        |_state: &mut KvState, _| Ok(()),
+    );
+    let run = async {
+        let result = EtcdWorker::new(client.clone(), "/st")
+            .with_session_done(session_done.clone())
+            .run(&mut reactor, KvState::default(), INTERVAL, &cancel)
+            .await;
+        (result, Instant::now())
+    };
+    let driver = async {
+        entered.notified().await;
+        session_done.cancel();
+        Instant::now()
+    };
+    let ((result, returned), stopped) =
+        tokio::time::timeout(Duration::from_secs(30), async { tokio::join!(run, driver) })
+            .await
+            .unwrap();
+    assert!(
+        matches!(result, Err(Error::SessionDone)),
+        "{:?}",
+        result.err()
+    );
+    let took = returned.saturating_duration_since(stopped);
+    assert!(
+        took < PROMPT,
+        "worker returned {took:?} after its session ended"
+    );
 }

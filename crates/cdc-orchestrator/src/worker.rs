@@ -150,6 +150,12 @@ impl EtcdWorker {
     /// Returns the final state after [`Error::ReactorFinished`] once the final patches are
     /// committed; [`Error::Cancelled`] on cancellation; [`Error::SessionDone`] when the session
     /// ends; [`Error::NotOwner`] when a fenced worker lost its owner key.
+    ///
+    /// Cancellation and the end of the session are noticed at once, also during a snapshot
+    /// read, a tick or a transaction: the call in progress is dropped. A tick dropped at one of
+    /// its awaits is not resumed. A transaction abandoned in flight may still commit: it is a
+    /// compare-and-swap over the revisions this worker saw, so it either applied in full or not
+    /// at all, and whoever works on the prefix next learns which from its snapshot and watch.
     pub async fn run<S, R>(
         self,
         reactor: &mut R,
@@ -181,8 +187,11 @@ impl EtcdWorker {
             metrics: self.metrics,
         };
         // Boxed: the loop's future is large and callers hold this one across awaits.
-        let result =
-            Box::pin(run.main_loop(reactor, state, interval, self.session_done, cancel)).await;
+        let stop = Stop {
+            cancel: cancel.clone(),
+            session_done: self.session_done,
+        };
+        let result = Box::pin(run.main_loop(reactor, state, interval, &stop)).await;
         run.close_watch().await;
         result
     }
@@ -238,22 +247,21 @@ impl Run {
         reactor: &mut R,
         mut state: S,
         interval: Duration,
-        session_done: Option<CancellationToken>,
-        cancel: &CancellationToken,
+        stop: &Stop,
     ) -> Result<S>
     where
         S: ReactorState,
         R: Reactor<S>,
     {
         // Initial sync.
-        let snapshot = self.read_snapshot(cancel).await?;
+        let snapshot = self.read_snapshot(stop).await?;
         self.check_fence_present(&snapshot.raw_state)?;
         for (key, entry) in &snapshot.raw_state {
             state.update(key, Some(&entry.value), true)?;
         }
         state.update_pending_change(Instant::now().into_std());
         self.install(snapshot);
-        self.open_watch(cancel).await;
+        self.open_watch(&stop.cancel).await;
 
         let interval = interval.max(Duration::from_millis(1));
         let mut timer = tokio::time::interval(interval);
@@ -261,16 +269,13 @@ impl Run {
         let limiter = Quota::with_period(interval).map(|quota| {
             RateLimiter::direct(quota.allow_burst(NonZeroU32::new(2).expect("2 > 0")))
         });
-        let has_session = session_done.is_some();
-        let session_done = session_done.unwrap_or_default();
         let mut pending_groups: VecDeque<PatchGroup> = VecDeque::new();
         let mut exiting = false;
 
         loop {
             let item = tokio::select! {
                 biased;
-                () = cancel.cancelled() => return Err(Error::Cancelled),
-                () = wait_session(&session_done, has_session) => return Err(Error::SessionDone),
+                err = stop.stopped() => return Err(err),
                 item = next_watch_item(&mut self.watch) => Some(item),
                 _ = timer.tick() => None,
             };
@@ -284,7 +289,7 @@ impl Run {
                         revision = self.revision,
                         requested, compacted, "etcd worker watch compacted, resyncing"
                     );
-                    self.resync(cancel).await?;
+                    self.resync(stop).await?;
                 }
                 // The wrapper reports nothing but compaction as an error.
                 Some(Some(Err(err))) => return Err(err.into()),
@@ -294,14 +299,14 @@ impl Run {
                         revision = self.revision,
                         "etcd worker watch ended, re-watching"
                     );
-                    self.open_watch(cancel).await;
+                    self.open_watch(&stop.cancel).await;
                 }
                 None => {}
             }
 
             let mut retry = false;
             if !pending_groups.is_empty() && self.revision >= self.barrier_revision {
-                match self.try_commit(&mut pending_groups).await {
+                match stop.guard(self.try_commit(&mut pending_groups)).await {
                     Ok(n_committed) => retry = n_committed > 0,
                     Err(err) if err.is_retryable() => {
                         debug!(error = %err, "etcd worker commit will be retried");
@@ -311,7 +316,7 @@ impl Run {
                 }
             } else if self.invalid_counter.is_some() {
                 // Repaired even while idle: other workers sharing the prefix need it too.
-                match self.repair_counter().await {
+                match stop.guard(self.repair_counter()).await {
                     Ok(()) => {}
                     Err(err) if err.is_retryable() => {
                         debug!(error = %err, "etcd worker counter repair will be retried");
@@ -340,7 +345,7 @@ impl Run {
             }
             let started = Instant::now();
             self.metrics.record_tick();
-            match reactor.tick(&mut state).await {
+            match stop.guard(reactor.tick(&mut state)).await {
                 Ok(()) => {}
                 Err(Error::ReactorFinished) => exiting = true,
                 Err(err) => return Err(err),
@@ -350,7 +355,7 @@ impl Run {
             }
             pending_groups.extend(state.get_patches());
             if !pending_groups.is_empty() {
-                match self.try_commit(&mut pending_groups).await {
+                match stop.guard(self.try_commit(&mut pending_groups)).await {
                     Ok(_) => {}
                     Err(err) if err.is_retryable() => {
                         debug!(error = %err, "etcd worker commit will be retried");
@@ -365,7 +370,8 @@ impl Run {
     }
 
     /// Reads the whole prefix, retrying transient failures.
-    async fn read_snapshot(&self, cancel: &CancellationToken) -> Result<Snapshot> {
+    async fn read_snapshot(&self, stop: &Stop) -> Result<Snapshot> {
+        let cancel = &stop.cancel;
         let mut backoff = Duration::from_millis(100);
         let mut tries = 0;
         let response = loop {
@@ -512,10 +518,10 @@ impl Run {
     /// Replaces the snapshot after a compaction: a fresh read whose differences from the
     /// current snapshot are queued as updates, so the state is reloaded in full and stays
     /// consistent; then a new watch from the fresh revision.
-    async fn resync(&mut self, cancel: &CancellationToken) -> Result<()> {
+    async fn resync(&mut self, stop: &Stop) -> Result<()> {
         self.metrics.record_resync();
         self.close_watch().await;
-        let snapshot = self.read_snapshot(cancel).await?;
+        let snapshot = self.read_snapshot(stop).await?;
         self.check_fence_present(&snapshot.raw_state)?;
         for key in self.raw_state.keys() {
             if !snapshot.raw_state.contains_key(key) {
@@ -529,7 +535,7 @@ impl Run {
             }
         }
         self.install(snapshot);
-        self.open_watch(cancel).await;
+        self.open_watch(&stop.cancel).await;
         Ok(())
     }
 
@@ -695,12 +701,41 @@ impl Run {
     }
 }
 
-/// Resolves when the session ends; never when the worker has no session.
-async fn wait_session(session_done: &CancellationToken, has_session: bool) {
-    if has_session {
-        session_done.cancelled().await;
-    } else {
-        pending::<()>().await;
+/// What ends a worker from outside: cancellation by its owner or the end of the session.
+#[derive(Debug)]
+struct Stop {
+    cancel: CancellationToken,
+    session_done: Option<CancellationToken>,
+}
+
+impl Stop {
+    /// Resolves, with the error that ends the worker, once it is cancelled or the session
+    /// ends (cancellation wins when both happened).
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: it only waits on tokens.
+    async fn stopped(&self) -> Error {
+        let session_done = async {
+            match &self.session_done {
+                Some(session_done) => session_done.cancelled().await,
+                None => pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            () = self.cancel.cancelled() => Error::Cancelled,
+            () = session_done => Error::SessionDone,
+        }
+    }
+
+    /// Runs `call` unless the worker is stopped first; then `call` is dropped where it waits
+    /// and the stopping error is returned.
+    async fn guard<T>(&self, call: impl Future<Output = Result<T>>) -> Result<T> {
+        tokio::select! {
+            biased;
+            err = self.stopped() => Err(err),
+            result = call => result,
+        }
     }
 }
 
