@@ -26,7 +26,7 @@ use rand::Rng;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::support::etcd;
+use crate::support::{etcd, wait_for};
 
 const INTERVAL: Duration = Duration::from_millis(10);
 
@@ -1462,4 +1462,58 @@ async fn stop_during_tick_is_prompt() {
         took < PROMPT,
         "worker returned {took:?} after its session ended"
     );
+}
+
+/// Notifies `entered`, then waits for `go`.
+async fn gate(entered: Arc<Notify>, go: Arc<Notify>) {
+    entered.notify_one();
+    go.notified().await;
+}
+
+// Transactions that fail because etcd is down are counted and retried after a pause that
+// grows with each failure; once etcd is back, the final patches of a finished reactor are
+// committed.
+#[tokio::test]
+async fn failing_commits_back_off() {
+    let (mut server, client) = etcd().await;
+    let metrics = Arc::new(WorkerMetrics::new());
+    let entered = Arc::new(Notify::new());
+    let go = Arc::new(Notify::new());
+    let mut reactor = FirstReactor::new(
+        gate(entered.clone(), go.clone()),
+        |state: &mut KvState, _| {
+            state.queue(vec![set("/bo/k", Some("v"))]);
+            Err(Error::ReactorFinished)
+        },
+    );
+    let cancel = CancellationToken::new();
+    let run = EtcdWorker::new(client.clone(), "/bo")
+        .with_metrics(metrics.clone())
+        .run(&mut reactor, KvState::default(), INTERVAL, &cancel);
+    let driver = async {
+        entered.notified().await;
+        server.kill().unwrap();
+        go.notify_one();
+        let metrics = &metrics;
+        let n_errors = |n: u64| {
+            wait_for(Duration::from_secs(20), move || async move {
+                (metrics.commit_errors() >= n).then(Instant::now)
+            })
+        };
+        let first = n_errors(1).await.unwrap();
+        let fourth = n_errors(4).await.unwrap();
+        server.restart().await.unwrap();
+        fourth - first
+    };
+    let (result, spread) =
+        tokio::time::timeout(Duration::from_secs(60), async { tokio::join!(run, driver) })
+            .await
+            .unwrap();
+    result.unwrap();
+    assert_eq!(value_of(&client, "/bo/k").await, Some(b"v".to_vec()));
+    assert_eq!(metrics.commits(), 1);
+    assert!(metrics.commit_errors() >= 4);
+    // At least half of 50 + 100 + 200 ms between the first failure and the fourth (less
+    // one polling period of `wait_for`).
+    assert!(spread >= Duration::from_millis(150), "{spread:?}");
 }

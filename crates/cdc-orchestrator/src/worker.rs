@@ -15,6 +15,7 @@ use cdc_etcd::{
     WatchResponse,
 };
 use governor::{Quota, RateLimiter};
+use rand::Rng;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -31,6 +32,13 @@ pub const DELETE_COUNTER_SUFFIX: &str = "/__cdc_meta__/meta/ticdc-delete-etcd-ke
 
 /// A tick or a transaction slower than this is logged.
 const SLOW_WARN: Duration = Duration::from_secs(1);
+
+/// The first pause after a transaction failed with an etcd error; it doubles with every
+/// consecutive failure up to [`COMMIT_BACKOFF_MAX`].
+const COMMIT_BACKOFF_BASE: Duration = Duration::from_millis(50);
+
+/// The longest pause between transactions that fail with an etcd error.
+const COMMIT_BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// Attempts of a snapshot read before the worker gives up.
 const MAX_SETUP_TRIES: u32 = 10;
@@ -185,6 +193,7 @@ impl EtcdWorker {
             watch_opener: self.watch_opener,
             watch: None,
             metrics: self.metrics,
+            backoff: CommitBackoff::default(),
         };
         // Boxed: the loop's future is large and callers hold this one across awaits.
         let stop = Stop {
@@ -239,6 +248,8 @@ struct Run {
     watch_opener: WatchOpener,
     watch: Option<ResilientWatch>,
     metrics: Arc<WorkerMetrics>,
+    /// The pause after transactions that failed with an etcd error.
+    backoff: CommitBackoff,
 }
 
 impl Run {
@@ -305,23 +316,20 @@ impl Run {
             }
 
             let mut retry = false;
+            let may_commit = self.backoff.is_over(Instant::now());
             if !pending_groups.is_empty() && self.revision >= self.barrier_revision {
-                match stop.guard(self.try_commit(&mut pending_groups)).await {
-                    Ok(n_committed) => retry = n_committed > 0,
-                    Err(err) if err.is_retryable() => {
-                        debug!(error = %err, "etcd worker commit will be retried");
-                        retry = true;
+                // Pending groups are committed before the next tick, also while backing off.
+                retry = true;
+                if may_commit {
+                    match stop.guard(self.try_commit(&mut pending_groups)).await {
+                        Ok(n_committed) => retry = n_committed > 0,
+                        Err(err) => self.commit_failed(err, "commit")?,
                     }
-                    Err(err) => return Err(err),
                 }
-            } else if self.invalid_counter.is_some() {
+            } else if self.invalid_counter.is_some() && may_commit {
                 // Repaired even while idle: other workers sharing the prefix need it too.
-                match stop.guard(self.repair_counter()).await {
-                    Ok(()) => {}
-                    Err(err) if err.is_retryable() => {
-                        debug!(error = %err, "etcd worker counter repair will be retried");
-                    }
-                    Err(err) => return Err(err),
+                if let Err(err) = stop.guard(self.repair_counter()).await {
+                    self.commit_failed(err, "delete counter repair")?;
                 }
             }
             if exiting {
@@ -354,14 +362,11 @@ impl Run {
                 warn!(duration = ?started.elapsed(), "etcd worker tick took too long");
             }
             pending_groups.extend(state.get_patches());
-            if !pending_groups.is_empty() {
-                match stop.guard(self.try_commit(&mut pending_groups)).await {
-                    Ok(_) => {}
-                    Err(err) if err.is_retryable() => {
-                        debug!(error = %err, "etcd worker commit will be retried");
-                    }
-                    Err(err) => return Err(err),
-                }
+            if !pending_groups.is_empty()
+                && self.backoff.is_over(Instant::now())
+                && let Err(err) = stop.guard(self.try_commit(&mut pending_groups)).await
+            {
+                self.commit_failed(err, "commit")?;
             }
             if exiting && pending_groups.is_empty() {
                 return Ok(state);
@@ -489,7 +494,9 @@ impl Run {
             }],
             failure: Vec::new(),
         };
-        if self.client.txn(txn).await?.succeeded {
+        let response = self.client.txn(txn).await?;
+        self.backoff.reset();
+        if response.succeeded {
             info!(counter, "etcd worker delete counter repaired");
             self.observe_counter(CounterRead::Valid(counter));
             Ok(())
@@ -594,6 +601,32 @@ impl Run {
         Ok(())
     }
 
+    /// Decides on a failed commit or delete-counter repair. A retryable etcd error (no answer
+    /// in time, no space, too many requests, ...) is counted, logged and backs the next
+    /// transaction off; another retryable error (a refused compare, a patch asking to try
+    /// again) is retried at the next wake-up; any other error ends the worker.
+    fn commit_failed(&mut self, err: Error, op: &'static str) -> Result<()> {
+        match err {
+            Error::Etcd(err) if err.is_retryable() => {
+                self.metrics.record_commit_error();
+                let delay = self.backoff.fail(Instant::now());
+                warn!(
+                    op,
+                    error = %err,
+                    failures = self.backoff.failures,
+                    retry_in = ?delay,
+                    "etcd worker transaction failed, backing off"
+                );
+                Ok(())
+            }
+            err if err.is_retryable() => {
+                debug!(op, error = %err, "etcd worker transaction will be retried");
+                Ok(())
+            }
+            err => Err(err),
+        }
+    }
+
     /// Commits the leading groups that fit in one transaction. Returns the number of keys
     /// committed; the committed groups leave `groups`.
     async fn try_commit(&mut self, groups: &mut VecDeque<PatchGroup>) -> Result<usize> {
@@ -607,6 +640,7 @@ impl Run {
         let txn = self.build_txn(&batch.changes);
         let started = Instant::now();
         let response = self.client.txn(txn).await?;
+        self.backoff.reset();
         let latency = started.elapsed();
         self.metrics.record_txn(response.succeeded, latency);
         if latency > SLOW_WARN {
@@ -701,6 +735,52 @@ impl Run {
     }
 }
 
+/// The pause of a worker after consecutive transactions that failed with an etcd error
+/// (etcd out of space, overloaded or unreachable): a worker does not retry a struggling etcd
+/// at its tick rate. Reset as soon as etcd answers a transaction.
+#[derive(Debug, Default)]
+struct CommitBackoff {
+    /// Consecutive failures.
+    failures: u32,
+    /// No transaction before this instant.
+    until: Option<Instant>,
+}
+
+impl CommitBackoff {
+    /// Whether a transaction may be sent at `now`.
+    fn is_over(&self, now: Instant) -> bool {
+        self.until.is_none_or(|until| now >= until)
+    }
+
+    /// Counts a failure at `now` and returns the pause before the next transaction.
+    fn fail(&mut self, now: Instant) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        let delay = jittered(nominal_backoff(self.failures), &mut rand::rng());
+        self.until = Some(now + delay);
+        delay
+    }
+
+    fn reset(&mut self) {
+        *self = CommitBackoff::default();
+    }
+}
+
+/// The pause after `failures` (at least 1) consecutive failures before jitter: the base,
+/// doubled for every failure after the first, capped.
+fn nominal_backoff(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(31);
+    COMMIT_BACKOFF_BASE
+        .saturating_mul(1 << doublings)
+        .min(COMMIT_BACKOFF_MAX)
+}
+
+/// Half of `nominal` plus a random part of the other half, so that workers that failed
+/// together do not retry together.
+fn jittered(nominal: Duration, rng: &mut impl Rng) -> Duration {
+    let half = nominal / 2;
+    half + half.mul_f64(rng.random::<f64>())
+}
+
 /// What ends a worker from outside: cancellation by its owner or the end of the session.
 #[derive(Debug)]
 struct Stop {
@@ -749,5 +829,45 @@ async fn next_watch_item(
     match watch {
         Some(watch) => watch.recv().await,
         None => pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_backoff_doubles_up_to_its_cap() {
+        let nominal: Vec<_> = (1..=8).map(nominal_backoff).collect();
+        let millis: Vec<u128> = nominal.iter().map(Duration::as_millis).collect();
+        assert_eq!(millis, [50, 100, 200, 400, 800, 1600, 2000, 2000]);
+        assert_eq!(nominal_backoff(u32::MAX), COMMIT_BACKOFF_MAX);
+
+        let mut rng = rand::rng();
+        for failures in 1..=8 {
+            let nominal = nominal_backoff(failures);
+            for _ in 0..100 {
+                let delay = jittered(nominal, &mut rng);
+                assert!(
+                    delay >= nominal / 2 && delay <= nominal,
+                    "{delay:?} of {nominal:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn commit_backoff_holds_until_reset() {
+        let mut backoff = CommitBackoff::default();
+        let now = Instant::now();
+        assert!(backoff.is_over(now));
+        let first = backoff.fail(now);
+        assert!(!backoff.is_over(now));
+        assert!(backoff.is_over(now + first));
+        backoff.fail(now);
+        assert_eq!(backoff.failures, 2);
+        backoff.reset();
+        assert_eq!(backoff.failures, 0);
+        assert!(backoff.is_over(now));
     }
 }
