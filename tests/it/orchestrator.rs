@@ -1517,3 +1517,41 @@ async fn failing_commits_back_off() {
     // one polling period of `wait_for`).
     assert!(spread >= Duration::from_millis(150), "{spread:?}");
 }
+
+// A worker still reading its first snapshot from an etcd that does not answer returns at once
+// when its session ends.
+#[tokio::test]
+async fn session_done_during_snapshot_read_is_prompt() {
+    let (mut server, client) = etcd().await;
+    server.pause().unwrap();
+    let session_done = CancellationToken::new();
+    let cancel = CancellationToken::new();
+    let mut reactor = FnReactor::new(|_state: &mut KvState, _| Ok(()));
+    let run = async {
+        let result = EtcdWorker::new(client.clone(), "/ss")
+            .with_session_done(session_done.clone())
+            .run(&mut reactor, KvState::default(), INTERVAL, &cancel)
+            .await;
+        (result, Instant::now())
+    };
+    let driver = async {
+        session_done.cancel();
+        Instant::now()
+    };
+    let ((result, returned), stopped) =
+        tokio::time::timeout(Duration::from_secs(30), async { tokio::join!(run, driver) })
+            .await
+            .unwrap();
+    server.resume().unwrap();
+    assert!(
+        matches!(result, Err(Error::SessionDone)),
+        "{:?}",
+        result.err()
+    );
+    assert_eq!(reactor.n_ticks, 0);
+    let took = returned.saturating_duration_since(stopped);
+    assert!(
+        took < PROMPT,
+        "worker returned {took:?} after its session ended"
+    );
+}

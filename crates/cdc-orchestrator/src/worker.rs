@@ -9,10 +9,11 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cdc_etcd::retry::retry;
 use cdc_etcd::watch::{EtcdWatchSource, ResilientWatch, WatchConfig, WatchSource};
 use cdc_etcd::{
-    Compare, CompareOp, EtcdClient, EventKind, GetOptions, Revision, Txn, TxnOp, TxnOpResponse,
-    WatchResponse,
+    Compare, CompareOp, EtcdClient, EventKind, GetOptions, RetryPolicy, Revision, Txn, TxnOp,
+    TxnOpResponse, WatchResponse,
 };
 use governor::{Quota, RateLimiter};
 use rand::Rng;
@@ -40,8 +41,14 @@ const COMMIT_BACKOFF_BASE: Duration = Duration::from_millis(50);
 /// The longest pause between transactions that fail with an etcd error.
 const COMMIT_BACKOFF_MAX: Duration = Duration::from_secs(2);
 
-/// Attempts of a snapshot read before the worker gives up.
-const MAX_SETUP_TRIES: u32 = 10;
+/// The retries of a snapshot read: as many tries as fit in the deadline of a retried etcd
+/// call ([`RetryPolicy::default`]), with TiCDC's jittered backoff from 100 ms up to 2 s.
+const SNAPSHOT_RETRY: RetryPolicy = RetryPolicy {
+    max_tries: u32::MAX,
+    deadline: Duration::from_secs(30),
+    base_backoff: Duration::from_millis(100),
+    max_backoff: Duration::from_secs(2),
+};
 
 /// The owner fence: every transaction of a fenced worker also requires that the owner key
 /// still has the create revision of the campaign that won.
@@ -374,30 +381,35 @@ impl Run {
         }
     }
 
-    /// Reads the whole prefix, retrying transient failures.
+    /// Reads the whole prefix. A transient failure is retried with backoff and jitter
+    /// ([`SNAPSHOT_RETRY`]) until the read's deadline passes, which returns
+    /// [`cdc_etcd::Error::DeadlineExceeded`] holding the last failure; cancellation and the end
+    /// of the session end the read at once.
     async fn read_snapshot(&self, stop: &Stop) -> Result<Snapshot> {
-        let cancel = &stop.cancel;
-        let mut backoff = Duration::from_millis(100);
-        let mut tries = 0;
-        let response = loop {
-            tries += 1;
-            let result = tokio::select! {
-                () = cancel.cancelled() => return Err(Error::Cancelled),
-                result = self.client.get(self.watch_key.clone(), GetOptions::prefix()) => result,
-            };
-            match result {
-                Ok(response) => break response,
-                Err(err) if err.is_retryable() && tries < MAX_SETUP_TRIES => {
-                    warn!(error = %err, tries, "etcd worker snapshot read failed, retrying");
-                    tokio::select! {
-                        () = cancel.cancelled() => return Err(Error::Cancelled),
-                        () = tokio::time::sleep(backoff) => {}
+        let mut tries = 0u32;
+        // Boxed: a gRPC call's future is large and the worker's loop holds this one.
+        let read = Box::pin(retry(
+            "get",
+            self.client.endpoints(),
+            &SNAPSHOT_RETRY,
+            cdc_etcd::Error::is_retryable,
+            &stop.cancel,
+            || {
+                tries += 1;
+                let tries = tries;
+                async move {
+                    let result = self
+                        .client
+                        .get(self.watch_key.clone(), GetOptions::prefix())
+                        .await;
+                    if let Err(err) = &result {
+                        warn!(error = %err, tries, "etcd worker snapshot read failed");
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    result
                 }
-                Err(err) => return Err(err.into()),
-            }
-        };
+            },
+        ));
+        let response = stop.guard(async { Ok(read.await?) }).await?;
         let mut raw_state = RawState::with_capacity(response.kvs.len());
         let mut counter = CounterRead::Absent;
         for kv in response.kvs {
@@ -854,6 +866,11 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn snapshot_retry_deadline_is_the_retried_call_deadline() {
+        assert_eq!(SNAPSHOT_RETRY.deadline, RetryPolicy::default().deadline);
     }
 
     #[test]
