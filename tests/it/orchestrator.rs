@@ -1,6 +1,8 @@
 //! The etcd worker against a real etcd: capture-spec §8 cases 26–32 and 34, the delete-counter
-//! protocol with an external writer and its repair, the owner fence, the compaction resync,
-//! progress notifications at a commit's revision and the worker's metrics.
+//! protocol with an external writer and its repair (also of a counter at `i64::MAX`), the
+//! owner fence, the compaction resync, progress notifications at a commit's revision, the
+//! worker's metrics, a prompt stop while etcd does not answer, and the backoff of failing
+//! commits.
 #![allow(
     clippy::unwrap_used,
     clippy::large_futures,
@@ -1554,4 +1556,26 @@ async fn session_done_during_snapshot_read_is_prompt() {
         took < PROMPT,
         "worker returned {took:?} after its session ended"
     );
+}
+
+// A delete counter at i64::MAX cannot be incremented: it is repaired like garbage, to the
+// revision of that write, and the delete counts on from there.
+#[tokio::test]
+async fn delete_counter_at_i64_max_is_repaired() {
+    let (_server, client) = etcd().await;
+    let counter_key = EtcdWorker::new(client.clone(), "/max").delete_counter_key();
+    client.put("/max/tmp", "x", 0).await.unwrap();
+    let bad = client
+        .put(counter_key.as_str(), i64::MAX.to_string(), 0)
+        .await
+        .unwrap();
+    run_worker(&client, "/max", |state, _| {
+        state.queue(vec![set("/max/tmp", None)]);
+        Err(Error::ReactorFinished)
+    })
+    .await
+    .unwrap();
+    assert_eq!(value_of(&client, "/max/tmp").await, None);
+    let counter = counter_of(&value_of(&client, &counter_key).await.unwrap());
+    assert_eq!(counter, bad + 1);
 }

@@ -232,7 +232,7 @@ struct Snapshot {
 enum CounterRead {
     /// The key does not exist.
     Absent,
-    /// A positive decimal.
+    /// A positive decimal that can be incremented (below `i64::MAX`).
     Valid(i64),
     /// Anything else, written at this revision.
     Invalid(Revision),
@@ -445,21 +445,17 @@ impl Run {
         }
     }
 
-    /// Reads a counter value written at `mod_revision`; anything but a positive decimal is
-    /// logged and marked for repair.
+    /// Reads a counter value written at `mod_revision`; anything but a positive decimal that
+    /// can be incremented is logged and marked for repair.
     fn parse_counter(&self, value: &[u8], mod_revision: Revision) -> CounterRead {
-        let parsed = std::str::from_utf8(value)
-            .ok()
-            .and_then(|text| text.parse::<i64>().ok())
-            .filter(|counter| *counter > 0);
-        match parsed {
+        match counter_value(value) {
             Some(counter) => CounterRead::Valid(counter),
             None => {
                 error!(
                     key = %String::from_utf8_lossy(&self.counter_key),
                     value = %String::from_utf8_lossy(value),
                     mod_revision,
-                    "etcd worker delete counter is not a positive number, repairing it"
+                    "etcd worker delete counter is not a positive number below i64::MAX, repairing it"
                 );
                 CounterRead::Invalid(mod_revision)
             }
@@ -488,11 +484,14 @@ impl Run {
     /// The new value, the larger of the last valid value + 1 and the revision of the invalid
     /// write, is one an incrementing writer has not reached: every increment takes a revision
     /// of its own. A transaction in flight elsewhere compared the old value and is refused.
+    /// When no such value can itself be incremented the worker ends: a smaller one could
+    /// repeat a value some worker has seen.
     async fn repair_counter(&mut self) -> Result<()> {
         let Some(mod_revision) = self.invalid_counter else {
             return Ok(());
         };
-        let counter = (self.delete_counter + 1).max(mod_revision);
+        let counter = repaired_counter(self.delete_counter, mod_revision)
+            .ok_or_else(|| self.counter_exhausted())?;
         let txn = Txn {
             compares: vec![Compare::ModRevision {
                 key: self.counter_key.clone(),
@@ -649,7 +648,7 @@ impl Run {
             groups.drain(..batch.n_groups);
             return Ok(0);
         }
-        let txn = self.build_txn(&batch.changes);
+        let txn = self.build_txn(&batch.changes)?;
         let started = Instant::now();
         let response = self.client.txn(txn).await?;
         self.backoff.reset();
@@ -684,7 +683,18 @@ impl Run {
         Err(Error::EtcdTryAgain)
     }
 
-    fn build_txn(&self, changes: &BTreeMap<Key, Option<Value>>) -> Txn {
+    /// The error of a delete counter that cannot grow any more.
+    fn counter_exhausted(&self) -> Error {
+        Error::Etcd(cdc_etcd::Error::InvalidValue {
+            key: String::from_utf8_lossy(&self.counter_key).into_owned(),
+            reason: format!(
+                "the delete counter cannot grow past {} without overflowing",
+                self.delete_counter
+            ),
+        })
+    }
+
+    fn build_txn(&self, changes: &BTreeMap<Key, Option<Value>>) -> Result<Txn> {
         let mut txn = Txn::default();
         let mut has_delete = false;
         for (key, value) in changes {
@@ -713,9 +723,14 @@ impl Run {
             }
         }
         if has_delete {
+            // A valid counter is below i64::MAX, so this only fails if that rule is broken.
+            let next = self
+                .delete_counter
+                .checked_add(1)
+                .ok_or_else(|| self.counter_exhausted())?;
             txn.success.push(TxnOp::Put {
                 key: self.counter_key.clone(),
-                value: (self.delete_counter + 1).to_string().into_bytes(),
+                value: next.to_string().into_bytes(),
                 lease: 0,
             });
         }
@@ -743,8 +758,24 @@ impl Run {
                 options: GetOptions::default(),
             });
         }
-        txn
+        Ok(txn)
     }
+}
+
+/// A delete counter value a writer can increment: a positive decimal below `i64::MAX`.
+fn counter_value(value: &[u8]) -> Option<i64> {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|text| text.parse::<i64>().ok())
+        .filter(|counter| *counter > 0 && counter.checked_add(1).is_some())
+}
+
+/// The value that repairs a delete counter whose last valid value was `last_valid` (0: none)
+/// and that was overwritten at `bad_revision`: the larger of `last_valid + 1` and
+/// `bad_revision`, if it can be incremented in turn.
+fn repaired_counter(last_valid: i64, bad_revision: Revision) -> Option<i64> {
+    let counter = last_valid.checked_add(1)?.max(bad_revision);
+    counter.checked_add(1).map(|_| counter)
 }
 
 /// The pause of a worker after consecutive transactions that failed with an etcd error
@@ -866,6 +897,30 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn counter_values() {
+        assert_eq!(counter_value(b"1"), Some(1));
+        assert_eq!(counter_value(b"9223372036854775806"), Some(i64::MAX - 1));
+        // Valid as an i64, but one more delete would overflow it.
+        assert_eq!(counter_value(b"9223372036854775807"), None);
+        assert_eq!(counter_value(b"9223372036854775808"), None);
+        for bad in [&b"0"[..], b"-3", b"", b"x", b" 1", b"\xff"] {
+            assert_eq!(counter_value(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn repaired_counters_never_go_back() {
+        assert_eq!(repaired_counter(0, 7), Some(7));
+        assert_eq!(repaired_counter(5, 3), Some(6));
+        assert_eq!(repaired_counter(5, 100), Some(100));
+        assert_eq!(repaired_counter(i64::MAX - 2, 3), Some(i64::MAX - 1));
+        // Nothing at or above the bound is left that can be incremented.
+        assert_eq!(repaired_counter(i64::MAX - 1, 3), None);
+        assert_eq!(repaired_counter(i64::MAX, 3), None);
+        assert_eq!(repaired_counter(0, i64::MAX), None);
     }
 
     #[test]
