@@ -79,10 +79,15 @@ struct RemoveOnExit<'a> {
     shared: &'a Shared,
     peer_id: &'a str,
     client: &'a MessageClient,
+    /// Keep the (closed) client in the map: set after a panic, see `get_client`.
+    keep: bool,
 }
 
 impl Drop for RemoveOnExit<'_> {
     fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
         let mut state = self
             .shared
             .state
@@ -169,6 +174,10 @@ impl MessageRouter {
         state.addrs.remove(id);
         if let Some(peer) = state.clients.get(id) {
             peer.cancel.cancel();
+            // A client whose task already ended (after a panic) has nothing left to wait for.
+            if peer.client.is_closed() {
+                state.clients.remove(id);
+            }
         }
     }
 
@@ -204,16 +213,21 @@ impl MessageRouter {
         let peer_id = id.to_owned();
         let running = client.clone();
         self.shared.tasks.spawn(async move {
-            let _remove = RemoveOnExit {
+            let mut remove = RemoveOnExit {
                 shared: &shared,
                 peer_id: &peer_id,
                 client: &running,
+                keep: false,
             };
-            // A panic is a bug; it still ends in the error channel and a closed client.
+            // A panic is a bug; it still ends in the error channel and a closed client. That
+            // closed client stays in the map until `remove_peer`: a fresh client would start
+            // its sequences at 1 again, which the peer's server has already acknowledged and
+            // would drop as duplicates. Failing every send loudly is better than that.
             let result = AssertUnwindSafe(running.run(&cancel, &addr))
                 .catch_unwind()
                 .await
                 .unwrap_or_else(|payload| {
+                    remove.keep = true;
                     Err(Error::ClientPanicked {
                         receiver_id: peer_id.clone(),
                         message: panic_message(payload.as_ref()),
