@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cdc_election::Session;
-use cdc_etcd::{CdcEtcdClient, Compare, CompareOp, GetOptions, Txn, TxnOp, key};
+use cdc_etcd::{
+    CdcEtcdClient, Compare, CompareOp, GetOptions, RetryPolicy, RetryingClient, Txn, TxnOp, key,
+};
 use cdc_model::{AtomicLiveness, CaptureInfo, DEFAULT_NAMESPACE, Liveness};
 use cdc_orchestrator::{EtcdWorker, GlobalReactorState, OwnerFence};
 use cdc_p2p::{MessageRouter, MessageServer, MetricsSnapshot, ServerWrapper};
@@ -34,6 +36,8 @@ const CLEAN_META_TIMEOUT: Duration = Duration::from_secs(10);
 const OWNER_LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
 /// How often a processor polls the meta version until the migration is done.
 const META_VERSION_POLL: Duration = Duration::from_secs(1);
+/// How long the lease check after a worker error may take, retries included.
+const LEASE_CHECK_DEADLINE: Duration = Duration::from_secs(5);
 /// Workers of the changefeed-initialisation pool.
 pub const CHANGEFEED_INIT_WORKERS: usize = 8;
 
@@ -805,7 +809,9 @@ impl Capture {
 
     /// Runs `role` on an etcd worker over the cluster's base key until it finishes or fails,
     /// and maps the error (§6.3 `run_etcd_worker`): session done or lease expired is suicide;
-    /// after any other error, a lease whose TTL reads -1 is suicide too.
+    /// after any other error, a lease whose TTL reads -1 is suicide too, and so is a lease that
+    /// could not be checked within 5 s (TiCDC returns `ErrPDEtcdAPIError` there, which exits the
+    /// server after a short etcd outage).
     async fn run_etcd_worker(
         &self,
         role: Role,
@@ -843,13 +849,8 @@ impl Capture {
                 Err(Error::Suicide)
             }
             Error::Cancelled => Err(Error::Cancelled),
-            other => match self
-                .etcd
-                .client()
-                .lease_time_to_live(incarnation.lease_id)
-                .await
-            {
-                Ok(ttl) if ttl.ttl == -1 => {
+            other => match self.lease_ttl(incarnation.lease_id, cancel).await {
+                Ok(-1) => {
                     warn!(role = name, error = %other, "the lease is gone, suicide");
                     Err(Error::Suicide)
                 }
@@ -857,12 +858,30 @@ impl Capture {
                     warn!(role = name, error = %other, "etcd worker failed");
                     Err(other)
                 }
+                Err(cdc_etcd::Error::Cancelled) => Err(other),
                 Err(ttl_error) => {
-                    warn!(role = name, error = %other, "worker failed and the lease could not be checked");
-                    Err(Error::Etcd(ttl_error))
+                    // Whether the lease lives is unknown: a new incarnation is the safe way on.
+                    warn!(role = name, error = %other, ttl_error = %ttl_error, "worker failed and the lease could not be checked, suicide");
+                    Err(Error::Suicide)
                 }
             },
         }
+    }
+
+    /// The remaining TTL of `lease_id` (-1 when gone), read through the retrying client within
+    /// [`LEASE_CHECK_DEADLINE`].
+    async fn lease_ttl(
+        &self,
+        lease_id: cdc_etcd::LeaseId,
+        cancel: &CancellationToken,
+    ) -> std::result::Result<i64, cdc_etcd::Error> {
+        let policy = RetryPolicy {
+            deadline: LEASE_CHECK_DEADLINE,
+            ..self.etcd.retrying().policy().clone()
+        };
+        let retrying = RetryingClient::with_policy(self.etcd.client().clone(), policy);
+        let ttl = retrying.lease_time_to_live(lease_id, cancel).await?;
+        Ok(ttl.ttl)
     }
 
     /// Drains the capture: Stopping for good, and the owner (if any) stops and resigns. Returns

@@ -414,3 +414,138 @@ async fn failed_or_timed_out_resign_is_reported() {
         assert!(!capture.is_owner());
     }
 }
+
+/// A processor manager whose first tick waits for the test's go, then fails with etcd's
+/// "unavailable" (what a leaderless or unreachable etcd gives).
+#[derive(Default)]
+struct UnavailableProcessor {
+    ticked: tokio::sync::Notify,
+    go: tokio::sync::Notify,
+}
+
+fn unavailable() -> cdc_etcd::Error {
+    cdc_etcd::Error::Rpc {
+        op: "txn",
+        code: cdc_etcd::RpcCode::Unavailable,
+        message: "etcdserver: no leader".to_owned(),
+        endpoints: String::new(),
+    }
+}
+
+impl ProcessorManager for UnavailableProcessor {
+    fn tick<'a>(&'a self, _state: &'a mut GlobalReactorState) -> BoxFuture<'a, Result<Tick>> {
+        Box::pin(async move {
+            self.ticked.notify_one();
+            self.go.notified().await;
+            Err(Error::Etcd(unavailable()))
+        })
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+
+    fn write_debug_info(&self, _out: &mut String) {}
+}
+
+// §6.3/§6.8: a worker error while etcd is unreachable restarts the capture instead of exiting
+// the server. With the lease alive the error comes back as is and restarts; when the lease
+// check itself cannot reach etcd it gives up within its 5 s deadline, as a suicide.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_error_during_an_etcd_outage_restarts_the_capture() {
+    let (mut server, etcd) = etcd().await;
+    let client = etcd.client().clone();
+    let election = Arc::new(ElectionDouble::default());
+    let capture = capture(&server, &etcd, parts(&etcd, &election));
+    for etcd_down in [false, true] {
+        let lease = client.lease_grant(30).await.unwrap();
+        let incarnation = Incarnation {
+            lease_id: lease.id,
+            ..incarnation(&election, &client)
+        };
+        let processor = Arc::new(UnavailableProcessor::default());
+        let cancel = CancellationToken::new();
+        let worker = capture.run_etcd_worker(
+            Role::Processor(Arc::clone(&processor) as Arc<dyn ProcessorManager>),
+            capture.hooked_state(&incarnation, false),
+            Duration::from_millis(50),
+            &incarnation,
+            None,
+            &cancel,
+        );
+        let test = async {
+            processor.ticked.notified().await;
+            if etcd_down {
+                server.kill().unwrap();
+            }
+            processor.go.notify_one();
+        };
+        let started = tokio::time::Instant::now();
+        let (result, ()) = tokio::time::timeout(Duration::from_secs(15), async {
+            tokio::join!(worker, test)
+        })
+        .await
+        .expect("the worker returns");
+        let err = result.unwrap_err();
+        if etcd_down {
+            assert!(matches!(err, Error::Suicide), "{err:?}");
+            assert!(started.elapsed() < LEASE_CHECK_DEADLINE + Duration::from_secs(3));
+        } else {
+            assert!(
+                matches!(err, Error::Etcd(cdc_etcd::Error::Rpc { .. })),
+                "{err:?}"
+            );
+        }
+        assert!(err.restarts_capture(), "{err:?}");
+    }
+}
+
+// §6.8 as this port classifies it: transient etcd trouble, wrapped or not, restarts the
+// capture; only what a restart cannot fix exits the server.
+#[test]
+fn restart_or_exit_classification() {
+    let exhausted = || cdc_etcd::Error::ReachMaxTry {
+        tries: 12,
+        last: Box::new(unavailable()),
+    };
+    let restarts = [
+        Error::Suicide,
+        Error::Cancelled,
+        Error::Etcd(unavailable()),
+        Error::Etcd(exhausted()),
+        Error::Etcd(cdc_etcd::Error::LeaseNotFound { lease_id: 1 }),
+        Error::Register(Box::new(Error::Etcd(unavailable()))),
+        Error::Orchestrator(cdc_orchestrator::Error::Etcd(unavailable())),
+        Error::Orchestrator(cdc_orchestrator::Error::SessionDone),
+        Error::Election(cdc_election::Error::Etcd(exhausted())),
+        Error::Election(cdc_election::Error::LeaseExpired { lease_id: 1 }),
+        Error::CampaignOwner(Box::new(Error::Election(cdc_election::Error::NotLeader))),
+        Error::ResignOwner(Box::new(Error::DeadlineExceeded { op: "resign owner" })),
+    ];
+    for err in restarts {
+        assert!(err.restarts_capture(), "{err:?}");
+    }
+    let exits = [
+        Error::MetaVersionTooNew {
+            found: 2,
+            supported: 1,
+        },
+        Error::InvalidConfig {
+            message: "bad".to_owned(),
+        },
+        Error::Etcd(cdc_etcd::Error::MultipleCdcClustersExist {
+            key: "/tidb/cdc/x".to_owned(),
+        }),
+        Error::Orchestrator(cdc_orchestrator::Error::TxnSizeExceed { size: 2, max: 1 }),
+        Error::Orchestrator(cdc_orchestrator::Error::Etcd(cdc_etcd::Error::Rpc {
+            op: "txn",
+            code: cdc_etcd::RpcCode::InvalidArgument,
+            message: "etcdserver: request is too large".to_owned(),
+            endpoints: String::new(),
+        })),
+        Error::P2p(cdc_p2p::Error::AlreadyRunning),
+    ];
+    for err in exits {
+        assert!(!err.restarts_capture(), "{err:?}");
+    }
+}
