@@ -462,12 +462,68 @@ async fn deleted_capture_key_restarts_the_capture_at_once() -> Result<()> {
             .then_some(())
     })
     .await?;
-    // The new incarnation closed the old session: the old lease is revoked.
+    // The old incarnation closed its session on exit: the old lease is revoked.
     let ttl = client.lease_time_to_live(lease).await?;
     assert_eq!(ttl.ttl, -1, "the old lease is gone");
     assert!(nodes[1].log_text().contains("ErrLeaseExpired"));
     one_owner(&mut nodes, Duration::from_secs(10)).await?;
     Ok(())
+}
+
+/// Every capture key of `cluster_id` is one of `nodes`' current capture IDs, and there are as
+/// many as nodes.
+async fn all_registered(client: &EtcdClient, cluster_id: &str, nodes: &[Node]) -> Option<()> {
+    let keys = capture_keys(client, cluster_id).await;
+    let mut ids = Vec::new();
+    for node in nodes {
+        ids.push(node.id().await.ok().filter(|id| !id.is_empty())?);
+    }
+    let registered = keys.len() == ids.len()
+        && ids
+            .iter()
+            .all(|id| keys.iter().any(|(key, _)| key.ends_with(id.as_str())));
+    registered.then_some(())
+}
+
+// An owner that commits suicide (its capture key deleted) revokes its lease while cleaning up,
+// not in its next incarnation's reset: another capture is owner and the old lease is gone
+// within 2 s even while the restart limiter (burst 2, then one per 20 s) holds that node's next
+// incarnation back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suicided_owner_revokes_its_lease_before_restarting() -> Result<()> {
+    let cluster = "ownersuicide";
+    let (etcd, mut nodes) = start_cluster(2, cluster).await;
+    let client = etcd.client().await?;
+    let mut suicides = [0_u32; 2];
+    // Two nodes take turns as owner: the third suicide is the first node's second one.
+    for _ in 0..3 {
+        wait_for(Duration::from_secs(20), || {
+            all_registered(&client, cluster, &nodes)
+        })
+        .await
+        .context("both captures registered")?;
+        let (index, owner_id) = one_owner(&mut nodes, Duration::from_secs(20)).await?;
+        let key = format!("/tidb/cdc/{cluster}/__cdc_meta__/capture/{owner_id}");
+        let lease = client.get(key.as_str(), GetOptions::default()).await?.kvs[0].lease;
+        let deleted = etcdctl(&etcd, &["del", &key])?;
+        assert_eq!(deleted.trim(), "1");
+        suicides[index] += 1;
+        let other = 1 - index;
+        wait_for(Duration::from_secs(2), || async {
+            let revoked = client.lease_time_to_live(lease).await.ok()?.ttl == -1;
+            let owners = owners(&nodes).await;
+            (revoked && owners.len() == 1 && owners[0].0 == other).then_some(())
+        })
+        .await
+        .with_context(|| format!("suicide {suicides:?}: lease revoked and a new owner"))?;
+        if suicides[index] == 2 {
+            // The node's next incarnation still waits on the restart limiter.
+            assert_eq!(nodes[index].id().await?, owner_id, "no new incarnation yet");
+            assert!(nodes[index].is_running());
+            return Ok(());
+        }
+    }
+    bail!("one node should have committed suicide twice: {suicides:?}")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

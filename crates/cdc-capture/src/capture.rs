@@ -38,6 +38,9 @@ const OWNER_LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
 const META_VERSION_POLL: Duration = Duration::from_secs(1);
 /// How long the lease check after a worker error may take, retries included.
 const LEASE_CHECK_DEADLINE: Duration = Duration::from_secs(5);
+/// How long closing an incarnation's session (stopping its keep-alive and revoking its lease)
+/// may take.
+const SESSION_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Workers of the changefeed-initialisation pool.
 pub const CHANGEFEED_INIT_WORKERS: usize = 8;
 
@@ -185,12 +188,7 @@ impl Capture {
     /// cancellation or an internal deadline (at most 0.05/s after a burst of 2).
     pub async fn run(self: &Arc<Self>, cancel: CancellationToken) -> Result<()> {
         let result = self.run_loop(&cancel).await;
-        let session = self.state().session.take();
-        if let Some(session) = session
-            && let Err(err) = session.close().await
-        {
-            warn!(error = %err, "closing the last session failed");
-        }
+        self.close_session().await;
         result
     }
 
@@ -223,8 +221,9 @@ impl Capture {
         }
     }
 
-    /// §6.3 reset: a new session (closing the previous one), a new capture ID, a new message
-    /// server in the wrapper, a new router, a new pool and a new processor manager.
+    /// §6.3 reset: a new session (closing the previous one, if the last incarnation's cleanup
+    /// has not), a new capture ID, a new message server in the wrapper, a new router, a new
+    /// pool and a new processor manager.
     pub async fn reset(
         &self,
         cancel: &CancellationToken,
@@ -254,10 +253,8 @@ impl Capture {
             state.info = Some(info.clone());
             state.session.replace(Arc::clone(&session))
         };
-        if let Some(previous) = previous
-            && let Err(err) = previous.close().await
-        {
-            warn!(error = %err, "closing the previous session failed");
+        if let Some(previous) = previous {
+            close_bounded(&previous).await;
         }
         let lease_id = session.lease_id();
         let election = self.parts.elections.create(
@@ -303,7 +300,9 @@ impl Capture {
         Ok((incarnation, processor_manager, info))
     }
 
-    /// One incarnation (§6.3): reset, register, run the task group, clean up.
+    /// One incarnation (§6.3): reset, register, run the task group, clean up. Unlike TiCDC,
+    /// which closes the session in the next reset (after the restart delay and a new grant),
+    /// the cleanup closes it, so no key of this incarnation outlives it.
     pub async fn run_once(self: &Arc<Self>, cancel: &CancellationToken) -> Result<()> {
         let (incarnation, processor_manager, info) = self.reset(cancel).await?;
         let span = info_span!("capture", capture_id = %incarnation.capture_id);
@@ -328,9 +327,22 @@ impl Capture {
             router.close().await;
         }
         self.delete_capture_info(&incarnation.capture_id)
-            .instrument(span)
+            .instrument(span.clone())
             .await;
+        // Without its capture key the lease serves nothing: revoking it now deletes any owner or
+        // campaign key this incarnation left behind (a resign that failed or timed out), so
+        // another capture can win at once, not after our restart delay and next grant.
+        self.close_session().instrument(span).await;
         result
+    }
+
+    /// Closes the current session, if any, within [`SESSION_CLOSE_TIMEOUT`]: stops its
+    /// keep-alive and revokes its lease. A lease left by a failed close expires on its own.
+    async fn close_session(&self) {
+        let session = self.state().session.take();
+        if let Some(session) = session {
+            close_bounded(&session).await;
+        }
     }
 
     fn reactor_context(&self, incarnation: &Incarnation, owner_revision: i64) -> ReactorContext {
@@ -576,13 +588,21 @@ impl Capture {
                 return self.resign(incarnation).await;
             }
             let owner_revision = tokio::select! {
-                () = cancel.cancelled() => return Ok(()),
-                revision = incarnation.election.owner_revision(&incarnation.capture_id) => {
-                    match revision {
-                        Ok(revision) => revision,
-                        Err(err) if is_cancelled(&err) => return Ok(()),
-                        Err(err) => return Err(err),
+                () = cancel.cancelled() => Err(Error::Cancelled),
+                revision = incarnation.election.owner_revision(&incarnation.capture_id) => revision,
+            };
+            let owner_revision = match owner_revision {
+                Ok(revision) => revision,
+                Err(err) => {
+                    // We won: give the key up (bounded) before leaving, or no other capture can
+                    // win until this incarnation's lease is revoked. A failed resign is logged;
+                    // the session's close at the end of the incarnation removes the key then.
+                    let _ = self.resign(incarnation).await;
+                    if is_cancelled(&err) {
+                        return Ok(());
                     }
+                    warn!(error = %err, "reading the owner revision failed after the campaign was won");
+                    return Err(err);
                 }
             };
             info!(owner_revision, "campaign won, this capture is the owner");
@@ -1040,6 +1060,15 @@ fn is_cancelled(err: &Error) -> bool {
         err.root_cause(),
         Error::Cancelled | Error::Election(cdc_election::Error::Cancelled)
     )
+}
+
+/// Closes `session` within [`SESSION_CLOSE_TIMEOUT`]; a failure is logged.
+async fn close_bounded(session: &Session) {
+    match tokio::time::timeout(SESSION_CLOSE_TIMEOUT, session.close()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => warn!(error = %err, "closing the session failed"),
+        Err(_) => warn!("closing the session timed out; its lease expires on its own"),
+    }
 }
 
 fn parse_meta_version(value: &[u8]) -> Option<u64> {

@@ -76,6 +76,19 @@ struct ElectionDouble {
     resigned: AtomicBool,
     revision: OnceLock<Revision>,
     resign: ResignDouble,
+    owner_revision: OwnerRevisionDouble,
+}
+
+/// What the election double's `owner_revision` does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum OwnerRevisionDouble {
+    /// Answers the revision of the won campaign.
+    #[default]
+    Answers,
+    /// Fails with an etcd error.
+    Fails,
+    /// Never returns.
+    Hangs,
 }
 
 /// What the election double's resign does.
@@ -139,7 +152,14 @@ impl Election for ElectionDouble {
     }
 
     fn owner_revision<'a>(&'a self, _capture_id: &'a str) -> BoxFuture<'a, Result<Revision>> {
-        Box::pin(async move { self.revision.get().copied().ok_or(Error::OwnerNotFound) })
+        Box::pin(async move {
+            match self.owner_revision {
+                OwnerRevisionDouble::Answers => {}
+                OwnerRevisionDouble::Fails => return Err(Error::Etcd(unavailable())),
+                OwnerRevisionDouble::Hangs => futures::future::pending::<()>().await,
+            }
+            self.revision.get().copied().ok_or(Error::OwnerNotFound)
+        })
     }
 }
 
@@ -547,5 +567,53 @@ fn restart_or_exit_classification() {
     ];
     for err in exits {
         assert!(!err.restarts_capture(), "{err:?}");
+    }
+}
+
+// §6.4 step 6: when reading the owner revision fails or is cancelled after the campaign was
+// won, the capture resigns before leaving the campaign loop, so the owner key does not stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_owner_revision_after_winning_resigns() {
+    let (server, etcd) = etcd().await;
+    let client = etcd.client().clone();
+    for owner_revision in [OwnerRevisionDouble::Fails, OwnerRevisionDouble::Hangs] {
+        let election = Arc::new(ElectionDouble {
+            owner_revision,
+            ..ElectionDouble::default()
+        });
+        let capture = capture(&server, &etcd, parts(&etcd, &election));
+        let cancel = CancellationToken::new();
+        let incarnation = incarnation(&election, &client);
+        let campaign = capture.campaign_owner(&incarnation, &cancel);
+        let cancel_when_elected = async {
+            if owner_revision == OwnerRevisionDouble::Hangs {
+                wait_until(Duration::from_secs(5), || election.revision.get().is_some()).await;
+                cancel.cancel();
+            }
+        };
+        let (result, ()) = tokio::time::timeout(Duration::from_secs(10), async {
+            tokio::join!(campaign, cancel_when_elected)
+        })
+        .await
+        .expect("the campaign loop returns");
+        match owner_revision {
+            OwnerRevisionDouble::Fails => {
+                assert!(matches!(result, Err(Error::Etcd(_))), "{result:?}");
+            }
+            _ => assert!(result.is_ok(), "{result:?}"),
+        }
+        assert!(
+            election.resigned.load(Ordering::SeqCst),
+            "{owner_revision:?}"
+        );
+        assert!(!capture.is_owner());
+        let owner_keys = client
+            .get(ElectionDouble::key(), GetOptions::default())
+            .await
+            .unwrap();
+        assert!(
+            owner_keys.kvs.is_empty(),
+            "{owner_revision:?}: the owner key is gone"
+        );
     }
 }
