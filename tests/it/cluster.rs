@@ -8,12 +8,12 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use cdc_etcd::testing::{EtcdServer, etcdctl_binary};
 use cdc_etcd::{EtcdClient, GetOptions};
 use serde_json::Value;
 
-use crate::support::{send_signal, server_binary, wait_for};
+use crate::support::{hold_for, send_signal, server_binary, wait_for};
 
 pub(crate) const TTL: u64 = 5;
 
@@ -699,6 +699,37 @@ async fn a_second_sigterm_exits_at_once() -> Result<()> {
     let status = status?;
     assert!(!status.success(), "{status:?}");
     assert!(nodes[0].log_text().contains("second signal"));
+    Ok(())
+}
+
+// The server stays served while a SIGTERM drains it: with etcd frozen the owner's resign (and
+// so the drain) takes seconds, and `/status` answers throughout, reporting Stopping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_answers_during_a_drain() -> Result<()> {
+    let (mut etcd, mut nodes) = start_cluster(1, "drainserves").await;
+    one_owner(&mut nodes, Duration::from_secs(20)).await?;
+    etcd.pause()?;
+    nodes[0].signal("TERM");
+    let during = async {
+        wait_for(Duration::from_secs(5), || async {
+            nodes[0]
+                .log_text()
+                .contains("received SIGTERM, stopping")
+                .then_some(())
+        })
+        .await?;
+        hold_for(Duration::from_secs(2), || async {
+            let status = nodes[0].status().await?;
+            ensure!(status["liveness"] == 1, "status during the drain: {status}");
+            Ok(())
+        })
+        .await
+    }
+    .await;
+    etcd.resume()?;
+    during?;
+    let status = nodes[0].wait_exit(Duration::from_secs(15)).await?;
+    assert!(status.success(), "{status:?}");
     Ok(())
 }
 
