@@ -611,11 +611,13 @@ impl Capture {
             let owner = self.parts.owners.create(context.clone());
             let controller = self.parts.controllers.create(context);
             {
+                // `is_owner` goes up with the owner, under the lock: a drain that finds the
+                // owner finds `is_owner` set too, and waits for the resign.
                 let mut state = self.state();
+                self.is_owner_tx.send_replace(true);
                 state.owner = Some(Arc::clone(&owner));
                 state.controller = Some(Arc::clone(&controller));
             }
-            self.is_owner_tx.send_replace(true);
             // A drain that raced with the election must still stop this owner.
             if self.liveness.load() == Liveness::Stopping {
                 owner.async_stop();
@@ -638,6 +640,7 @@ impl Capture {
                 state.owner = None;
                 state.controller = None;
             }
+            // `is_owner` goes down only after the resign: a drain meanwhile waits for it.
             let resigned = if matches!(result, Err(Error::NotOwner)) {
                 Ok(())
             } else {
@@ -910,17 +913,22 @@ impl Capture {
         if self.liveness.store_stopping() {
             info!("capture draining");
         }
-        let owner = self.state().owner.clone();
+        // `is_owner` is set before the owner is published and cleared after its resign, so
+        // it also covers an owner that is stepping down (no longer published, key not yet
+        // resigned).
+        let (owner, mut is_owner_rx) = {
+            let state = self.state();
+            (state.owner.clone(), self.is_owner_tx.subscribe())
+        };
         if let Some(owner) = owner {
             owner.async_stop();
-            let mut is_owner_rx = self.is_owner_tx.subscribe();
-            let resigned = is_owner_rx.wait_for(|is_owner| !*is_owner);
-            if tokio::time::timeout(RESIGN_TIMEOUT, resigned)
-                .await
-                .is_err()
-            {
-                warn!("the owner did not resign within the drain deadline");
-            }
+        }
+        let resigned = is_owner_rx.wait_for(|is_owner| !*is_owner);
+        if tokio::time::timeout(RESIGN_TIMEOUT, resigned)
+            .await
+            .is_err()
+        {
+            warn!("the owner did not resign within the drain deadline");
         }
     }
 

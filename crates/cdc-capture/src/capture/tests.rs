@@ -76,6 +76,7 @@ struct ElectionDouble {
     resigned: AtomicBool,
     revision: OnceLock<Revision>,
     resign: ResignDouble,
+    resign_gate: tokio::sync::Notify,
     owner_revision: OwnerRevisionDouble,
 }
 
@@ -101,6 +102,8 @@ enum ResignDouble {
     Fails,
     /// Never returns.
     Hangs,
+    /// Waits for `resign_gate`, then deletes the owner key.
+    Gated,
 }
 
 impl ElectionDouble {
@@ -143,6 +146,7 @@ impl Election for ElectionDouble {
                     return Err(Error::Etcd(cdc_etcd::Error::LeaseNotFound { lease_id: 1 }));
                 }
                 ResignDouble::Hangs => futures::future::pending::<()>().await,
+                ResignDouble::Gated => self.resign_gate.notified().await,
             }
             if let Some(client) = self.client.get() {
                 client.delete(Self::key(), false).await?;
@@ -616,4 +620,43 @@ async fn a_failed_owner_revision_after_winning_resigns() {
             "{owner_revision:?}: the owner key is gone"
         );
     }
+}
+
+// Case 91 while the owner steps down: its owner is no longer published but its resign is still
+// under way, and a drain then waits for the resign instead of returning at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_waits_for_a_resign_under_way() {
+    let (server, etcd) = etcd().await;
+    let election = Arc::new(ElectionDouble {
+        resign: ResignDouble::Gated,
+        ..ElectionDouble::default()
+    });
+    let owner = Arc::new(OwnerDouble::default());
+    let parts = CaptureParts {
+        owners: Arc::new(Owners(Arc::clone(&owner))),
+        ..parts(&etcd, &election)
+    };
+    let capture = capture(&server, &etcd, parts);
+    let (cancel, run) = spawn_run(&capture);
+    wait_until(Duration::from_secs(10), || capture.is_owner()).await;
+    // The owner finishes on its own and the capture starts resigning.
+    owner.async_stop();
+    wait_until(Duration::from_secs(5), || {
+        election.resigned.load(Ordering::SeqCst)
+    })
+    .await;
+    assert!(!capture.is_owner());
+    let mut drain = Box::pin(capture.drain());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut drain)
+            .await
+            .is_err(),
+        "the drain waits for the resign"
+    );
+    election.resign_gate.notify_one();
+    tokio::time::timeout(Duration::from_secs(3), drain)
+        .await
+        .expect("drain completes once resigned");
+    assert_eq!(capture.liveness(), Liveness::Stopping);
+    stop_run(&cancel, run, Duration::from_secs(15)).await;
 }
