@@ -328,6 +328,103 @@ async fn a_queued_candidate_survives_three_ttls_and_takes_over_within_100ms_of_a
     session_b.close().await.unwrap();
 }
 
+/// The create revision of `key`, if it exists.
+async fn create_revision(client: &EtcdClient, key: &[u8]) -> Option<i64> {
+    client
+        .get(key.to_vec(), GetOptions::default())
+        .await
+        .expect("read a key")
+        .kvs
+        .first()
+        .map(|kv| kv.create_revision)
+}
+
+/// An etcd restart breaks a queued candidate's watch and fails its reads for a while (as a
+/// leader change would): the candidate retries instead of failing, keeps its key and its place,
+/// and wins when the leader resigns.
+#[tokio::test]
+async fn a_queued_candidate_keeps_its_place_across_an_etcd_restart() {
+    const TTL_SECS: i64 = 10;
+    let (mut server, client) = etcd().await;
+    let prefix = owner_prefix("restart-queued");
+    let session_a = Session::grant(client.clone(), TTL_SECS).await.unwrap();
+    let session_b = Session::grant(client.clone(), TTL_SECS).await.unwrap();
+    let Contest {
+        a,
+        fence_a,
+        b,
+        mut campaign_b,
+    } = contest(
+        &client,
+        &prefix,
+        &session_a,
+        &session_b,
+        &CancellationToken::new(),
+    )
+    .await;
+    let queued_at = create_revision(&client, b.key())
+        .await
+        .expect("b is queued");
+
+    server.kill().unwrap();
+    let killed = Instant::now();
+    // The fault itself, not a synchronisation: etcd stays down for half a second, longer than
+    // the candidate's retries took before they were unbounded.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    server.restart().await.unwrap();
+    let outage = killed.elapsed();
+    // Longer than the longest retry pause: the candidate has read the queue again since.
+    if let Ok(ended) = timeout(Duration::from_secs(3), &mut campaign_b).await {
+        panic!("the queued campaign ended after an outage of {outage:?}: {ended:?}");
+    }
+    assert!(!session_b.done().is_cancelled(), "{:?}", session_b.end());
+    assert_eq!(create_revision(&client, b.key()).await, Some(queued_at));
+    assert_eq!(b.leader().await.unwrap().as_deref(), Some("a"));
+
+    a.resign().await.unwrap();
+    let fence_b = timeout(Duration::from_secs(5), campaign_b)
+        .await
+        .expect("b wins after the resign")
+        .unwrap()
+        .unwrap();
+    assert_eq!(fence_b.create_revision, queued_at);
+    assert!(fence_b.create_revision > fence_a.create_revision);
+    assert!(b.is_leader());
+    assert_eq!(b.leader().await.unwrap().as_deref(), Some("b"));
+    session_a.close().await.unwrap();
+    session_b.close().await.unwrap();
+}
+
+/// A campaign that starts while etcd is down retries its create until etcd is back.
+#[tokio::test]
+async fn a_campaign_started_while_etcd_is_down_wins_once_it_is_back() {
+    const TTL_SECS: i64 = 10;
+    let (mut server, client) = etcd().await;
+    let prefix = owner_prefix("restart-create");
+    let session = Session::grant(client.clone(), TTL_SECS).await.unwrap();
+    let election = Arc::new(Election::new(client.clone(), session.lease_id(), &prefix));
+
+    server.kill().unwrap();
+    let mut campaign = spawn_campaign(&election, "c", &CancellationToken::new());
+    if let Ok(ended) = timeout(Duration::from_millis(500), &mut campaign).await {
+        panic!("the campaign ended while etcd was down: {ended:?}");
+    }
+    server.restart().await.unwrap();
+    let fence = timeout(Duration::from_secs(10), campaign)
+        .await
+        .expect("the campaign wins once etcd is back")
+        .unwrap()
+        .unwrap();
+    assert_eq!(fence.key, election.key());
+    assert_eq!(
+        create_revision(&client, election.key()).await,
+        Some(fence.create_revision)
+    );
+    assert_eq!(queue_len(&client, &prefix).await, 1);
+    assert_eq!(election.leader().await.unwrap().as_deref(), Some("c"));
+    session.close().await.unwrap();
+}
+
 /// The leader is a real process: `etcdctl lease keep-alive` holds the leader's lease and is
 /// killed with SIGKILL, so the lease ends exactly as a crashed capture's would.
 #[tokio::test]

@@ -1,6 +1,8 @@
 //! The etcd worker against a real etcd: capture-spec §8 cases 26–32 and 34, the delete-counter
-//! protocol with an external writer and its repair, the owner fence, the compaction resync,
-//! progress notifications at a commit's revision and the worker's metrics.
+//! protocol with an external writer and its repair (also of a counter at `i64::MAX`), the
+//! owner fence, the compaction resync, progress notifications at a commit's revision, the
+//! worker's metrics, a prompt stop while etcd does not answer, and the backoff of failing
+//! commits.
 #![allow(
     clippy::unwrap_used,
     clippy::large_futures,
@@ -12,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use cdc_etcd::testing::EtcdServer;
 use cdc_etcd::watch::{EtcdWatchSource, WatchSource, WatchStream};
 use cdc_etcd::{
     Compare, CompareOp, EtcdClient, Event, EventKind, GetOptions, KeyValue, RawWatch, Revision,
@@ -25,7 +28,7 @@ use rand::Rng;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::support::etcd;
+use crate::support::{etcd, wait_for};
 
 const INTERVAL: Duration = Duration::from_millis(10);
 
@@ -1313,4 +1316,266 @@ async fn split_catch_up_batch_is_applied() {
     let state = result.unwrap();
     assert_eq!(state.get("/sp/a"), Some(b"1".as_slice()));
     assert_eq!(state.get("/sp/b"), Some(b"1".as_slice()));
+}
+
+/// How soon a stopped worker must return, whatever it was waiting on.
+const PROMPT: Duration = Duration::from_secs(1);
+
+/// A reactor whose first tick waits for `go`, queues a write, then announces `ticked`; every
+/// later tick does nothing.
+struct CommitReactor {
+    entered: Arc<Notify>,
+    go: Arc<Notify>,
+    ticked: Arc<Notify>,
+    patch: Option<SingleDataPatch>,
+}
+
+impl CommitReactor {
+    fn new(patch: SingleDataPatch) -> Self {
+        CommitReactor {
+            entered: Arc::new(Notify::new()),
+            go: Arc::new(Notify::new()),
+            ticked: Arc::new(Notify::new()),
+            patch: Some(patch),
+        }
+    }
+}
+
+impl Reactor<KvState> for CommitReactor {
+    async fn tick(&mut self, state: &mut KvState) -> Result<()> {
+        if let Some(patch) = self.patch.take() {
+            self.entered.notify_one();
+            self.go.notified().await;
+            state.queue(vec![patch]);
+            self.ticked.notify_one();
+        }
+        Ok(())
+    }
+}
+
+/// Runs a worker whose first commit meets a frozen etcd, then fires `stop` (the worker's
+/// cancel token, or its session-done token with `session`). Returns the worker's result and
+/// how long it took to return after `stop` fired.
+async fn stop_during_commit(
+    server: &mut EtcdServer,
+    client: &EtcdClient,
+    prefix: &str,
+    session: bool,
+) -> (Result<KvState>, Duration) {
+    let cancel = CancellationToken::new();
+    let session_done = CancellationToken::new();
+    let stop = if session {
+        session_done.clone()
+    } else {
+        cancel.clone()
+    };
+    let mut reactor = CommitReactor::new(set(&format!("{prefix}/k"), Some("v")));
+    let (entered, go, ticked) = (
+        reactor.entered.clone(),
+        reactor.go.clone(),
+        reactor.ticked.clone(),
+    );
+    let run = async {
+        let result = EtcdWorker::new(client.clone(), prefix)
+            .with_session_done(session_done.clone())
+            .run(&mut reactor, KvState::default(), INTERVAL, &cancel)
+            .await;
+        (result, Instant::now())
+    };
+    let driver = async {
+        entered.notified().await;
+        server.pause().unwrap();
+        go.notify_one();
+        // One task: the worker is polled on until it waits, inside the transaction.
+        ticked.notified().await;
+        stop.cancel();
+        Instant::now()
+    };
+    let ((result, returned), stopped) =
+        tokio::time::timeout(Duration::from_secs(30), async { tokio::join!(run, driver) })
+            .await
+            .unwrap();
+    server.resume().unwrap();
+    (result, returned.saturating_duration_since(stopped))
+}
+
+// A worker waiting on a transaction that etcd does not answer still returns at once when it
+// is cancelled or its session ends.
+#[tokio::test]
+async fn stop_during_commit_is_prompt() {
+    let (mut server, client) = etcd().await;
+    let (result, took) = stop_during_commit(&mut server, &client, "/sc1", false).await;
+    assert!(
+        matches!(result, Err(Error::Cancelled)),
+        "{:?}",
+        result.err()
+    );
+    assert!(took < PROMPT, "cancelled worker returned after {took:?}");
+    let (result, took) = stop_during_commit(&mut server, &client, "/sc2", true).await;
+    assert!(
+        matches!(result, Err(Error::SessionDone)),
+        "{:?}",
+        result.err()
+    );
+    assert!(
+        took < PROMPT,
+        "worker returned {took:?} after its session ended"
+    );
+}
+
+// A tick that never returns does not keep a stopped worker alive.
+#[tokio::test]
+async fn stop_during_tick_is_prompt() {
+    let (_server, client) = etcd().await;
+    let session_done = CancellationToken::new();
+    let cancel = CancellationToken::new();
+    let entered = Arc::new(Notify::new());
+    let entered2 = entered.clone();
+    let mut reactor = FirstReactor::new(
+        async move {
+            entered2.notify_one();
+            std::future::pending::<()>().await;
+        },
+        |_state: &mut KvState, _| Ok(()),
+    );
+    let run = async {
+        let result = EtcdWorker::new(client.clone(), "/st")
+            .with_session_done(session_done.clone())
+            .run(&mut reactor, KvState::default(), INTERVAL, &cancel)
+            .await;
+        (result, Instant::now())
+    };
+    let driver = async {
+        entered.notified().await;
+        session_done.cancel();
+        Instant::now()
+    };
+    let ((result, returned), stopped) =
+        tokio::time::timeout(Duration::from_secs(30), async { tokio::join!(run, driver) })
+            .await
+            .unwrap();
+    assert!(
+        matches!(result, Err(Error::SessionDone)),
+        "{:?}",
+        result.err()
+    );
+    let took = returned.saturating_duration_since(stopped);
+    assert!(
+        took < PROMPT,
+        "worker returned {took:?} after its session ended"
+    );
+}
+
+/// Notifies `entered`, then waits for `go`.
+async fn gate(entered: Arc<Notify>, go: Arc<Notify>) {
+    entered.notify_one();
+    go.notified().await;
+}
+
+// Transactions that fail because etcd is down are counted and retried after a pause that
+// grows with each failure; once etcd is back, the final patches of a finished reactor are
+// committed.
+#[tokio::test]
+async fn failing_commits_back_off() {
+    let (mut server, client) = etcd().await;
+    let metrics = Arc::new(WorkerMetrics::new());
+    let entered = Arc::new(Notify::new());
+    let go = Arc::new(Notify::new());
+    let mut reactor = FirstReactor::new(
+        gate(entered.clone(), go.clone()),
+        |state: &mut KvState, _| {
+            state.queue(vec![set("/bo/k", Some("v"))]);
+            Err(Error::ReactorFinished)
+        },
+    );
+    let cancel = CancellationToken::new();
+    let run = EtcdWorker::new(client.clone(), "/bo")
+        .with_metrics(metrics.clone())
+        .run(&mut reactor, KvState::default(), INTERVAL, &cancel);
+    let driver = async {
+        entered.notified().await;
+        server.kill().unwrap();
+        go.notify_one();
+        let metrics = &metrics;
+        let n_errors = |n: u64| {
+            wait_for(Duration::from_secs(20), move || async move {
+                (metrics.commit_errors() >= n).then(Instant::now)
+            })
+        };
+        let first = n_errors(1).await.unwrap();
+        let fourth = n_errors(4).await.unwrap();
+        server.restart().await.unwrap();
+        fourth - first
+    };
+    let (result, spread) =
+        tokio::time::timeout(Duration::from_secs(60), async { tokio::join!(run, driver) })
+            .await
+            .unwrap();
+    result.unwrap();
+    assert_eq!(value_of(&client, "/bo/k").await, Some(b"v".to_vec()));
+    assert_eq!(metrics.commits(), 1);
+    assert!(metrics.commit_errors() >= 4);
+    // At least half of 50 + 100 + 200 ms between the first failure and the fourth (less
+    // one polling period of `wait_for`).
+    assert!(spread >= Duration::from_millis(150), "{spread:?}");
+}
+
+// A worker still reading its first snapshot from an etcd that does not answer returns at once
+// when its session ends.
+#[tokio::test]
+async fn session_done_during_snapshot_read_is_prompt() {
+    let (mut server, client) = etcd().await;
+    server.pause().unwrap();
+    let session_done = CancellationToken::new();
+    let cancel = CancellationToken::new();
+    let mut reactor = FnReactor::new(|_state: &mut KvState, _| Ok(()));
+    let run = async {
+        let result = EtcdWorker::new(client.clone(), "/ss")
+            .with_session_done(session_done.clone())
+            .run(&mut reactor, KvState::default(), INTERVAL, &cancel)
+            .await;
+        (result, Instant::now())
+    };
+    let driver = async {
+        session_done.cancel();
+        Instant::now()
+    };
+    let ((result, returned), stopped) =
+        tokio::time::timeout(Duration::from_secs(30), async { tokio::join!(run, driver) })
+            .await
+            .unwrap();
+    server.resume().unwrap();
+    assert!(
+        matches!(result, Err(Error::SessionDone)),
+        "{:?}",
+        result.err()
+    );
+    assert_eq!(reactor.n_ticks, 0);
+    let took = returned.saturating_duration_since(stopped);
+    assert!(
+        took < PROMPT,
+        "worker returned {took:?} after its session ended"
+    );
+}
+
+// A delete counter at i64::MAX cannot be incremented: it is repaired like garbage, to the
+// revision of that write, and the delete counts on from there.
+#[tokio::test]
+async fn delete_counter_at_i64_max_is_repaired() {
+    let (_server, client) = etcd().await;
+    let counter_key = EtcdWorker::new(client.clone(), "/max").delete_counter_key();
+    client.put("/max/tmp", "x", 0).await.unwrap();
+    let bad = client
+        .put(counter_key.as_str(), i64::MAX.to_string(), 0)
+        .await
+        .unwrap();
+    run_worker(&client, "/max", |state, _| {
+        state.queue(vec![set("/max/tmp", None)]);
+        Err(Error::ReactorFinished)
+    })
+    .await
+    .unwrap();
+    assert_eq!(value_of(&client, "/max/tmp").await, None);
+    let counter = counter_of(&value_of(&client, &counter_key).await.unwrap());
+    assert_eq!(counter, bad + 1);
 }

@@ -578,6 +578,12 @@ impl Capture {
                     warn!(error = %err, "campaign hit a compaction, campaigning again");
                     continue;
                 }
+                // A transient etcd failure is no lost lease (the session reports that): retry,
+                // paced by the campaign limiter.
+                Err(Error::Election(err)) if err.is_retryable() => {
+                    warn!(error = %err, "campaign failed transiently, campaigning again");
+                    continue;
+                }
                 Err(err) => {
                     warn!(error = %err, "campaign failed");
                     return Err(Error::CampaignOwner(Box::new(err)));

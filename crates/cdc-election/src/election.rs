@@ -9,7 +9,12 @@
 //! - after the wait, a confirming read checks that our key still exists with our create
 //!   revision: a win over a dead key (lease gone while queued) is [`Error::LeaseExpired`];
 //! - a campaign that fails or is cancelled resigns (bounded), so it leaves no key behind;
-//! - a watch that stays silent for [`RECHECK_INTERVAL`] or breaks is replaced by a fresh read.
+//! - a watch that stays silent for [`RECHECK_INTERVAL`] or breaks is replaced by a fresh read;
+//! - a transient etcd failure (restart, leader change: [`cdc_etcd::Error::is_retryable`]) while
+//!   creating the key, reading the queue, watching or confirming is retried with a capped,
+//!   jittered backoff until the campaign is cancelled, so a queued candidate keeps its place
+//!   (Go's client retries reads and resumes watches itself). Losing the lease is not signalled
+//!   here: the caller cancels when its session ends, and a key found gone fails the campaign.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -26,8 +31,10 @@ use crate::error::{Error, Result};
 pub const RECHECK_INTERVAL: Duration = Duration::from_secs(10);
 /// The bound on a resign.
 const RESIGN_TIMEOUT: Duration = Duration::from_secs(5);
-/// Tries of the confirming read when it fails transiently.
-const CONFIRM_TRIES: u32 = 3;
+/// The first pause after a transient etcd failure; it doubles up to [`RETRY_BACKOFF_MAX`].
+const RETRY_BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// The longest pause between retries of a transient etcd failure.
+const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// Proof of leadership: owner writes carry `create_revision(key) == create_revision`, so a
 /// deposed owner's writes fail even when its data revisions are still current.
@@ -134,6 +141,53 @@ async fn sleep_unless_cancelled(cancel: &CancellationToken, duration: Duration) 
     }
 }
 
+/// Whether a campaign step that failed with `err` may simply be tried again: a transient etcd
+/// failure, not a lost lease, a lost key, a compaction or a cancellation.
+fn is_transient(err: &Error) -> bool {
+    matches!(err, Error::Etcd(err) if err.is_retryable())
+}
+
+/// The pauses between retries of a transient failure: from [`RETRY_BACKOFF_MIN`], doubling up
+/// to [`RETRY_BACKOFF_MAX`], each drawn from the upper half of its step.
+#[derive(Debug)]
+struct Backoff {
+    step: Duration,
+}
+
+impl Backoff {
+    fn new() -> Backoff {
+        Backoff {
+            step: RETRY_BACKOFF_MIN,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.step = RETRY_BACKOFF_MIN;
+    }
+
+    /// The next pause, in `[step / 2, step]`.
+    fn next_delay(&mut self) -> Duration {
+        let delay = self.step.mul_f64(rand::random_range(0.5..=1.0));
+        self.step = (self.step * 2).min(RETRY_BACKOFF_MAX);
+        delay
+    }
+
+    /// Sleeps the next pause unless `cancel` fires first.
+    async fn wait(&mut self, cancel: &CancellationToken) -> Result<()> {
+        let delay = self.next_delay();
+        sleep_unless_cancelled(cancel, delay).await
+    }
+}
+
+/// How a wait on the key ahead of us ended.
+#[derive(Debug, PartialEq, Eq)]
+enum WaitEnd {
+    /// The key was deleted, or the watch stayed silent for [`RECHECK_INTERVAL`].
+    ReadAgain,
+    /// The watch could not be opened or broke: read again after a backoff.
+    Broken,
+}
+
 impl Election {
     /// A candidate on `prefix` (TiCDC: `/tidb/cdc/<cluster>/__cdc_meta__/owner`, no trailing
     /// slash) whose key is attached to `lease_id`.
@@ -168,6 +222,11 @@ impl Election {
 
     /// Waits until this candidate leads with `value`, and returns the fence of its term.
     ///
+    /// Transient etcd failures are retried (capped backoff) for as long as the campaign runs;
+    /// it fails on a non-retryable error, a compaction ([`Error::Compacted`], retryable by
+    /// campaigning again), a lost lease or key ([`Error::LeaseExpired`], [`Error::NotLeader`]).
+    /// A campaign knows nothing of its session: cancel it when the session ends.
+    ///
     /// # Cancel safety
     /// Cancel through `cancel`: the campaign then resigns (bounded) and returns
     /// [`Error::Cancelled`], leaving no key. Any other failure resigns too. If the future is
@@ -195,7 +254,7 @@ impl Election {
     }
 
     async fn try_campaign(&self, value: &str, cancel: &CancellationToken) -> Result<OwnerFence> {
-        let revision = self.create_key(value).await?;
+        let revision = self.create_key(value, cancel).await?;
         {
             let mut state = self.lock_state();
             state.revision = Some(revision);
@@ -212,10 +271,35 @@ impl Election {
     }
 
     /// Creates our key if absent (or takes over our lease's existing key), returning its
-    /// create revision. Not cut short by cancellation: a create whose outcome is unknown would
-    /// leave a key we could not clean up. If the outcome is unknown anyway (a failed call),
-    /// a key of our lease is removed before returning the error.
-    async fn create_key(&self, value: &str) -> Result<Revision> {
+    /// create revision. A transient failure is retried until `cancel` fires: the transaction
+    /// is create-if-absent-else-read on our own lease's key, so a retry after an attempt of
+    /// unknown outcome finds the key that attempt made and keeps its place. An attempt is not
+    /// cut short by cancellation; if the campaign gives up after an attempt that failed (its
+    /// outcome unknown), a key of our lease is removed before returning the error.
+    async fn create_key(&self, value: &str, cancel: &CancellationToken) -> Result<Revision> {
+        let mut backoff = Backoff::new();
+        loop {
+            let err = match self.try_create_key(value).await {
+                Ok(revision) => return Ok(revision),
+                Err(err @ (Error::LeaseExpired { .. } | Error::NotLeader)) => return Err(err),
+                Err(err) => err,
+            };
+            let err = if is_transient(&err) {
+                tracing::info!(error = %err, "creating the election key failed; retrying");
+                match backoff.wait(cancel).await {
+                    Ok(()) => continue,
+                    Err(cancelled) => cancelled,
+                }
+            } else {
+                err
+            };
+            self.remove_key_of_our_lease().await;
+            return Err(err);
+        }
+    }
+
+    /// One attempt of [`Election::create_key`].
+    async fn try_create_key(&self, value: &str) -> Result<Revision> {
         let txn = Txn {
             compares: vec![Compare::CreateRevision {
                 key: self.key.clone(),
@@ -242,10 +326,7 @@ impl Election {
                     lease_id: self.lease_id,
                 });
             }
-            Err(err) => {
-                self.remove_key_of_our_lease().await;
-                return Err(err.into());
-            }
+            Err(err) => return Err(err.into()),
         };
         if response.succeeded {
             return Ok(response.revision);
@@ -306,8 +387,9 @@ impl Election {
 
     /// Waits until no key in the queue was created before `revision`.
     async fn wait_for_turn(&self, revision: Revision, cancel: &CancellationToken) -> Result<()> {
+        let mut backoff = Backoff::new();
         loop {
-            let ahead = unless_cancelled(
+            let read = unless_cancelled(
                 cancel,
                 self.client.get(
                     self.queue_prefix.clone(),
@@ -320,7 +402,16 @@ impl Election {
                     },
                 ),
             )
-            .await?;
+            .await;
+            let ahead = match read {
+                Ok(ahead) => ahead,
+                Err(err) if is_transient(&err) => {
+                    tracing::info!(error = %err, "reading the election queue failed; retrying");
+                    backoff.wait(cancel).await?;
+                    continue;
+                }
+                Err(err) => return Err(err),
+            };
             let Some(ahead_kv) = ahead.kvs.first() else {
                 return Ok(());
             };
@@ -337,22 +428,28 @@ impl Election {
                 hook.reached.notify_one();
                 hook.release.notified().await;
             }
-            self.wait_delete(&ahead_kv.key, ahead.revision + 1, cancel)
-                .await?;
+            match self
+                .wait_delete(&ahead_kv.key, ahead.revision + 1, cancel)
+                .await?
+            {
+                WaitEnd::ReadAgain => backoff.reset(),
+                WaitEnd::Broken => backoff.wait(cancel).await?,
+            }
             // Stop waiting as soon as our own key is gone (our lease ended while queued).
             self.confirm(revision, cancel).await?;
         }
     }
 
     /// Returns when `key` is deleted after `start_revision`, or when it is time to read the
-    /// queue again (a silent or broken watch).
+    /// queue again (a silent or broken watch). Fails on a compaction, a cancellation, or a
+    /// watch that cannot be opened for a reason other than a transient one.
     async fn wait_delete(
         &self,
         key: &[u8],
         start_revision: Revision,
         cancel: &CancellationToken,
-    ) -> Result<()> {
-        let mut watch = unless_cancelled(
+    ) -> Result<WaitEnd> {
+        let opened = unless_cancelled(
             cancel,
             self.client.watch(
                 key.to_vec(),
@@ -362,18 +459,26 @@ impl Election {
                 },
             ),
         )
-        .await?;
+        .await;
+        let mut watch = match opened {
+            Ok(watch) => watch,
+            Err(err) if is_transient(&err) => {
+                tracing::info!(error = %err, "watching the candidate ahead failed; reading the queue again");
+                return Ok(WaitEnd::Broken);
+            }
+            Err(err) => return Err(err),
+        };
         let recheck_at = tokio::time::Instant::now() + RECHECK_INTERVAL;
         loop {
             let next = tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return Err(Error::Cancelled),
-                _ = tokio::time::sleep_until(recheck_at) => return Ok(()),
+                _ = tokio::time::sleep_until(recheck_at) => return Ok(WaitEnd::ReadAgain),
                 next = watch.next() => next,
             };
             match next {
                 Ok(Some(response)) => match watch_outcome(&response, key) {
-                    WatchOutcome::Deleted => return Ok(()),
+                    WatchOutcome::Deleted => return Ok(WaitEnd::ReadAgain),
                     WatchOutcome::Compacted(compacted) => {
                         return Err(Error::Compacted {
                             requested: start_revision,
@@ -382,7 +487,7 @@ impl Election {
                     }
                     WatchOutcome::Cancelled => {
                         tracing::info!(reason = %response.cancel_reason, "watch cancelled; reading the queue again");
-                        return sleep_unless_cancelled(cancel, Duration::from_millis(100)).await;
+                        return Ok(WaitEnd::Broken);
                     }
                     WatchOutcome::Nothing => {}
                 },
@@ -395,18 +500,18 @@ impl Election {
                 Ok(None) | Err(_) => {
                     // A broken watch is not a lost election: read the queue again, paced.
                     tracing::info!("watch on the candidate ahead ended; reading the queue again");
-                    return sleep_unless_cancelled(cancel, Duration::from_millis(100)).await;
+                    return Ok(WaitEnd::Broken);
                 }
             }
         }
     }
 
     /// Checks that our key still exists with our create revision: the wait ends when the keys
-    /// ahead are gone, whether or not ours survived.
+    /// ahead are gone, whether or not ours survived. A transient failure is retried until
+    /// `cancel` fires.
     async fn confirm(&self, revision: Revision, cancel: &CancellationToken) -> Result<()> {
-        let mut tries = 0;
+        let mut backoff = Backoff::new();
         loop {
-            tries += 1;
             match unless_cancelled(
                 cancel,
                 self.client.get(self.key.clone(), GetOptions::default()),
@@ -421,9 +526,9 @@ impl Election {
                         }),
                     };
                 }
-                Err(err) if err.is_retryable() && tries < CONFIRM_TRIES => {
+                Err(err) if is_transient(&err) => {
                     tracing::info!(error = %err, "confirming read failed; retrying");
-                    sleep_unless_cancelled(cancel, Duration::from_millis(100)).await?;
+                    backoff.wait(cancel).await?;
                 }
                 Err(err) => return Err(err),
             }

@@ -7,7 +7,8 @@
 //!   owner transaction compares.
 //!
 //! Invariants: every call goes straight to [`cdc_etcd::EtcdClient`] (single attempt, under a
-//! deadline), never through a retry wrapper; nothing is revoked or resigned when a session or a
+//! deadline), never through a retry wrapper (a campaign retries transient failures itself, until
+//! cancelled); nothing is revoked or resigned when a session or a
 //! campaign is dropped, so a crash looks like a crash to the rest of the cluster (a grant dropped
 //! before it returned is the exception: its keeper revokes the lease nobody holds yet).
 //!

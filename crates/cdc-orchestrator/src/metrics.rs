@@ -36,6 +36,7 @@ pub struct WorkerMetrics {
     ticks: AtomicU64,
     commits: AtomicU64,
     commit_conflicts: AtomicU64,
+    commit_errors: AtomicU64,
     resyncs: AtomicU64,
     latency_sum_nanos: AtomicU64,
     /// Observations per bucket, not cumulative: index `i < 11` counts latencies in
@@ -65,6 +66,13 @@ impl WorkerMetrics {
         self.commit_conflicts.load(Ordering::Relaxed)
     }
 
+    /// Transactions (commits and delete-counter repairs) that failed with a retryable etcd
+    /// error: no answer in time, or an error answer such as "database space exceeded". Each
+    /// is retried after a backoff.
+    pub fn commit_errors(&self) -> u64 {
+        self.commit_errors.load(Ordering::Relaxed)
+    }
+
     /// Full re-reads of the prefix after the watch was compacted.
     pub fn resyncs(&self) -> u64 {
         self.resyncs.load(Ordering::Relaxed)
@@ -83,6 +91,7 @@ impl WorkerMetrics {
             ticks: self.ticks(),
             commits: self.commits(),
             commit_conflicts: self.commit_conflicts(),
+            commit_errors: self.commit_errors(),
             resyncs: self.resyncs(),
             commit_latency: LatencySnapshot {
                 sum: Duration::from_nanos(self.latency_sum_nanos.load(Ordering::Relaxed)),
@@ -94,6 +103,10 @@ impl WorkerMetrics {
 
     pub(crate) fn record_tick(&self) {
         self.ticks.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn record_commit_error(&self) {
+        self.commit_errors.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn record_resync(&self) {
@@ -124,6 +137,8 @@ pub struct WorkerMetricsSnapshot {
     pub commits: u64,
     /// Transactions refused by a failed compare.
     pub commit_conflicts: u64,
+    /// Transactions that failed with a retryable etcd error.
+    pub commit_errors: u64,
     /// Resyncs after a compacted watch.
     pub resyncs: u64,
     /// Round-trip latency of every transaction etcd answered, committed or refused.
@@ -165,11 +180,13 @@ mod tests {
         metrics.record_txn(true, Duration::from_secs(3));
         metrics.record_tick();
         metrics.record_resync();
+        metrics.record_commit_error();
         let snapshot = metrics.snapshot();
         assert_eq!(snapshot.ticks, 1);
         assert_eq!(snapshot.commits, 3);
         assert_eq!(snapshot.commit_conflicts, 1);
         assert_eq!(snapshot.resyncs, 1);
+        assert_eq!(snapshot.commit_errors, 1);
         let latency = snapshot.commit_latency;
         assert_eq!(latency.count, 4);
         assert_eq!(

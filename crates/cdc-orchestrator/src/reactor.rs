@@ -29,5 +29,9 @@ pub trait ReactorState: Send {
 /// far and returns the state. Any other error ends the worker.
 pub trait Reactor<S: ReactorState>: Send {
     /// One tick over a consistent snapshot of the state.
+    ///
+    /// The worker drops a tick in progress when it is cancelled or the session ends (the
+    /// worker then returns without the state): a tick must leave the reactor fit to drop at
+    /// any of its awaits.
     fn tick(&mut self, state: &mut S) -> impl Future<Output = Result<()>> + Send;
 }

@@ -9,12 +9,14 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cdc_etcd::retry::retry;
 use cdc_etcd::watch::{EtcdWatchSource, ResilientWatch, WatchConfig, WatchSource};
 use cdc_etcd::{
-    Compare, CompareOp, EtcdClient, EventKind, GetOptions, Revision, Txn, TxnOp, TxnOpResponse,
-    WatchResponse,
+    Compare, CompareOp, EtcdClient, EventKind, GetOptions, RetryPolicy, Revision, Txn, TxnOp,
+    TxnOpResponse, WatchResponse,
 };
 use governor::{Quota, RateLimiter};
+use rand::Rng;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -32,8 +34,21 @@ pub const DELETE_COUNTER_SUFFIX: &str = "/__cdc_meta__/meta/ticdc-delete-etcd-ke
 /// A tick or a transaction slower than this is logged.
 const SLOW_WARN: Duration = Duration::from_secs(1);
 
-/// Attempts of a snapshot read before the worker gives up.
-const MAX_SETUP_TRIES: u32 = 10;
+/// The first pause after a transaction failed with an etcd error; it doubles with every
+/// consecutive failure up to [`COMMIT_BACKOFF_MAX`].
+const COMMIT_BACKOFF_BASE: Duration = Duration::from_millis(50);
+
+/// The longest pause between transactions that fail with an etcd error.
+const COMMIT_BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// The retries of a snapshot read: as many tries as fit in the deadline of a retried etcd
+/// call ([`RetryPolicy::default`]), with TiCDC's jittered backoff from 100 ms up to 2 s.
+const SNAPSHOT_RETRY: RetryPolicy = RetryPolicy {
+    max_tries: u32::MAX,
+    deadline: Duration::from_secs(30),
+    base_backoff: Duration::from_millis(100),
+    max_backoff: Duration::from_secs(2),
+};
 
 /// The owner fence: every transaction of a fenced worker also requires that the owner key
 /// still has the create revision of the campaign that won.
@@ -150,6 +165,12 @@ impl EtcdWorker {
     /// Returns the final state after [`Error::ReactorFinished`] once the final patches are
     /// committed; [`Error::Cancelled`] on cancellation; [`Error::SessionDone`] when the session
     /// ends; [`Error::NotOwner`] when a fenced worker lost its owner key.
+    ///
+    /// Cancellation and the end of the session are noticed at once, also during a snapshot
+    /// read, a tick or a transaction: the call in progress is dropped. A tick dropped at one of
+    /// its awaits is not resumed. A transaction abandoned in flight may still commit: it is a
+    /// compare-and-swap over the revisions this worker saw, so it either applied in full or not
+    /// at all, and whoever works on the prefix next learns which from its snapshot and watch.
     pub async fn run<S, R>(
         self,
         reactor: &mut R,
@@ -179,10 +200,14 @@ impl EtcdWorker {
             watch_opener: self.watch_opener,
             watch: None,
             metrics: self.metrics,
+            backoff: CommitBackoff::default(),
         };
         // Boxed: the loop's future is large and callers hold this one across awaits.
-        let result =
-            Box::pin(run.main_loop(reactor, state, interval, self.session_done, cancel)).await;
+        let stop = Stop {
+            cancel: cancel.clone(),
+            session_done: self.session_done,
+        };
+        let result = Box::pin(run.main_loop(reactor, state, interval, &stop)).await;
         run.close_watch().await;
         result
     }
@@ -207,7 +232,7 @@ struct Snapshot {
 enum CounterRead {
     /// The key does not exist.
     Absent,
-    /// A positive decimal.
+    /// A positive decimal that can be incremented (below `i64::MAX`).
     Valid(i64),
     /// Anything else, written at this revision.
     Invalid(Revision),
@@ -230,6 +255,8 @@ struct Run {
     watch_opener: WatchOpener,
     watch: Option<ResilientWatch>,
     metrics: Arc<WorkerMetrics>,
+    /// The pause after transactions that failed with an etcd error.
+    backoff: CommitBackoff,
 }
 
 impl Run {
@@ -238,22 +265,21 @@ impl Run {
         reactor: &mut R,
         mut state: S,
         interval: Duration,
-        session_done: Option<CancellationToken>,
-        cancel: &CancellationToken,
+        stop: &Stop,
     ) -> Result<S>
     where
         S: ReactorState,
         R: Reactor<S>,
     {
         // Initial sync.
-        let snapshot = self.read_snapshot(cancel).await?;
+        let snapshot = self.read_snapshot(stop).await?;
         self.check_fence_present(&snapshot.raw_state)?;
         for (key, entry) in &snapshot.raw_state {
             state.update(key, Some(&entry.value), true)?;
         }
         state.update_pending_change(Instant::now().into_std());
         self.install(snapshot);
-        self.open_watch(cancel).await;
+        self.open_watch(&stop.cancel).await;
 
         let interval = interval.max(Duration::from_millis(1));
         let mut timer = tokio::time::interval(interval);
@@ -261,16 +287,13 @@ impl Run {
         let limiter = Quota::with_period(interval).map(|quota| {
             RateLimiter::direct(quota.allow_burst(NonZeroU32::new(2).expect("2 > 0")))
         });
-        let has_session = session_done.is_some();
-        let session_done = session_done.unwrap_or_default();
         let mut pending_groups: VecDeque<PatchGroup> = VecDeque::new();
         let mut exiting = false;
 
         loop {
             let item = tokio::select! {
                 biased;
-                () = cancel.cancelled() => return Err(Error::Cancelled),
-                () = wait_session(&session_done, has_session) => return Err(Error::SessionDone),
+                err = stop.stopped() => return Err(err),
                 item = next_watch_item(&mut self.watch) => Some(item),
                 _ = timer.tick() => None,
             };
@@ -284,7 +307,7 @@ impl Run {
                         revision = self.revision,
                         requested, compacted, "etcd worker watch compacted, resyncing"
                     );
-                    self.resync(cancel).await?;
+                    self.resync(stop).await?;
                 }
                 // The wrapper reports nothing but compaction as an error.
                 Some(Some(Err(err))) => return Err(err.into()),
@@ -294,29 +317,26 @@ impl Run {
                         revision = self.revision,
                         "etcd worker watch ended, re-watching"
                     );
-                    self.open_watch(cancel).await;
+                    self.open_watch(&stop.cancel).await;
                 }
                 None => {}
             }
 
             let mut retry = false;
+            let may_commit = self.backoff.is_over(Instant::now());
             if !pending_groups.is_empty() && self.revision >= self.barrier_revision {
-                match self.try_commit(&mut pending_groups).await {
-                    Ok(n_committed) => retry = n_committed > 0,
-                    Err(err) if err.is_retryable() => {
-                        debug!(error = %err, "etcd worker commit will be retried");
-                        retry = true;
+                // Pending groups are committed before the next tick, also while backing off.
+                retry = true;
+                if may_commit {
+                    match stop.guard(self.try_commit(&mut pending_groups)).await {
+                        Ok(n_committed) => retry = n_committed > 0,
+                        Err(err) => self.commit_failed(err, "commit")?,
                     }
-                    Err(err) => return Err(err),
                 }
-            } else if self.invalid_counter.is_some() {
+            } else if self.invalid_counter.is_some() && may_commit {
                 // Repaired even while idle: other workers sharing the prefix need it too.
-                match self.repair_counter().await {
-                    Ok(()) => {}
-                    Err(err) if err.is_retryable() => {
-                        debug!(error = %err, "etcd worker counter repair will be retried");
-                    }
-                    Err(err) => return Err(err),
+                if let Err(err) = stop.guard(self.repair_counter()).await {
+                    self.commit_failed(err, "delete counter repair")?;
                 }
             }
             if exiting {
@@ -340,7 +360,7 @@ impl Run {
             }
             let started = Instant::now();
             self.metrics.record_tick();
-            match reactor.tick(&mut state).await {
+            match stop.guard(reactor.tick(&mut state)).await {
                 Ok(()) => {}
                 Err(Error::ReactorFinished) => exiting = true,
                 Err(err) => return Err(err),
@@ -349,14 +369,11 @@ impl Run {
                 warn!(duration = ?started.elapsed(), "etcd worker tick took too long");
             }
             pending_groups.extend(state.get_patches());
-            if !pending_groups.is_empty() {
-                match self.try_commit(&mut pending_groups).await {
-                    Ok(_) => {}
-                    Err(err) if err.is_retryable() => {
-                        debug!(error = %err, "etcd worker commit will be retried");
-                    }
-                    Err(err) => return Err(err),
-                }
+            if !pending_groups.is_empty()
+                && self.backoff.is_over(Instant::now())
+                && let Err(err) = stop.guard(self.try_commit(&mut pending_groups)).await
+            {
+                self.commit_failed(err, "commit")?;
             }
             if exiting && pending_groups.is_empty() {
                 return Ok(state);
@@ -364,29 +381,35 @@ impl Run {
         }
     }
 
-    /// Reads the whole prefix, retrying transient failures.
-    async fn read_snapshot(&self, cancel: &CancellationToken) -> Result<Snapshot> {
-        let mut backoff = Duration::from_millis(100);
-        let mut tries = 0;
-        let response = loop {
-            tries += 1;
-            let result = tokio::select! {
-                () = cancel.cancelled() => return Err(Error::Cancelled),
-                result = self.client.get(self.watch_key.clone(), GetOptions::prefix()) => result,
-            };
-            match result {
-                Ok(response) => break response,
-                Err(err) if err.is_retryable() && tries < MAX_SETUP_TRIES => {
-                    warn!(error = %err, tries, "etcd worker snapshot read failed, retrying");
-                    tokio::select! {
-                        () = cancel.cancelled() => return Err(Error::Cancelled),
-                        () = tokio::time::sleep(backoff) => {}
+    /// Reads the whole prefix. A transient failure is retried with backoff and jitter
+    /// ([`SNAPSHOT_RETRY`]) until the read's deadline passes, which returns
+    /// [`cdc_etcd::Error::DeadlineExceeded`] holding the last failure; cancellation and the end
+    /// of the session end the read at once.
+    async fn read_snapshot(&self, stop: &Stop) -> Result<Snapshot> {
+        let mut tries = 0u32;
+        // Boxed: a gRPC call's future is large and the worker's loop holds this one.
+        let read = Box::pin(retry(
+            "get",
+            self.client.endpoints(),
+            &SNAPSHOT_RETRY,
+            cdc_etcd::Error::is_retryable,
+            &stop.cancel,
+            || {
+                tries += 1;
+                let tries = tries;
+                async move {
+                    let result = self
+                        .client
+                        .get(self.watch_key.clone(), GetOptions::prefix())
+                        .await;
+                    if let Err(err) = &result {
+                        warn!(error = %err, tries, "etcd worker snapshot read failed");
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    result
                 }
-                Err(err) => return Err(err.into()),
-            }
-        };
+            },
+        ));
+        let response = stop.guard(async { Ok(read.await?) }).await?;
         let mut raw_state = RawState::with_capacity(response.kvs.len());
         let mut counter = CounterRead::Absent;
         for kv in response.kvs {
@@ -422,21 +445,17 @@ impl Run {
         }
     }
 
-    /// Reads a counter value written at `mod_revision`; anything but a positive decimal is
-    /// logged and marked for repair.
+    /// Reads a counter value written at `mod_revision`; anything but a positive decimal that
+    /// can be incremented is logged and marked for repair.
     fn parse_counter(&self, value: &[u8], mod_revision: Revision) -> CounterRead {
-        let parsed = std::str::from_utf8(value)
-            .ok()
-            .and_then(|text| text.parse::<i64>().ok())
-            .filter(|counter| *counter > 0);
-        match parsed {
+        match counter_value(value) {
             Some(counter) => CounterRead::Valid(counter),
             None => {
                 error!(
                     key = %String::from_utf8_lossy(&self.counter_key),
                     value = %String::from_utf8_lossy(value),
                     mod_revision,
-                    "etcd worker delete counter is not a positive number, repairing it"
+                    "etcd worker delete counter is not a positive number below i64::MAX, repairing it"
                 );
                 CounterRead::Invalid(mod_revision)
             }
@@ -465,11 +484,14 @@ impl Run {
     /// The new value, the larger of the last valid value + 1 and the revision of the invalid
     /// write, is one an incrementing writer has not reached: every increment takes a revision
     /// of its own. A transaction in flight elsewhere compared the old value and is refused.
+    /// When no such value can itself be incremented the worker ends: a smaller one could
+    /// repeat a value some worker has seen.
     async fn repair_counter(&mut self) -> Result<()> {
         let Some(mod_revision) = self.invalid_counter else {
             return Ok(());
         };
-        let counter = (self.delete_counter + 1).max(mod_revision);
+        let counter = repaired_counter(self.delete_counter, mod_revision)
+            .ok_or_else(|| self.counter_exhausted())?;
         let txn = Txn {
             compares: vec![Compare::ModRevision {
                 key: self.counter_key.clone(),
@@ -483,7 +505,9 @@ impl Run {
             }],
             failure: Vec::new(),
         };
-        if self.client.txn(txn).await?.succeeded {
+        let response = self.client.txn(txn).await?;
+        self.backoff.reset();
+        if response.succeeded {
             info!(counter, "etcd worker delete counter repaired");
             self.observe_counter(CounterRead::Valid(counter));
             Ok(())
@@ -512,10 +536,10 @@ impl Run {
     /// Replaces the snapshot after a compaction: a fresh read whose differences from the
     /// current snapshot are queued as updates, so the state is reloaded in full and stays
     /// consistent; then a new watch from the fresh revision.
-    async fn resync(&mut self, cancel: &CancellationToken) -> Result<()> {
+    async fn resync(&mut self, stop: &Stop) -> Result<()> {
         self.metrics.record_resync();
         self.close_watch().await;
-        let snapshot = self.read_snapshot(cancel).await?;
+        let snapshot = self.read_snapshot(stop).await?;
         self.check_fence_present(&snapshot.raw_state)?;
         for key in self.raw_state.keys() {
             if !snapshot.raw_state.contains_key(key) {
@@ -529,7 +553,7 @@ impl Run {
             }
         }
         self.install(snapshot);
-        self.open_watch(cancel).await;
+        self.open_watch(&stop.cancel).await;
         Ok(())
     }
 
@@ -588,6 +612,32 @@ impl Run {
         Ok(())
     }
 
+    /// Decides on a failed commit or delete-counter repair. A retryable etcd error (no answer
+    /// in time, no space, too many requests, ...) is counted, logged and backs the next
+    /// transaction off; another retryable error (a refused compare, a patch asking to try
+    /// again) is retried at the next wake-up; any other error ends the worker.
+    fn commit_failed(&mut self, err: Error, op: &'static str) -> Result<()> {
+        match err {
+            Error::Etcd(err) if err.is_retryable() => {
+                self.metrics.record_commit_error();
+                let delay = self.backoff.fail(Instant::now());
+                warn!(
+                    op,
+                    error = %err,
+                    failures = self.backoff.failures,
+                    retry_in = ?delay,
+                    "etcd worker transaction failed, backing off"
+                );
+                Ok(())
+            }
+            err if err.is_retryable() => {
+                debug!(op, error = %err, "etcd worker transaction will be retried");
+                Ok(())
+            }
+            err => Err(err),
+        }
+    }
+
     /// Commits the leading groups that fit in one transaction. Returns the number of keys
     /// committed; the committed groups leave `groups`.
     async fn try_commit(&mut self, groups: &mut VecDeque<PatchGroup>) -> Result<usize> {
@@ -598,9 +648,10 @@ impl Run {
             groups.drain(..batch.n_groups);
             return Ok(0);
         }
-        let txn = self.build_txn(&batch.changes);
+        let txn = self.build_txn(&batch.changes)?;
         let started = Instant::now();
         let response = self.client.txn(txn).await?;
+        self.backoff.reset();
         let latency = started.elapsed();
         self.metrics.record_txn(response.succeeded, latency);
         if latency > SLOW_WARN {
@@ -632,7 +683,18 @@ impl Run {
         Err(Error::EtcdTryAgain)
     }
 
-    fn build_txn(&self, changes: &BTreeMap<Key, Option<Value>>) -> Txn {
+    /// The error of a delete counter that cannot grow any more.
+    fn counter_exhausted(&self) -> Error {
+        Error::Etcd(cdc_etcd::Error::InvalidValue {
+            key: String::from_utf8_lossy(&self.counter_key).into_owned(),
+            reason: format!(
+                "the delete counter cannot grow past {} without overflowing",
+                self.delete_counter
+            ),
+        })
+    }
+
+    fn build_txn(&self, changes: &BTreeMap<Key, Option<Value>>) -> Result<Txn> {
         let mut txn = Txn::default();
         let mut has_delete = false;
         for (key, value) in changes {
@@ -661,9 +723,14 @@ impl Run {
             }
         }
         if has_delete {
+            // A valid counter is below i64::MAX, so this only fails if that rule is broken.
+            let next = self
+                .delete_counter
+                .checked_add(1)
+                .ok_or_else(|| self.counter_exhausted())?;
             txn.success.push(TxnOp::Put {
                 key: self.counter_key.clone(),
-                value: (self.delete_counter + 1).to_string().into_bytes(),
+                value: next.to_string().into_bytes(),
                 lease: 0,
             });
         }
@@ -691,16 +758,107 @@ impl Run {
                 options: GetOptions::default(),
             });
         }
-        txn
+        Ok(txn)
     }
 }
 
-/// Resolves when the session ends; never when the worker has no session.
-async fn wait_session(session_done: &CancellationToken, has_session: bool) {
-    if has_session {
-        session_done.cancelled().await;
-    } else {
-        pending::<()>().await;
+/// A delete counter value a writer can increment: a positive decimal below `i64::MAX`.
+fn counter_value(value: &[u8]) -> Option<i64> {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|text| text.parse::<i64>().ok())
+        .filter(|counter| *counter > 0 && counter.checked_add(1).is_some())
+}
+
+/// The value that repairs a delete counter whose last valid value was `last_valid` (0: none)
+/// and that was overwritten at `bad_revision`: the larger of `last_valid + 1` and
+/// `bad_revision`, if it can be incremented in turn.
+fn repaired_counter(last_valid: i64, bad_revision: Revision) -> Option<i64> {
+    let counter = last_valid.checked_add(1)?.max(bad_revision);
+    counter.checked_add(1).map(|_| counter)
+}
+
+/// The pause of a worker after consecutive transactions that failed with an etcd error
+/// (etcd out of space, overloaded or unreachable): a worker does not retry a struggling etcd
+/// at its tick rate. Reset as soon as etcd answers a transaction.
+#[derive(Debug, Default)]
+struct CommitBackoff {
+    /// Consecutive failures.
+    failures: u32,
+    /// No transaction before this instant.
+    until: Option<Instant>,
+}
+
+impl CommitBackoff {
+    /// Whether a transaction may be sent at `now`.
+    fn is_over(&self, now: Instant) -> bool {
+        self.until.is_none_or(|until| now >= until)
+    }
+
+    /// Counts a failure at `now` and returns the pause before the next transaction.
+    fn fail(&mut self, now: Instant) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        let delay = jittered(nominal_backoff(self.failures), &mut rand::rng());
+        self.until = Some(now + delay);
+        delay
+    }
+
+    fn reset(&mut self) {
+        *self = CommitBackoff::default();
+    }
+}
+
+/// The pause after `failures` (at least 1) consecutive failures before jitter: the base,
+/// doubled for every failure after the first, capped.
+fn nominal_backoff(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(31);
+    COMMIT_BACKOFF_BASE
+        .saturating_mul(1 << doublings)
+        .min(COMMIT_BACKOFF_MAX)
+}
+
+/// Half of `nominal` plus a random part of the other half, so that workers that failed
+/// together do not retry together.
+fn jittered(nominal: Duration, rng: &mut impl Rng) -> Duration {
+    let half = nominal / 2;
+    half + half.mul_f64(rng.random::<f64>())
+}
+
+/// What ends a worker from outside: cancellation by its owner or the end of the session.
+#[derive(Debug)]
+struct Stop {
+    cancel: CancellationToken,
+    session_done: Option<CancellationToken>,
+}
+
+impl Stop {
+    /// Resolves, with the error that ends the worker, once it is cancelled or the session
+    /// ends (cancellation wins when both happened).
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: it only waits on tokens.
+    async fn stopped(&self) -> Error {
+        let session_done = async {
+            match &self.session_done {
+                Some(session_done) => session_done.cancelled().await,
+                None => pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            () = self.cancel.cancelled() => Error::Cancelled,
+            () = session_done => Error::SessionDone,
+        }
+    }
+
+    /// Runs `call` unless the worker is stopped first; then `call` is dropped where it waits
+    /// and the stopping error is returned.
+    async fn guard<T>(&self, call: impl Future<Output = Result<T>>) -> Result<T> {
+        tokio::select! {
+            biased;
+            err = self.stopped() => Err(err),
+            result = call => result,
+        }
     }
 }
 
@@ -714,5 +872,74 @@ async fn next_watch_item(
     match watch {
         Some(watch) => watch.recv().await,
         None => pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_backoff_doubles_up_to_its_cap() {
+        let nominal: Vec<_> = (1..=8).map(nominal_backoff).collect();
+        let millis: Vec<u128> = nominal.iter().map(Duration::as_millis).collect();
+        assert_eq!(millis, [50, 100, 200, 400, 800, 1600, 2000, 2000]);
+        assert_eq!(nominal_backoff(u32::MAX), COMMIT_BACKOFF_MAX);
+
+        let mut rng = rand::rng();
+        for failures in 1..=8 {
+            let nominal = nominal_backoff(failures);
+            for _ in 0..100 {
+                let delay = jittered(nominal, &mut rng);
+                assert!(
+                    delay >= nominal / 2 && delay <= nominal,
+                    "{delay:?} of {nominal:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn counter_values() {
+        assert_eq!(counter_value(b"1"), Some(1));
+        assert_eq!(counter_value(b"9223372036854775806"), Some(i64::MAX - 1));
+        // Valid as an i64, but one more delete would overflow it.
+        assert_eq!(counter_value(b"9223372036854775807"), None);
+        assert_eq!(counter_value(b"9223372036854775808"), None);
+        for bad in [&b"0"[..], b"-3", b"", b"x", b" 1", b"\xff"] {
+            assert_eq!(counter_value(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn repaired_counters_never_go_back() {
+        assert_eq!(repaired_counter(0, 7), Some(7));
+        assert_eq!(repaired_counter(5, 3), Some(6));
+        assert_eq!(repaired_counter(5, 100), Some(100));
+        assert_eq!(repaired_counter(i64::MAX - 2, 3), Some(i64::MAX - 1));
+        // Nothing at or above the bound is left that can be incremented.
+        assert_eq!(repaired_counter(i64::MAX - 1, 3), None);
+        assert_eq!(repaired_counter(i64::MAX, 3), None);
+        assert_eq!(repaired_counter(0, i64::MAX), None);
+    }
+
+    #[test]
+    fn snapshot_retry_deadline_is_the_retried_call_deadline() {
+        assert_eq!(SNAPSHOT_RETRY.deadline, RetryPolicy::default().deadline);
+    }
+
+    #[test]
+    fn commit_backoff_holds_until_reset() {
+        let mut backoff = CommitBackoff::default();
+        let now = Instant::now();
+        assert!(backoff.is_over(now));
+        let first = backoff.fail(now);
+        assert!(!backoff.is_over(now));
+        assert!(backoff.is_over(now + first));
+        backoff.fail(now);
+        assert_eq!(backoff.failures, 2);
+        backoff.reset();
+        assert_eq!(backoff.failures, 0);
+        assert!(backoff.is_over(now));
     }
 }

@@ -1,4 +1,7 @@
 //! The server's ack records: sender -> topic -> last processed sequence (0 means unknown).
+//!
+//! Records live as long as the server, except that a sender deregistered with
+//! `MessageServer::schedule_deregister_peer_task` (its capture was removed) loses them.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -96,7 +99,9 @@ impl AckManager {
         }
     }
 
-    #[cfg(test)]
+    /// Forgets a sender's records. Only for a sender removed for good (its capture left the
+    /// cluster): a later stream with the same ID would start from "unknown" and could see
+    /// messages again that were processed but not yet acked.
     pub(crate) fn remove_node(&self, sender_id: &str) {
         self.lock().remove(sender_id);
     }

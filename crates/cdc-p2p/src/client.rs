@@ -3,19 +3,19 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use governor::{Quota, RateLimiter};
 use prost::Message as _;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::config::ClientConfig;
+use crate::config::{ClientConfig, MAX_RETRY_RATE_PER_SECOND, MIN_RETRY_RATE_PER_SECOND};
 use crate::error::{BoxError, Error, Result};
 use crate::metrics::Metrics;
 use crate::proto::{ExitReason, MessageEntry, MessagePacket, SendMessageResponse, StreamMeta};
@@ -25,6 +25,11 @@ use crate::topic::{Codec, Topic};
 const OUTBOUND_CHANNEL_SIZE: usize = 4;
 /// A batch's entries are allocated up front up to this count (TiCDC's default batch).
 const MAX_PREALLOCATED_ENTRIES: usize = 1024;
+/// What an unacked entry counts against `ClientConfig::max_unacked_bytes` besides its
+/// payload, so that empty payloads are bounded too.
+pub(crate) const UNACKED_ENTRY_OVERHEAD: usize = 64;
+/// The reconnect period when the configured rate is NaN or not positive.
+const DEFAULT_RETRY_PERIOD: Duration = Duration::from_secs(1);
 
 /// An entry sent (or about to be sent) but not acked. The topic is the key of its state, so
 /// only the payload handle and the sequence are kept.
@@ -87,6 +92,27 @@ struct Shared {
     /// Set with `closed`; checked on every send without taking the token's lock.
     is_closed: AtomicBool,
     epoch: AtomicI64,
+    /// Bytes held by the unacked queues (payload plus `UNACKED_ENTRY_OVERHEAD` per entry),
+    /// written once per chunk and once per ack response, read on every send.
+    unacked_bytes: AtomicUsize,
+    /// `config.max_unacked_bytes`, at least 1 so that one message can always be in flight.
+    max_unacked_bytes: usize,
+    /// Notified when acks free unacked bytes.
+    acked: Notify,
+    /// Makes the stream task panic on its next chunk.
+    #[cfg(test)]
+    inject_panic: AtomicBool,
+}
+
+/// Marks the client closed when `run` ends, even by a panic, so that sends fail with
+/// `ClientClosed` instead of waiting for a stream that never comes back.
+struct CloseOnDrop<'a>(&'a Shared);
+
+impl Drop for CloseOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.is_closed.store(true, Ordering::Release);
+        self.0.closed.cancel();
+    }
 }
 
 /// A client that sends messages to one remote peer's message server.
@@ -104,6 +130,7 @@ impl MessageClient {
         metrics: Arc<Metrics>,
     ) -> Self {
         let (queue_tx, queue_rx) = mpsc::channel(config.send_channel_size.max(1));
+        let max_unacked_bytes = config.max_unacked_bytes.max(1);
         MessageClient {
             shared: Arc::new(Shared {
                 sender_id: sender_id.into(),
@@ -117,6 +144,11 @@ impl MessageClient {
                 closed: CancellationToken::new(),
                 is_closed: AtomicBool::new(false),
                 epoch: AtomicI64::new(0),
+                unacked_bytes: AtomicUsize::new(0),
+                max_unacked_bytes,
+                acked: Notify::new(),
+                #[cfg(test)]
+                inject_panic: AtomicBool::new(false),
             }),
         }
     }
@@ -200,10 +232,38 @@ impl MessageClient {
         sequence
     }
 
+    /// Whether the unacked queues hold `max_unacked_bytes` or more.
+    fn unacked_full(&self) -> bool {
+        self.shared.unacked_bytes.load(Ordering::Relaxed) >= self.shared.max_unacked_bytes
+    }
+
+    /// Waits until acks bring the unacked bytes under the limit.
+    async fn wait_unacked_space(&self, cancel: &CancellationToken) -> Result<()> {
+        loop {
+            let acked = self.shared.acked.notified();
+            tokio::pin!(acked);
+            // Registered before the check, so an ack in between still wakes this task.
+            acked.as_mut().enable();
+            if !self.unacked_full() {
+                return Ok(());
+            }
+            tokio::select! {
+                biased;
+                _ = self.shared.closed.cancelled() => return Err(Error::ClientClosed),
+                _ = cancel.cancelled() => return Err(Error::Cancelled),
+                _ = acked => {}
+            }
+        }
+    }
+
     async fn queue(&self, topic: &str, content: Bytes, cancel: &CancellationToken) -> Result<i64> {
         if cancel.is_cancelled() {
             self.register(topic);
             return Err(Error::Cancelled);
+        }
+        if self.unacked_full() {
+            self.register(topic);
+            self.wait_unacked_space(cancel).await?;
         }
         // With space in the queue nothing waits, so the cancellation futures are only built
         // when the queue is full.
@@ -224,6 +284,10 @@ impl MessageClient {
     }
 
     fn try_queue(&self, topic: &str, content: Bytes) -> Result<i64> {
+        if self.unacked_full() {
+            self.register(topic);
+            return Err(Error::SendTryAgain);
+        }
         let permit = self
             .shared
             .queue_tx
@@ -238,7 +302,8 @@ impl MessageClient {
         Ok(self.commit(permit, topic, content))
     }
 
-    /// Queues a message, waiting for space. Returns its sequence.
+    /// Queues a message, waiting for space in the send queue and, while the peer has not
+    /// acked `max_unacked_bytes` of sent messages, for acks. Returns its sequence.
     ///
     /// # Cancel safety
     /// Cancel-safe: a message is queued only when the call returns `Ok`.
@@ -266,7 +331,8 @@ impl MessageClient {
         self.queue(topic.name(), content, cancel).await
     }
 
-    /// Queues a message, failing at once with `SendTryAgain` when the queue is full.
+    /// Queues a message, failing at once with `SendTryAgain` when the queue is full or the
+    /// unacked messages hold `max_unacked_bytes`.
     pub fn try_send_message<T: Topic>(&self, topic: &T, message: &T::Message) -> Result<i64> {
         let content = self.encode(topic.name(), || T::Codec::encode(message))?;
         self.try_queue(topic.name(), content)
@@ -306,23 +372,44 @@ impl MessageClient {
         self.shared.closed.is_cancelled()
     }
 
+    /// Whether both handles are the same client.
+    pub(crate) fn same(&self, other: &MessageClient) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn inject_panic(&self) {
+        self.shared.inject_panic.store(true, Ordering::Relaxed);
+    }
+
     /// Connects to `addr` and keeps the stream up, reconnecting (rate-limited) until `cancel`
     /// fires or the peer turns out to be another capture (`ClientPermanentFail`). Runs once;
     /// afterwards the client is closed.
     pub async fn run(&self, cancel: &CancellationToken, addr: &str) -> Result<()> {
+        let _close = CloseOnDrop(&self.shared);
         let queue_rx = self
             .shared
             .queue_rx
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .take();
-        let result = match queue_rx {
+        match queue_rx {
             Some(mut queue_rx) => self.run_loop(cancel, addr, &mut queue_rx).await,
             None => Err(Error::ClientClosed),
-        };
-        self.shared.is_closed.store(true, Ordering::Release);
-        self.shared.closed.cancel();
-        result
+        }
+    }
+
+    /// The time between reconnects: the inverse of the rate, clamped to the validated range
+    /// (`ClientConfig` may be built without `MessagesConfig::validate_and_adjust`).
+    fn retry_period(&self) -> Duration {
+        let rate = self.shared.config.retry_rate_limit_per_second;
+        if rate.is_nan() || rate <= 0.0 {
+            return DEFAULT_RETRY_PERIOD;
+        }
+        let rate = rate.clamp(MIN_RETRY_RATE_PER_SECOND, MAX_RETRY_RATE_PER_SECOND);
+        Duration::try_from_secs_f64(1.0 / rate)
+            .unwrap_or(DEFAULT_RETRY_PERIOD)
+            .max(Duration::from_micros(1))
     }
 
     async fn run_loop(
@@ -331,14 +418,8 @@ impl MessageClient {
         addr: &str,
         queue_rx: &mut mpsc::Receiver<MessageEntry>,
     ) -> Result<()> {
-        let rate = self.shared.config.retry_rate_limit_per_second;
-        let period = if rate.is_finite() && rate > 0.0 {
-            Duration::from_secs_f64(1.0 / rate)
-        } else {
-            Duration::from_secs(1)
-        };
-        let quota = Quota::with_period(period.max(Duration::from_micros(1)))
-            .expect("the period is not zero")
+        let quota = Quota::with_period(self.retry_period())
+            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
             .allow_burst(NonZeroU32::MIN);
         let limiter = RateLimiter::direct(quota);
         loop {
@@ -452,6 +533,8 @@ impl MessageClient {
                     if n == 0 {
                         return Err(Error::ClientClosed);
                     }
+                    #[cfg(test)]
+                    assert!(!self.shared.inject_panic.load(Ordering::Relaxed), "injected client panic");
                     self.track_unacked(&received);
                     self.shared.metrics.add_sent(received.len() as u64);
                     batcher.extend(received.drain(..)).await?;
@@ -464,6 +547,7 @@ impl MessageClient {
     /// Moves a chunk taken off the send queue into the unacked queues, under one lock, one
     /// map lookup per run of entries of the same topic.
     fn track_unacked(&self, entries: &[MessageEntry]) {
+        let mut added = 0;
         let mut topics = self.topics();
         let mut rest = entries;
         while let Some(first) = rest.first() {
@@ -483,6 +567,7 @@ impl MessageClient {
                     "sequences leave the queue in order"
                 );
                 if entry.sequence > state.ack {
+                    added += entry.content.len() + UNACKED_ENTRY_OVERHEAD;
                     state.unacked.push_back(Unacked {
                         sequence: entry.sequence,
                         content: entry.content.clone(),
@@ -491,6 +576,10 @@ impl MessageClient {
             }
             rest = &rest[run..];
         }
+        drop(topics);
+        self.shared
+            .unacked_bytes
+            .fetch_add(added, Ordering::Relaxed);
     }
 
     /// Rx: applies acks until the server ends the stream.
@@ -525,6 +614,7 @@ impl MessageClient {
 
     fn apply_acks(&self, response: &SendMessageResponse) {
         let mut acked = 0;
+        let mut freed = 0;
         let mut topics = self.topics();
         for ack in &response.ack {
             let Some(state) = topics.get_mut(&ack.topic) else {
@@ -535,16 +625,21 @@ impl MessageClient {
                 continue;
             }
             state.ack = ack.last_seq;
-            while state
+            while let Some(entry) = state
                 .unacked
-                .front()
-                .is_some_and(|entry| entry.sequence <= ack.last_seq)
+                .pop_front_if(|entry| entry.sequence <= ack.last_seq)
             {
-                state.unacked.pop_front();
+                freed += entry.content.len() + UNACKED_ENTRY_OVERHEAD;
                 acked += 1;
             }
         }
         drop(topics);
+        if freed > 0 {
+            self.shared
+                .unacked_bytes
+                .fetch_sub(freed, Ordering::Relaxed);
+            self.shared.acked.notify_waiters();
+        }
         self.shared.metrics.add_acked(acked);
     }
 }

@@ -8,6 +8,11 @@ use crate::error::{Error, Result};
 
 const MIB: i64 = 1024 * 1024;
 
+/// The slowest reconnect rate accepted: one attempt per 1000 s.
+pub(crate) const MIN_RETRY_RATE_PER_SECOND: f64 = 1e-3;
+/// The fastest reconnect rate accepted: one attempt per microsecond.
+pub(crate) const MAX_RETRY_RATE_PER_SECOND: f64 = 1e6;
+
 /// The `[debug.messages]` section: p2p tuning knobs with TiCDC's keys and defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
@@ -19,7 +24,8 @@ pub struct MessagesConfig {
     pub client_max_batch_size: i64,
     /// Largest batch in entries (<= 0 means the default).
     pub client_max_batch_count: i64,
-    /// Reconnects per second (<= 0 means the default).
+    /// Reconnects per second (<= 0 or NaN means the default; otherwise it must lie in
+    /// [0.001, 1000000]).
     pub client_retry_rate_limit: f64,
     /// Capacity of the server's task queue (<= 0 means the default).
     pub server_max_pending_message_count: i64,
@@ -77,6 +83,15 @@ impl MessagesConfig {
         }
         if self.client_retry_rate_limit.is_nan() || self.client_retry_rate_limit <= 0.0 {
             self.client_retry_rate_limit = default.client_retry_rate_limit;
+        }
+        if !(MIN_RETRY_RATE_PER_SECOND..=MAX_RETRY_RATE_PER_SECOND)
+            .contains(&self.client_retry_rate_limit)
+        {
+            return invalid(format!(
+                "client-retry-rate-limit {} is outside [{MIN_RETRY_RATE_PER_SECOND}, \
+                 {MAX_RETRY_RATE_PER_SECOND}] reconnects per second",
+                self.client_retry_rate_limit
+            ));
         }
         if self.server_max_pending_message_count <= 0 {
             self.server_max_pending_message_count = default.server_max_pending_message_count;
@@ -157,6 +172,10 @@ pub struct ServerConfig {
     pub max_pending_task_count: usize,
     /// Messages buffered per (topic, sender) while the topic has no handler.
     pub max_pending_message_count_per_topic: usize,
+    /// Topics without a handler for which one sender may have messages buffered; a message
+    /// on one more such topic ends the sender's stream with CONGESTED (not in TiCDC, where
+    /// the number is unbounded).
+    pub max_pending_topic_count_per_sender: usize,
     /// Capacity of each stream's response channel.
     pub send_channel_size: usize,
     /// How often acks are sent.
@@ -185,6 +204,7 @@ impl Default for ServerConfig {
         ServerConfig {
             max_pending_task_count: to_usize(messages.server_max_pending_message_count),
             max_pending_message_count_per_topic: 256,
+            max_pending_topic_count_per_sender: 1024,
             send_channel_size: 16,
             ack_interval: messages.server_ack_interval,
             worker_pool_size: to_usize(messages.server_worker_pool_size),
@@ -210,8 +230,13 @@ pub struct ClientConfig {
     pub max_batch_bytes: usize,
     /// A batch is flushed once it holds this many entries.
     pub max_batch_count: usize,
-    /// Reconnects per second (burst 1).
+    /// Reconnects per second (burst 1). Clamped to [0.001, 1000000]; NaN or <= 0 means 1.
     pub retry_rate_limit_per_second: f64,
+    /// Bytes of sent but unacked messages (payloads plus `UNACKED_ENTRY_OVERHEAD` each)
+    /// above which sending waits (`try_send_message` gives `SendTryAgain`) until acks free
+    /// space. The unacked queues must keep every message until it is acked, to resend it;
+    /// this bounds them while a peer does not ack.
+    pub max_unacked_bytes: usize,
     /// TCP connect timeout.
     pub dial_timeout: Duration,
     /// Largest gRPC message accepted.
@@ -235,6 +260,7 @@ impl Default for ClientConfig {
             max_batch_bytes: to_usize(messages.client_max_batch_size),
             max_batch_count: to_usize(messages.client_max_batch_count),
             retry_rate_limit_per_second: messages.client_retry_rate_limit,
+            max_unacked_bytes: 256 * 1024 * 1024,
             dial_timeout: Duration::from_secs(5),
             max_recv_msg_size: to_usize(messages.max_recv_msg_size),
             keep_alive_time: messages.keep_alive_time,

@@ -98,6 +98,16 @@ pub enum Error {
         /// The topic.
         topic: String,
     },
+    /// One sender has messages buffered for too many topics without a handler.
+    #[error(
+        "peer message sender {sender_id} has messages for more than {limit} topics without a handler"
+    )]
+    TooManyPendingTopics {
+        /// The sender.
+        sender_id: String,
+        /// `ServerConfig::max_pending_topic_count_per_sender`.
+        limit: usize,
+    },
     /// A restart injected by tests.
     #[error("peer message server restart injected")]
     InjectedServerRestart,
@@ -135,6 +145,14 @@ pub enum Error {
         #[source]
         source: BoxError,
     },
+    /// A client's task panicked (a bug); the router dropped the client.
+    #[error("peer message client to {receiver_id} panicked: {message}")]
+    ClientPanicked {
+        /// The peer the client sent to.
+        receiver_id: String,
+        /// The panic's message.
+        message: String,
+    },
     /// The server has already been run once.
     #[error("peer message server can run only once")]
     AlreadyRunning,
@@ -162,6 +180,7 @@ impl Error {
             | Error::ServerClosed
             | Error::TaskQueueCongested
             | Error::TopicCongested { .. }
+            | Error::TooManyPendingTopics { .. }
             | Error::InjectedServerRestart
             | Error::InternalSenderClosed
             | Error::Stream { .. }
@@ -177,6 +196,7 @@ impl Error {
             | Error::HandlerExists { .. }
             | Error::HandlerCancelled
             | Error::Handler { .. }
+            | Error::ClientPanicked { .. }
             | Error::AlreadyRunning
             | Error::InvalidServerOption { .. }
             | Error::Cancelled => false,
@@ -200,11 +220,14 @@ impl Error {
             Error::TooManyPeers { .. } => "CDC:ErrPeerMessageToManyPeers",
             Error::TaskQueueCongested => "CDC:ErrPeerMessageTaskQueueCongested",
             Error::ReceiverMismatch { .. } => "CDC:ErrPeerMessageReceiverMismatch",
-            Error::TopicCongested { .. } => "CDC:ErrPeerMessageTopicCongested",
+            Error::TopicCongested { .. } | Error::TooManyPendingTopics { .. } => {
+                "CDC:ErrPeerMessageTopicCongested"
+            }
             Error::InjectedServerRestart => "CDC:ErrPeerMessageInjectedServerRestart",
             Error::HandlerExists { .. } => "CDC:ErrPeerMessageHandlerExists",
             Error::HandlerCancelled => "CDC:ErrWorkerPoolHandleCancelled",
             Error::Handler { .. } => "CDC:ErrPeerMessageHandlerFailed",
+            Error::ClientPanicked { .. } => "CDC:ErrPeerMessageClientPanicked",
             Error::Stream { .. } | Error::Connect { .. } => "CDC:ErrPeerMessageStreamFailed",
             Error::InvalidServerOption { .. } => "CDC:ErrInvalidServerOption",
             Error::Cancelled => "CDC:ErrContextCanceled",
@@ -214,7 +237,9 @@ impl Error {
     /// The exit reason a stream gets when the server ends it with this error (§5.2).
     pub fn exit_reason(&self) -> ExitReason {
         match self {
-            Error::TopicCongested { .. } | Error::TaskQueueCongested => ExitReason::Congested,
+            Error::TopicCongested { .. }
+            | Error::TooManyPendingTopics { .. }
+            | Error::TaskQueueCongested => ExitReason::Congested,
             Error::StaleConnection { .. } => ExitReason::StaleConnection,
             Error::ReceiverMismatch { .. } => ExitReason::CaptureIdMismatch,
             // TiCDC maps DuplicateConnection to UNKNOWN; we send the dedicated value, which
@@ -234,6 +259,7 @@ impl Error {
             | Error::HandlerExists { .. }
             | Error::HandlerCancelled
             | Error::Handler { .. }
+            | Error::ClientPanicked { .. }
             | Error::Stream { .. }
             | Error::Connect { .. }
             | Error::AlreadyRunning

@@ -1,8 +1,11 @@
 //! The message router (§5.4): one lazily created client per peer plus the local client.
 
+use std::any::Any;
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 
+use futures::FutureExt as _;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -68,6 +71,42 @@ struct RemotePeer {
 struct RouterState {
     addrs: HashMap<String, String>,
     clients: HashMap<String, RemotePeer>,
+}
+
+/// Removes a client from the map when its task ends, even by a panic or by being dropped,
+/// so that `get_client` then starts a fresh one.
+struct RemoveOnExit<'a> {
+    shared: &'a Shared,
+    peer_id: &'a str,
+    client: &'a MessageClient,
+}
+
+impl Drop for RemoveOnExit<'_> {
+    fn drop(&mut self) {
+        let mut state = self
+            .shared
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if state
+            .clients
+            .get(self.peer_id)
+            .is_some_and(|peer| peer.client.same(self.client))
+        {
+            state.clients.remove(self.peer_id);
+        }
+    }
+}
+
+/// The text of a panic's payload.
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(text) = payload.downcast_ref::<&str>() {
+        (*text).to_owned()
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "a panic without a message".to_owned()
+    }
 }
 
 #[derive(Debug)]
@@ -165,22 +204,25 @@ impl MessageRouter {
         let peer_id = id.to_owned();
         let running = client.clone();
         self.shared.tasks.spawn(async move {
-            let result = running.run(&cancel, &addr).await;
+            let _remove = RemoveOnExit {
+                shared: &shared,
+                peer_id: &peer_id,
+                client: &running,
+            };
+            // A panic is a bug; it still ends in the error channel and a closed client.
+            let result = AssertUnwindSafe(running.run(&cancel, &addr))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|payload| {
+                    Err(Error::ClientPanicked {
+                        receiver_id: peer_id.clone(),
+                        message: panic_message(payload.as_ref()),
+                    })
+                });
             if let Err(err) = result {
                 warn!(peer = %peer_id, error = %crate::error::report(&err), "p2p client stopped");
                 // Capacity 1: extra errors are dropped, as in TiCDC.
                 let _ = shared.errors_tx.try_send(err);
-            }
-            let mut state = shared
-                .state
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if state
-                .clients
-                .get(&peer_id)
-                .is_some_and(|peer| peer.cancel.is_cancelled() || peer.client.is_closed())
-            {
-                state.clients.remove(&peer_id);
             }
         });
         Some(PeerClient::Remote(client))

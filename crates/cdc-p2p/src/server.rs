@@ -38,6 +38,9 @@ pub(crate) type ResponseStream = Pin<Box<dyn Stream<Item = ResponseItem> + Send>
 /// Local messages are flushed to the main loop at this count, or every `LOCAL_FLUSH_INTERVAL`.
 const LOCAL_BATCH_SIZE: usize = 1024;
 const LOCAL_FLUSH_INTERVAL: Duration = Duration::from_millis(10);
+/// How long a stopping server waits for its streams' receiving tasks, which end as soon as
+/// they see the server closed.
+const STREAMS_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Receives a handler's terminal error: its own failure, `DataLost`, or `HandlerCancelled`
 /// once it is removed.
@@ -55,7 +58,8 @@ pub struct MessageServer {
     acks: Arc<AckManager>,
     metrics: Arc<Metrics>,
     n_peers: watch::Sender<usize>,
-    streams: TaskTracker,
+    /// The streams' receiving tasks; `run` awaits them (bounded) when it ends.
+    pub(crate) streams: TaskTracker,
     #[cfg(test)]
     pub(crate) inject_restart: std::sync::atomic::AtomicU32,
 }
@@ -155,6 +159,12 @@ impl MessageServer {
         let result = self.run_main(&cancel, task_rx, local_rx).await;
         self.closed.cancel();
         self.streams.close();
+        if tokio::time::timeout(STREAMS_STOP_TIMEOUT, self.streams.wait())
+            .await
+            .is_err()
+        {
+            warn!(server_id = %self.server_id, remaining = self.streams.len(), "p2p stream tasks did not stop in time");
+        }
         info!(server_id = %self.server_id, "message server stopped");
         result
     }
@@ -325,6 +335,11 @@ impl MessageServer {
 
     /// Forgets a peer without notifying it; its stream stays open and its messages are
     /// dropped. Use it when a capture leaves, so that a frozen peer cannot block the server.
+    ///
+    /// The peer's buffered messages and its ack records go too (TiCDC keeps ack records for
+    /// the server's lifetime). A capture ID names one incarnation (§6.3 gives every
+    /// incarnation a new one), so once that capture is removed nothing legitimate sends
+    /// with its ID again. Batches already queued on a worker may recreate a few records.
     pub fn schedule_deregister_peer_task(&self, sender_id: &str) -> Result<()> {
         self.try_enqueue(Task::DeregisterPeer {
             sender_id: sender_id.to_owned(),
@@ -577,8 +592,11 @@ struct MainLoop {
     next_worker: usize,
     handlers: HashMap<String, HandlerEntry>,
     peers: HashMap<String, Peer>,
-    /// Messages of topics without a handler: topic -> sender -> entries in arrival order.
-    pending: HashMap<String, HashMap<SenderId, Vec<PendingEntry>>>,
+    /// Messages of topics without a handler: sender -> topic -> entries in arrival order.
+    /// A sender's entries go when it is deregistered, aborted or replaced by a newer epoch
+    /// (its client resends them, as they were never acked); a sender has at most
+    /// `max_pending_topic_count_per_sender` topics here.
+    pending: HashMap<SenderId, HashMap<String, Vec<PendingEntry>>>,
     n_peers: watch::Sender<usize>,
 }
 
@@ -610,10 +628,12 @@ impl MainLoop {
                 Ok(())
             }
             Task::DeregisterPeer { sender_id } => {
-                if self.peers.remove(&sender_id).is_some() {
+                if self.forget_peer(&sender_id).is_some() {
                     info!(%sender_id, "p2p peer deregistered");
                     self.publish_n_peers();
                 }
+                // The capture is gone for good (see `schedule_deregister_peer_task`).
+                self.acks.remove_node(&sender_id);
                 Ok(())
             }
             #[cfg(test)]
@@ -626,6 +646,12 @@ impl MainLoop {
 
     fn publish_n_peers(&self) {
         self.n_peers.send_replace(self.peers.len());
+    }
+
+    /// Removes a peer from the registry and drops its buffered messages.
+    fn forget_peer(&mut self, sender_id: &str) -> Option<Peer> {
+        self.pending.remove(sender_id);
+        self.peers.remove(sender_id)
     }
 
     fn register_peer(&mut self, handle: StreamHandle) {
@@ -669,6 +695,8 @@ impl MainLoop {
                 };
                 let _ = peer.handle.try_send(Ok(error_response(&err)));
                 peer.handle.close();
+                // Buffered messages of the old epoch would be dropped on replay anyway.
+                self.pending.remove(sender_id.as_str());
             }
         }
         debug!(%sender_id, epoch, "p2p peer registered");
@@ -678,7 +706,7 @@ impl MainLoop {
 
     /// Ends a peer's stream with `err` and forgets the peer.
     fn abort_peer(&mut self, sender_id: &str, err: &Error) {
-        if let Some(peer) = self.peers.remove(sender_id) {
+        if let Some(peer) = self.forget_peer(sender_id) {
             warn!(%sender_id, error = %report(err), "p2p peer aborted");
             let _ = peer.handle.try_send(Ok(error_response(err)));
             peer.handle.close();
@@ -713,7 +741,7 @@ impl MainLoop {
         }
         for sender_id in gone {
             debug!(%sender_id, "p2p peer stream closed");
-            self.peers.remove(&sender_id);
+            self.forget_peer(&sender_id);
         }
         self.publish_n_peers();
     }
@@ -779,15 +807,20 @@ impl MainLoop {
                 continue;
             }
             let limit = self.config.max_pending_message_count_per_topic;
-            let buffer = self
-                .pending
-                .entry(topic.clone())
-                .or_default()
-                .entry(Arc::clone(sender_id))
-                .or_default();
+            let topic_limit = self.config.max_pending_topic_count_per_sender;
+            let topics = self.pending.entry(Arc::clone(sender_id)).or_default();
+            if !topics.contains_key(&topic) && topics.len() >= topic_limit {
+                let err = Error::TooManyPendingTopics {
+                    sender_id: sender_id.to_string(),
+                    limit: topic_limit,
+                };
+                self.abort_peer(sender_id, &err);
+                return Ok(());
+            }
+            let buffer = topics.entry(topic.clone()).or_default();
             for entry in group {
                 if buffer.len() > limit {
-                    buffer.clear();
+                    // Aborting drops the sender's buffers.
                     self.abort_peer(sender_id, &Error::TopicCongested { topic });
                     return Ok(());
                 }
@@ -808,12 +841,17 @@ impl MainLoop {
                 self.send_to_worker(worker, event).await?;
                 continue;
             }
-            let buffer = self
+            let topics = self
                 .pending
-                .entry(topic.clone())
-                .or_default()
                 .entry(Arc::clone(&self.local_sender))
                 .or_default();
+            if !topics.contains_key(&topic)
+                && topics.len() >= self.config.max_pending_topic_count_per_sender
+            {
+                warn!(%topic, "local message for a topic without handler dropped: too many such topics");
+                continue;
+            }
+            let buffer = topics.entry(topic.clone()).or_default();
             buffer.push(PendingEntry::Local(value));
             if buffer.len() >= self.config.max_pending_message_count_per_topic {
                 warn!(%topic, "local messages for a topic without handler dropped");
@@ -857,9 +895,13 @@ impl MainLoop {
         );
         debug!(%topic, "p2p handler registered");
         // Replay what arrived before the handler, sender by sender.
-        let Some(buffered) = self.pending.remove(&topic) else {
-            return Ok(());
-        };
+        let mut buffered = Vec::new();
+        self.pending.retain(|sender_id, topics| {
+            if let Some(entries) = topics.remove(&topic) {
+                buffered.push((Arc::clone(sender_id), entries));
+            }
+            !topics.is_empty()
+        });
         for (sender_id, entries) in buffered {
             let mut remote = Vec::new();
             let mut remote_epoch = None;

@@ -1591,3 +1591,322 @@ fn messages_config_defaults_and_validation() {
         Duration::from_millis(100)
     );
 }
+
+// A reconnect rate that is tiny, huge or infinite is refused by validation, and a client
+// built with one anyway (no validation) still connects instead of panicking.
+#[tokio::test]
+async fn retry_rate_extremes() {
+    for rate in [1e-30, 1e-4, 2e6, 1e30, f64::INFINITY] {
+        let mut config = MessagesConfig {
+            client_retry_rate_limit: rate,
+            ..MessagesConfig::default()
+        };
+        let err = config.validate_and_adjust().unwrap_err();
+        assert_eq!(err.code(), "CDC:ErrInvalidServerOption", "{rate}");
+        assert!(err.to_string().contains("client-retry-rate-limit"), "{err}");
+    }
+    for (rate, adjusted) in [(1e-3, 1e-3), (1e6, 1e6), (f64::NAN, 1.0), (-1.0, 1.0)] {
+        let mut config = MessagesConfig {
+            client_retry_rate_limit: rate,
+            ..MessagesConfig::default()
+        };
+        config.validate_and_adjust().unwrap();
+        assert_eq!(config.client_retry_rate_limit, adjusted);
+    }
+
+    let server = TestServer::start(SERVER_ID, test_server_config(), None).await;
+    let cancel = CancellationToken::new();
+    let topic = TestTopic::new("topic");
+    let received = Received::default();
+    server
+        .server
+        .sync_add_handler(&topic, recorder(&received), &cancel)
+        .await
+        .unwrap();
+    for (i, rate) in [1e-30, 1e30, f64::INFINITY, f64::NAN, 0.0]
+        .into_iter()
+        .enumerate()
+    {
+        let config = ClientConfig {
+            retry_rate_limit_per_second: rate,
+            ..test_client_config()
+        };
+        let client = MessageClient::new(format!("client-{i}"), SERVER_ID, config, Arc::default());
+        let running = client.clone();
+        let addr = server.addr.clone();
+        let run_cancel = cancel.child_token();
+        let stop = run_cancel.clone();
+        let run = tokio::spawn(async move { running.run(&run_cancel, &addr).await });
+        client
+            .send_message(&topic, &TestMessage { index: 1 }, &cancel)
+            .await
+            .unwrap();
+        assert!(
+            wait_until(Duration::from_secs(10), || client.current_ack("topic")
+                == (1, true))
+            .await,
+            "rate {rate}"
+        );
+        stop.cancel();
+        run.await.unwrap().unwrap();
+    }
+    server.stop().await;
+}
+
+// A client task that panics is reported on the router's errors as ClientPanicked; the
+// client is closed (sends give ClientClosed, not SendTryAgain) and leaves the router, whose
+// next get_client starts a working client.
+#[tokio::test]
+async fn router_client_panic_cleans_up() {
+    let router = MessageRouter::new("test-client-1", test_client_config());
+    let mut errors = router.errors().unwrap();
+    let server = TestServer::start("server-1", test_server_config(), None).await;
+    let cancel = CancellationToken::new();
+    let topic = TestTopic::new("topic");
+    let other = TestTopic::new("other");
+    let received = Received::default();
+    for topic in [&topic, &other] {
+        server
+            .server
+            .sync_add_handler(topic, recorder(&received), &cancel)
+            .await
+            .unwrap();
+    }
+    router.add_peer("server-1", &server.addr);
+    let Some(PeerClient::Remote(first)) = router.get_client("server-1") else {
+        panic!("a remote client");
+    };
+    first
+        .send_message(&topic, &TestMessage { index: 1 }, &cancel)
+        .await
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || first.current_ack("topic")
+            == (1, true))
+        .await
+    );
+    first.inject_panic();
+    first
+        .try_send_message(&topic, &TestMessage { index: 2 })
+        .unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(10), errors.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(&err, Error::ClientPanicked { receiver_id, message }
+            if receiver_id == "server-1" && message == "injected client panic"),
+        "{err}"
+    );
+    assert!(first.is_closed());
+    assert!(matches!(
+        first.try_send_message(&topic, &TestMessage { index: 3 }),
+        Err(Error::ClientClosed)
+    ));
+    assert!(matches!(
+        first
+            .send_message(&topic, &TestMessage { index: 3 }, &cancel)
+            .await,
+        Err(Error::ClientClosed)
+    ));
+    let mut second = None;
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            if let Some(PeerClient::Remote(client)) = router.get_client("server-1")
+                && !client.same(&first)
+            {
+                second = Some(client);
+            }
+            second.is_some()
+        })
+        .await
+    );
+    let second = second.unwrap();
+    // A new client starts its sequences at 1, which the server has seen on "topic".
+    second
+        .send_message(&other, &TestMessage { index: 1 }, &cancel)
+        .await
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || second.current_ack("other")
+            == (1, true))
+        .await
+    );
+    router.close().await;
+    server.stop().await;
+}
+
+// While the peer acks nothing, the unacked messages are bounded by max_unacked_bytes:
+// try_send gives SendTryAgain and send_message waits until an ack frees space.
+#[tokio::test]
+async fn unacked_bytes_push_back() {
+    let mut recording = start_recording().await;
+    let payload_len = serde_json::to_vec(&TestMessage { index: 1 }).unwrap().len();
+    let entry_bytes = payload_len + crate::client::UNACKED_ENTRY_OVERHEAD;
+    let config = ClientConfig {
+        max_unacked_bytes: 3 * entry_bytes,
+        ..test_client_config()
+    };
+    let client = MessageClient::new("node-1", "node-2", config, Arc::default());
+    let cancel = CancellationToken::new();
+    let running = client.clone();
+    let addr = recording.addr.clone();
+    let run_cancel = cancel.clone();
+    let run = tokio::spawn(async move { running.run(&run_cancel, &addr).await });
+    let (stream, _meta) = recording.next_packet().await;
+    let topic = TestTopic::new("topic");
+    for index in 1..=3 {
+        client
+            .send_message(&topic, &TestMessage { index }, &cancel)
+            .await
+            .unwrap();
+        // The batch is on the wire, so the entry is in the unacked queue.
+        let (_, batch) = recording.next_packet().await;
+        assert_eq!(batch.entries[0].sequence, index);
+    }
+    assert!(matches!(
+        client.try_send_message(&topic, &TestMessage { index: 4 }),
+        Err(Error::SendTryAgain)
+    ));
+    let cancelled = CancellationToken::new();
+    cancelled.cancel();
+    let blocked = client.send_message(&topic, &TestMessage { index: 4 }, &cancelled);
+    assert!(matches!(blocked.await, Err(Error::Cancelled)));
+    let send = client.send_message(&topic, &TestMessage { index: 4 }, &cancel);
+    tokio::pin!(send);
+    assert!(futures::poll!(&mut send).is_pending());
+    recording.respond(stream, Ok(ack_response("topic", 2)));
+    let sequence = tokio::time::timeout(Duration::from_secs(10), send)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(sequence, 4);
+    let (_, batch) = recording.next_packet().await;
+    assert_eq!(batch.entries[0].sequence, 4);
+    cancel.cancel();
+    run.await.unwrap().unwrap();
+    recording.cancel.cancel();
+}
+
+/// Opens a raw stream, sends `entries` one packet each, then a message on the handled topic
+/// "handled" with `handled_seq`, and waits for its ack: the main loop has then buffered the
+/// entries before it.
+async fn send_then_sync(
+    addr: &str,
+    epoch: i64,
+    entries: Vec<MessageEntry>,
+    handled_seq: i64,
+) -> (mpsc::Sender<MessagePacket>, Streaming<SendMessageResponse>) {
+    let (tx, mut responses) = open_raw(addr, meta("client-1", SERVER_ID, epoch)).await;
+    for entry in entries {
+        tx.send(packet(vec![entry])).await.unwrap();
+    }
+    tx.send(packet(vec![entry("handled", handled_seq)]))
+        .await
+        .unwrap();
+    wait_ack(&mut responses, "handled", handled_seq).await;
+    (tx, responses)
+}
+
+// A sender may buffer messages for at most max_pending_topic_count_per_sender topics without
+// a handler; one more gives CONGESTED. Its buffers go when a newer epoch replaces it, and its
+// buffers and ack records go when it is deregistered.
+#[tokio::test]
+async fn pending_topics_bounded_and_purged() {
+    let config = ServerConfig {
+        max_pending_topic_count_per_sender: 2,
+        ..test_server_config()
+    };
+    let server = TestServer::start(SERVER_ID, config, None).await;
+    let cancel = CancellationToken::new();
+    let handled = Received::default();
+    server
+        .server
+        .sync_add_handler(&TestTopic::new("handled"), recorder(&handled), &cancel)
+        .await
+        .unwrap();
+
+    // Two topics fit; a message on a third ends the stream with CONGESTED.
+    let (tx, mut responses) = send_then_sync(
+        &server.addr,
+        1,
+        vec![entry("pending-1", 1), entry("pending-2", 1)],
+        1,
+    )
+    .await;
+    tx.send(packet(vec![entry("pending-3", 1)])).await.unwrap();
+    assert_eq!(
+        next_exit_reason(&mut responses).await,
+        Some(ExitReason::Congested)
+    );
+
+    // Aborting dropped the buffers, so two new topics fit; epoch 3 replaces epoch 2 and
+    // drops its buffers, so two more fit again.
+    let (_tx2, mut responses2) = send_then_sync(
+        &server.addr,
+        2,
+        vec![entry("pending-3", 1), entry("pending-4", 1)],
+        2,
+    )
+    .await;
+    let (_tx3, _responses3) = send_then_sync(
+        &server.addr,
+        3,
+        vec![entry("pending-5", 1), entry("pending-6", 1)],
+        3,
+    )
+    .await;
+    assert_eq!(
+        next_exit_reason(&mut responses2).await,
+        Some(ExitReason::StaleConnection)
+    );
+
+    // Deregistering drops the buffers and the ack records: a new stream fits two more topics
+    // and its "handled" sequence 1 is new again.
+    let mut n_peers = server.server.n_peers();
+    server
+        .server
+        .schedule_deregister_peer_task("client-1")
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), n_peers.wait_for(|n| *n == 0))
+        .await
+        .unwrap()
+        .unwrap();
+    let (_tx4, _responses4) = send_then_sync(
+        &server.addr,
+        4,
+        vec![entry("pending-7", 1), entry("pending-8", 1)],
+        1,
+    )
+    .await;
+    let indices: Vec<i64> = handled.lock().unwrap().iter().map(|(_, i)| *i).collect();
+    assert_eq!(indices, vec![1, 2, 3, 1]);
+
+    // None of the dropped buffers is replayed: a handler for their topics sees only what the
+    // current stream buffered.
+    let replayed = Received::default();
+    for name in ["pending-1", "pending-3", "pending-5", "pending-7"] {
+        server
+            .server
+            .sync_add_handler(&TestTopic::new(name), recorder(&replayed), &cancel)
+            .await
+            .unwrap();
+    }
+    assert!(wait_until(Duration::from_secs(10), || count(&replayed) == 1).await);
+    server.stop().await;
+    assert_eq!(count(&replayed), 1);
+}
+
+// A stopped server has awaited its streams' receiving tasks.
+#[tokio::test]
+async fn server_stop_awaits_streams() {
+    let server = TestServer::start(SERVER_ID, test_server_config(), None).await;
+    let inner = Arc::clone(&server.server);
+    let mut n_peers = inner.n_peers();
+    let (_tx1, _responses1) = open_raw(&server.addr, meta("client-1", SERVER_ID, 1)).await;
+    let (_tx2, _responses2) = open_raw(&server.addr, meta("client-2", SERVER_ID, 1)).await;
+    n_peers.wait_for(|n| *n == 2).await.unwrap();
+    assert_eq!(inner.streams.len(), 2);
+    server.stop().await;
+    assert!(inner.streams.is_empty());
+}

@@ -9,7 +9,9 @@ use cdc_etcd::{Event, EventKind, GetOptions, KeyValue, WatchResponse};
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
-use super::{Election, WatchHook, WatchOutcome, watch_outcome};
+use super::{
+    Backoff, Election, RETRY_BACKOFF_MAX, RETRY_BACKOFF_MIN, WatchHook, WatchOutcome, watch_outcome,
+};
 use crate::{Error, Session};
 
 fn response(events: Vec<Event>) -> WatchResponse {
@@ -77,6 +79,23 @@ fn only_a_delete_of_the_watched_key_ends_the_wait() {
     let mut cancelled = response(vec![]);
     cancelled.canceled = true;
     assert_eq!(watch_outcome(&cancelled, key), WatchOutcome::Cancelled);
+}
+
+#[test]
+fn retry_pauses_double_from_100ms_to_a_2s_cap_with_jitter() {
+    let mut backoff = Backoff::new();
+    let mut step = RETRY_BACKOFF_MIN;
+    for _ in 0..10 {
+        let delay = backoff.next_delay();
+        assert!(
+            delay >= step / 2 && delay <= step,
+            "{delay:?} for a step of {step:?}"
+        );
+        step = (step * 2).min(RETRY_BACKOFF_MAX);
+    }
+    assert_eq!(step, RETRY_BACKOFF_MAX);
+    backoff.reset();
+    assert!(backoff.next_delay() <= RETRY_BACKOFF_MIN);
 }
 
 /// The compaction cannot be timed from outside (the window is between the candidate's read and
