@@ -633,6 +633,7 @@ async fn status_health_debug_and_metrics_endpoints() -> Result<()> {
         "ticdc_etcd_worker_ticks_total",
         "ticdc_etcd_worker_commits_total",
         "ticdc_etcd_worker_commit_conflicts_total",
+        "ticdc_etcd_worker_commit_errors_total",
         "ticdc_etcd_worker_resyncs_total",
         "ticdc_etcd_worker_commit_duration_seconds",
         "ticdc_p2p_incarnation_messages",
