@@ -489,14 +489,15 @@ async fn worker_error_during_an_etcd_outage_restarts_the_capture() {
         };
         let processor = Arc::new(UnavailableProcessor::default());
         let cancel = CancellationToken::new();
-        let worker = capture.run_etcd_worker(
+        // Boxed: a worker's future is large.
+        let worker = Box::pin(capture.run_etcd_worker(
             Role::Processor(Arc::clone(&processor) as Arc<dyn ProcessorManager>),
             capture.hooked_state(&incarnation, false),
             Duration::from_millis(50),
             &incarnation,
             None,
             &cancel,
-        );
+        ));
         let test = async {
             processor.ticked.notified().await;
             if etcd_down {
