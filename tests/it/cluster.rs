@@ -8,12 +8,12 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use cdc_etcd::testing::{EtcdServer, etcdctl_binary};
 use cdc_etcd::{EtcdClient, GetOptions};
 use serde_json::Value;
 
-use crate::support::{send_signal, server_binary, wait_for};
+use crate::support::{hold_for, send_signal, server_binary, wait_for};
 
 pub(crate) const TTL: u64 = 5;
 
@@ -462,12 +462,68 @@ async fn deleted_capture_key_restarts_the_capture_at_once() -> Result<()> {
             .then_some(())
     })
     .await?;
-    // The new incarnation closed the old session: the old lease is revoked.
+    // The old incarnation closed its session on exit: the old lease is revoked.
     let ttl = client.lease_time_to_live(lease).await?;
     assert_eq!(ttl.ttl, -1, "the old lease is gone");
     assert!(nodes[1].log_text().contains("ErrLeaseExpired"));
     one_owner(&mut nodes, Duration::from_secs(10)).await?;
     Ok(())
+}
+
+/// Every capture key of `cluster_id` is one of `nodes`' current capture IDs, and there are as
+/// many as nodes.
+async fn all_registered(client: &EtcdClient, cluster_id: &str, nodes: &[Node]) -> Option<()> {
+    let keys = capture_keys(client, cluster_id).await;
+    let mut ids = Vec::new();
+    for node in nodes {
+        ids.push(node.id().await.ok().filter(|id| !id.is_empty())?);
+    }
+    let registered = keys.len() == ids.len()
+        && ids
+            .iter()
+            .all(|id| keys.iter().any(|(key, _)| key.ends_with(id.as_str())));
+    registered.then_some(())
+}
+
+// An owner that commits suicide (its capture key deleted) revokes its lease while cleaning up,
+// not in its next incarnation's reset: another capture is owner and the old lease is gone
+// within 2 s even while the restart limiter (burst 2, then one per 20 s) holds that node's next
+// incarnation back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suicided_owner_revokes_its_lease_before_restarting() -> Result<()> {
+    let cluster = "ownersuicide";
+    let (etcd, mut nodes) = start_cluster(2, cluster).await;
+    let client = etcd.client().await?;
+    let mut suicides = [0_u32; 2];
+    // Two nodes take turns as owner: the third suicide is the first node's second one.
+    for _ in 0..3 {
+        wait_for(Duration::from_secs(20), || {
+            all_registered(&client, cluster, &nodes)
+        })
+        .await
+        .context("both captures registered")?;
+        let (index, owner_id) = one_owner(&mut nodes, Duration::from_secs(20)).await?;
+        let key = format!("/tidb/cdc/{cluster}/__cdc_meta__/capture/{owner_id}");
+        let lease = client.get(key.as_str(), GetOptions::default()).await?.kvs[0].lease;
+        let deleted = etcdctl(&etcd, &["del", &key])?;
+        assert_eq!(deleted.trim(), "1");
+        suicides[index] += 1;
+        let other = 1 - index;
+        wait_for(Duration::from_secs(2), || async {
+            let revoked = client.lease_time_to_live(lease).await.ok()?.ttl == -1;
+            let owners = owners(&nodes).await;
+            (revoked && owners.len() == 1 && owners[0].0 == other).then_some(())
+        })
+        .await
+        .with_context(|| format!("suicide {suicides:?}: lease revoked and a new owner"))?;
+        if suicides[index] == 2 {
+            // The node's next incarnation still waits on the restart limiter.
+            assert_eq!(nodes[index].id().await?, owner_id, "no new incarnation yet");
+            assert!(nodes[index].is_running());
+            return Ok(());
+        }
+    }
+    bail!("one node should have committed suicide twice: {suicides:?}")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -577,6 +633,7 @@ async fn status_health_debug_and_metrics_endpoints() -> Result<()> {
         "ticdc_etcd_worker_ticks_total",
         "ticdc_etcd_worker_commits_total",
         "ticdc_etcd_worker_commit_conflicts_total",
+        "ticdc_etcd_worker_commit_errors_total",
         "ticdc_etcd_worker_resyncs_total",
         "ticdc_etcd_worker_commit_duration_seconds",
         "ticdc_p2p_incarnation_messages",
@@ -643,6 +700,37 @@ async fn a_second_sigterm_exits_at_once() -> Result<()> {
     let status = status?;
     assert!(!status.success(), "{status:?}");
     assert!(nodes[0].log_text().contains("second signal"));
+    Ok(())
+}
+
+// The server stays served while a SIGTERM drains it: with etcd frozen the owner's resign (and
+// so the drain) takes seconds, and `/status` answers throughout, reporting Stopping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_answers_during_a_drain() -> Result<()> {
+    let (mut etcd, mut nodes) = start_cluster(1, "drainserves").await;
+    one_owner(&mut nodes, Duration::from_secs(20)).await?;
+    etcd.pause()?;
+    nodes[0].signal("TERM");
+    let during = async {
+        wait_for(Duration::from_secs(5), || async {
+            nodes[0]
+                .log_text()
+                .contains("received SIGTERM, stopping")
+                .then_some(())
+        })
+        .await?;
+        hold_for(Duration::from_secs(2), || async {
+            let status = nodes[0].status().await?;
+            ensure!(status["liveness"] == 1, "status during the drain: {status}");
+            Ok(())
+        })
+        .await
+    }
+    .await;
+    etcd.resume()?;
+    during?;
+    let status = nodes[0].wait_exit(Duration::from_secs(15)).await?;
+    assert!(status.success(), "{status:?}");
     Ok(())
 }
 

@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cdc_election::Session;
-use cdc_etcd::{CdcEtcdClient, Compare, CompareOp, GetOptions, Txn, TxnOp, key};
+use cdc_etcd::{
+    CdcEtcdClient, Compare, CompareOp, GetOptions, RetryPolicy, RetryingClient, Txn, TxnOp, key,
+};
 use cdc_model::{AtomicLiveness, CaptureInfo, DEFAULT_NAMESPACE, Liveness};
 use cdc_orchestrator::{EtcdWorker, GlobalReactorState, OwnerFence};
 use cdc_p2p::{MessageRouter, MessageServer, MetricsSnapshot, ServerWrapper};
@@ -34,6 +36,11 @@ const CLEAN_META_TIMEOUT: Duration = Duration::from_secs(10);
 const OWNER_LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
 /// How often a processor polls the meta version until the migration is done.
 const META_VERSION_POLL: Duration = Duration::from_secs(1);
+/// How long the lease check after a worker error may take, retries included.
+const LEASE_CHECK_DEADLINE: Duration = Duration::from_secs(5);
+/// How long closing an incarnation's session (stopping its keep-alive and revoking its lease)
+/// may take.
+const SESSION_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Workers of the changefeed-initialisation pool.
 pub const CHANGEFEED_INIT_WORKERS: usize = 8;
 
@@ -181,12 +188,7 @@ impl Capture {
     /// cancellation or an internal deadline (at most 0.05/s after a burst of 2).
     pub async fn run(self: &Arc<Self>, cancel: CancellationToken) -> Result<()> {
         let result = self.run_loop(&cancel).await;
-        let session = self.state().session.take();
-        if let Some(session) = session
-            && let Err(err) = session.close().await
-        {
-            warn!(error = %err, "closing the last session failed");
-        }
+        self.close_session().await;
         result
     }
 
@@ -219,8 +221,9 @@ impl Capture {
         }
     }
 
-    /// §6.3 reset: a new session (closing the previous one), a new capture ID, a new message
-    /// server in the wrapper, a new router, a new pool and a new processor manager.
+    /// §6.3 reset: a new session (closing the previous one, if the last incarnation's cleanup
+    /// has not), a new capture ID, a new message server in the wrapper, a new router, a new
+    /// pool and a new processor manager.
     pub async fn reset(
         &self,
         cancel: &CancellationToken,
@@ -250,10 +253,8 @@ impl Capture {
             state.info = Some(info.clone());
             state.session.replace(Arc::clone(&session))
         };
-        if let Some(previous) = previous
-            && let Err(err) = previous.close().await
-        {
-            warn!(error = %err, "closing the previous session failed");
+        if let Some(previous) = previous {
+            close_bounded(&previous).await;
         }
         let lease_id = session.lease_id();
         let election = self.parts.elections.create(
@@ -299,7 +300,9 @@ impl Capture {
         Ok((incarnation, processor_manager, info))
     }
 
-    /// One incarnation (§6.3): reset, register, run the task group, clean up.
+    /// One incarnation (§6.3): reset, register, run the task group, clean up. Unlike TiCDC,
+    /// which closes the session in the next reset (after the restart delay and a new grant),
+    /// the cleanup closes it, so no key of this incarnation outlives it.
     pub async fn run_once(self: &Arc<Self>, cancel: &CancellationToken) -> Result<()> {
         let (incarnation, processor_manager, info) = self.reset(cancel).await?;
         let span = info_span!("capture", capture_id = %incarnation.capture_id);
@@ -324,9 +327,22 @@ impl Capture {
             router.close().await;
         }
         self.delete_capture_info(&incarnation.capture_id)
-            .instrument(span)
+            .instrument(span.clone())
             .await;
+        // Without its capture key the lease serves nothing: revoking it now deletes any owner or
+        // campaign key this incarnation left behind (a resign that failed or timed out), so
+        // another capture can win at once, not after our restart delay and next grant.
+        self.close_session().instrument(span).await;
         result
+    }
+
+    /// Closes the current session, if any, within [`SESSION_CLOSE_TIMEOUT`]: stops its
+    /// keep-alive and revokes its lease. A lease left by a failed close expires on its own.
+    async fn close_session(&self) {
+        let session = self.state().session.take();
+        if let Some(session) = session {
+            close_bounded(&session).await;
+        }
     }
 
     fn reactor_context(&self, incarnation: &Incarnation, owner_revision: i64) -> ReactorContext {
@@ -578,13 +594,21 @@ impl Capture {
                 return self.resign(incarnation).await;
             }
             let owner_revision = tokio::select! {
-                () = cancel.cancelled() => return Ok(()),
-                revision = incarnation.election.owner_revision(&incarnation.capture_id) => {
-                    match revision {
-                        Ok(revision) => revision,
-                        Err(err) if is_cancelled(&err) => return Ok(()),
-                        Err(err) => return Err(err),
+                () = cancel.cancelled() => Err(Error::Cancelled),
+                revision = incarnation.election.owner_revision(&incarnation.capture_id) => revision,
+            };
+            let owner_revision = match owner_revision {
+                Ok(revision) => revision,
+                Err(err) => {
+                    // We won: give the key up (bounded) before leaving, or no other capture can
+                    // win until this incarnation's lease is revoked. A failed resign is logged;
+                    // the session's close at the end of the incarnation removes the key then.
+                    let _ = self.resign(incarnation).await;
+                    if is_cancelled(&err) {
+                        return Ok(());
                     }
+                    warn!(error = %err, "reading the owner revision failed after the campaign was won");
+                    return Err(err);
                 }
             };
             info!(owner_revision, "campaign won, this capture is the owner");
@@ -593,11 +617,13 @@ impl Capture {
             let owner = self.parts.owners.create(context.clone());
             let controller = self.parts.controllers.create(context);
             {
+                // `is_owner` goes up with the owner, under the lock: a drain that finds the
+                // owner finds `is_owner` set too, and waits for the resign.
                 let mut state = self.state();
+                self.is_owner_tx.send_replace(true);
                 state.owner = Some(Arc::clone(&owner));
                 state.controller = Some(Arc::clone(&controller));
             }
-            self.is_owner_tx.send_replace(true);
             // A drain that raced with the election must still stop this owner.
             if self.liveness.load() == Liveness::Stopping {
                 owner.async_stop();
@@ -620,6 +646,7 @@ impl Capture {
                 state.owner = None;
                 state.controller = None;
             }
+            // `is_owner` goes down only after the resign: a drain meanwhile waits for it.
             let resigned = if matches!(result, Err(Error::NotOwner)) {
                 Ok(())
             } else {
@@ -811,7 +838,9 @@ impl Capture {
 
     /// Runs `role` on an etcd worker over the cluster's base key until it finishes or fails,
     /// and maps the error (§6.3 `run_etcd_worker`): session done or lease expired is suicide;
-    /// after any other error, a lease whose TTL reads -1 is suicide too.
+    /// after any other error, a lease whose TTL reads -1 is suicide too, and so is a lease that
+    /// could not be checked within 5 s (TiCDC returns `ErrPDEtcdAPIError` there, which exits the
+    /// server after a short etcd outage).
     async fn run_etcd_worker(
         &self,
         role: Role,
@@ -849,13 +878,8 @@ impl Capture {
                 Err(Error::Suicide)
             }
             Error::Cancelled => Err(Error::Cancelled),
-            other => match self
-                .etcd
-                .client()
-                .lease_time_to_live(incarnation.lease_id)
-                .await
-            {
-                Ok(ttl) if ttl.ttl == -1 => {
+            other => match self.lease_ttl(incarnation.lease_id, cancel).await {
+                Ok(-1) => {
                     warn!(role = name, error = %other, "the lease is gone, suicide");
                     Err(Error::Suicide)
                 }
@@ -863,12 +887,30 @@ impl Capture {
                     warn!(role = name, error = %other, "etcd worker failed");
                     Err(other)
                 }
+                Err(cdc_etcd::Error::Cancelled) => Err(other),
                 Err(ttl_error) => {
-                    warn!(role = name, error = %other, "worker failed and the lease could not be checked");
-                    Err(Error::Etcd(ttl_error))
+                    // Whether the lease lives is unknown: a new incarnation is the safe way on.
+                    warn!(role = name, error = %other, ttl_error = %ttl_error, "worker failed and the lease could not be checked, suicide");
+                    Err(Error::Suicide)
                 }
             },
         }
+    }
+
+    /// The remaining TTL of `lease_id` (-1 when gone), read through the retrying client within
+    /// [`LEASE_CHECK_DEADLINE`].
+    async fn lease_ttl(
+        &self,
+        lease_id: cdc_etcd::LeaseId,
+        cancel: &CancellationToken,
+    ) -> std::result::Result<i64, cdc_etcd::Error> {
+        let policy = RetryPolicy {
+            deadline: LEASE_CHECK_DEADLINE,
+            ..self.etcd.retrying().policy().clone()
+        };
+        let retrying = RetryingClient::with_policy(self.etcd.client().clone(), policy);
+        let ttl = retrying.lease_time_to_live(lease_id, cancel).await?;
+        Ok(ttl.ttl)
     }
 
     /// Drains the capture: Stopping for good, and the owner (if any) stops and resigns. Returns
@@ -877,17 +919,22 @@ impl Capture {
         if self.liveness.store_stopping() {
             info!("capture draining");
         }
-        let owner = self.state().owner.clone();
+        // `is_owner` is set before the owner is published and cleared after its resign, so
+        // it also covers an owner that is stepping down (no longer published, key not yet
+        // resigned).
+        let (owner, mut is_owner_rx) = {
+            let state = self.state();
+            (state.owner.clone(), self.is_owner_tx.subscribe())
+        };
         if let Some(owner) = owner {
             owner.async_stop();
-            let mut is_owner_rx = self.is_owner_tx.subscribe();
-            let resigned = is_owner_rx.wait_for(|is_owner| !*is_owner);
-            if tokio::time::timeout(RESIGN_TIMEOUT, resigned)
-                .await
-                .is_err()
-            {
-                warn!("the owner did not resign within the drain deadline");
-            }
+        }
+        let resigned = is_owner_rx.wait_for(|is_owner| !*is_owner);
+        if tokio::time::timeout(RESIGN_TIMEOUT, resigned)
+            .await
+            .is_err()
+        {
+            warn!("the owner did not resign within the drain deadline");
         }
     }
 
@@ -1027,6 +1074,15 @@ fn is_cancelled(err: &Error) -> bool {
         err.root_cause(),
         Error::Cancelled | Error::Election(cdc_election::Error::Cancelled)
     )
+}
+
+/// Closes `session` within [`SESSION_CLOSE_TIMEOUT`]; a failure is logged.
+async fn close_bounded(session: &Session) {
+    match tokio::time::timeout(SESSION_CLOSE_TIMEOUT, session.close()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => warn!(error = %err, "closing the session failed"),
+        Err(_) => warn!("closing the session timed out; its lease expires on its own"),
+    }
 }
 
 fn parse_meta_version(value: &[u8]) -> Option<u64> {

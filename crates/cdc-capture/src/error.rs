@@ -137,17 +137,37 @@ impl Error {
         }
     }
 
-    /// Whether the outer loop starts a new incarnation after this error (§6.2): suicide,
-    /// cancellation or an internal deadline.
+    /// Whether the outer loop starts a new incarnation after this error (§6.2) instead of
+    /// exiting the server. TiCDC restarts only on suicide, cancellation and deadlines; this port
+    /// also restarts on every error a new incarnation may overcome: a lost session or
+    /// ownership, and transient etcd, election, worker and p2p failures (a short etcd outage
+    /// must not end the process). Only errors a restart cannot fix exit: an invalid
+    /// configuration, a meta version newer than this binary, data that cannot be decoded or
+    /// encoded, and programming errors.
     pub fn restarts_capture(&self) -> bool {
-        match self.root_cause() {
-            Error::Suicide | Error::Cancelled | Error::DeadlineExceeded { .. } => true,
-            Error::Etcd(err)
-            | Error::Election(cdc_election::Error::Etcd(err))
-            | Error::Orchestrator(cdc_orchestrator::Error::Etcd(err)) => etcd_restarts(err),
-            Error::Election(cdc_election::Error::Cancelled)
-            | Error::Orchestrator(cdc_orchestrator::Error::Cancelled) => true,
-            _ => false,
+        match self {
+            Error::Register(source) | Error::CampaignOwner(source) | Error::ResignOwner(source) => {
+                source.restarts_capture()
+            }
+            Error::Suicide
+            | Error::Cancelled
+            | Error::DeadlineExceeded { .. }
+            | Error::SessionDone
+            | Error::LeaseExpired
+            | Error::NotOwner => true,
+            // Lookups that a later attempt may answer.
+            Error::NotInitialized
+            | Error::OwnerNotFound
+            | Error::CaptureNotExist { .. }
+            | Error::Forward { .. } => true,
+            Error::Etcd(err) => etcd_restarts(err),
+            Error::Election(err) => election_restarts(err),
+            Error::Orchestrator(err) => orchestrator_restarts(err),
+            Error::P2p(err) => err.is_retryable() || matches!(err, cdc_p2p::Error::Cancelled),
+            Error::MetaVersionTooNew { .. }
+            | Error::Model(_)
+            | Error::Serve { .. }
+            | Error::InvalidConfig { .. } => false,
         }
     }
 
@@ -164,13 +184,56 @@ impl Error {
     }
 }
 
-/// Cancellation or an internal deadline of an etcd call (TiCDC's Canceled/DeadlineExceeded).
+/// An etcd error restarts the capture when a later call may succeed (a timeout, an unavailable
+/// or leaderless cluster, exhausted retries), when it was cancelled, or when it means our lease
+/// or a watched revision is gone (a new incarnation starts afresh). Refused arguments,
+/// permissions, undecodable values and a second cluster in the same etcd exit.
 fn etcd_restarts(err: &cdc_etcd::Error) -> bool {
+    err.is_retryable()
+        || matches!(
+            err.root_cause(),
+            cdc_etcd::Error::Cancelled
+                | cdc_etcd::Error::LeaseNotFound { .. }
+                | cdc_etcd::Error::Compacted { .. }
+                | cdc_etcd::Error::Rpc {
+                    code: cdc_etcd::RpcCode::Cancelled | cdc_etcd::RpcCode::NotFound,
+                    ..
+                }
+        )
+}
+
+/// Every session and election failure restarts the capture, except etcd errors a restart
+/// cannot fix.
+fn election_restarts(err: &cdc_election::Error) -> bool {
     match err {
-        cdc_etcd::Error::Timeout { .. }
-        | cdc_etcd::Error::Cancelled
-        | cdc_etcd::Error::DeadlineExceeded { .. } => true,
-        cdc_etcd::Error::ReachMaxTry { last, .. } => etcd_restarts(last),
-        _ => false,
+        cdc_election::Error::Compacted { .. }
+        | cdc_election::Error::Cancelled
+        | cdc_election::Error::LeaseExpired { .. }
+        | cdc_election::Error::NotLeader
+        | cdc_election::Error::OwnerNotFound
+        | cdc_election::Error::Thread(_) => true,
+        cdc_election::Error::Etcd(err) => etcd_restarts(err),
+    }
+}
+
+/// A worker's lost session, lost ownership, cancellation or transient etcd failure restarts the
+/// capture; a patch too large for one transaction and undecodable or invalid data exit, as in
+/// TiCDC (capture-spec §6.8).
+fn orchestrator_restarts(err: &cdc_orchestrator::Error) -> bool {
+    match err {
+        cdc_orchestrator::Error::NotOwner
+        | cdc_orchestrator::Error::SessionDone
+        | cdc_orchestrator::Error::LeaseExpired { .. }
+        | cdc_orchestrator::Error::Cancelled
+        | cdc_orchestrator::Error::EtcdTryAgain => true,
+        cdc_orchestrator::Error::Etcd(err) => etcd_restarts(err),
+        cdc_orchestrator::Error::ReactorFinished
+        | cdc_orchestrator::Error::EtcdIgnore
+        | cdc_orchestrator::Error::TxnSizeExceed { .. }
+        | cdc_orchestrator::Error::TxnOpsExceed { .. }
+        | cdc_orchestrator::Error::Unmarshal { .. }
+        | cdc_orchestrator::Error::Model(_)
+        | cdc_orchestrator::Error::MissingStatus { .. }
+        | cdc_orchestrator::Error::InvalidKey { .. } => false,
     }
 }

@@ -138,15 +138,15 @@ impl Default for Metrics {
     }
 }
 
-/// Renders the etcd workers' counters at each scrape: ticks, commits, conflicts and resyncs
-/// as counters, the commit latency as a histogram, each with a `role` label.
+/// Renders the etcd workers' counters at each scrape: ticks, commits, conflicts, errors and
+/// resyncs as counters, the commit latency as a histogram, each with a `role` label.
 struct WorkerCollector {
     descs: Vec<Desc>,
     workers: Vec<(&'static str, Arc<WorkerMetrics>)>,
 }
 
 /// (name, help) of the worker counters, in the order `WorkerCollector::collect` renders them.
-const WORKER_COUNTERS: [(&str, &str); 4] = [
+const WORKER_COUNTERS: [(&str, &str); 5] = [
     ("ticdc_etcd_worker_ticks_total", "etcd worker ticks"),
     (
         "ticdc_etcd_worker_commits_total",
@@ -155,6 +155,10 @@ const WORKER_COUNTERS: [(&str, &str); 4] = [
     (
         "ticdc_etcd_worker_commit_conflicts_total",
         "etcd worker transactions refused by a failed compare",
+    ),
+    (
+        "ticdc_etcd_worker_commit_errors_total",
+        "etcd worker transactions that failed with a retryable etcd error and were retried",
     ),
     (
         "ticdc_etcd_worker_resyncs_total",
@@ -220,10 +224,11 @@ impl Collector for WorkerCollector {
             .iter()
             .map(|(role, metrics)| (*role, metrics.snapshot()))
             .collect();
-        let counter_values: [fn(&WorkerMetricsSnapshot) -> u64; 4] = [
+        let counter_values: [fn(&WorkerMetricsSnapshot) -> u64; 5] = [
             |s| s.ticks,
             |s| s.commits,
             |s| s.commit_conflicts,
+            |s| s.commit_errors,
             |s| s.resyncs,
         ];
         let mut families: Vec<MetricFamily> = WORKER_COUNTERS

@@ -102,12 +102,20 @@ async fn serve(config: Config) -> Result<()> {
         _ = sigterm.recv() => info!("received SIGTERM, stopping"),
         _ = sigint.recv() => info!("received SIGINT, stopping"),
     }
+    // The server keeps running (accepting, serving, restarting incarnations) during the
+    // drain: both are polled together, and a capture that ends meanwhile ends the stop.
     let stop = async {
-        if tokio::time::timeout(DRAIN_DEADLINE, capture.drain())
-            .await
-            .is_err()
-        {
-            warn!("drain did not finish in time");
+        let drain = async {
+            if tokio::time::timeout(DRAIN_DEADLINE, capture.drain())
+                .await
+                .is_err()
+            {
+                warn!("drain did not finish in time");
+            }
+        };
+        tokio::select! {
+            result = &mut running => return result,
+            () = drain => {}
         }
         cancel.cancel();
         running.await

@@ -76,6 +76,20 @@ struct ElectionDouble {
     resigned: AtomicBool,
     revision: OnceLock<Revision>,
     resign: ResignDouble,
+    resign_gate: tokio::sync::Notify,
+    owner_revision: OwnerRevisionDouble,
+}
+
+/// What the election double's `owner_revision` does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum OwnerRevisionDouble {
+    /// Answers the revision of the won campaign.
+    #[default]
+    Answers,
+    /// Fails with an etcd error.
+    Fails,
+    /// Never returns.
+    Hangs,
 }
 
 /// What the election double's resign does.
@@ -88,6 +102,8 @@ enum ResignDouble {
     Fails,
     /// Never returns.
     Hangs,
+    /// Waits for `resign_gate`, then deletes the owner key.
+    Gated,
 }
 
 impl ElectionDouble {
@@ -130,6 +146,7 @@ impl Election for ElectionDouble {
                     return Err(Error::Etcd(cdc_etcd::Error::LeaseNotFound { lease_id: 1 }));
                 }
                 ResignDouble::Hangs => futures::future::pending::<()>().await,
+                ResignDouble::Gated => self.resign_gate.notified().await,
             }
             if let Some(client) = self.client.get() {
                 client.delete(Self::key(), false).await?;
@@ -139,7 +156,14 @@ impl Election for ElectionDouble {
     }
 
     fn owner_revision<'a>(&'a self, _capture_id: &'a str) -> BoxFuture<'a, Result<Revision>> {
-        Box::pin(async move { self.revision.get().copied().ok_or(Error::OwnerNotFound) })
+        Box::pin(async move {
+            match self.owner_revision {
+                OwnerRevisionDouble::Answers => {}
+                OwnerRevisionDouble::Fails => return Err(Error::Etcd(unavailable())),
+                OwnerRevisionDouble::Hangs => futures::future::pending::<()>().await,
+            }
+            self.revision.get().copied().ok_or(Error::OwnerNotFound)
+        })
     }
 }
 
@@ -413,4 +437,227 @@ async fn failed_or_timed_out_resign_is_reported() {
         assert_eq!(capture.metrics().resign_failures.get(), 1, "{resign:?}");
         assert!(!capture.is_owner());
     }
+}
+
+/// A processor manager whose first tick waits for the test's go, then fails with etcd's
+/// "unavailable" (what a leaderless or unreachable etcd gives).
+#[derive(Default)]
+struct UnavailableProcessor {
+    ticked: tokio::sync::Notify,
+    go: tokio::sync::Notify,
+}
+
+fn unavailable() -> cdc_etcd::Error {
+    cdc_etcd::Error::Rpc {
+        op: "txn",
+        code: cdc_etcd::RpcCode::Unavailable,
+        message: "etcdserver: no leader".to_owned(),
+        endpoints: String::new(),
+    }
+}
+
+impl ProcessorManager for UnavailableProcessor {
+    fn tick<'a>(&'a self, _state: &'a mut GlobalReactorState) -> BoxFuture<'a, Result<Tick>> {
+        Box::pin(async move {
+            self.ticked.notify_one();
+            self.go.notified().await;
+            Err(Error::Etcd(unavailable()))
+        })
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+
+    fn write_debug_info(&self, _out: &mut String) {}
+}
+
+// §6.3/§6.8: a worker error while etcd is unreachable restarts the capture instead of exiting
+// the server. With the lease alive the error comes back as is and restarts; when the lease
+// check itself cannot reach etcd it gives up within its 5 s deadline, as a suicide.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_error_during_an_etcd_outage_restarts_the_capture() {
+    let (mut server, etcd) = etcd().await;
+    let client = etcd.client().clone();
+    let election = Arc::new(ElectionDouble::default());
+    let capture = capture(&server, &etcd, parts(&etcd, &election));
+    for etcd_down in [false, true] {
+        let lease = client.lease_grant(30).await.unwrap();
+        let incarnation = Incarnation {
+            lease_id: lease.id,
+            ..incarnation(&election, &client)
+        };
+        let processor = Arc::new(UnavailableProcessor::default());
+        let cancel = CancellationToken::new();
+        // Boxed: a worker's future is large.
+        let worker = Box::pin(capture.run_etcd_worker(
+            Role::Processor(Arc::clone(&processor) as Arc<dyn ProcessorManager>),
+            capture.hooked_state(&incarnation, false),
+            Duration::from_millis(50),
+            &incarnation,
+            None,
+            &cancel,
+        ));
+        let test = async {
+            processor.ticked.notified().await;
+            if etcd_down {
+                server.kill().unwrap();
+            }
+            processor.go.notify_one();
+        };
+        let started = tokio::time::Instant::now();
+        let (result, ()) = tokio::time::timeout(Duration::from_secs(15), async {
+            tokio::join!(worker, test)
+        })
+        .await
+        .expect("the worker returns");
+        let err = result.unwrap_err();
+        if etcd_down {
+            assert!(matches!(err, Error::Suicide), "{err:?}");
+            assert!(started.elapsed() < LEASE_CHECK_DEADLINE + Duration::from_secs(3));
+        } else {
+            assert!(
+                matches!(err, Error::Etcd(cdc_etcd::Error::Rpc { .. })),
+                "{err:?}"
+            );
+        }
+        assert!(err.restarts_capture(), "{err:?}");
+    }
+}
+
+// §6.8 as this port classifies it: transient etcd trouble, wrapped or not, restarts the
+// capture; only what a restart cannot fix exits the server.
+#[test]
+fn restart_or_exit_classification() {
+    let exhausted = || cdc_etcd::Error::ReachMaxTry {
+        tries: 12,
+        last: Box::new(unavailable()),
+    };
+    let restarts = [
+        Error::Suicide,
+        Error::Cancelled,
+        Error::Etcd(unavailable()),
+        Error::Etcd(exhausted()),
+        Error::Etcd(cdc_etcd::Error::LeaseNotFound { lease_id: 1 }),
+        Error::Register(Box::new(Error::Etcd(unavailable()))),
+        Error::Orchestrator(cdc_orchestrator::Error::Etcd(unavailable())),
+        Error::Orchestrator(cdc_orchestrator::Error::SessionDone),
+        Error::Election(cdc_election::Error::Etcd(exhausted())),
+        Error::Election(cdc_election::Error::LeaseExpired { lease_id: 1 }),
+        Error::CampaignOwner(Box::new(Error::Election(cdc_election::Error::NotLeader))),
+        Error::ResignOwner(Box::new(Error::DeadlineExceeded { op: "resign owner" })),
+    ];
+    for err in restarts {
+        assert!(err.restarts_capture(), "{err:?}");
+    }
+    let exits = [
+        Error::MetaVersionTooNew {
+            found: 2,
+            supported: 1,
+        },
+        Error::InvalidConfig {
+            message: "bad".to_owned(),
+        },
+        Error::Etcd(cdc_etcd::Error::MultipleCdcClustersExist {
+            key: "/tidb/cdc/x".to_owned(),
+        }),
+        Error::Orchestrator(cdc_orchestrator::Error::TxnSizeExceed { size: 2, max: 1 }),
+        Error::Orchestrator(cdc_orchestrator::Error::Etcd(cdc_etcd::Error::Rpc {
+            op: "txn",
+            code: cdc_etcd::RpcCode::InvalidArgument,
+            message: "etcdserver: request is too large".to_owned(),
+            endpoints: String::new(),
+        })),
+        Error::P2p(cdc_p2p::Error::AlreadyRunning),
+    ];
+    for err in exits {
+        assert!(!err.restarts_capture(), "{err:?}");
+    }
+}
+
+// §6.4 step 6: when reading the owner revision fails or is cancelled after the campaign was
+// won, the capture resigns before leaving the campaign loop, so the owner key does not stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_owner_revision_after_winning_resigns() {
+    let (server, etcd) = etcd().await;
+    let client = etcd.client().clone();
+    for owner_revision in [OwnerRevisionDouble::Fails, OwnerRevisionDouble::Hangs] {
+        let election = Arc::new(ElectionDouble {
+            owner_revision,
+            ..ElectionDouble::default()
+        });
+        let capture = capture(&server, &etcd, parts(&etcd, &election));
+        let cancel = CancellationToken::new();
+        let incarnation = incarnation(&election, &client);
+        let campaign = capture.campaign_owner(&incarnation, &cancel);
+        let cancel_when_elected = async {
+            if owner_revision == OwnerRevisionDouble::Hangs {
+                wait_until(Duration::from_secs(5), || election.revision.get().is_some()).await;
+                cancel.cancel();
+            }
+        };
+        let (result, ()) = tokio::time::timeout(Duration::from_secs(10), async {
+            tokio::join!(campaign, cancel_when_elected)
+        })
+        .await
+        .expect("the campaign loop returns");
+        match owner_revision {
+            OwnerRevisionDouble::Fails => {
+                assert!(matches!(result, Err(Error::Etcd(_))), "{result:?}");
+            }
+            _ => assert!(result.is_ok(), "{result:?}"),
+        }
+        assert!(
+            election.resigned.load(Ordering::SeqCst),
+            "{owner_revision:?}"
+        );
+        assert!(!capture.is_owner());
+        let owner_keys = client
+            .get(ElectionDouble::key(), GetOptions::default())
+            .await
+            .unwrap();
+        assert!(
+            owner_keys.kvs.is_empty(),
+            "{owner_revision:?}: the owner key is gone"
+        );
+    }
+}
+
+// Case 91 while the owner steps down: its owner is no longer published but its resign is still
+// under way, and a drain then waits for the resign instead of returning at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_waits_for_a_resign_under_way() {
+    let (server, etcd) = etcd().await;
+    let election = Arc::new(ElectionDouble {
+        resign: ResignDouble::Gated,
+        ..ElectionDouble::default()
+    });
+    let owner = Arc::new(OwnerDouble::default());
+    let parts = CaptureParts {
+        owners: Arc::new(Owners(Arc::clone(&owner))),
+        ..parts(&etcd, &election)
+    };
+    let capture = capture(&server, &etcd, parts);
+    let (cancel, run) = spawn_run(&capture);
+    wait_until(Duration::from_secs(10), || capture.is_owner()).await;
+    // The owner finishes on its own and the capture starts resigning.
+    owner.async_stop();
+    wait_until(Duration::from_secs(5), || {
+        election.resigned.load(Ordering::SeqCst)
+    })
+    .await;
+    assert!(!capture.is_owner());
+    let mut drain = Box::pin(capture.drain());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut drain)
+            .await
+            .is_err(),
+        "the drain waits for the resign"
+    );
+    election.resign_gate.notify_one();
+    tokio::time::timeout(Duration::from_secs(3), drain)
+        .await
+        .expect("drain completes once resigned");
+    assert_eq!(capture.liveness(), Liveness::Stopping);
+    stop_run(&cancel, run, Duration::from_secs(15)).await;
 }
