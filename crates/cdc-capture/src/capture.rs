@@ -502,7 +502,8 @@ impl Capture {
 
     /// Logs and counts the errors of p2p clients that stopped for good until the group ends.
     /// The router has already dropped such a client; a permanent failure (the peer restarted
-    /// as another capture: `CAPTURE_ID_MISMATCH`) is normal churn and ends nothing.
+    /// as another capture: `CAPTURE_ID_MISMATCH`) is normal churn and ends nothing; a client that
+    /// panicked ends the incarnation.
     async fn watch_router_errors(
         self: Arc<Self>,
         mut errors: tokio::sync::mpsc::Receiver<cdc_p2p::Error>,
@@ -512,6 +513,14 @@ impl Capture {
             tokio::select! {
                 () = group.cancelled() => return Err(Error::Cancelled),
                 received = errors.recv() => match received {
+                    Some(err @ cdc_p2p::Error::ClientPanicked { .. }) => {
+                        // The router keeps a panicked client closed (a fresh one would restart
+                        // its sequences against a server that acknowledged them), so this
+                        // incarnation cannot reach that peer any more: start a new one.
+                        self.metrics.p2p_client_errors.inc();
+                        warn!(error = %err, "p2p client to a peer panicked, suicide");
+                        return Err(Error::Suicide);
+                    }
                     Some(err) => {
                         self.metrics.p2p_client_errors.inc();
                         warn!(error = %err, "p2p client to a peer stopped; the router dropped it");
@@ -888,10 +897,23 @@ impl Capture {
                     Err(other)
                 }
                 Err(cdc_etcd::Error::Cancelled) => Err(other),
-                Err(ttl_error) => {
+                Err(ttl_error)
+                    if ttl_error.is_retryable()
+                        || matches!(
+                            ttl_error,
+                            cdc_etcd::Error::DeadlineExceeded { .. }
+                                | cdc_etcd::Error::Timeout { .. }
+                        ) =>
+                {
                     // Whether the lease lives is unknown: a new incarnation is the safe way on.
                     warn!(role = name, error = %other, ttl_error = %ttl_error, "worker failed and the lease could not be checked, suicide");
                     Err(Error::Suicide)
+                }
+                Err(ttl_error) => {
+                    // etcd refused the check for good (permissions, authentication): a restart
+                    // would meet the same refusal, so the worker's own error decides.
+                    warn!(role = name, error = %other, ttl_error = %ttl_error, "worker failed and etcd refused the lease check");
+                    Err(other)
                 }
             },
         }

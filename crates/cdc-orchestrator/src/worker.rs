@@ -723,10 +723,12 @@ impl Run {
             }
         }
         if has_delete {
-            // A valid counter is below i64::MAX, so this only fails if that rule is broken.
+            // Never write a value that every worker would then read as invalid (one that cannot
+            // be incremented again): only this worker fails, not the cluster.
             let next = self
                 .delete_counter
                 .checked_add(1)
+                .filter(|next| next.checked_add(1).is_some())
                 .ok_or_else(|| self.counter_exhausted())?;
             txn.success.push(TxnOp::Put {
                 key: self.counter_key.clone(),

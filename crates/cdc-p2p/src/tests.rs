@@ -1654,8 +1654,8 @@ async fn retry_rate_extremes() {
 }
 
 // A client task that panics is reported on the router's errors as ClientPanicked; the
-// client is closed (sends give ClientClosed, not SendTryAgain) and leaves the router, whose
-// next get_client starts a working client.
+// client is closed (sends give ClientClosed, not SendTryAgain) and stays in the router until
+// the peer is removed; after remove_peer and add_peer, get_client starts a working client.
 #[tokio::test]
 async fn router_client_panic_cleans_up() {
     let router = MessageRouter::new("test-client-1", test_client_config());
