@@ -61,6 +61,14 @@ impl Node {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits (5 s at most) until the process has logged `text`.
+    async fn wait_log(&self, text: &str) -> Result<()> {
+        wait_for(Duration::from_secs(5), || async {
+            self.log_text().contains(text).then_some(())
+        })
+        .await
+    }
+
     async fn post(&self, path: &str) -> Result<Value> {
         let response = reqwest::Client::new()
             .post(format!("http://{}{path}", self.address))
@@ -686,13 +694,7 @@ async fn a_second_sigterm_exits_at_once() -> Result<()> {
     // With etcd frozen, the graceful stop waits on the resign and the cleanup for seconds.
     etcd.pause()?;
     nodes[0].signal("TERM");
-    wait_for(Duration::from_secs(5), || async {
-        nodes[0]
-            .log_text()
-            .contains("received SIGTERM, stopping")
-            .then_some(())
-    })
-    .await?;
+    nodes[0].wait_log("received SIGTERM, stopping").await?;
     assert!(nodes[0].is_running(), "the first SIGTERM stops gracefully");
     nodes[0].signal("TERM");
     let status = nodes[0].wait_exit(Duration::from_millis(1500)).await;
@@ -712,13 +714,7 @@ async fn the_server_answers_during_a_drain() -> Result<()> {
     etcd.pause()?;
     nodes[0].signal("TERM");
     let during = async {
-        wait_for(Duration::from_secs(5), || async {
-            nodes[0]
-                .log_text()
-                .contains("received SIGTERM, stopping")
-                .then_some(())
-        })
-        .await?;
+        nodes[0].wait_log("received SIGTERM, stopping").await?;
         hold_for(Duration::from_secs(2), || async {
             let status = nodes[0].status().await?;
             ensure!(status["liveness"] == 1, "status during the drain: {status}");

@@ -56,6 +56,16 @@ async fn queue_len(client: &EtcdClient, prefix: &str) -> usize {
         .len()
 }
 
+/// Whether etcd still gives `session`'s lease time to live.
+async fn lease_alive(client: &EtcdClient, session: &Session) -> bool {
+    client
+        .lease_time_to_live(session.lease_id())
+        .await
+        .expect("read the lease's time to live")
+        .ttl
+        > 0
+}
+
 /// Starts a campaign on its own task.
 fn spawn_campaign(
     election: &Arc<Election>,
@@ -217,14 +227,7 @@ async fn the_granted_ttl_is_used_when_etcd_raises_a_short_one() {
         session.end()
     );
     assert!(session.renewals() >= 6, "renewals: {}", session.renewals());
-    assert!(
-        client
-            .lease_time_to_live(session.lease_id())
-            .await
-            .unwrap()
-            .ttl
-            > 0
-    );
+    assert!(lease_alive(&client, &session).await);
     session.close().await.unwrap();
 }
 
@@ -289,19 +292,13 @@ async fn a_queued_candidate_survives_three_ttls_and_takes_over_within_100ms_of_a
     let prefix = owner_prefix("queued");
     let session_a = short_session(&client, 2).await;
     let session_b = short_session(&client, 2).await;
+    let never = CancellationToken::new();
     let Contest {
         a,
         fence_a,
         b,
         mut campaign_b,
-    } = contest(
-        &client,
-        &prefix,
-        &session_a,
-        &session_b,
-        &CancellationToken::new(),
-    )
-    .await;
+    } = contest(&client, &prefix, &session_a, &session_b, &never).await;
 
     // Three TTLs of waiting: b neither wins nor loses its lease or its key.
     let ttl = Duration::from_secs(u64::try_from(session_b.ttl()).unwrap());
@@ -349,19 +346,13 @@ async fn a_queued_candidate_keeps_its_place_across_an_etcd_restart() {
     let prefix = owner_prefix("restart-queued");
     let session_a = Session::grant(client.clone(), TTL_SECS).await.unwrap();
     let session_b = Session::grant(client.clone(), TTL_SECS).await.unwrap();
+    let never = CancellationToken::new();
     let Contest {
         a,
         fence_a,
         b,
         mut campaign_b,
-    } = contest(
-        &client,
-        &prefix,
-        &session_a,
-        &session_b,
-        &CancellationToken::new(),
-    )
-    .await;
+    } = contest(&client, &prefix, &session_a, &session_b, &never).await;
     let queued_at = create_revision(&client, b.key())
         .await
         .expect("b is queued");
@@ -754,14 +745,7 @@ async fn the_session_survives_an_etcd_restart_within_its_ttl() {
         "session ended: {:?}",
         session.end()
     );
-    assert!(
-        client
-            .lease_time_to_live(session.lease_id())
-            .await
-            .unwrap()
-            .ttl
-            > 0
-    );
+    assert!(lease_alive(&client, &session).await);
     assert!(key_exists(&client, b"/tidb/cdc/restart/__cdc_meta__/capture/c").await);
     session.close().await.unwrap();
 }
@@ -913,13 +897,6 @@ async fn a_blocked_application_runtime_does_not_starve_the_keep_alive() {
         "renewals went from {before} to {}",
         session.renewals()
     );
-    assert!(
-        client
-            .lease_time_to_live(session.lease_id())
-            .await
-            .unwrap()
-            .ttl
-            > 0
-    );
+    assert!(lease_alive(&client, &session).await);
     session.close().await.unwrap();
 }

@@ -742,10 +742,7 @@ async fn external_delete_forces_retry() {
         external_delete(&client, &counter_key, "/ext/a").await;
         go.notify_one();
     };
-    let (result, ()) =
-        tokio::time::timeout(Duration::from_secs(30), async { tokio::join!(run, writer) })
-            .await
-            .unwrap();
+    let (result, ()) = join_within(Duration::from_secs(30), run, writer).await;
     result.unwrap();
     assert!(
         n_evaluations.load(Ordering::SeqCst) >= 2,
@@ -827,10 +824,7 @@ async fn invalid_delete_counter_is_repaired() {
         INTERVAL,
         &cancel,
     );
-    let (result0, result1) =
-        tokio::time::timeout(Duration::from_secs(30), async { tokio::join!(run0, run1) })
-            .await
-            .unwrap();
+    let (result0, result1) = join_within(Duration::from_secs(30), run0, run1).await;
     result0.unwrap();
     result1.unwrap();
     let garbage = reactor0.garbage_revision.unwrap();
@@ -1254,10 +1248,7 @@ async fn progress_at_commit_revision_keeps_the_event() {
             .unwrap();
         script.send(commit).await.unwrap();
     };
-    let (result, ()) =
-        tokio::time::timeout(Duration::from_secs(30), async { tokio::join!(run, feed) })
-            .await
-            .unwrap();
+    let (result, ()) = join_within(Duration::from_secs(30), run, feed).await;
     let state = result.unwrap();
     assert_eq!(*seen.lock().unwrap(), [Some(b"1".to_vec())]);
     assert_eq!(state.get("/pn/a"), Some(b"1".as_slice()));
@@ -1309,13 +1300,21 @@ async fn split_catch_up_batch_is_applied() {
                 .unwrap();
         }
     };
-    let (result, ()) =
-        tokio::time::timeout(Duration::from_secs(30), async { tokio::join!(run, feed) })
-            .await
-            .unwrap();
+    let (result, ()) = join_within(Duration::from_secs(30), run, feed).await;
     let state = result.unwrap();
     assert_eq!(state.get("/sp/a"), Some(b"1".as_slice()));
     assert_eq!(state.get("/sp/b"), Some(b"1".as_slice()));
+}
+
+/// Runs `a` and `b` together, failing if they take longer than `limit`.
+async fn join_within<A, B>(
+    limit: Duration,
+    a: impl Future<Output = A>,
+    b: impl Future<Output = B>,
+) -> (A, B) {
+    tokio::time::timeout(limit, async { tokio::join!(a, b) })
+        .await
+        .unwrap()
 }
 
 /// How soon a stopped worker must return, whatever it was waiting on.
@@ -1353,6 +1352,41 @@ impl Reactor<KvState> for CommitReactor {
     }
 }
 
+/// Runs `reactor` in a worker on `prefix` (stopped by `cancel` or `session_done`) alongside
+/// `driver`, which stops it and returns when it did. Returns the worker's result and how long
+/// it took to return after the stop.
+async fn run_until_stopped<R: Reactor<KvState>>(
+    client: &EtcdClient,
+    prefix: &str,
+    reactor: &mut R,
+    cancel: &CancellationToken,
+    session_done: &CancellationToken,
+    driver: impl Future<Output = Instant>,
+) -> (Result<KvState>, Duration) {
+    let run = async {
+        let result = EtcdWorker::new(client.clone(), prefix)
+            .with_session_done(session_done.clone())
+            .run(reactor, KvState::default(), INTERVAL, cancel)
+            .await;
+        (result, Instant::now())
+    };
+    let ((result, returned), stopped) = join_within(Duration::from_secs(30), run, driver).await;
+    (result, returned.saturating_duration_since(stopped))
+}
+
+/// Asserts that a worker whose session ended returned `SessionDone` within [`PROMPT`].
+fn assert_prompt_session_done(result: &Result<KvState>, took: Duration) {
+    assert!(
+        matches!(result, Err(Error::SessionDone)),
+        "{:?}",
+        result.as_ref().err()
+    );
+    assert!(
+        took < PROMPT,
+        "worker returned {took:?} after its session ended"
+    );
+}
+
 /// Runs a worker whose first commit meets a frozen etcd, then fires `stop` (the worker's
 /// cancel token, or its session-done token with `session`). Returns the worker's result and
 /// how long it took to return after `stop` fired.
@@ -1375,13 +1409,6 @@ async fn stop_during_commit(
         reactor.go.clone(),
         reactor.ticked.clone(),
     );
-    let run = async {
-        let result = EtcdWorker::new(client.clone(), prefix)
-            .with_session_done(session_done.clone())
-            .run(&mut reactor, KvState::default(), INTERVAL, &cancel)
-            .await;
-        (result, Instant::now())
-    };
     let driver = async {
         entered.notified().await;
         server.pause().unwrap();
@@ -1391,12 +1418,10 @@ async fn stop_during_commit(
         stop.cancel();
         Instant::now()
     };
-    let ((result, returned), stopped) =
-        tokio::time::timeout(Duration::from_secs(30), async { tokio::join!(run, driver) })
-            .await
-            .unwrap();
+    let stopped =
+        run_until_stopped(client, prefix, &mut reactor, &cancel, &session_done, driver).await;
     server.resume().unwrap();
-    (result, returned.saturating_duration_since(stopped))
+    stopped
 }
 
 // A worker waiting on a transaction that etcd does not answer still returns at once when it
@@ -1412,15 +1437,7 @@ async fn stop_during_commit_is_prompt() {
     );
     assert!(took < PROMPT, "cancelled worker returned after {took:?}");
     let (result, took) = stop_during_commit(&mut server, &client, "/sc2", true).await;
-    assert!(
-        matches!(result, Err(Error::SessionDone)),
-        "{:?}",
-        result.err()
-    );
-    assert!(
-        took < PROMPT,
-        "worker returned {took:?} after its session ended"
-    );
+    assert_prompt_session_done(&result, took);
 }
 
 // A tick that never returns does not keep a stopped worker alive.
@@ -1438,32 +1455,14 @@ async fn stop_during_tick_is_prompt() {
         },
         |_state: &mut KvState, _| Ok(()),
     );
-    let run = async {
-        let result = EtcdWorker::new(client.clone(), "/st")
-            .with_session_done(session_done.clone())
-            .run(&mut reactor, KvState::default(), INTERVAL, &cancel)
-            .await;
-        (result, Instant::now())
-    };
     let driver = async {
         entered.notified().await;
         session_done.cancel();
         Instant::now()
     };
-    let ((result, returned), stopped) =
-        tokio::time::timeout(Duration::from_secs(30), async { tokio::join!(run, driver) })
-            .await
-            .unwrap();
-    assert!(
-        matches!(result, Err(Error::SessionDone)),
-        "{:?}",
-        result.err()
-    );
-    let took = returned.saturating_duration_since(stopped);
-    assert!(
-        took < PROMPT,
-        "worker returned {took:?} after its session ended"
-    );
+    let (result, took) =
+        run_until_stopped(&client, "/st", &mut reactor, &cancel, &session_done, driver).await;
+    assert_prompt_session_done(&result, took);
 }
 
 /// Notifies `entered`, then waits for `go`.
@@ -1507,10 +1506,7 @@ async fn failing_commits_back_off() {
         server.restart().await.unwrap();
         fourth - first
     };
-    let (result, spread) =
-        tokio::time::timeout(Duration::from_secs(60), async { tokio::join!(run, driver) })
-            .await
-            .unwrap();
+    let (result, spread) = join_within(Duration::from_secs(60), run, driver).await;
     result.unwrap();
     assert_eq!(value_of(&client, "/bo/k").await, Some(b"v".to_vec()));
     assert_eq!(metrics.commits(), 1);
@@ -1529,33 +1525,15 @@ async fn session_done_during_snapshot_read_is_prompt() {
     let session_done = CancellationToken::new();
     let cancel = CancellationToken::new();
     let mut reactor = FnReactor::new(|_state: &mut KvState, _| Ok(()));
-    let run = async {
-        let result = EtcdWorker::new(client.clone(), "/ss")
-            .with_session_done(session_done.clone())
-            .run(&mut reactor, KvState::default(), INTERVAL, &cancel)
-            .await;
-        (result, Instant::now())
-    };
     let driver = async {
         session_done.cancel();
         Instant::now()
     };
-    let ((result, returned), stopped) =
-        tokio::time::timeout(Duration::from_secs(30), async { tokio::join!(run, driver) })
-            .await
-            .unwrap();
+    let (result, took) =
+        run_until_stopped(&client, "/ss", &mut reactor, &cancel, &session_done, driver).await;
     server.resume().unwrap();
-    assert!(
-        matches!(result, Err(Error::SessionDone)),
-        "{:?}",
-        result.err()
-    );
+    assert_prompt_session_done(&result, took);
     assert_eq!(reactor.n_ticks, 0);
-    let took = returned.saturating_duration_since(stopped);
-    assert!(
-        took < PROMPT,
-        "worker returned {took:?} after its session ended"
-    );
 }
 
 // A delete counter at i64::MAX cannot be incremented: it is repaired like garbage, to the

@@ -100,6 +100,51 @@ impl TestServer {
         self.run.await.unwrap().unwrap();
         while self.serving.join_next().await.is_some() {}
     }
+
+    /// Registers a [`recorder`] handler for `topic`.
+    async fn add_recorder(
+        &self,
+        topic: &TestTopic,
+        received: &Received,
+        cancel: &CancellationToken,
+    ) -> HandlerErrors {
+        self.server
+            .sync_add_handler(topic, recorder(received), cancel)
+            .await
+            .unwrap()
+    }
+}
+
+/// Starts a server with a [`recorder`] handler on the topic "topic".
+async fn start_recorded(
+    config: ServerConfig,
+) -> (TestServer, CancellationToken, TestTopic, Received) {
+    let server = TestServer::start(SERVER_ID, config, None).await;
+    let cancel = CancellationToken::new();
+    let topic = TestTopic::new("topic");
+    let received = Received::default();
+    server.add_recorder(&topic, &received, &cancel).await;
+    (server, cancel, topic, received)
+}
+
+/// Runs `client` against `addr` until `cancel` fires.
+fn spawn_run(
+    client: &MessageClient,
+    addr: &str,
+    cancel: CancellationToken,
+) -> tokio::task::JoinHandle<Result<()>> {
+    let running = client.clone();
+    let addr = addr.to_owned();
+    tokio::spawn(async move { running.run(&cancel, &addr).await })
+}
+
+/// Asserts that `client`'s ack of `topic` reaches `seq` (known) within `timeout`.
+async fn assert_acked(client: &MessageClient, topic: &str, seq: i64, timeout: Duration) {
+    assert!(
+        wait_until(timeout, || client.current_ack(topic) == (seq, true)).await,
+        "ack of {topic} is {:?}",
+        client.current_ack(topic)
+    );
 }
 
 fn meta(sender: &str, receiver: &str, epoch: i64) -> StreamMeta {
@@ -503,15 +548,7 @@ async fn server_multi_client_single_topic() {
 // completes within 500 ms.
 #[tokio::test]
 async fn server_deregister_handler() {
-    let server = TestServer::start(SERVER_ID, test_server_config(), None).await;
-    let topic = TestTopic::new("topic");
-    let cancel = CancellationToken::new();
-    let received = Received::default();
-    server
-        .server
-        .sync_add_handler(&topic, recorder(&received), &cancel)
-        .await
-        .unwrap();
+    let (server, cancel, _, received) = start_recorded(test_server_config()).await;
     let (tx, mut responses) = open_raw(&server.addr, meta("client-1", SERVER_ID, 1)).await;
     for seq in 1..=42 {
         tx.send(packet(vec![entry("topic", seq)])).await.unwrap();
@@ -601,15 +638,7 @@ async fn stream_epoch_arbitration() {
 // Case 62: every message sent twice -> each index once, in order; ack reaches 128.
 #[tokio::test]
 async fn repeated_messages_are_dropped() {
-    let server = TestServer::start(SERVER_ID, test_server_config(), None).await;
-    let topic = TestTopic::new("topic");
-    let cancel = CancellationToken::new();
-    let received = Received::default();
-    server
-        .server
-        .sync_add_handler(&topic, recorder(&received), &cancel)
-        .await
-        .unwrap();
+    let (server, _, _, received) = start_recorded(test_server_config()).await;
     let (tx, mut responses) = open_raw(&server.addr, meta("client-1", SERVER_ID, 1)).await;
     for seq in 1..=128 {
         tx.send(packet(vec![entry("topic", seq)])).await.unwrap();
@@ -808,10 +837,7 @@ async fn run_client_load(
         received.push(topic_received);
     }
     let client = MessageClient::new("client-1", SERVER_ID, test_client_config(), Arc::default());
-    let running = client.clone();
-    let addr = server.addr.clone();
-    let run_cancel = cancel.clone();
-    let run = tokio::spawn(async move { running.run(&run_cancel, &addr).await });
+    let run = spawn_run(&client, &server.addr, cancel.clone());
     let mut senders = JoinSet::new();
     for _ in 0..n_senders {
         let client = client.clone();
@@ -878,24 +904,13 @@ async fn server_restart_injected() {
 // ack 128 hold.
 #[tokio::test]
 async fn basic_nonblocking() {
-    let server = TestServer::start(SERVER_ID, test_server_config(), None).await;
-    let cancel = CancellationToken::new();
-    let topic = TestTopic::new("topic");
-    let received = Received::default();
-    server
-        .server
-        .sync_add_handler(&topic, recorder(&received), &cancel)
-        .await
-        .unwrap();
+    let (server, cancel, topic, received) = start_recorded(test_server_config()).await;
     let config = ClientConfig {
         send_channel_size: 4,
         ..test_client_config()
     };
     let client = MessageClient::new("client-1", SERVER_ID, config, Arc::default());
-    let running = client.clone();
-    let addr = server.addr.clone();
-    let run_cancel = cancel.clone();
-    let run = tokio::spawn(async move { running.run(&run_cancel, &addr).await });
+    let run = spawn_run(&client, &server.addr, cancel.clone());
     for index in 1..=128 {
         let seq = loop {
             match client.try_send_message(&topic, &TestMessage { index }) {
@@ -906,11 +921,7 @@ async fn basic_nonblocking() {
         };
         assert_eq!(seq, index);
     }
-    assert!(
-        wait_until(Duration::from_secs(10), || client.current_ack("topic")
-            == (128, true))
-        .await
-    );
+    assert_acked(&client, "topic", 128, Duration::from_secs(10)).await;
     assert_in_order(&received);
     cancel.cancel();
     run.await.unwrap().unwrap();
@@ -950,10 +961,7 @@ async fn message_back_pressure() {
         .await
         .unwrap();
     let client = MessageClient::new("client-1", SERVER_ID, test_client_config(), Arc::default());
-    let running = client.clone();
-    let addr = server.addr.clone();
-    let run_cancel = cancel.clone();
-    let run = tokio::spawn(async move { running.run(&run_cancel, &addr).await });
+    let run = spawn_run(&client, &server.addr, cancel.clone());
     let mut last = 0;
     for index in 1..=1024 {
         if index % 256 == 0 {
@@ -973,11 +981,7 @@ async fn message_back_pressure() {
             .await
             .unwrap();
     }
-    assert!(
-        wait_until(Duration::from_secs(10), || client.current_ack("topic")
-            == (last, true))
-        .await
-    );
+    assert_acked(&client, "topic", last, Duration::from_secs(10)).await;
     assert_in_order(&received);
     cancel.cancel();
     run.await.unwrap().unwrap();
@@ -992,15 +996,7 @@ async fn topic_congested_then_recovers() {
         max_pending_message_count_per_topic: 10,
         ..test_server_config()
     };
-    let server = TestServer::start(SERVER_ID, config, None).await;
-    let cancel = CancellationToken::new();
-    let topic = TestTopic::new("topic");
-    let received = Received::default();
-    server
-        .server
-        .sync_add_handler(&topic, recorder(&received), &cancel)
-        .await
-        .unwrap();
+    let (server, cancel, topic, received) = start_recorded(config).await;
     let metrics = Arc::new(Metrics::default());
     let client = MessageClient::new(
         "client-1",
@@ -1008,10 +1004,7 @@ async fn topic_congested_then_recovers() {
         test_client_config(),
         Arc::clone(&metrics),
     );
-    let running = client.clone();
-    let addr = server.addr.clone();
-    let run_cancel = cancel.clone();
-    let run = tokio::spawn(async move { running.run(&run_cancel, &addr).await });
+    let run = spawn_run(&client, &server.addr, cancel.clone());
     for index in 1..=100 {
         if index == 30 {
             server
@@ -1021,11 +1014,7 @@ async fn topic_congested_then_recovers() {
                 .unwrap();
         }
         if index == 70 {
-            server
-                .server
-                .sync_add_handler(&topic, recorder(&received), &cancel)
-                .await
-                .unwrap();
+            server.add_recorder(&topic, &received, &cancel).await;
         }
         client
             .send_message(&topic, &TestMessage { index }, &cancel)
@@ -1033,11 +1022,7 @@ async fn topic_congested_then_recovers() {
             .unwrap();
         tokio::time::sleep(Duration::from_millis(3)).await;
     }
-    assert!(
-        wait_until(Duration::from_secs(20), || client.current_ack("topic")
-            == (100, true))
-        .await
-    );
+    assert_acked(&client, "topic", 100, Duration::from_secs(20)).await;
     assert!(
         metrics.snapshot().reconnects >= 1,
         "congestion forced a reconnect"
@@ -1168,10 +1153,7 @@ async fn client_basics_against_recording_server() {
     };
     let client = MessageClient::new("node-1", "node-2", config, Arc::default());
     let cancel = CancellationToken::new();
-    let running = client.clone();
-    let addr = recording.addr.clone();
-    let run_cancel = cancel.clone();
-    let run = tokio::spawn(async move { running.run(&run_cancel, &addr).await });
+    let run = spawn_run(&client, &recording.addr, cancel.clone());
     let (stream, first) = recording.next_packet().await;
     assert_eq!(stream, 0);
     let expected = StreamMeta {
@@ -1194,11 +1176,7 @@ async fn client_basics_against_recording_server() {
     assert_eq!(client.current_ack("test-topic"), (0, true));
     assert_eq!(client.current_ack("unknown"), (0, false));
     recording.respond(0, Ok(ack_response("test-topic", 1)));
-    assert!(
-        wait_until(Duration::from_secs(5), || client.current_ack("test-topic")
-            == (1, true))
-        .await
-    );
+    assert_acked(&client, "test-topic", 1, Duration::from_secs(5)).await;
     assert_eq!(
         client
             .send_message(&topic, &TestMessage { index: 2 }, &cancel)
@@ -1226,9 +1204,7 @@ async fn client_permanent_failure() {
     let mut recording = start_recording().await;
     let client = MessageClient::new("node-1", "node-2", test_client_config(), Arc::default());
     let cancel = CancellationToken::new();
-    let running = client.clone();
-    let addr = recording.addr.clone();
-    let run = tokio::spawn(async move { running.run(&cancel, &addr).await });
+    let run = spawn_run(&client, &recording.addr, cancel);
     let (stream, _) = recording.next_packet().await;
     recording.respond(
         stream,
@@ -1276,9 +1252,7 @@ async fn client_send_anomalies() {
         Err(Error::SendTryAgain)
     ));
     let run_cancel = CancellationToken::new();
-    let running = client.clone();
-    let cancel = run_cancel.clone();
-    let run = tokio::spawn(async move { running.run(&cancel, &addr).await });
+    let run = spawn_run(&client, &addr, run_cancel.clone());
     let blocked = {
         let client = client.clone();
         let topic = topic.clone();
@@ -1614,15 +1588,7 @@ async fn retry_rate_extremes() {
         assert_eq!(config.client_retry_rate_limit, adjusted);
     }
 
-    let server = TestServer::start(SERVER_ID, test_server_config(), None).await;
-    let cancel = CancellationToken::new();
-    let topic = TestTopic::new("topic");
-    let received = Received::default();
-    server
-        .server
-        .sync_add_handler(&topic, recorder(&received), &cancel)
-        .await
-        .unwrap();
+    let (server, cancel, topic, _) = start_recorded(test_server_config()).await;
     for (i, rate) in [1e-30, 1e30, f64::INFINITY, f64::NAN, 0.0]
         .into_iter()
         .enumerate()
@@ -1632,11 +1598,8 @@ async fn retry_rate_extremes() {
             ..test_client_config()
         };
         let client = MessageClient::new(format!("client-{i}"), SERVER_ID, config, Arc::default());
-        let running = client.clone();
-        let addr = server.addr.clone();
-        let run_cancel = cancel.child_token();
-        let stop = run_cancel.clone();
-        let run = tokio::spawn(async move { running.run(&run_cancel, &addr).await });
+        let stop = cancel.child_token();
+        let run = spawn_run(&client, &server.addr, stop.clone());
         client
             .send_message(&topic, &TestMessage { index: 1 }, &cancel)
             .await
@@ -1748,10 +1711,7 @@ async fn unacked_bytes_push_back() {
     };
     let client = MessageClient::new("node-1", "node-2", config, Arc::default());
     let cancel = CancellationToken::new();
-    let running = client.clone();
-    let addr = recording.addr.clone();
-    let run_cancel = cancel.clone();
-    let run = tokio::spawn(async move { running.run(&run_cancel, &addr).await });
+    let run = spawn_run(&client, &recording.addr, cancel.clone());
     let (stream, _meta) = recording.next_packet().await;
     let topic = TestTopic::new("topic");
     for index in 1..=3 {

@@ -251,6 +251,38 @@ async fn stop_run(
     assert!(result.is_ok(), "{result:?}");
 }
 
+/// Runs a capture whose owner is an [`OwnerDouble`] and waits until it is the owner.
+async fn run_owner(
+    server: &EtcdServer,
+    etcd: &CdcEtcdClient,
+    election: &Arc<ElectionDouble>,
+) -> (
+    Arc<OwnerDouble>,
+    Arc<Capture>,
+    CancellationToken,
+    tokio::task::JoinHandle<Result<()>>,
+) {
+    let owner = Arc::new(OwnerDouble::default());
+    let parts = CaptureParts {
+        owners: Arc::new(Owners(Arc::clone(&owner))),
+        ..parts(etcd, election)
+    };
+    let capture = capture(server, etcd, parts);
+    let (cancel, run) = spawn_run(&capture);
+    wait_until(Duration::from_secs(10), || capture.is_owner()).await;
+    (owner, capture, cancel, run)
+}
+
+/// Whether the owner key of [`ElectionDouble`] exists.
+async fn owner_key_exists(client: &EtcdClient) -> bool {
+    !client
+        .get(ElectionDouble::key(), GetOptions::default())
+        .await
+        .unwrap()
+        .kvs
+        .is_empty()
+}
+
 async fn wait_until(within: Duration, mut check: impl FnMut() -> bool) {
     tokio::time::timeout(within, async {
         while !check() {
@@ -341,14 +373,7 @@ async fn drain_when_not_owner() {
 async fn drain_waits_for_the_owner_to_resign() {
     let (server, etcd) = etcd().await;
     let election = Arc::new(ElectionDouble::default());
-    let owner = Arc::new(OwnerDouble::default());
-    let parts = CaptureParts {
-        owners: Arc::new(Owners(Arc::clone(&owner))),
-        ..parts(&etcd, &election)
-    };
-    let capture = capture(&server, &etcd, parts);
-    let (cancel, run) = spawn_run(&capture);
-    wait_until(Duration::from_secs(10), || capture.is_owner()).await;
+    let (owner, capture, cancel, run) = run_owner(&server, &etcd, &election).await;
     tokio::time::timeout(Duration::from_secs(3), capture.drain())
         .await
         .expect("drain completes within 3 s");
@@ -392,12 +417,8 @@ async fn campaign_respects_liveness() {
     assert!(election.campaigned.load(Ordering::SeqCst));
     assert!(election.resigned.load(Ordering::SeqCst));
     assert!(!capture_b.is_owner());
-    let owner_keys = client
-        .get(ElectionDouble::key(), GetOptions::default())
-        .await
-        .unwrap();
     assert!(
-        owner_keys.kvs.is_empty(),
+        !owner_key_exists(&client).await,
         "the resign deleted the owner key"
     );
 }
@@ -612,12 +633,8 @@ async fn a_failed_owner_revision_after_winning_resigns() {
             "{owner_revision:?}"
         );
         assert!(!capture.is_owner());
-        let owner_keys = client
-            .get(ElectionDouble::key(), GetOptions::default())
-            .await
-            .unwrap();
         assert!(
-            owner_keys.kvs.is_empty(),
+            !owner_key_exists(&client).await,
             "{owner_revision:?}: the owner key is gone"
         );
     }
@@ -632,14 +649,7 @@ async fn drain_waits_for_a_resign_under_way() {
         resign: ResignDouble::Gated,
         ..ElectionDouble::default()
     });
-    let owner = Arc::new(OwnerDouble::default());
-    let parts = CaptureParts {
-        owners: Arc::new(Owners(Arc::clone(&owner))),
-        ..parts(&etcd, &election)
-    };
-    let capture = capture(&server, &etcd, parts);
-    let (cancel, run) = spawn_run(&capture);
-    wait_until(Duration::from_secs(10), || capture.is_owner()).await;
+    let (owner, capture, cancel, run) = run_owner(&server, &etcd, &election).await;
     // The owner finishes on its own and the capture starts resigning.
     owner.async_stop();
     wait_until(Duration::from_secs(5), || {
