@@ -25,6 +25,7 @@ mod error;
 mod go_time;
 mod ids;
 mod json;
+mod report;
 mod task;
 mod tso;
 mod upstream;
@@ -40,6 +41,7 @@ pub use ids::{
     new_capture_id, validate_changefeed_id, validate_cluster_id, validate_namespace,
 };
 pub use json::{from_json, to_go_json};
+pub use report::ErrorReport;
 pub use task::TaskPosition;
 pub use tso::{compose_ts, extract_logical, extract_physical};
 pub use upstream::UpstreamInfo;

@@ -276,12 +276,5 @@ impl Error {
 
 /// Renders an error and its chain of sources on one line.
 pub(crate) fn report(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
+    cdc_model::ErrorReport(err).to_string()
 }
