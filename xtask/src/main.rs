@@ -1,8 +1,8 @@
 //! Project automation: `cargo xtask install | tidy | test | run-cluster | bench NAME`.
 //!
 //! The xtask links none of the project's crates; it drives `cargo` and the tools that a fresh
-//! Debian machine lacks (`protoc` for etcd-client's build, `etcd` and `etcdctl` for the tests).
-//! `tidy` checks the invariants of ARCHITECTURE.md ("Checked by").
+//! Debian machine lacks (`protoc` for etcd-client's build, `etcd` and `etcdctl` for the tests,
+//! `cargo-deny` for CI). `tidy` checks the invariants of ARCHITECTURE.md ("Checked by").
 
 #![allow(
     clippy::print_stdout,
@@ -29,7 +29,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install what a fresh machine lacks (protoc, etcd, etcdctl) through apt-get.
+    /// Install what a fresh machine lacks: protoc, etcd and etcdctl through apt-get, cargo-deny
+    /// through `cargo install --locked`.
     Install,
     /// Check the workspace's invariants: layering, unused dependencies, `//!` headers, citations.
     Tidy,
@@ -54,7 +55,7 @@ enum Cmd {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Cmd::Install => install::ensure_tools(),
+        Cmd::Install => install::ensure_tools().and_then(|()| install::ensure_cargo_tools()),
         Cmd::Tidy => tidy::run(),
         Cmd::Test { args } => test(&args),
         Cmd::RunCluster(args) => run_cluster::run(args),
