@@ -1,4 +1,4 @@
-//! `CdcEtcdClient` against a real etcd: capture-spec §8 cases 16–24 and bad data.
+//! `CdcEtcdClient` against a real etcd: TiCDC's `pkg/etcd/etcd_test.go` cases and bad data.
 
 use std::collections::BTreeMap;
 

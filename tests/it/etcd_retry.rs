@@ -1,5 +1,5 @@
-//! `RetryingClient` and the error classification against a real etcd (capture-spec §2.2,
-//! §8 cases 11 and 12).
+//! `RetryingClient` and the error classification against a real etcd (TiCDC's `pkg/etcd/client.go`,
+//! with TestRetry and TestDelegateLease of `pkg/etcd/client_test.go`).
 
 use std::time::Duration;
 

@@ -1,4 +1,4 @@
-//! The etcd worker against a real etcd: capture-spec §8 cases 26–32 and 34, the delete-counter
+//! The etcd worker against a real etcd: TiCDC's `etcd_worker_test.go` cases, the delete-counter
 //! protocol with an external writer and its repair (also of a counter at `i64::MAX`), the
 //! owner fence, the compaction resync, progress notifications at a commit's revision, the
 //! worker's metrics, a prompt stop while etcd does not answer, and the backoff of failing

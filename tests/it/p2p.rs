@@ -1,7 +1,7 @@
 //! p2p over a faulty link: a TCP proxy between client and server drops connections at
 //! random points; every handler must still see every message exactly once, in order.
-//! Covers capture-spec.md §8 cases 71 (client streams broken at random) and 72 (the first
-//! streams fail), and the proxy fault test.
+//! Covers TiCDC's `pkg/p2p` client tests of client streams broken at random and of the first
+//! streams failing, and a fault test through the proxy.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -1,10 +1,11 @@
-//! Installs the external tools that building and testing need, from Debian's packages only.
+//! Installs the external tools that building, testing and CI need: Debian's packages through
+//! apt-get, and cargo subcommands through `cargo install --locked`.
 
 use std::process::Command;
 
 use anyhow::{Result, bail};
 
-use crate::run_checked;
+use crate::{cargo, run_checked};
 
 /// A tool the project needs, the Debian package that ships it, and the environment variable that
 /// may point at a binary elsewhere.
@@ -90,6 +91,43 @@ pub(crate) fn ensure_tools() -> Result<()> {
                 tool.package
             );
         }
+    }
+    Ok(())
+}
+
+/// A cargo subcommand CI needs: the crate that provides it and the subcommand's name.
+struct CargoTool {
+    krate: &'static str,
+    subcommand: &'static str,
+}
+
+/// `cargo deny check` runs the supply-chain policy of `deny.toml` in `.ci/run`.
+const CARGO_TOOLS: &[CargoTool] = &[CargoTool {
+    krate: "cargo-deny",
+    subcommand: "deny",
+}];
+
+/// Makes sure the cargo subcommands CI needs are present, building the missing ones with
+/// `cargo install --locked` (crates.io; a few minutes each).
+#[allow(
+    clippy::print_stderr,
+    reason = "a foreground command reports the installation on stderr"
+)]
+pub(crate) fn ensure_cargo_tools() -> Result<()> {
+    for tool in CARGO_TOOLS {
+        let present = cargo()
+            .args([tool.subcommand, "--version"])
+            .output()
+            .map(|out| out.status.success())
+            .unwrap_or(false);
+        if present {
+            continue;
+        }
+        eprintln!(
+            "xtask: installing {} with cargo install --locked",
+            tool.krate
+        );
+        run_checked(cargo().args(["install", "--locked", tool.krate]))?;
     }
     Ok(())
 }

@@ -1,7 +1,8 @@
-//! Project automation: `cargo xtask install | test | run-cluster | bench NAME`.
+//! Project automation: `cargo xtask install | tidy | test | run-cluster | bench NAME`.
 //!
 //! The xtask links none of the project's crates; it drives `cargo` and the tools that a fresh
-//! Debian machine lacks (`protoc` for etcd-client's build, `etcd` and `etcdctl` for the tests).
+//! Debian machine lacks (`protoc` for etcd-client's build, `etcd` and `etcdctl` for the tests,
+//! `cargo-deny` for CI). `tidy` checks the invariants of ARCHITECTURE.md ("Checked by").
 
 #![allow(
     clippy::print_stdout,
@@ -11,6 +12,7 @@
 
 mod install;
 mod run_cluster;
+mod tidy;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -27,9 +29,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install what a fresh machine lacks (protoc, etcd, etcdctl) through apt-get.
+    /// Install what a fresh machine lacks: protoc, etcd and etcdctl through apt-get, cargo-deny
+    /// through `cargo install --locked`.
     Install,
-    /// Run every test (unit, real etcd, real processes).
+    /// Check the workspace's invariants: layering, unused dependencies, `//!` headers, citations.
+    Tidy,
+    /// Run the tidy checks, then every test (unit, real etcd, real processes).
     Test {
         /// Extra arguments passed to the test runner (a filter, for example).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -50,7 +55,8 @@ enum Cmd {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Cmd::Install => install::ensure_tools(),
+        Cmd::Install => install::ensure_tools().and_then(|()| install::ensure_cargo_tools()),
+        Cmd::Tidy => tidy::run(),
         Cmd::Test { args } => test(&args),
         Cmd::RunCluster(args) => run_cluster::run(args),
         Cmd::Bench { name, args } => bench(&name, &args),
@@ -93,6 +99,7 @@ pub(crate) fn target_dir() -> PathBuf {
 }
 
 fn test(args: &[String]) -> Result<()> {
+    tidy::run()?;
     install::ensure_tools()?;
     // Multi-process tests run the real server binary: build it first and tell them where it is.
     run_checked(cargo().args(["build", "--package", "cdc-server"]))?;

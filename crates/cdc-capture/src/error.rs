@@ -218,7 +218,7 @@ fn election_restarts(err: &cdc_election::Error) -> bool {
 
 /// A worker's lost session, lost ownership, cancellation or transient etcd failure restarts the
 /// capture; a patch too large for one transaction and undecodable or invalid data exit, as in
-/// TiCDC (capture-spec §6.8).
+/// TiCDC (`cdc/capture/capture.go` in pingcap/tiflow; ARCHITECTURE.md, "Restart or exit").
 fn orchestrator_restarts(err: &cdc_orchestrator::Error) -> bool {
     match err {
         cdc_orchestrator::Error::NotOwner

@@ -1,4 +1,4 @@
-//! [`CdcEtcdClient`]: the TiCDC metadata operations of capture-spec §2.3 on one cluster.
+//! [`CdcEtcdClient`]: the TiCDC metadata operations of `pkg/etcd/etcd.go` on one cluster.
 //!
 //! Every operation goes through the [`RetryingClient`] (deletes are tried once), takes a
 //! cancellation token, and decodes values with `cdc-model`; a value that does not decode is an

@@ -1,4 +1,4 @@
-//! The etcd key layout of a TiCDC cluster (capture-spec §2.1, `docs/etcd-keys.md`).
+//! The etcd key layout of a TiCDC cluster (`docs/etcd-keys.md`; TiCDC's `pkg/etcd/etcdkey.go`).
 //!
 //! [`CdcKey::parse`] and [`CdcKey`]'s `Display` are exact inverses for every key TiCDC writes.
 //! Unlike the reference, parsing requires a `/` boundary after every fixed segment, so cluster

@@ -1,4 +1,4 @@
-//! The retrying etcd client of capture-spec §2.2 and the one retry loop it is built on.
+//! The retrying etcd client (TiCDC's `pkg/etcd/client.go`) and the one retry loop it is built on.
 //!
 //! Every call of [`RetryingClient`] runs under one deadline ([`RetryPolicy::deadline`], 30 s)
 //! that covers every attempt and backoff, makes at most [`RetryPolicy::max_tries`] (12) attempts
@@ -158,7 +158,7 @@ pub(crate) fn is_retryable_txn(err: &Error) -> bool {
     err.is_transient_etcd_error()
 }
 
-/// [`EtcdClient`] with the retries of capture-spec §2.2. Cheap to clone.
+/// [`EtcdClient`] with the retries of TiCDC's `pkg/etcd/client.go`. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct RetryingClient {
     client: EtcdClient,

@@ -1,4 +1,4 @@
-//! [`ResilientWatch`]: a watch that survives stalls and broken streams (capture-spec §2.2).
+//! [`ResilientWatch`]: a watch that survives stalls and broken streams (`pkg/etcd/client.go`).
 //!
 //! A task owned by the [`ResilientWatch`] reads the underlying watch and forwards every response
 //! through a bounded buffer, in order, never dropping one when the consumer is slow. After
@@ -13,7 +13,7 @@
 //! header, not the revision of its last event).
 //!
 //! What is forwarded: responses with events, and progress notifications (which carry a header
-//! revision the consumer must not advance to, capture-spec §9 item 6). A compaction ends the
+//! revision the consumer must not advance to, as events may still be due). A compaction ends the
 //! watch with `Err(Error::Compacted)`. `created` responses and server-side cancels other than
 //! compaction are consumed here (the latter re-open the watch).
 

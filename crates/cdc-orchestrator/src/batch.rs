@@ -1,4 +1,4 @@
-//! Batching of patch groups into transactions (capture-spec §4.4, with the copy-then-merge fix).
+//! Batching of patch groups into transactions (TiCDC's `batch.go`, with the copy-then-merge fix).
 //!
 //! Each group is evaluated on a view of its own and merged into the batch only when the batch
 //! can take it, so a group is never applied twice and a group at exactly the limit still makes

@@ -1,5 +1,5 @@
 //! [`ChangefeedReactorState`]: one changefeed's info, status and task positions, with the
-//! helper patches the owner and the processors queue on it (capture-spec §4.6). Pure.
+//! helper patches the owner and the processors queue on it (TiCDC's `reactor_state.go`). Pure.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -85,7 +85,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     /// Whether the etcd worker retries after this error instead of returning it
-    /// (capture-spec §4.3 step 6).
+    /// (as TiCDC's `pkg/orchestrator/etcd_worker.go` does).
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::EtcdTryAgain => true,

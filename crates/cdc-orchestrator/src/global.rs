@@ -1,5 +1,5 @@
 //! [`GlobalReactorState`]: the whole cluster as the owner and the processors see it: owners,
-//! captures, upstreams and changefeeds (capture-spec §4.5). Pure: the time comes in through
+//! captures, upstreams and changefeeds (TiCDC's `reactor_state.go`). Pure: time comes in through
 //! [`ReactorState::update_pending_change`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};

@@ -1,5 +1,5 @@
 //! Relative etcd key helpers: prefix normalisation, head, tail and prefix removal
-//! (capture-spec §8 case 25).
+//! (TiCDC's `pkg/orchestrator/util/key_utils.go`).
 
 use crate::error::{Error, Result};
 

@@ -2,7 +2,7 @@
 //!
 //! - [`EtcdWorker`] is the IO shell: it keeps a consistent snapshot of a key prefix, ticks a
 //!   [`Reactor`] over a [`ReactorState`] and commits the state's [`DataPatch`] groups as
-//!   compare-and-swap transactions (capture-spec §4).
+//!   compare-and-swap transactions (TiCDC's `pkg/orchestrator/etcd_worker.go`).
 //! - [`WorkerMetrics`] counts the worker's ticks, commits, conflicts, commit latency and
 //!   resyncs for a capture's `/metrics`.
 //! - [`GlobalReactorState`] and [`ChangefeedReactorState`] are TiCDC's cluster and changefeed

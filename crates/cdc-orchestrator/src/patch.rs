@@ -1,5 +1,5 @@
 //! Data patches: pure functions from the committed values to the values a transaction writes
-//! (capture-spec §4.1).
+//! (TiCDC's `pkg/orchestrator/interfaces.go`).
 //!
 //! A patch sees the values through a [`PatchView`]: the worker's committed snapshot, overlaid
 //! with the changes of the groups already accepted into the current batch, overlaid with the

@@ -1,4 +1,4 @@
-//! The reactor contracts (capture-spec §4.1).
+//! The reactor contracts (TiCDC's `pkg/orchestrator/interfaces.go`).
 
 use std::future::Future;
 use std::time::Instant;

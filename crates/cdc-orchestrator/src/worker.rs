@@ -1,6 +1,6 @@
 //! The etcd worker: the IO shell that keeps a consistent snapshot of a key prefix, ticks a
 //! reactor over it and commits the reactor's patches as compare-and-swap transactions
-//! (capture-spec §4.2–§4.4).
+//! (TiCDC's `pkg/orchestrator/etcd_worker.go`).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
@@ -520,7 +520,7 @@ impl Run {
         }
     }
 
-    /// Replaces the watch by one from `revision + 1` (capture-spec §4.3 step 3).
+    /// Replaces the watch by one from `revision + 1`, the revision after the snapshot's.
     async fn open_watch(&mut self, cancel: &CancellationToken) {
         self.close_watch().await;
         self.watch = Some(self.watch_opener.open(self.revision + 1, cancel.clone()));

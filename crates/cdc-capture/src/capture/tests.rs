@@ -1,4 +1,4 @@
-//! Cases 87–92 of capture-spec §8: the capture with doubles for the session, the election and
+//! After TiCDC's `capture_test.go`: the capture with doubles for the session, the election and
 //! the owner, on a real etcd.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

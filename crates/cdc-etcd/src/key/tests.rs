@@ -1,4 +1,4 @@
-//! Key layout tests: capture-spec §8 cases 6–9 and the malformed keys on which the reference
+//! Key layout tests: TiCDC's `etcdkey_test.go` cases and the malformed keys on which the reference
 //! panics.
 
 use super::*;
@@ -98,7 +98,7 @@ fn round_trip() {
 }
 
 /// Case 7, plus every bare key on which the reference panics and the prefix collisions it
-/// accepts (capture-spec §2.1 step 5, §9 item 22).
+/// accepts (`pkg/etcd/etcdkey.go` in pingcap/tiflow; `docs/etcd-keys.md`).
 #[test]
 fn parse_errors() {
     let ok = [

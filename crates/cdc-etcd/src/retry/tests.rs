@@ -1,4 +1,4 @@
-//! The retry loop with synthetic errors under paused time: capture-spec §8 case 11, the
+//! The retry loop with synthetic errors under paused time: TiCDC's TestRetry (`pkg/etcd`), the
 //! backoff formula, the deadline and cancellation.
 
 use std::sync::atomic::{AtomicU32, Ordering};

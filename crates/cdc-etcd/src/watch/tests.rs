@@ -1,6 +1,6 @@
-//! The forwarding loop under paused time with scripted streams: capture-spec §8 cases 13–15.
+//! The forwarding loop under paused time with scripted streams: TiCDC's `pkg/etcd` watch tests.
 //!
-//! Case 10 (RevisionFromWatchOpts) has no counterpart: Go has to dig the start revision out of
+//! TestRevisionFromWatchOpts has no counterpart: Go has to dig the start revision out of
 //! opaque option closures, while `WatchOptions::start_revision` is a plain field.
 
 use std::sync::{Arc, Mutex};

@@ -1,4 +1,4 @@
-//! State tests: capture-spec §8 cases 36–43, applying patches the way the worker does.
+//! State tests after TiCDC's `pkg/orchestrator/reactor_state_test.go`, patched as the worker does.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
