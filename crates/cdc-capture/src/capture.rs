@@ -9,7 +9,7 @@ use cdc_election::Session;
 use cdc_etcd::{
     CdcEtcdClient, Compare, CompareOp, GetOptions, RetryPolicy, RetryingClient, Txn, TxnOp, key,
 };
-use cdc_model::{AtomicLiveness, CaptureInfo, DEFAULT_NAMESPACE, Liveness};
+use cdc_model::{AtomicLiveness, CaptureInfo, DEFAULT_NAMESPACE, ErrorReport, Liveness};
 use cdc_orchestrator::{EtcdWorker, GlobalReactorState, OwnerFence};
 use cdc_p2p::{MessageRouter, MessageServer, MetricsSnapshot, ServerWrapper};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -399,10 +399,14 @@ impl Capture {
                 let group = group.clone();
                 async move {
                     let result = capture.campaign_owner(&incarnation, &group).await;
-                    if group.is_cancelled() {
-                        return Err(Error::Cancelled);
-                    }
                     match result {
+                        // An error no restart can cure (a transaction too large, a meta version
+                        // newer than this binary) ends the capture, whoever else failed too.
+                        Err(err) if !err.restarts_capture() => {
+                            warn!(error = %ErrorReport(&err), "campaign task failed for good");
+                            Err(err)
+                        }
+                        _ if group.is_cancelled() => Err(Error::Cancelled),
                         Ok(()) if capture.liveness.load() == Liveness::Stopping => {
                             // Drained: stay up without campaigning until closed.
                             group.cancelled().await;
@@ -410,7 +414,7 @@ impl Capture {
                         }
                         Ok(()) => Err(Error::Suicide),
                         Err(err) => {
-                            warn!(error = %err, "campaign task failed");
+                            warn!(error = %ErrorReport(&err), "campaign task failed, suicide");
                             Err(Error::Suicide)
                         }
                     }
@@ -483,12 +487,12 @@ impl Capture {
             };
             if let Err(err) = result {
                 group.cancel();
-                // A sibling's cancellation is a consequence; keep the root error.
-                let replace = match &first_error {
-                    None => true,
-                    Some(Error::Cancelled) => !matches!(err, Error::Cancelled),
-                    Some(_) => false,
-                };
+                // A sibling's cancellation or suicide is a consequence; keep the root error,
+                // and an error that ends the capture over one that restarts it, whichever task
+                // finished first.
+                let replace = first_error
+                    .as_ref()
+                    .is_none_or(|first| group_error_rank(&err) > group_error_rank(first));
                 if replace {
                     first_error = Some(err);
                 }
@@ -1088,6 +1092,21 @@ impl Capture {
         if let Err(err) = result {
             error!(error = %err, "capture exited");
         }
+    }
+}
+
+/// How strongly a task's error speaks for the whole group: an error that ends the capture beats
+/// any other, a root error beats a suicide, and a suicide beats a cancellation (the echo of a
+/// sibling's failure).
+fn group_error_rank(err: &Error) -> u8 {
+    if !err.restarts_capture() {
+        3
+    } else if matches!(err, Error::Cancelled) {
+        0
+    } else if matches!(err, Error::Suicide) {
+        1
+    } else {
+        2
     }
 }
 

@@ -176,15 +176,19 @@ impl ElectionFactory for Elections {
     }
 }
 
-/// An owner that runs until asked to stop.
+/// An owner that runs until asked to stop, or whose ticks fail with `fails_with`.
 #[derive(Default)]
 struct OwnerDouble {
     stopped: AtomicBool,
+    fails_with: Option<fn() -> Error>,
 }
 
 impl Owner for OwnerDouble {
     fn tick<'a>(&'a self, _state: &'a mut GlobalReactorState) -> BoxFuture<'a, Result<Tick>> {
         Box::pin(async move {
+            if let Some(error) = self.fails_with {
+                return Err(error());
+            }
             Ok(if self.stopped.load(Ordering::SeqCst) {
                 Tick::Finished
             } else {
@@ -670,4 +674,102 @@ async fn drain_waits_for_a_resign_under_way() {
         .expect("drain completes once resigned");
     assert_eq!(capture.liveness(), Liveness::Stopping);
     stop_run(&cancel, run, Duration::from_secs(15)).await;
+}
+
+/// Errors no restart can cure, as a reactor's tick may return them.
+fn fatal_errors() -> [fn() -> Error; 2] {
+    [
+        || Error::Orchestrator(cdc_orchestrator::Error::TxnSizeExceed { size: 2, max: 1 }),
+        || Error::MetaVersionTooNew {
+            found: 2,
+            supported: 1,
+        },
+    ]
+}
+
+/// Waits for `run` to end by itself (no cancellation) and returns its result.
+async fn run_result(run: tokio::task::JoinHandle<Result<()>>) -> Result<()> {
+    // Generous: the capture starts a real session and workers on a loaded machine; a capture
+    // that restarts instead never ends.
+    tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("run ends by itself instead of restarting")
+        .unwrap()
+}
+
+// §6.8: an owner whose tick fails with an error no restart can cure ends `run` with that error,
+// instead of a suicide and a restart every 20 s that moves the ownership around forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fatal_owner_error_ends_the_capture() {
+    let (server, etcd) = etcd().await;
+    for fails_with in fatal_errors() {
+        let election = Arc::new(ElectionDouble::default());
+        let owner = Arc::new(OwnerDouble {
+            fails_with: Some(fails_with),
+            ..OwnerDouble::default()
+        });
+        let parts = CaptureParts {
+            owners: Arc::new(Owners(Arc::clone(&owner))),
+            ..parts(&etcd, &election)
+        };
+        let capture = capture(&server, &etcd, parts);
+        let (_cancel, run) = spawn_run(&capture);
+        let err = run_result(run).await.unwrap_err();
+        let expected = fails_with();
+        assert_eq!(err.to_string(), expected.to_string(), "{err:?}");
+        assert!(!err.restarts_capture(), "{err:?}");
+        assert_eq!(capture.metrics().restarts.get(), 0);
+        assert!(
+            !owner_key_exists(etcd.client()).await,
+            "the owner resigned on its way out"
+        );
+    }
+}
+
+/// A processor manager whose ticks fail with `fails_with`.
+struct FailingProcessor {
+    fails_with: fn() -> Error,
+}
+
+impl ProcessorManager for FailingProcessor {
+    fn tick<'a>(&'a self, _state: &'a mut GlobalReactorState) -> BoxFuture<'a, Result<Tick>> {
+        Box::pin(async move { Err((self.fails_with)()) })
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+
+    fn write_debug_info(&self, _out: &mut String) {}
+}
+
+impl ProcessorManagerFactory for FailingProcessor {
+    fn create(
+        &self,
+        _context: ReactorContext,
+        _liveness: Arc<AtomicLiveness>,
+    ) -> Arc<dyn ProcessorManager> {
+        Arc::new(FailingProcessor {
+            fails_with: self.fails_with,
+        })
+    }
+}
+
+// The same from the processor side, while this capture is also the owner: the processor's
+// fatal error wins over the cancellation it causes in the owner's task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fatal_processor_error_ends_the_capture() {
+    let (server, etcd) = etcd().await;
+    for fails_with in fatal_errors() {
+        let election = Arc::new(ElectionDouble::default());
+        let parts = CaptureParts {
+            processors: Arc::new(FailingProcessor { fails_with }),
+            ..parts(&etcd, &election)
+        };
+        let capture = capture(&server, &etcd, parts);
+        let (_cancel, run) = spawn_run(&capture);
+        let err = run_result(run).await.unwrap_err();
+        assert_eq!(err.to_string(), fails_with().to_string(), "{err:?}");
+        assert_eq!(capture.metrics().restarts.get(), 0);
+    }
 }
