@@ -773,3 +773,199 @@ async fn a_fatal_processor_error_ends_the_capture() {
         assert_eq!(capture.metrics().restarts.get(), 0);
     }
 }
+
+/// A capture of `cluster` on `server` whose owner key is written, with the fence of that key.
+async fn migrating_capture(
+    server: &EtcdServer,
+    cluster: &str,
+) -> (Arc<Capture>, cdc_orchestrator::OwnerFence, EtcdClient) {
+    let client = server.client().await.unwrap();
+    let etcd = CdcEtcdClient::new(client.clone(), cluster).await.unwrap();
+    let mut config = config(server);
+    config.cluster_id = cluster.to_owned();
+    let capture = Capture::new(
+        config,
+        etcd.clone(),
+        CaptureParts::production(&etcd),
+        Arc::new(Metrics::new()),
+        ServerWrapper::new(&ServerConfig::default()),
+    );
+    let key = format!("{}/1", cdc_etcd::key::owner_prefix(cluster)).into_bytes();
+    let create_revision = client.put(key.clone(), "owner", 0).await.unwrap();
+    let fence = cdc_orchestrator::OwnerFence {
+        key,
+        create_revision,
+    };
+    (capture, fence, client)
+}
+
+/// The raw value under `key`, if any.
+async fn raw_value(client: &EtcdClient, key: &str) -> Option<Vec<u8>> {
+    client
+        .get(key, GetOptions::default())
+        .await
+        .unwrap()
+        .kvs
+        .into_iter()
+        .next()
+        .map(|kv| kv.value)
+}
+
+/// The default upstream key of `capture`'s cluster.
+fn default_upstream_key(capture: &Capture, cluster: &str) -> String {
+    cdc_etcd::key::upstream_key(cluster, DEFAULT_NAMESPACE, capture.etcd().etcd_cluster_id())
+}
+
+// §6.6 as product.md decides it: a meta version this binary does not know is refused with a
+// typed error and left as it is (no upstream written either), and the owner's migration and a
+// processor's wait refuse exactly the same values (`"1\n"` passed the owner and blocked every
+// processor).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_meta_version_is_refused_by_owner_and_processor_alike() {
+    let server = EtcdServer::start().await.unwrap();
+    for (n, value) in [
+        "0",
+        "abc",
+        "1\n",
+        " 1",
+        "-1",
+        "",
+        "2",
+        "18446744073709551616",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let cluster = format!("unknown-version-{n}");
+        let (capture, fence, client) = migrating_capture(&server, &cluster).await;
+        let version_key = cdc_etcd::key::meta_version_key(&cluster);
+        client.put(version_key.clone(), value, 0).await.unwrap();
+        let cancel = CancellationToken::new();
+        let owner_err = capture.migrate(&fence, &cancel).await.unwrap_err();
+        if value == "2" {
+            assert!(
+                matches!(owner_err, Error::MetaVersionTooNew { found: 2, .. }),
+                "{owner_err:?}"
+            );
+        } else {
+            assert!(
+                matches!(&owner_err, Error::MetaVersionUnknown { found, .. } if found == value),
+                "{value:?}: {owner_err:?}"
+            );
+        }
+        assert!(!owner_err.restarts_capture(), "{owner_err:?}");
+        assert!(!capture.is_ready());
+        assert_eq!(
+            raw_value(&client, &version_key).await.as_deref(),
+            Some(value.as_bytes()),
+            "{value:?} is left as it is"
+        );
+        assert_eq!(
+            raw_value(&client, &default_upstream_key(&capture, &cluster)).await,
+            None,
+            "{value:?}: no upstream written"
+        );
+        let election = Arc::new(ElectionDouble::default());
+        let processor_err = tokio::time::timeout(
+            Duration::from_secs(10),
+            capture.wait_meta_version(&incarnation(&election, &client), &cancel),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{value:?}: the processor refuses instead of waiting"))
+        .unwrap_err();
+        assert_eq!(
+            processor_err.to_string(),
+            owner_err.to_string(),
+            "{value:?}"
+        );
+        assert!(!capture.is_ready());
+    }
+}
+
+// An absent meta version is written (with the default upstream) on a cluster without
+// changefeed data, and an upstream already there is kept; with changefeed data in the
+// cluster's prefix, or legacy (pre-v6.2) changefeed data for the default cluster, the owner
+// refuses with an error naming the key and writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absent_meta_version_is_written_only_without_changefeed_data() {
+    let server = EtcdServer::start().await.unwrap();
+    let cancel = CancellationToken::new();
+    let election = Arc::new(ElectionDouble::default());
+
+    // Empty: written, and the processors pass.
+    let (capture, fence, client) = migrating_capture(&server, "empty").await;
+    capture.migrate(&fence, &cancel).await.unwrap();
+    let version_key = cdc_etcd::key::meta_version_key("empty");
+    assert_eq!(
+        raw_value(&client, &version_key).await.as_deref(),
+        Some(&b"1"[..])
+    );
+    let upstream = raw_value(&client, &default_upstream_key(&capture, "empty"))
+        .await
+        .expect("the default upstream is written");
+    let upstream: cdc_model::UpstreamInfo = cdc_model::from_json(&upstream).unwrap();
+    assert_eq!(upstream.pd_endpoints, server.endpoint());
+    assert!(capture.is_ready());
+    capture
+        .wait_meta_version(&incarnation(&election, &client), &cancel)
+        .await
+        .unwrap();
+
+    // An upstream written before the version (by an operator, say) is kept.
+    let (capture, fence, client) = migrating_capture(&server, "upstream").await;
+    let upstream_key = default_upstream_key(&capture, "upstream");
+    let custom = br#"{"id":1,"pd-endpoints":"http://elsewhere:2379"}"#;
+    client
+        .put(upstream_key.clone(), &custom[..], 0)
+        .await
+        .unwrap();
+    capture.migrate(&fence, &cancel).await.unwrap();
+    assert_eq!(
+        raw_value(&client, &cdc_etcd::key::meta_version_key("upstream"))
+            .await
+            .as_deref(),
+        Some(&b"1"[..])
+    );
+    assert_eq!(
+        raw_value(&client, &upstream_key).await.as_deref(),
+        Some(&custom[..])
+    );
+
+    // Changefeed data of this cluster without a version: refused, nothing written.
+    let (capture, fence, client) = migrating_capture(&server, "data").await;
+    let status_key = "/tidb/cdc/data/default/changefeed/status/cf-1";
+    client.put(status_key, "{}", 0).await.unwrap();
+    let err = capture.migrate(&fence, &cancel).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::UnversionedMetadata { key } if key == status_key),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains(status_key), "{err}");
+    assert!(!err.restarts_capture());
+    assert_eq!(
+        raw_value(&client, &cdc_etcd::key::meta_version_key("data")).await,
+        None
+    );
+    assert_eq!(
+        raw_value(&client, &default_upstream_key(&capture, "data")).await,
+        None
+    );
+    assert!(!capture.is_ready());
+
+    // Legacy changefeed data and the default cluster: refused, naming the legacy key.
+    let (capture, fence, client) = migrating_capture(&server, "default").await;
+    let legacy_key = "/tidb/cdc/changefeed/info/old-feed";
+    client.put(legacy_key, "{}", 0).await.unwrap();
+    let err = capture.migrate(&fence, &cancel).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::LegacyMetadata { key } if key == legacy_key),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("pre-v6.2"), "{err}");
+    assert!(!err.restarts_capture());
+    assert_eq!(
+        raw_value(&client, &cdc_etcd::key::meta_version_key("default")).await,
+        None
+    );
+    assert!(!capture.is_ready());
+}
