@@ -946,7 +946,8 @@ impl Capture {
 
     /// The processor's side of the meta-version gate: polls every second until the version is
     /// the current one (warning every 5 s). A version this binary does not know ends the wait
-    /// with the owner's error.
+    /// with the owner's error. Every read is raced against the session's end, so a lease lost
+    /// while etcd hangs surfaces as a suicide at once, not after the read's retries.
     async fn wait_meta_version(
         &self,
         incarnation: &Incarnation,
@@ -954,7 +955,11 @@ impl Capture {
     ) -> Result<()> {
         let mut polls = 0_u32;
         loop {
-            let read = self.read_meta_version(cancel).await;
+            let read = tokio::select! {
+                () = cancel.cancelled() => return Err(Error::Cancelled),
+                () = incarnation.session_done.cancelled() => return Err(Error::Suicide),
+                read = self.read_meta_version(cancel) => read,
+            };
             match read {
                 Ok((_, MetaVersion::Current)) => {
                     self.migrate_done.store(true, Ordering::SeqCst);

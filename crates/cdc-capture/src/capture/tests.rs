@@ -969,3 +969,30 @@ async fn an_absent_meta_version_is_written_only_without_changefeed_data() {
     );
     assert!(!capture.is_ready());
 }
+
+// A processor waiting for the meta version while etcd hangs sees its session end at once: the
+// read (which the retrying client would keep up for 30 s) is raced against the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_meta_version_wait_ends_with_the_session_while_etcd_hangs() {
+    let (mut server, etcd) = etcd().await;
+    let client = etcd.client().clone();
+    let election = Arc::new(ElectionDouble::default());
+    let capture = capture(&server, &etcd, parts(&etcd, &election));
+    let incarnation = incarnation(&election, &client);
+    server.pause().unwrap();
+    let cancel = CancellationToken::new();
+    let wait = capture.wait_meta_version(&incarnation, &cancel);
+    let lose_the_session = async {
+        // Let the wait reach its read first.
+        tokio::task::yield_now().await;
+        incarnation.session_done.cancel();
+    };
+    // Generous for a loaded machine, and far below the read's own 30 s.
+    let (result, ()) = tokio::time::timeout(Duration::from_secs(5), async {
+        tokio::join!(wait, lose_the_session)
+    })
+    .await
+    .expect("the wait ends with the session");
+    assert!(matches!(result, Err(Error::Suicide)), "{result:?}");
+    server.resume().unwrap();
+}
