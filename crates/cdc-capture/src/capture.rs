@@ -12,6 +12,7 @@ use cdc_etcd::{
 use cdc_model::{AtomicLiveness, CaptureInfo, DEFAULT_NAMESPACE, ErrorReport, Liveness};
 use cdc_orchestrator::{EtcdWorker, GlobalReactorState, OwnerFence};
 use cdc_p2p::{MessageRouter, MessageServer, MetricsSnapshot, ServerWrapper};
+use futures::future::BoxFuture;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -25,7 +26,7 @@ use crate::metrics::Metrics;
 use crate::pool::InitPool;
 use crate::reactor::{
     CaptureState, Controller, ControllerFactory, MinimalReactors, Owner, OwnerFactory,
-    ProcessorManager, ProcessorManagerFactory, ReactorContext, Role, WorkerReactor,
+    ProcessorManager, ProcessorManagerFactory, ReactorContext, Role, Tick, WorkerReactor,
     default_upstream,
 };
 use crate::session::{EtcdSessionFactory, SessionFactory};
@@ -116,7 +117,9 @@ pub struct Capture {
     p2p: ServerWrapper,
     liveness: Arc<AtomicLiveness>,
     state: Mutex<Current>,
-    is_owner_tx: watch::Sender<bool>,
+    /// True from a won campaign to the resign: the drain waits for it to go down. `is_owner()`
+    /// answers from the published owner instead, which only a confirmed owner is.
+    owner_term_tx: watch::Sender<bool>,
     migrate_done: AtomicBool,
     restart_limiter: DefaultDirectRateLimiter,
     campaign_limiter: DefaultDirectRateLimiter,
@@ -160,7 +163,7 @@ impl Capture {
             p2p,
             liveness: Arc::new(AtomicLiveness::default()),
             state: Mutex::new(Current::default()),
-            is_owner_tx: watch::channel(false).0,
+            owner_term_tx: watch::channel(false).0,
             migrate_done: AtomicBool::new(false),
             restart_limiter: RateLimiter::direct(restart_quota),
             campaign_limiter: RateLimiter::direct(campaign_quota),
@@ -633,14 +636,11 @@ impl Capture {
             let context = self.reactor_context(incarnation, owner_revision);
             let owner = self.parts.owners.create(context.clone());
             let controller = self.parts.controllers.create(context);
-            {
-                // `is_owner` goes up with the owner, under the lock: a drain that finds the
-                // owner finds `is_owner` set too, and waits for the resign.
-                let mut state = self.state();
-                self.is_owner_tx.send_replace(true);
-                state.owner = Some(Arc::clone(&owner));
-                state.controller = Some(Arc::clone(&controller));
-            }
+            // The term starts now, for the drain (which waits for the resign); the owner and
+            // the controller are published only once confirmed: after the migration, on their
+            // fenced worker's first tick, which comes after a first snapshot that holds our
+            // owner key.
+            self.owner_term_tx.send_replace(true);
             // A drain that raced with the election must still stop this owner.
             if self.liveness.load() == Liveness::Stopping {
                 owner.async_stop();
@@ -649,13 +649,42 @@ impl Capture {
                 key: fence.key,
                 create_revision: fence.create_revision,
             };
-            // Boxed: the worker's future is large and the campaign loop's callers hold it.
-            let result = Box::pin(async {
-                self.migrate(&fence, cancel).await?;
-                self.run_owner_workers(&owner, &controller, incarnation, &fence, cancel)
+            let (owner_confirmed_tx, owner_confirmed_rx) = watch::channel(false);
+            let (controller_confirmed_tx, controller_confirmed_rx) = watch::channel(false);
+            let confirming_owner: Arc<dyn Owner> = Arc::new(ConfirmingOwner {
+                owner: Arc::clone(&owner),
+                confirmed: owner_confirmed_tx,
+            });
+            let confirming_controller: Arc<dyn Controller> = Arc::new(ConfirmingController {
+                controller: Arc::clone(&controller),
+                confirmed: controller_confirmed_tx,
+            });
+            let term_over = CancellationToken::new();
+            let workers = async {
+                // Boxed: the worker's future is large and the campaign loop's callers hold it.
+                let result = Box::pin(async {
+                    self.migrate(&fence, cancel).await?;
+                    self.run_owner_workers(
+                        &confirming_owner,
+                        &confirming_controller,
+                        incarnation,
+                        &fence,
+                        cancel,
+                    )
                     .await
-            })
-            .await;
+                })
+                .await;
+                term_over.cancel();
+                result
+            };
+            let publish = self.publish_when_confirmed(
+                &owner,
+                &controller,
+                owner_confirmed_rx,
+                controller_confirmed_rx,
+                &term_over,
+            );
+            let (result, ()) = tokio::join!(workers, publish);
             owner.async_stop();
             controller.async_stop();
             {
@@ -663,16 +692,52 @@ impl Capture {
                 state.owner = None;
                 state.controller = None;
             }
-            // `is_owner` goes down only after the resign: a drain meanwhile waits for it.
+            // The term ends only after the resign: a drain meanwhile waits for it.
             let resigned = if matches!(result, Err(Error::NotOwner)) {
                 Ok(())
             } else {
                 self.resign(incarnation).await
             };
-            self.is_owner_tx.send_replace(false);
+            self.owner_term_tx.send_replace(false);
             info!(result = ?result.as_ref().err(), "owner stopped");
             result?;
             resigned?;
+        }
+    }
+
+    /// Publishes the owner (and with it `is_owner`), then the controller, each once its worker
+    /// confirmed it, unless the term is over first. A drain that did not find the owner
+    /// published finds Stopping set here, and the owner stops.
+    async fn publish_when_confirmed(
+        &self,
+        owner: &Arc<dyn Owner>,
+        controller: &Arc<dyn Controller>,
+        mut owner_confirmed: watch::Receiver<bool>,
+        mut controller_confirmed: watch::Receiver<bool>,
+        term_over: &CancellationToken,
+    ) {
+        tokio::select! {
+            biased;
+            () = term_over.cancelled() => return,
+            confirmed = owner_confirmed.wait_for(|confirmed| *confirmed) => {
+                if confirmed.is_err() {
+                    return;
+                }
+            }
+        }
+        self.state().owner = Some(Arc::clone(owner));
+        info!("the owner is confirmed by its first snapshot");
+        if self.liveness.load() == Liveness::Stopping {
+            owner.async_stop();
+        }
+        tokio::select! {
+            biased;
+            () = term_over.cancelled() => {}
+            confirmed = controller_confirmed.wait_for(|confirmed| *confirmed) => {
+                if confirmed.is_ok() {
+                    self.state().controller = Some(Arc::clone(controller));
+                }
+            }
         }
     }
 
@@ -1081,12 +1146,12 @@ impl Capture {
         if self.liveness.store_stopping() {
             info!("capture draining");
         }
-        // `is_owner` is set before the owner is published and cleared after its resign, so
-        // it also covers an owner that is stepping down (no longer published, key not yet
-        // resigned).
+        // The term starts before the owner is published and ends after its resign, so it
+        // also covers an owner that is not confirmed yet (it sees Stopping when published) and
+        // one that is stepping down (no longer published, key not yet resigned).
         let (owner, mut is_owner_rx) = {
             let state = self.state();
-            (state.owner.clone(), self.is_owner_tx.subscribe())
+            (state.owner.clone(), self.owner_term_tx.subscribe())
         };
         if let Some(owner) = owner {
             owner.async_stop();
@@ -1228,6 +1293,47 @@ impl Capture {
         if let Err(err) = result {
             error!(error = %err, "capture exited");
         }
+    }
+}
+
+/// An owner that reports its first tick: its fenced worker has loaded a snapshot holding our
+/// owner key, after the migration.
+struct ConfirmingOwner {
+    owner: Arc<dyn Owner>,
+    confirmed: watch::Sender<bool>,
+}
+
+impl Owner for ConfirmingOwner {
+    fn tick<'a>(&'a self, state: &'a mut GlobalReactorState) -> BoxFuture<'a, Result<Tick>> {
+        self.confirmed
+            .send_if_modified(|confirmed| !std::mem::replace(confirmed, true));
+        self.owner.tick(state)
+    }
+
+    fn async_stop(&self) {
+        self.owner.async_stop();
+    }
+}
+
+/// A controller that reports its first tick, as [`ConfirmingOwner`] does.
+struct ConfirmingController {
+    controller: Arc<dyn Controller>,
+    confirmed: watch::Sender<bool>,
+}
+
+impl Controller for ConfirmingController {
+    fn tick<'a>(&'a self, state: &'a mut GlobalReactorState) -> BoxFuture<'a, Result<Tick>> {
+        self.confirmed
+            .send_if_modified(|confirmed| !std::mem::replace(confirmed, true));
+        self.controller.tick(state)
+    }
+
+    fn async_stop(&self) {
+        self.controller.async_stop();
+    }
+
+    fn captures(&self) -> Vec<CaptureInfo> {
+        self.controller.captures()
     }
 }
 

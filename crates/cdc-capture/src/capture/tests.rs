@@ -78,6 +78,7 @@ struct ElectionDouble {
     resign: ResignDouble,
     resign_gate: tokio::sync::Notify,
     owner_revision: OwnerRevisionDouble,
+    owner_revision_gate: tokio::sync::Notify,
 }
 
 /// What the election double's `owner_revision` does.
@@ -90,6 +91,8 @@ enum OwnerRevisionDouble {
     Fails,
     /// Never returns.
     Hangs,
+    /// Waits for `owner_revision_gate`, then answers.
+    Gated,
 }
 
 /// What the election double's resign does.
@@ -161,6 +164,7 @@ impl Election for ElectionDouble {
                 OwnerRevisionDouble::Answers => {}
                 OwnerRevisionDouble::Fails => return Err(Error::Etcd(unavailable())),
                 OwnerRevisionDouble::Hangs => futures::future::pending::<()>().await,
+                OwnerRevisionDouble::Gated => self.owner_revision_gate.notified().await,
             }
             self.revision.get().copied().ok_or(Error::OwnerNotFound)
         })
@@ -179,6 +183,7 @@ impl ElectionFactory for Elections {
 /// An owner that runs until asked to stop, or whose ticks fail with `fails_with`.
 #[derive(Default)]
 struct OwnerDouble {
+    created: AtomicBool,
     stopped: AtomicBool,
     fails_with: Option<fn() -> Error>,
 }
@@ -206,6 +211,7 @@ struct Owners(Arc<OwnerDouble>);
 
 impl OwnerFactory for Owners {
     fn create(&self, _context: ReactorContext) -> Arc<dyn Owner> {
+        self.0.created.store(true, Ordering::SeqCst);
         Arc::clone(&self.0) as Arc<dyn Owner>
     }
 }
@@ -995,4 +1001,95 @@ async fn the_meta_version_wait_ends_with_the_session_while_etcd_hangs() {
     .expect("the wait ends with the session");
     assert!(matches!(result, Err(Error::Suicide)), "{result:?}");
     server.resume().unwrap();
+}
+
+/// Sends `request` to the capture's HTTP routes and returns the status and the JSON body.
+async fn http_call(
+    capture: &Arc<Capture>,
+    request: http::Request<axum::body::Body>,
+) -> (http::StatusCode, serde_json::Value) {
+    use tower::ServiceExt as _;
+    let response = crate::http::router(Arc::clone(capture))
+        .oneshot(request)
+        .await
+        .unwrap();
+    let status = response.status();
+    let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    (status, serde_json::from_slice(&body).unwrap())
+}
+
+// §6.1: a capture that won the campaign is not published as owner (`is_owner`, `/status`,
+// owner-only requests) until its owner is confirmed: migration done and the fenced worker's
+// first snapshot taken. Here etcd hangs right after the win, so neither can happen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unconfirmed_owner_is_not_published() {
+    let (mut server, etcd) = etcd().await;
+    let election = Arc::new(ElectionDouble {
+        owner_revision: OwnerRevisionDouble::Gated,
+        ..ElectionDouble::default()
+    });
+    let owner = Arc::new(OwnerDouble::default());
+    let parts = CaptureParts {
+        owners: Arc::new(Owners(Arc::clone(&owner))),
+        ..parts(&etcd, &election)
+    };
+    let capture = capture(&server, &etcd, parts);
+    let (cancel, run) = spawn_run(&capture);
+    wait_until(Duration::from_secs(10), || {
+        election.revision.get().is_some()
+    })
+    .await;
+    server.pause().unwrap();
+    election.owner_revision_gate.notify_one();
+    wait_until(Duration::from_secs(5), || {
+        owner.created.load(Ordering::SeqCst)
+    })
+    .await;
+    // The owner exists now; an early publish would follow at once, without any await.
+    let published = tokio::time::timeout(Duration::from_millis(500), async {
+        while !capture.is_owner() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(published.is_err(), "published before confirmation");
+    assert!(matches!(capture.get_owner(), Err(Error::NotOwner)));
+    assert!(capture.status_provider().is_none());
+    let (status, body) = http_call(
+        &capture,
+        http::Request::get("/status")
+            .body(axum::body::Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, http::StatusCode::OK);
+    assert_eq!(body["is_owner"], false, "{body}");
+    // An owner-only request (forwarded here, so not forwarded again) does not act.
+    let (status, body) = http_call(
+        &capture,
+        http::Request::post("/api/v2/owner/resign")
+            .header(crate::http::FORWARD_HEADER, "another-capture")
+            .body(axum::body::Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, http::StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        !owner.stopped.load(Ordering::SeqCst),
+        "the resign did not act"
+    );
+    // Once etcd answers, the migration and the first snapshot confirm the owner.
+    server.resume().unwrap();
+    wait_until(Duration::from_secs(20), || capture.is_owner()).await;
+    let (_, body) = http_call(
+        &capture,
+        http::Request::get("/status")
+            .body(axum::body::Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(body["is_owner"], true, "{body}");
+    stop_run(&cancel, run, Duration::from_secs(15)).await;
 }
