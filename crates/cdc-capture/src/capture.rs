@@ -29,7 +29,7 @@ use crate::reactor::{
     ProcessorManager, ProcessorManagerFactory, ReactorContext, Role, Tick, WorkerReactor,
     default_upstream,
 };
-use crate::session::{EtcdSessionFactory, SessionFactory};
+use crate::session::{EtcdSessionFactory, SESSION_CLOSE_BUDGET, SessionFactory};
 
 /// The deadline for deleting the capture's keys on exit.
 const CLEAN_META_TIMEOUT: Duration = Duration::from_secs(10);
@@ -39,9 +39,6 @@ const OWNER_LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
 const META_VERSION_POLL: Duration = Duration::from_secs(1);
 /// How long the lease check after a worker error may take, retries included.
 const LEASE_CHECK_DEADLINE: Duration = Duration::from_secs(5);
-/// How long closing an incarnation's session (stopping its keep-alive and revoking its lease)
-/// may take.
-const SESSION_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How many times the owner tries to write the meta version when a concurrent write beat it.
 const MIGRATE_ATTEMPTS: usize = 3;
 /// The cluster that inherits the metadata of the pre-v6.2 layout.
@@ -261,7 +258,7 @@ impl Capture {
             state.session.replace(Arc::clone(&session))
         };
         if let Some(previous) = previous {
-            close_bounded(&previous).await;
+            self.close_bounded(&previous).await;
         }
         let lease_id = session.lease_id();
         let election = self.parts.elections.create(
@@ -343,12 +340,49 @@ impl Capture {
         result
     }
 
-    /// Closes the current session, if any, within [`SESSION_CLOSE_TIMEOUT`]: stops its
+    /// Closes the current session, if any, within [`SESSION_CLOSE_BUDGET`]: stops its
     /// keep-alive and revokes its lease. A lease left by a failed close expires on its own.
     async fn close_session(&self) {
         let session = self.state().session.take();
         if let Some(session) = session {
-            close_bounded(&session).await;
+            self.close_bounded(&session).await;
+        }
+    }
+
+    /// Closes `session` within [`SESSION_CLOSE_BUDGET`], the one budget of the join and the
+    /// revoke: [`Session::close`] bounds each by half of it (the factory grants it so), and
+    /// a revoke that failed (etcd hung for a moment) is retried in what is left, so the lease
+    /// and every key on it go now, not one TTL later. A failure is logged.
+    async fn close_bounded(&self, session: &Session) {
+        let deadline = tokio::time::Instant::now() + SESSION_CLOSE_BUDGET;
+        let lease_id = session.lease_id();
+        match tokio::time::timeout_at(deadline, session.close()).await {
+            Ok(Ok(())) => return,
+            Ok(Err(err)) => {
+                warn!(error = %ErrorReport(&err), "closing the session failed, revoking its lease again");
+            }
+            Err(_) => warn!("closing the session ran out of its budget"),
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            warn!("the session's lease expires on its own");
+            return;
+        }
+        let policy = RetryPolicy {
+            deadline: left,
+            ..self.etcd.retrying().policy().clone()
+        };
+        let retrying = RetryingClient::with_policy(self.etcd.client().clone(), policy);
+        let never = CancellationToken::new();
+        let revoke = retrying.lease_revoke(lease_id, &never);
+        match tokio::time::timeout(left, revoke).await {
+            Ok(Ok(()) | Err(cdc_etcd::Error::LeaseNotFound { .. })) => {
+                info!(lease_id = %format_args!("{lease_id:x}"), "session lease revoked");
+            }
+            Ok(Err(err)) => {
+                warn!(error = %ErrorReport(&err), "revoking the session's lease failed; it expires on its own");
+            }
+            Err(_) => warn!("revoking the session's lease timed out; it expires on its own"),
         }
     }
 
@@ -1357,15 +1391,6 @@ fn is_cancelled(err: &Error) -> bool {
         err.root_cause(),
         Error::Cancelled | Error::Election(cdc_election::Error::Cancelled)
     )
-}
-
-/// Closes `session` within [`SESSION_CLOSE_TIMEOUT`]; a failure is logged.
-async fn close_bounded(session: &Session) {
-    match tokio::time::timeout(SESSION_CLOSE_TIMEOUT, session.close()).await {
-        Ok(Ok(())) => {}
-        Ok(Err(err)) => warn!(error = %err, "closing the session failed"),
-        Err(_) => warn!("closing the session timed out; its lease expires on its own"),
-    }
 }
 
 /// The meta version in etcd as the gate reads it.

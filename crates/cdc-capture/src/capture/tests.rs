@@ -1093,3 +1093,44 @@ async fn an_unconfirmed_owner_is_not_published() {
     assert_eq!(body["is_owner"], true, "{body}");
     stop_run(&cancel, run, Duration::from_secs(15)).await;
 }
+
+// The close of a session has one budget for its join and its revoke, honoured by the capture:
+// with etcd frozen for a while as the capture closes its session, the revoke still happens
+// once etcd answers within the budget, and the lease (with every key on it, the owner key
+// included) goes then, not one TTL later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_session_is_revoked_after_an_etcd_freeze() {
+    let (mut server, etcd) = etcd().await;
+    let client = etcd.client().clone();
+    let capture = capture(&server, &etcd, CaptureParts::production(&etcd));
+    let ttl = 60;
+    let session = capture
+        .parts
+        .sessions
+        .grant(ttl, &CancellationToken::new())
+        .await
+        .unwrap();
+    let lease_id = session.lease_id();
+    let owner_key = format!("{}/{lease_id:x}", cdc_etcd::key::owner_prefix(CLUSTER));
+    client.put(owner_key.clone(), "me", lease_id).await.unwrap();
+    server.pause().unwrap();
+    // Boxed: the close's future is large.
+    let close = Box::pin(capture.close_bounded(&session));
+    let freeze = async {
+        // The fault: etcd answers nothing for 6 s once the close has begun, longer than the
+        // half of the budget that a revoke attempt gets, shorter than the whole.
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        server.resume().unwrap();
+    };
+    tokio::time::timeout(SESSION_CLOSE_BUDGET + Duration::from_secs(10), async {
+        tokio::join!(close, freeze)
+    })
+    .await
+    .expect("the close keeps to its budget");
+    assert_eq!(
+        client.lease_time_to_live(lease_id).await.unwrap().ttl,
+        -1,
+        "the lease is revoked, not left to expire in {ttl} s"
+    );
+    assert_eq!(raw_value(&client, &owner_key).await, None);
+}
