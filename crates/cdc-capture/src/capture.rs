@@ -39,6 +39,11 @@ const OWNER_LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
 const META_VERSION_POLL: Duration = Duration::from_secs(1);
 /// How long the lease check after a worker error may take, retries included.
 const LEASE_CHECK_DEADLINE: Duration = Duration::from_secs(5);
+/// How long `Capture::run` may take to return once cancelled, at most: the owner's resign,
+/// the deletion of the capture's keys and the session's close, each within its own deadline.
+pub const STOP_BUDGET: Duration = Duration::from_secs(
+    RESIGN_TIMEOUT.as_secs() + CLEAN_META_TIMEOUT.as_secs() + SESSION_CLOSE_BUDGET.as_secs(),
+);
 /// How many times the owner tries to write the meta version when a concurrent write beat it.
 const MIGRATE_ATTEMPTS: usize = 3;
 /// The cluster that inherits the metadata of the pre-v6.2 layout.
