@@ -9,9 +9,10 @@ use cdc_election::Session;
 use cdc_etcd::{
     CdcEtcdClient, Compare, CompareOp, GetOptions, RetryPolicy, RetryingClient, Txn, TxnOp, key,
 };
-use cdc_model::{AtomicLiveness, CaptureInfo, DEFAULT_NAMESPACE, Liveness};
+use cdc_model::{AtomicLiveness, CaptureInfo, DEFAULT_NAMESPACE, ErrorReport, Liveness};
 use cdc_orchestrator::{EtcdWorker, GlobalReactorState, OwnerFence};
 use cdc_p2p::{MessageRouter, MessageServer, MetricsSnapshot, ServerWrapper};
+use futures::future::BoxFuture;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -25,10 +26,10 @@ use crate::metrics::Metrics;
 use crate::pool::InitPool;
 use crate::reactor::{
     CaptureState, Controller, ControllerFactory, MinimalReactors, Owner, OwnerFactory,
-    ProcessorManager, ProcessorManagerFactory, ReactorContext, Role, WorkerReactor,
+    ProcessorManager, ProcessorManagerFactory, ReactorContext, Role, Tick, WorkerReactor,
     default_upstream,
 };
-use crate::session::{EtcdSessionFactory, SessionFactory};
+use crate::session::{EtcdSessionFactory, SESSION_CLOSE_BUDGET, SessionFactory};
 
 /// The deadline for deleting the capture's keys on exit.
 const CLEAN_META_TIMEOUT: Duration = Duration::from_secs(10);
@@ -38,9 +39,15 @@ const OWNER_LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
 const META_VERSION_POLL: Duration = Duration::from_secs(1);
 /// How long the lease check after a worker error may take, retries included.
 const LEASE_CHECK_DEADLINE: Duration = Duration::from_secs(5);
-/// How long closing an incarnation's session (stopping its keep-alive and revoking its lease)
-/// may take.
-const SESSION_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long `Capture::run` may take to return once cancelled, at most: the owner's resign,
+/// the deletion of the capture's keys and the session's close, each within its own deadline.
+pub const STOP_BUDGET: Duration = Duration::from_secs(
+    RESIGN_TIMEOUT.as_secs() + CLEAN_META_TIMEOUT.as_secs() + SESSION_CLOSE_BUDGET.as_secs(),
+);
+/// How many times the owner tries to write the meta version when a concurrent write beat it.
+const MIGRATE_ATTEMPTS: usize = 3;
+/// The cluster that inherits the metadata of the pre-v6.2 layout.
+const DEFAULT_CLUSTER_ID: &str = "default";
 /// Workers of the changefeed-initialisation pool.
 pub const CHANGEFEED_INIT_WORKERS: usize = 8;
 
@@ -112,7 +119,9 @@ pub struct Capture {
     p2p: ServerWrapper,
     liveness: Arc<AtomicLiveness>,
     state: Mutex<Current>,
-    is_owner_tx: watch::Sender<bool>,
+    /// True from a won campaign to the resign: the drain waits for it to go down. `is_owner()`
+    /// answers from the published owner instead, which only a confirmed owner is.
+    owner_term_tx: watch::Sender<bool>,
     migrate_done: AtomicBool,
     restart_limiter: DefaultDirectRateLimiter,
     campaign_limiter: DefaultDirectRateLimiter,
@@ -156,7 +165,7 @@ impl Capture {
             p2p,
             liveness: Arc::new(AtomicLiveness::default()),
             state: Mutex::new(Current::default()),
-            is_owner_tx: watch::channel(false).0,
+            owner_term_tx: watch::channel(false).0,
             migrate_done: AtomicBool::new(false),
             restart_limiter: RateLimiter::direct(restart_quota),
             campaign_limiter: RateLimiter::direct(campaign_quota),
@@ -254,7 +263,7 @@ impl Capture {
             state.session.replace(Arc::clone(&session))
         };
         if let Some(previous) = previous {
-            close_bounded(&previous).await;
+            self.close_bounded(&previous).await;
         }
         let lease_id = session.lease_id();
         let election = self.parts.elections.create(
@@ -336,12 +345,49 @@ impl Capture {
         result
     }
 
-    /// Closes the current session, if any, within [`SESSION_CLOSE_TIMEOUT`]: stops its
+    /// Closes the current session, if any, within [`SESSION_CLOSE_BUDGET`]: stops its
     /// keep-alive and revokes its lease. A lease left by a failed close expires on its own.
     async fn close_session(&self) {
         let session = self.state().session.take();
         if let Some(session) = session {
-            close_bounded(&session).await;
+            self.close_bounded(&session).await;
+        }
+    }
+
+    /// Closes `session` within [`SESSION_CLOSE_BUDGET`], the one budget of the join and the
+    /// revoke: [`Session::close`] bounds each by half of it (the factory grants it so), and
+    /// a revoke that failed (etcd hung for a moment) is retried in what is left, so the lease
+    /// and every key on it go now, not one TTL later. A failure is logged.
+    async fn close_bounded(&self, session: &Session) {
+        let deadline = tokio::time::Instant::now() + SESSION_CLOSE_BUDGET;
+        let lease_id = session.lease_id();
+        match tokio::time::timeout_at(deadline, session.close()).await {
+            Ok(Ok(())) => return,
+            Ok(Err(err)) => {
+                warn!(error = %ErrorReport(&err), "closing the session failed, revoking its lease again");
+            }
+            Err(_) => warn!("closing the session ran out of its budget"),
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            warn!("the session's lease expires on its own");
+            return;
+        }
+        let policy = RetryPolicy {
+            deadline: left,
+            ..self.etcd.retrying().policy().clone()
+        };
+        let retrying = RetryingClient::with_policy(self.etcd.client().clone(), policy);
+        let never = CancellationToken::new();
+        let revoke = retrying.lease_revoke(lease_id, &never);
+        match tokio::time::timeout(left, revoke).await {
+            Ok(Ok(()) | Err(cdc_etcd::Error::LeaseNotFound { .. })) => {
+                info!(lease_id = %format_args!("{lease_id:x}"), "session lease revoked");
+            }
+            Ok(Err(err)) => {
+                warn!(error = %ErrorReport(&err), "revoking the session's lease failed; it expires on its own");
+            }
+            Err(_) => warn!("revoking the session's lease timed out; it expires on its own"),
         }
     }
 
@@ -399,10 +445,14 @@ impl Capture {
                 let group = group.clone();
                 async move {
                     let result = capture.campaign_owner(&incarnation, &group).await;
-                    if group.is_cancelled() {
-                        return Err(Error::Cancelled);
-                    }
                     match result {
+                        // An error no restart can cure (a transaction too large, a meta version
+                        // newer than this binary) ends the capture, whoever else failed too.
+                        Err(err) if !err.restarts_capture() => {
+                            warn!(error = %ErrorReport(&err), "campaign task failed for good");
+                            Err(err)
+                        }
+                        _ if group.is_cancelled() => Err(Error::Cancelled),
                         Ok(()) if capture.liveness.load() == Liveness::Stopping => {
                             // Drained: stay up without campaigning until closed.
                             group.cancelled().await;
@@ -410,7 +460,7 @@ impl Capture {
                         }
                         Ok(()) => Err(Error::Suicide),
                         Err(err) => {
-                            warn!(error = %err, "campaign task failed");
+                            warn!(error = %ErrorReport(&err), "campaign task failed, suicide");
                             Err(Error::Suicide)
                         }
                     }
@@ -483,12 +533,12 @@ impl Capture {
             };
             if let Err(err) = result {
                 group.cancel();
-                // A sibling's cancellation is a consequence; keep the root error.
-                let replace = match &first_error {
-                    None => true,
-                    Some(Error::Cancelled) => !matches!(err, Error::Cancelled),
-                    Some(_) => false,
-                };
+                // A sibling's cancellation or suicide is a consequence; keep the root error,
+                // and an error that ends the capture over one that restarts it, whichever task
+                // finished first.
+                let replace = first_error
+                    .as_ref()
+                    .is_none_or(|first| group_error_rank(&err) > group_error_rank(first));
                 if replace {
                     first_error = Some(err);
                 }
@@ -625,14 +675,11 @@ impl Capture {
             let context = self.reactor_context(incarnation, owner_revision);
             let owner = self.parts.owners.create(context.clone());
             let controller = self.parts.controllers.create(context);
-            {
-                // `is_owner` goes up with the owner, under the lock: a drain that finds the
-                // owner finds `is_owner` set too, and waits for the resign.
-                let mut state = self.state();
-                self.is_owner_tx.send_replace(true);
-                state.owner = Some(Arc::clone(&owner));
-                state.controller = Some(Arc::clone(&controller));
-            }
+            // The term starts now, for the drain (which waits for the resign); the owner and
+            // the controller are published only once confirmed: after the migration, on their
+            // fenced worker's first tick, which comes after a first snapshot that holds our
+            // owner key.
+            self.owner_term_tx.send_replace(true);
             // A drain that raced with the election must still stop this owner.
             if self.liveness.load() == Liveness::Stopping {
                 owner.async_stop();
@@ -641,13 +688,42 @@ impl Capture {
                 key: fence.key,
                 create_revision: fence.create_revision,
             };
-            // Boxed: the worker's future is large and the campaign loop's callers hold it.
-            let result = Box::pin(async {
-                self.migrate(&fence, cancel).await?;
-                self.run_owner_workers(&owner, &controller, incarnation, &fence, cancel)
+            let (owner_confirmed_tx, owner_confirmed_rx) = watch::channel(false);
+            let (controller_confirmed_tx, controller_confirmed_rx) = watch::channel(false);
+            let confirming_owner: Arc<dyn Owner> = Arc::new(ConfirmingOwner {
+                owner: Arc::clone(&owner),
+                confirmed: owner_confirmed_tx,
+            });
+            let confirming_controller: Arc<dyn Controller> = Arc::new(ConfirmingController {
+                controller: Arc::clone(&controller),
+                confirmed: controller_confirmed_tx,
+            });
+            let term_over = CancellationToken::new();
+            let workers = async {
+                // Boxed: the worker's future is large and the campaign loop's callers hold it.
+                let result = Box::pin(async {
+                    self.migrate(&fence, cancel).await?;
+                    self.run_owner_workers(
+                        &confirming_owner,
+                        &confirming_controller,
+                        incarnation,
+                        &fence,
+                        cancel,
+                    )
                     .await
-            })
-            .await;
+                })
+                .await;
+                term_over.cancel();
+                result
+            };
+            let publish = self.publish_when_confirmed(
+                &owner,
+                &controller,
+                owner_confirmed_rx,
+                controller_confirmed_rx,
+                &term_over,
+            );
+            let (result, ()) = tokio::join!(workers, publish);
             owner.async_stop();
             controller.async_stop();
             {
@@ -655,16 +731,52 @@ impl Capture {
                 state.owner = None;
                 state.controller = None;
             }
-            // `is_owner` goes down only after the resign: a drain meanwhile waits for it.
+            // The term ends only after the resign: a drain meanwhile waits for it.
             let resigned = if matches!(result, Err(Error::NotOwner)) {
                 Ok(())
             } else {
                 self.resign(incarnation).await
             };
-            self.is_owner_tx.send_replace(false);
+            self.owner_term_tx.send_replace(false);
             info!(result = ?result.as_ref().err(), "owner stopped");
             result?;
             resigned?;
+        }
+    }
+
+    /// Publishes the owner (and with it `is_owner`), then the controller, each once its worker
+    /// confirmed it, unless the term is over first. A drain that did not find the owner
+    /// published finds Stopping set here, and the owner stops.
+    async fn publish_when_confirmed(
+        &self,
+        owner: &Arc<dyn Owner>,
+        controller: &Arc<dyn Controller>,
+        mut owner_confirmed: watch::Receiver<bool>,
+        mut controller_confirmed: watch::Receiver<bool>,
+        term_over: &CancellationToken,
+    ) {
+        tokio::select! {
+            biased;
+            () = term_over.cancelled() => return,
+            confirmed = owner_confirmed.wait_for(|confirmed| *confirmed) => {
+                if confirmed.is_err() {
+                    return;
+                }
+            }
+        }
+        self.state().owner = Some(Arc::clone(owner));
+        info!("the owner is confirmed by its first snapshot");
+        if self.liveness.load() == Liveness::Stopping {
+            owner.async_stop();
+        }
+        tokio::select! {
+            biased;
+            () = term_over.cancelled() => {}
+            confirmed = controller_confirmed.wait_for(|confirmed| *confirmed) => {
+                if confirmed.is_ok() {
+                    self.state().controller = Some(Arc::clone(controller));
+                }
+            }
         }
     }
 
@@ -739,77 +851,207 @@ impl Capture {
         Err(err)
     }
 
-    /// The owner's side of the meta-version gate (§6.6, no legacy data to move): when the
-    /// version key is absent or older, write the default upstream info and version 1 in one
-    /// transaction fenced by the owner key. A newer version is an error.
-    async fn migrate(&self, fence: &OwnerFence, cancel: &CancellationToken) -> Result<()> {
+    /// Reads the meta version and applies the gate both roles share (one parser,
+    /// [`CdcEtcdClient::parse_meta_version`], so the owner and the processors accept and refuse
+    /// the same values): the key's current value, if any, and whether it is the version this
+    /// binary writes. A newer version is [`Error::MetaVersionTooNew`]; a value that is not a
+    /// decimal number, or a version this binary does not know (`0`), is
+    /// [`Error::MetaVersionUnknown`].
+    async fn read_meta_version(
+        &self,
+        cancel: &CancellationToken,
+    ) -> Result<(Option<cdc_etcd::KeyValue>, MetaVersion)> {
         let version_key = key::meta_version_key(&self.config.cluster_id);
-        let current = self
+        let response = self
             .etcd
             .retrying()
             .get(version_key.clone(), GetOptions::default(), cancel)
             .await?;
-        let current = current.kvs.first();
-        let version = current.map(|kv| parse_meta_version(&kv.value));
-        match version {
-            Some(Some(version)) if version == cdc_etcd::META_VERSION => {}
-            Some(Some(version)) if version > cdc_etcd::META_VERSION => {
-                return Err(Error::MetaVersionTooNew {
-                    found: version,
-                    supported: cdc_etcd::META_VERSION,
-                });
-            }
-            _ => {
-                let upstream = default_upstream(&self.etcd, &self.config.endpoints().join(","));
-                let upstream_key =
-                    key::upstream_key(&self.config.cluster_id, DEFAULT_NAMESPACE, upstream.id);
-                let unchanged = Compare::ModRevision {
-                    key: version_key.clone().into_bytes(),
-                    op: CompareOp::Equal,
-                    revision: current.map_or(0, |kv| kv.mod_revision),
-                };
-                let txn = Txn {
-                    compares: vec![
-                        Compare::CreateRevision {
-                            key: fence.key.clone(),
-                            op: CompareOp::Equal,
-                            revision: fence.create_revision,
-                        },
-                        unchanged,
-                    ],
-                    success: vec![
-                        TxnOp::Put {
-                            key: upstream_key.into_bytes(),
-                            value: cdc_model::to_go_json(&upstream)?,
-                            lease: 0,
-                        },
-                        TxnOp::Put {
-                            key: version_key.into_bytes(),
-                            value: cdc_etcd::META_VERSION.to_string().into_bytes(),
-                            lease: 0,
-                        },
-                    ],
-                    failure: vec![],
-                };
-                let response = self.etcd.retrying().txn(txn, cancel).await?;
-                if !response.succeeded {
-                    // Another owner migrated meanwhile, or we lost the ownership: the worker's
-                    // fence decides which on its first commit or owner-key check.
-                    info!("the meta version changed during the migration");
-                } else {
-                    info!(
-                        version = cdc_etcd::META_VERSION,
-                        "meta version and default upstream written"
-                    );
+        let Some(kv) = response.kvs.into_iter().next() else {
+            return Ok((None, MetaVersion::Absent));
+        };
+        let unknown = || Error::MetaVersionUnknown {
+            key: version_key.clone(),
+            found: String::from_utf8_lossy(&kv.value).into_owned(),
+            supported: cdc_etcd::META_VERSION,
+        };
+        let version = match CdcEtcdClient::parse_meta_version(&version_key, &kv.value) {
+            Ok(version) => version,
+            Err(cdc_etcd::Error::InvalidValue { .. }) => return Err(unknown()),
+            Err(other) => return Err(other.into()),
+        };
+        match version.cmp(&cdc_etcd::META_VERSION) {
+            std::cmp::Ordering::Equal => Ok((Some(kv), MetaVersion::Current)),
+            std::cmp::Ordering::Greater => Err(Error::MetaVersionTooNew {
+                found: version,
+                supported: cdc_etcd::META_VERSION,
+            }),
+            std::cmp::Ordering::Less => Err(unknown()),
+        }
+    }
+
+    /// The first key that shows metadata written without a meta version: legacy (pre-v6.2)
+    /// changefeed data under `/tidb/cdc/changefeed/info` or `/tidb/cdc/job`, which only the
+    /// default cluster would have inherited, or changefeed data in this cluster's own prefix.
+    async fn unversioned_data(&self, cancel: &CancellationToken) -> Result<Option<Error>> {
+        let first_key = |prefix: String| async move {
+            let options = GetOptions {
+                limit: 1,
+                keys_only: true,
+                ..GetOptions::prefix()
+            };
+            let response = self
+                .etcd
+                .retrying()
+                .get(key::prefix_with_boundary(&prefix), options, cancel)
+                .await?;
+            Ok::<_, Error>(response.kvs.into_iter().next().map(|kv| kv.key_lossy()))
+        };
+        if self.config.cluster_id == DEFAULT_CLUSTER_ID {
+            // The changefeed prefixes of the pre-v6.2 layout (`key::LEGACY_PREFIXES`), which
+            // TiCDC's migration (`pkg/migrate/migrate.go` in pingcap/tiflow) moves.
+            for prefix in ["/tidb/cdc/changefeed/info", "/tidb/cdc/job"] {
+                if let Some(key) = first_key(prefix.to_owned()).await? {
+                    return Ok(Some(Error::LegacyMetadata { key }));
                 }
             }
         }
-        self.migrate_done.store(true, Ordering::SeqCst);
-        Ok(())
+        let options = GetOptions {
+            keys_only: true,
+            ..GetOptions::prefix()
+        };
+        let response = self
+            .etcd
+            .retrying()
+            .get(
+                key::prefix_with_boundary(&key::base_key(&self.config.cluster_id)),
+                options,
+                cancel,
+            )
+            .await?;
+        let changefeed_data = response.kvs.into_iter().find(|kv| {
+            let Ok(parsed) = key::CdcKey::parse_bytes(&self.config.cluster_id, &kv.key) else {
+                // A key this layout does not know is no changefeed data, and not ours to judge.
+                return false;
+            };
+            matches!(
+                parsed.kind,
+                key::CdcKeyKind::ChangefeedInfo { .. }
+                    | key::CdcKeyKind::ChangefeedStatus { .. }
+                    | key::CdcKeyKind::TaskPosition { .. }
+            )
+        });
+        Ok(changefeed_data.map(|kv| Error::UnversionedMetadata {
+            key: kv.key_lossy(),
+        }))
+    }
+
+    /// The owner's side of the meta-version gate (§6.6, no legacy data to move). The current
+    /// version passes; a newer or unknown one is refused and left as it is. An absent version
+    /// is written (version 1, and the default upstream info unless one is there) in one
+    /// transaction fenced by the owner key, but only when the cluster holds no changefeed data:
+    /// data without a version is legacy or foreign, and refused with an error naming its key.
+    async fn migrate(&self, fence: &OwnerFence, cancel: &CancellationToken) -> Result<()> {
+        for _ in 0..MIGRATE_ATTEMPTS {
+            let (current, version) = self.read_meta_version(cancel).await?;
+            if version == MetaVersion::Current {
+                self.migrate_done.store(true, Ordering::SeqCst);
+                return Ok(());
+            }
+            if let Some(refusal) = self.unversioned_data(cancel).await? {
+                return Err(refusal);
+            }
+            if self.write_meta_version(fence, current, cancel).await? {
+                info!(
+                    version = cdc_etcd::META_VERSION,
+                    "meta version and default upstream written"
+                );
+                self.migrate_done.store(true, Ordering::SeqCst);
+                return Ok(());
+            }
+            // Another owner migrated meanwhile, or someone wrote the upstream, or we lost the
+            // ownership: look again.
+            let owner_key = self
+                .etcd
+                .retrying()
+                .get(fence.key.clone(), GetOptions::default(), cancel)
+                .await?;
+            let still_owner = owner_key
+                .kvs
+                .first()
+                .is_some_and(|kv| kv.create_revision == fence.create_revision);
+            if !still_owner {
+                return Err(Error::NotOwner);
+            }
+            info!("the meta version or the upstream changed during the migration, again");
+        }
+        Err(Error::DeadlineExceeded {
+            op: "write the meta version",
+        })
+    }
+
+    /// Writes the meta version (and the default upstream info unless one is there) in one
+    /// transaction fenced by the owner key, on condition that the version key is still
+    /// `current` and the upstream key unchanged. Whether it committed.
+    async fn write_meta_version(
+        &self,
+        fence: &OwnerFence,
+        current: Option<cdc_etcd::KeyValue>,
+        cancel: &CancellationToken,
+    ) -> Result<bool> {
+        let version_key = key::meta_version_key(&self.config.cluster_id);
+        let upstream = default_upstream(&self.etcd, &self.config.endpoints().join(","));
+        let upstream_key =
+            key::upstream_key(&self.config.cluster_id, DEFAULT_NAMESPACE, upstream.id);
+        let existing_upstream = self
+            .etcd
+            .retrying()
+            .get(upstream_key.clone(), GetOptions::default(), cancel)
+            .await?
+            .kvs
+            .into_iter()
+            .next();
+        let mut success = Vec::new();
+        if existing_upstream.is_none() {
+            success.push(TxnOp::Put {
+                key: upstream_key.clone().into_bytes(),
+                value: cdc_model::to_go_json(&upstream)?,
+                lease: 0,
+            });
+        }
+        success.push(TxnOp::Put {
+            key: version_key.clone().into_bytes(),
+            value: cdc_etcd::META_VERSION.to_string().into_bytes(),
+            lease: 0,
+        });
+        let txn = Txn {
+            compares: vec![
+                Compare::CreateRevision {
+                    key: fence.key.clone(),
+                    op: CompareOp::Equal,
+                    revision: fence.create_revision,
+                },
+                Compare::ModRevision {
+                    key: version_key.into_bytes(),
+                    op: CompareOp::Equal,
+                    revision: current.as_ref().map_or(0, |kv| kv.mod_revision),
+                },
+                Compare::ModRevision {
+                    key: upstream_key.into_bytes(),
+                    op: CompareOp::Equal,
+                    revision: existing_upstream.as_ref().map_or(0, |kv| kv.mod_revision),
+                },
+            ],
+            success,
+            failure: vec![],
+        };
+        Ok(self.etcd.retrying().txn(txn, cancel).await?.succeeded)
     }
 
     /// The processor's side of the meta-version gate: polls every second until the version is
-    /// the current one (warning every 5 s).
+    /// the current one (warning every 5 s). A version this binary does not know ends the wait
+    /// with the owner's error. Every read is raced against the session's end, so a lease lost
+    /// while etcd hangs surfaces as a suicide at once, not after the read's retries.
     async fn wait_meta_version(
         &self,
         incarnation: &Incarnation,
@@ -817,24 +1059,26 @@ impl Capture {
     ) -> Result<()> {
         let mut polls = 0_u32;
         loop {
-            match self.etcd.get_meta_version(cancel).await {
-                Ok(Some(version)) if version == cdc_etcd::META_VERSION => {
+            let read = tokio::select! {
+                () = cancel.cancelled() => return Err(Error::Cancelled),
+                () = incarnation.session_done.cancelled() => return Err(Error::Suicide),
+                read = self.read_meta_version(cancel) => read,
+            };
+            match read {
+                Ok((_, MetaVersion::Current)) => {
                     self.migrate_done.store(true, Ordering::SeqCst);
                     return Ok(());
                 }
-                Ok(Some(version)) if version > cdc_etcd::META_VERSION => {
-                    return Err(Error::MetaVersionTooNew {
-                        found: version,
-                        supported: cdc_etcd::META_VERSION,
-                    });
-                }
-                Ok(version) => {
+                Ok((_, MetaVersion::Absent)) => {
                     if polls % 5 == 4 {
-                        warn!(?version, "waiting for the owner to write the meta version");
+                        warn!("waiting for the owner to write the meta version");
                     }
                 }
-                Err(cdc_etcd::Error::Cancelled) => return Err(Error::Cancelled),
-                Err(err) => warn!(error = %err, "reading the meta version failed"),
+                Err(Error::Etcd(cdc_etcd::Error::Cancelled)) => return Err(Error::Cancelled),
+                Err(err @ (Error::MetaVersionTooNew { .. } | Error::MetaVersionUnknown { .. })) => {
+                    return Err(err);
+                }
+                Err(err) => warn!(error = %ErrorReport(&err), "reading the meta version failed"),
             }
             polls = polls.saturating_add(1);
             tokio::select! {
@@ -941,12 +1185,12 @@ impl Capture {
         if self.liveness.store_stopping() {
             info!("capture draining");
         }
-        // `is_owner` is set before the owner is published and cleared after its resign, so
-        // it also covers an owner that is stepping down (no longer published, key not yet
-        // resigned).
+        // The term starts before the owner is published and ends after its resign, so it
+        // also covers an owner that is not confirmed yet (it sees Stopping when published) and
+        // one that is stepping down (no longer published, key not yet resigned).
         let (owner, mut is_owner_rx) = {
             let state = self.state();
-            (state.owner.clone(), self.is_owner_tx.subscribe())
+            (state.owner.clone(), self.owner_term_tx.subscribe())
         };
         if let Some(owner) = owner {
             owner.async_stop();
@@ -1091,6 +1335,62 @@ impl Capture {
     }
 }
 
+/// An owner that reports its first tick: its fenced worker has loaded a snapshot holding our
+/// owner key, after the migration.
+struct ConfirmingOwner {
+    owner: Arc<dyn Owner>,
+    confirmed: watch::Sender<bool>,
+}
+
+impl Owner for ConfirmingOwner {
+    fn tick<'a>(&'a self, state: &'a mut GlobalReactorState) -> BoxFuture<'a, Result<Tick>> {
+        self.confirmed
+            .send_if_modified(|confirmed| !std::mem::replace(confirmed, true));
+        self.owner.tick(state)
+    }
+
+    fn async_stop(&self) {
+        self.owner.async_stop();
+    }
+}
+
+/// A controller that reports its first tick, as [`ConfirmingOwner`] does.
+struct ConfirmingController {
+    controller: Arc<dyn Controller>,
+    confirmed: watch::Sender<bool>,
+}
+
+impl Controller for ConfirmingController {
+    fn tick<'a>(&'a self, state: &'a mut GlobalReactorState) -> BoxFuture<'a, Result<Tick>> {
+        self.confirmed
+            .send_if_modified(|confirmed| !std::mem::replace(confirmed, true));
+        self.controller.tick(state)
+    }
+
+    fn async_stop(&self) {
+        self.controller.async_stop();
+    }
+
+    fn captures(&self) -> Vec<CaptureInfo> {
+        self.controller.captures()
+    }
+}
+
+/// How strongly a task's error speaks for the whole group: an error that ends the capture beats
+/// any other, a root error beats a suicide, and a suicide beats a cancellation (the echo of a
+/// sibling's failure).
+fn group_error_rank(err: &Error) -> u8 {
+    if !err.restarts_capture() {
+        3
+    } else if matches!(err, Error::Cancelled) {
+        0
+    } else if matches!(err, Error::Suicide) {
+        1
+    } else {
+        2
+    }
+}
+
 fn is_cancelled(err: &Error) -> bool {
     matches!(
         err.root_cause(),
@@ -1098,17 +1398,13 @@ fn is_cancelled(err: &Error) -> bool {
     )
 }
 
-/// Closes `session` within [`SESSION_CLOSE_TIMEOUT`]; a failure is logged.
-async fn close_bounded(session: &Session) {
-    match tokio::time::timeout(SESSION_CLOSE_TIMEOUT, session.close()).await {
-        Ok(Ok(())) => {}
-        Ok(Err(err)) => warn!(error = %err, "closing the session failed"),
-        Err(_) => warn!("closing the session timed out; its lease expires on its own"),
-    }
-}
-
-fn parse_meta_version(value: &[u8]) -> Option<u64> {
-    std::str::from_utf8(value).ok()?.trim().parse().ok()
+/// The meta version in etcd as the gate reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum MetaVersion {
+    /// No meta version key.
+    Absent,
+    /// The version this binary writes.
+    Current,
 }
 
 fn from_worker_error(err: cdc_orchestrator::Error) -> Error {

@@ -46,6 +46,37 @@ pub enum Error {
         /// The version this binary writes.
         supported: u64,
     },
+    /// The meta version in etcd is not one this binary knows (`0`, or not a decimal number):
+    /// refused and left as it is.
+    #[error(
+        "[CDC:ErrEtcdMigrateFailed]meta version {found:?} under {key} is unknown to this binary, which knows only {supported}; refusing to overwrite it"
+    )]
+    MetaVersionUnknown {
+        /// The meta version key.
+        key: String,
+        /// Its value as found.
+        found: String,
+        /// The version this binary writes.
+        supported: u64,
+    },
+    /// Changefeed data of the pre-v6.2 layout, which this binary does not migrate, with no
+    /// meta version.
+    #[error(
+        "[CDC:ErrEtcdMigrateFailed]found legacy (pre-v6.2) TiCDC metadata {key} and no meta version; migrate it with TiCDC v6.2 or later, or remove it"
+    )]
+    LegacyMetadata {
+        /// The first legacy key found.
+        key: String,
+    },
+    /// Changefeed data in the cluster's prefix with no meta version: not written by a version
+    /// this binary knows, so the version is not guessed.
+    #[error(
+        "[CDC:ErrEtcdMigrateFailed]found changefeed metadata {key} but no meta version; refusing to guess the version"
+    )]
+    UnversionedMetadata {
+        /// The first changefeed key found.
+        key: String,
+    },
     /// An etcd call failed.
     #[error("[CDC:ErrPDEtcdAPIError]etcd api call error")]
     Etcd(#[from] cdc_etcd::Error),
@@ -114,6 +145,9 @@ impl Error {
             Error::LeaseExpired => true,
             Error::CaptureNotExist { .. } => false,
             Error::MetaVersionTooNew { .. } => false,
+            Error::MetaVersionUnknown { .. } => false,
+            Error::LegacyMetadata { .. } => false,
+            Error::UnversionedMetadata { .. } => false,
             Error::Etcd(source) => source.is_retryable(),
             Error::Election(source) => source.is_retryable(),
             Error::Orchestrator(source) => source.is_retryable(),
@@ -165,6 +199,9 @@ impl Error {
             Error::Orchestrator(err) => orchestrator_restarts(err),
             Error::P2p(err) => err.is_retryable() || matches!(err, cdc_p2p::Error::Cancelled),
             Error::MetaVersionTooNew { .. }
+            | Error::MetaVersionUnknown { .. }
+            | Error::LegacyMetadata { .. }
+            | Error::UnversionedMetadata { .. }
             | Error::Model(_)
             | Error::Serve { .. }
             | Error::InvalidConfig { .. } => false,

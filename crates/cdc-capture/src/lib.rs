@@ -28,7 +28,9 @@ mod reactor;
 mod server;
 mod session;
 
-pub use capture::{CHANGEFEED_INIT_WORKERS, Capture, CaptureParts, GIT_HASH, Incarnation, VERSION};
+pub use capture::{
+    CHANGEFEED_INIT_WORKERS, Capture, CaptureParts, GIT_HASH, Incarnation, STOP_BUDGET, VERSION,
+};
 pub use config::{Config, DebugConfig, SecurityConfig, is_valid_cluster_id};
 pub use election::{Election, ElectionFactory, EtcdElections};
 pub use error::{Error, Result};

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use cdc_election::Session;
+use cdc_election::{Session, SessionConfig};
 use cdc_etcd::EtcdClient;
 use futures::future::BoxFuture;
 use tokio::time::Instant;
@@ -13,6 +13,10 @@ use crate::error::{Error, Result};
 
 /// How long a whole grant may take, retries included (the retrying client's budget).
 const GRANT_DEADLINE: Duration = Duration::from_secs(30);
+/// How long closing a session may take: joining its keep-alive and revoking its lease. The
+/// sessions this factory grants bound each by half of it, so the close that the capture bounds
+/// by the whole never loses the revoke to the join.
+pub(crate) const SESSION_CLOSE_BUDGET: Duration = Duration::from_secs(10);
 
 /// Grants sessions; tests inject one that fails.
 pub trait SessionFactory: Send + Sync {
@@ -48,6 +52,14 @@ impl SessionFactory for EtcdSessionFactory {
     }
 }
 
+/// The settings of the sessions this factory grants: TiCDC's TTL rules, and a close within
+/// [`SESSION_CLOSE_BUDGET`].
+fn session_config(ttl: i64) -> SessionConfig {
+    let mut config = SessionConfig::new(ttl);
+    config.revoke_timeout = SESSION_CLOSE_BUDGET / 2;
+    config
+}
+
 async fn grant_retrying(
     client: EtcdClient,
     ttl: i64,
@@ -59,7 +71,7 @@ async fn grant_retrying(
         // A grant dropped here at most leaves a lease that expires on its own.
         let attempt = tokio::select! {
             () = cancel.cancelled() => return Err(Error::Cancelled),
-            result = Session::grant(client.clone(), ttl) => result,
+            result = Session::grant_with(client.clone(), session_config(ttl)) => result,
         };
         let err = match attempt {
             Ok(session) => return Ok(session),

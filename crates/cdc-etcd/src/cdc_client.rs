@@ -538,11 +538,26 @@ impl CdcEtcdClient {
         let Some(kv) = self.get_one(&key, cancel).await? else {
             return Ok(None);
         };
-        let text = String::from_utf8_lossy(&kv.value);
-        text.parse().map(Some).map_err(|_| Error::InvalidValue {
-            key,
-            reason: format!("meta version {text:?} is not a decimal number"),
-        })
+        CdcEtcdClient::parse_meta_version(&key, &kv.value).map(Some)
+    }
+
+    /// Parses the value of the meta version `key`: ASCII decimal digits only, as TiCDC writes
+    /// it, so `"1\n"` or `" 1"` is no version (TiCDC's `strconv.ParseInt` in `pkg/etcd/etcd.go`
+    /// of pingcap/tiflow refuses whitespace too). The one parser of the owner's migration and
+    /// the processors' wait, so that both accept and refuse the same values.
+    /// [`Error::InvalidValue`] when it does not parse.
+    pub fn parse_meta_version(key: &str, value: &[u8]) -> Result<u64> {
+        std::str::from_utf8(value)
+            .ok()
+            .filter(|text| !text.is_empty() && text.bytes().all(|byte| byte.is_ascii_digit()))
+            .and_then(|text| text.parse().ok())
+            .ok_or_else(|| Error::InvalidValue {
+                key: key.to_owned(),
+                reason: format!(
+                    "meta version {:?} is not a decimal number",
+                    String::from_utf8_lossy(value)
+                ),
+            })
     }
 
     /// Writes the metadata layout version.

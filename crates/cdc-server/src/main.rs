@@ -14,10 +14,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
-/// How long a graceful stop may take before the process exits anyway.
-const STOP_DEADLINE: Duration = Duration::from_secs(10);
 /// How long the drain (owner resign) may take within the stop.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
+/// How long a graceful stop may take before the process exits anyway: the drain, then the
+/// capture's own bounded cleanup (whose session close revokes the lease, so the capture's keys
+/// go at once instead of one TTL later).
+const STOP_DEADLINE: Duration = DRAIN_DEADLINE.saturating_add(cdc_capture::STOP_BUDGET);
 
 fn main() -> ExitCode {
     let cli = config::Cli::parse();

@@ -78,6 +78,7 @@ struct ElectionDouble {
     resign: ResignDouble,
     resign_gate: tokio::sync::Notify,
     owner_revision: OwnerRevisionDouble,
+    owner_revision_gate: tokio::sync::Notify,
 }
 
 /// What the election double's `owner_revision` does.
@@ -90,6 +91,8 @@ enum OwnerRevisionDouble {
     Fails,
     /// Never returns.
     Hangs,
+    /// Waits for `owner_revision_gate`, then answers.
+    Gated,
 }
 
 /// What the election double's resign does.
@@ -161,6 +164,7 @@ impl Election for ElectionDouble {
                 OwnerRevisionDouble::Answers => {}
                 OwnerRevisionDouble::Fails => return Err(Error::Etcd(unavailable())),
                 OwnerRevisionDouble::Hangs => futures::future::pending::<()>().await,
+                OwnerRevisionDouble::Gated => self.owner_revision_gate.notified().await,
             }
             self.revision.get().copied().ok_or(Error::OwnerNotFound)
         })
@@ -176,15 +180,20 @@ impl ElectionFactory for Elections {
     }
 }
 
-/// An owner that runs until asked to stop.
+/// An owner that runs until asked to stop, or whose ticks fail with `fails_with`.
 #[derive(Default)]
 struct OwnerDouble {
+    created: AtomicBool,
     stopped: AtomicBool,
+    fails_with: Option<fn() -> Error>,
 }
 
 impl Owner for OwnerDouble {
     fn tick<'a>(&'a self, _state: &'a mut GlobalReactorState) -> BoxFuture<'a, Result<Tick>> {
         Box::pin(async move {
+            if let Some(error) = self.fails_with {
+                return Err(error());
+            }
             Ok(if self.stopped.load(Ordering::SeqCst) {
                 Tick::Finished
             } else {
@@ -202,6 +211,7 @@ struct Owners(Arc<OwnerDouble>);
 
 impl OwnerFactory for Owners {
     fn create(&self, _context: ReactorContext) -> Arc<dyn Owner> {
+        self.0.created.store(true, Ordering::SeqCst);
         Arc::clone(&self.0) as Arc<dyn Owner>
     }
 }
@@ -670,4 +680,457 @@ async fn drain_waits_for_a_resign_under_way() {
         .expect("drain completes once resigned");
     assert_eq!(capture.liveness(), Liveness::Stopping);
     stop_run(&cancel, run, Duration::from_secs(15)).await;
+}
+
+/// Errors no restart can cure, as a reactor's tick may return them.
+fn fatal_errors() -> [fn() -> Error; 2] {
+    [
+        || Error::Orchestrator(cdc_orchestrator::Error::TxnSizeExceed { size: 2, max: 1 }),
+        || Error::MetaVersionTooNew {
+            found: 2,
+            supported: 1,
+        },
+    ]
+}
+
+/// Waits for `run` to end by itself (no cancellation) and returns its result.
+async fn run_result(run: tokio::task::JoinHandle<Result<()>>) -> Result<()> {
+    // Generous: the capture starts a real session and workers on a loaded machine; a capture
+    // that restarts instead never ends.
+    tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("run ends by itself instead of restarting")
+        .unwrap()
+}
+
+// §6.8: an owner whose tick fails with an error no restart can cure ends `run` with that error,
+// instead of a suicide and a restart every 20 s that moves the ownership around forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fatal_owner_error_ends_the_capture() {
+    let (server, etcd) = etcd().await;
+    for fails_with in fatal_errors() {
+        let election = Arc::new(ElectionDouble::default());
+        let owner = Arc::new(OwnerDouble {
+            fails_with: Some(fails_with),
+            ..OwnerDouble::default()
+        });
+        let parts = CaptureParts {
+            owners: Arc::new(Owners(Arc::clone(&owner))),
+            ..parts(&etcd, &election)
+        };
+        let capture = capture(&server, &etcd, parts);
+        let (_cancel, run) = spawn_run(&capture);
+        let err = run_result(run).await.unwrap_err();
+        let expected = fails_with();
+        assert_eq!(err.to_string(), expected.to_string(), "{err:?}");
+        assert!(!err.restarts_capture(), "{err:?}");
+        assert_eq!(capture.metrics().restarts.get(), 0);
+        assert!(
+            !owner_key_exists(etcd.client()).await,
+            "the owner resigned on its way out"
+        );
+    }
+}
+
+/// A processor manager whose ticks fail with `fails_with`.
+struct FailingProcessor {
+    fails_with: fn() -> Error,
+}
+
+impl ProcessorManager for FailingProcessor {
+    fn tick<'a>(&'a self, _state: &'a mut GlobalReactorState) -> BoxFuture<'a, Result<Tick>> {
+        Box::pin(async move { Err((self.fails_with)()) })
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+
+    fn write_debug_info(&self, _out: &mut String) {}
+}
+
+impl ProcessorManagerFactory for FailingProcessor {
+    fn create(
+        &self,
+        _context: ReactorContext,
+        _liveness: Arc<AtomicLiveness>,
+    ) -> Arc<dyn ProcessorManager> {
+        Arc::new(FailingProcessor {
+            fails_with: self.fails_with,
+        })
+    }
+}
+
+// The same from the processor side, while this capture is also the owner: the processor's
+// fatal error wins over the cancellation it causes in the owner's task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fatal_processor_error_ends_the_capture() {
+    let (server, etcd) = etcd().await;
+    for fails_with in fatal_errors() {
+        let election = Arc::new(ElectionDouble::default());
+        let parts = CaptureParts {
+            processors: Arc::new(FailingProcessor { fails_with }),
+            ..parts(&etcd, &election)
+        };
+        let capture = capture(&server, &etcd, parts);
+        let (_cancel, run) = spawn_run(&capture);
+        let err = run_result(run).await.unwrap_err();
+        assert_eq!(err.to_string(), fails_with().to_string(), "{err:?}");
+        assert_eq!(capture.metrics().restarts.get(), 0);
+    }
+}
+
+/// A capture of `cluster` on `server` whose owner key is written, with the fence of that key.
+async fn migrating_capture(
+    server: &EtcdServer,
+    cluster: &str,
+) -> (Arc<Capture>, cdc_orchestrator::OwnerFence, EtcdClient) {
+    let client = server.client().await.unwrap();
+    let etcd = CdcEtcdClient::new(client.clone(), cluster).await.unwrap();
+    let mut config = config(server);
+    config.cluster_id = cluster.to_owned();
+    let capture = Capture::new(
+        config,
+        etcd.clone(),
+        CaptureParts::production(&etcd),
+        Arc::new(Metrics::new()),
+        ServerWrapper::new(&ServerConfig::default()),
+    );
+    let key = format!("{}/1", cdc_etcd::key::owner_prefix(cluster)).into_bytes();
+    let create_revision = client.put(key.clone(), "owner", 0).await.unwrap();
+    let fence = cdc_orchestrator::OwnerFence {
+        key,
+        create_revision,
+    };
+    (capture, fence, client)
+}
+
+/// The raw value under `key`, if any.
+async fn raw_value(client: &EtcdClient, key: &str) -> Option<Vec<u8>> {
+    client
+        .get(key, GetOptions::default())
+        .await
+        .unwrap()
+        .kvs
+        .into_iter()
+        .next()
+        .map(|kv| kv.value)
+}
+
+/// The default upstream key of `capture`'s cluster.
+fn default_upstream_key(capture: &Capture, cluster: &str) -> String {
+    cdc_etcd::key::upstream_key(cluster, DEFAULT_NAMESPACE, capture.etcd().etcd_cluster_id())
+}
+
+// §6.6 as product.md decides it: a meta version this binary does not know is refused with a
+// typed error and left as it is (no upstream written either), and the owner's migration and a
+// processor's wait refuse exactly the same values (`"1\n"` passed the owner and blocked every
+// processor).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_meta_version_is_refused_by_owner_and_processor_alike() {
+    let server = EtcdServer::start().await.unwrap();
+    for (n, value) in [
+        "0",
+        "abc",
+        "1\n",
+        " 1",
+        "-1",
+        "",
+        "2",
+        "18446744073709551616",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let cluster = format!("unknown-version-{n}");
+        let (capture, fence, client) = migrating_capture(&server, &cluster).await;
+        let version_key = cdc_etcd::key::meta_version_key(&cluster);
+        client.put(version_key.clone(), value, 0).await.unwrap();
+        let cancel = CancellationToken::new();
+        let owner_err = capture.migrate(&fence, &cancel).await.unwrap_err();
+        if value == "2" {
+            assert!(
+                matches!(owner_err, Error::MetaVersionTooNew { found: 2, .. }),
+                "{owner_err:?}"
+            );
+        } else {
+            assert!(
+                matches!(&owner_err, Error::MetaVersionUnknown { found, .. } if found == value),
+                "{value:?}: {owner_err:?}"
+            );
+        }
+        assert!(!owner_err.restarts_capture(), "{owner_err:?}");
+        assert!(!capture.is_ready());
+        assert_eq!(
+            raw_value(&client, &version_key).await.as_deref(),
+            Some(value.as_bytes()),
+            "{value:?} is left as it is"
+        );
+        assert_eq!(
+            raw_value(&client, &default_upstream_key(&capture, &cluster)).await,
+            None,
+            "{value:?}: no upstream written"
+        );
+        let election = Arc::new(ElectionDouble::default());
+        let processor_err = tokio::time::timeout(
+            Duration::from_secs(10),
+            capture.wait_meta_version(&incarnation(&election, &client), &cancel),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{value:?}: the processor refuses instead of waiting"))
+        .unwrap_err();
+        assert_eq!(
+            processor_err.to_string(),
+            owner_err.to_string(),
+            "{value:?}"
+        );
+        assert!(!capture.is_ready());
+    }
+}
+
+// An absent meta version is written (with the default upstream) on a cluster without
+// changefeed data, and an upstream already there is kept; with changefeed data in the
+// cluster's prefix, or legacy (pre-v6.2) changefeed data for the default cluster, the owner
+// refuses with an error naming the key and writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absent_meta_version_is_written_only_without_changefeed_data() {
+    let server = EtcdServer::start().await.unwrap();
+    let cancel = CancellationToken::new();
+    let election = Arc::new(ElectionDouble::default());
+
+    // Empty: written, and the processors pass.
+    let (capture, fence, client) = migrating_capture(&server, "empty").await;
+    capture.migrate(&fence, &cancel).await.unwrap();
+    let version_key = cdc_etcd::key::meta_version_key("empty");
+    assert_eq!(
+        raw_value(&client, &version_key).await.as_deref(),
+        Some(&b"1"[..])
+    );
+    let upstream = raw_value(&client, &default_upstream_key(&capture, "empty"))
+        .await
+        .expect("the default upstream is written");
+    let upstream: cdc_model::UpstreamInfo = cdc_model::from_json(&upstream).unwrap();
+    assert_eq!(upstream.pd_endpoints, server.endpoint());
+    assert!(capture.is_ready());
+    capture
+        .wait_meta_version(&incarnation(&election, &client), &cancel)
+        .await
+        .unwrap();
+
+    // An upstream written before the version (by an operator, say) is kept.
+    let (capture, fence, client) = migrating_capture(&server, "upstream").await;
+    let upstream_key = default_upstream_key(&capture, "upstream");
+    let custom = br#"{"id":1,"pd-endpoints":"http://elsewhere:2379"}"#;
+    client
+        .put(upstream_key.clone(), &custom[..], 0)
+        .await
+        .unwrap();
+    capture.migrate(&fence, &cancel).await.unwrap();
+    assert_eq!(
+        raw_value(&client, &cdc_etcd::key::meta_version_key("upstream"))
+            .await
+            .as_deref(),
+        Some(&b"1"[..])
+    );
+    assert_eq!(
+        raw_value(&client, &upstream_key).await.as_deref(),
+        Some(&custom[..])
+    );
+
+    // Changefeed data of this cluster without a version: refused, nothing written.
+    let (capture, fence, client) = migrating_capture(&server, "data").await;
+    let status_key = "/tidb/cdc/data/default/changefeed/status/cf-1";
+    client.put(status_key, "{}", 0).await.unwrap();
+    let err = capture.migrate(&fence, &cancel).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::UnversionedMetadata { key } if key == status_key),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains(status_key), "{err}");
+    assert!(!err.restarts_capture());
+    assert_eq!(
+        raw_value(&client, &cdc_etcd::key::meta_version_key("data")).await,
+        None
+    );
+    assert_eq!(
+        raw_value(&client, &default_upstream_key(&capture, "data")).await,
+        None
+    );
+    assert!(!capture.is_ready());
+
+    // Legacy changefeed data and the default cluster: refused, naming the legacy key.
+    let (capture, fence, client) = migrating_capture(&server, "default").await;
+    let legacy_key = "/tidb/cdc/changefeed/info/old-feed";
+    client.put(legacy_key, "{}", 0).await.unwrap();
+    let err = capture.migrate(&fence, &cancel).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::LegacyMetadata { key } if key == legacy_key),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("pre-v6.2"), "{err}");
+    assert!(!err.restarts_capture());
+    assert_eq!(
+        raw_value(&client, &cdc_etcd::key::meta_version_key("default")).await,
+        None
+    );
+    assert!(!capture.is_ready());
+}
+
+// A processor waiting for the meta version while etcd hangs sees its session end at once: the
+// read (which the retrying client would keep up for 30 s) is raced against the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_meta_version_wait_ends_with_the_session_while_etcd_hangs() {
+    let (mut server, etcd) = etcd().await;
+    let client = etcd.client().clone();
+    let election = Arc::new(ElectionDouble::default());
+    let capture = capture(&server, &etcd, parts(&etcd, &election));
+    let incarnation = incarnation(&election, &client);
+    server.pause().unwrap();
+    let cancel = CancellationToken::new();
+    let wait = capture.wait_meta_version(&incarnation, &cancel);
+    let lose_the_session = async {
+        // Let the wait reach its read first.
+        tokio::task::yield_now().await;
+        incarnation.session_done.cancel();
+    };
+    // Generous for a loaded machine, and far below the read's own 30 s.
+    let (result, ()) = tokio::time::timeout(Duration::from_secs(5), async {
+        tokio::join!(wait, lose_the_session)
+    })
+    .await
+    .expect("the wait ends with the session");
+    assert!(matches!(result, Err(Error::Suicide)), "{result:?}");
+    server.resume().unwrap();
+}
+
+/// Sends `request` to the capture's HTTP routes and returns the status and the JSON body.
+async fn http_call(
+    capture: &Arc<Capture>,
+    request: http::Request<axum::body::Body>,
+) -> (http::StatusCode, serde_json::Value) {
+    use tower::ServiceExt as _;
+    let response = crate::http::router(Arc::clone(capture))
+        .oneshot(request)
+        .await
+        .unwrap();
+    let status = response.status();
+    let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    (status, serde_json::from_slice(&body).unwrap())
+}
+
+// §6.1: a capture that won the campaign is not published as owner (`is_owner`, `/status`,
+// owner-only requests) until its owner is confirmed: migration done and the fenced worker's
+// first snapshot taken. Here etcd hangs right after the win, so neither can happen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unconfirmed_owner_is_not_published() {
+    let (mut server, etcd) = etcd().await;
+    let election = Arc::new(ElectionDouble {
+        owner_revision: OwnerRevisionDouble::Gated,
+        ..ElectionDouble::default()
+    });
+    let owner = Arc::new(OwnerDouble::default());
+    let parts = CaptureParts {
+        owners: Arc::new(Owners(Arc::clone(&owner))),
+        ..parts(&etcd, &election)
+    };
+    let capture = capture(&server, &etcd, parts);
+    let (cancel, run) = spawn_run(&capture);
+    wait_until(Duration::from_secs(10), || {
+        election.revision.get().is_some()
+    })
+    .await;
+    server.pause().unwrap();
+    election.owner_revision_gate.notify_one();
+    wait_until(Duration::from_secs(5), || {
+        owner.created.load(Ordering::SeqCst)
+    })
+    .await;
+    // The owner exists now; an early publish would follow at once, without any await.
+    let published = tokio::time::timeout(Duration::from_millis(500), async {
+        while !capture.is_owner() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(published.is_err(), "published before confirmation");
+    assert!(matches!(capture.get_owner(), Err(Error::NotOwner)));
+    assert!(capture.status_provider().is_none());
+    let (status, body) = http_call(
+        &capture,
+        http::Request::get("/status")
+            .body(axum::body::Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, http::StatusCode::OK);
+    assert_eq!(body["is_owner"], false, "{body}");
+    // An owner-only request (forwarded here, so not forwarded again) does not act.
+    let (status, body) = http_call(
+        &capture,
+        http::Request::post("/api/v2/owner/resign")
+            .header(crate::http::FORWARD_HEADER, "another-capture")
+            .body(axum::body::Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, http::StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        !owner.stopped.load(Ordering::SeqCst),
+        "the resign did not act"
+    );
+    // Once etcd answers, the migration and the first snapshot confirm the owner.
+    server.resume().unwrap();
+    wait_until(Duration::from_secs(20), || capture.is_owner()).await;
+    let (_, body) = http_call(
+        &capture,
+        http::Request::get("/status")
+            .body(axum::body::Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(body["is_owner"], true, "{body}");
+    stop_run(&cancel, run, Duration::from_secs(15)).await;
+}
+
+// The close of a session has one budget for its join and its revoke, honoured by the capture:
+// with etcd frozen for a while as the capture closes its session, the revoke still happens
+// once etcd answers within the budget, and the lease (with every key on it, the owner key
+// included) goes then, not one TTL later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_session_is_revoked_after_an_etcd_freeze() {
+    let (mut server, etcd) = etcd().await;
+    let client = etcd.client().clone();
+    let capture = capture(&server, &etcd, CaptureParts::production(&etcd));
+    let ttl = 60;
+    let session = capture
+        .parts
+        .sessions
+        .grant(ttl, &CancellationToken::new())
+        .await
+        .unwrap();
+    let lease_id = session.lease_id();
+    let owner_key = format!("{}/{lease_id:x}", cdc_etcd::key::owner_prefix(CLUSTER));
+    client.put(owner_key.clone(), "me", lease_id).await.unwrap();
+    server.pause().unwrap();
+    // Boxed: the close's future is large.
+    let close = Box::pin(capture.close_bounded(&session));
+    let freeze = async {
+        // The fault: etcd answers nothing for 6 s once the close has begun, longer than the
+        // half of the budget that a revoke attempt gets, shorter than the whole.
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        server.resume().unwrap();
+    };
+    tokio::time::timeout(SESSION_CLOSE_BUDGET + Duration::from_secs(10), async {
+        tokio::join!(close, freeze)
+    })
+    .await
+    .expect("the close keeps to its budget");
+    assert_eq!(
+        client.lease_time_to_live(lease_id).await.unwrap().ttl,
+        -1,
+        "the lease is revoked, not left to expire in {ttl} s"
+    );
+    assert_eq!(raw_value(&client, &owner_key).await, None);
 }
