@@ -383,8 +383,8 @@ impl MessageClient {
     }
 
     /// Connects to `addr` and keeps the stream up, reconnecting (rate-limited) until `cancel`
-    /// fires or the peer turns out to be another capture (`ClientPermanentFail`). Runs once;
-    /// afterwards the client is closed.
+    /// fires, or the peer turns out to be another capture or refuses this sender as
+    /// deregistered (`ClientPermanentFail`). Runs once; afterwards the client is closed.
     pub async fn run(&self, cancel: &CancellationToken, addr: &str) -> Result<()> {
         let _close = CloseOnDrop(&self.shared);
         let queue_rx = self
@@ -599,7 +599,7 @@ impl MessageClient {
             };
             match response.exit_reason() {
                 ExitReason::Ok => self.apply_acks(&response),
-                ExitReason::CaptureIdMismatch => {
+                ExitReason::CaptureIdMismatch | ExitReason::CaptureSuicide => {
                     return Err(Error::ClientPermanentFail {
                         reason: response.error_message,
                     });

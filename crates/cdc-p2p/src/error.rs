@@ -84,6 +84,13 @@ pub enum Error {
     /// The server's task queue is full.
     #[error("peer message server task queue is congested")]
     TaskQueueCongested,
+    /// The sender was deregistered (its capture left the cluster); its streams are refused
+    /// for the server's life.
+    #[error("peer message sender {sender_id} was deregistered: its capture left the cluster")]
+    SenderDeregistered {
+        /// The sender.
+        sender_id: String,
+    },
     /// The stream's receiver ID is not this server's ID.
     #[error("peer message receiver mismatch: expected {expected}, got {actual}")]
     ReceiverMismatch {
@@ -193,6 +200,7 @@ impl Error {
             | Error::DataLost { .. }
             | Error::TooManyPeers { .. }
             | Error::ReceiverMismatch { .. }
+            | Error::SenderDeregistered { .. }
             | Error::HandlerExists { .. }
             | Error::HandlerCancelled
             | Error::Handler { .. }
@@ -220,6 +228,7 @@ impl Error {
             Error::TooManyPeers { .. } => "CDC:ErrPeerMessageToManyPeers",
             Error::TaskQueueCongested => "CDC:ErrPeerMessageTaskQueueCongested",
             Error::ReceiverMismatch { .. } => "CDC:ErrPeerMessageReceiverMismatch",
+            Error::SenderDeregistered { .. } => "CDC:ErrPeerMessageSenderDeregistered",
             Error::TopicCongested { .. } | Error::TooManyPendingTopics { .. } => {
                 "CDC:ErrPeerMessageTopicCongested"
             }
@@ -242,6 +251,9 @@ impl Error {
             | Error::TaskQueueCongested => ExitReason::Congested,
             Error::StaleConnection { .. } => ExitReason::StaleConnection,
             Error::ReceiverMismatch { .. } => ExitReason::CaptureIdMismatch,
+            // Not sent by TiCDC: the sender's capture was removed, so its incarnation is
+            // over; our client treats it as permanent, a Go client reconnects and is refused.
+            Error::SenderDeregistered { .. } => ExitReason::CaptureSuicide,
             // TiCDC maps DuplicateConnection to UNKNOWN; we send the dedicated value, which
             // a Go client treats the same way (any reason but OK ends the stream).
             Error::DuplicateConnection { .. } => ExitReason::DuplicateConnection,

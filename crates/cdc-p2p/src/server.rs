@@ -13,7 +13,7 @@ use bytes::Bytes;
 use futures::Stream;
 use futures::future::BoxFuture;
 use governor::{Quota, RateLimiter};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -56,6 +56,8 @@ pub struct MessageServer {
     /// Cancelled when `run` returns.
     closed: CancellationToken,
     acks: Arc<AckManager>,
+    /// Notified by `deregister_peer`; the main loop then closes the deregistered streams.
+    deregistered: Notify,
     metrics: Arc<Metrics>,
     n_peers: watch::Sender<usize>,
     /// The streams' receiving tasks; `run` awaits them (bounded) when it ends.
@@ -90,24 +92,26 @@ enum Task {
         done: oneshot::Sender<()>,
     },
     RegisterPeer(StreamHandle),
-    DeregisterPeer {
-        sender_id: String,
-    },
     #[cfg(test)]
-    Block(oneshot::Receiver<()>),
+    Block {
+        entered: oneshot::Sender<()>,
+        unblock: oneshot::Receiver<()>,
+    },
 }
 
 impl MessageServer {
     /// A server for the capture `server_id`.
     pub fn new(server_id: impl Into<String>, config: ServerConfig) -> Self {
         let (task_tx, task_rx) = mpsc::channel(config.max_pending_task_count.max(1));
+        let acks = Arc::new(AckManager::new(config.max_deregistered_senders));
         MessageServer {
             server_id: server_id.into(),
             config,
             task_tx,
             task_rx: Mutex::new(Some(task_rx)),
             closed: CancellationToken::new(),
-            acks: Arc::default(),
+            acks,
+            deregistered: Notify::new(),
             metrics: Arc::default(),
             n_peers: watch::Sender::new(0),
             streams: TaskTracker::new(),
@@ -221,6 +225,7 @@ impl MessageServer {
                     }
                 },
                 _ = ack_tick.tick() => main.send_acks(),
+                () = self.deregistered.notified() => main.close_deregistered(),
                 Some(task) = task_rx.recv() => {
                     tokio::select! {
                         biased;
@@ -333,24 +338,34 @@ impl MessageServer {
         }
     }
 
-    /// Forgets a peer without notifying it; its stream stays open and its messages are
-    /// dropped. Use it when a capture leaves, so that a frozen peer cannot block the server.
+    /// Deregisters a peer whose capture left the cluster: from now on its streams are
+    /// refused (`SenderDeregistered`, exit reason CAPTURE_SUICIDE) and its messages dropped,
+    /// and its open stream is closed by the main loop. Never blocks and cannot be lost to a
+    /// full task queue, so a frozen peer is deregistered whatever the server's load.
     ///
-    /// The peer's buffered messages and its ack records go too (TiCDC keeps ack records for
-    /// the server's lifetime). A capture ID names one incarnation (§6.3 gives every
-    /// incarnation a new one), so once that capture is removed nothing legitimate sends
-    /// with its ID again. Batches already queued on a worker may recreate a few records.
-    pub fn schedule_deregister_peer_task(&self, sender_id: &str) -> Result<()> {
-        self.try_enqueue(Task::DeregisterPeer {
-            sender_id: sender_id.to_owned(),
-        })
+    /// The peer's ack records give way to a tombstone kept for the server's life (up to
+    /// `ServerConfig::max_deregistered_senders`): a capture ID names one incarnation, so
+    /// nothing legitimate sends with it again, while a frozen incarnation that resumes would
+    /// otherwise start its sequences over and see messages handled twice (TiCDC's
+    /// `pkg/p2p/server.go` leaves this as a TODO).
+    pub fn deregister_peer(&self, sender_id: &str) {
+        if self.acks.tombstone(sender_id) {
+            info!(%sender_id, "p2p peer deregistered");
+        }
+        self.deregistered.notify_one();
     }
 
+    /// Queues a task that blocks the main loop until the returned sender fires or drops;
+    /// the returned receiver completes once the main loop has reached it.
     #[cfg(test)]
-    pub(crate) fn block_main_loop(&self) -> Result<oneshot::Sender<()>> {
-        let (tx, rx) = oneshot::channel();
-        self.try_enqueue(Task::Block(rx))?;
-        Ok(tx)
+    pub(crate) fn block_main_loop(&self) -> Result<(oneshot::Sender<()>, oneshot::Receiver<()>)> {
+        let (unblock_tx, unblock_rx) = oneshot::channel();
+        let (entered_tx, entered_rx) = oneshot::channel();
+        self.try_enqueue(Task::Block {
+            entered: entered_tx,
+            unblock: unblock_rx,
+        })?;
+        Ok((unblock_tx, entered_rx))
     }
 
     /// Serves one `SendMessage` stream. `stream_cancel` ends it (the wrapper's reset).
@@ -513,6 +528,11 @@ impl MessageServer {
                 actual: meta.receiver_id,
             });
         }
+        if self.acks.is_tombstoned(&meta.sender_id) {
+            return Err(Error::SenderDeregistered {
+                sender_id: meta.sender_id,
+            });
+        }
         Ok(meta)
     }
 }
@@ -627,17 +647,9 @@ impl MainLoop {
                 self.register_peer(handle);
                 Ok(())
             }
-            Task::DeregisterPeer { sender_id } => {
-                if self.forget_peer(&sender_id).is_some() {
-                    info!(%sender_id, "p2p peer deregistered");
-                    self.publish_n_peers();
-                }
-                // The capture is gone for good (see `schedule_deregister_peer_task`).
-                self.acks.remove_node(&sender_id);
-                Ok(())
-            }
             #[cfg(test)]
-            Task::Block(unblock) => {
+            Task::Block { entered, unblock } => {
+                let _ = entered.send(());
                 let _ = unblock.await;
                 Ok(())
             }
@@ -657,6 +669,13 @@ impl MainLoop {
     fn register_peer(&mut self, handle: StreamHandle) {
         let sender_id = handle.meta().sender_id.clone();
         let epoch = handle.meta().epoch;
+        if self.acks.is_tombstoned(&sender_id) {
+            // Deregistered after the stream's meta was checked.
+            let err = Error::SenderDeregistered { sender_id };
+            let _ = handle.try_send(Ok(error_response(&err)));
+            handle.close();
+            return;
+        }
         match self.peers.get(&sender_id) {
             None => {
                 if self.peers.len() > self.config.max_peer_count {
@@ -712,6 +731,25 @@ impl MainLoop {
             peer.handle.close();
             self.publish_n_peers();
         }
+    }
+
+    /// Closes the streams and drops the buffered messages of deregistered senders.
+    fn close_deregistered(&mut self) {
+        let deregistered: Vec<String> = self
+            .peers
+            .keys()
+            .filter(|sender_id| self.acks.is_tombstoned(sender_id))
+            .cloned()
+            .collect();
+        for sender_id in deregistered {
+            let err = Error::SenderDeregistered {
+                sender_id: sender_id.clone(),
+            };
+            self.abort_peer(&sender_id, &err);
+        }
+        let acks = &self.acks;
+        self.pending
+            .retain(|sender_id, _| !acks.is_tombstoned(sender_id));
     }
 
     fn send_acks(&mut self) {
@@ -1126,7 +1164,10 @@ where
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             // One lookup per batch; each processed message is then acked by a plain store.
-            let ack = context.acks.cell(&sender_id, &self.topic);
+            let Some(ack) = context.acks.cell(&sender_id, &self.topic) else {
+                debug!(%sender_id, topic = %self.topic, "messages of a deregistered sender dropped");
+                return Ok(());
+            };
             let mut last = ack.load();
             for entry in entries {
                 if context.cancelled.load(Ordering::Acquire) {

@@ -303,9 +303,26 @@ fn ack_manager_get_set_range_remove() {
     assert_eq!(acks.get("node-1", "topic-3"), 0);
     assert_eq!(acks.get("node-2", "topic-3"), 0);
     assert_eq!(acks.get("node-1", "topic-1"), 1);
-    acks.remove_node("node-2");
+    assert!(acks.tombstone("node-2"));
+    assert!(!acks.tombstone("node-2"));
     assert_eq!(acks.get("node-2", "topic-1"), 0);
+    assert!(
+        acks.cell("node-2", "topic-1").is_none(),
+        "no record for a tombstone"
+    );
     assert_eq!(acks.get("node-1", "topic-2"), 2);
+}
+
+// The tombstones are capped: past the cap the oldest is forgotten.
+#[test]
+fn ack_manager_tombstones_capped() {
+    let acks = AckManager::new(2);
+    for sender in ["node-1", "node-2", "node-3"] {
+        assert!(acks.tombstone(sender));
+    }
+    assert!(!acks.is_tombstoned("node-1"));
+    assert!(acks.is_tombstoned("node-2"));
+    assert!(acks.is_tombstoned("node-3"));
 }
 
 // Cases 47, 48 (adapted: the server never blocks on a stream, it uses `try_send`): a send
@@ -566,7 +583,7 @@ async fn server_deregister_handler() {
         tx.send(packet(vec![entry("topic", seq)])).await.unwrap();
     }
     // Wait for the server to have taken those packets (they are buffered without a handler).
-    let stop = server.server.block_main_loop().unwrap();
+    let (stop, _) = server.server.block_main_loop().unwrap();
     stop.send(()).unwrap();
     assert_eq!(count(&received), before);
     server.stop().await;
@@ -749,7 +766,7 @@ async fn data_loss_after_unregister_handler() {
         tokio::spawn(async move { server.sync_remove_handler("topic", &cancel).await })
     };
     // The removal has been taken by the main loop once a later task runs.
-    server.server.block_main_loop().unwrap().send(()).unwrap();
+    server.server.block_main_loop().unwrap().0.send(()).unwrap();
     release.notify_one();
     removing.await.unwrap().unwrap();
     let called = Received::default();
@@ -778,21 +795,142 @@ async fn data_loss_after_unregister_handler() {
     server.stop().await;
 }
 
-// Case 67: schedule_deregister_peer_task empties the registry.
+// Case 67: deregister_peer empties the registry.
 #[tokio::test]
 async fn server_deregister_peer() {
     let server = TestServer::start(SERVER_ID, test_server_config(), None).await;
     let mut n_peers = server.server.n_peers();
     let (_tx, _responses) = open_raw(&server.addr, meta("client-1", SERVER_ID, 1)).await;
     n_peers.wait_for(|n| *n == 1).await.unwrap();
-    server
-        .server
-        .schedule_deregister_peer_task("client-1")
-        .unwrap();
-    tokio::time::timeout(Duration::from_secs(1), n_peers.wait_for(|n| *n == 0))
+    server.server.deregister_peer("client-1");
+    tokio::time::timeout(Duration::from_secs(10), n_peers.wait_for(|n| *n == 0))
         .await
         .unwrap()
         .unwrap();
+    server.stop().await;
+}
+
+// Deregistering cannot be lost to a full task queue (a frozen peer is exactly when it fills).
+#[tokio::test]
+async fn deregister_peer_with_full_task_queue() {
+    let config = ServerConfig {
+        max_pending_task_count: 2,
+        ..test_server_config()
+    };
+    let server = TestServer::start(SERVER_ID, config, None).await;
+    let mut n_peers = server.server.n_peers();
+    let (_tx, mut responses) = open_raw(&server.addr, meta("client-1", SERVER_ID, 1)).await;
+    n_peers.wait_for(|n| *n == 1).await.unwrap();
+    let (unblock, entered) = server.server.block_main_loop().unwrap();
+    entered.await.unwrap();
+    let topic = TestTopic::new("topic");
+    let mut n_queued = 0;
+    let full = loop {
+        match server
+            .server
+            .add_handler(&topic, |_, _: TestMessage| std::future::ready(Ok(())))
+        {
+            Ok(_) if n_queued < 16 => n_queued += 1,
+            Ok(_) => panic!("the task queue of 2 never filled"),
+            Err(err) => break err,
+        }
+    };
+    assert!(matches!(full, Error::TaskQueueCongested), "{full}");
+    server.server.deregister_peer("client-1");
+    unblock.send(()).unwrap();
+    assert_eq!(
+        next_exit_reason(&mut responses).await,
+        Some(ExitReason::CaptureSuicide)
+    );
+    tokio::time::timeout(Duration::from_secs(10), n_peers.wait_for(|n| *n == 0))
+        .await
+        .unwrap()
+        .unwrap();
+    server.stop().await;
+}
+
+// A deregistered sender that comes back (a frozen capture resumed) and resends what it had
+// not seen acked is refused with a clear status; nothing is handled twice.
+#[tokio::test]
+async fn deregistered_sender_is_refused() {
+    let (server, _, _, received) = start_recorded(test_server_config()).await;
+    let mut n_peers = server.server.n_peers();
+    let (tx, mut responses) = open_raw(&server.addr, meta("client-1", SERVER_ID, 1)).await;
+    for seq in 1..=3 {
+        tx.send(packet(vec![entry("topic", seq)])).await.unwrap();
+    }
+    wait_ack(&mut responses, "topic", 3).await;
+    server.server.deregister_peer("client-1");
+    assert_eq!(
+        next_exit_reason(&mut responses).await,
+        Some(ExitReason::CaptureSuicide)
+    );
+    tokio::time::timeout(Duration::from_secs(10), n_peers.wait_for(|n| *n == 0))
+        .await
+        .unwrap()
+        .unwrap();
+
+    // The resumed sender reconnects and resends from its last ack it saw (say 1).
+    let (tx, mut responses) = open_raw(&server.addr, meta("client-1", SERVER_ID, 2)).await;
+    // The send may fail once the server has refused the stream.
+    let _ = tx
+        .send(packet(vec![
+            entry("topic", 2),
+            entry("topic", 3),
+            entry("topic", 4),
+        ]))
+        .await;
+    let first = tokio::time::timeout(Duration::from_secs(10), responses.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.exit_reason(), ExitReason::CaptureSuicide);
+    assert!(
+        first
+            .error_message
+            .contains("CDC:ErrPeerMessageSenderDeregistered"),
+        "{}",
+        first.error_message
+    );
+    let status = tokio::time::timeout(Duration::from_secs(10), responses.message())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+    assert!(status.message().contains("was deregistered"), "{status:?}");
+
+    // A message client with that sender ID fails permanently instead of reconnecting.
+    let client = MessageClient::new("client-1", SERVER_ID, test_client_config(), Arc::default());
+    client
+        .try_send_message(&TestTopic::new("topic"), &TestMessage { index: 1 })
+        .unwrap();
+    let result = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.run(&CancellationToken::new(), &server.addr),
+    )
+    .await
+    .unwrap();
+    assert!(
+        matches!(result, Err(Error::ClientPermanentFail { .. })),
+        "{result:?}"
+    );
+
+    // Nothing was handled twice: a marker from a live sender comes after exactly 1, 2, 3.
+    let (tx, mut responses) = open_raw(&server.addr, meta("client-2", SERVER_ID, 1)).await;
+    tx.send(packet(vec![entry("topic", 1)])).await.unwrap();
+    wait_ack(&mut responses, "topic", 1).await;
+    let seen: Vec<(String, i64)> = received.lock().unwrap().clone();
+    let expected: Vec<(String, i64)> = [
+        ("client-1", 1),
+        ("client-1", 2),
+        ("client-1", 3),
+        ("client-2", 1),
+    ]
+    .into_iter()
+    .map(|(sender, index)| (sender.to_owned(), index))
+    .collect();
+    assert_eq!(seen, expected);
     server.stop().await;
 }
 
@@ -968,7 +1106,7 @@ async fn message_back_pressure() {
             // Slow the main loop down for a moment.
             let unblock = loop {
                 match server.server.block_main_loop() {
-                    Ok(unblock) => break unblock,
+                    Ok((unblock, _)) => break unblock,
                     Err(Error::TaskQueueCongested) => tokio::task::yield_now().await,
                     Err(err) => panic!("{err}"),
                 }
@@ -1756,7 +1894,18 @@ async fn send_then_sync(
     entries: Vec<MessageEntry>,
     handled_seq: i64,
 ) -> (mpsc::Sender<MessagePacket>, Streaming<SendMessageResponse>) {
-    let (tx, mut responses) = open_raw(addr, meta("client-1", SERVER_ID, epoch)).await;
+    send_then_sync_from("client-1", addr, epoch, entries, handled_seq).await
+}
+
+/// `send_then_sync` from `sender`.
+async fn send_then_sync_from(
+    sender: &str,
+    addr: &str,
+    epoch: i64,
+    entries: Vec<MessageEntry>,
+    handled_seq: i64,
+) -> (mpsc::Sender<MessagePacket>, Streaming<SendMessageResponse>) {
+    let (tx, mut responses) = open_raw(addr, meta(sender, SERVER_ID, epoch)).await;
     for entry in entries {
         tx.send(packet(vec![entry])).await.unwrap();
     }
@@ -1768,8 +1917,8 @@ async fn send_then_sync(
 }
 
 // A sender may buffer messages for at most max_pending_topic_count_per_sender topics without
-// a handler; one more gives CONGESTED. Its buffers go when a newer epoch replaces it, and its
-// buffers and ack records go when it is deregistered.
+// a handler; one more gives CONGESTED. Its buffers go when a newer epoch replaces it, and
+// when it is deregistered.
 #[tokio::test]
 async fn pending_topics_bounded_and_purged() {
     let config = ServerConfig {
@@ -1820,24 +1969,15 @@ async fn pending_topics_bounded_and_purged() {
         Some(ExitReason::StaleConnection)
     );
 
-    // Deregistering drops the buffers and the ack records: a new stream fits two more topics
-    // and its "handled" sequence 1 is new again.
+    // Deregistering drops the buffers. Another sender buffers one message on "pending-7".
     let mut n_peers = server.server.n_peers();
-    server
-        .server
-        .schedule_deregister_peer_task("client-1")
-        .unwrap();
+    server.server.deregister_peer("client-1");
     tokio::time::timeout(Duration::from_secs(10), n_peers.wait_for(|n| *n == 0))
         .await
         .unwrap()
         .unwrap();
-    let (_tx4, _responses4) = send_then_sync(
-        &server.addr,
-        4,
-        vec![entry("pending-7", 1), entry("pending-8", 1)],
-        1,
-    )
-    .await;
+    let (_tx4, _responses4) =
+        send_then_sync_from("client-2", &server.addr, 1, vec![entry("pending-7", 1)], 1).await;
     let indices: Vec<i64> = handled.lock().unwrap().iter().map(|(_, i)| *i).collect();
     assert_eq!(indices, vec![1, 2, 3, 1]);
 
