@@ -127,6 +127,21 @@ pub enum Error {
     /// The handler was removed (TiCDC's `ErrWorkerPoolHandleCancelled`).
     #[error("peer message handler was cancelled")]
     HandlerCancelled,
+    /// A message came for a topic whose handler has failed and is not yet removed or
+    /// replaced; the sender's stream ends, and its client resends once it reconnects.
+    #[error("peer message handler for topic {topic} has failed")]
+    HandlerDead {
+        /// The topic.
+        topic: String,
+    },
+    /// The handler function panicked (a bug); the handler was removed, the server serves on.
+    #[error("peer message handler for topic {topic} panicked: {message}")]
+    HandlerPanicked {
+        /// The topic.
+        topic: String,
+        /// The panic's message.
+        message: String,
+    },
     /// The handler function returned an error.
     #[error("peer message handler for topic {topic} failed")]
     Handler {
@@ -190,6 +205,7 @@ impl Error {
             | Error::TooManyPendingTopics { .. }
             | Error::InjectedServerRestart
             | Error::InternalSenderClosed
+            | Error::HandlerDead { .. }
             | Error::Stream { .. }
             | Error::Connect { .. } => true,
             Error::IllegalMeta
@@ -203,6 +219,7 @@ impl Error {
             | Error::SenderDeregistered { .. }
             | Error::HandlerExists { .. }
             | Error::HandlerCancelled
+            | Error::HandlerPanicked { .. }
             | Error::Handler { .. }
             | Error::ClientPanicked { .. }
             | Error::AlreadyRunning
@@ -234,7 +251,10 @@ impl Error {
             }
             Error::InjectedServerRestart => "CDC:ErrPeerMessageInjectedServerRestart",
             Error::HandlerExists { .. } => "CDC:ErrPeerMessageHandlerExists",
-            Error::HandlerCancelled => "CDC:ErrWorkerPoolHandleCancelled",
+            Error::HandlerCancelled | Error::HandlerDead { .. } => {
+                "CDC:ErrWorkerPoolHandleCancelled"
+            }
+            Error::HandlerPanicked { .. } => "CDC:ErrPeerMessageHandlerPanicked",
             Error::Handler { .. } => "CDC:ErrPeerMessageHandlerFailed",
             Error::ClientPanicked { .. } => "CDC:ErrPeerMessageClientPanicked",
             Error::Stream { .. } | Error::Connect { .. } => "CDC:ErrPeerMessageStreamFailed",
@@ -270,6 +290,8 @@ impl Error {
             | Error::InjectedServerRestart
             | Error::HandlerExists { .. }
             | Error::HandlerCancelled
+            | Error::HandlerDead { .. }
+            | Error::HandlerPanicked { .. }
             | Error::Handler { .. }
             | Error::ClientPanicked { .. }
             | Error::Stream { .. }

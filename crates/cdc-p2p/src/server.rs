@@ -4,14 +4,15 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::future::Future;
 use std::num::NonZeroU32;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::Stream;
 use futures::future::BoxFuture;
+use futures::{FutureExt as _, Stream};
 use governor::{Quota, RateLimiter};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
@@ -42,8 +43,9 @@ const LOCAL_FLUSH_INTERVAL: Duration = Duration::from_millis(10);
 /// they see the server closed.
 const STREAMS_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Receives a handler's terminal error: its own failure, `DataLost`, or `HandlerCancelled`
-/// once it is removed.
+/// Receives a handler's terminal error: its own failure, `DataLost`, `HandlerPanicked`, or
+/// `HandlerCancelled` once it is removed. A failed handler stays registered (its topic's
+/// messages end their senders' streams with `HandlerDead`) until it is removed or replaced.
 pub type HandlerErrors = mpsc::Receiver<Error>;
 
 /// The message server. Create it, share it in an `Arc`, `run` it once, and serve it through
@@ -790,14 +792,20 @@ impl MainLoop {
             .is_some_and(|peer| peer.epoch == epoch && !peer.handle.is_closed())
     }
 
-    /// Returns the live handler of `topic`, forgetting it if it died.
-    fn live_handler(&mut self, topic: &str) -> Option<(u64, usize)> {
-        let entry = self.handlers.get(topic)?;
-        if entry.is_alive() {
-            return Some((entry.id, entry.worker));
+    /// The handler of `topic`. A handler that failed (or panicked) stays registered as dead
+    /// until it is removed or replaced, so that its topic's messages end their sender's
+    /// stream instead of being buffered: TiCDC's worker pool refuses events for a handle that
+    /// has exited, and `pkg/p2p/server.go` then ends the peer's stream with that error. The
+    /// client resends those messages (never acked) once it reconnects.
+    fn handler(&self, topic: &str) -> HandlerLookup {
+        match self.handlers.get(topic) {
+            Some(entry) if entry.is_alive() => HandlerLookup::Live {
+                id: entry.id,
+                worker: entry.worker,
+            },
+            Some(_) => HandlerLookup::Dead,
+            None => HandlerLookup::Missing,
         }
-        self.handlers.remove(topic);
-        None
     }
 
     async fn send_to_worker(&mut self, worker: usize, event: WorkerEvent) -> Result<()> {
@@ -835,14 +843,22 @@ impl MainLoop {
             }
         }
         for (topic, group) in by_topic {
-            if let Some((id, worker)) = self.live_handler(&topic) {
-                let event = WorkerEvent::Remote {
-                    id,
-                    sender_id: Arc::clone(sender_id),
-                    entries: group,
-                };
-                self.send_to_worker(worker, event).await?;
-                continue;
+            match self.handler(&topic) {
+                HandlerLookup::Live { id, worker } => {
+                    let event = WorkerEvent::Remote {
+                        id,
+                        sender_id: Arc::clone(sender_id),
+                        entries: group,
+                    };
+                    self.send_to_worker(worker, event).await?;
+                    continue;
+                }
+                HandlerLookup::Dead => {
+                    // Aborting forgets the peer, so the rest of the batch goes too.
+                    self.abort_peer(sender_id, &Error::HandlerDead { topic });
+                    return Ok(());
+                }
+                HandlerLookup::Missing => {}
             }
             let limit = self.config.max_pending_message_count_per_topic;
             let topic_limit = self.config.max_pending_topic_count_per_sender;
@@ -870,14 +886,21 @@ impl MainLoop {
 
     async fn handle_local(&mut self, entries: Vec<LocalEntry>) -> Result<()> {
         for LocalEntry { topic, value } in entries {
-            if let Some((id, worker)) = self.live_handler(&topic) {
-                let event = WorkerEvent::Local {
-                    id,
-                    sender_id: Arc::clone(&self.local_sender),
-                    value,
-                };
-                self.send_to_worker(worker, event).await?;
-                continue;
+            match self.handler(&topic) {
+                HandlerLookup::Live { id, worker } => {
+                    let event = WorkerEvent::Local {
+                        id,
+                        sender_id: Arc::clone(&self.local_sender),
+                        value,
+                    };
+                    self.send_to_worker(worker, event).await?;
+                    continue;
+                }
+                HandlerLookup::Dead => {
+                    warn!(%topic, "local message for a failed handler dropped");
+                    continue;
+                }
+                HandlerLookup::Missing => {}
             }
             let topics = self
                 .pending
@@ -905,7 +928,8 @@ impl MainLoop {
         handler: Box<dyn ErasedHandler>,
         dead: Arc<AtomicBool>,
     ) -> Result<()> {
-        if self.live_handler(&topic).is_some() {
+        // A dead handler is replaced.
+        if let HandlerLookup::Live { .. } = self.handler(&topic) {
             return Err(Error::HandlerExists { topic });
         }
         let id = self.next_handler_id();
@@ -916,6 +940,7 @@ impl MainLoop {
             worker,
             WorkerEvent::Register {
                 id,
+                topic: Arc::from(topic.as_str()),
                 handler,
                 cancelled: Arc::clone(&cancelled),
                 dead: Arc::clone(&dead),
@@ -1012,9 +1037,17 @@ impl MainLoop {
     }
 }
 
+/// What `MainLoop::handler` found for a topic.
+enum HandlerLookup {
+    Live { id: u64, worker: usize },
+    Dead,
+    Missing,
+}
+
 enum WorkerEvent {
     Register {
         id: u64,
+        topic: Arc<str>,
         handler: Box<dyn ErasedHandler>,
         cancelled: Arc<AtomicBool>,
         dead: Arc<AtomicBool>,
@@ -1036,6 +1069,7 @@ enum WorkerEvent {
 }
 
 struct WorkerSlot {
+    topic: Arc<str>,
     handler: Box<dyn ErasedHandler>,
     cancelled: Arc<AtomicBool>,
     dead: Arc<AtomicBool>,
@@ -1051,6 +1085,7 @@ async fn run_worker(
         match event {
             WorkerEvent::Register {
                 id,
+                topic,
                 handler,
                 cancelled,
                 dead,
@@ -1058,6 +1093,7 @@ async fn run_worker(
                 slots.insert(
                     id,
                     WorkerSlot {
+                        topic,
                         handler,
                         cancelled,
                         dead,
@@ -1077,11 +1113,8 @@ async fn run_worker(
                     metrics: &metrics,
                     cancelled: &slot.cancelled,
                 };
-                if let Err(err) = slot
-                    .handler
-                    .handle_remote(context, sender_id, entries)
-                    .await
-                {
+                let handling = slot.handler.handle_remote(context, sender_id, entries);
+                if let Err(err) = isolate_panic(&slot.topic, handling).await {
                     fail_handler(&mut slots, id, err);
                 }
             }
@@ -1096,7 +1129,8 @@ async fn run_worker(
                 if slot.cancelled.load(Ordering::Acquire) {
                     continue;
                 }
-                if let Err(err) = slot.handler.handle_local(sender_id, value).await {
+                let handling = slot.handler.handle_local(sender_id, value);
+                if let Err(err) = isolate_panic(&slot.topic, handling).await {
                     fail_handler(&mut slots, id, err);
                 }
             }
@@ -1109,6 +1143,19 @@ async fn run_worker(
         }
     }
     Ok(())
+}
+
+/// Runs a handler call, turning a panic into `HandlerPanicked`: a handler's bug fails that
+/// handler (removed and reported like any handler error), not the server, as a client's
+/// panic fails only that client (see `router.rs`).
+async fn isolate_panic(topic: &str, handling: BoxFuture<'_, Result<()>>) -> Result<()> {
+    match AssertUnwindSafe(handling).catch_unwind().await {
+        Ok(result) => result,
+        Err(payload) => Err(Error::HandlerPanicked {
+            topic: topic.to_owned(),
+            message: crate::router::panic_message(payload.as_ref()),
+        }),
+    }
 }
 
 fn fail_handler(slots: &mut HashMap<u64, WorkerSlot>, id: u64, err: Error) {

@@ -589,6 +589,112 @@ async fn server_deregister_handler() {
     server.stop().await;
 }
 
+// A message for a topic whose handler failed ends the sender's stream instead of being
+// buffered; once the handler is replaced, the reconnected sender's resend is handled.
+#[tokio::test]
+async fn message_for_failed_handler_fails_the_stream() {
+    let server = TestServer::start(SERVER_ID, test_server_config(), None).await;
+    let cancel = CancellationToken::new();
+    let topic = TestTopic::new("topic");
+    let mut errors = server
+        .server
+        .sync_add_handler(
+            &topic,
+            |_, message: TestMessage| {
+                std::future::ready(if message.index == 2 {
+                    Err("refused".into())
+                } else {
+                    Ok(())
+                })
+            },
+            &cancel,
+        )
+        .await
+        .unwrap();
+    let (tx, mut responses) = open_raw(&server.addr, meta("client-1", SERVER_ID, 1)).await;
+    tx.send(packet(vec![entry("topic", 1), entry("topic", 2)]))
+        .await
+        .unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(10), errors.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(err, Error::Handler { .. }), "{err}");
+    tx.send(packet(vec![entry("topic", 3)])).await.unwrap();
+    let reason = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let response = responses.message().await.unwrap().unwrap();
+            if response.exit_reason() != ExitReason::Ok {
+                return response;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(reason.exit_reason(), ExitReason::Unknown);
+    assert!(
+        reason
+            .error_message
+            .contains("CDC:ErrWorkerPoolHandleCancelled")
+            && reason.error_message.contains("topic topic has failed"),
+        "{}",
+        reason.error_message
+    );
+
+    // A replacement handler takes the resend from 2 (1 was processed, 2 and 3 were not).
+    let received = Received::default();
+    server.add_recorder(&topic, &received, &cancel).await;
+    let (tx, mut responses) = open_raw(&server.addr, meta("client-1", SERVER_ID, 2)).await;
+    tx.send(packet(vec![entry("topic", 2), entry("topic", 3)]))
+        .await
+        .unwrap();
+    wait_ack(&mut responses, "topic", 3).await;
+    let indices: Vec<i64> = received.lock().unwrap().iter().map(|(_, i)| *i).collect();
+    assert_eq!(indices, vec![2, 3]);
+    server.stop().await;
+}
+
+// A handler that panics is removed and reported; the server keeps serving other topics.
+#[tokio::test]
+async fn handler_panic_is_isolated() {
+    let server = TestServer::start(SERVER_ID, test_server_config(), None).await;
+    let cancel = CancellationToken::new();
+    let mut errors = server
+        .server
+        .sync_add_handler(
+            &TestTopic::new("panicking"),
+            |_, message: TestMessage| {
+                assert!(message.index != 2, "handler bug on message 2");
+                std::future::ready(Ok(()))
+            },
+            &cancel,
+        )
+        .await
+        .unwrap();
+    let received = Received::default();
+    server
+        .add_recorder(&TestTopic::new("other"), &received, &cancel)
+        .await;
+    let (tx, mut responses) = open_raw(&server.addr, meta("client-1", SERVER_ID, 1)).await;
+    tx.send(packet(vec![entry("panicking", 1), entry("panicking", 2)]))
+        .await
+        .unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(10), errors.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(&err, Error::HandlerPanicked { topic, message }
+            if topic == "panicking" && message.contains("handler bug on message 2")),
+        "{err}"
+    );
+    tx.send(packet(vec![entry("other", 1)])).await.unwrap();
+    wait_ack(&mut responses, "other", 1).await;
+    assert_eq!(count(&received), 1);
+    assert!(!server.run.is_finished(), "the server still runs");
+    server.stop().await;
+}
+
 // Case 58: cancelling the server ends open streams with "message server is closing".
 #[tokio::test]
 async fn server_closed_ends_streams() {
