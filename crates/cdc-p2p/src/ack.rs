@@ -140,6 +140,33 @@ impl AckManager {
         });
     }
 
+    /// The senders that have a record of `topic`.
+    pub(crate) fn senders_of(&self, topic: &str) -> Vec<String> {
+        self.lock()
+            .acks
+            .iter()
+            .filter(|(_, topics)| topics.contains_key(topic))
+            .map(|(sender_id, _)| sender_id.clone())
+            .collect()
+    }
+
+    /// Forgets the record of (sender, topic), and the sender's entry once it has none.
+    pub(crate) fn remove(&self, sender_id: &str, topic: &str) {
+        let mut records = self.lock();
+        if let Some(topics) = records.acks.get_mut(sender_id) {
+            topics.remove(topic);
+            if topics.is_empty() {
+                records.acks.remove(sender_id);
+            }
+        }
+    }
+
+    /// The number of (sender, topic) records.
+    #[cfg(test)]
+    pub(crate) fn n_records(&self) -> usize {
+        self.lock().acks.values().map(HashMap::len).sum()
+    }
+
     /// Whether `sender_id` was deregistered.
     pub(crate) fn is_tombstoned(&self, sender_id: &str) -> bool {
         self.lock().tombstones.contains(sender_id)

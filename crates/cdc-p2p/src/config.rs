@@ -200,6 +200,10 @@ pub struct ServerConfig {
     /// oldest is forgotten. A capture ID names one incarnation, so this counts removed
     /// incarnations; each costs about 150 bytes.
     pub max_deregistered_senders: usize,
+    /// How long a topic stays without handler, after its handler was removed, before its
+    /// ack records are trimmed (sender by sender, once the sender has been sent the final
+    /// acks). A handler added meanwhile continues from the records.
+    pub removed_topic_linger: Duration,
 }
 
 impl Default for ServerConfig {
@@ -220,6 +224,7 @@ impl Default for ServerConfig {
             keep_alive_time: messages.keep_alive_time,
             keep_alive_timeout: messages.keep_alive_timeout,
             max_deregistered_senders: 16_384,
+            removed_topic_linger: Duration::from_secs(10),
         }
     }
 }

@@ -142,6 +142,12 @@ impl MessageServer {
         self.n_peers.subscribe()
     }
 
+    /// The number of (sender, topic) ack records.
+    #[cfg(test)]
+    pub(crate) fn n_ack_records(&self) -> usize {
+        self.acks.n_records()
+    }
+
     /// Whether `run` has returned.
     pub fn is_closed(&self) -> bool {
         self.closed.is_cancelled()
@@ -181,23 +187,17 @@ impl MessageServer {
         mut task_rx: mpsc::Receiver<Task>,
         local_rx: Option<LocalReceiver>,
     ) -> Result<()> {
-        let mut tasks: JoinSet<Result<()>> = JoinSet::new();
+        let mut tasks: Tasks = JoinSet::new();
         let mut workers = Vec::with_capacity(self.config.worker_pool_size);
         for _ in 0..self.config.worker_pool_size.max(1) {
             let (tx, rx) = mpsc::channel(self.config.worker_queue_size.max(1));
             workers.push(tx);
-            tasks.spawn(run_worker(
-                rx,
-                Arc::clone(&self.acks),
-                Arc::clone(&self.metrics),
-            ));
+            let worker = run_worker(rx, Arc::clone(&self.acks), Arc::clone(&self.metrics));
+            tasks.spawn(worker.map(|result| result.map(|()| None)));
         }
         if let Some(local_rx) = local_rx {
-            tasks.spawn(run_local_receiver(
-                local_rx,
-                self.task_tx.clone(),
-                cancel.clone(),
-            ));
+            let receiver = run_local_receiver(local_rx, self.task_tx.clone(), cancel.clone());
+            tasks.spawn(receiver.map(|result| result.map(|()| None)));
         }
         let mut main = MainLoop {
             local_sender: Arc::from(self.server_id.as_str()),
@@ -209,6 +209,7 @@ impl MessageServer {
             peers: HashMap::new(),
             pending: HashMap::new(),
             n_peers: self.n_peers.clone(),
+            removed_topics: HashMap::new(),
         };
         let mut ack_tick = tokio::time::interval(self.config.ack_interval);
         ack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -217,7 +218,8 @@ impl MessageServer {
                 biased;
                 _ = cancel.cancelled() => return Ok(()),
                 Some(joined) = tasks.join_next() => match joined {
-                    Ok(Ok(())) => {}
+                    Ok(Ok(None)) => {}
+                    Ok(Ok(Some(gone))) => main.handler_gone(gone),
                     Ok(Err(err)) => return Err(err),
                     Err(join_err) => {
                         if join_err.is_panic() {
@@ -620,10 +622,12 @@ struct MainLoop {
     /// `max_pending_topic_count_per_sender` topics here.
     pending: HashMap<SenderId, HashMap<String, Vec<PendingEntry>>>,
     n_peers: watch::Sender<usize>,
+    /// Topics whose handler was removed, until their ack records are trimmed.
+    removed_topics: HashMap<String, RemovedTopic>,
 }
 
 impl MainLoop {
-    async fn handle_task(&mut self, task: Task, tasks: &mut JoinSet<Result<()>>) -> Result<()> {
+    async fn handle_task(&mut self, task: Task, tasks: &mut Tasks) -> Result<()> {
         match task {
             Task::MessageBatch {
                 sender_id,
@@ -755,6 +759,7 @@ impl MainLoop {
     }
 
     fn send_acks(&mut self) {
+        let trimmed = self.trim_removed_topics();
         let mut gone = Vec::new();
         for (sender_id, peer) in &self.peers {
             let mut acks = Vec::new();
@@ -765,9 +770,17 @@ impl MainLoop {
                 });
                 true
             });
-            if acks.is_empty() {
+            if acks.is_empty() && trimmed.binary_search(sender_id).is_err() {
                 continue;
             }
+            let acked_removed: Vec<String> = if self.removed_topics.is_empty() {
+                Vec::new()
+            } else {
+                acks.iter()
+                    .filter(|ack| self.removed_topics.contains_key(&ack.topic))
+                    .map(|ack| ack.topic.clone())
+                    .collect()
+            };
             let response = SendMessageResponse {
                 ack: acks,
                 exit_reason: ExitReason::Ok as i32,
@@ -775,8 +788,16 @@ impl MainLoop {
             };
             // Acks are cumulative: a full channel (a frozen peer) skips this tick instead of
             // blocking the main loop.
-            if let Err(TrySendError::Closed) = peer.handle.try_send(Ok(response)) {
-                gone.push(sender_id.clone());
+            match peer.handle.try_send(Ok(response)) {
+                Ok(()) => {
+                    for topic in acked_removed {
+                        if let Some(removed) = self.removed_topics.get_mut(&topic) {
+                            removed.acked.insert(sender_id.clone(), peer.epoch);
+                        }
+                    }
+                }
+                Err(TrySendError::Full) => {}
+                Err(TrySendError::Closed) => gone.push(sender_id.clone()),
             }
         }
         for sender_id in gone {
@@ -932,6 +953,8 @@ impl MainLoop {
         if let HandlerLookup::Live { .. } = self.handler(&topic) {
             return Err(Error::HandlerExists { topic });
         }
+        // The new handler continues from the records a removed one left.
+        self.removed_topics.remove(&topic);
         let id = self.next_handler_id();
         let worker = self.next_worker % self.workers.len();
         self.next_worker = self.next_worker.wrapping_add(1);
@@ -1000,12 +1023,7 @@ impl MainLoop {
         NEXT.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn deregister_handler(
-        &mut self,
-        topic: &str,
-        done: oneshot::Sender<()>,
-        tasks: &mut JoinSet<Result<()>>,
-    ) {
+    fn deregister_handler(&mut self, topic: &str, done: oneshot::Sender<()>, tasks: &mut Tasks) {
         let Some(entry) = self.handlers.remove(topic) else {
             let _ = done.send(());
             return;
@@ -1023,19 +1041,106 @@ impl MainLoop {
                         done: unregistered_tx,
                     })
                     .await
-                    .is_ok()
+                    .is_err()
                 {
-                    let _ = unregistered_rx.await;
+                    return false;
+                }
+                unregistered_rx.await.unwrap_or(false)
+            };
+            let clean = match tokio::time::timeout(timeout, unregister).await {
+                Ok(clean) => clean,
+                Err(_) => {
+                    warn!(%topic, "p2p handler did not finish in time after removal");
+                    false
                 }
             };
-            if tokio::time::timeout(timeout, unregister).await.is_err() {
-                warn!(%topic, "p2p handler did not finish in time after removal");
-            }
-            let _ = done.send(());
-            Ok(())
+            Ok(Some(HandlerGone { topic, clean, done }))
         });
     }
+
+    /// A removed handler has finished. If it left no message unprocessed, its topic's ack
+    /// records are trimmed once the topic has stayed without handler for
+    /// `ServerConfig::removed_topic_linger` (see `trim_removed_topics`); otherwise they stay,
+    /// so that a later handler of the topic still detects the gap (`DataLost`).
+    fn handler_gone(&mut self, gone: HandlerGone) {
+        let HandlerGone { topic, clean, done } = gone;
+        if clean && !self.handlers.contains_key(&topic) {
+            self.removed_topics.insert(
+                topic,
+                RemovedTopic {
+                    since: tokio::time::Instant::now(),
+                    acked: HashMap::new(),
+                },
+            );
+        }
+        let _ = done.send(());
+    }
+
+    /// Trims the ack records of topics removed at least `removed_topic_linger` ago, sender by
+    /// sender, so that topics named per changefeed do not accumulate.
+    ///
+    /// A sender's record goes only once an ack set holding it was queued to the sender's
+    /// current stream after the removal: its client then holds nothing of the topic that the
+    /// handler processed, and, seeing later ack sets without the topic, trims its own state
+    /// (`MessageClient`) and starts the topic over at sequence 1, which the trimmed server
+    /// accepts as new. Returns the senders that lost a record, which are sent an ack set at
+    /// once (possibly empty) so that their clients learn it.
+    fn trim_removed_topics(&mut self) -> Vec<String> {
+        let mut trimmed_senders = Vec::new();
+        if self.removed_topics.is_empty() {
+            return trimmed_senders;
+        }
+        let now = tokio::time::Instant::now();
+        let linger = self.config.removed_topic_linger;
+        let peers = &self.peers;
+        let acks = &self.acks;
+        self.removed_topics.retain(|topic, removed| {
+            if now.duration_since(removed.since) < linger {
+                return true;
+            }
+            let mut remaining = false;
+            for sender_id in acks.senders_of(topic) {
+                let delivered = removed.acked.get(sender_id.as_str()).is_some_and(|epoch| {
+                    peers
+                        .get(&sender_id)
+                        .is_some_and(|peer| peer.epoch == *epoch)
+                });
+                if delivered {
+                    acks.remove(&sender_id, topic);
+                    trimmed_senders.push(sender_id);
+                } else {
+                    remaining = true;
+                }
+            }
+            if !remaining {
+                debug!(%topic, "p2p ack records of a removed topic trimmed");
+            }
+            remaining
+        });
+        trimmed_senders.sort_unstable();
+        trimmed_senders.dedup();
+        trimmed_senders
+    }
 }
+
+/// A removed handler that has finished, reported by the task that unregistered it.
+struct HandlerGone {
+    topic: String,
+    /// Whether it left no message unprocessed (it was not stopped in the middle of a batch,
+    /// had not failed, and finished in time).
+    clean: bool,
+    done: oneshot::Sender<()>,
+}
+
+/// A topic whose handler was removed cleanly, waiting to have its ack records trimmed.
+struct RemovedTopic {
+    since: tokio::time::Instant,
+    /// Senders to whose stream (of this epoch) an ack set was queued since the removal.
+    acked: HashMap<String, i64>,
+}
+
+/// The main loop's owned tasks: the workers, the local receiver and handler removals.
+type Tasks = JoinSet<Result<Option<HandlerGone>>>;
 
 /// What `MainLoop::handler` found for a topic.
 enum HandlerLookup {
@@ -1062,9 +1167,10 @@ enum WorkerEvent {
         sender_id: SenderId,
         value: Box<dyn Any + Send>,
     },
+    /// The last event of a handler; `done` gets whether it left no message unprocessed.
     Unregister {
         id: u64,
-        done: oneshot::Sender<()>,
+        done: oneshot::Sender<bool>,
     },
 }
 
@@ -1073,6 +1179,8 @@ struct WorkerSlot {
     handler: Box<dyn ErasedHandler>,
     cancelled: Arc<AtomicBool>,
     dead: Arc<AtomicBool>,
+    /// Whether removal stopped it before a message given to it.
+    dropped: bool,
 }
 
 async fn run_worker(
@@ -1097,6 +1205,7 @@ async fn run_worker(
                         handler,
                         cancelled,
                         dead,
+                        dropped: false,
                     },
                 );
             }
@@ -1114,8 +1223,10 @@ async fn run_worker(
                     cancelled: &slot.cancelled,
                 };
                 let handling = slot.handler.handle_remote(context, sender_id, entries);
-                if let Err(err) = isolate_panic(&slot.topic, handling).await {
-                    fail_handler(&mut slots, id, err);
+                match isolate_panic(&slot.topic, handling).await {
+                    Ok(true) => {}
+                    Ok(false) => slot.dropped = true,
+                    Err(err) => fail_handler(&mut slots, id, err),
                 }
             }
             WorkerEvent::Local {
@@ -1135,10 +1246,12 @@ async fn run_worker(
                 }
             }
             WorkerEvent::Unregister { id, done } => {
-                if let Some(slot) = slots.remove(&id) {
+                // A missing slot is a handler that failed, leaving its messages unprocessed.
+                let clean = slots.remove(&id).is_some_and(|slot| {
                     slot.handler.report(Error::HandlerCancelled);
-                }
-                let _ = done.send(());
+                    !slot.dropped
+                });
+                let _ = done.send(clean);
             }
         }
     }
@@ -1148,7 +1261,7 @@ async fn run_worker(
 /// Runs a handler call, turning a panic into `HandlerPanicked`: a handler's bug fails that
 /// handler (removed and reported like any handler error), not the server, as a client's
 /// panic fails only that client (see `router.rs`).
-async fn isolate_panic(topic: &str, handling: BoxFuture<'_, Result<()>>) -> Result<()> {
+async fn isolate_panic<T>(topic: &str, handling: BoxFuture<'_, Result<T>>) -> Result<T> {
     match AssertUnwindSafe(handling).catch_unwind().await {
         Ok(result) => result,
         Err(payload) => Err(Error::HandlerPanicked {
@@ -1173,12 +1286,13 @@ struct HandlerContext<'a> {
 }
 
 trait ErasedHandler: Send {
+    /// Handles a batch; `Ok(false)` if removal stopped it before the batch's end.
     fn handle_remote<'a>(
         &'a mut self,
         context: HandlerContext<'a>,
         sender_id: SenderId,
         entries: Vec<MessageEntry>,
-    ) -> BoxFuture<'a, Result<()>>;
+    ) -> BoxFuture<'a, Result<bool>>;
 
     fn handle_local(
         &mut self,
@@ -1208,17 +1322,17 @@ where
         context: HandlerContext<'a>,
         sender_id: SenderId,
         entries: Vec<MessageEntry>,
-    ) -> BoxFuture<'a, Result<()>> {
+    ) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
             // One lookup per batch; each processed message is then acked by a plain store.
             let Some(ack) = context.acks.cell(&sender_id, &self.topic) else {
                 debug!(%sender_id, topic = %self.topic, "messages of a deregistered sender dropped");
-                return Ok(());
+                return Ok(true);
             };
             let mut last = ack.load();
             for entry in entries {
                 if context.cancelled.load(Ordering::Acquire) {
-                    return Ok(());
+                    return Ok(false);
                 }
                 if entry.sequence <= last {
                     context.metrics.add_repeated(1);
@@ -1242,7 +1356,7 @@ where
                 ack.store(last);
                 context.metrics.add_received(1);
             }
-            Ok(())
+            Ok(true)
         })
     }
 

@@ -695,6 +695,74 @@ async fn handler_panic_is_isolated() {
     server.stop().await;
 }
 
+// Topics named per changefeed do not accumulate: once a topic's handler is removed, the
+// server trims its ack records and the client its state; the topic then starts over at 1.
+#[tokio::test]
+async fn removed_topics_are_trimmed() {
+    let config = ServerConfig {
+        removed_topic_linger: Duration::from_millis(50),
+        ..test_server_config()
+    };
+    let server = TestServer::start(SERVER_ID, config, None).await;
+    let cancel = CancellationToken::new();
+    let client = MessageClient::new("client-1", SERVER_ID, test_client_config(), Arc::default());
+    let run = spawn_run(&client, &server.addr, cancel.clone());
+    let received = Received::default();
+    let kept = TestTopic::new("kept");
+    server.add_recorder(&kept, &received, &cancel).await;
+    let topics: Vec<TestTopic> = (0..8)
+        .map(|i| TestTopic::new(format!("changefeed-{i}")))
+        .collect();
+    for topic in &topics {
+        server.add_recorder(topic, &received, &cancel).await;
+    }
+    for topic in topics.iter().chain([&kept]) {
+        for index in 1..=3 {
+            client
+                .send_message(topic, &TestMessage { index }, &cancel)
+                .await
+                .unwrap();
+        }
+    }
+    for topic in topics.iter().chain([&kept]) {
+        assert_acked(&client, topic.name(), 3, Duration::from_secs(10)).await;
+    }
+    assert_eq!(server.server.n_ack_records(), 9);
+    assert_eq!(client.n_topics(), 9);
+
+    for topic in &topics {
+        server
+            .server
+            .sync_remove_handler(topic.name(), &cancel)
+            .await
+            .unwrap();
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || server.server.n_ack_records()
+            == 1
+            && client.n_topics() == 1)
+        .await,
+        "records {}, client topics {}",
+        server.server.n_ack_records(),
+        client.n_topics()
+    );
+    assert_eq!(client.current_ack("kept"), (3, true));
+
+    // A topic that comes back starts over and is handled.
+    let again = Received::default();
+    server.add_recorder(&topics[0], &again, &cancel).await;
+    let seq = client
+        .send_message(&topics[0], &TestMessage { index: 1 }, &cancel)
+        .await
+        .unwrap();
+    assert_eq!(seq, 1);
+    assert_acked(&client, topics[0].name(), 1, Duration::from_secs(10)).await;
+    assert_eq!(count(&again), 1);
+    cancel.cancel();
+    run.await.unwrap().unwrap();
+    server.stop().await;
+}
+
 // Case 58: cancelling the server ends open streams with "message server is closing".
 #[tokio::test]
 async fn server_closed_ends_streams() {
