@@ -66,6 +66,9 @@ pub struct MessageServer {
     pub(crate) streams: TaskTracker,
     #[cfg(test)]
     pub(crate) inject_restart: std::sync::atomic::AtomicU32,
+    /// The number of registered handlers (dead ones included), updated by the main loop.
+    #[cfg(test)]
+    pub(crate) n_handlers: watch::Sender<usize>,
 }
 
 impl std::fmt::Debug for MessageServer {
@@ -119,6 +122,8 @@ impl MessageServer {
             streams: TaskTracker::new(),
             #[cfg(test)]
             inject_restart: std::sync::atomic::AtomicU32::new(0),
+            #[cfg(test)]
+            n_handlers: watch::Sender::new(0),
         }
     }
 
@@ -210,6 +215,8 @@ impl MessageServer {
             pending: HashMap::new(),
             n_peers: self.n_peers.clone(),
             removed_topics: HashMap::new(),
+            #[cfg(test)]
+            n_handlers: self.n_handlers.clone(),
         };
         let mut ack_tick = tokio::time::interval(self.config.ack_interval);
         ack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -624,6 +631,8 @@ struct MainLoop {
     n_peers: watch::Sender<usize>,
     /// Topics whose handler was removed, until their ack records are trimmed.
     removed_topics: HashMap<String, RemovedTopic>,
+    #[cfg(test)]
+    n_handlers: watch::Sender<usize>,
 }
 
 impl MainLoop {
@@ -980,6 +989,8 @@ impl MainLoop {
             },
         );
         debug!(%topic, "p2p handler registered");
+        #[cfg(test)]
+        self.n_handlers.send_replace(self.handlers.len());
         // Replay what arrived before the handler, sender by sender.
         let mut buffered = Vec::new();
         self.pending.retain(|sender_id, topics| {
@@ -1029,6 +1040,8 @@ impl MainLoop {
             return;
         };
         entry.cancelled.store(true, Ordering::Release);
+        #[cfg(test)]
+        self.n_handlers.send_replace(self.handlers.len());
         let worker = self.workers[entry.worker].clone();
         let timeout = self.config.wait_unregister_handle_timeout;
         let topic = topic.to_owned();
