@@ -599,10 +599,8 @@ impl Capture {
         let server = owner.then(|| Arc::clone(&incarnation.message_server));
         let on_removed = Box::new(move |capture_id: &String| {
             router.remove_peer(capture_id);
-            if let Some(server) = &server
-                && let Err(err) = server.schedule_deregister_peer_task(capture_id)
-            {
-                warn!(%capture_id, error = %err, "deregistering a removed capture failed");
+            if let Some(server) = &server {
+                server.deregister_peer(capture_id);
             }
         });
         state.set_hooks(on_added, on_removed);

@@ -72,6 +72,23 @@ impl Sequences {
             _ => self.index.get(topic).copied(),
         }
     }
+
+    /// The last sequence assigned on `topic`, 0 if none (or unknown).
+    fn last_assigned(&self, topic: &str) -> i64 {
+        self.find(topic).map_or(0, |slot| self.slots[slot].1 - 1)
+    }
+
+    /// Forgets `topic`; its next message starts over at sequence 1.
+    fn remove(&mut self, topic: &str) {
+        let Some(slot) = self.index.remove(topic) else {
+            return;
+        };
+        self.slots.swap_remove(slot);
+        if let Some((moved, _)) = self.slots.get(slot) {
+            self.index.insert(moved.clone(), slot);
+        }
+        self.last = 0;
+    }
 }
 
 #[derive(Debug)]
@@ -383,8 +400,8 @@ impl MessageClient {
     }
 
     /// Connects to `addr` and keeps the stream up, reconnecting (rate-limited) until `cancel`
-    /// fires or the peer turns out to be another capture (`ClientPermanentFail`). Runs once;
-    /// afterwards the client is closed.
+    /// fires, or the peer turns out to be another capture or refuses this sender as
+    /// deregistered (`ClientPermanentFail`). Runs once; afterwards the client is closed.
     pub async fn run(&self, cancel: &CancellationToken, addr: &str) -> Result<()> {
         let _close = CloseOnDrop(&self.shared);
         let queue_rx = self
@@ -599,7 +616,7 @@ impl MessageClient {
             };
             match response.exit_reason() {
                 ExitReason::Ok => self.apply_acks(&response),
-                ExitReason::CaptureIdMismatch => {
+                ExitReason::CaptureIdMismatch | ExitReason::CaptureSuicide => {
                     return Err(Error::ClientPermanentFail {
                         reason: response.error_message,
                     });
@@ -612,9 +629,42 @@ impl MessageClient {
         }
     }
 
+    /// Forgets the topics the server no longer acks (their handler was removed and the
+    /// server trimmed their records) and that hold nothing unacked: every assigned sequence
+    /// is acked. Such a topic starts over at sequence 1, which the server takes as new, so
+    /// per-changefeed topics do not accumulate. A topic with anything unacked stays (the
+    /// server has not trimmed it, or will take its resend as new).
+    fn trim_topics(
+        &self,
+        sequences: &mut Sequences,
+        topics: &mut HashMap<String, TopicState>,
+        response: &SendMessageResponse,
+    ) {
+        let acked: std::collections::HashSet<&str> =
+            response.ack.iter().map(|ack| ack.topic.as_str()).collect();
+        topics.retain(|topic, state| {
+            let idle = !acked.contains(topic.as_str())
+                && state.unacked.is_empty()
+                && sequences.last_assigned(topic) == state.ack;
+            if idle {
+                debug!(receiver_id = %self.shared.receiver_id, %topic, "p2p topic no longer acked, forgotten");
+                sequences.remove(topic);
+            }
+            !idle
+        });
+    }
+
+    /// The number of topics the client tracks.
+    #[cfg(test)]
+    pub(crate) fn n_topics(&self) -> usize {
+        self.topics().len()
+    }
+
     fn apply_acks(&self, response: &SendMessageResponse) {
         let mut acked = 0;
         let mut freed = 0;
+        // Taken before `topics`, as everywhere, for trimming below.
+        let mut sequences = self.sequences();
         let mut topics = self.topics();
         for ack in &response.ack {
             let Some(state) = topics.get_mut(&ack.topic) else {
@@ -633,7 +683,11 @@ impl MessageClient {
                 acked += 1;
             }
         }
+        if topics.len() > response.ack.len() {
+            self.trim_topics(&mut sequences, &mut topics, response);
+        }
         drop(topics);
+        drop(sequences);
         if freed > 0 {
             self.shared
                 .unacked_bytes

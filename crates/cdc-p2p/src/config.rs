@@ -196,6 +196,14 @@ pub struct ServerConfig {
     pub keep_alive_time: Duration,
     /// HTTP/2 keep-alive timeout for the serving side.
     pub keep_alive_timeout: Duration,
+    /// Deregistered senders remembered (and refused) for the server's life; past it the
+    /// oldest is forgotten. A capture ID names one incarnation, so this counts removed
+    /// incarnations; each costs about 150 bytes.
+    pub max_deregistered_senders: usize,
+    /// How long a topic stays without handler, after its handler was removed, before its
+    /// ack records are trimmed (sender by sender, once the sender has been sent the final
+    /// acks). A handler added meanwhile continues from the records.
+    pub removed_topic_linger: Duration,
 }
 
 impl Default for ServerConfig {
@@ -215,6 +223,8 @@ impl Default for ServerConfig {
             max_recv_msg_size: to_usize(messages.max_recv_msg_size),
             keep_alive_time: messages.keep_alive_time,
             keep_alive_timeout: messages.keep_alive_timeout,
+            max_deregistered_senders: 16_384,
+            removed_topic_linger: Duration::from_secs(10),
         }
     }
 }

@@ -84,6 +84,13 @@ pub enum Error {
     /// The server's task queue is full.
     #[error("peer message server task queue is congested")]
     TaskQueueCongested,
+    /// The sender was deregistered (its capture left the cluster); its streams are refused
+    /// for the server's life.
+    #[error("peer message sender {sender_id} was deregistered: its capture left the cluster")]
+    SenderDeregistered {
+        /// The sender.
+        sender_id: String,
+    },
     /// The stream's receiver ID is not this server's ID.
     #[error("peer message receiver mismatch: expected {expected}, got {actual}")]
     ReceiverMismatch {
@@ -120,6 +127,21 @@ pub enum Error {
     /// The handler was removed (TiCDC's `ErrWorkerPoolHandleCancelled`).
     #[error("peer message handler was cancelled")]
     HandlerCancelled,
+    /// A message came for a topic whose handler has failed and is not yet removed or
+    /// replaced; the sender's stream ends, and its client resends once it reconnects.
+    #[error("peer message handler for topic {topic} has failed")]
+    HandlerDead {
+        /// The topic.
+        topic: String,
+    },
+    /// The handler function panicked (a bug); the handler was removed, the server serves on.
+    #[error("peer message handler for topic {topic} panicked: {message}")]
+    HandlerPanicked {
+        /// The topic.
+        topic: String,
+        /// The panic's message.
+        message: String,
+    },
     /// The handler function returned an error.
     #[error("peer message handler for topic {topic} failed")]
     Handler {
@@ -183,6 +205,7 @@ impl Error {
             | Error::TooManyPendingTopics { .. }
             | Error::InjectedServerRestart
             | Error::InternalSenderClosed
+            | Error::HandlerDead { .. }
             | Error::Stream { .. }
             | Error::Connect { .. } => true,
             Error::IllegalMeta
@@ -193,8 +216,10 @@ impl Error {
             | Error::DataLost { .. }
             | Error::TooManyPeers { .. }
             | Error::ReceiverMismatch { .. }
+            | Error::SenderDeregistered { .. }
             | Error::HandlerExists { .. }
             | Error::HandlerCancelled
+            | Error::HandlerPanicked { .. }
             | Error::Handler { .. }
             | Error::ClientPanicked { .. }
             | Error::AlreadyRunning
@@ -220,12 +245,16 @@ impl Error {
             Error::TooManyPeers { .. } => "CDC:ErrPeerMessageToManyPeers",
             Error::TaskQueueCongested => "CDC:ErrPeerMessageTaskQueueCongested",
             Error::ReceiverMismatch { .. } => "CDC:ErrPeerMessageReceiverMismatch",
+            Error::SenderDeregistered { .. } => "CDC:ErrPeerMessageSenderDeregistered",
             Error::TopicCongested { .. } | Error::TooManyPendingTopics { .. } => {
                 "CDC:ErrPeerMessageTopicCongested"
             }
             Error::InjectedServerRestart => "CDC:ErrPeerMessageInjectedServerRestart",
             Error::HandlerExists { .. } => "CDC:ErrPeerMessageHandlerExists",
-            Error::HandlerCancelled => "CDC:ErrWorkerPoolHandleCancelled",
+            Error::HandlerCancelled | Error::HandlerDead { .. } => {
+                "CDC:ErrWorkerPoolHandleCancelled"
+            }
+            Error::HandlerPanicked { .. } => "CDC:ErrPeerMessageHandlerPanicked",
             Error::Handler { .. } => "CDC:ErrPeerMessageHandlerFailed",
             Error::ClientPanicked { .. } => "CDC:ErrPeerMessageClientPanicked",
             Error::Stream { .. } | Error::Connect { .. } => "CDC:ErrPeerMessageStreamFailed",
@@ -242,6 +271,9 @@ impl Error {
             | Error::TaskQueueCongested => ExitReason::Congested,
             Error::StaleConnection { .. } => ExitReason::StaleConnection,
             Error::ReceiverMismatch { .. } => ExitReason::CaptureIdMismatch,
+            // Not sent by TiCDC: the sender's capture was removed, so its incarnation is
+            // over; our client treats it as permanent, a Go client reconnects and is refused.
+            Error::SenderDeregistered { .. } => ExitReason::CaptureSuicide,
             // TiCDC maps DuplicateConnection to UNKNOWN; we send the dedicated value, which
             // a Go client treats the same way (any reason but OK ends the stream).
             Error::DuplicateConnection { .. } => ExitReason::DuplicateConnection,
@@ -258,6 +290,8 @@ impl Error {
             | Error::InjectedServerRestart
             | Error::HandlerExists { .. }
             | Error::HandlerCancelled
+            | Error::HandlerDead { .. }
+            | Error::HandlerPanicked { .. }
             | Error::Handler { .. }
             | Error::ClientPanicked { .. }
             | Error::Stream { .. }

@@ -4,16 +4,17 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::future::Future;
 use std::num::NonZeroU32;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::Stream;
 use futures::future::BoxFuture;
+use futures::{FutureExt as _, Stream};
 use governor::{Quota, RateLimiter};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -42,8 +43,9 @@ const LOCAL_FLUSH_INTERVAL: Duration = Duration::from_millis(10);
 /// they see the server closed.
 const STREAMS_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Receives a handler's terminal error: its own failure, `DataLost`, or `HandlerCancelled`
-/// once it is removed.
+/// Receives a handler's terminal error: its own failure, `DataLost`, `HandlerPanicked`, or
+/// `HandlerCancelled` once it is removed. A failed handler stays registered (its topic's
+/// messages end their senders' streams with `HandlerDead`) until it is removed or replaced.
 pub type HandlerErrors = mpsc::Receiver<Error>;
 
 /// The message server. Create it, share it in an `Arc`, `run` it once, and serve it through
@@ -56,12 +58,17 @@ pub struct MessageServer {
     /// Cancelled when `run` returns.
     closed: CancellationToken,
     acks: Arc<AckManager>,
+    /// Notified by `deregister_peer`; the main loop then closes the deregistered streams.
+    deregistered: Notify,
     metrics: Arc<Metrics>,
     n_peers: watch::Sender<usize>,
     /// The streams' receiving tasks; `run` awaits them (bounded) when it ends.
     pub(crate) streams: TaskTracker,
     #[cfg(test)]
     pub(crate) inject_restart: std::sync::atomic::AtomicU32,
+    /// The number of registered handlers (dead ones included), updated by the main loop.
+    #[cfg(test)]
+    pub(crate) n_handlers: watch::Sender<usize>,
 }
 
 impl std::fmt::Debug for MessageServer {
@@ -90,29 +97,33 @@ enum Task {
         done: oneshot::Sender<()>,
     },
     RegisterPeer(StreamHandle),
-    DeregisterPeer {
-        sender_id: String,
-    },
     #[cfg(test)]
-    Block(oneshot::Receiver<()>),
+    Block {
+        entered: oneshot::Sender<()>,
+        unblock: oneshot::Receiver<()>,
+    },
 }
 
 impl MessageServer {
     /// A server for the capture `server_id`.
     pub fn new(server_id: impl Into<String>, config: ServerConfig) -> Self {
         let (task_tx, task_rx) = mpsc::channel(config.max_pending_task_count.max(1));
+        let acks = Arc::new(AckManager::new(config.max_deregistered_senders));
         MessageServer {
             server_id: server_id.into(),
             config,
             task_tx,
             task_rx: Mutex::new(Some(task_rx)),
             closed: CancellationToken::new(),
-            acks: Arc::default(),
+            acks,
+            deregistered: Notify::new(),
             metrics: Arc::default(),
             n_peers: watch::Sender::new(0),
             streams: TaskTracker::new(),
             #[cfg(test)]
             inject_restart: std::sync::atomic::AtomicU32::new(0),
+            #[cfg(test)]
+            n_handlers: watch::Sender::new(0),
         }
     }
 
@@ -134,6 +145,12 @@ impl MessageServer {
     /// The number of registered peers, updated by the main loop.
     pub fn n_peers(&self) -> watch::Receiver<usize> {
         self.n_peers.subscribe()
+    }
+
+    /// The number of (sender, topic) ack records.
+    #[cfg(test)]
+    pub(crate) fn n_ack_records(&self) -> usize {
+        self.acks.n_records()
     }
 
     /// Whether `run` has returned.
@@ -175,23 +192,17 @@ impl MessageServer {
         mut task_rx: mpsc::Receiver<Task>,
         local_rx: Option<LocalReceiver>,
     ) -> Result<()> {
-        let mut tasks: JoinSet<Result<()>> = JoinSet::new();
+        let mut tasks: Tasks = JoinSet::new();
         let mut workers = Vec::with_capacity(self.config.worker_pool_size);
         for _ in 0..self.config.worker_pool_size.max(1) {
             let (tx, rx) = mpsc::channel(self.config.worker_queue_size.max(1));
             workers.push(tx);
-            tasks.spawn(run_worker(
-                rx,
-                Arc::clone(&self.acks),
-                Arc::clone(&self.metrics),
-            ));
+            let worker = run_worker(rx, Arc::clone(&self.acks), Arc::clone(&self.metrics));
+            tasks.spawn(worker.map(|result| result.map(|()| None)));
         }
         if let Some(local_rx) = local_rx {
-            tasks.spawn(run_local_receiver(
-                local_rx,
-                self.task_tx.clone(),
-                cancel.clone(),
-            ));
+            let receiver = run_local_receiver(local_rx, self.task_tx.clone(), cancel.clone());
+            tasks.spawn(receiver.map(|result| result.map(|()| None)));
         }
         let mut main = MainLoop {
             local_sender: Arc::from(self.server_id.as_str()),
@@ -203,6 +214,9 @@ impl MessageServer {
             peers: HashMap::new(),
             pending: HashMap::new(),
             n_peers: self.n_peers.clone(),
+            removed_topics: HashMap::new(),
+            #[cfg(test)]
+            n_handlers: self.n_handlers.clone(),
         };
         let mut ack_tick = tokio::time::interval(self.config.ack_interval);
         ack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -211,7 +225,8 @@ impl MessageServer {
                 biased;
                 _ = cancel.cancelled() => return Ok(()),
                 Some(joined) = tasks.join_next() => match joined {
-                    Ok(Ok(())) => {}
+                    Ok(Ok(None)) => {}
+                    Ok(Ok(Some(gone))) => main.handler_gone(gone),
                     Ok(Err(err)) => return Err(err),
                     Err(join_err) => {
                         if join_err.is_panic() {
@@ -221,6 +236,7 @@ impl MessageServer {
                     }
                 },
                 _ = ack_tick.tick() => main.send_acks(),
+                () = self.deregistered.notified() => main.close_deregistered(),
                 Some(task) = task_rx.recv() => {
                     tokio::select! {
                         biased;
@@ -333,24 +349,34 @@ impl MessageServer {
         }
     }
 
-    /// Forgets a peer without notifying it; its stream stays open and its messages are
-    /// dropped. Use it when a capture leaves, so that a frozen peer cannot block the server.
+    /// Deregisters a peer whose capture left the cluster: from now on its streams are
+    /// refused (`SenderDeregistered`, exit reason CAPTURE_SUICIDE) and its messages dropped,
+    /// and its open stream is closed by the main loop. Never blocks and cannot be lost to a
+    /// full task queue, so a frozen peer is deregistered whatever the server's load.
     ///
-    /// The peer's buffered messages and its ack records go too (TiCDC keeps ack records for
-    /// the server's lifetime). A capture ID names one incarnation (§6.3 gives every
-    /// incarnation a new one), so once that capture is removed nothing legitimate sends
-    /// with its ID again. Batches already queued on a worker may recreate a few records.
-    pub fn schedule_deregister_peer_task(&self, sender_id: &str) -> Result<()> {
-        self.try_enqueue(Task::DeregisterPeer {
-            sender_id: sender_id.to_owned(),
-        })
+    /// The peer's ack records give way to a tombstone kept for the server's life (up to
+    /// `ServerConfig::max_deregistered_senders`): a capture ID names one incarnation, so
+    /// nothing legitimate sends with it again, while a frozen incarnation that resumes would
+    /// otherwise start its sequences over and see messages handled twice (TiCDC's
+    /// `pkg/p2p/server.go` leaves this as a TODO).
+    pub fn deregister_peer(&self, sender_id: &str) {
+        if self.acks.tombstone(sender_id) {
+            info!(%sender_id, "p2p peer deregistered");
+        }
+        self.deregistered.notify_one();
     }
 
+    /// Queues a task that blocks the main loop until the returned sender fires or drops;
+    /// the returned receiver completes once the main loop has reached it.
     #[cfg(test)]
-    pub(crate) fn block_main_loop(&self) -> Result<oneshot::Sender<()>> {
-        let (tx, rx) = oneshot::channel();
-        self.try_enqueue(Task::Block(rx))?;
-        Ok(tx)
+    pub(crate) fn block_main_loop(&self) -> Result<(oneshot::Sender<()>, oneshot::Receiver<()>)> {
+        let (unblock_tx, unblock_rx) = oneshot::channel();
+        let (entered_tx, entered_rx) = oneshot::channel();
+        self.try_enqueue(Task::Block {
+            entered: entered_tx,
+            unblock: unblock_rx,
+        })?;
+        Ok((unblock_tx, entered_rx))
     }
 
     /// Serves one `SendMessage` stream. `stream_cancel` ends it (the wrapper's reset).
@@ -513,6 +539,11 @@ impl MessageServer {
                 actual: meta.receiver_id,
             });
         }
+        if self.acks.is_tombstoned(&meta.sender_id) {
+            return Err(Error::SenderDeregistered {
+                sender_id: meta.sender_id,
+            });
+        }
         Ok(meta)
     }
 }
@@ -598,10 +629,14 @@ struct MainLoop {
     /// `max_pending_topic_count_per_sender` topics here.
     pending: HashMap<SenderId, HashMap<String, Vec<PendingEntry>>>,
     n_peers: watch::Sender<usize>,
+    /// Topics whose handler was removed, until their ack records are trimmed.
+    removed_topics: HashMap<String, RemovedTopic>,
+    #[cfg(test)]
+    n_handlers: watch::Sender<usize>,
 }
 
 impl MainLoop {
-    async fn handle_task(&mut self, task: Task, tasks: &mut JoinSet<Result<()>>) -> Result<()> {
+    async fn handle_task(&mut self, task: Task, tasks: &mut Tasks) -> Result<()> {
         match task {
             Task::MessageBatch {
                 sender_id,
@@ -627,17 +662,9 @@ impl MainLoop {
                 self.register_peer(handle);
                 Ok(())
             }
-            Task::DeregisterPeer { sender_id } => {
-                if self.forget_peer(&sender_id).is_some() {
-                    info!(%sender_id, "p2p peer deregistered");
-                    self.publish_n_peers();
-                }
-                // The capture is gone for good (see `schedule_deregister_peer_task`).
-                self.acks.remove_node(&sender_id);
-                Ok(())
-            }
             #[cfg(test)]
-            Task::Block(unblock) => {
+            Task::Block { entered, unblock } => {
+                let _ = entered.send(());
                 let _ = unblock.await;
                 Ok(())
             }
@@ -657,6 +684,13 @@ impl MainLoop {
     fn register_peer(&mut self, handle: StreamHandle) {
         let sender_id = handle.meta().sender_id.clone();
         let epoch = handle.meta().epoch;
+        if self.acks.is_tombstoned(&sender_id) {
+            // Deregistered after the stream's meta was checked.
+            let err = Error::SenderDeregistered { sender_id };
+            let _ = handle.try_send(Ok(error_response(&err)));
+            handle.close();
+            return;
+        }
         match self.peers.get(&sender_id) {
             None => {
                 if self.peers.len() > self.config.max_peer_count {
@@ -714,7 +748,27 @@ impl MainLoop {
         }
     }
 
+    /// Closes the streams and drops the buffered messages of deregistered senders.
+    fn close_deregistered(&mut self) {
+        let deregistered: Vec<String> = self
+            .peers
+            .keys()
+            .filter(|sender_id| self.acks.is_tombstoned(sender_id))
+            .cloned()
+            .collect();
+        for sender_id in deregistered {
+            let err = Error::SenderDeregistered {
+                sender_id: sender_id.clone(),
+            };
+            self.abort_peer(&sender_id, &err);
+        }
+        let acks = &self.acks;
+        self.pending
+            .retain(|sender_id, _| !acks.is_tombstoned(sender_id));
+    }
+
     fn send_acks(&mut self) {
+        let trimmed = self.trim_removed_topics();
         let mut gone = Vec::new();
         for (sender_id, peer) in &self.peers {
             let mut acks = Vec::new();
@@ -725,9 +779,17 @@ impl MainLoop {
                 });
                 true
             });
-            if acks.is_empty() {
+            if acks.is_empty() && trimmed.binary_search(sender_id).is_err() {
                 continue;
             }
+            let acked_removed: Vec<String> = if self.removed_topics.is_empty() {
+                Vec::new()
+            } else {
+                acks.iter()
+                    .filter(|ack| self.removed_topics.contains_key(&ack.topic))
+                    .map(|ack| ack.topic.clone())
+                    .collect()
+            };
             let response = SendMessageResponse {
                 ack: acks,
                 exit_reason: ExitReason::Ok as i32,
@@ -735,8 +797,16 @@ impl MainLoop {
             };
             // Acks are cumulative: a full channel (a frozen peer) skips this tick instead of
             // blocking the main loop.
-            if let Err(TrySendError::Closed) = peer.handle.try_send(Ok(response)) {
-                gone.push(sender_id.clone());
+            match peer.handle.try_send(Ok(response)) {
+                Ok(()) => {
+                    for topic in acked_removed {
+                        if let Some(removed) = self.removed_topics.get_mut(&topic) {
+                            removed.acked.insert(sender_id.clone(), peer.epoch);
+                        }
+                    }
+                }
+                Err(TrySendError::Full) => {}
+                Err(TrySendError::Closed) => gone.push(sender_id.clone()),
             }
         }
         for sender_id in gone {
@@ -752,14 +822,20 @@ impl MainLoop {
             .is_some_and(|peer| peer.epoch == epoch && !peer.handle.is_closed())
     }
 
-    /// Returns the live handler of `topic`, forgetting it if it died.
-    fn live_handler(&mut self, topic: &str) -> Option<(u64, usize)> {
-        let entry = self.handlers.get(topic)?;
-        if entry.is_alive() {
-            return Some((entry.id, entry.worker));
+    /// The handler of `topic`. A handler that failed (or panicked) stays registered as dead
+    /// until it is removed or replaced, so that its topic's messages end their sender's
+    /// stream instead of being buffered: TiCDC's worker pool refuses events for a handle that
+    /// has exited, and `pkg/p2p/server.go` then ends the peer's stream with that error. The
+    /// client resends those messages (never acked) once it reconnects.
+    fn handler(&self, topic: &str) -> HandlerLookup {
+        match self.handlers.get(topic) {
+            Some(entry) if entry.is_alive() => HandlerLookup::Live {
+                id: entry.id,
+                worker: entry.worker,
+            },
+            Some(_) => HandlerLookup::Dead,
+            None => HandlerLookup::Missing,
         }
-        self.handlers.remove(topic);
-        None
     }
 
     async fn send_to_worker(&mut self, worker: usize, event: WorkerEvent) -> Result<()> {
@@ -797,14 +873,22 @@ impl MainLoop {
             }
         }
         for (topic, group) in by_topic {
-            if let Some((id, worker)) = self.live_handler(&topic) {
-                let event = WorkerEvent::Remote {
-                    id,
-                    sender_id: Arc::clone(sender_id),
-                    entries: group,
-                };
-                self.send_to_worker(worker, event).await?;
-                continue;
+            match self.handler(&topic) {
+                HandlerLookup::Live { id, worker } => {
+                    let event = WorkerEvent::Remote {
+                        id,
+                        sender_id: Arc::clone(sender_id),
+                        entries: group,
+                    };
+                    self.send_to_worker(worker, event).await?;
+                    continue;
+                }
+                HandlerLookup::Dead => {
+                    // Aborting forgets the peer, so the rest of the batch goes too.
+                    self.abort_peer(sender_id, &Error::HandlerDead { topic });
+                    return Ok(());
+                }
+                HandlerLookup::Missing => {}
             }
             let limit = self.config.max_pending_message_count_per_topic;
             let topic_limit = self.config.max_pending_topic_count_per_sender;
@@ -832,14 +916,21 @@ impl MainLoop {
 
     async fn handle_local(&mut self, entries: Vec<LocalEntry>) -> Result<()> {
         for LocalEntry { topic, value } in entries {
-            if let Some((id, worker)) = self.live_handler(&topic) {
-                let event = WorkerEvent::Local {
-                    id,
-                    sender_id: Arc::clone(&self.local_sender),
-                    value,
-                };
-                self.send_to_worker(worker, event).await?;
-                continue;
+            match self.handler(&topic) {
+                HandlerLookup::Live { id, worker } => {
+                    let event = WorkerEvent::Local {
+                        id,
+                        sender_id: Arc::clone(&self.local_sender),
+                        value,
+                    };
+                    self.send_to_worker(worker, event).await?;
+                    continue;
+                }
+                HandlerLookup::Dead => {
+                    warn!(%topic, "local message for a failed handler dropped");
+                    continue;
+                }
+                HandlerLookup::Missing => {}
             }
             let topics = self
                 .pending
@@ -867,9 +958,12 @@ impl MainLoop {
         handler: Box<dyn ErasedHandler>,
         dead: Arc<AtomicBool>,
     ) -> Result<()> {
-        if self.live_handler(&topic).is_some() {
+        // A dead handler is replaced.
+        if let HandlerLookup::Live { .. } = self.handler(&topic) {
             return Err(Error::HandlerExists { topic });
         }
+        // The new handler continues from the records a removed one left.
+        self.removed_topics.remove(&topic);
         let id = self.next_handler_id();
         let worker = self.next_worker % self.workers.len();
         self.next_worker = self.next_worker.wrapping_add(1);
@@ -878,6 +972,7 @@ impl MainLoop {
             worker,
             WorkerEvent::Register {
                 id,
+                topic: Arc::from(topic.as_str()),
                 handler,
                 cancelled: Arc::clone(&cancelled),
                 dead: Arc::clone(&dead),
@@ -894,6 +989,8 @@ impl MainLoop {
             },
         );
         debug!(%topic, "p2p handler registered");
+        #[cfg(test)]
+        self.n_handlers.send_replace(self.handlers.len());
         // Replay what arrived before the handler, sender by sender.
         let mut buffered = Vec::new();
         self.pending.retain(|sender_id, topics| {
@@ -937,17 +1034,14 @@ impl MainLoop {
         NEXT.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn deregister_handler(
-        &mut self,
-        topic: &str,
-        done: oneshot::Sender<()>,
-        tasks: &mut JoinSet<Result<()>>,
-    ) {
+    fn deregister_handler(&mut self, topic: &str, done: oneshot::Sender<()>, tasks: &mut Tasks) {
         let Some(entry) = self.handlers.remove(topic) else {
             let _ = done.send(());
             return;
         };
         entry.cancelled.store(true, Ordering::Release);
+        #[cfg(test)]
+        self.n_handlers.send_replace(self.handlers.len());
         let worker = self.workers[entry.worker].clone();
         let timeout = self.config.wait_unregister_handle_timeout;
         let topic = topic.to_owned();
@@ -960,23 +1054,118 @@ impl MainLoop {
                         done: unregistered_tx,
                     })
                     .await
-                    .is_ok()
+                    .is_err()
                 {
-                    let _ = unregistered_rx.await;
+                    return false;
+                }
+                unregistered_rx.await.unwrap_or(false)
+            };
+            let clean = match tokio::time::timeout(timeout, unregister).await {
+                Ok(clean) => clean,
+                Err(_) => {
+                    warn!(%topic, "p2p handler did not finish in time after removal");
+                    false
                 }
             };
-            if tokio::time::timeout(timeout, unregister).await.is_err() {
-                warn!(%topic, "p2p handler did not finish in time after removal");
-            }
-            let _ = done.send(());
-            Ok(())
+            Ok(Some(HandlerGone { topic, clean, done }))
         });
     }
+
+    /// A removed handler has finished. If it left no message unprocessed, its topic's ack
+    /// records are trimmed once the topic has stayed without handler for
+    /// `ServerConfig::removed_topic_linger` (see `trim_removed_topics`); otherwise they stay,
+    /// so that a later handler of the topic still detects the gap (`DataLost`).
+    fn handler_gone(&mut self, gone: HandlerGone) {
+        let HandlerGone { topic, clean, done } = gone;
+        if clean && !self.handlers.contains_key(&topic) {
+            self.removed_topics.insert(
+                topic,
+                RemovedTopic {
+                    since: tokio::time::Instant::now(),
+                    acked: HashMap::new(),
+                },
+            );
+        }
+        let _ = done.send(());
+    }
+
+    /// Trims the ack records of topics removed at least `removed_topic_linger` ago, sender by
+    /// sender, so that topics named per changefeed do not accumulate.
+    ///
+    /// A sender's record goes only once an ack set holding it was queued to the sender's
+    /// current stream after the removal: its client then holds nothing of the topic that the
+    /// handler processed, and, seeing later ack sets without the topic, trims its own state
+    /// (`MessageClient`) and starts the topic over at sequence 1, which the trimmed server
+    /// accepts as new. Returns the senders that lost a record, which are sent an ack set at
+    /// once (possibly empty) so that their clients learn it.
+    fn trim_removed_topics(&mut self) -> Vec<String> {
+        let mut trimmed_senders = Vec::new();
+        if self.removed_topics.is_empty() {
+            return trimmed_senders;
+        }
+        let now = tokio::time::Instant::now();
+        let linger = self.config.removed_topic_linger;
+        let peers = &self.peers;
+        let acks = &self.acks;
+        self.removed_topics.retain(|topic, removed| {
+            if now.duration_since(removed.since) < linger {
+                return true;
+            }
+            let mut remaining = false;
+            for sender_id in acks.senders_of(topic) {
+                let delivered = removed.acked.get(sender_id.as_str()).is_some_and(|epoch| {
+                    peers
+                        .get(&sender_id)
+                        .is_some_and(|peer| peer.epoch == *epoch)
+                });
+                if delivered {
+                    acks.remove(&sender_id, topic);
+                    trimmed_senders.push(sender_id);
+                } else {
+                    remaining = true;
+                }
+            }
+            if !remaining {
+                debug!(%topic, "p2p ack records of a removed topic trimmed");
+            }
+            remaining
+        });
+        trimmed_senders.sort_unstable();
+        trimmed_senders.dedup();
+        trimmed_senders
+    }
+}
+
+/// A removed handler that has finished, reported by the task that unregistered it.
+struct HandlerGone {
+    topic: String,
+    /// Whether it left no message unprocessed (it was not stopped in the middle of a batch,
+    /// had not failed, and finished in time).
+    clean: bool,
+    done: oneshot::Sender<()>,
+}
+
+/// A topic whose handler was removed cleanly, waiting to have its ack records trimmed.
+struct RemovedTopic {
+    since: tokio::time::Instant,
+    /// Senders to whose stream (of this epoch) an ack set was queued since the removal.
+    acked: HashMap<String, i64>,
+}
+
+/// The main loop's owned tasks: the workers, the local receiver and handler removals.
+type Tasks = JoinSet<Result<Option<HandlerGone>>>;
+
+/// What `MainLoop::handler` found for a topic.
+enum HandlerLookup {
+    Live { id: u64, worker: usize },
+    Dead,
+    Missing,
 }
 
 enum WorkerEvent {
     Register {
         id: u64,
+        topic: Arc<str>,
         handler: Box<dyn ErasedHandler>,
         cancelled: Arc<AtomicBool>,
         dead: Arc<AtomicBool>,
@@ -991,16 +1180,20 @@ enum WorkerEvent {
         sender_id: SenderId,
         value: Box<dyn Any + Send>,
     },
+    /// The last event of a handler; `done` gets whether it left no message unprocessed.
     Unregister {
         id: u64,
-        done: oneshot::Sender<()>,
+        done: oneshot::Sender<bool>,
     },
 }
 
 struct WorkerSlot {
+    topic: Arc<str>,
     handler: Box<dyn ErasedHandler>,
     cancelled: Arc<AtomicBool>,
     dead: Arc<AtomicBool>,
+    /// Whether removal stopped it before a message given to it.
+    dropped: bool,
 }
 
 async fn run_worker(
@@ -1013,6 +1206,7 @@ async fn run_worker(
         match event {
             WorkerEvent::Register {
                 id,
+                topic,
                 handler,
                 cancelled,
                 dead,
@@ -1020,9 +1214,11 @@ async fn run_worker(
                 slots.insert(
                     id,
                     WorkerSlot {
+                        topic,
                         handler,
                         cancelled,
                         dead,
+                        dropped: false,
                     },
                 );
             }
@@ -1039,12 +1235,11 @@ async fn run_worker(
                     metrics: &metrics,
                     cancelled: &slot.cancelled,
                 };
-                if let Err(err) = slot
-                    .handler
-                    .handle_remote(context, sender_id, entries)
-                    .await
-                {
-                    fail_handler(&mut slots, id, err);
+                let handling = slot.handler.handle_remote(context, sender_id, entries);
+                match isolate_panic(&slot.topic, handling).await {
+                    Ok(true) => {}
+                    Ok(false) => slot.dropped = true,
+                    Err(err) => fail_handler(&mut slots, id, err),
                 }
             }
             WorkerEvent::Local {
@@ -1058,19 +1253,35 @@ async fn run_worker(
                 if slot.cancelled.load(Ordering::Acquire) {
                     continue;
                 }
-                if let Err(err) = slot.handler.handle_local(sender_id, value).await {
+                let handling = slot.handler.handle_local(sender_id, value);
+                if let Err(err) = isolate_panic(&slot.topic, handling).await {
                     fail_handler(&mut slots, id, err);
                 }
             }
             WorkerEvent::Unregister { id, done } => {
-                if let Some(slot) = slots.remove(&id) {
+                // A missing slot is a handler that failed, leaving its messages unprocessed.
+                let clean = slots.remove(&id).is_some_and(|slot| {
                     slot.handler.report(Error::HandlerCancelled);
-                }
-                let _ = done.send(());
+                    !slot.dropped
+                });
+                let _ = done.send(clean);
             }
         }
     }
     Ok(())
+}
+
+/// Runs a handler call, turning a panic into `HandlerPanicked`: a handler's bug fails that
+/// handler (removed and reported like any handler error), not the server, as a client's
+/// panic fails only that client (see `router.rs`).
+async fn isolate_panic<T>(topic: &str, handling: BoxFuture<'_, Result<T>>) -> Result<T> {
+    match AssertUnwindSafe(handling).catch_unwind().await {
+        Ok(result) => result,
+        Err(payload) => Err(Error::HandlerPanicked {
+            topic: topic.to_owned(),
+            message: crate::router::panic_message(payload.as_ref()),
+        }),
+    }
 }
 
 fn fail_handler(slots: &mut HashMap<u64, WorkerSlot>, id: u64, err: Error) {
@@ -1088,12 +1299,13 @@ struct HandlerContext<'a> {
 }
 
 trait ErasedHandler: Send {
+    /// Handles a batch; `Ok(false)` if removal stopped it before the batch's end.
     fn handle_remote<'a>(
         &'a mut self,
         context: HandlerContext<'a>,
         sender_id: SenderId,
         entries: Vec<MessageEntry>,
-    ) -> BoxFuture<'a, Result<()>>;
+    ) -> BoxFuture<'a, Result<bool>>;
 
     fn handle_local(
         &mut self,
@@ -1123,14 +1335,17 @@ where
         context: HandlerContext<'a>,
         sender_id: SenderId,
         entries: Vec<MessageEntry>,
-    ) -> BoxFuture<'a, Result<()>> {
+    ) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
             // One lookup per batch; each processed message is then acked by a plain store.
-            let ack = context.acks.cell(&sender_id, &self.topic);
+            let Some(ack) = context.acks.cell(&sender_id, &self.topic) else {
+                debug!(%sender_id, topic = %self.topic, "messages of a deregistered sender dropped");
+                return Ok(true);
+            };
             let mut last = ack.load();
             for entry in entries {
                 if context.cancelled.load(Ordering::Acquire) {
-                    return Ok(());
+                    return Ok(false);
                 }
                 if entry.sequence <= last {
                     context.metrics.add_repeated(1);
@@ -1154,7 +1369,7 @@ where
                 ack.store(last);
                 context.metrics.add_received(1);
             }
-            Ok(())
+            Ok(true)
         })
     }
 
