@@ -18,7 +18,7 @@ mod election;
 mod error;
 mod session;
 
-pub use election::{Election, OwnerFence, RECHECK_INTERVAL};
+pub use election::{CANCEL_CLEANUP_TIMEOUT, Election, OwnerFence, RECHECK_INTERVAL};
 pub use error::{Error, Result};
 pub use session::{
     DEFAULT_SESSION_TTL_SECS, MIN_SESSION_TTL_SECS, Session, SessionConfig, SessionEnd,
