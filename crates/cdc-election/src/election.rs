@@ -462,7 +462,7 @@ impl Election {
             let ahead = match read {
                 Ok(ahead) => ahead,
                 Err(err) if is_transient(&err) => {
-                    tracing::info!(error = %err, "reading the election queue failed; retrying");
+                    tracing::info!(error = %ErrorReport(&err), "reading the election queue failed; retrying");
                     backoff.wait(cancel).await?;
                     continue;
                 }
@@ -519,7 +519,7 @@ impl Election {
         let mut watch = match opened {
             Ok(watch) => watch,
             Err(err) if is_transient(&err) => {
-                tracing::info!(error = %err, "watching the candidate ahead failed; reading the queue again");
+                tracing::info!(error = %ErrorReport(&err), "watching the candidate ahead failed; reading the queue again");
                 return Ok(WaitEnd::Broken);
             }
             Err(err) => return Err(err),
@@ -583,7 +583,7 @@ impl Election {
                     };
                 }
                 Err(err) if is_transient(&err) => {
-                    tracing::info!(error = %err, "confirming read failed; retrying");
+                    tracing::info!(error = %ErrorReport(&err), "confirming read failed; retrying");
                     backoff.wait(cancel).await?;
                 }
                 Err(err) => return Err(err),

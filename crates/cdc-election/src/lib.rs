@@ -14,6 +14,8 @@
 //!
 //! Not here: the campaign loop, liveness and restarts (cdc-capture).
 
+#![warn(missing_docs)]
+
 mod election;
 mod error;
 mod session;

@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cdc_etcd::{ConnectConfig, EtcdClient, KeepAliveResponse, LeaseId, LeaseKeepAlive};
+use cdc_model::ErrorReport;
 use tokio::sync::oneshot;
 use tokio::time::{Instant, sleep, sleep_until};
 use tokio_util::sync::CancellationToken;
@@ -166,7 +167,7 @@ impl KeeperThread {
         match tokio::task::spawn_blocking(move || thread.join()).await {
             Ok(Ok(())) => {}
             Ok(Err(_panic)) => tracing::error!("the keep-alive thread panicked"),
-            Err(err) => tracing::warn!(error = %err, "join the keep-alive thread"),
+            Err(err) => tracing::warn!(error = %ErrorReport(&err), "join the keep-alive thread"),
         }
     }
 }
@@ -368,7 +369,7 @@ async fn revoke_bounded(client: &EtcdClient, lease_id: LeaseId, timeout: Duratio
         Ok(Ok(())) | Ok(Err(cdc_etcd::Error::LeaseNotFound { .. })) => {
             tracing::info!(lease_id = %format_args!("{lease_id:x}"), "revoked an unused lease");
         }
-        Ok(Err(err)) => tracing::warn!(error = %err, "revoke an unused lease"),
+        Ok(Err(err)) => tracing::warn!(error = %ErrorReport(&err), "revoke an unused lease"),
         Err(_) => tracing::warn!(?timeout, "revoke an unused lease timed out"),
     }
 }
@@ -608,7 +609,7 @@ impl Keeper {
                     Err(OpenFailure::Deadline) => return Some(SessionEnd::DeadlineExceeded),
                     Err(OpenFailure::Gone) => return Some(SessionEnd::LeaseNotFound),
                     Err(OpenFailure::Failed(err)) => {
-                        tracing::debug!(error = %err, "reopen the keep-alive stream");
+                        tracing::debug!(error = %ErrorReport(&err), "reopen the keep-alive stream");
                     }
                 }
                 continue;
@@ -636,7 +637,7 @@ impl Keeper {
                     match result {
                         Ok(()) => in_flight.push_back(sent),
                         Err(err) => {
-                            tracing::info!(error = %err, "keep-alive send failed; reopening");
+                            tracing::info!(error = %ErrorReport(&err), "keep-alive send failed; reopening");
                             stream = None;
                         }
                     }
@@ -661,7 +662,7 @@ impl Keeper {
                     stream = None;
                 }
                 Step::Answer(Err(err)) => {
-                    tracing::info!(error = %err, "keep-alive stream broke; reopening");
+                    tracing::info!(error = %ErrorReport(&err), "keep-alive stream broke; reopening");
                     stream = None;
                 }
             }
