@@ -16,8 +16,8 @@
 //! - a transient etcd failure (restart, leader change: [`cdc_etcd::Error::is_retryable`]) while
 //!   creating the key, reading the queue, watching or confirming is retried with a capped,
 //!   jittered backoff until the campaign is cancelled, so a queued candidate keeps its place
-//!   (Go's client retries reads and resumes watches itself). Losing the lease is not signalled
-//!   here: the caller cancels when its session ends, and a key found gone fails the campaign.
+//!   (Go's client retries reads and resumes watches itself). A campaign ends with
+//!   [`Error::LeaseExpired`] as soon as its session ends, and a key found gone fails it too.
 //!
 //! As in Go (`Campaign` in `client/v3/concurrency/election.go` of etcd-io/etcd), a campaign whose
 //! wait fails for a reason other than cancellation (a compaction, a watch or read that cannot
@@ -35,6 +35,7 @@ use cdc_model::ErrorReport;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
+use crate::session::{Session, SessionDone};
 
 /// A waiting candidate re-reads the queue this often even if its watch says nothing.
 pub const RECHECK_INTERVAL: Duration = Duration::from_secs(10);
@@ -79,11 +80,13 @@ struct State {
     leading: bool,
 }
 
-/// One candidate of the election on a prefix, attached to a lease.
+/// One candidate of the election on a prefix, attached to a session's lease.
 #[derive(Debug)]
 pub struct Election {
     client: EtcdClient,
     lease_id: LeaseId,
+    /// The end of the session whose lease our key is attached to.
+    session_done: SessionDone,
     /// The election's key prefix with its trailing `/`.
     queue_prefix: String,
     key: Vec<u8>,
@@ -203,12 +206,14 @@ enum WaitEnd {
 
 impl Election {
     /// A candidate on `prefix` (TiCDC: `/tidb/cdc/<cluster>/__cdc_meta__/owner`, no trailing
-    /// slash) whose key is attached to `lease_id`.
-    pub fn new(client: EtcdClient, lease_id: LeaseId, prefix: &str) -> Election {
+    /// slash) whose key is attached to `session`'s lease, on the session's connection.
+    pub fn new(session: &Session, prefix: &str) -> Election {
         let prefix = prefix.trim_end_matches('/');
+        let lease_id = session.lease_id();
         Election {
-            client,
+            client: session.client().clone(),
             lease_id,
+            session_done: session.done(),
             queue_prefix: format!("{prefix}/"),
             key: format!("{prefix}/{lease_id:x}").into_bytes(),
             state: Mutex::new(State::default()),
@@ -240,8 +245,8 @@ impl Election {
     /// campaigning again), a lost lease or key ([`Error::LeaseExpired`], [`Error::NotLeader`]).
     /// A campaign that fails after its key was created keeps the key, as Go's does: campaigning
     /// again on this election reuses it and keeps the candidate's place in the queue, and
-    /// [`Election::resign`] removes it. A campaign knows nothing of its session: cancel it when
-    /// the session ends.
+    /// [`Election::resign`] removes it. When the session ends (lost or closed), the campaign
+    /// ends with [`Error::LeaseExpired`]; the key goes with the lease.
     ///
     /// # Cancel safety
     /// Cancel through `cancel`: the campaign then resigns, within [`CANCEL_CLEANUP_TIMEOUT`]
@@ -252,7 +257,14 @@ impl Election {
         if cancel.is_cancelled() {
             return Err(Error::Cancelled);
         }
-        match self.try_campaign(value, cancel).await {
+        let outcome = tokio::select! {
+            biased;
+            () = self.session_done.wait() => Err(Error::LeaseExpired {
+                lease_id: self.lease_id,
+            }),
+            outcome = self.try_campaign(value, cancel) => outcome,
+        };
+        match outcome {
             Ok(fence) => {
                 tracing::info!(
                     key = %String::from_utf8_lossy(&fence.key),

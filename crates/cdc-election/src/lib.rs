@@ -1,10 +1,11 @@
 //! Lease sessions and owner election on etcd, as TiCDC's capture uses them.
 //!
-//! - [`Session`]: a granted lease kept alive on a dedicated thread, with a watchdog that fires
-//!   [`Session::done`] within one TTL of losing it, and [`Session::close`] that revokes it.
-//! - [`Election`]: Go's `concurrency.Election` recipe on `<prefix>/<lease hex>` keys, with a
-//!   confirming read after the wait, cancel-safe campaigns, and the [`OwnerFence`] that every
-//!   owner transaction compares.
+//! - [`Session`]: a granted lease kept alive on a dedicated thread, with a watchdog that signals
+//!   [`Session::done`] (a wait-only [`SessionDone`]) within one TTL of losing it, and
+//!   [`Session::close`] that revokes it.
+//! - [`Election`]: Go's `concurrency.Election` recipe on `<prefix>/<lease hex>` keys of a
+//!   session's lease, with a confirming read after the wait, cancel-safe campaigns that end when
+//!   the session does, and the [`OwnerFence`] that every owner transaction compares.
 //!
 //! Invariants: every call goes straight to [`cdc_etcd::EtcdClient`] (single attempt, under a
 //! deadline), never through a retry wrapper (a campaign retries transient failures itself, until
@@ -23,5 +24,5 @@ mod session;
 pub use election::{CANCEL_CLEANUP_TIMEOUT, Election, OwnerFence, RECHECK_INTERVAL};
 pub use error::{Error, Result};
 pub use session::{
-    DEFAULT_SESSION_TTL_SECS, MIN_SESSION_TTL_SECS, Session, SessionConfig, SessionEnd,
+    DEFAULT_SESSION_TTL_SECS, MIN_SESSION_TTL_SECS, Session, SessionConfig, SessionDone, SessionEnd,
 };

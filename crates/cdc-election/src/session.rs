@@ -128,6 +128,34 @@ impl Shared {
     }
 }
 
+/// A wait-only view of a session's end ([`Session::done`]): it can be awaited and checked,
+/// never used to end the session.
+#[derive(Clone, Debug)]
+pub struct SessionDone {
+    token: CancellationToken,
+}
+
+impl SessionDone {
+    /// Whether the session has ended.
+    pub fn is_done(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    /// Waits until the session ends.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: dropping the future loses nothing.
+    pub async fn wait(&self) {
+        self.token.cancelled().await;
+    }
+
+    /// A new token that is cancelled when the session ends, for APIs that take a
+    /// [`CancellationToken`]. Cancelling it affects only it and its children, never the session.
+    pub fn child_token(&self) -> CancellationToken {
+        self.token.child_token()
+    }
+}
+
 /// A granted lease and the keep-alive that holds it. See the module docs.
 #[derive(Debug)]
 pub struct Session {
@@ -294,10 +322,17 @@ impl Session {
         self.ttl_secs
     }
 
-    /// Cancelled when the session ends: on loss of the lease, on [`Session::close`], or when
-    /// the session is dropped. [`Session::end`] tells which.
-    pub fn done(&self) -> CancellationToken {
-        self.done.clone()
+    /// The connection the lease was granted on (elections on this session use it).
+    pub fn client(&self) -> &EtcdClient {
+        &self.client
+    }
+
+    /// Signalled when the session ends: on loss of the lease, on [`Session::close`], or when
+    /// the session is dropped. [`Session::end`] tells which. Holders can wait, not end it.
+    pub fn done(&self) -> SessionDone {
+        SessionDone {
+            token: self.done.clone(),
+        }
     }
 
     /// How the session ended, or `None` while it runs.

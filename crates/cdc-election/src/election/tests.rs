@@ -151,7 +151,7 @@ async fn a_compaction_while_waiting_keeps_the_key_and_the_retry_keeps_its_place(
     let session_b = Session::grant(client.clone(), 10).await.unwrap();
     let session_c = Session::grant(client.clone(), 10).await.unwrap();
     let never = CancellationToken::new();
-    let a = Election::new(client.clone(), session_a.lease_id(), prefix);
+    let a = Election::new(&session_a, prefix);
     a.campaign("a", &never).await.unwrap();
 
     let hook = Arc::new(WatchHook {
@@ -160,7 +160,7 @@ async fn a_compaction_while_waiting_keeps_the_key_and_the_retry_keeps_its_place(
         reached: tokio::sync::Notify::new(),
         release: tokio::sync::Notify::new(),
     });
-    let mut b = Election::new(client.clone(), session_b.lease_id(), prefix);
+    let mut b = Election::new(&session_b, prefix);
     b.watch_hook = Some(Arc::clone(&hook));
     let b = Arc::new(b);
     let campaign = spawn_campaign(&b, "b", &never);
@@ -196,7 +196,7 @@ async fn a_compaction_while_waiting_keeps_the_key_and_the_retry_keeps_its_place(
     assert_eq!(create_revision(&client, b.key()).await, Some(queued_at));
 
     // A third candidate queues now, behind b's kept key.
-    let c = Arc::new(Election::new(client.clone(), session_c.lease_id(), prefix));
+    let c = Arc::new(Election::new(&session_c, prefix));
     let campaign_c = spawn_campaign(&c, "c", &never);
     assert!(wait_for_key(&client, c.key()).await > queued_at);
 
@@ -236,7 +236,7 @@ async fn a_campaign_cancelled_during_its_create_returns_promptly_with_etcd_froze
     let client = server.client().await.unwrap();
     let prefix = "/tidb/cdc/frozen-create/__cdc_meta__/owner";
     let session = Session::grant(client.clone(), 10).await.unwrap();
-    let election = Election::new(client.clone(), session.lease_id(), prefix);
+    let election = Election::new(&session, prefix);
 
     server.pause().unwrap();
     let cancel = CancellationToken::new();
@@ -269,9 +269,9 @@ async fn a_queued_campaign_cancelled_with_etcd_frozen_returns_promptly() {
     let prefix = "/tidb/cdc/frozen-queued/__cdc_meta__/owner";
     let session_a = Session::grant(client.clone(), 10).await.unwrap();
     let session_b = Session::grant(client.clone(), 10).await.unwrap();
-    let a = Election::new(client.clone(), session_a.lease_id(), prefix);
+    let a = Election::new(&session_a, prefix);
     a.campaign("a", &CancellationToken::new()).await.unwrap();
-    let b = Arc::new(Election::new(client.clone(), session_b.lease_id(), prefix));
+    let b = Arc::new(Election::new(&session_b, prefix));
     let cancel = CancellationToken::new();
     let campaign = spawn_campaign(&b, "b", &cancel);
     wait_for_key(&client, b.key()).await;
@@ -292,5 +292,35 @@ async fn a_queued_campaign_cancelled_with_etcd_frozen_returns_promptly() {
     );
     session_b.close().await.unwrap();
     assert_eq!(create_revision(&client, b.key()).await, None);
+    session_a.close().await.unwrap();
+}
+
+/// A campaign is tied to its session: when the session ends, a queued campaign ends with the
+/// lease at once, without a cancellation and without waiting for its next read of the queue
+/// ([`super::RECHECK_INTERVAL`], 10 s, would otherwise find its key gone).
+#[tokio::test]
+async fn a_queued_campaign_ends_when_its_session_ends() {
+    let server = EtcdServer::start().await.unwrap();
+    let client = server.client().await.unwrap();
+    let prefix = "/tidb/cdc/session-ended/__cdc_meta__/owner";
+    let session_a = Session::grant(client.clone(), 10).await.unwrap();
+    let session_b = Session::grant(client.clone(), 10).await.unwrap();
+    let a = Election::new(&session_a, prefix);
+    a.campaign("a", &CancellationToken::new()).await.unwrap();
+    let b = Arc::new(Election::new(&session_b, prefix));
+    let campaign = spawn_campaign(&b, "b", &CancellationToken::new());
+    wait_for_key(&client, b.key()).await;
+
+    session_b.close().await.unwrap();
+    let result = timeout(Duration::from_secs(5), campaign)
+        .await
+        .expect("the campaign ends with its session")
+        .unwrap();
+    assert!(
+        matches!(result, Err(Error::LeaseExpired { lease_id }) if lease_id == session_b.lease_id()),
+        "{result:?}"
+    );
+    assert_eq!(create_revision(&client, b.key()).await, None);
+    assert!(a.is_leader());
     session_a.close().await.unwrap();
 }
