@@ -266,11 +266,10 @@ impl Capture {
             self.close_bounded(&previous).await;
         }
         let lease_id = session.lease_id();
-        let election = self.parts.elections.create(
-            self.etcd.client().clone(),
-            &key::owner_prefix(&self.config.cluster_id),
-            lease_id,
-        );
+        let election = self
+            .parts
+            .elections
+            .create(&session, &key::owner_prefix(&self.config.cluster_id));
         let messages = &self.config.debug.messages;
         let message_server = Arc::new(MessageServer::new(
             capture_id.clone(),
@@ -294,7 +293,7 @@ impl Capture {
         let incarnation = Incarnation {
             capture_id: capture_id.clone(),
             lease_id,
-            session_done: session.done(),
+            session_done: session.done().child_token(),
             election,
             message_server,
             router,

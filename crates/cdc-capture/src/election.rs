@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cdc_election::OwnerFence;
-use cdc_etcd::{EtcdClient, LeaseId, Revision};
+use cdc_election::{OwnerFence, Session};
+use cdc_etcd::Revision;
 use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
@@ -31,8 +31,8 @@ pub trait Election: Send + Sync {
 
 /// Builds elections; tests inject doubles.
 pub trait ElectionFactory: Send + Sync {
-    /// The election under `prefix` for `lease_id`.
-    fn create(&self, client: EtcdClient, prefix: &str, lease_id: LeaseId) -> Arc<dyn Election>;
+    /// The election under `prefix` for `session`'s lease.
+    fn create(&self, session: &Session, prefix: &str) -> Arc<dyn Election>;
 }
 
 /// The etcd election factory ([`cdc_election::Election`]).
@@ -40,8 +40,8 @@ pub trait ElectionFactory: Send + Sync {
 pub struct EtcdElections;
 
 impl ElectionFactory for EtcdElections {
-    fn create(&self, client: EtcdClient, prefix: &str, lease_id: LeaseId) -> Arc<dyn Election> {
-        Arc::new(cdc_election::Election::new(client, lease_id, prefix))
+    fn create(&self, session: &Session, prefix: &str) -> Arc<dyn Election> {
+        Arc::new(cdc_election::Election::new(session, prefix))
     }
 }
 

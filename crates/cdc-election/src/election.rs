@@ -8,13 +8,21 @@
 //! Differences from Go, on purpose:
 //! - after the wait, a confirming read checks that our key still exists with our create
 //!   revision: a win over a dead key (lease gone while queued) is [`Error::LeaseExpired`];
-//! - a campaign that fails or is cancelled resigns (bounded), so it leaves no key behind;
+//! - a cancelled campaign resigns, as Go's does, but within [`CANCEL_CLEANUP_TIMEOUT`] rather
+//!   than on an unbounded context, so cancellation stays prompt with etcd hung (the lease's revoke
+//!   or expiry removes a key the cleanup could not); every etcd call of a campaign, its create
+//!   included, is raced against the cancellation;
 //! - a watch that stays silent for [`RECHECK_INTERVAL`] or breaks is replaced by a fresh read;
 //! - a transient etcd failure (restart, leader change: [`cdc_etcd::Error::is_retryable`]) while
 //!   creating the key, reading the queue, watching or confirming is retried with a capped,
 //!   jittered backoff until the campaign is cancelled, so a queued candidate keeps its place
-//!   (Go's client retries reads and resumes watches itself). Losing the lease is not signalled
-//!   here: the caller cancels when its session ends, and a key found gone fails the campaign.
+//!   (Go's client retries reads and resumes watches itself). A campaign ends with
+//!   [`Error::LeaseExpired`] as soon as its session ends, and a key found gone fails it too.
+//!
+//! As in Go (`Campaign` in `client/v3/concurrency/election.go` of etcd-io/etcd), a campaign whose
+//! wait fails for a reason other than cancellation (a compaction, a watch or read that cannot
+//! succeed) keeps its key: campaigning again on the same lease finds that key and keeps its
+//! create revision, so the candidate keeps its place in the queue.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -23,14 +31,20 @@ use cdc_etcd::{
     Compare, CompareOp, EtcdClient, EventKind, GetOptions, KeyValue, LeaseId, Revision, RpcCode,
     SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse, WatchOptions, WatchResponse,
 };
+use cdc_model::ErrorReport;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
+use crate::session::{Session, SessionDone};
 
 /// A waiting candidate re-reads the queue this often even if its watch says nothing.
 pub const RECHECK_INTERVAL: Duration = Duration::from_secs(10);
 /// The bound on a resign.
 const RESIGN_TIMEOUT: Duration = Duration::from_secs(5);
+/// The bound on the cleanup of a cancelled campaign (its resign, or the removal of a key whose
+/// create was cut short). Cancellation is the teardown path: it must not wait out etcd's
+/// deadlines when etcd hangs, and the lease's revoke or expiry removes a key left behind.
+pub const CANCEL_CLEANUP_TIMEOUT: Duration = Duration::from_secs(2);
 /// The first pause after a transient etcd failure; it doubles up to [`RETRY_BACKOFF_MAX`].
 const RETRY_BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// The longest pause between retries of a transient etcd failure.
@@ -66,11 +80,13 @@ struct State {
     leading: bool,
 }
 
-/// One candidate of the election on a prefix, attached to a lease.
+/// One candidate of the election on a prefix, attached to a session's lease.
 #[derive(Debug)]
 pub struct Election {
     client: EtcdClient,
     lease_id: LeaseId,
+    /// The end of the session whose lease our key is attached to.
+    session_done: SessionDone,
     /// The election's key prefix with its trailing `/`.
     queue_prefix: String,
     key: Vec<u8>,
@@ -190,12 +206,14 @@ enum WaitEnd {
 
 impl Election {
     /// A candidate on `prefix` (TiCDC: `/tidb/cdc/<cluster>/__cdc_meta__/owner`, no trailing
-    /// slash) whose key is attached to `lease_id`.
-    pub fn new(client: EtcdClient, lease_id: LeaseId, prefix: &str) -> Election {
+    /// slash) whose key is attached to `session`'s lease, on the session's connection.
+    pub fn new(session: &Session, prefix: &str) -> Election {
         let prefix = prefix.trim_end_matches('/');
+        let lease_id = session.lease_id();
         Election {
-            client,
+            client: session.client().clone(),
             lease_id,
+            session_done: session.done(),
             queue_prefix: format!("{prefix}/"),
             key: format!("{prefix}/{lease_id:x}").into_bytes(),
             state: Mutex::new(State::default()),
@@ -225,17 +243,28 @@ impl Election {
     /// Transient etcd failures are retried (capped backoff) for as long as the campaign runs;
     /// it fails on a non-retryable error, a compaction ([`Error::Compacted`], retryable by
     /// campaigning again), a lost lease or key ([`Error::LeaseExpired`], [`Error::NotLeader`]).
-    /// A campaign knows nothing of its session: cancel it when the session ends.
+    /// A campaign that fails after its key was created keeps the key, as Go's does: campaigning
+    /// again on this election reuses it and keeps the candidate's place in the queue, and
+    /// [`Election::resign`] removes it. When the session ends (lost or closed), the campaign
+    /// ends with [`Error::LeaseExpired`]; the key goes with the lease.
     ///
     /// # Cancel safety
-    /// Cancel through `cancel`: the campaign then resigns (bounded) and returns
-    /// [`Error::Cancelled`], leaving no key. Any other failure resigns too. If the future is
-    /// dropped instead, our key stays until [`Election::resign`] or the end of the lease.
+    /// Cancel through `cancel`: the campaign then resigns, within [`CANCEL_CLEANUP_TIMEOUT`]
+    /// however etcd behaves, and returns [`Error::Cancelled`] (a key the cleanup could not
+    /// remove goes with the lease). If the future is dropped instead, our key stays until
+    /// [`Election::resign`] or the end of the lease.
     pub async fn campaign(&self, value: &str, cancel: &CancellationToken) -> Result<OwnerFence> {
         if cancel.is_cancelled() {
             return Err(Error::Cancelled);
         }
-        match self.try_campaign(value, cancel).await {
+        let outcome = tokio::select! {
+            biased;
+            () = self.session_done.wait() => Err(Error::LeaseExpired {
+                lease_id: self.lease_id,
+            }),
+            outcome = self.try_campaign(value, cancel) => outcome,
+        };
+        match outcome {
             Ok(fence) => {
                 tracing::info!(
                     key = %String::from_utf8_lossy(&fence.key),
@@ -244,12 +273,37 @@ impl Election {
                 );
                 Ok(fence)
             }
-            Err(err) => {
-                if let Err(resign_err) = self.resign().await {
-                    tracing::warn!(error = %resign_err, "resign after a failed campaign");
-                }
-                Err(err)
+            Err(Error::Cancelled) => {
+                self.clean_up_cancelled().await;
+                Err(Error::Cancelled)
             }
+            // Go's `Campaign` forgets its leadership but leaves the key in place when the wait
+            // fails for any other reason (a compaction, a broken watch).
+            Err(err) => Err(err),
+        }
+    }
+
+    /// After a cancelled campaign, bounded by [`CANCEL_CLEANUP_TIMEOUT`]: resigns the key the
+    /// campaign queued with, or, if it was cancelled before it knew its key (a create of unknown
+    /// outcome), removes a key of our lease.
+    async fn clean_up_cancelled(&self) {
+        let revision = self.lock_state().revision;
+        let cleanup = async {
+            match revision {
+                Some(_) => self.resign_within(CANCEL_CLEANUP_TIMEOUT).await,
+                None => self.remove_key_of_our_lease().await,
+            }
+        };
+        match tokio::time::timeout(CANCEL_CLEANUP_TIMEOUT, cleanup).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::warn!(
+                error = %ErrorReport(&err),
+                "resign after a cancelled campaign; the key goes with the lease"
+            ),
+            Err(_) => tracing::warn!(
+                timeout = ?CANCEL_CLEANUP_TIMEOUT,
+                "resign after a cancelled campaign timed out; the key goes with the lease"
+            ),
         }
     }
 
@@ -273,28 +327,35 @@ impl Election {
     /// Creates our key if absent (or takes over our lease's existing key), returning its
     /// create revision. A transient failure is retried until `cancel` fires: the transaction
     /// is create-if-absent-else-read on our own lease's key, so a retry after an attempt of
-    /// unknown outcome finds the key that attempt made and keeps its place. An attempt is not
-    /// cut short by cancellation; if the campaign gives up after an attempt that failed (its
-    /// outcome unknown), a key of our lease is removed before returning the error.
+    /// unknown outcome finds the key that attempt made and keeps its place. An attempt is raced
+    /// against `cancel` (the campaign then removes a key of our lease, bounded); if the campaign
+    /// gives up on a non-retryable error, a key of our lease is removed before returning it.
     async fn create_key(&self, value: &str, cancel: &CancellationToken) -> Result<Revision> {
         let mut backoff = Backoff::new();
         loop {
-            let err = match self.try_create_key(value).await {
+            let attempt = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => Err(Error::Cancelled),
+                result = self.try_create_key(value) => result,
+            };
+            match attempt {
                 Ok(revision) => return Ok(revision),
-                Err(err @ (Error::LeaseExpired { .. } | Error::NotLeader)) => return Err(err),
-                Err(err) => err,
-            };
-            let err = if is_transient(&err) {
-                tracing::info!(error = %err, "creating the election key failed; retrying");
-                match backoff.wait(cancel).await {
-                    Ok(()) => continue,
-                    Err(cancelled) => cancelled,
+                Err(err @ (Error::Cancelled | Error::LeaseExpired { .. } | Error::NotLeader)) => {
+                    return Err(err);
                 }
-            } else {
-                err
-            };
-            self.remove_key_of_our_lease().await;
-            return Err(err);
+                Err(err) if is_transient(&err) => {
+                    tracing::info!(
+                        error = %ErrorReport(&err),
+                        "creating the election key failed; retrying"
+                    );
+                    backoff.wait(cancel).await?;
+                }
+                Err(err) => {
+                    // A failed removal is logged; the key then goes with the lease.
+                    let _ = self.remove_key_of_our_lease().await;
+                    return Err(err);
+                }
+            }
         }
     }
 
@@ -367,22 +428,29 @@ impl Election {
         }
     }
 
-    /// Best effort after a create of unknown outcome: delete our key if it is on our lease.
-    async fn remove_key_of_our_lease(&self) {
-        let Ok(get) = self
-            .client
-            .get(self.key.clone(), GetOptions::default())
-            .await
-        else {
-            return;
-        };
-        let Some(kv) = get.kvs.first() else { return };
-        if kv.lease != self.lease_id {
-            return;
+    /// After a create of unknown outcome: deletes our key if it is on our lease. A failure is
+    /// logged (the key then goes with the lease) and returned.
+    async fn remove_key_of_our_lease(&self) -> Result<()> {
+        let removed = async {
+            let get = self
+                .client
+                .get(self.key.clone(), GetOptions::default())
+                .await?;
+            match get.kvs.first() {
+                Some(kv) if kv.lease == self.lease_id => {
+                    self.delete_if_created_at(kv.create_revision).await
+                }
+                Some(_) | None => Ok(()),
+            }
         }
-        if let Err(err) = self.delete_if_created_at(kv.create_revision).await {
-            tracing::warn!(error = %err, "remove an election key of unknown outcome");
+        .await;
+        if let Err(err) = &removed {
+            tracing::warn!(
+                error = %ErrorReport(err),
+                "remove an election key of unknown outcome"
+            );
         }
+        removed
     }
 
     /// Waits until no key in the queue was created before `revision`.
@@ -406,7 +474,7 @@ impl Election {
             let ahead = match read {
                 Ok(ahead) => ahead,
                 Err(err) if is_transient(&err) => {
-                    tracing::info!(error = %err, "reading the election queue failed; retrying");
+                    tracing::info!(error = %ErrorReport(&err), "reading the election queue failed; retrying");
                     backoff.wait(cancel).await?;
                     continue;
                 }
@@ -463,7 +531,7 @@ impl Election {
         let mut watch = match opened {
             Ok(watch) => watch,
             Err(err) if is_transient(&err) => {
-                tracing::info!(error = %err, "watching the candidate ahead failed; reading the queue again");
+                tracing::info!(error = %ErrorReport(&err), "watching the candidate ahead failed; reading the queue again");
                 return Ok(WaitEnd::Broken);
             }
             Err(err) => return Err(err),
@@ -527,7 +595,7 @@ impl Election {
                     };
                 }
                 Err(err) if is_transient(&err) => {
-                    tracing::info!(error = %err, "confirming read failed; retrying");
+                    tracing::info!(error = %ErrorReport(&err), "confirming read failed; retrying");
                     backoff.wait(cancel).await?;
                 }
                 Err(err) => return Err(err),
@@ -536,6 +604,11 @@ impl Election {
     }
 
     async fn delete_if_created_at(&self, revision: Revision) -> Result<()> {
+        self.delete_if_created_at_within(revision, RESIGN_TIMEOUT)
+            .await
+    }
+
+    async fn delete_if_created_at_within(&self, revision: Revision, limit: Duration) -> Result<()> {
         let txn = Txn {
             compares: vec![Compare::CreateRevision {
                 key: self.key.clone(),
@@ -548,13 +621,13 @@ impl Election {
             }],
             failure: vec![],
         };
-        match tokio::time::timeout(RESIGN_TIMEOUT, self.client.txn(txn)).await {
+        match tokio::time::timeout(limit, self.client.txn(txn)).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(err)) => Err(err.into()),
             Err(_) => Err(Error::Etcd(cdc_etcd::Error::Timeout {
                 op: "resign",
                 endpoints: self.client.endpoints().to_owned(),
-                after: RESIGN_TIMEOUT,
+                after: limit,
             })),
         }
     }
@@ -562,10 +635,15 @@ impl Election {
     /// Deletes our key if its create revision is still ours (bounded by 5 s). Resigning
     /// without a key is Ok. On error the key is remembered, so resigning again may succeed.
     pub async fn resign(&self) -> Result<()> {
+        self.resign_within(RESIGN_TIMEOUT).await
+    }
+
+    /// [`Election::resign`] bounded by `limit`.
+    async fn resign_within(&self, limit: Duration) -> Result<()> {
         let Some(revision) = self.lock_state().revision else {
             return Ok(());
         };
-        self.delete_if_created_at(revision).await?;
+        self.delete_if_created_at_within(revision, limit).await?;
         let mut state = self.lock_state();
         if state.revision == Some(revision) {
             *state = State::default();

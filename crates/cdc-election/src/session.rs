@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cdc_etcd::{ConnectConfig, EtcdClient, KeepAliveResponse, LeaseId, LeaseKeepAlive};
+use cdc_model::ErrorReport;
 use tokio::sync::oneshot;
 use tokio::time::{Instant, sleep, sleep_until};
 use tokio_util::sync::CancellationToken;
@@ -127,6 +128,34 @@ impl Shared {
     }
 }
 
+/// A wait-only view of a session's end ([`Session::done`]): it can be awaited and checked,
+/// never used to end the session.
+#[derive(Clone, Debug)]
+pub struct SessionDone {
+    token: CancellationToken,
+}
+
+impl SessionDone {
+    /// Whether the session has ended.
+    pub fn is_done(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    /// Waits until the session ends.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: dropping the future loses nothing.
+    pub async fn wait(&self) {
+        self.token.cancelled().await;
+    }
+
+    /// A new token that is cancelled when the session ends, for APIs that take a
+    /// [`CancellationToken`]. Cancelling it affects only it and its children, never the session.
+    pub fn child_token(&self) -> CancellationToken {
+        self.token.child_token()
+    }
+}
+
 /// A granted lease and the keep-alive that holds it. See the module docs.
 #[derive(Debug)]
 pub struct Session {
@@ -166,7 +195,7 @@ impl KeeperThread {
         match tokio::task::spawn_blocking(move || thread.join()).await {
             Ok(Ok(())) => {}
             Ok(Err(_panic)) => tracing::error!("the keep-alive thread panicked"),
-            Err(err) => tracing::warn!(error = %err, "join the keep-alive thread"),
+            Err(err) => tracing::warn!(error = %ErrorReport(&err), "join the keep-alive thread"),
         }
     }
 }
@@ -293,10 +322,17 @@ impl Session {
         self.ttl_secs
     }
 
-    /// Cancelled when the session ends: on loss of the lease, on [`Session::close`], or when
-    /// the session is dropped. [`Session::end`] tells which.
-    pub fn done(&self) -> CancellationToken {
-        self.done.clone()
+    /// The connection the lease was granted on (elections on this session use it).
+    pub fn client(&self) -> &EtcdClient {
+        &self.client
+    }
+
+    /// Signalled when the session ends: on loss of the lease, on [`Session::close`], or when
+    /// the session is dropped. [`Session::end`] tells which. Holders can wait, not end it.
+    pub fn done(&self) -> SessionDone {
+        SessionDone {
+            token: self.done.clone(),
+        }
     }
 
     /// How the session ended, or `None` while it runs.
@@ -368,7 +404,7 @@ async fn revoke_bounded(client: &EtcdClient, lease_id: LeaseId, timeout: Duratio
         Ok(Ok(())) | Ok(Err(cdc_etcd::Error::LeaseNotFound { .. })) => {
             tracing::info!(lease_id = %format_args!("{lease_id:x}"), "revoked an unused lease");
         }
-        Ok(Err(err)) => tracing::warn!(error = %err, "revoke an unused lease"),
+        Ok(Err(err)) => tracing::warn!(error = %ErrorReport(&err), "revoke an unused lease"),
         Err(_) => tracing::warn!(?timeout, "revoke an unused lease timed out"),
     }
 }
@@ -608,7 +644,7 @@ impl Keeper {
                     Err(OpenFailure::Deadline) => return Some(SessionEnd::DeadlineExceeded),
                     Err(OpenFailure::Gone) => return Some(SessionEnd::LeaseNotFound),
                     Err(OpenFailure::Failed(err)) => {
-                        tracing::debug!(error = %err, "reopen the keep-alive stream");
+                        tracing::debug!(error = %ErrorReport(&err), "reopen the keep-alive stream");
                     }
                 }
                 continue;
@@ -636,7 +672,7 @@ impl Keeper {
                     match result {
                         Ok(()) => in_flight.push_back(sent),
                         Err(err) => {
-                            tracing::info!(error = %err, "keep-alive send failed; reopening");
+                            tracing::info!(error = %ErrorReport(&err), "keep-alive send failed; reopening");
                             stream = None;
                         }
                     }
@@ -661,7 +697,7 @@ impl Keeper {
                     stream = None;
                 }
                 Step::Answer(Err(err)) => {
-                    tracing::info!(error = %err, "keep-alive stream broke; reopening");
+                    tracing::info!(error = %ErrorReport(&err), "keep-alive stream broke; reopening");
                     stream = None;
                 }
             }

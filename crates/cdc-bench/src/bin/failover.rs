@@ -62,7 +62,7 @@ async fn candidate(args: &[String]) -> Result<()> {
     let session = Session::grant(client.clone(), ttl.parse().context("parse ttl")?)
         .await
         .context("grant")?;
-    let election = Election::new(client, session.lease_id(), PREFIX);
+    let election = Election::new(&session, PREFIX);
     let fence = election
         .campaign(value, &CancellationToken::new())
         .await
@@ -73,7 +73,7 @@ async fn candidate(args: &[String]) -> Result<()> {
     tokio::select! {
         // `resign`, or the parent went away: hand over gracefully.
         _ = stdin.next_line() => {}
-        _ = done.cancelled() => bail!("session lost: {:?}", session.end()),
+        () = done.wait() => bail!("session lost: {:?}", session.end()),
     }
     election.resign().await.context("resign")?;
     session.close().await.context("close")?;
@@ -138,7 +138,7 @@ async fn round(
     handover: Handover,
 ) -> Result<Duration> {
     let mut leader = start_leader(&server.endpoint(), ttl, "leader").await?;
-    let ours = Arc::new(Election::new(client.clone(), session.lease_id(), PREFIX));
+    let ours = Arc::new(Election::new(session, PREFIX));
     let campaign = {
         let ours = Arc::clone(&ours);
         tokio::spawn(async move { ours.campaign("bench", &CancellationToken::new()).await })

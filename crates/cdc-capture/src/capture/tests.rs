@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use cdc_election::OwnerFence;
 use cdc_etcd::testing::EtcdServer;
-use cdc_etcd::{CdcEtcdClient, EtcdClient, GetOptions, LeaseId, Revision};
+use cdc_etcd::{CdcEtcdClient, EtcdClient, GetOptions, Revision};
 use cdc_model::Liveness;
 use cdc_orchestrator::GlobalReactorState;
 use cdc_p2p::{MessageRouter, MessageServer, ServerConfig, ServerWrapper};
@@ -174,8 +174,8 @@ impl Election for ElectionDouble {
 struct Elections(Arc<ElectionDouble>);
 
 impl ElectionFactory for Elections {
-    fn create(&self, client: EtcdClient, _prefix: &str, _lease_id: LeaseId) -> Arc<dyn Election> {
-        let _ = self.0.client.set(client);
+    fn create(&self, session: &Session, _prefix: &str) -> Arc<dyn Election> {
+        let _ = self.0.client.set(session.client().clone());
         Arc::clone(&self.0) as Arc<dyn Election>
     }
 }

@@ -22,34 +22,46 @@ const RENEW_EVERY: Duration = Duration::from_secs(3);
 
 type Answer = cdc_etcd::Result<Option<KeepAliveResponse>>;
 
-/// A keep-alive stream that answers each renewal with the next scripted answer, and is silent
-/// once the script is used up.
+/// A keep-alive stream that answers each renewal with the next scripted answer, `delay` after
+/// the renewal's send, and is silent once the script is used up.
 struct ScriptedStream {
     answers: VecDeque<Answer>,
-    unanswered: usize,
+    /// Send times of the renewals not answered yet.
+    sent: VecDeque<Instant>,
+    delay: Duration,
 }
 
 impl ScriptedStream {
     fn new(answers: impl IntoIterator<Item = Answer>) -> ScriptedStream {
+        ScriptedStream::delayed(Duration::ZERO, answers)
+    }
+
+    /// Answers each renewal `delay` after its send.
+    fn delayed(delay: Duration, answers: impl IntoIterator<Item = Answer>) -> ScriptedStream {
         ScriptedStream {
             answers: answers.into_iter().collect(),
-            unanswered: 0,
+            sent: VecDeque::new(),
+            delay,
         }
     }
 }
 
 impl LeaseStream for ScriptedStream {
     async fn send(&mut self) -> cdc_etcd::Result<()> {
-        self.unanswered += 1;
+        self.sent.push_back(Instant::now());
         Ok(())
     }
 
+    /// Cancel-safe: nothing changes before the answer's time has come.
     async fn next(&mut self) -> Answer {
-        if self.unanswered > 0
-            && let Some(answer) = self.answers.pop_front()
+        if let Some(&sent) = self.sent.front()
+            && !self.answers.is_empty()
         {
-            self.unanswered -= 1;
-            return answer;
+            tokio::time::sleep_until(sent + self.delay).await;
+            self.sent.pop_front();
+            if let Some(answer) = self.answers.pop_front() {
+                return answer;
+            }
         }
         std::future::pending().await
     }
@@ -151,15 +163,49 @@ async fn lease_not_found_when_reopening_is_loss_at_once() {
     );
 }
 
+/// The answer arrives a while after the send, so a deadline dated from the answer's read would
+/// come that much later than the one dated from the send.
 #[tokio::test(start_paused = true)]
 async fn silence_is_loss_one_ttl_after_the_last_acknowledged_send() {
+    const ANSWER_DELAY: Duration = Duration::from_secs(2);
     let mut keeper = keeper();
     let start = Instant::now();
-    // The first renewal is acknowledged, then etcd goes silent (and cannot be reached again).
-    let stream = ScriptedStream::new([alive(LEASE)]);
+    // The first renewal (sent after one period) is acknowledged 2 s after its send, then etcd
+    // goes silent (and cannot be reached again).
+    let stream = ScriptedStream::delayed(ANSWER_DELAY, [alive(LEASE)]);
     let end = keeper.keep_alive(&ScriptedEtcd::default(), stream).await;
     assert_eq!(end, Some(SessionEnd::DeadlineExceeded));
+    assert_eq!(keeper.shared.renewals.load(Ordering::Relaxed), 1);
+    // From the send: not `RENEW_EVERY + ANSWER_DELAY + TTL`, the read's date.
     assert_eq!(start.elapsed(), RENEW_EVERY + TTL);
+}
+
+/// A reconnect's handshake is an acknowledged renewal: it moves the deadline to one TTL after
+/// the reopen's send, past the deadline the first stream had set.
+#[tokio::test(start_paused = true)]
+async fn a_reconnect_re_arms_the_deadline() {
+    let mut keeper = keeper();
+    let start = Instant::now();
+    let etcd = ScriptedEtcd::default();
+    // The reopened stream answers nothing.
+    etcd.opens
+        .lock()
+        .unwrap()
+        .push_back(Ok(ScriptedStream::new([])));
+    // The first stream ends at the first renewal (after one period); the reopen follows after
+    // one reconnect backoff (100 ms + up to 50 % jitter).
+    let stream = ScriptedStream::new([Ok(None)]);
+    let end = keeper.keep_alive(&etcd, stream).await;
+    assert_eq!(end, Some(SessionEnd::DeadlineExceeded));
+    assert_eq!(keeper.shared.renewals.load(Ordering::Relaxed), 1);
+    // Not at the grant's deadline (one TTL): one TTL after the reopen.
+    let elapsed = start.elapsed();
+    let reopened_earliest = RENEW_EVERY + Duration::from_millis(100);
+    assert!(
+        elapsed >= reopened_earliest + TTL
+            && elapsed <= reopened_earliest + Duration::from_millis(50) + TTL,
+        "reported after {elapsed:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
