@@ -37,6 +37,7 @@ pub enum PipelineCommand {
         checkpoint: Checkpoint,
     },
     /// Stop the span's pipeline; report [`PipelineEvent::Stopped`] once nothing more is written.
+    /// The agent keeps the span, stopped, until the owner acknowledges the stop.
     Stop {
         /// The span.
         span: SpanRef,
@@ -285,9 +286,11 @@ impl Agent {
                                 .commands
                                 .push(PipelineCommand::Stop { span: span.clone() });
                         }
-                        AgentSpanState::Stopping
-                        | AgentSpanState::Stopped
-                        | AgentSpanState::Absent => {}
+                        AgentSpanState::Stopped => {
+                            // The owner acknowledges the stop: forget the span.
+                            self.spans.remove(&span);
+                        }
+                        AgentSpanState::Stopping | AgentSpanState::Absent => {}
                     }
                 }
                 self.respond(&span, output);
@@ -322,19 +325,20 @@ impl Agent {
                 }
             }
             PipelineEvent::Stopped { span, checkpoint } => {
-                let Some(mut entry) = self.spans.remove(&span) else {
+                let Some(entry) = self.spans.get_mut(&span) else {
                     return;
                 };
+                if entry.state == AgentSpanState::Stopped {
+                    return;
+                }
+                // The span stays, stopped, until the owner acknowledges with a remove. Orders the
+                // owner sent before it learned of the stop arrive before that acknowledgment and
+                // find the span stopped rather than absent, so none of them starts it again.
                 entry.checkpoint.merge(checkpoint);
-                let status = SpanStatus {
-                    span,
-                    state: AgentSpanState::Stopped,
-                    checkpoint: entry.checkpoint,
-                };
-                self.send(
-                    OwnerResponse::Dispatch(DispatchResponse { status }),
-                    output,
-                );
+                entry.state = AgentSpanState::Stopped;
+                entry.sinking = false;
+                entry.replicate_requested = false;
+                self.respond(&span, output);
             }
         }
     }

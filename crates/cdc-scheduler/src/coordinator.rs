@@ -322,8 +322,10 @@ impl Coordinator {
                 set.handle_status(from, status.state, checkpoint, orders);
             }
             None => {
-                if !status.state.is_gone() {
-                    warn!(capture_id = from, span = %status.span, "capture runs a span the owner does not know, stopping it");
+                if status.state != AgentSpanState::Absent {
+                    if status.state != AgentSpanState::Stopped {
+                        warn!(capture_id = from, span = %status.span, "capture runs a span the owner does not know, stopping it");
+                    }
                     orders.push(Order {
                         to: from.clone(),
                         dispatch: Dispatch::Remove { span: status.span },

@@ -37,7 +37,11 @@
 //!   and no undetermined capture (one that may still run it: it stopped unasked, or it runs the
 //!   span without the owner having placed it there, and is being told to stop). An agent counts a
 //!   span as running from the order to replicate until its pipeline reports it stopped, and
-//!   reports it stopped only then.
+//!   reports it stopped only then. Only a prepared span is told to replicate. A stopped span
+//!   (asked to, or its pipeline failed) stays on the agent, stopped, until the owner acknowledges
+//!   the stop with a [`Dispatch::Remove`]: orders the owner sent before it learned of the stop
+//!   reach the agent before the acknowledgment and find the span stopped, so none of them starts
+//!   it again after the owner has placed it elsewhere.
 //! * **Owner changes.** Every message carries the owner revision; an agent adopts a newer owner
 //!   and ignores messages from older ones. Every dispatch also carries the agent's epoch, learned
 //!   from its heartbeat answers, and an agent ignores dispatches for another epoch (a former

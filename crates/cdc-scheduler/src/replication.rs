@@ -111,7 +111,8 @@ impl ReplicationSet {
                 AgentSpanState::Stopping => {
                     set.undetermined.insert(capture_id.clone());
                 }
-                AgentSpanState::Absent | AgentSpanState::Stopped => {}
+                AgentSpanState::Stopped => orders.push(set.remove_order(capture_id)),
+                AgentSpanState::Absent => {}
             }
         }
         for capture_id in extra {
@@ -247,9 +248,16 @@ impl ReplicationSet {
         }
     }
 
-    /// The capture is gone from the cluster: it runs nothing any more.
+    /// The capture is gone from the cluster (or its agent restarted): it runs nothing any more.
     pub fn handle_capture_gone(&mut self, capture_id: &CaptureId, orders: &mut Vec<Order>) {
-        self.handle_status(capture_id, AgentSpanState::Stopped, None, orders);
+        // As if it reported the span absent, which for every role means the same as stopped
+        // (a secondary in `prepare` is not asked again: it is no longer in the role).
+        if self.role_of(capture_id) == Some(Role::Secondary) {
+            self.secondary = None;
+            self.after_secondary_lost();
+        } else {
+            self.handle_status(capture_id, AgentSpanState::Absent, None, orders);
+        }
     }
 
     /// Takes in what `capture_id` reports about the span (`checkpoint` is `None` when the report
@@ -284,6 +292,11 @@ impl ReplicationSet {
             }
             Some(Role::Primary) => self.on_primary(capture_id, state, orders),
             Some(Role::Secondary) => self.on_secondary(capture_id, state, orders),
+        }
+        if state == AgentSpanState::Stopped {
+            // Acknowledge the stop, so that the agent forgets the span. The agent receives every
+            // order sent before this one first, and they find the span stopped.
+            orders.push(self.remove_order(capture_id));
         }
     }
 
