@@ -176,23 +176,42 @@ impl Agent {
     /// dispatches that carry another epoch than this agent's.
     pub fn handle_message(&mut self, message: ToAgent, output: &mut AgentOutput) {
         if message.to != self.capture_id {
-            debug!(capture_id = self.capture_id, to = message.to, "ignore a message for another capture");
+            debug!(
+                capture_id = self.capture_id,
+                to = message.to,
+                "ignore a message for another capture"
+            );
             return;
         }
         match &self.owner {
             Some((_, revision)) if message.owner_revision < *revision => {
-                debug!(capture_id = self.capture_id, owner_revision = message.owner_revision, newest = *revision, "ignore a message from a former owner");
+                debug!(
+                    capture_id = self.capture_id,
+                    owner_revision = message.owner_revision,
+                    newest = *revision,
+                    "ignore a message from a former owner"
+                );
                 return;
             }
             Some((owner_id, revision))
                 if message.owner_revision == *revision && *owner_id != message.from =>
             {
-                debug!(capture_id = self.capture_id, owner_revision = message.owner_revision, from = message.from, "ignore a message that claims another owner's revision");
+                debug!(
+                    capture_id = self.capture_id,
+                    owner_revision = message.owner_revision,
+                    from = message.from,
+                    "ignore a message that claims another owner's revision"
+                );
                 return;
             }
             Some((_, revision)) if message.owner_revision == *revision => {}
             Some(_) | None => {
-                info!(capture_id = self.capture_id, owner_id = message.from, owner_revision = message.owner_revision, "new owner");
+                info!(
+                    capture_id = self.capture_id,
+                    owner_id = message.from,
+                    owner_revision = message.owner_revision,
+                    "new owner"
+                );
                 self.owner = Some((message.from.clone(), message.owner_revision));
             }
         }
@@ -356,10 +375,7 @@ impl Agent {
                 checkpoint: Checkpoint::default(),
             },
         };
-        self.send(
-            OwnerResponse::Dispatch(DispatchResponse { status }),
-            output,
-        );
+        self.send(OwnerResponse::Dispatch(DispatchResponse { status }), output);
     }
 
     fn send(&self, body: OwnerResponse, output: &mut AgentOutput) {

@@ -18,7 +18,9 @@ use crate::message::{
     ToOwner,
 };
 use crate::replication::{Order, ReplicationSet};
-use crate::span::{AgentSpanState, Checkpoint, Span, SpanId, SpanRef, SpanState, advance_watermark};
+use crate::span::{
+    AgentSpanState, Checkpoint, Span, SpanId, SpanRef, SpanState, advance_watermark,
+};
 
 /// An alive capture, as the owner's view of the cluster has it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -213,8 +215,7 @@ impl Coordinator {
                 changefeed.sets.len() == changefeed.spans.len()
                     && changefeed.spans.keys().all(|span_id| {
                         changefeed.sets.get(span_id).is_some_and(|set| {
-                            set.state() == SpanState::Replicating
-                                && set.captures().count() == 1
+                            set.state() == SpanState::Replicating && set.captures().count() == 1
                         })
                     })
             })
@@ -237,7 +238,10 @@ impl Coordinator {
                 entry.checkpoint.checkpoint,
                 spans.iter().map(|c| c.checkpoint),
             ),
-            resolved: advance_watermark(entry.checkpoint.resolved, spans.iter().map(|c| c.resolved)),
+            resolved: advance_watermark(
+                entry.checkpoint.resolved,
+                spans.iter().map(|c| c.resolved),
+            ),
         };
         Some(entry.checkpoint)
     }
@@ -245,19 +249,29 @@ impl Coordinator {
     /// Handles a message from an agent and answers with messages for agents.
     pub fn handle_message(&mut self, message: ToOwner) -> Vec<ToAgent> {
         if message.to != self.owner_id || message.owner_revision != self.owner_revision {
-            debug!(from = message.from, owner_revision = message.owner_revision, "ignore a message for another owner");
+            debug!(
+                from = message.from,
+                owner_revision = message.owner_revision,
+                "ignore a message for another owner"
+            );
             return Vec::new();
         }
         let mut orders = Vec::new();
         let Some(status) = self.captures.get_mut(&message.from) else {
-            debug!(from = message.from, "ignore a message from an unknown capture");
+            debug!(
+                from = message.from,
+                "ignore a message from an unknown capture"
+            );
             return Vec::new();
         };
         match status.epoch {
             None => status.epoch = Some(message.epoch),
             Some(epoch) if message.epoch == epoch => {}
             Some(epoch) if message.epoch > epoch => {
-                info!(capture_id = message.from, "agent restarted, its spans are gone");
+                info!(
+                    capture_id = message.from,
+                    "agent restarted, its spans are gone"
+                );
                 status.epoch = Some(message.epoch);
                 if self.initialized {
                     for changefeed in self.changefeeds.values_mut() {
@@ -318,7 +332,8 @@ impl Coordinator {
             .and_then(|changefeed| changefeed.sets.get_mut(&status.span.span_id));
         match set {
             Some(set) => {
-                let checkpoint = (status.state != AgentSpanState::Absent).then_some(status.checkpoint);
+                let checkpoint =
+                    (status.state != AgentSpanState::Absent).then_some(status.checkpoint);
                 set.handle_status(from, status.state, checkpoint, orders);
             }
             None => {
@@ -388,8 +403,10 @@ impl Coordinator {
         messages: &mut Vec<ToAgent>,
         orders: &mut Vec<Order>,
     ) {
-        let alive: BTreeMap<&CaptureId, &CaptureView> =
-            captures.iter().map(|view| (&view.capture_id, view)).collect();
+        let alive: BTreeMap<&CaptureId, &CaptureView> = captures
+            .iter()
+            .map(|view| (&view.capture_id, view))
+            .collect();
         let gone: Vec<CaptureId> = self
             .captures
             .keys()
@@ -426,7 +443,10 @@ impl Coordinator {
             from: self.owner_id.clone(),
             to: capture_id.clone(),
             owner_revision: self.owner_revision,
-            epoch: self.captures.get(capture_id).and_then(|status| status.epoch),
+            epoch: self
+                .captures
+                .get(capture_id)
+                .and_then(|status| status.epoch),
             body: AgentRequest::Heartbeat(Heartbeat {
                 is_stopping: self.drain_targets.contains(capture_id),
             }),
@@ -445,7 +465,10 @@ impl Coordinator {
             }
         }
         for (span_ref, by_capture) in reports {
-            let changefeed = self.changefeeds.entry(span_ref.changefeed.clone()).or_default();
+            let changefeed = self
+                .changefeeds
+                .entry(span_ref.changefeed.clone())
+                .or_default();
             let span = match changefeed.spans.get(&span_ref.span_id) {
                 Some(span) => span.clone(),
                 // Not a span this owner runs: recorded so that it gets removed.
@@ -459,7 +482,10 @@ impl Coordinator {
             let set = ReplicationSet::rebuild(span, changefeed.checkpoint, &by_capture, orders);
             changefeed.sets.insert(span_ref.span_id, set);
         }
-        info!(n_captures = self.captures.len(), "schedule rebuilt from heartbeats");
+        info!(
+            n_captures = self.captures.len(),
+            "schedule rebuilt from heartbeats"
+        );
         self.initialized = true;
     }
 
@@ -575,8 +601,7 @@ fn schedule_changefeed(
     if schedulable.is_empty() {
         return;
     }
-    let mut load: BTreeMap<CaptureId, usize> =
-        schedulable.iter().map(|c| (c.clone(), 0)).collect();
+    let mut load: BTreeMap<CaptureId, usize> = schedulable.iter().map(|c| (c.clone(), 0)).collect();
     for set in changefeed.sets.values() {
         if let Some(n) = destination(set).and_then(|c| load.get_mut(c)) {
             *n += 1;
@@ -592,9 +617,7 @@ fn schedule_changefeed(
         if set.state() != SpanState::Absent || set.primary().is_some() {
             continue;
         }
-        let candidates = schedulable
-            .iter()
-            .filter(|c| set.role_of(c).is_none());
+        let candidates = schedulable.iter().filter(|c| set.role_of(c).is_none());
         let Some(target) = least_loaded(candidates, &load, global_load) else {
             continue;
         };
@@ -641,7 +664,8 @@ fn schedule_changefeed(
     }
     while in_flight < config.max_task_concurrency {
         let (Some((most, most_n)), Some((least, least_n))) = (
-            load.iter().max_by_key(|(c, n)| (**n, std::cmp::Reverse(*c))),
+            load.iter()
+                .max_by_key(|(c, n)| (**n, std::cmp::Reverse(*c))),
             load.iter().min_by_key(|(c, n)| (**n, *c)),
         ) else {
             return;

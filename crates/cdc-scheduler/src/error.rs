@@ -12,7 +12,9 @@ pub enum Error {
         capture_id: CaptureId,
     },
     /// A drain names the owner's own capture.
-    #[error("[CDC:ErrSchedulerRequestFailed]capture {capture_id} is the owner and cannot be drained")]
+    #[error(
+        "[CDC:ErrSchedulerRequestFailed]capture {capture_id} is the owner and cannot be drained"
+    )]
     DrainOwner {
         /// The capture.
         capture_id: CaptureId,

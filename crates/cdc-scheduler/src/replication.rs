@@ -300,7 +300,12 @@ impl ReplicationSet {
         }
     }
 
-    fn on_primary(&mut self, capture_id: &CaptureId, state: AgentSpanState, orders: &mut Vec<Order>) {
+    fn on_primary(
+        &mut self,
+        capture_id: &CaptureId,
+        state: AgentSpanState,
+        orders: &mut Vec<Order>,
+    ) {
         match state {
             AgentSpanState::Replicating => match self.state {
                 SpanState::Commit if self.secondary.is_some() => {
@@ -422,8 +427,10 @@ impl ReplicationSet {
             SpanState::Commit if self.primary.is_none() => {
                 self.transition(SpanState::Absent, "secondary lost");
             }
-            SpanState::Commit | SpanState::Absent | SpanState::Replicating | SpanState::Removing => {
-            }
+            SpanState::Commit
+            | SpanState::Absent
+            | SpanState::Replicating
+            | SpanState::Removing => {}
         }
     }
 

@@ -130,7 +130,11 @@ impl Sim {
     fn kill(&mut self, capture_id: &CaptureId) {
         self.nodes.remove(capture_id);
         self.links.retain(|(_, to), _| to != capture_id);
-        if self.owner.as_ref().is_some_and(|o| o.owner_id() == capture_id) {
+        if self
+            .owner
+            .as_ref()
+            .is_some_and(|o| o.owner_id() == capture_id)
+        {
             self.owner = None;
         }
     }
@@ -237,9 +241,7 @@ impl Sim {
             match command {
                 PipelineCommand::Prepare { span, checkpoint } => {
                     let span_ref = span.span_ref();
-                    node.pipelines
-                        .progress
-                        .insert(span_ref.clone(), checkpoint);
+                    node.pipelines.progress.insert(span_ref.clone(), checkpoint);
                     node.pipelines.pending.push((span_ref, Pending::Prepare));
                 }
                 PipelineCommand::Replicate { span, checkpoint } => {
@@ -338,11 +340,7 @@ impl Sim {
         let event = match pending {
             Pending::Prepare => PipelineEvent::Prepared { span },
             Pending::Stop => {
-                let checkpoint = node
-                    .pipelines
-                    .progress
-                    .remove(&span)
-                    .unwrap_or_default();
+                let checkpoint = node.pipelines.progress.remove(&span).unwrap_or_default();
                 PipelineEvent::Stopped { span, checkpoint }
             }
         };
@@ -530,7 +528,10 @@ fn spans_spread_when_captures_join_late() {
     sim.join();
     sim.join();
     assert!(sim.run_until_stable(400), "{:?}", sim.spread());
-    assert_eq!(sim.spread().into_values().collect::<Vec<_>>(), vec![4, 4, 4]);
+    assert_eq!(
+        sim.spread().into_values().collect::<Vec<_>>(),
+        vec![4, 4, 4]
+    );
 }
 
 #[test]
@@ -586,7 +587,10 @@ fn the_owner_capture_dies_and_the_next_owner_reschedules() {
     sim.kill(&"c0".to_owned());
     sim.elect(&"c1".to_owned());
     assert!(sim.run_until_stable(100), "{:?}", sim.spread());
-    assert_eq!(sim.spread().values().copied().collect::<Vec<_>>(), vec![6, 6]);
+    assert_eq!(
+        sim.spread().values().copied().collect::<Vec<_>>(),
+        vec![6, 6]
+    );
 }
 
 #[test]
@@ -598,7 +602,14 @@ fn removing_a_changefeed_stops_its_spans() {
     sim.owner.as_mut().expect("owner").remove_changefeed(&a);
     assert!(sim.run_until_stable(100));
     assert_eq!(sim.spread().values().sum::<usize>(), 4);
-    assert!(sim.owner.as_ref().expect("owner").span_views(&a).expect("known").is_empty());
+    assert!(
+        sim.owner
+            .as_ref()
+            .expect("owner")
+            .span_views(&a)
+            .expect("known")
+            .is_empty()
+    );
 }
 
 #[derive(Debug, Clone)]
@@ -739,10 +750,19 @@ fn spans_and_states_serialize_with_lowercase_names() {
         .collect();
     assert_eq!(
         names,
-        [r#""absent""#, r#""prepare""#, r#""commit""#, r#""replicating""#, r#""removing""#]
+        [
+            r#""absent""#,
+            r#""prepare""#,
+            r#""commit""#,
+            r#""replicating""#,
+            r#""removing""#
+        ]
     );
     for state in states {
-        assert_eq!(serde_json::to_string(&state).expect("serialize"), format!("\"{state}\""));
+        assert_eq!(
+            serde_json::to_string(&state).expect("serialize"),
+            format!("\"{state}\"")
+        );
     }
     let span = spans(&ChangeFeedId::default_namespace("cf"), 1).remove(0);
     let json = serde_json::to_string(&span).expect("serialize");
