@@ -99,9 +99,9 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// An agent with no spans. `epoch` must differ from (the processor passes a larger one than)
-    /// the epoch of any earlier agent of the same capture, so that dispatches meant for that one
-    /// are ignored.
+    /// An agent with no spans. `epoch` must be larger than the epoch of any earlier agent of the
+    /// same capture: the agent ignores dispatches meant for an earlier one, and the owner takes a
+    /// larger epoch as the sign that the agent restarted and its spans are gone.
     pub fn new(capture_id: CaptureId, epoch: Epoch) -> Agent {
         Agent {
             capture_id,

@@ -62,6 +62,8 @@ struct Changefeed {
     sets: BTreeMap<SpanId, ReplicationSet>,
     /// The changefeed's watermark; new spans start there.
     checkpoint: Checkpoint,
+    /// Removed: forgotten once none of its spans is left on any capture.
+    removed: bool,
 }
 
 /// The owner's scheduler for all changefeeds.
@@ -129,12 +131,14 @@ impl Coordinator {
         let entry = self.changefeeds.entry(changefeed).or_default();
         entry.spans = spans.into_iter().map(|span| (span.span_id, span)).collect();
         entry.checkpoint.merge(checkpoint);
+        entry.removed = false;
     }
 
     /// Stops every span of `changefeed`; the coordinator forgets it once they are all stopped.
     pub fn remove_changefeed(&mut self, changefeed: &ChangeFeedId) {
         if let Some(entry) = self.changefeeds.get_mut(changefeed) {
             entry.spans.clear();
+            entry.removed = true;
         }
     }
 
@@ -355,6 +359,8 @@ impl Coordinator {
         for changefeed in self.changefeeds.values_mut() {
             changefeed.sets.retain(|_, set| !set.is_removed());
         }
+        self.changefeeds
+            .retain(|_, changefeed| !(changefeed.removed && changefeed.sets.is_empty()));
     }
 
     /// Advances the schedule: takes in the alive captures, sends heartbeats, rebuilds the schedule
@@ -468,7 +474,10 @@ impl Coordinator {
             let changefeed = self
                 .changefeeds
                 .entry(span_ref.changefeed.clone())
-                .or_default();
+                .or_insert_with(|| Changefeed {
+                    removed: true,
+                    ..Changefeed::default()
+                });
             let span = match changefeed.spans.get(&span_ref.span_id) {
                 Some(span) => span.clone(),
                 // Not a span this owner runs: recorded so that it gets removed.

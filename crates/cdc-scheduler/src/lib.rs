@@ -57,10 +57,21 @@
 //!   back; a span starts at the changefeed's checkpoint or later. The changefeed's checkpoint is
 //!   the minimum over its spans and never moves back ([`advance_watermark`]).
 //!
-//! Assumptions the safety rests on: messages between two captures arrive in the order they were
-//! sent, or not at all (p2p streams are ordered); a capture gone from the cluster has stopped its
-//! pipelines (a capture that loses its session restarts as a new capture, see ARCHITECTURE.md);
-//! and a former owner stops sending once a new one is elected.
+//! Assumptions the safety rests on, and their hazards:
+//! * Messages from one capture to another arrive in the order they were sent, or not at all (p2p
+//!   streams are ordered). A transport that reordered them could deliver an old order to
+//!   replicate after a later remove.
+//! * A capture gone from the cluster has stopped its pipelines (a capture that loses its session
+//!   restarts as a new capture, see ARCHITECTURE.md). A process that keeps writing after its
+//!   capture key expired would run a span next to its new capture.
+//! * A former owner stops sending once a new one is elected; agents that have heard from the new
+//!   owner ignore it, but an agent that has not could still follow it.
+//! * A new agent incarnation on the same capture has a larger epoch than the former one, and the
+//!   processor stops the former one's pipelines before starting it.
+//!
+//! Liveness: while an alive capture has not answered its first heartbeat, the coordinator starts
+//! no add or move (TiCDC does the same), so a capture that is registered but unreachable over p2p
+//! holds the schedule until it answers or leaves the cluster.
 #![warn(missing_docs)]
 
 mod agent;

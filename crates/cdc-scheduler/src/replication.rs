@@ -18,7 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use cdc_model::CaptureId;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::message::{Dispatch, SpanStatus};
 use crate::span::{AgentSpanState, Checkpoint, Span, SpanState};
@@ -131,7 +131,7 @@ impl ReplicationSet {
         if set.state == SpanState::Commit {
             set.evaluate_commit(orders);
         }
-        info!(span = %set.span.span_ref(), state = %set.state, primary = ?set.primary, secondary = ?set.secondary, "span rebuilt from heartbeats");
+        debug!(span = %set.span.span_ref(), state = %set.state, primary = ?set.primary, secondary = ?set.secondary, "span rebuilt from heartbeats");
         set
     }
 
