@@ -77,6 +77,8 @@ struct Sim {
     replicate_starts: BTreeMap<SpanRef, usize>,
     /// Captures the current owner accepted to drain.
     drained: BTreeSet<CaptureId>,
+    /// Removed changefeeds, with their spans and last checkpoint, to add again.
+    removed: BTreeMap<ChangeFeedId, (Vec<Span>, Checkpoint)>,
 }
 
 impl Sim {
@@ -93,6 +95,7 @@ impl Sim {
             durable: BTreeMap::new(),
             replicate_starts: BTreeMap::new(),
             drained: BTreeSet::new(),
+            removed: BTreeMap::new(),
         };
         for (id, n) in changefeeds {
             let changefeed = ChangeFeedId::default_namespace(*id);
@@ -169,6 +172,29 @@ impl Sim {
             coordinator.upsert_changefeed(changefeed.clone(), spans.clone(), *checkpoint);
         }
         self.owner = Some(coordinator);
+    }
+
+    /// Removes the `index`-th changefeed, or adds it again if it is removed.
+    fn toggle_changefeed(&mut self, index: usize) {
+        let all: Vec<ChangeFeedId> = self
+            .changefeeds
+            .keys()
+            .chain(self.removed.keys())
+            .cloned()
+            .collect();
+        let changefeed = &all[index % all.len()];
+        if let Some(entry) = self.changefeeds.remove(changefeed) {
+            self.removed.insert(changefeed.clone(), entry);
+            if let Some(owner) = self.owner.as_mut() {
+                owner.remove_changefeed(changefeed);
+            }
+        } else if let Some((spans, checkpoint)) = self.removed.remove(changefeed) {
+            if let Some(owner) = self.owner.as_mut() {
+                owner.upsert_changefeed(changefeed.clone(), spans.clone(), checkpoint);
+            }
+            self.changefeeds
+                .insert(changefeed.clone(), (spans, checkpoint));
+        }
     }
 
     /// Whether a capture may be given spans.
@@ -619,6 +645,7 @@ enum Op {
     Drain(usize),
     RestartAgent(usize),
     Elect(usize),
+    ToggleChangefeed(usize),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -635,6 +662,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<usize>().prop_map(Op::Drain),
         1 => any::<usize>().prop_map(Op::RestartAgent),
         1 => any::<usize>().prop_map(Op::Elect),
+        1 => any::<usize>().prop_map(Op::ToggleChangefeed),
     ]
 }
 
@@ -685,6 +713,7 @@ fn apply(sim: &mut Sim, op: &Op) {
                 sim.restart_agent(&capture_id);
             }
         }
+        Op::ToggleChangefeed(i) => sim.toggle_changefeed(*i),
         Op::Elect(c) => {
             if let Some(capture_id) = sim.nth_capture(*c) {
                 sim.elect(&capture_id);
@@ -697,7 +726,7 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
 
     /// Under random joins, kills, drains, stopping captures, failing pipelines, agent restarts,
-    /// owner changes and delivered or dropped messages, no span ever writes to the sink on two captures at once,
+    /// owner changes, changefeeds removed and added again, and delivered or dropped messages, no span ever writes to the sink on two captures at once,
     /// the changefeed checkpoint never passes a span's nor moves back (checked at every tick),
     /// and once the faults stop every span ends up replicating on exactly one capture.
     #[test]
