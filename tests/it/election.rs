@@ -167,7 +167,7 @@ fn keeper_thread_running(lease_id: i64) -> bool {
         .any(|comm| comm.trim_end() == name)
 }
 
-/// TiCDC's TestDelegateLease (`pkg/etcd/client_test.go`).
+/// TiCDC's `TestDelegateLease` (`pkg/etcd/client_test.go` in pingcap/tiflow).
 #[tokio::test]
 async fn session_grants_keeps_and_revokes_its_lease() {
     let (_server, client) = etcd().await;
@@ -759,7 +759,8 @@ async fn the_session_survives_an_etcd_restart_within_its_ttl() {
     session.close().await.unwrap();
 }
 
-/// TiCDC's TestGetOwnerRevision (`pkg/etcd/etcd_test.go`): three candidates, 16 terms.
+/// TiCDC's `TestGetOwnerRevision` (`pkg/etcd/etcd_test.go` in pingcap/tiflow): three candidates,
+/// 16 terms.
 #[tokio::test]
 async fn owner_revisions_strictly_increase_over_sixteen_terms_of_three_candidates() {
     const TERMS: usize = 16;
