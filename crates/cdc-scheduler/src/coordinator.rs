@@ -321,8 +321,11 @@ impl Coordinator {
             }
             OwnerResponse::Dispatch(response) => {
                 if self.initialized {
+                    let span = response.status.span.clone();
                     self.route_status(&from, response.status, &mut orders);
+                    self.sweep_span(&span);
                 }
+                return self.to_messages(orders);
             }
         }
         self.sweep();
@@ -351,6 +354,23 @@ impl Coordinator {
                     });
                 }
             }
+        }
+    }
+
+    /// Forgets `span` if it is removed, and its changefeed if that is removed and empty.
+    fn sweep_span(&mut self, span: &SpanRef) {
+        let Some(changefeed) = self.changefeeds.get_mut(&span.changefeed) else {
+            return;
+        };
+        if changefeed
+            .sets
+            .get(&span.span_id)
+            .is_some_and(ReplicationSet::is_removed)
+        {
+            changefeed.sets.remove(&span.span_id);
+        }
+        if changefeed.removed && changefeed.sets.is_empty() {
+            self.changefeeds.remove(&span.changefeed);
         }
     }
 

@@ -390,3 +390,33 @@ fn invalid_config_is_refused() {
     assert!(bad.validate().is_err());
     assert!(SchedulerConfig::default().validate().is_ok());
 }
+
+#[test]
+fn a_thousand_changefeeds_of_ten_spans_spread_evenly_in_a_few_ticks() {
+    let mut net = Net::new(&["a", "b", "c"], SchedulerConfig::default());
+    for i in 0..1000 {
+        let changefeed = ChangeFeedId::default_namespace(format!("cf-{i}"));
+        let spans = (0..10)
+            .map(|j| Span {
+                span_id: SpanId(j),
+                changefeed: changefeed.clone(),
+                start_key: vec![j as u8],
+                end_key: vec![j as u8 + 1],
+            })
+            .collect();
+        net.coordinator
+            .upsert_changefeed(changefeed, spans, Checkpoint::at(1));
+    }
+    let mut ticks = 0;
+    while !net.coordinator.is_all_replicating() {
+        assert!(ticks < 10, "not all replicating after {ticks} ticks");
+        net.tick();
+        ticks += 1;
+    }
+    let spread = net.spread();
+    assert_eq!(spread.iter().sum::<usize>(), 10_000);
+    assert!(
+        spread.iter().max().expect("captures") - spread.iter().min().expect("captures") <= 1,
+        "{spread:?}"
+    );
+}
