@@ -386,19 +386,19 @@ impl Coordinator {
     /// Advances the schedule: takes in the alive captures, sends heartbeats, rebuilds the schedule
     /// once every capture answered, and adds, moves and removes spans.
     pub fn tick(&mut self, now: Duration, captures: &[CaptureView]) -> Vec<ToAgent> {
-        let mut messages = Vec::new();
         let mut orders = Vec::new();
-        self.update_captures(captures, &mut messages, &mut orders);
+        let found = self.update_captures(captures, &mut orders);
 
+        // Every capture gets a heartbeat each interval, a new one at once.
         let heartbeat_due = self
             .last_heartbeat
             .is_none_or(|last| now.saturating_sub(last) >= self.config.heartbeat_interval);
-        if heartbeat_due {
+        let mut messages: Vec<ToAgent> = if heartbeat_due {
             self.last_heartbeat = Some(now);
-            for capture_id in self.captures.keys() {
-                messages.push(self.heartbeat(capture_id));
-            }
-        }
+            self.captures.keys().map(|c| self.heartbeat(c)).collect()
+        } else {
+            found.iter().map(|c| self.heartbeat(c)).collect()
+        };
 
         let all_answered = self.captures.values().all(|status| status.epoch.is_some());
         if !self.initialized {
@@ -423,12 +423,12 @@ impl Coordinator {
         messages
     }
 
+    /// Takes in the alive captures; answers the new ones.
     fn update_captures(
         &mut self,
         captures: &[CaptureView],
-        messages: &mut Vec<ToAgent>,
         orders: &mut Vec<Order>,
-    ) {
+    ) -> Vec<CaptureId> {
         let alive: BTreeMap<&CaptureId, &CaptureView> = captures
             .iter()
             .map(|view| (&view.capture_id, view))
@@ -451,17 +451,19 @@ impl Coordinator {
                 }
             }
         }
+        let mut found = Vec::new();
         for (capture_id, view) in alive {
             let status = match self.captures.get_mut(capture_id) {
                 Some(status) => status,
                 None => {
                     info!(capture_id, "capture found");
-                    messages.push(self.heartbeat(capture_id));
+                    found.push(capture_id.clone());
                     self.captures.entry(capture_id.clone()).or_default()
                 }
             };
             status.stopping_input = view.stopping;
         }
+        found
     }
 
     fn heartbeat(&self, capture_id: &CaptureId) -> ToAgent {
