@@ -212,6 +212,25 @@ impl Coordinator {
         )
     }
 
+    /// The spans of `changefeed` per capture that replicates them (TiCDC's task status), or
+    /// `None` for an unknown changefeed.
+    pub fn spans_by_capture(
+        &self,
+        changefeed: &ChangeFeedId,
+    ) -> Option<BTreeMap<CaptureId, Vec<SpanId>>> {
+        let entry = self.changefeeds.get(changefeed)?;
+        let mut by_capture: BTreeMap<CaptureId, Vec<SpanId>> = BTreeMap::new();
+        for (span_id, set) in &entry.sets {
+            if let Some(primary) = set.primary() {
+                by_capture
+                    .entry(primary.clone())
+                    .or_default()
+                    .push(*span_id);
+            }
+        }
+        Some(by_capture)
+    }
+
     /// Whether every span of every changefeed replicates and no removed span is left.
     pub fn is_all_replicating(&self) -> bool {
         self.initialized

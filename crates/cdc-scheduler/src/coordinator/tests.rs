@@ -420,3 +420,62 @@ fn a_thousand_changefeeds_of_ten_spans_spread_evenly_in_a_few_ticks() {
         "{spread:?}"
     );
 }
+
+#[test]
+fn a_new_owner_stops_one_of_two_captures_that_run_the_same_span() {
+    let mut net = Net::new(&["a", "b"], config(10));
+    // A former owner (revision 5) had both run span 0.
+    for capture_id in ["a", "b"] {
+        let agent = net.agents.get_mut(capture_id).expect("agent");
+        let epoch = agent.epoch();
+        let mut output = AgentOutput::default();
+        for prepare in [true, false] {
+            agent.handle_message(
+                ToAgent {
+                    from: "former".to_owned(),
+                    to: capture_id.to_owned(),
+                    owner_revision: 5,
+                    epoch: Some(epoch),
+                    body: AgentRequest::Dispatch(crate::message::Dispatch::Add {
+                        span: spans(1).remove(0),
+                        checkpoint: Checkpoint::at(1),
+                        prepare,
+                    }),
+                },
+                &mut output,
+            );
+            agent.handle_pipeline_event(
+                PipelineEvent::Prepared {
+                    span: spans(1)[0].span_ref(),
+                },
+                &mut output,
+            );
+        }
+        agent.handle_pipeline_event(
+            PipelineEvent::Progress {
+                span: spans(1)[0].span_ref(),
+                checkpoint: Checkpoint::at(if capture_id == "a" { 7 } else { 9 }),
+            },
+            &mut output,
+        );
+    }
+    assert_eq!(net.spread(), [1, 1]);
+    net.coordinator
+        .upsert_changefeed(changefeed(), spans(1), Checkpoint::at(1));
+    net.run(3);
+    // The most advanced one keeps it; nothing was restarted.
+    assert_eq!(net.spread(), [0, 1]);
+    assert!(net.coordinator.is_all_replicating());
+    let by_capture = net
+        .coordinator
+        .spans_by_capture(&changefeed())
+        .expect("known");
+    assert_eq!(
+        by_capture,
+        BTreeMap::from([("b".to_owned(), vec![SpanId(0)])])
+    );
+    assert_eq!(
+        net.coordinator.advance_changefeed(&changefeed()),
+        Some(Checkpoint::at(9))
+    );
+}
