@@ -21,8 +21,8 @@ fn spans(n: u64) -> Vec<Span> {
         .map(|i| Span {
             span_id: SpanId(i),
             changefeed: changefeed(),
-            start_key: vec![b'a' + i as u8],
-            end_key: vec![b'b' + i as u8],
+            start_key: vec![i as u8],
+            end_key: vec![i as u8 + 1],
         })
         .collect()
 }
@@ -478,4 +478,18 @@ fn a_new_owner_stops_one_of_two_captures_that_run_the_same_span() {
         net.coordinator.advance_changefeed(&changefeed()),
         Some(Checkpoint::at(9))
     );
+}
+
+#[test]
+fn captures_that_join_are_balanced_at_once_not_at_the_next_interval() {
+    // The default interval is a minute; 50 ticks of 100 ms are five seconds.
+    let mut net = Net::new(&["a"], SchedulerConfig::default());
+    net.coordinator
+        .upsert_changefeed(changefeed(), spans(30), Checkpoint::at(1));
+    net.run(3);
+    assert_eq!(net.spread(), [30]);
+    net.join("b");
+    net.join("c");
+    net.run(50);
+    assert_eq!(net.spread(), [10, 10, 10]);
 }
