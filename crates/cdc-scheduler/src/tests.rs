@@ -795,3 +795,55 @@ fn spans_and_states_serialize_with_lowercase_names() {
     let back: Span = serde_json::from_str(&json).expect("deserialize");
     assert_eq!(back, span);
 }
+
+#[test]
+fn messages_round_trip_through_json() {
+    let span = spans(&ChangeFeedId::default_namespace("cf"), 1).remove(0);
+    let to_agent = ToAgent {
+        from: "owner".to_owned(),
+        to: "c1".to_owned(),
+        owner_revision: 42,
+        epoch: Some(Epoch(7)),
+        body: crate::AgentRequest::Dispatch(crate::Dispatch::Add {
+            span: span.clone(),
+            checkpoint: Checkpoint {
+                checkpoint: 5,
+                resolved: 6,
+            },
+            prepare: true,
+        }),
+    };
+    let json = serde_json::to_string(&to_agent).expect("serialize");
+    assert_eq!(
+        json,
+        r#"{"from":"owner","to":"c1","owner_revision":42,"epoch":7,"body":{"dispatch":{"add":{"span":{"span_id":0,"changefeed":{"namespace":"default","id":"cf"},"start_key":[47,112,47,48,48,48],"end_key":[47,112,47,48,48,49]},"checkpoint":{"checkpoint":5,"resolved":6},"prepare":true}}}}"#
+    );
+    assert_eq!(
+        serde_json::from_str::<ToAgent>(&json).expect("deserialize"),
+        to_agent
+    );
+
+    let to_owner = ToOwner {
+        from: "c1".to_owned(),
+        to: "owner".to_owned(),
+        owner_revision: 42,
+        epoch: Epoch(7),
+        body: crate::OwnerResponse::Heartbeat(crate::HeartbeatResponse {
+            spans: vec![crate::SpanStatus {
+                span: span.span_ref(),
+                state: crate::AgentSpanState::Replicating,
+                checkpoint: Checkpoint::at(9),
+            }],
+            stopping: true,
+        }),
+    };
+    let json = serde_json::to_string(&to_owner).expect("serialize");
+    assert_eq!(
+        json,
+        r#"{"from":"c1","to":"owner","owner_revision":42,"epoch":7,"body":{"heartbeat":{"spans":[{"span":{"changefeed":{"namespace":"default","id":"cf"},"span_id":0},"state":"replicating","checkpoint":{"checkpoint":9,"resolved":9}}],"stopping":true}}}"#
+    );
+    assert_eq!(
+        serde_json::from_str::<ToOwner>(&json).expect("deserialize"),
+        to_owner
+    );
+}
