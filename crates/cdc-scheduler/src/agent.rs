@@ -56,7 +56,8 @@ pub enum PipelineEvent {
     Progress {
         /// The span.
         span: SpanRef,
-        /// Its progress.
+        /// Its progress. The checkpoint counts only events written to the sink, so a prepared
+        /// pipeline that does not write keeps the checkpoint it was started at.
         checkpoint: Checkpoint,
     },
     /// The span's pipeline stopped, asked to or not (an error); nothing more is written.

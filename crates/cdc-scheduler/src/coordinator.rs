@@ -82,6 +82,9 @@ pub struct Coordinator {
     drain_targets: BTreeSet<CaptureId>,
     last_heartbeat: Option<Duration>,
     last_balance: Option<Duration>,
+    /// Look for an uneven spread at the next tick: the captures changed, or the last look left
+    /// moves to do (TiCDC's `forceBalance`).
+    balance_soon: bool,
 }
 
 impl Coordinator {
@@ -102,6 +105,7 @@ impl Coordinator {
             drain_targets: BTreeSet::new(),
             last_heartbeat: None,
             last_balance: None,
+            balance_soon: false,
         })
     }
 
@@ -210,6 +214,25 @@ impl Coordinator {
                 })
                 .collect(),
         )
+    }
+
+    /// The spans of `changefeed` per capture that replicates them (TiCDC's task status), or
+    /// `None` for an unknown changefeed.
+    pub fn spans_by_capture(
+        &self,
+        changefeed: &ChangeFeedId,
+    ) -> Option<BTreeMap<CaptureId, Vec<SpanId>>> {
+        let entry = self.changefeeds.get(changefeed)?;
+        let mut by_capture: BTreeMap<CaptureId, Vec<SpanId>> = BTreeMap::new();
+        for (span_id, set) in &entry.sets {
+            if let Some(primary) = set.primary() {
+                by_capture
+                    .entry(primary.clone())
+                    .or_default()
+                    .push(*span_id);
+            }
+        }
+        Some(by_capture)
     }
 
     /// Whether every span of every changefeed replicates and no removed span is left.
@@ -321,8 +344,11 @@ impl Coordinator {
             }
             OwnerResponse::Dispatch(response) => {
                 if self.initialized {
+                    let span = response.status.span.clone();
                     self.route_status(&from, response.status, &mut orders);
+                    self.sweep_span(&span);
                 }
+                return self.to_messages(orders);
             }
         }
         self.sweep();
@@ -354,6 +380,23 @@ impl Coordinator {
         }
     }
 
+    /// Forgets `span` if it is removed, and its changefeed if that is removed and empty.
+    fn sweep_span(&mut self, span: &SpanRef) {
+        let Some(changefeed) = self.changefeeds.get_mut(&span.changefeed) else {
+            return;
+        };
+        if changefeed
+            .sets
+            .get(&span.span_id)
+            .is_some_and(ReplicationSet::is_removed)
+        {
+            changefeed.sets.remove(&span.span_id);
+        }
+        if changefeed.removed && changefeed.sets.is_empty() {
+            self.changefeeds.remove(&span.changefeed);
+        }
+    }
+
     /// Forgets removed spans and changefeeds.
     fn sweep(&mut self) {
         for changefeed in self.changefeeds.values_mut() {
@@ -366,19 +409,19 @@ impl Coordinator {
     /// Advances the schedule: takes in the alive captures, sends heartbeats, rebuilds the schedule
     /// once every capture answered, and adds, moves and removes spans.
     pub fn tick(&mut self, now: Duration, captures: &[CaptureView]) -> Vec<ToAgent> {
-        let mut messages = Vec::new();
         let mut orders = Vec::new();
-        self.update_captures(captures, &mut messages, &mut orders);
+        let found = self.update_captures(captures, &mut orders);
 
+        // Every capture gets a heartbeat each interval, a new one at once.
         let heartbeat_due = self
             .last_heartbeat
             .is_none_or(|last| now.saturating_sub(last) >= self.config.heartbeat_interval);
-        if heartbeat_due {
+        let mut messages: Vec<ToAgent> = if heartbeat_due {
             self.last_heartbeat = Some(now);
-            for capture_id in self.captures.keys() {
-                messages.push(self.heartbeat(capture_id));
-            }
-        }
+            self.captures.keys().map(|c| self.heartbeat(c)).collect()
+        } else {
+            found.iter().map(|c| self.heartbeat(c)).collect()
+        };
 
         let all_answered = self.captures.values().all(|status| status.epoch.is_some());
         if !self.initialized {
@@ -390,25 +433,26 @@ impl Coordinator {
         // A capture that has not answered yet may still run spans of a former owner: schedule
         // nothing until it has (TiCDC's `CheckAllCaptureInitialized`).
         if all_answered {
-            let balance_due = self
-                .last_balance
-                .is_none_or(|last| now.saturating_sub(last) >= self.config.balance_interval);
+            let balance_due = self.balance_soon
+                || self
+                    .last_balance
+                    .is_none_or(|last| now.saturating_sub(last) >= self.config.balance_interval);
             if balance_due {
                 self.last_balance = Some(now);
             }
-            self.schedule(balance_due, &mut orders);
+            self.balance_soon = self.schedule(balance_due, &mut orders);
         }
         self.sweep();
         messages.extend(self.to_messages(orders));
         messages
     }
 
+    /// Takes in the alive captures; answers the new ones.
     fn update_captures(
         &mut self,
         captures: &[CaptureView],
-        messages: &mut Vec<ToAgent>,
         orders: &mut Vec<Order>,
-    ) {
+    ) -> Vec<CaptureId> {
         let alive: BTreeMap<&CaptureId, &CaptureView> = captures
             .iter()
             .map(|view| (&view.capture_id, view))
@@ -421,6 +465,7 @@ impl Coordinator {
             .collect();
         for capture_id in gone {
             info!(capture_id, "capture gone, its spans are rescheduled");
+            self.balance_soon = true;
             self.captures.remove(&capture_id);
             self.drain_targets.remove(&capture_id);
             if self.initialized {
@@ -431,17 +476,20 @@ impl Coordinator {
                 }
             }
         }
+        let mut found = Vec::new();
         for (capture_id, view) in alive {
             let status = match self.captures.get_mut(capture_id) {
                 Some(status) => status,
                 None => {
                     info!(capture_id, "capture found");
-                    messages.push(self.heartbeat(capture_id));
+                    found.push(capture_id.clone());
+                    self.balance_soon = true;
                     self.captures.entry(capture_id.clone()).or_default()
                 }
             };
             status.stopping_input = view.stopping;
         }
+        found
     }
 
     fn heartbeat(&self, capture_id: &CaptureId) -> ToAgent {
@@ -502,7 +550,8 @@ impl Coordinator {
         status.stopping_input || status.stopping_reported || self.drain_targets.contains(capture_id)
     }
 
-    fn schedule(&mut self, balance_due: bool, orders: &mut Vec<Order>) {
+    /// Adds, moves and removes spans; answers whether some changefeed is left unevenly spread.
+    fn schedule(&mut self, balance_due: bool, orders: &mut Vec<Order>) -> bool {
         let schedulable: Vec<CaptureId> = self
             .captures
             .iter()
@@ -526,8 +575,9 @@ impl Coordinator {
             }
         }
         let config = &self.config;
+        let mut uneven = false;
         for changefeed in self.changefeeds.values_mut() {
-            schedule_changefeed(
+            uneven |= schedule_changefeed(
                 changefeed,
                 config,
                 &schedulable,
@@ -537,6 +587,7 @@ impl Coordinator {
                 orders,
             );
         }
+        uneven
     }
 
     fn to_messages(&self, orders: Vec<Order>) -> Vec<ToAgent> {
@@ -594,7 +645,7 @@ fn schedule_changefeed(
     global_load: &mut BTreeMap<CaptureId, usize>,
     balance_due: bool,
     orders: &mut Vec<Order>,
-) {
+) -> bool {
     // Spans no longer desired are removed; desired spans get a record.
     for (span_id, set) in &mut changefeed.sets {
         if !changefeed.spans.contains_key(span_id) {
@@ -608,7 +659,7 @@ fn schedule_changefeed(
             .or_insert_with(|| ReplicationSet::new(span.clone(), changefeed.checkpoint));
     }
     if schedulable.is_empty() {
-        return;
+        return false;
     }
     let mut load: BTreeMap<CaptureId, usize> = schedulable.iter().map(|c| (c.clone(), 0)).collect();
     for set in changefeed.sets.values() {
@@ -647,7 +698,8 @@ fn schedule_changefeed(
     let mut drained = false;
     for set in changefeed.sets.values_mut() {
         if in_flight >= config.max_task_concurrency {
-            return;
+            // No room to balance either: look again soon if it was time to.
+            return balance_due;
         }
         if set.state() != SpanState::Replicating {
             continue;
@@ -660,7 +712,7 @@ fn schedule_changefeed(
         }
         drained = true;
         let Some(target) = least_loaded(schedulable.iter(), &load, global_load) else {
-            return;
+            return false;
         };
         if set.handle_move(&target, orders) {
             in_flight += 1;
@@ -669,18 +721,19 @@ fn schedule_changefeed(
         }
     }
     if drained || !balance_due {
-        return;
+        return false;
     }
+    // Balance: move spans from the busiest capture to the idlest until they differ by at most one.
     while in_flight < config.max_task_concurrency {
         let (Some((most, most_n)), Some((least, least_n))) = (
             load.iter()
                 .max_by_key(|(c, n)| (**n, std::cmp::Reverse(*c))),
             load.iter().min_by_key(|(c, n)| (**n, *c)),
         ) else {
-            return;
+            return false;
         };
         if most_n - least_n <= 1 {
-            return;
+            return false;
         }
         let (most, least) = (most.clone(), least.clone());
         let Some(set) = changefeed.sets.values_mut().find(|set| {
@@ -688,10 +741,10 @@ fn schedule_changefeed(
                 && set.primary() == Some(&most)
                 && set.captures().count() == 1
         }) else {
-            return;
+            return true;
         };
         if !set.handle_move(&least, orders) {
-            return;
+            return true;
         }
         debug!(span = %set.span().span_ref(), from = most, to = least, "balance move");
         in_flight += 1;
@@ -702,6 +755,8 @@ fn schedule_changefeed(
         }
         *global_load.entry(least).or_default() += 1;
     }
+    // Out of room for moves; more may be needed.
+    true
 }
 
 #[cfg(test)]

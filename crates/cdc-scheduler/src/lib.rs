@@ -52,7 +52,8 @@
 //! * **Balance.** Spans of each changefeed are spread evenly over the alive captures that are not
 //!   stopping (ties go to the capture with fewer spans overall). A stopping or drained capture is
 //!   given none and its spans are moved away; at most `max_task_concurrency` spans of one
-//!   changefeed are in an add or a move when a move starts.
+//!   changefeed are in an add or a move when a move starts. The spread is checked when captures
+//!   join or leave, at every tick while moves remain to be made, and every `balance_interval`.
 //! * **Checkpoint.** A span's progress is the most advanced any capture reported and never moves
 //!   back; a span starts at the changefeed's checkpoint or later. The changefeed's checkpoint is
 //!   the minimum over its spans and never moves back ([`advance_watermark`]).

@@ -307,9 +307,23 @@ impl Sim {
         if links.is_empty() {
             return;
         }
-        let link = &links[index % links.len()];
-        let Some(message) = self.links.get_mut(link).and_then(VecDeque::pop_front) else {
-            return;
+        let link = links[index % links.len()].clone();
+        self.deliver_link(&link.0, &link.1);
+    }
+
+    /// Delivers every message queued from `from` to `to`.
+    fn drain_link(&mut self, from: &str, to: &str) {
+        let link = (from.to_owned(), to.to_owned());
+        while self.links.get(&link).is_some_and(|queue| !queue.is_empty()) {
+            self.deliver_link(from, to);
+        }
+    }
+
+    /// Delivers the first message from `from` to `to`.
+    fn deliver_link(&mut self, from: &str, to: &str) {
+        let link = (from.to_owned(), to.to_owned());
+        let Some(message) = self.links.get_mut(&link).and_then(VecDeque::pop_front) else {
+            panic!("no message from {from} to {to}");
         };
         match message {
             Msg::ToAgent(message) => {
@@ -631,6 +645,73 @@ fn removing_a_changefeed_stops_its_spans() {
     assert!(sim.owner.as_ref().expect("owner").span_views(&a).is_none());
 }
 
+/// A span whose pipeline fails just after it was prepared, while the owner's orders to prepare
+/// it again (a repeat, sent on a heartbeat answer that predates the first) and to replicate it are
+/// still on their way: those orders must not start it again once the owner has placed the span on
+/// another capture.
+#[test]
+fn orders_in_flight_do_not_restart_a_failed_span_placed_elsewhere() {
+    let mut sim = Sim::new(3, &[("cf", 1)], 10);
+    let (owner, x, y) = ("c0", "c1", "c2");
+    sim.set_stopping(&owner.to_owned());
+    // Every capture answers a first heartbeat (the second tick sends none: the interval is two
+    // ticks).
+    sim.tick();
+    sim.tick();
+    for capture_id in [owner, x, y] {
+        sim.deliver_link(owner, capture_id);
+    }
+    for capture_id in [owner, x, y] {
+        sim.deliver_link(capture_id, owner);
+    }
+    // The next tick sends heartbeats again, initializes and adds the span to x.
+    sim.tick();
+    let span = sim.changefeeds.values().next().expect("a changefeed").0[0].span_ref();
+    assert_eq!(
+        sim.owner
+            .as_ref()
+            .expect("owner")
+            .replication_set(&span)
+            .expect("set")
+            .secondary(),
+        Some(&x.to_owned())
+    );
+    // x answers the heartbeat (without the span), then gets the add.
+    sim.deliver_link(owner, x);
+    sim.deliver_link(owner, x);
+    assert_eq!(
+        sim.nodes[x].agent.span_state(&span),
+        crate::AgentSpanState::Preparing
+    );
+    // The owner reads the answer and repeats the add.
+    sim.deliver_link(x, owner);
+    // x prepares, then its pipeline fails.
+    sim.complete_pipeline(&x.to_owned(), 0);
+    sim.fail_pipeline(&x.to_owned(), 0);
+    // The owner learns x is prepared and tells it to replicate; the repeated add and the order to
+    // replicate reach x.
+    sim.deliver_link(x, owner);
+    sim.deliver_link(owner, x);
+    sim.deliver_link(owner, x);
+    // The owner learns of the failure; x may no longer take spans, so the span goes to y, which
+    // prepares it and is told to replicate it.
+    sim.deliver_link(x, owner);
+    sim.set_stopping(&x.to_owned());
+    sim.tick();
+    sim.drain_link(owner, y);
+    sim.complete_pipeline(&y.to_owned(), 0);
+    sim.drain_link(y, owner);
+    sim.drain_link(owner, y);
+    assert_eq!(sim.spread()[y], 1);
+    // Whatever x still had pending completes: it must not start the span.
+    while !sim.nodes[x].pipelines.pending.is_empty() {
+        sim.complete_pipeline(&x.to_owned(), 0);
+        sim.check_single_runner();
+    }
+    assert!(sim.run_until_stable(100), "{:?}", sim.spread());
+    assert_eq!(sim.spread()[y], 1);
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Tick,
@@ -794,4 +875,56 @@ fn spans_and_states_serialize_with_lowercase_names() {
     );
     let back: Span = serde_json::from_str(&json).expect("deserialize");
     assert_eq!(back, span);
+}
+
+#[test]
+fn messages_round_trip_through_json() {
+    let span = spans(&ChangeFeedId::default_namespace("cf"), 1).remove(0);
+    let to_agent = ToAgent {
+        from: "owner".to_owned(),
+        to: "c1".to_owned(),
+        owner_revision: 42,
+        epoch: Some(Epoch(7)),
+        body: crate::AgentRequest::Dispatch(crate::Dispatch::Add {
+            span: span.clone(),
+            checkpoint: Checkpoint {
+                checkpoint: 5,
+                resolved: 6,
+            },
+            prepare: true,
+        }),
+    };
+    let json = serde_json::to_string(&to_agent).expect("serialize");
+    assert_eq!(
+        json,
+        r#"{"from":"owner","to":"c1","owner_revision":42,"epoch":7,"body":{"dispatch":{"add":{"span":{"span_id":0,"changefeed":{"namespace":"default","id":"cf"},"start_key":[47,112,47,48,48,48],"end_key":[47,112,47,48,48,49]},"checkpoint":{"checkpoint":5,"resolved":6},"prepare":true}}}}"#
+    );
+    assert_eq!(
+        serde_json::from_str::<ToAgent>(&json).expect("deserialize"),
+        to_agent
+    );
+
+    let to_owner = ToOwner {
+        from: "c1".to_owned(),
+        to: "owner".to_owned(),
+        owner_revision: 42,
+        epoch: Epoch(7),
+        body: crate::OwnerResponse::Heartbeat(crate::HeartbeatResponse {
+            spans: vec![crate::SpanStatus {
+                span: span.span_ref(),
+                state: crate::AgentSpanState::Replicating,
+                checkpoint: Checkpoint::at(9),
+            }],
+            stopping: true,
+        }),
+    };
+    let json = serde_json::to_string(&to_owner).expect("serialize");
+    assert_eq!(
+        json,
+        r#"{"from":"c1","to":"owner","owner_revision":42,"epoch":7,"body":{"heartbeat":{"spans":[{"span":{"changefeed":{"namespace":"default","id":"cf"},"span_id":0},"state":"replicating","checkpoint":{"checkpoint":9,"resolved":9}}],"stopping":true}}}"#
+    );
+    assert_eq!(
+        serde_json::from_str::<ToOwner>(&json).expect("deserialize"),
+        to_owner
+    );
 }

@@ -21,8 +21,8 @@ fn spans(n: u64) -> Vec<Span> {
         .map(|i| Span {
             span_id: SpanId(i),
             changefeed: changefeed(),
-            start_key: vec![b'a' + i as u8],
-            end_key: vec![b'b' + i as u8],
+            start_key: vec![i as u8],
+            end_key: vec![i as u8 + 1],
         })
         .collect()
 }
@@ -389,4 +389,107 @@ fn invalid_config_is_refused() {
     bad.heartbeat_interval = Duration::ZERO;
     assert!(bad.validate().is_err());
     assert!(SchedulerConfig::default().validate().is_ok());
+}
+
+#[test]
+fn a_thousand_changefeeds_of_ten_spans_spread_evenly_in_a_few_ticks() {
+    let mut net = Net::new(&["a", "b", "c"], SchedulerConfig::default());
+    for i in 0..1000 {
+        let changefeed = ChangeFeedId::default_namespace(format!("cf-{i}"));
+        let spans = (0..10)
+            .map(|j| Span {
+                span_id: SpanId(j),
+                changefeed: changefeed.clone(),
+                start_key: vec![j as u8],
+                end_key: vec![j as u8 + 1],
+            })
+            .collect();
+        net.coordinator
+            .upsert_changefeed(changefeed, spans, Checkpoint::at(1));
+    }
+    let mut ticks = 0;
+    while !net.coordinator.is_all_replicating() {
+        assert!(ticks < 10, "not all replicating after {ticks} ticks");
+        net.tick();
+        ticks += 1;
+    }
+    let spread = net.spread();
+    assert_eq!(spread.iter().sum::<usize>(), 10_000);
+    assert!(
+        spread.iter().max().expect("captures") - spread.iter().min().expect("captures") <= 1,
+        "{spread:?}"
+    );
+}
+
+#[test]
+fn a_new_owner_stops_one_of_two_captures_that_run_the_same_span() {
+    let mut net = Net::new(&["a", "b"], config(10));
+    // A former owner (revision 5) had both run span 0.
+    for capture_id in ["a", "b"] {
+        let agent = net.agents.get_mut(capture_id).expect("agent");
+        let epoch = agent.epoch();
+        let mut output = AgentOutput::default();
+        for prepare in [true, false] {
+            agent.handle_message(
+                ToAgent {
+                    from: "former".to_owned(),
+                    to: capture_id.to_owned(),
+                    owner_revision: 5,
+                    epoch: Some(epoch),
+                    body: AgentRequest::Dispatch(crate::message::Dispatch::Add {
+                        span: spans(1).remove(0),
+                        checkpoint: Checkpoint::at(1),
+                        prepare,
+                    }),
+                },
+                &mut output,
+            );
+            agent.handle_pipeline_event(
+                PipelineEvent::Prepared {
+                    span: spans(1)[0].span_ref(),
+                },
+                &mut output,
+            );
+        }
+        agent.handle_pipeline_event(
+            PipelineEvent::Progress {
+                span: spans(1)[0].span_ref(),
+                checkpoint: Checkpoint::at(if capture_id == "a" { 7 } else { 9 }),
+            },
+            &mut output,
+        );
+    }
+    assert_eq!(net.spread(), [1, 1]);
+    net.coordinator
+        .upsert_changefeed(changefeed(), spans(1), Checkpoint::at(1));
+    net.run(3);
+    // The most advanced one keeps it; nothing was restarted.
+    assert_eq!(net.spread(), [0, 1]);
+    assert!(net.coordinator.is_all_replicating());
+    let by_capture = net
+        .coordinator
+        .spans_by_capture(&changefeed())
+        .expect("known");
+    assert_eq!(
+        by_capture,
+        BTreeMap::from([("b".to_owned(), vec![SpanId(0)])])
+    );
+    assert_eq!(
+        net.coordinator.advance_changefeed(&changefeed()),
+        Some(Checkpoint::at(9))
+    );
+}
+
+#[test]
+fn captures_that_join_are_balanced_at_once_not_at_the_next_interval() {
+    // The default interval is a minute; 50 ticks of 100 ms are five seconds.
+    let mut net = Net::new(&["a"], SchedulerConfig::default());
+    net.coordinator
+        .upsert_changefeed(changefeed(), spans(30), Checkpoint::at(1));
+    net.run(3);
+    assert_eq!(net.spread(), [30]);
+    net.join("b");
+    net.join("c");
+    net.run(50);
+    assert_eq!(net.spread(), [10, 10, 10]);
 }
