@@ -271,3 +271,12 @@ impl MessageRouter {
         self.state().clients.clear();
     }
 }
+
+/// Dropping the router stops its clients (without waiting for them; `close` waits), so that
+/// no client outlives the router that owns it.
+impl Drop for MessageRouter {
+    fn drop(&mut self) {
+        self.shared.cancel.cancel();
+        self.shared.tasks.close();
+    }
+}

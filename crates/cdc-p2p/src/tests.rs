@@ -1730,6 +1730,25 @@ async fn router_remove_peer() {
     server2.stop().await;
 }
 
+// Dropping a router stops its clients.
+#[tokio::test]
+async fn router_drop_stops_clients() {
+    let (server, cancel, topic, _) = start_recorded(test_server_config()).await;
+    let router = MessageRouter::new("test-client-1", test_client_config());
+    router.add_peer(SERVER_ID, &server.addr);
+    let Some(PeerClient::Remote(client)) = router.get_client(SERVER_ID) else {
+        panic!("a remote client");
+    };
+    client
+        .send_message(&topic, &TestMessage { index: 1 }, &cancel)
+        .await
+        .unwrap();
+    assert_acked(&client, "topic", 1, Duration::from_secs(10)).await;
+    drop(router);
+    assert!(wait_until(Duration::from_secs(10), || client.is_closed()).await);
+    server.stop().await;
+}
+
 // Case 81: a permanently failing client reports ClientPermanentFail on the router's errors.
 #[tokio::test]
 async fn router_client_failure() {
