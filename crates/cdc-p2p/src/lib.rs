@@ -24,6 +24,7 @@ mod local;
 mod metrics;
 mod router;
 mod server;
+mod status;
 mod stream_handle;
 mod topic;
 mod transport;

@@ -388,7 +388,7 @@ impl MessageServer {
         stream_cancel: CancellationToken,
     ) -> std::result::Result<ResponseStream, Status> {
         if self.closed.is_cancelled() {
-            return Err(Status::aborted("message server is closing"));
+            return Err(crate::status::server_closing());
         }
         let (tx, rx) = mpsc::channel(self.config.send_channel_size.max(1));
         let conn_cancel = stream_cancel.child_token();
@@ -442,7 +442,7 @@ impl MessageServer {
             Err(err) => {
                 warn!(error = %report(&err), "p2p stream refused");
                 let response = error_response(&err);
-                let status = Status::failed_precondition(err.wire_message());
+                let status = crate::status::refused(&err);
                 // One response, then the error; the channel is fresh, so both fit.
                 let _ = tx.try_send(Ok(response));
                 let _ = tx.try_send(Err(status));
@@ -571,11 +571,11 @@ async fn next_response(mut state: ResponseState) -> Option<(ResponseItem, Respon
         biased;
         _ = state.stream_cancel.cancelled() => {
             state.done = true;
-            Err(Status::cancelled("message server stream cancelled"))
+            Err(crate::status::stream_cancelled())
         }
         _ = state.server_closed.cancelled() => {
             state.done = true;
-            Err(Status::aborted("message server is closing"))
+            Err(crate::status::server_closing())
         }
         item = state.rx.recv() => item?,
         _ = state.handle_closed.cancelled() => state.rx.try_recv().ok()?,

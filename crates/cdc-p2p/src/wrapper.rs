@@ -72,7 +72,7 @@ impl CdcPeerToPeer for ServerWrapper {
             (current.server.clone(), current.streams.child_token())
         };
         let Some(server) = server else {
-            return Err(Status::unavailable("message server is not running"));
+            return Err(crate::status::server_not_running());
         };
         server
             .accept_stream(request.into_inner(), streams)
