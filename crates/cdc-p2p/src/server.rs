@@ -269,11 +269,12 @@ impl MessageServer {
         })
     }
 
-    /// Schedules registering `handler` for `topic` without waiting. Returns a receiver that
-    /// completes when the handler is registered, and the handler's error channel.
+    /// Schedules registering `handler` for `topic` without waiting, or fails at once with
+    /// `TaskQueueCongested` when the task queue is full. Returns a receiver that completes
+    /// when the handler is registered, and the handler's error channel.
     ///
     /// The handler runs on one worker, one message at a time, in order per sender.
-    pub fn add_handler<T, F, Fut>(
+    pub fn try_add_handler<T, F, Fut>(
         &self,
         topic: &T,
         handler: F,
@@ -301,8 +302,8 @@ impl MessageServer {
         Ok((done_rx, err_rx))
     }
 
-    /// Registers a handler and waits until it is in place.
-    pub async fn sync_add_handler<T, F, Fut>(
+    /// Registers a handler and waits until it is in place (see `try_add_handler`).
+    pub async fn add_handler<T, F, Fut>(
         &self,
         topic: &T,
         handler: F,
@@ -313,7 +314,7 @@ impl MessageServer {
         F: FnMut(SenderId, T::Message) -> Fut + Send + 'static,
         Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
     {
-        let (done, err_rx) = self.add_handler(topic, handler)?;
+        let (done, err_rx) = self.try_add_handler(topic, handler)?;
         tokio::select! {
             biased;
             registered = done => match registered {
@@ -325,9 +326,10 @@ impl MessageServer {
         }
     }
 
-    /// Schedules removing the handler of `topic`. The receiver completes once the handler
-    /// has finished (or after `wait_unregister_handle_timeout`). Unknown topics complete at once.
-    pub fn remove_handler(&self, topic: &str) -> Result<oneshot::Receiver<()>> {
+    /// Schedules removing the handler of `topic`, or fails at once with `TaskQueueCongested`.
+    /// The receiver completes once the handler has finished (or after
+    /// `wait_unregister_handle_timeout`). Unknown topics complete at once.
+    pub fn try_remove_handler(&self, topic: &str) -> Result<oneshot::Receiver<()>> {
         let (done_tx, done_rx) = oneshot::channel();
         self.try_enqueue(Task::DeregisterHandler {
             topic: topic.to_owned(),
@@ -337,8 +339,8 @@ impl MessageServer {
     }
 
     /// Removes the handler of `topic` and waits. A closed server counts as success.
-    pub async fn sync_remove_handler(&self, topic: &str, cancel: &CancellationToken) -> Result<()> {
-        let done = match self.remove_handler(topic) {
+    pub async fn remove_handler(&self, topic: &str, cancel: &CancellationToken) -> Result<()> {
+        let done = match self.try_remove_handler(topic) {
             Ok(done) => done,
             Err(Error::ServerClosed) => return Ok(()),
             Err(err) => return Err(err),
