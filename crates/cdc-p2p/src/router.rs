@@ -1,4 +1,4 @@
-//! The message router (§5.4): one lazily created client per peer plus the local client.
+//! The message router (TiCDC's `pkg/p2p/message_router.go`): one lazily created client per peer plus the local client.
 
 use std::any::Any;
 use std::collections::HashMap;

@@ -1,4 +1,4 @@
-//! The message server (§5.2): receives peers' streams and runs topic handlers in order.
+//! The message server (TiCDC's `pkg/p2p/server.go`): receives peers' streams and runs topic handlers in order.
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -1,4 +1,4 @@
-//! In-process tests of the p2p layer: acceptance cases 44–83 of capture-spec.md §8, adapted
+//! In-process tests of the p2p layer: TiCDC's `pkg/p2p/*_test.go` cases (numbered 44–83), adapted
 //! where the Go test checked internals. Servers listen on 127.0.0.1:0.
 
 use std::collections::HashMap;

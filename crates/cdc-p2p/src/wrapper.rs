@@ -1,4 +1,4 @@
-//! The process-wide gRPC service whose message server can be swapped (§5.5).
+//! The process-wide gRPC service whose message server can be swapped (TiCDC's `pkg/p2p/server_wrapper.go`).
 
 use std::sync::{Arc, Mutex};
 
