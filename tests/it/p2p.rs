@@ -133,7 +133,7 @@ async fn start_server(topics: &[IndexTopic]) -> Result<Harness> {
         let ledger = Arc::clone(&ledger);
         let topic_name = topic.name().to_owned();
         server
-            .sync_add_handler(
+            .add_handler(
                 topic,
                 move |sender, index: i64| {
                     let mut ledger = ledger.lock().expect("no panics while locked");

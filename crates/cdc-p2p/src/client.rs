@@ -1,4 +1,4 @@
-//! The message client (§5.3): one per remote peer, with per-topic sequences, batching,
+//! The message client (TiCDC's `pkg/p2p/client.go`): one per remote peer, with per-topic sequences, batching,
 //! acks and resend after every reconnect.
 
 use std::collections::{HashMap, VecDeque};

@@ -1,4 +1,4 @@
-//! `[debug.messages]` (§5.6) and the server and client configurations derived from it.
+//! `[debug.messages]` (TiCDC's `pkg/config/messages.go`) and the server and client configurations derived from it.
 
 use std::time::Duration;
 

@@ -263,7 +263,7 @@ impl Error {
         }
     }
 
-    /// The exit reason a stream gets when the server ends it with this error (§5.2).
+    /// The exit reason a stream gets when the server ends it with this error (TiCDC's `errorToRPCResponse` in `pkg/p2p/server.go`).
     pub fn exit_reason(&self) -> ExitReason {
         match self {
             Error::TopicCongested { .. }

@@ -14,6 +14,54 @@
 //!
 //! This crate is the only one that names tonic or prost. It never depends on etcd: peers and
 //! addresses come in as data. The wire protocol is `proto/p2p.proto`, compiled by `build.rs`.
+//!
+//! # Example
+//!
+//! A handler on a typed topic, and a message sent to it through the router. Sent to oneself,
+//! it takes the local channel; sent to a peer added with `MessageRouter::add_peer`, it goes
+//! over gRPC to that peer's server (`examples/ping_pong.rs` runs two over loopback).
+//!
+//! ```
+//! use std::sync::Arc;
+//!
+//! use cdc_p2p::{BoxError, ClientConfig, MessageRouter, MessageServer, NamedTopic, ServerConfig};
+//! use tokio_util::sync::CancellationToken;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), BoxError> {
+//! let cancel = CancellationToken::new();
+//! let server = Arc::new(MessageServer::new("capture-1", ServerConfig::default()));
+//! let router = MessageRouter::new("capture-1", ClientConfig::default());
+//! let running = {
+//!     let server = Arc::clone(&server);
+//!     let (local, cancel) = (router.local_channel(), cancel.clone());
+//!     tokio::spawn(async move { server.run(cancel, local).await })
+//! };
+//!
+//! // Messages of this topic are `u64`s, JSON on the wire.
+//! let topic: NamedTopic<u64> = NamedTopic::new("counter");
+//! let (seen_tx, mut seen_rx) = tokio::sync::mpsc::channel(1);
+//! let _errors = server
+//!     .add_handler(
+//!         &topic,
+//!         move |sender, value: u64| {
+//!             let seen_tx = seen_tx.clone();
+//!             async move { seen_tx.send((sender, value)).await.map_err(BoxError::from) }
+//!         },
+//!         &cancel,
+//!     )
+//!     .await?;
+//!
+//! let client = router.client("capture-1").expect("the local client");
+//! client.send_message(&topic, 42, &cancel).await?;
+//! let (sender, value) = seen_rx.recv().await.expect("the handler runs");
+//! assert_eq!((&*sender, value), ("capture-1", 42));
+//!
+//! cancel.cancel();
+//! running.await??;
+//! # Ok(())
+//! # }
+//! ```
 #![warn(missing_docs)]
 
 mod ack;
@@ -24,6 +72,7 @@ mod local;
 mod metrics;
 mod router;
 mod server;
+mod status;
 mod stream_handle;
 mod topic;
 mod transport;

@@ -1,4 +1,4 @@
-//! The message router (§5.4): one lazily created client per peer plus the local client.
+//! The message router (TiCDC's `pkg/p2p/message_router.go`): one lazily created client per peer plus the local client.
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -74,12 +74,12 @@ struct RouterState {
 }
 
 /// Removes a client from the map when its task ends, even by a panic or by being dropped,
-/// so that `get_client` then starts a fresh one.
+/// so that `client` then starts a fresh one.
 struct RemoveOnExit<'a> {
     shared: &'a Shared,
     peer_id: &'a str,
     client: &'a MessageClient,
-    /// Keep the (closed) client in the map: set after a panic, see `get_client`.
+    /// Keep the (closed) client in the map: set after a panic, see `client`.
     keep: bool,
 }
 
@@ -183,7 +183,7 @@ impl MessageRouter {
 
     /// The client for `id`: the local client for this capture, None for an unknown address
     /// (the caller retries later), otherwise a running remote client created on first use.
-    pub fn get_client(&self, id: &str) -> Option<PeerClient> {
+    pub fn client(&self, id: &str) -> Option<PeerClient> {
         if id == self.shared.self_id {
             return Some(PeerClient::Local(self.local.clone()));
         }
@@ -269,5 +269,14 @@ impl MessageRouter {
         self.shared.tasks.close();
         self.shared.tasks.wait().await;
         self.state().clients.clear();
+    }
+}
+
+/// Dropping the router stops its clients (without waiting for them; `close` waits), so that
+/// no client outlives the router that owns it.
+impl Drop for MessageRouter {
+    fn drop(&mut self) {
+        self.shared.cancel.cancel();
+        self.shared.tasks.close();
     }
 }

@@ -109,7 +109,7 @@ impl TestServer {
         cancel: &CancellationToken,
     ) -> HandlerErrors {
         self.server
-            .sync_add_handler(topic, recorder(received), cancel)
+            .add_handler(topic, recorder(received), cancel)
             .await
             .unwrap()
     }
@@ -522,7 +522,7 @@ async fn server_multi_client_single_topic() {
     let received = Received::default();
     let mut errors = server
         .server
-        .sync_add_handler(&topic, recorder(&received), &cancel)
+        .add_handler(&topic, recorder(&received), &cancel)
         .await
         .unwrap();
     assert!(
@@ -545,12 +545,12 @@ async fn server_multi_client_single_topic() {
     }
     server
         .server
-        .sync_remove_handler("test-topic-1", &cancel)
+        .remove_handler("test-topic-1", &cancel)
         .await
         .unwrap();
     server
         .server
-        .sync_remove_handler("test-topic-1", &cancel)
+        .remove_handler("test-topic-1", &cancel)
         .await
         .unwrap();
     assert!(matches!(errors.recv().await, Some(Error::HandlerCancelled)));
@@ -578,7 +578,7 @@ async fn server_deregister_handler() {
     wait_ack(&mut responses, "topic", 42).await;
     tokio::time::timeout(
         Duration::from_secs(30),
-        server.server.sync_remove_handler("topic", &cancel),
+        server.server.remove_handler("topic", &cancel),
     )
     .await
     .unwrap()
@@ -609,7 +609,7 @@ async fn message_for_failed_handler_fails_the_stream() {
     let topic = TestTopic::new("topic");
     let mut errors = server
         .server
-        .sync_add_handler(
+        .add_handler(
             &topic,
             |_, message: TestMessage| {
                 std::future::ready(if message.index == 2 {
@@ -672,7 +672,7 @@ async fn handler_panic_is_isolated() {
     let cancel = CancellationToken::new();
     let mut errors = server
         .server
-        .sync_add_handler(
+        .add_handler(
             &TestTopic::new("panicking"),
             |_, message: TestMessage| {
                 assert!(message.index != 2, "handler bug on message 2");
@@ -744,7 +744,7 @@ async fn removed_topics_are_trimmed() {
     for topic in &topics {
         server
             .server
-            .sync_remove_handler(topic.name(), &cancel)
+            .remove_handler(topic.name(), &cancel)
             .await
             .unwrap();
     }
@@ -854,7 +854,7 @@ async fn repeated_messages_are_dropped() {
 }
 
 // Cases 63, 64 (adapted: the main loop "is blocked" by never having started): a pending
-// sync_add_handler returns ServerClosed and a pending sync_remove_handler returns Ok once
+// add_handler returns ServerClosed and a pending remove_handler returns Ok once
 // the server is cancelled.
 #[tokio::test]
 async fn exit_while_adding_or_removing_handler() {
@@ -866,7 +866,7 @@ async fn exit_while_adding_or_removing_handler() {
         let cancel = cancel.clone();
         tokio::spawn(async move {
             server
-                .sync_add_handler(
+                .add_handler(
                     &topic,
                     |_, _: TestMessage| std::future::ready(Ok(())),
                     &cancel,
@@ -878,7 +878,7 @@ async fn exit_while_adding_or_removing_handler() {
     let removing = {
         let server = Arc::clone(&server);
         let cancel = cancel.clone();
-        tokio::spawn(async move { server.sync_remove_handler("topic", &cancel).await })
+        tokio::spawn(async move { server.remove_handler("topic", &cancel).await })
     };
     let server_cancel = CancellationToken::new();
     server_cancel.cancel();
@@ -919,7 +919,7 @@ async fn data_loss_after_unregister_handler() {
     let handler_release = Arc::clone(&release);
     server
         .server
-        .sync_add_handler(
+        .add_handler(
             &topic,
             move |_, message: TestMessage| {
                 let entered_tx = entered_tx.clone();
@@ -949,7 +949,7 @@ async fn data_loss_after_unregister_handler() {
     let removing = {
         let server = Arc::clone(&server.server);
         let cancel = cancel.clone();
-        tokio::spawn(async move { server.sync_remove_handler("topic", &cancel).await })
+        tokio::spawn(async move { server.remove_handler("topic", &cancel).await })
     };
     // Release the handler only once the main loop has removed it.
     tokio::time::timeout(Duration::from_secs(10), n_handlers.wait_for(|n| *n == 0))
@@ -961,7 +961,7 @@ async fn data_loss_after_unregister_handler() {
     let called = Received::default();
     let mut errors = server
         .server
-        .sync_add_handler(&topic, recorder(&called), &cancel)
+        .add_handler(&topic, recorder(&called), &cancel)
         .await
         .unwrap();
     tx.send(packet(vec![entry("topic", 4)])).await.unwrap();
@@ -1017,7 +1017,7 @@ async fn deregister_peer_with_full_task_queue() {
     let full = loop {
         match server
             .server
-            .add_handler(&topic, |_, _: TestMessage| std::future::ready(Ok(())))
+            .try_add_handler(&topic, |_, _: TestMessage| std::future::ready(Ok(())))
         {
             Ok(_) if n_queued < 16 => n_queued += 1,
             Ok(_) => panic!("the task queue of 2 never filled"),
@@ -1149,7 +1149,7 @@ async fn run_client_load(
         // Within one topic and sender, sequences and therefore delivery are ordered.
         server
             .server
-            .sync_add_handler(
+            .add_handler(
                 topic,
                 move |sender, message: TestMessage| {
                     assert!(message.index > 0);
@@ -1270,7 +1270,7 @@ async fn message_back_pressure() {
     let seen = Arc::clone(&received);
     server
         .server
-        .sync_add_handler(
+        .add_handler(
             &topic,
             move |sender: SenderId, message: TestMessage| {
                 seen.lock()
@@ -1336,7 +1336,7 @@ async fn topic_congested_then_recovers() {
         if index == 30 {
             server
                 .server
-                .sync_remove_handler("topic", &cancel)
+                .remove_handler("topic", &cancel)
                 .await
                 .unwrap();
         }
@@ -1620,20 +1620,20 @@ async fn router_basic() {
         let server_received = Received::default();
         server
             .server
-            .sync_add_handler(&topic, recorder(&server_received), &cancel)
+            .add_handler(&topic, recorder(&server_received), &cancel)
             .await
             .unwrap();
         router.add_peer(&server_id, &server.addr);
         servers.push(server);
         received.push(server_received);
     }
-    assert!(router.get_client("test-client-1").is_some());
+    assert!(router.client("test-client-1").is_some());
     assert!(router.local_channel().is_some());
-    assert!(router.get_client("unknown").is_none());
+    assert!(router.client("unknown").is_none());
     let mut last = [0; 3];
     for index in 0..1024 {
         let peer = (index % 3) as usize;
-        let client = router.get_client(&format!("server-{peer}")).unwrap();
+        let client = router.client(&format!("server-{peer}")).unwrap();
         last[peer] = client
             .send_message(
                 &topic,
@@ -1646,7 +1646,7 @@ async fn router_basic() {
             .unwrap();
     }
     for peer in 0..3 {
-        let client = router.get_client(&format!("server-{peer}")).unwrap();
+        let client = router.client(&format!("server-{peer}")).unwrap();
         assert!(
             wait_until(Duration::from_secs(10), || client.current_ack("topic")
                 == (last[peer], true))
@@ -1676,17 +1676,17 @@ async fn router_remove_peer() {
     let received2 = Received::default();
     server1
         .server
-        .sync_add_handler(&topic, recorder(&received1), &cancel)
+        .add_handler(&topic, recorder(&received1), &cancel)
         .await
         .unwrap();
     server2
         .server
-        .sync_add_handler(&topic, recorder(&received2), &cancel)
+        .add_handler(&topic, recorder(&received2), &cancel)
         .await
         .unwrap();
     router.add_peer("server-1", &server1.addr);
     router.add_peer("server-2", &server2.addr);
-    let client2 = router.get_client("server-2").unwrap();
+    let client2 = router.client("server-2").unwrap();
     for index in 1..=128 {
         client2
             .send_message(&topic, TestMessage { index }, &cancel)
@@ -1709,11 +1709,8 @@ async fn router_remove_peer() {
     tokio::time::timeout(Duration::from_secs(10), closed)
         .await
         .unwrap();
-    assert!(
-        router.get_client("server-2").is_none(),
-        "the address is gone"
-    );
-    let client1 = router.get_client("server-1").unwrap();
+    assert!(router.client("server-2").is_none(), "the address is gone");
+    let client1 = router.client("server-1").unwrap();
     for index in 1..=128 {
         client1
             .send_message(&topic, TestMessage { index }, &cancel)
@@ -1730,6 +1727,25 @@ async fn router_remove_peer() {
     server2.stop().await;
 }
 
+// Dropping a router stops its clients.
+#[tokio::test]
+async fn router_drop_stops_clients() {
+    let (server, cancel, topic, _) = start_recorded(test_server_config()).await;
+    let router = MessageRouter::new("test-client-1", test_client_config());
+    router.add_peer(SERVER_ID, &server.addr);
+    let Some(PeerClient::Remote(client)) = router.client(SERVER_ID) else {
+        panic!("a remote client");
+    };
+    client
+        .send_message(&topic, &TestMessage { index: 1 }, &cancel)
+        .await
+        .unwrap();
+    assert_acked(&client, "topic", 1, Duration::from_secs(10)).await;
+    drop(router);
+    assert!(wait_until(Duration::from_secs(10), || client.is_closed()).await);
+    server.stop().await;
+}
+
 // Case 81: a permanently failing client reports ClientPermanentFail on the router's errors.
 #[tokio::test]
 async fn router_client_failure() {
@@ -1738,7 +1754,7 @@ async fn router_client_failure() {
     let server = TestServer::start("server-1", test_server_config(), None).await;
     // The peer's address now belongs to another capture.
     router.add_peer("server-2", &server.addr);
-    let client = router.get_client("server-2").unwrap();
+    let client = router.client("server-2").unwrap();
     let topic = TestTopic::new("topic");
     client
         .try_send_message(&topic, TestMessage { index: 1 })
@@ -1945,7 +1961,7 @@ async fn retry_rate_extremes() {
 
 // A client task that panics is reported on the router's errors as ClientPanicked; the
 // client is closed (sends give ClientClosed, not SendTryAgain) and stays in the router until
-// the peer is removed; after remove_peer and add_peer, get_client starts a working client.
+// the peer is removed; after remove_peer and add_peer, client starts a working client.
 #[tokio::test]
 async fn router_client_panic_cleans_up() {
     let router = MessageRouter::new("test-client-1", test_client_config());
@@ -1958,12 +1974,12 @@ async fn router_client_panic_cleans_up() {
     for topic in [&topic, &other] {
         server
             .server
-            .sync_add_handler(topic, recorder(&received), &cancel)
+            .add_handler(topic, recorder(&received), &cancel)
             .await
             .unwrap();
     }
     router.add_peer("server-1", &server.addr);
-    let Some(PeerClient::Remote(first)) = router.get_client("server-1") else {
+    let Some(PeerClient::Remote(first)) = router.client("server-1") else {
         panic!("a remote client");
     };
     first
@@ -2001,13 +2017,13 @@ async fn router_client_panic_cleans_up() {
     ));
     // The closed client stays until the peer is removed: a fresh one would restart its
     // sequences at 1, which the server has acknowledged on "topic" and would drop.
-    let Some(PeerClient::Remote(again)) = router.get_client("server-1") else {
+    let Some(PeerClient::Remote(again)) = router.client("server-1") else {
         panic!("a remote client");
     };
     assert!(again.same(&first));
     router.remove_peer("server-1");
     router.add_peer("server-1", &server.addr);
-    let Some(PeerClient::Remote(second)) = router.get_client("server-1") else {
+    let Some(PeerClient::Remote(second)) = router.client("server-1") else {
         panic!("a remote client");
     };
     assert!(!second.same(&first));
@@ -2119,7 +2135,7 @@ async fn pending_topics_bounded_and_purged() {
     let handled = Received::default();
     server
         .server
-        .sync_add_handler(&TestTopic::new("handled"), recorder(&handled), &cancel)
+        .add_handler(&TestTopic::new("handled"), recorder(&handled), &cancel)
         .await
         .unwrap();
 
@@ -2176,7 +2192,7 @@ async fn pending_topics_bounded_and_purged() {
     for name in ["pending-1", "pending-3", "pending-5", "pending-7"] {
         server
             .server
-            .sync_add_handler(&TestTopic::new(name), recorder(&replayed), &cancel)
+            .add_handler(&TestTopic::new(name), recorder(&replayed), &cancel)
             .await
             .unwrap();
     }

@@ -1,4 +1,4 @@
-//! The process-wide gRPC service whose message server can be swapped (§5.5).
+//! The process-wide gRPC service whose message server can be swapped (TiCDC's `pkg/p2p/server_wrapper.go`).
 
 use std::sync::{Arc, Mutex};
 
@@ -72,7 +72,7 @@ impl CdcPeerToPeer for ServerWrapper {
             (current.server.clone(), current.streams.child_token())
         };
         let Some(server) = server else {
-            return Err(Status::unavailable("message server is not running"));
+            return Err(crate::status::server_not_running());
         };
         server
             .accept_stream(request.into_inner(), streams)

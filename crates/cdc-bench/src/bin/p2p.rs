@@ -214,7 +214,7 @@ async fn serve(memory: bool) -> Result<()> {
     }
     let mut n_handled = 0u64;
     server
-        .sync_add_handler(
+        .add_handler(
             &topic,
             move |_, content: Bytes| {
                 handler_stats.record(&content);
@@ -368,7 +368,7 @@ async fn paced(pace: Pace, index: u64, started: tokio::time::Instant) {
 
 async fn drive_p2p(router: &MessageRouter, n: u64, size: usize, pace: Pace) -> Result<()> {
     let client = router
-        .get_client(SERVER_ID)
+        .client(SERVER_ID)
         .context("the server is a known peer")?;
     let topic = BenchTopic::new(TOPIC);
     let cancel = CancellationToken::new();
