@@ -1134,3 +1134,31 @@ async fn a_closed_session_is_revoked_after_an_etcd_freeze() {
     );
     assert_eq!(raw_value(&client, &owner_key).await, None);
 }
+
+// Compaction is recognised by type, through the etcd error's own classification, wrapped or
+// not.
+#[test]
+fn compaction_is_recognised_by_type() {
+    let compacted = || cdc_etcd::Error::Rpc {
+        op: "get",
+        code: cdc_etcd::RpcCode::OutOfRange,
+        message: "etcdserver: mvcc: required revision has been compacted".to_owned(),
+        endpoints: String::new(),
+    };
+    let compacted_errors = [
+        Error::Etcd(compacted()),
+        Error::Etcd(cdc_etcd::Error::Compacted {
+            requested: 1,
+            compacted: 2,
+        }),
+        Error::Election(cdc_election::Error::Etcd(compacted())),
+        Error::CampaignOwner(Box::new(Error::Election(cdc_election::Error::Etcd(
+            compacted(),
+        )))),
+    ];
+    for err in compacted_errors {
+        assert!(err.is_compacted(), "{err:?}");
+    }
+    assert!(!Error::Etcd(unavailable()).is_compacted());
+    assert!(!Error::Suicide.is_compacted());
+}
