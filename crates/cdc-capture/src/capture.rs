@@ -223,7 +223,7 @@ impl Capture {
                     if cancel.is_cancelled() {
                         return Ok(());
                     }
-                    info!(error = %err, "capture recovered");
+                    info!(error = %ErrorReport(&err), "capture recovered");
                 }
                 Err(err) => return Err(err),
             }
@@ -422,7 +422,7 @@ impl Capture {
         let delete = self.etcd.delete_capture_info(capture_id, &fresh);
         match tokio::time::timeout(CLEAN_META_TIMEOUT, delete).await {
             Ok(Ok(())) => info!("capture info deleted"),
-            Ok(Err(err)) => warn!(error = %err, "deleting the capture info failed"),
+            Ok(Err(err)) => warn!(error = %ErrorReport(&err), "deleting the capture info failed"),
             Err(_) => warn!("deleting the capture info timed out"),
         }
     }
@@ -568,12 +568,12 @@ impl Capture {
                         // its sequences against a server that acknowledged them), so this
                         // incarnation cannot reach that peer any more: start a new one.
                         self.metrics.p2p_client_errors.inc();
-                        warn!(error = %err, "p2p client to a peer panicked, suicide");
+                        warn!(error = %ErrorReport(&err), "p2p client to a peer panicked, suicide");
                         return Err(Error::Suicide);
                     }
                     Some(err) => {
                         self.metrics.p2p_client_errors.inc();
-                        warn!(error = %err, "p2p client to a peer stopped; the router dropped it");
+                        warn!(error = %ErrorReport(&err), "p2p client to a peer stopped; the router dropped it");
                     }
                     None => {
                         group.cancelled().await;
@@ -634,17 +634,17 @@ impl Capture {
                 Ok(fence) => fence,
                 Err(err) if is_cancelled(&err) => return Ok(()),
                 Err(err) if err.is_compacted() => {
-                    warn!(error = %err, "campaign hit a compaction, campaigning again");
+                    warn!(error = %ErrorReport(&err), "campaign hit a compaction, campaigning again");
                     continue;
                 }
                 // A transient etcd failure is no lost lease (the session reports that): retry,
                 // paced by the campaign limiter.
                 Err(Error::Election(err)) if err.is_retryable() => {
-                    warn!(error = %err, "campaign failed transiently, campaigning again");
+                    warn!(error = %ErrorReport(&err), "campaign failed transiently, campaigning again");
                     continue;
                 }
                 Err(err) => {
-                    warn!(error = %err, "campaign failed");
+                    warn!(error = %ErrorReport(&err), "campaign failed");
                     return Err(Error::CampaignOwner(Box::new(err)));
                 }
             };
@@ -666,7 +666,7 @@ impl Capture {
                     if is_cancelled(&err) {
                         return Ok(());
                     }
-                    warn!(error = %err, "reading the owner revision failed after the campaign was won");
+                    warn!(error = %ErrorReport(&err), "reading the owner revision failed after the campaign was won");
                     return Err(err);
                 }
             };
@@ -847,7 +847,7 @@ impl Capture {
             Err(_) => Error::ResignOwner(Box::new(Error::DeadlineExceeded { op: "resign owner" })),
         };
         self.metrics.resign_failures.inc();
-        warn!(error = %err, cause = %err.root_cause(), "resigning the ownership failed");
+        warn!(error = %ErrorReport(&err), "resigning the ownership failed");
         Err(err)
     }
 
@@ -1127,17 +1127,17 @@ impl Capture {
         };
         match err {
             Error::SessionDone | Error::LeaseExpired => {
-                warn!(role = name, error = %err, "the session is lost, suicide");
+                warn!(role = name, error = %ErrorReport(&err), "the session is lost, suicide");
                 Err(Error::Suicide)
             }
             Error::Cancelled => Err(Error::Cancelled),
             other => match self.lease_ttl(incarnation.lease_id, cancel).await {
                 Ok(-1) => {
-                    warn!(role = name, error = %other, "the lease is gone, suicide");
+                    warn!(role = name, error = %ErrorReport(&other), "the lease is gone, suicide");
                     Err(Error::Suicide)
                 }
                 Ok(_) => {
-                    warn!(role = name, error = %other, "etcd worker failed");
+                    warn!(role = name, error = %ErrorReport(&other), "etcd worker failed");
                     Err(other)
                 }
                 Err(cdc_etcd::Error::Cancelled) => Err(other),
@@ -1150,13 +1150,13 @@ impl Capture {
                         ) =>
                 {
                     // Whether the lease lives is unknown: a new incarnation is the safe way on.
-                    warn!(role = name, error = %other, ttl_error = %ttl_error, "worker failed and the lease could not be checked, suicide");
+                    warn!(role = name, error = %ErrorReport(&other), ttl_error = %ErrorReport(&ttl_error), "worker failed and the lease could not be checked, suicide");
                     Err(Error::Suicide)
                 }
                 Err(ttl_error) => {
                     // etcd refused the check for good (permissions, authentication): a restart
                     // would meet the same refusal, so the worker's own error decides.
-                    warn!(role = name, error = %other, ttl_error = %ttl_error, "worker failed and etcd refused the lease check");
+                    warn!(role = name, error = %ErrorReport(&other), ttl_error = %ErrorReport(&ttl_error), "worker failed and etcd refused the lease check");
                     Err(other)
                 }
             },
@@ -1330,7 +1330,7 @@ impl Capture {
     /// Logs a fatal error of the whole capture.
     pub fn log_exit(result: &Result<()>) {
         if let Err(err) = result {
-            error!(error = %err, "capture exited");
+            error!(error = %ErrorReport(err), "capture exited");
         }
     }
 }
