@@ -1232,7 +1232,7 @@ impl Capture {
     }
 
     /// The owner, if this capture is owner.
-    pub fn get_owner(&self) -> Result<Arc<dyn Owner>> {
+    pub fn owner(&self) -> Result<Arc<dyn Owner>> {
         self.state().owner.clone().ok_or(Error::NotOwner)
     }
 
@@ -1242,7 +1242,7 @@ impl Capture {
     }
 
     /// The controller, if this capture is owner.
-    pub fn get_controller(&self) -> Result<Arc<dyn Controller>> {
+    pub fn controller(&self) -> Result<Arc<dyn Controller>> {
         self.state().controller.clone().ok_or(Error::NotOwner)
     }
 
@@ -1258,7 +1258,7 @@ impl Capture {
 
     /// The owner's (and controller's) capture info, read from etcd: the owner ID, then its
     /// capture key. No owner, or an owner without a capture key, is [`Error::OwnerNotFound`].
-    pub async fn get_controller_capture_info(&self) -> Result<CaptureInfo> {
+    pub async fn controller_capture_info(&self) -> Result<CaptureInfo> {
         let lookup = async {
             let cancel = CancellationToken::new();
             let owner_id = self.etcd.get_owner_id(&cancel).await.ok()?;
@@ -1272,7 +1272,7 @@ impl Capture {
     }
 
     /// Another capture's info, read from etcd.
-    pub async fn get_capture_info(&self, capture_id: &str) -> Result<CaptureInfo> {
+    pub async fn capture_info(&self, capture_id: &str) -> Result<CaptureInfo> {
         let cancel = CancellationToken::new();
         let lookup = self.etcd.get_capture_info(capture_id, &cancel);
         match tokio::time::timeout(OWNER_LOOKUP_TIMEOUT, lookup).await {

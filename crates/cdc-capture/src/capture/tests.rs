@@ -1055,7 +1055,7 @@ async fn an_unconfirmed_owner_is_not_published() {
     })
     .await;
     assert!(published.is_err(), "published before confirmation");
-    assert!(matches!(capture.get_owner(), Err(Error::NotOwner)));
+    assert!(matches!(capture.owner(), Err(Error::NotOwner)));
     assert!(capture.status_provider().is_none());
     let (status, body) = http_call(
         &capture,
