@@ -10,8 +10,6 @@ use crate::error::{Error, Result};
 use cdc_election::{DEFAULT_SESSION_TTL_SECS, MIN_SESSION_TTL_SECS};
 use cdc_p2p::MessagesConfig;
 
-const RESERVED_CLUSTER_IDS: &[&str] = &["owner", "capture", "task", "changefeed", "job", "meta"];
-
 /// The configuration of one capture server. Keys are TiCDC's (`capture-session-ttl`, ...).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
@@ -94,14 +92,9 @@ impl Default for Config {
     }
 }
 
-/// Whether `id` is a valid cluster ID (§1.1).
+/// Whether `id` is a valid cluster ID ([`cdc_model::validate_cluster_id`]).
 pub fn is_valid_cluster_id(id: &str) -> bool {
-    let well_formed = !id.is_empty()
-        && id.len() <= 128
-        && id
-            .split('-')
-            .all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric()));
-    well_formed && !RESERVED_CLUSTER_IDS.contains(&id)
+    cdc_model::validate_cluster_id(id).is_ok()
 }
 
 impl Config {
@@ -119,10 +112,10 @@ impl Config {
     /// warnings to log (for example a session TTL below the minimum that was reset).
     pub fn validate_and_adjust(&mut self) -> Result<Vec<String>> {
         let mut warnings = Vec::new();
-        if !is_valid_cluster_id(&self.cluster_id) {
+        if let Err(err) = cdc_model::validate_cluster_id(&self.cluster_id) {
             return Err(invalid(format!(
-                "bad cluster-id {:?}: it must match ^[a-zA-Z0-9]+(-[a-zA-Z0-9]+)*$, be at most 128 characters and not be one of {RESERVED_CLUSTER_IDS:?}",
-                self.cluster_id
+                "bad cluster-id: {}",
+                cdc_model::ErrorReport(&err)
             )));
         }
         if self.addr.is_empty() {

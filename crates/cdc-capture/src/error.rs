@@ -208,14 +208,13 @@ impl Error {
         }
     }
 
-    /// Whether the error is etcd's compaction error.
+    /// Whether the error is etcd's compaction error ([`cdc_etcd::Error::is_compacted`]).
     pub fn is_compacted(&self) -> bool {
         match self.root_cause() {
-            Error::Etcd(cdc_etcd::Error::Compacted { .. })
-            | Error::Election(cdc_election::Error::Compacted { .. }) => true,
-            Error::Etcd(other) | Error::Election(cdc_election::Error::Etcd(other)) => other
-                .to_string()
-                .contains("required revision has been compacted"),
+            Error::Election(cdc_election::Error::Compacted { .. }) => true,
+            Error::Etcd(err) | Error::Election(cdc_election::Error::Etcd(err)) => {
+                err.is_compacted()
+            }
             _ => false,
         }
     }

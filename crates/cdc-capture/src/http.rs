@@ -96,7 +96,7 @@ async fn forward_to_owner(
     if headers.contains_key(FORWARD_HEADER) {
         return error_response(StatusCode::SERVICE_UNAVAILABLE, &Error::NotOwner);
     }
-    let owner = match api.capture.get_controller_capture_info().await {
+    let owner = match api.capture.controller_capture_info().await {
         Ok(owner) => owner,
         Err(err) => return error_response(StatusCode::SERVICE_UNAVAILABLE, &err),
     };
@@ -181,7 +181,7 @@ async fn captures(State(api): State<Api>, headers: HeaderMap) -> Response {
 }
 
 async fn resign(State(api): State<Api>, headers: HeaderMap) -> Response {
-    match api.capture.get_owner() {
+    match api.capture.owner() {
         Ok(owner) => {
             owner.async_stop();
             axum::Json(json!({})).into_response()
@@ -209,7 +209,7 @@ async fn drain(State(api): State<Api>, Path(id): Path<String>, headers: HeaderMa
         let err = Error::CaptureNotExist { capture_id: id };
         return error_response(StatusCode::BAD_REQUEST, &err);
     }
-    match api.capture.get_capture_info(&id).await {
+    match api.capture.capture_info(&id).await {
         Ok(target) => {
             let path = format!("/api/v2/captures/{id}/drain");
             forward(&api, Method::POST, &target.address, &path, Bytes::new()).await

@@ -81,33 +81,94 @@ mod tests {
 
     use super::*;
 
-    #[tokio::test]
+    /// What the jobs of the test share: how many run now, the most that ever ran at once,
+    /// and the permits that let one job finish each.
+    struct Jobs {
+        running: AtomicUsize,
+        most_running: AtomicUsize,
+        finished: AtomicUsize,
+        finish: tokio::sync::Semaphore,
+        changed: tokio::sync::Notify,
+    }
+
+    impl Jobs {
+        fn new() -> Jobs {
+            Jobs {
+                running: AtomicUsize::new(0),
+                most_running: AtomicUsize::new(0),
+                finished: AtomicUsize::new(0),
+                finish: tokio::sync::Semaphore::new(0),
+                changed: tokio::sync::Notify::new(),
+            }
+        }
+
+        async fn wait_until(&self, what: &str, check: impl Fn(&Jobs) -> bool) {
+            tokio::time::timeout(Duration::from_secs(10), async {
+                loop {
+                    let changed = self.changed.notified();
+                    if check(self) {
+                        return;
+                    }
+                    changed.await;
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("{what} in time"));
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn runs_jobs_on_up_to_n_workers_until_cancelled() {
-        let pool = Arc::new(InitPool::new(8));
+        const WORKERS: usize = 3;
+        const N_JOBS: usize = 10;
+        let pool = Arc::new(InitPool::new(WORKERS));
         let cancel = CancellationToken::new();
         let runner = tokio::spawn({
             let pool = Arc::clone(&pool);
             let cancel = cancel.clone();
             async move { pool.run(&cancel).await }
         });
-        let done = Arc::new(AtomicUsize::new(0));
-        let (all_tx, mut all_rx) = mpsc::channel(20);
-        for _ in 0..20 {
-            let done = Arc::clone(&done);
-            let all_tx = all_tx.clone();
+        let jobs = Arc::new(Jobs::new());
+        for _ in 0..N_JOBS {
+            let jobs = Arc::clone(&jobs);
             let job: Job = Box::pin(async move {
-                done.fetch_add(1, Ordering::SeqCst);
-                let _ = all_tx.send(()).await;
+                let running = jobs.running.fetch_add(1, Ordering::SeqCst) + 1;
+                jobs.most_running.fetch_max(running, Ordering::SeqCst);
+                jobs.changed.notify_waiters();
+                jobs.finish
+                    .acquire()
+                    .await
+                    .expect("the semaphore stays open")
+                    .forget();
+                jobs.running.fetch_sub(1, Ordering::SeqCst);
+                jobs.finished.fetch_add(1, Ordering::SeqCst);
+                jobs.changed.notify_waiters();
             });
             pool.submit(job, &cancel).await.unwrap();
         }
-        for _ in 0..20 {
-            tokio::time::timeout(Duration::from_secs(5), all_rx.recv())
-                .await
-                .unwrap()
-                .unwrap();
+        // Every worker takes a job, and no other job starts while they all wait.
+        jobs.wait_until("every worker busy", |jobs| {
+            jobs.running.load(Ordering::SeqCst) == WORKERS
+        })
+        .await;
+        // Then one job finishes at a time, and a freed worker takes the next one.
+        for n in 1..=N_JOBS {
+            jobs.finish.add_permits(1);
+            jobs.wait_until("one more job finished", |jobs| {
+                jobs.finished.load(Ordering::SeqCst) == n
+            })
+            .await;
+            let queued = N_JOBS - n;
+            jobs.wait_until("a freed worker takes the next job", |jobs| {
+                jobs.running.load(Ordering::SeqCst) == WORKERS.min(queued)
+            })
+            .await;
         }
-        assert_eq!(done.load(Ordering::SeqCst), 20);
+        assert_eq!(
+            jobs.most_running.load(Ordering::SeqCst),
+            WORKERS,
+            "never more jobs at once than workers"
+        );
         cancel.cancel();
         let result = tokio::time::timeout(Duration::from_secs(5), runner)
             .await

@@ -81,10 +81,10 @@ async fn grant_retrying(
             return Err(err.into());
         }
         if Instant::now() + backoff >= deadline {
-            warn!(error = %err, "lease grant failed until its deadline");
+            warn!(error = %cdc_model::ErrorReport(&err), "lease grant failed until its deadline");
             return Err(Error::DeadlineExceeded { op: "lease grant" });
         }
-        warn!(error = %err, "lease grant failed, retrying");
+        warn!(error = %cdc_model::ErrorReport(&err), "lease grant failed, retrying");
         tokio::select! {
             () = cancel.cancelled() => return Err(Error::Cancelled),
             () = tokio::time::sleep(backoff) => {}

@@ -703,8 +703,9 @@ async fn run_result(run: tokio::task::JoinHandle<Result<()>>) -> Result<()> {
         .unwrap()
 }
 
-// §6.8: an owner whose tick fails with an error no restart can cure ends `run` with that error,
-// instead of a suicide and a restart every 20 s that moves the ownership around forever.
+// ARCHITECTURE.md (restart or exit): an owner whose tick fails with an error no restart can
+// cure ends `run` with that error, instead of a suicide and a restart every 20 s that moves the
+// ownership around forever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fatal_owner_error_ends_the_capture() {
     let (server, etcd) = etcd().await;
@@ -822,10 +823,10 @@ fn default_upstream_key(capture: &Capture, cluster: &str) -> String {
     cdc_etcd::key::upstream_key(cluster, DEFAULT_NAMESPACE, capture.etcd().etcd_cluster_id())
 }
 
-// §6.6 as product.md decides it: a meta version this binary does not know is refused with a
-// typed error and left as it is (no upstream written either), and the owner's migration and a
-// processor's wait refuse exactly the same values (`"1\n"` passed the owner and blocked every
-// processor).
+// The meta-version gate (docs/etcd-keys.md): a meta version this binary does not know is
+// refused with a typed error and left as it is (no upstream written either), and the owner's
+// migration and a processor's wait refuse exactly the same values (`"1\n"` passed the owner and
+// blocked every processor).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_meta_version_is_refused_by_owner_and_processor_alike() {
     let server = EtcdServer::start().await.unwrap();
@@ -1020,7 +1021,7 @@ async fn http_call(
     (status, serde_json::from_slice(&body).unwrap())
 }
 
-// §6.1: a capture that won the campaign is not published as owner (`is_owner`, `/status`,
+// A capture that won the campaign is not published as owner (`is_owner`, `/status`,
 // owner-only requests) until its owner is confirmed: migration done and the fenced worker's
 // first snapshot taken. Here etcd hangs right after the win, so neither can happen.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1055,7 +1056,7 @@ async fn an_unconfirmed_owner_is_not_published() {
     })
     .await;
     assert!(published.is_err(), "published before confirmation");
-    assert!(matches!(capture.get_owner(), Err(Error::NotOwner)));
+    assert!(matches!(capture.owner(), Err(Error::NotOwner)));
     assert!(capture.status_provider().is_none());
     let (status, body) = http_call(
         &capture,
@@ -1133,4 +1134,32 @@ async fn a_closed_session_is_revoked_after_an_etcd_freeze() {
         "the lease is revoked, not left to expire in {ttl} s"
     );
     assert_eq!(raw_value(&client, &owner_key).await, None);
+}
+
+// Compaction is recognised by type, through the etcd error's own classification, wrapped or
+// not.
+#[test]
+fn compaction_is_recognised_by_type() {
+    let compacted = || cdc_etcd::Error::Rpc {
+        op: "get",
+        code: cdc_etcd::RpcCode::OutOfRange,
+        message: "etcdserver: mvcc: required revision has been compacted".to_owned(),
+        endpoints: String::new(),
+    };
+    let compacted_errors = [
+        Error::Etcd(compacted()),
+        Error::Etcd(cdc_etcd::Error::Compacted {
+            requested: 1,
+            compacted: 2,
+        }),
+        Error::Election(cdc_election::Error::Etcd(compacted())),
+        Error::CampaignOwner(Box::new(Error::Election(cdc_election::Error::Etcd(
+            compacted(),
+        )))),
+    ];
+    for err in compacted_errors {
+        assert!(err.is_compacted(), "{err:?}");
+    }
+    assert!(!Error::Etcd(unavailable()).is_compacted());
+    assert!(!Error::Suicide.is_compacted());
 }
