@@ -5,7 +5,6 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::future::pending;
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,9 +14,9 @@ use cdc_etcd::{
     Compare, CompareOp, EtcdClient, EventKind, GetOptions, RetryPolicy, Revision, Txn, TxnOp,
     TxnOpResponse, WatchResponse,
 };
-use governor::{Quota, RateLimiter};
+use cdc_model::ErrorReport;
 use rand::Rng;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
@@ -26,13 +25,29 @@ use crate::error::{Error, Result};
 use crate::key::normalize_prefix;
 use crate::metrics::WorkerMetrics;
 use crate::patch::{Key, PatchGroup, RawEntry, RawState, Value};
-use crate::reactor::{Reactor, ReactorState};
+use crate::reactor::{NextTick, Reactor, ReactorState, TickPoke};
 
 /// The key, under the worker prefix, of the counter every deleting transaction bumps.
 pub const DELETE_COUNTER_SUFFIX: &str = "/__cdc_meta__/meta/ticdc-delete-etcd-key-count";
 
 /// A tick or a transaction slower than this is logged.
 const SLOW_WARN: Duration = Duration::from_secs(1);
+
+/// The default heartbeat: an idle reactor (one that asked for no deadline, on an unchanged
+/// snapshot, not poked) is still ticked this often, as a safety net for a forgotten poke. TiCDC
+/// ticks every reactor at every flush interval (`pkg/orchestrator/etcd_worker.go`); ticking on
+/// changes, pokes and deadlines instead keeps an idle capture nearly free.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(2);
+
+/// Silence of the watch (no event, no progress notification) after which the worker reports
+/// it as stalled: its metric shows the silence and a warning is logged every
+/// [`STALL_LOG_INTERVAL`]. The watch asks for progress after one second of silence, so a
+/// healthy one is never this silent. Past the watch's own stall limit
+/// ([`WatchConfig::stall_limit`]) the watch, and with it the worker, ends with the cause.
+const STALL_REPORT_AFTER: Duration = Duration::from_secs(3);
+
+/// How often a stalled watch is logged.
+const STALL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The first pause after a transaction failed with an etcd error; it doubles with every
 /// consecutive failure up to [`COMMIT_BACKOFF_MAX`].
@@ -60,26 +75,26 @@ pub struct OwnerFence {
     pub create_revision: Revision,
 }
 
-/// Starts the worker's watch from a revision (inclusive).
-type OpenWatch = dyn Fn(Revision, CancellationToken) -> ResilientWatch + Send + Sync;
+/// Starts the worker's watch from a revision (inclusive) with a timing.
+type OpenWatch = dyn Fn(Revision, WatchConfig, CancellationToken) -> ResilientWatch + Send + Sync;
 
 /// How the worker opens its watch: a [`ResilientWatch`] over some [`WatchSource`].
 struct WatchOpener(Box<OpenWatch>);
 
 impl WatchOpener {
     fn new<S: WatchSource + Clone + Sync>(source: S) -> Self {
-        WatchOpener(Box::new(move |start_revision, cancel| {
-            ResilientWatch::with_source(
-                source.clone(),
-                start_revision,
-                WatchConfig::default(),
-                cancel,
-            )
+        WatchOpener(Box::new(move |start_revision, config, cancel| {
+            ResilientWatch::with_source(source.clone(), start_revision, config, cancel)
         }))
     }
 
-    fn open(&self, start_revision: Revision, cancel: CancellationToken) -> ResilientWatch {
-        (self.0)(start_revision, cancel)
+    fn open(
+        &self,
+        start_revision: Revision,
+        config: WatchConfig,
+        cancel: CancellationToken,
+    ) -> ResilientWatch {
+        (self.0)(start_revision, config, cancel)
     }
 }
 
@@ -97,6 +112,9 @@ pub struct EtcdWorker {
     fence: Option<OwnerFence>,
     session_done: Option<CancellationToken>,
     watch_opener: WatchOpener,
+    watch_config: WatchConfig,
+    heartbeat: Duration,
+    poke: TickPoke,
     metrics: Arc<WorkerMetrics>,
 }
 
@@ -112,13 +130,35 @@ impl EtcdWorker {
             fence: None,
             session_done: None,
             watch_opener: WatchOpener::new(source),
+            watch_config: WatchConfig::default(),
+            heartbeat: DEFAULT_HEARTBEAT,
+            poke: TickPoke::new(),
             metrics: Arc::default(),
         }
     }
 
+    /// Times the watch with `config` instead of [`WatchConfig::default`] (its stall limit
+    /// bounds how long the worker outlives a watch that hears nothing).
+    pub fn with_watch_config(mut self, config: WatchConfig) -> Self {
+        self.watch_config = config;
+        self
+    }
+
+    /// Ticks an idle reactor every `heartbeat` instead of every [`DEFAULT_HEARTBEAT`].
+    pub fn with_heartbeat(mut self, heartbeat: Duration) -> Self {
+        self.heartbeat = heartbeat;
+        self
+    }
+
+    /// The handle that asks this worker for a tick (the reactor gets the same one through
+    /// [`Reactor::set_tick_poke`]).
+    pub fn tick_poke(&self) -> TickPoke {
+        self.poke.clone()
+    }
+
     /// Watches through `source` instead of this worker's client (a seam for scripted watch
     /// streams). `source` must deliver the changes of every key under `prefix + "/"`; the
-    /// worker wraps it in a [`ResilientWatch`] with the default timing.
+    /// worker wraps it in a [`ResilientWatch`] timed by its watch configuration.
     pub fn with_watch_source<S: WatchSource + Clone + Sync>(mut self, source: S) -> Self {
         self.watch_opener = WatchOpener::new(source);
         self
@@ -159,12 +199,17 @@ impl EtcdWorker {
         format!("{}{DELETE_COUNTER_SUFFIX}", self.prefix)
     }
 
-    /// Loads the prefix, then ticks `reactor` over `state` at most once per `interval` (burst
-    /// 2) until the reactor finishes, an error occurs or `cancel` fires.
+    /// Loads the prefix, then ticks `reactor` over `state` until the reactor finishes, an error
+    /// occurs or `cancel` fires: once at the start, then whenever the snapshot changed, the
+    /// worker was poked ([`EtcdWorker::tick_poke`]), the deadline the reactor asked for
+    /// ([`NextTick`]) or the state's next pending change came, or the heartbeat passed; at most
+    /// once per `interval` (burst 2), and never before the worker's own last commit is in the
+    /// snapshot (read-your-writes). Patches queued by a tick are committed right after it.
     ///
     /// Returns the final state after [`Error::ReactorFinished`] once the final patches are
     /// committed; [`Error::Cancelled`] on cancellation; [`Error::SessionDone`] when the session
-    /// ends; [`Error::NotOwner`] when a fenced worker lost its owner key.
+    /// ends; [`Error::NotOwner`] when a fenced worker lost its owner key; the watch's error
+    /// (`cdc_etcd::Error::WatchRefused` or `WatchStalled`) when it cannot go on.
     ///
     /// Cancellation and the end of the session are noticed at once, also during a snapshot
     /// read, a tick or a transaction: the call in progress is dropped. A tick dropped at one of
@@ -185,6 +230,7 @@ impl EtcdWorker {
         let counter_key = self.delete_counter_key().into_bytes();
         let watch_key = watch_key(&self.prefix);
         let limits = TxnLimits::for_worker(self.fence.is_some());
+        reactor.set_tick_poke(self.poke.clone());
         let mut run = Run {
             client: self.client,
             fence: self.fence,
@@ -198,16 +244,24 @@ impl EtcdWorker {
             delete_counter: 0,
             invalid_counter: None,
             watch_opener: self.watch_opener,
+            watch_config: self.watch_config,
             watch: None,
+            last_watch_item: Instant::now(),
+            next_stall_log: None,
             metrics: self.metrics,
             backoff: CommitBackoff::default(),
+        };
+        let pacing = Pacing {
+            interval: interval.max(Duration::from_millis(1)),
+            heartbeat: self.heartbeat,
+            poke: self.poke,
         };
         // Boxed: the loop's future is large and callers hold this one across awaits.
         let stop = Stop {
             cancel: cancel.clone(),
             session_done: self.session_done,
         };
-        let result = Box::pin(run.main_loop(reactor, state, interval, &stop)).await;
+        let result = Box::pin(run.main_loop(reactor, state, &pacing, &stop)).await;
         run.close_watch().await;
         result
     }
@@ -253,7 +307,12 @@ struct Run {
     /// The mod revision of an invalid counter value awaiting repair.
     invalid_counter: Option<Revision>,
     watch_opener: WatchOpener,
+    watch_config: WatchConfig,
     watch: Option<ResilientWatch>,
+    /// When the watch last delivered something (or was opened).
+    last_watch_item: Instant,
+    /// When a stalled watch is next logged (`None`: not stalled).
+    next_stall_log: Option<Instant>,
     metrics: Arc<WorkerMetrics>,
     /// The pause after transactions that failed with an etcd error.
     backoff: CommitBackoff,
@@ -264,7 +323,7 @@ impl Run {
         &mut self,
         reactor: &mut R,
         mut state: S,
-        interval: Duration,
+        pacing: &Pacing,
         stop: &Stop,
     ) -> Result<S>
     where
@@ -273,7 +332,7 @@ impl Run {
     {
         // Initial sync.
         let snapshot = self.read_snapshot(stop).await?;
-        self.check_fence_present(&snapshot.raw_state)?;
+        self.check_fence(&snapshot.raw_state)?;
         for (key, entry) in &snapshot.raw_state {
             state.update(key, Some(&entry.value), true)?;
         }
@@ -281,46 +340,75 @@ impl Run {
         self.install(snapshot);
         self.open_watch(&stop.cancel).await;
 
-        let interval = interval.max(Duration::from_millis(1));
-        let mut timer = tokio::time::interval(interval);
-        timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let limiter = Quota::with_period(interval).map(|quota| {
-            RateLimiter::direct(quota.allow_burst(NonZeroU32::new(2).expect("2 > 0")))
-        });
+        let mut limiter = TickLimiter::new(pacing.interval, Instant::now());
         let mut pending_groups: VecDeque<PatchGroup> = VecDeque::new();
         let mut exiting = false;
+        // What asks for the next tick: the first tick is due at once.
+        let mut due = true;
+        let mut requested: Option<Instant> = None;
+        let mut last_tick = Instant::now();
 
         loop {
-            let item = tokio::select! {
+            let now = Instant::now();
+            let mut wake_at = self.next_stall_check(now);
+            if !pending_groups.is_empty() || self.invalid_counter.is_some() {
+                // Retried at the worker's pace, or when the commit backoff is over.
+                let retry_at = (now + pacing.interval).max(self.backoff.until.unwrap_or(now));
+                wake_at = wake_at.min(retry_at);
+            }
+            // Before the barrier only the watch can unblock a tick.
+            if pending_groups.is_empty() && self.revision >= self.barrier_revision {
+                let mut tick_at = last_tick + pacing.heartbeat;
+                if due || !self.pending_updates.is_empty() {
+                    tick_at = now;
+                }
+                if let Some(at) = requested {
+                    tick_at = tick_at.min(at);
+                }
+                if let Some(at) = state.next_pending_change() {
+                    tick_at = tick_at.min(Instant::from_std(at));
+                }
+                wake_at = wake_at.min(tick_at.max(limiter.ready_at()));
+            }
+            let woke = tokio::select! {
                 biased;
                 err = stop.stopped() => return Err(err),
-                item = next_watch_item(&mut self.watch) => Some(item),
-                _ = timer.tick() => None,
+                item = next_watch_item(&mut self.watch) => Wake::Watch(item),
+                () = pacing.poke.poked() => Wake::Poke,
+                () = tokio::time::sleep_until(wake_at) => Wake::Timer,
             };
-            match item {
-                Some(Some(Ok(response))) => self.handle_response(response)?,
-                Some(Some(Err(cdc_etcd::Error::Compacted {
-                    requested,
-                    compacted,
-                }))) => {
-                    info!(
-                        revision = self.revision,
-                        requested, compacted, "etcd worker watch compacted, resyncing"
-                    );
-                    self.resync(stop).await?;
+            match woke {
+                Wake::Watch(item) => {
+                    self.watch_item_received();
+                    match item {
+                        Some(Ok(response)) => self.handle_response(response)?,
+                        Some(Err(cdc_etcd::Error::Compacted {
+                            requested,
+                            compacted,
+                        })) => {
+                            info!(
+                                revision = self.revision,
+                                requested, compacted, "etcd worker watch compacted, resyncing"
+                            );
+                            self.resync(stop).await?;
+                            due = true;
+                        }
+                        // The watch cannot go on (refused for good, or silent past its limit).
+                        Some(Err(err)) => return Err(err.into()),
+                        None => {
+                            // The wrapper's task ended without being cancelled by us.
+                            warn!(
+                                revision = self.revision,
+                                "etcd worker watch ended, re-watching"
+                            );
+                            self.open_watch(&stop.cancel).await;
+                        }
+                    }
                 }
-                // The wrapper reports nothing but compaction as an error.
-                Some(Some(Err(err))) => return Err(err.into()),
-                Some(None) => {
-                    // The wrapper's task ended without being cancelled by us.
-                    warn!(
-                        revision = self.revision,
-                        "etcd worker watch ended, re-watching"
-                    );
-                    self.open_watch(&stop.cancel).await;
-                }
-                None => {}
+                Wake::Poke => due = true,
+                Wake::Timer => {}
             }
+            self.report_stall(Instant::now());
 
             let mut retry = false;
             let may_commit = self.backoff.is_over(Instant::now());
@@ -348,25 +436,30 @@ impl Run {
             if retry || self.revision < self.barrier_revision {
                 continue;
             }
+            let now = Instant::now();
+            let tick_wanted = due
+                || !self.pending_updates.is_empty()
+                || requested.is_some_and(|at| now >= at)
+                || self.pending_change_due(&state, now)
+                || now >= last_tick + pacing.heartbeat;
+            if !tick_wanted || !limiter.try_acquire(now) {
+                continue;
+            }
+            due = false;
             for (key, value) in self.pending_updates.drain(..) {
                 state.update(&key, value.as_deref(), false)?;
             }
-            state.update_pending_change(Instant::now().into_std());
-            if limiter
-                .as_ref()
-                .is_some_and(|limiter| limiter.check().is_err())
-            {
-                continue;
-            }
-            let started = Instant::now();
+            state.update_pending_change(now.into_std());
+            last_tick = now;
             self.metrics.record_tick();
             match stop.guard(reactor.tick(&mut state)).await {
-                Ok(()) => {}
+                Ok(NextTick::Idle) => requested = None,
+                Ok(NextTick::After(delay)) => requested = Some(now + delay),
                 Err(Error::ReactorFinished) => exiting = true,
                 Err(err) => return Err(err),
             }
-            if started.elapsed() > SLOW_WARN {
-                warn!(duration = ?started.elapsed(), "etcd worker tick took too long");
+            if now.elapsed() > SLOW_WARN {
+                warn!(duration = ?now.elapsed(), "etcd worker tick took too long");
             }
             pending_groups.extend(state.get_patches());
             if !pending_groups.is_empty()
@@ -378,6 +471,59 @@ impl Run {
             if exiting && pending_groups.is_empty() {
                 return Ok(state);
             }
+        }
+    }
+
+    /// Whether the state's next time-driven change is due at `now`.
+    #[allow(
+        clippy::unused_self,
+        reason = "kept beside the other wake-up decisions"
+    )]
+    fn pending_change_due<S: ReactorState>(&self, state: &S, now: Instant) -> bool {
+        state
+            .next_pending_change()
+            .is_some_and(|at| now >= Instant::from_std(at))
+    }
+
+    /// The watch delivered something: it is not stalled (any more).
+    fn watch_item_received(&mut self) {
+        self.last_watch_item = Instant::now();
+        if self.next_stall_log.take().is_some() {
+            info!(revision = self.revision, "etcd worker watch resumed");
+        }
+        self.metrics.set_watch_stalled(Duration::ZERO);
+    }
+
+    /// When the stall report is next due: when the watch's silence reaches
+    /// [`STALL_REPORT_AFTER`], then every second while it lasts (to keep the metric fresh).
+    fn next_stall_check(&self, now: Instant) -> Instant {
+        if self.watch.is_none() {
+            return now + STALL_LOG_INTERVAL;
+        }
+        let report_at = self.last_watch_item + STALL_REPORT_AFTER;
+        if now < report_at {
+            report_at
+        } else {
+            now + Duration::from_secs(1)
+        }
+    }
+
+    /// Shows a stalled watch in the metrics, and in the log once per [`STALL_LOG_INTERVAL`].
+    fn report_stall(&mut self, now: Instant) {
+        let silence = now.saturating_duration_since(self.last_watch_item);
+        if self.watch.is_none() || silence < STALL_REPORT_AFTER {
+            return;
+        }
+        self.metrics.set_watch_stalled(silence);
+        if self.next_stall_log.is_none_or(|at| now >= at) {
+            self.next_stall_log = Some(now + STALL_LOG_INTERVAL);
+            warn!(
+                ?silence,
+                revision = self.revision,
+                barrier_revision = self.barrier_revision,
+                stall_limit = ?self.watch_config.stall_limit,
+                "etcd worker watch stalled: no event or progress notification"
+            );
         }
     }
 
@@ -397,13 +543,14 @@ impl Run {
             || {
                 tries += 1;
                 let tries = tries;
+                self.metrics.record_snapshot_read();
                 async move {
                     let result = self
                         .client
                         .get(self.watch_key.clone(), GetOptions::prefix())
                         .await;
                     if let Err(err) = &result {
-                        warn!(error = %err, tries, "etcd worker snapshot read failed");
+                        warn!(error = %ErrorReport(err), tries, "etcd worker snapshot read failed");
                     }
                     result
                 }
@@ -421,6 +568,7 @@ impl Run {
                     RawEntry {
                         value: kv.value,
                         mod_revision: kv.mod_revision,
+                        create_revision: kv.create_revision,
                     },
                 );
             }
@@ -438,9 +586,17 @@ impl Run {
         self.revision = snapshot.revision;
     }
 
-    fn check_fence_present(&self, raw_state: &RawState) -> Result<()> {
+    /// The full fence on a snapshot: the owner key exists with the campaign's create revision
+    /// (a key deleted and re-created by another campaign of the same lease is not ours).
+    fn check_fence(&self, raw_state: &RawState) -> Result<()> {
         match &self.fence {
-            Some(fence) if !raw_state.contains_key(&fence.key) => Err(Error::NotOwner),
+            Some(fence)
+                if raw_state.get(&fence.key).map(|entry| entry.create_revision)
+                    != Some(fence.create_revision) =>
+            {
+                info!("owner fence does not hold in the snapshot, this capture is not the owner");
+                Err(Error::NotOwner)
+            }
             _ => Ok(()),
         }
     }
@@ -492,7 +648,7 @@ impl Run {
         };
         let counter = repaired_counter(self.delete_counter, mod_revision)
             .ok_or_else(|| self.counter_exhausted())?;
-        let txn = Txn {
+        let mut txn = Txn {
             compares: vec![Compare::ModRevision {
                 key: self.counter_key.clone(),
                 op: CompareOp::Equal,
@@ -505,8 +661,10 @@ impl Run {
             }],
             failure: Vec::new(),
         };
+        self.add_fence(&mut txn);
         let response = self.client.txn(txn).await?;
         self.backoff.reset();
+        self.check_fence_response(&response)?;
         if response.succeeded {
             info!(counter, "etcd worker delete counter repaired");
             self.observe_counter(CounterRead::Valid(counter));
@@ -523,7 +681,12 @@ impl Run {
     /// Replaces the watch by one from `revision + 1` (capture-spec §4.3 step 3).
     async fn open_watch(&mut self, cancel: &CancellationToken) {
         self.close_watch().await;
-        self.watch = Some(self.watch_opener.open(self.revision + 1, cancel.clone()));
+        self.watch = Some(self.watch_opener.open(
+            self.revision + 1,
+            self.watch_config.clone(),
+            cancel.clone(),
+        ));
+        self.last_watch_item = Instant::now();
     }
 
     /// Stops the watch and waits for its task.
@@ -540,7 +703,7 @@ impl Run {
         self.metrics.record_resync();
         self.close_watch().await;
         let snapshot = self.read_snapshot(stop).await?;
-        self.check_fence_present(&snapshot.raw_state)?;
+        self.check_fence(&snapshot.raw_state)?;
         for key in self.raw_state.keys() {
             if !snapshot.raw_state.contains_key(key) {
                 self.pending_updates.push((key.clone(), None));
@@ -595,6 +758,7 @@ impl Run {
                         RawEntry {
                             value: event.kv.value.clone(),
                             mod_revision: event.kv.mod_revision,
+                            create_revision: event.kv.create_revision,
                         },
                     );
                     self.pending_updates.push((key, Some(event.kv.value)));
@@ -623,7 +787,7 @@ impl Run {
                 let delay = self.backoff.fail(Instant::now());
                 warn!(
                     op,
-                    error = %err,
+                    error = %ErrorReport(&err),
                     failures = self.backoff.failures,
                     retry_in = ?delay,
                     "etcd worker transaction failed, backing off"
@@ -631,7 +795,7 @@ impl Run {
                 Ok(())
             }
             err if err.is_retryable() => {
-                debug!(op, error = %err, "etcd worker transaction will be retried");
+                debug!(op, error = %ErrorReport(&err), "etcd worker transaction will be retried");
                 Ok(())
             }
             err => Err(err),
@@ -662,19 +826,7 @@ impl Run {
             groups.drain(..batch.n_groups);
             return Ok(batch.changes.len());
         }
-        if let Some(fence) = &self.fence {
-            let holds = response.responses.iter().any(|op| match op {
-                TxnOpResponse::Get(get) => get
-                    .kvs
-                    .first()
-                    .is_some_and(|kv| kv.create_revision == fence.create_revision),
-                TxnOpResponse::Put | TxnOpResponse::Delete { .. } => false,
-            });
-            if !holds {
-                info!("owner fence refused, this capture is not the owner any more");
-                return Err(Error::NotOwner);
-            }
-        }
+        self.check_fence_response(&response)?;
         debug!(
             n_keys = batch.changes.len(),
             revision = self.revision,
@@ -749,6 +901,13 @@ impl Run {
                 revision: 0,
             }
         });
+        self.add_fence(&mut txn);
+        Ok(txn)
+    }
+
+    /// Adds the owner fence to a transaction of a fenced worker: the owner key's create
+    /// revision must be the campaign's, and a refused transaction reads the key back.
+    fn add_fence(&self, txn: &mut Txn) {
         if let Some(fence) = &self.fence {
             txn.compares.push(Compare::CreateRevision {
                 key: fence.key.clone(),
@@ -760,7 +919,30 @@ impl Run {
                 options: GetOptions::default(),
             });
         }
-        Ok(txn)
+    }
+
+    /// A refused transaction of a fenced worker whose owner key no longer has the campaign's
+    /// create revision ends the worker with [`Error::NotOwner`].
+    fn check_fence_response(&self, response: &cdc_etcd::TxnResponse) -> Result<()> {
+        let Some(fence) = &self.fence else {
+            return Ok(());
+        };
+        if response.succeeded {
+            return Ok(());
+        }
+        let holds = response.responses.iter().any(|op| match op {
+            TxnOpResponse::Get(get) => get
+                .kvs
+                .first()
+                .is_some_and(|kv| kv.create_revision == fence.create_revision),
+            TxnOpResponse::Put | TxnOpResponse::Delete { .. } => false,
+        });
+        if holds {
+            Ok(())
+        } else {
+            info!("owner fence refused, this capture is not the owner any more");
+            Err(Error::NotOwner)
+        }
     }
 }
 
@@ -778,6 +960,64 @@ fn counter_value(value: &[u8]) -> Option<i64> {
 fn repaired_counter(last_valid: i64, bad_revision: Revision) -> Option<i64> {
     let counter = last_valid.checked_add(1)?.max(bad_revision);
     counter.checked_add(1).map(|_| counter)
+}
+
+/// How a worker paces its ticks.
+struct Pacing {
+    /// At most one tick per interval (burst 2).
+    interval: Duration,
+    /// An idle reactor is ticked this often.
+    heartbeat: Duration,
+    /// Pokes that ask for a tick.
+    poke: TickPoke,
+}
+
+/// What woke the worker.
+enum Wake {
+    /// The watch delivered an item (`None`: its task ended).
+    Watch(Option<cdc_etcd::Result<WatchResponse>>),
+    /// The reactor's owner asked for a tick.
+    Poke,
+    /// A deadline: a requested tick, the heartbeat, a commit retry or a stall report.
+    Timer,
+}
+
+/// At most one tick per interval on average, with a burst of two (a generic cell rate
+/// algorithm on tokio's clock, so that paused-time tests control it).
+#[derive(Debug)]
+struct TickLimiter {
+    interval: Duration,
+    /// The theoretical arrival time of the next tick at the nominal rate.
+    next_nominal: Instant,
+}
+
+impl TickLimiter {
+    /// Ticks allowed at once beyond the rate.
+    const BURST: u32 = 2;
+
+    fn new(interval: Duration, now: Instant) -> TickLimiter {
+        TickLimiter {
+            interval,
+            next_nominal: now,
+        }
+    }
+
+    /// The first instant a tick is allowed.
+    fn ready_at(&self) -> Instant {
+        let tolerance = self.interval * (Self::BURST - 1);
+        self.next_nominal
+            .checked_sub(tolerance)
+            .unwrap_or(self.next_nominal)
+    }
+
+    /// Takes a tick at `now` if allowed.
+    fn try_acquire(&mut self, now: Instant) -> bool {
+        if now < self.ready_at() {
+            return false;
+        }
+        self.next_nominal = self.next_nominal.max(now) + self.interval;
+        true
+    }
 }
 
 /// The pause of a worker after consecutive transactions that failed with an etcd error
@@ -925,9 +1165,52 @@ mod tests {
         assert_eq!(repaired_counter(0, i64::MAX), None);
     }
 
-    #[test]
-    fn snapshot_retry_deadline_is_the_retried_call_deadline() {
-        assert_eq!(SNAPSHOT_RETRY.deadline, RetryPolicy::default().deadline);
+    /// A state that ignores everything.
+    struct Nothing;
+
+    impl ReactorState for Nothing {
+        fn update(&mut self, _key: &[u8], _value: Option<&[u8]>, _is_init: bool) -> Result<()> {
+            Ok(())
+        }
+
+        fn update_pending_change(&mut self, _now: std::time::Instant) {}
+
+        fn get_patches(&mut self) -> Vec<PatchGroup> {
+            Vec::new()
+        }
+    }
+
+    impl Reactor<Nothing> for Nothing {
+        async fn tick(&mut self, _state: &mut Nothing) -> Result<NextTick> {
+            Ok(NextTick::Idle)
+        }
+    }
+
+    // The snapshot read of a worker whose etcd never answers is retried, then gives up at the
+    // deadline of a retried etcd call, with that deadline in its error.
+    #[tokio::test(start_paused = true)]
+    async fn snapshot_read_gives_up_at_the_retried_call_deadline() {
+        let unreachable = vec!["127.0.0.1:1".to_owned()];
+        let client = EtcdClient::connect(&unreachable, cdc_etcd::ConnectConfig::default())
+            .await
+            .unwrap();
+        let worker = EtcdWorker::new(client, "/deadline");
+        let metrics = worker.metrics().clone();
+        let cancel = CancellationToken::new();
+        let started = Instant::now();
+        let result = worker
+            .run(&mut Nothing, Nothing, Duration::from_millis(10), &cancel)
+            .await;
+        let deadline = RetryPolicy::default().deadline;
+        match result {
+            Err(Error::Etcd(cdc_etcd::Error::DeadlineExceeded { after, .. })) => {
+                assert_eq!(after, deadline);
+            }
+            Err(err) => panic!("expected the read's deadline, got {err:?}"),
+            Ok(_) => panic!("expected the read's deadline, got a finished worker"),
+        }
+        assert!(started.elapsed() >= deadline, "{:?}", started.elapsed());
+        assert!(metrics.snapshot_reads() > 1, "{}", metrics.snapshot_reads());
     }
 
     #[test]
