@@ -140,7 +140,7 @@ impl Default for WatchConfig {
 }
 
 /// A watch that requests progress when idle, re-opens itself when stuck or broken, and never
-/// drops a response. Dropping it stops its task.
+/// drops a response. Dropping it aborts its task.
 #[derive(Debug)]
 pub struct ResilientWatch {
     responses_rx: mpsc::Receiver<Result<WatchResponse>>,
@@ -218,8 +218,13 @@ impl ResilientWatch {
 }
 
 impl Drop for ResilientWatch {
+    /// Cancels the task and aborts it, so that it ends even while its source's `open` or the
+    /// stream does not return (dropped with it); [`ResilientWatch::close`] waits for it instead.
     fn drop(&mut self) {
         self.cancel.cancel();
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
     }
 }
 

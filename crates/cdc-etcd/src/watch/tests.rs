@@ -412,3 +412,56 @@ async fn silent_stream_ends_the_watch_past_the_stall_limit() {
     ));
     assert!(source.opens().len() >= 5, "{:?}", source.opens());
 }
+
+/// A stream that never answers, not even a progress request, and says when it is dropped.
+struct HungStream {
+    dropped: Arc<tokio::sync::Notify>,
+}
+
+impl Drop for HungStream {
+    fn drop(&mut self) {
+        self.dropped.notify_one();
+    }
+}
+
+impl WatchStream for HungStream {
+    async fn next(&mut self) -> Result<Option<WatchResponse>> {
+        std::future::pending().await
+    }
+
+    async fn request_progress(&mut self) -> Result<()> {
+        std::future::pending().await
+    }
+}
+
+#[derive(Clone)]
+struct HungSource {
+    dropped: Arc<tokio::sync::Notify>,
+}
+
+impl WatchSource for HungSource {
+    type Stream = HungStream;
+
+    async fn open(&mut self, _start_revision: Revision) -> Result<HungStream> {
+        Ok(HungStream {
+            dropped: self.dropped.clone(),
+        })
+    }
+}
+
+/// Dropping the watch ends its task even while the task waits on a call that ignores the
+/// cancellation (a progress request that never returns): the stream is dropped with it.
+#[tokio::test(start_paused = true)]
+async fn dropping_the_watch_aborts_its_task() {
+    let dropped = Arc::new(tokio::sync::Notify::new());
+    let source = HungSource {
+        dropped: dropped.clone(),
+    };
+    let watch = ResilientWatch::with_source(source, 1, config(16), CancellationToken::new());
+    // Past the progress interval: the task is stuck in its progress request.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    drop(watch);
+    tokio::time::timeout(Duration::from_secs(10), dropped.notified())
+        .await
+        .expect("the watch's stream is dropped with its task");
+}
