@@ -1754,10 +1754,7 @@ impl RecordingReactor {
 }
 
 /// Waits until `ticks` holds `n` ticks; returns the last one.
-async fn wait_ticks(
-    ticks: &TickLog,
-    n: usize,
-) -> (Instant, Option<Vec<u8>>) {
+async fn wait_ticks(ticks: &TickLog, n: usize) -> (Instant, Option<Vec<u8>>) {
     wait_for(Duration::from_secs(20), || async {
         let ticks = ticks.lock().unwrap();
         (ticks.len() >= n).then(|| ticks[n - 1].clone())

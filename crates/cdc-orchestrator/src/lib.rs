@@ -39,4 +39,4 @@ pub use patch::{
     SingleDataPatch, Value,
 };
 pub use reactor::{NextTick, Reactor, ReactorState, TickPoke};
-pub use worker::{DEFAULT_HEARTBEAT, DELETE_COUNTER_SUFFIX, EtcdWorker, OwnerFence};
+pub use worker::{DEFAULT_HEARTBEAT, EtcdWorker, OwnerFence};

@@ -27,9 +27,6 @@ use crate::metrics::WorkerMetrics;
 use crate::patch::{Key, PatchGroup, RawEntry, RawState, Value};
 use crate::reactor::{NextTick, Reactor, ReactorState, TickPoke};
 
-/// The key, under the worker prefix, of the counter every deleting transaction bumps.
-pub const DELETE_COUNTER_SUFFIX: &str = "/__cdc_meta__/meta/ticdc-delete-etcd-key-count";
-
 /// A tick or a transaction slower than this is logged.
 const SLOW_WARN: Duration = Duration::from_secs(1);
 
@@ -196,7 +193,7 @@ impl EtcdWorker {
 
     /// The delete-counter key of this worker's prefix, shared with TiCDC's workers.
     pub fn delete_counter_key(&self) -> String {
-        format!("{}{DELETE_COUNTER_SUFFIX}", self.prefix)
+        cdc_etcd::key::delete_counter_key(&self.prefix)
     }
 
     /// Loads the prefix, then ticks `reactor` over `state` until the reactor finishes, an error
