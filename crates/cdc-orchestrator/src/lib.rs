@@ -19,6 +19,8 @@
 //!
 //! Not here: the owner, controller and processor reactors that run on the worker (cdc-capture).
 
+#![warn(missing_docs)]
+
 mod batch;
 mod changefeed;
 mod error;
