@@ -1,4 +1,5 @@
-//! `ResilientWatch` against a real etcd: compaction and resumption across a broken stream.
+//! `ResilientWatch` against a real etcd: compaction, resumption across a broken stream, and a
+//! watch refused for good.
 
 use std::time::Duration;
 
@@ -82,4 +83,35 @@ async fn no_event_lost_across_rewatch() {
     cancel.cancel();
     assert!(watch.recv().await.is_none());
     watch.close().await;
+}
+
+/// Runs etcdctl against `server`.
+fn etcdctl(server: &cdc_etcd::testing::EtcdServer, args: &[&str]) {
+    let output = std::process::Command::new(cdc_etcd::testing::etcdctl_binary())
+        .env("ETCDCTL_API", "3")
+        .arg("--endpoints")
+        .arg(server.endpoint())
+        .args(args)
+        .output()
+        .expect("run etcdctl");
+    assert!(output.status.success(), "etcdctl {args:?}: {output:?}");
+}
+
+/// A watch etcd refuses for good (authentication enabled, a client without credentials) ends
+/// with a typed error naming the refusal instead of being re-opened for ever.
+#[tokio::test]
+async fn refused_watch_ends_with_typed_error() {
+    let (server, client) = etcd().await;
+    etcdctl(&server, &["user", "add", "root:root"]);
+    etcdctl(&server, &["auth", "enable"]);
+    let cancel = CancellationToken::new();
+    let mut watch = ResilientWatch::start(client, b"/w/".to_vec(), true, 1, cancel.clone());
+    match recv(&mut watch).await {
+        Some(Err(Error::WatchRefused { revision, source })) => {
+            assert_eq!(revision, 1);
+            assert!(!source.is_retryable(), "{source:?}");
+        }
+        other => panic!("expected a refused watch, got {other:?}"),
+    }
+    assert!(recv(&mut watch).await.is_none(), "the watch ends");
 }

@@ -15,14 +15,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use cdc_etcd::testing::EtcdServer;
-use cdc_etcd::watch::{EtcdWatchSource, WatchSource, WatchStream};
+use cdc_etcd::watch::{EtcdWatchSource, WatchConfig, WatchSource, WatchStream};
 use cdc_etcd::{
     Compare, CompareOp, EtcdClient, Event, EventKind, GetOptions, KeyValue, RawWatch, Revision,
     Txn, TxnOp, WatchOptions, WatchResponse,
 };
 use cdc_orchestrator::{
-    DataPatch, Error, EtcdWorker, OwnerFence, PatchGroup, PatchOutcome, Reactor, ReactorState,
-    Result, SingleDataPatch, TXN_MAX_OPS, WorkerMetrics,
+    DataPatch, Error, EtcdWorker, NextTick, OwnerFence, PatchGroup, PatchOutcome, Reactor,
+    ReactorState, Result, SingleDataPatch, TXN_MAX_OPS, TickPoke, WorkerMetrics,
 };
 use rand::Rng;
 use tokio::sync::{Notify, mpsc};
@@ -31,6 +31,9 @@ use tokio_util::sync::CancellationToken;
 use crate::support::{etcd, wait_for};
 
 const INTERVAL: Duration = Duration::from_millis(10);
+
+/// What the test reactors answer: tick again at the next interval, as a reactor that polls.
+const POLL: NextTick = NextTick::After(Duration::ZERO);
 
 /// A state that mirrors every key of the prefix.
 #[derive(Default)]
@@ -88,10 +91,10 @@ impl<F> Reactor<KvState> for FnReactor<F>
 where
     F: FnMut(&mut KvState, usize) -> Result<()> + Send,
 {
-    async fn tick(&mut self, state: &mut KvState) -> Result<()> {
+    async fn tick(&mut self, state: &mut KvState) -> Result<NextTick> {
         let n = self.n_ticks;
         self.n_ticks += 1;
-        (self.tick)(state, n)
+        (self.tick)(state, n).map(|()| POLL)
     }
 }
 
@@ -141,7 +144,7 @@ where
     Fut: Future<Output = ()> + Send,
     F: FnMut(&mut KvState, usize) -> Result<()> + Send,
 {
-    async fn tick(&mut self, state: &mut KvState) -> Result<()> {
+    async fn tick(&mut self, state: &mut KvState) -> Result<NextTick> {
         if let Some(first) = self.first.take() {
             first.await;
         }
@@ -618,12 +621,12 @@ struct GatedReactor {
 }
 
 impl Reactor<KvState> for GatedReactor {
-    async fn tick(&mut self, state: &mut KvState) -> Result<()> {
+    async fn tick(&mut self, state: &mut KvState) -> Result<NextTick> {
         if let Some(patch) = self.patch.take() {
             self.entered.notify_one();
             self.go.notified().await;
             state.queue(vec![patch]);
-            return Ok(());
+            return Ok(POLL);
         }
         Err(Error::ReactorFinished)
     }
@@ -847,7 +850,7 @@ struct RepairReactor {
 }
 
 impl Reactor<KvState> for RepairReactor {
-    async fn tick(&mut self, state: &mut KvState) -> Result<()> {
+    async fn tick(&mut self, state: &mut KvState) -> Result<NextTick> {
         let n = self.n_ticks;
         self.n_ticks += 1;
         if n == 5
@@ -859,7 +862,7 @@ impl Reactor<KvState> for RepairReactor {
                 .unwrap();
             self.garbage_revision = Some(revision);
         }
-        repair_tick(state, n, self.id)
+        repair_tick(state, n, self.id).map(|()| POLL)
     }
 }
 
@@ -1103,17 +1106,17 @@ struct ResyncReactor {
 }
 
 impl Reactor<KvState> for ResyncReactor {
-    async fn tick(&mut self, state: &mut KvState) -> Result<()> {
+    async fn tick(&mut self, state: &mut KvState) -> Result<NextTick> {
         self.n_ticks += 1;
         if self.n_ticks == 1 {
             self.entered.notify_one();
             self.go.notified().await;
-            return Ok(());
+            return Ok(POLL);
         }
         if state.get("/cmp/key") == Some(b"2".as_slice()) {
             return Err(Error::ReactorFinished);
         }
-        Ok(())
+        Ok(POLL)
     }
 }
 
@@ -1341,14 +1344,14 @@ impl CommitReactor {
 }
 
 impl Reactor<KvState> for CommitReactor {
-    async fn tick(&mut self, state: &mut KvState) -> Result<()> {
+    async fn tick(&mut self, state: &mut KvState) -> Result<NextTick> {
         if let Some(patch) = self.patch.take() {
             self.entered.notify_one();
             self.go.notified().await;
             state.queue(vec![patch]);
             self.ticked.notify_one();
         }
-        Ok(())
+        Ok(POLL)
     }
 }
 
@@ -1525,14 +1528,29 @@ async fn session_done_during_snapshot_read_is_prompt() {
     let session_done = CancellationToken::new();
     let cancel = CancellationToken::new();
     let mut reactor = FnReactor::new(|_state: &mut KvState, _| Ok(()));
+    let worker = EtcdWorker::new(client.clone(), "/ss").with_session_done(session_done.clone());
+    let metrics = worker.metrics().clone();
+    let run = async {
+        let result = worker
+            .run(&mut reactor, KvState::default(), INTERVAL, &cancel)
+            .await;
+        (result, Instant::now())
+    };
     let driver = async {
+        // The session ends only once the read is in flight, past the worker's first look at
+        // its tokens: the read itself must be raced against the session.
+        let metrics = &metrics;
+        wait_for(Duration::from_secs(20), move || async move {
+            (metrics.snapshot_reads() >= 1).then_some(())
+        })
+        .await
+        .unwrap();
         session_done.cancel();
         Instant::now()
     };
-    let (result, took) =
-        run_until_stopped(&client, "/ss", &mut reactor, &cancel, &session_done, driver).await;
+    let ((result, returned), stopped) = join_within(Duration::from_secs(30), run, driver).await;
     server.resume().unwrap();
-    assert_prompt_session_done(&result, took);
+    assert_prompt_session_done(&result, returned.saturating_duration_since(stopped));
     assert_eq!(reactor.n_ticks, 0);
 }
 
@@ -1556,4 +1574,272 @@ async fn delete_counter_at_i64_max_is_repaired() {
     assert_eq!(value_of(&client, "/max/tmp").await, None);
     let counter = counter_of(&value_of(&client, &counter_key).await.unwrap());
     assert_eq!(counter, bad + 1);
+}
+
+// A watch that etcd cancels for good (permission denied) ends the worker with the typed cause
+// instead of re-opening it for ever while the reactor ticks on a frozen snapshot.
+#[tokio::test]
+async fn permanent_watch_refusal_ends_the_worker() {
+    let (_server, client) = etcd().await;
+    let (source, script) = ScriptedSource::new();
+    let mut refused = watch_response(0, Vec::new());
+    refused.watch_id = 0;
+    refused.created = true;
+    refused.canceled = true;
+    refused.cancel_reason = "etcdserver: permission denied".to_owned();
+    script.send(refused).await.unwrap();
+    let worker = EtcdWorker::new(client.clone(), "/pd").with_watch_source(source);
+    match run_worker_with(worker, |_state, _| Ok(())).await {
+        Err(Error::Etcd(cdc_etcd::Error::WatchRefused { source, .. })) => assert!(
+            matches!(
+                *source,
+                cdc_etcd::Error::WatchCancelled {
+                    code: cdc_etcd::RpcCode::PermissionDenied,
+                    ..
+                }
+            ),
+            "{source:?}"
+        ),
+        other => panic!("expected a refused watch, got {:?}", other.err()),
+    }
+}
+
+// A watch that hears nothing (not even progress) after the worker's first commit: the stall
+// shows in the worker's metric, and past the watch's stall limit the worker ends with it
+// instead of waiting for its read-your-writes barrier for ever.
+#[tokio::test]
+async fn stalled_watch_is_visible_and_ends_the_worker() {
+    let (_server, client) = etcd().await;
+    let (source, _script) = ScriptedSource::new();
+    let stall_limit = Duration::from_secs(8);
+    let worker = EtcdWorker::new(client.clone(), "/stall")
+        .with_watch_source(source)
+        .with_watch_config(WatchConfig {
+            stall_limit,
+            ..WatchConfig::default()
+        });
+    let metrics = worker.metrics().clone();
+    let cancel = CancellationToken::new();
+    let mut reactor = FnReactor::new(|state: &mut KvState, n| {
+        if n == 0 {
+            state.queue(vec![set("/stall/k", Some("v"))]);
+        }
+        Ok(())
+    });
+    let run = worker.run(&mut reactor, KvState::default(), INTERVAL, &cancel);
+    let stalled = async {
+        let metrics = &metrics;
+        wait_for(Duration::from_secs(30), move || async move {
+            let stalled = metrics.watch_stalled();
+            (stalled > Duration::ZERO).then_some(stalled)
+        })
+        .await
+        .unwrap()
+    };
+    let (result, stalled) = join_within(Duration::from_secs(60), run, stalled).await;
+    assert!(stalled < stall_limit, "{stalled:?}");
+    match result {
+        Err(Error::Etcd(cdc_etcd::Error::WatchStalled { silence, .. })) => {
+            assert!(silence >= stall_limit, "{silence:?}");
+        }
+        other => panic!("expected a stalled watch, got {:?}", other.err()),
+    }
+    assert_eq!(value_of(&client, "/stall/k").await, Some(b"v".to_vec()));
+    assert_eq!(reactor.n_ticks, 1, "no tick before the commit is seen");
+}
+
+// A fence whose owner key was deleted and re-created (same key, another create revision) does
+// not hold in the first snapshot: the worker ends at once, without ticking.
+#[tokio::test]
+async fn stale_fence_in_snapshot_is_not_owner() {
+    let (_server, client) = etcd().await;
+    let owner_key = "/sf/__cdc_meta__/owner/5";
+    let stale = client.put(owner_key, "capture-1", 0).await.unwrap();
+    client.delete(owner_key, false).await.unwrap();
+    client.put(owner_key, "capture-1", 0).await.unwrap();
+    let worker = EtcdWorker::new(client.clone(), "/sf").with_owner_fence(OwnerFence {
+        key: owner_key.as_bytes().to_vec(),
+        create_revision: stale,
+    });
+    let result = run_worker_with(worker, |_state, n| {
+        assert_eq!(n, usize::MAX, "a stale owner never ticks");
+        Ok(())
+    })
+    .await;
+    assert!(matches!(result, Err(Error::NotOwner)), "{:?}", result.err());
+}
+
+// The repair of an invalid delete counter carries the owner fence: an owner whose key was
+// re-created by a successor (and who has not seen it yet) writes nothing and ends as not owner.
+#[tokio::test]
+async fn counter_repair_is_fenced() {
+    let (_server, client) = etcd().await;
+    let counter_key = EtcdWorker::new(client.clone(), "/rf").delete_counter_key();
+    let owner_key = "/rf/__cdc_meta__/owner/7";
+    let created = client.put(owner_key, "capture-1", 0).await.unwrap();
+    // The watch tells the worker only what the test scripts: not the owner key's new life.
+    let (source, script) = ScriptedSource::new();
+    let entered = Arc::new(Notify::new());
+    let go = Arc::new(Notify::new());
+    let mut reactor = FirstReactor::new(
+        gate(entered.clone(), go.clone()),
+        |_state: &mut KvState, _| Ok(()),
+    );
+    let cancel = CancellationToken::new();
+    let run = EtcdWorker::new(client.clone(), "/rf")
+        .with_watch_source(source)
+        .with_owner_fence(OwnerFence {
+            key: owner_key.as_bytes().to_vec(),
+            create_revision: created,
+        })
+        .run(&mut reactor, KvState::default(), INTERVAL, &cancel);
+    let driver = async {
+        entered.notified().await;
+        client.delete(owner_key, false).await.unwrap();
+        client.put(owner_key, "capture-2", 0).await.unwrap();
+        let garbage = client
+            .put(counter_key.as_str(), "garbage", 0)
+            .await
+            .unwrap();
+        script
+            .send(watch_response(
+                garbage,
+                vec![put_event(&counter_key, "garbage", garbage)],
+            ))
+            .await
+            .unwrap();
+        go.notify_one();
+    };
+    let (result, ()) = join_within(Duration::from_secs(30), run, driver).await;
+    assert!(matches!(result, Err(Error::NotOwner)), "{:?}", result.err());
+    assert_eq!(
+        value_of(&client, &counter_key).await,
+        Some(b"garbage".to_vec()),
+        "a stale owner repaired the counter"
+    );
+}
+
+/// The ticks of a [`RecordingReactor`]: when, and what it saw of `/wk/a`.
+type TickLog = std::sync::Mutex<Vec<(Instant, Option<Vec<u8>>)>>;
+
+/// A reactor that records when it ticks and what it saw of `/wk/a`, answers what `next` holds
+/// and keeps the poke its worker hands it.
+struct RecordingReactor {
+    ticks: Arc<TickLog>,
+    next: Arc<std::sync::Mutex<NextTick>>,
+    poke: Arc<std::sync::Mutex<Option<TickPoke>>>,
+}
+
+impl Reactor<KvState> for RecordingReactor {
+    fn set_tick_poke(&mut self, poke: TickPoke) {
+        *self.poke.lock().unwrap() = Some(poke);
+    }
+
+    async fn tick(&mut self, state: &mut KvState) -> Result<NextTick> {
+        let next = *self.next.lock().unwrap();
+        let seen = state.get("/wk/a").map(<[u8]>::to_vec);
+        self.ticks.lock().unwrap().push((Instant::now(), seen));
+        Ok(next)
+    }
+}
+
+impl RecordingReactor {
+    fn new() -> RecordingReactor {
+        RecordingReactor {
+            ticks: Arc::default(),
+            next: Arc::new(std::sync::Mutex::new(NextTick::Idle)),
+            poke: Arc::default(),
+        }
+    }
+}
+
+/// Waits until `ticks` holds `n` ticks; returns the last one.
+async fn wait_ticks(ticks: &TickLog, n: usize) -> (Instant, Option<Vec<u8>>) {
+    wait_for(Duration::from_secs(20), || async {
+        let ticks = ticks.lock().unwrap();
+        (ticks.len() >= n).then(|| ticks[n - 1].clone())
+    })
+    .await
+    .unwrap_or_else(|err| panic!("tick {n}: {err}"))
+}
+
+// An idle reactor on an unchanged prefix is ticked by the heartbeat only, not at every
+// interval.
+#[tokio::test]
+async fn idle_reactor_ticks_only_on_the_heartbeat() {
+    let (_server, client) = etcd().await;
+    let heartbeat = Duration::from_millis(500);
+    let worker = EtcdWorker::new(client.clone(), "/idle").with_heartbeat(heartbeat);
+    let metrics = worker.metrics().clone();
+    let cancel = CancellationToken::new();
+    let mut reactor = RecordingReactor::new();
+    let ticks = reactor.ticks.clone();
+    let run = worker.run(&mut reactor, KvState::default(), INTERVAL, &cancel);
+    let window = Duration::from_secs(3);
+    let measure = async {
+        wait_ticks(&ticks, 1).await;
+        let before = metrics.ticks();
+        // A measurement window, not a synchronisation: nothing happens during it.
+        tokio::time::sleep(window).await;
+        let n_ticks = metrics.ticks() - before;
+        cancel.cancel();
+        n_ticks
+    };
+    let (result, n_ticks) = join_within(Duration::from_secs(30), run, measure).await;
+    assert!(matches!(result, Err(Error::Cancelled)));
+    // At most one tick per heartbeat, plus one for the edges of the window.
+    let bound = u64::try_from(window.as_millis() / heartbeat.as_millis()).unwrap() + 1;
+    assert!(
+        n_ticks <= bound,
+        "{n_ticks} ticks in {window:?}, bound {bound}"
+    );
+}
+
+// With a heartbeat too long to matter, a change of the prefix, a poke, and a deadline the
+// reactor asked for each cause a tick, and the deadline is not run early.
+#[tokio::test]
+async fn change_poke_and_deadline_each_cause_a_tick() {
+    let (_server, client) = etcd().await;
+    let worker = EtcdWorker::new(client.clone(), "/wk").with_heartbeat(Duration::from_secs(3600));
+    let cancel = CancellationToken::new();
+    let mut reactor = RecordingReactor::new();
+    let (ticks, next, poke) = (
+        reactor.ticks.clone(),
+        reactor.next.clone(),
+        reactor.poke.clone(),
+    );
+    let run = worker.run(&mut reactor, KvState::default(), INTERVAL, &cancel);
+    let driver = async {
+        let (_, seen) = wait_ticks(&ticks, 1).await;
+        assert_eq!(seen, None);
+        // A change of the snapshot.
+        client.put("/wk/a", "1", 0).await.unwrap();
+        let (_, seen) = wait_ticks(&ticks, 2).await;
+        assert_eq!(seen, Some(b"1".to_vec()));
+        // A poke through the handle the reactor got.
+        let poke = poke
+            .lock()
+            .unwrap()
+            .clone()
+            .expect("the worker hands over its poke");
+        poke.poke();
+        wait_ticks(&ticks, 3).await;
+        // A deadline: the poked tick asks for another one 300 ms later.
+        let delay = Duration::from_millis(300);
+        *next.lock().unwrap() = NextTick::After(delay);
+        poke.poke();
+        let (asked_at, _) = wait_ticks(&ticks, 4).await;
+        *next.lock().unwrap() = NextTick::Idle;
+        let (ran_at, _) = wait_ticks(&ticks, 5).await;
+        // Less a little: the reactor stamps its tick a moment after the worker's clock read.
+        let early = Duration::from_millis(10);
+        assert!(
+            ran_at - asked_at >= delay - early,
+            "{:?}",
+            ran_at - asked_at
+        );
+        cancel.cancel();
+    };
+    let (result, ()) = join_within(Duration::from_secs(60), run, driver).await;
+    assert!(matches!(result, Err(Error::Cancelled)));
 }

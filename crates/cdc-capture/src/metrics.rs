@@ -6,7 +6,9 @@ use std::sync::Arc;
 use cdc_orchestrator::{COMMIT_LATENCY_BOUNDS, WorkerMetrics, WorkerMetricsSnapshot};
 use cdc_p2p::MetricsSnapshot;
 use prometheus::core::{Collector, Desc};
-use prometheus::proto::{Bucket, Counter, Histogram, LabelPair, Metric, MetricFamily, MetricType};
+use prometheus::proto::{
+    Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
+};
 use prometheus::{Encoder, IntCounter, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
 /// The roles of the etcd workers, each with its own series.
@@ -169,12 +171,16 @@ const COMMIT_LATENCY: (&str, &str) = (
     "ticdc_etcd_worker_commit_duration_seconds",
     "etcd worker transaction round-trip latency",
 );
+const WATCH_STALLED: (&str, &str) = (
+    "ticdc_etcd_worker_watch_stalled_seconds",
+    "how long the etcd worker's watch has heard nothing while stalled, 0 while it answers",
+);
 
 impl WorkerCollector {
     fn new(workers: Vec<(&'static str, Arc<WorkerMetrics>)>) -> Self {
         let descs = WORKER_COUNTERS
             .iter()
-            .chain([&COMMIT_LATENCY])
+            .chain([&COMMIT_LATENCY, &WATCH_STALLED])
             .map(|(name, help)| {
                 Desc::new(
                     (*name).to_owned(),
@@ -276,6 +282,19 @@ impl Collector for WorkerCollector {
             .collect();
         let (name, help) = COMMIT_LATENCY;
         families.push(family(name, help, MetricType::HISTOGRAM, histograms));
+        let stalls = snapshots
+            .iter()
+            .map(|(role, snapshot)| {
+                let mut gauge = Gauge::default();
+                gauge.set_value(snapshot.watch_stalled.as_secs_f64());
+                let mut metric = Metric::default();
+                metric.set_label(role_label(role));
+                metric.set_gauge(gauge);
+                metric
+            })
+            .collect();
+        let (name, help) = WATCH_STALLED;
+        families.push(family(name, help, MetricType::GAUGE, stalls));
         families
     }
 }
@@ -289,7 +308,7 @@ mod tests {
         let metrics = Metrics::new();
         let text = metrics.encode();
         for role in WORKER_ROLES {
-            for (name, _) in WORKER_COUNTERS {
+            for (name, _) in WORKER_COUNTERS.iter().chain([&WATCH_STALLED]) {
                 assert!(
                     text.contains(&format!("{name}{{role=\"{role}\"}} 0")),
                     "{text}"

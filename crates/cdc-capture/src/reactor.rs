@@ -6,12 +6,13 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use cdc_etcd::{CdcEtcdClient, LeaseId, Revision, key};
 use cdc_model::{AtomicLiveness, CaptureInfo, DEFAULT_NAMESPACE, UpstreamInfo};
 use cdc_orchestrator::{
-    GlobalReactorState, PatchGroup, PatchOutcome, Reactor, ReactorState, SingleDataPatch,
+    GlobalReactorState, NextTick, PatchGroup, PatchOutcome, Reactor, ReactorState, SingleDataPatch,
+    TickPoke,
 };
 use cdc_p2p::{MessageRouter, MessageServer};
 use futures::future::BoxFuture;
@@ -21,11 +22,16 @@ use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::pool::InitPool;
 
-/// What a tick asks of its worker.
+/// What a tick asks of its worker. Whatever it asks, the worker also ticks on a change of the
+/// cluster's keys and on a poke (see [`Owner::set_tick_poke`]), plus a slow heartbeat.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tick {
-    /// Keep ticking.
+    /// Tick again at the next flush interval (a reactor that polls).
     Continue,
+    /// Tick again only on a change, a poke or the heartbeat.
+    Idle,
+    /// Tick again after this delay at the latest.
+    After(Duration),
     /// The reactor is done; the worker commits what is queued and returns Ok.
     Finished,
 }
@@ -59,6 +65,11 @@ pub trait Owner: Send + Sync {
     fn tick<'a>(&'a self, state: &'a mut GlobalReactorState) -> BoxFuture<'a, Result<Tick>>;
     /// Asks the owner to finish; its next tick returns `Finished`.
     fn async_stop(&self);
+    /// Receives the handle that asks its worker for a tick (poked on a stop request or a
+    /// message); the default drops it, for owners that poll with [`Tick::Continue`].
+    fn set_tick_poke(&self, poke: TickPoke) {
+        let _ = poke;
+    }
 }
 
 /// Builds owners.
@@ -73,6 +84,10 @@ pub trait Controller: Send + Sync {
     fn tick<'a>(&'a self, state: &'a mut GlobalReactorState) -> BoxFuture<'a, Result<Tick>>;
     /// Asks the controller to finish.
     fn async_stop(&self);
+    /// As [`Owner::set_tick_poke`].
+    fn set_tick_poke(&self, poke: TickPoke) {
+        let _ = poke;
+    }
     /// The captures as of the last tick.
     fn captures(&self) -> Vec<CaptureInfo>;
 }
@@ -91,6 +106,10 @@ pub trait ProcessorManager: Send + Sync {
     fn close(&self) -> BoxFuture<'_, ()>;
     /// Appends a human-readable dump.
     fn write_debug_info(&self, out: &mut String);
+    /// As [`Owner::set_tick_poke`].
+    fn set_tick_poke(&self, poke: TickPoke) {
+        let _ = poke;
+    }
 }
 
 /// Builds processor managers.
@@ -112,6 +131,7 @@ impl OwnerFactory for MinimalReactors {
         Arc::new(MinimalOwner {
             context,
             stopped: AtomicBool::new(false),
+            poke: PokeSlot::default(),
         })
     }
 }
@@ -122,6 +142,7 @@ impl ControllerFactory for MinimalReactors {
             context,
             stopped: AtomicBool::new(false),
             captures: Mutex::new(Vec::new()),
+            poke: PokeSlot::default(),
         })
     }
 }
@@ -137,6 +158,7 @@ impl ProcessorManagerFactory for MinimalReactors {
             liveness,
             ticks: AtomicU64::new(0),
             closed: AtomicBool::new(false),
+            poke: PokeSlot::default(),
         })
     }
 }
@@ -153,11 +175,36 @@ pub(crate) fn default_upstream(etcd: &CdcEtcdClient, pd_endpoints: &str) -> Upst
     }
 }
 
+/// The tick poke of a reactor's current worker, set when the worker starts.
+#[derive(Default)]
+struct PokeSlot(Mutex<Option<TickPoke>>);
+
+impl PokeSlot {
+    fn set(&self, poke: TickPoke) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(poke);
+    }
+
+    /// Asks the worker for a tick; a reactor whose worker has not started ticks first anyway.
+    fn poke(&self) {
+        if let Some(poke) = &*self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        {
+            poke.poke();
+        }
+    }
+}
+
 /// Keeps the default upstream info (the meta version is written by the migration step before
 /// the owner's worker starts). Its writes are fenced by the worker.
 struct MinimalOwner {
     context: ReactorContext,
     stopped: AtomicBool,
+    poke: PokeSlot,
 }
 
 impl Owner for MinimalOwner {
@@ -183,12 +230,18 @@ impl Owner for MinimalOwner {
                 let group: PatchGroup = vec![Box::new(patch)];
                 state.queue_patches(group);
             }
-            Ok(Tick::Continue)
+            // The upstream only needs writing again after a change of the keys.
+            Ok(Tick::Idle)
         })
     }
 
     fn async_stop(&self) {
         self.stopped.store(true, Ordering::SeqCst);
+        self.poke.poke();
+    }
+
+    fn set_tick_poke(&self, poke: TickPoke) {
+        self.poke.set(poke);
     }
 }
 
@@ -197,6 +250,7 @@ struct MinimalController {
     context: ReactorContext,
     stopped: AtomicBool,
     captures: Mutex<Vec<CaptureInfo>>,
+    poke: PokeSlot,
 }
 
 impl Controller for MinimalController {
@@ -221,12 +275,18 @@ impl Controller for MinimalController {
                 self.context.metrics.captures.set(n_captures);
                 *known = current;
             }
-            Ok(Tick::Continue)
+            // The capture list only changes with the keys.
+            Ok(Tick::Idle)
         })
     }
 
     fn async_stop(&self) {
         self.stopped.store(true, Ordering::SeqCst);
+        self.poke.poke();
+    }
+
+    fn set_tick_poke(&self, poke: TickPoke) {
+        self.poke.set(poke);
     }
 
     fn captures(&self) -> Vec<CaptureInfo> {
@@ -254,12 +314,14 @@ pub(crate) fn check_capture_alive(cluster_id: &str, capture_id: &str) -> SingleD
     )
 }
 
-/// Checks every tick that this capture is still in the cluster (`check_capture_alive`).
+/// Checks every tick that this capture is still in the cluster (`check_capture_alive`). Its
+/// ticks follow the changes of the keys: the deletion of its capture key is one.
 struct MinimalProcessorManager {
     context: ReactorContext,
     liveness: Arc<AtomicLiveness>,
     ticks: AtomicU64,
     closed: AtomicBool,
+    poke: PokeSlot,
 }
 
 impl ProcessorManager for MinimalProcessorManager {
@@ -273,14 +335,19 @@ impl ProcessorManager for MinimalProcessorManager {
                 &state.cluster_id,
                 &self.context.capture_id,
             ))]);
-            Ok(Tick::Continue)
+            Ok(Tick::Idle)
         })
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             self.closed.store(true, Ordering::SeqCst);
+            self.poke.poke();
         })
+    }
+
+    fn set_tick_poke(&self, poke: TickPoke) {
+        self.poke.set(poke);
     }
 
     fn write_debug_info(&self, out: &mut String) {
@@ -314,7 +381,7 @@ impl ReactorState for CaptureState {
                 | cdc_orchestrator::Error::InvalidKey { .. }
                 | cdc_orchestrator::Error::Etcd(cdc_etcd::Error::InvalidEtcdKey { .. })),
             ) => {
-                warn!(key = %String::from_utf8_lossy(key), error = %err, "ignoring a value that does not decode");
+                warn!(key = %String::from_utf8_lossy(key), error = %cdc_model::ErrorReport(&err), "ignoring a value that does not decode");
                 Ok(())
             }
             other => other,
@@ -323,6 +390,10 @@ impl ReactorState for CaptureState {
 
     fn update_pending_change(&mut self, now: Instant) {
         self.0.update_pending_change(now);
+    }
+
+    fn next_pending_change(&self) -> Option<Instant> {
+        self.0.next_pending_change()
     }
 
     fn get_patches(&mut self) -> Vec<PatchGroup> {
@@ -357,14 +428,24 @@ pub(crate) struct WorkerReactor {
 }
 
 impl Reactor<CaptureState> for WorkerReactor {
-    async fn tick(&mut self, state: &mut CaptureState) -> cdc_orchestrator::Result<()> {
+    fn set_tick_poke(&mut self, poke: TickPoke) {
+        match &self.role {
+            Role::Processor(manager) => manager.set_tick_poke(poke),
+            Role::Owner(owner) => owner.set_tick_poke(poke),
+            Role::Controller(controller) => controller.set_tick_poke(poke),
+        }
+    }
+
+    async fn tick(&mut self, state: &mut CaptureState) -> cdc_orchestrator::Result<NextTick> {
         let result = match &self.role {
             Role::Processor(manager) => manager.tick(&mut state.0).await,
             Role::Owner(owner) => owner.tick(&mut state.0).await,
             Role::Controller(controller) => controller.tick(&mut state.0).await,
         };
         match result {
-            Ok(Tick::Continue) => Ok(()),
+            Ok(Tick::Continue) => Ok(NextTick::After(Duration::ZERO)),
+            Ok(Tick::Idle) => Ok(NextTick::Idle),
+            Ok(Tick::After(delay)) => Ok(NextTick::After(delay)),
             Ok(Tick::Finished) => Err(cdc_orchestrator::Error::ReactorFinished),
             Err(err) => {
                 let nearest = match &err {

@@ -97,6 +97,49 @@ pub(crate) fn classify(
     }
 }
 
+/// etcd's errors that cancel a watch (its `rpctypes` and `mvcc` messages) with their gRPC
+/// codes, as etcd's server maps them.
+const WATCH_CANCEL_REASONS: [(&str, RpcCode); 6] = [
+    ("etcdserver: permission denied", RpcCode::PermissionDenied),
+    ("etcdserver: user name is empty", RpcCode::InvalidArgument),
+    ("etcdserver: invalid auth token", RpcCode::Unauthenticated),
+    (
+        "etcdserver: authentication failed, invalid user ID or password",
+        RpcCode::InvalidArgument,
+    ),
+    (
+        "etcdserver: user name not found",
+        RpcCode::FailedPrecondition,
+    ),
+    (
+        "mvcc: required revision is a future revision",
+        RpcCode::OutOfRange,
+    ),
+];
+
+/// The error of a server-side watch cancel other than compaction: a known permanent reason
+/// keeps its code, one of etcd's transient errors is `Unavailable`, anything else `Unknown`
+/// (both retried).
+pub(crate) fn watch_cancelled(reason: &str) -> Error {
+    let code = WATCH_CANCEL_REASONS
+        .iter()
+        .find(|(known, _)| reason.contains(known))
+        .map_or_else(
+            || {
+                if is_transient_message(reason) {
+                    RpcCode::Unavailable
+                } else {
+                    RpcCode::Unknown
+                }
+            },
+            |(_, code)| *code,
+        );
+    Error::WatchCancelled {
+        code,
+        reason: reason.to_owned(),
+    }
+}
+
 /// The messages of etcd's transient server errors (its `rpctypes` `ErrNoSpace`,
 /// `ErrTooManyRequests`, `ErrNoLeader`, `ErrLeaderChanged`, `ErrNotCapable`, `ErrStopped`,
 /// `ErrTimeout`, `ErrTimeoutDueToLeaderFail`, `ErrGRPCTimeoutDueToConnectionLost` and
@@ -120,11 +163,20 @@ const TRANSIENT_MESSAGES: [&str; 11] = [
 /// Whether `err` is one of etcd's transient errors, on which even a transaction is retried.
 pub(crate) fn is_transient(err: &Error) -> bool {
     match err {
-        Error::Rpc { message, .. } | Error::StreamBroken { message, .. } => TRANSIENT_MESSAGES
-            .iter()
-            .any(|transient| message.contains(transient)),
+        Error::Rpc { message, .. }
+        | Error::StreamBroken { message, .. }
+        | Error::WatchCancelled {
+            reason: message, ..
+        } => is_transient_message(message),
         _ => false,
     }
+}
+
+/// Whether `message` holds one of etcd's transient errors.
+fn is_transient_message(message: &str) -> bool {
+    TRANSIENT_MESSAGES
+        .iter()
+        .any(|transient| message.contains(transient))
 }
 
 #[cfg(test)]
@@ -174,5 +226,31 @@ mod tests {
         ] {
             assert!(!is_transient(&err), "{err}");
         }
+    }
+
+    #[test]
+    fn watch_cancel_reasons() {
+        for (reason, retryable) in [
+            ("etcdserver: permission denied", false),
+            ("etcdserver: user name is empty", false),
+            ("etcdserver: invalid auth token", false),
+            ("mvcc: required revision is a future revision", false),
+            ("etcdserver: no leader", true),
+            ("", true),
+            ("something new", true),
+        ] {
+            assert_eq!(
+                watch_cancelled(reason).is_retryable(),
+                retryable,
+                "{reason:?}"
+            );
+        }
+        assert!(matches!(
+            watch_cancelled("etcdserver: permission denied"),
+            Error::WatchCancelled {
+                code: RpcCode::PermissionDenied,
+                ..
+            }
+        ));
     }
 }

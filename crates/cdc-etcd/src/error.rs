@@ -76,6 +76,37 @@ pub enum Error {
         /// What happened.
         message: String,
     },
+    /// etcd cancelled a watch for another reason than compaction; `code` is the gRPC code of
+    /// etcd's error with that message (`Unknown` for a reason this crate does not know).
+    #[error("etcd cancelled the watch ({code:?}): {reason}")]
+    WatchCancelled {
+        /// The code of the reason.
+        code: RpcCode,
+        /// etcd's cancel reason.
+        reason: String,
+    },
+    /// etcd refused or cancelled a watch for a cause that re-opening it cannot cure (permission
+    /// denied, an invalid request); `source` is the refusal.
+    #[error("etcd refused the watch from revision {revision}")]
+    WatchRefused {
+        /// The revision the watch was opened from.
+        revision: Revision,
+        /// The refusal: a non-retryable open error, or the server's cancel as an `Rpc` error.
+        #[source]
+        source: Box<Error>,
+    },
+    /// A watch heard nothing from etcd (no event, no progress notification) for `silence`,
+    /// through every re-open; `last` is the last error met meanwhile, if any.
+    #[error("etcd watch from revision {revision} silent for {silence:?}")]
+    WatchStalled {
+        /// The revision the watch was resuming from.
+        revision: Revision,
+        /// How long it was silent.
+        silence: Duration,
+        /// The last error met while re-opening it.
+        #[source]
+        last: Option<Box<Error>>,
+    },
     /// The operation was cancelled by the caller.
     #[error("cancelled")]
     Cancelled,
@@ -193,6 +224,30 @@ pub enum Error {
     },
 }
 
+/// Whether a call that failed with `code` may succeed later: every code but refused
+/// arguments, permissions, authentication, missing methods and missing objects.
+fn code_is_retryable(code: RpcCode) -> bool {
+    match code {
+        RpcCode::InvalidArgument
+        | RpcCode::PermissionDenied
+        | RpcCode::Unimplemented
+        | RpcCode::OutOfRange
+        | RpcCode::Unauthenticated
+        | RpcCode::NotFound => false,
+        RpcCode::Ok
+        | RpcCode::Cancelled
+        | RpcCode::Unknown
+        | RpcCode::DeadlineExceeded
+        | RpcCode::AlreadyExists
+        | RpcCode::ResourceExhausted
+        | RpcCode::FailedPrecondition
+        | RpcCode::Aborted
+        | RpcCode::Internal
+        | RpcCode::Unavailable
+        | RpcCode::DataLoss => true,
+    }
+}
+
 /// The result type of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -201,17 +256,14 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Timeout { .. } => true,
-            Error::Rpc { code, .. } => !matches!(
-                code,
-                RpcCode::InvalidArgument
-                    | RpcCode::PermissionDenied
-                    | RpcCode::Unimplemented
-                    | RpcCode::OutOfRange
-                    | RpcCode::Unauthenticated
-                    | RpcCode::NotFound
-            ),
+            Error::Rpc { code, .. } | Error::WatchCancelled { code, .. } => {
+                code_is_retryable(*code)
+            }
             Error::StreamBroken { .. } => true,
             Error::Compacted { .. } => false,
+            Error::WatchRefused { .. } => false,
+            // A new watch (in a new incarnation) may find etcd healthy again.
+            Error::WatchStalled { .. } => true,
             Error::LeaseNotFound { .. } => false,
             Error::Cancelled => false,
             // The whole call may succeed later; the caller decides.

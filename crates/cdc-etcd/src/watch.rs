@@ -13,13 +13,23 @@
 //! header, not the revision of its last event).
 //!
 //! What is forwarded: responses with events, and progress notifications (which carry a header
-//! revision the consumer must not advance to, as events may still be due). A compaction ends the
-//! watch with `Err(Error::Compacted)`. `created` responses and server-side cancels other than
-//! compaction are consumed here (the latter re-open the watch).
+//! revision the consumer must not advance to). `created` responses are consumed here. The watch
+//! ends with one error, after which [`ResilientWatch::recv`] returns `None`:
+//! - `Err(Error::Compacted)` on a compaction;
+//! - `Err(Error::WatchRefused)` on a cause that re-opening cannot cure: an open or stream error
+//!   that is not retryable ([`Error::is_retryable`]), or a server-side cancel whose reason is
+//!   one of etcd's permanent errors (permission denied, an invalid token, a future revision);
+//!   TiCDC's Go client ends a watch on every server-side cancel (`clientv3/watch.go`);
+//! - `Err(Error::WatchStalled)` when etcd sent nothing (no event, no progress notification)
+//!   for [`WatchConfig::stall_limit`], through every re-open, with the last error met.
+//!
+//! Transient causes (a broken stream, a timeout, a cancel for one of etcd's transient errors)
+//! re-open the watch with backoff until then.
 
 use std::future::Future;
 use std::time::Duration;
 
+use cdc_model::ErrorReport;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -110,6 +120,9 @@ pub struct WatchConfig {
     pub min_reopen_backoff: Duration,
     /// Largest delay between attempts to re-open a broken stream.
     pub max_reopen_backoff: Duration,
+    /// Silence from etcd (no event, no progress notification, through every re-open) after
+    /// which the watch ends with [`Error::WatchStalled`].
+    pub stall_limit: Duration,
 }
 
 impl Default for WatchConfig {
@@ -120,12 +133,14 @@ impl Default for WatchConfig {
             reset_after: Duration::from_secs(10),
             min_reopen_backoff: Duration::from_millis(100),
             max_reopen_backoff: Duration::from_secs(2),
+            // Six silent re-opens: far beyond a leader election or a restart of etcd.
+            stall_limit: Duration::from_secs(60),
         }
     }
 }
 
 /// A watch that requests progress when idle, re-opens itself when stuck or broken, and never
-/// drops a response. Dropping it stops its task.
+/// drops a response. Dropping it aborts its task.
 #[derive(Debug)]
 pub struct ResilientWatch {
     responses_rx: mpsc::Receiver<Result<WatchResponse>>,
@@ -166,6 +181,8 @@ impl ResilientWatch {
             resume_revision: start_revision,
             responses_tx,
             cancel: cancel.clone(),
+            last_receipt: Instant::now(),
+            last_error: None,
         };
         let task = tokio::spawn(forwarder.run());
         ResilientWatch {
@@ -175,7 +192,8 @@ impl ResilientWatch {
         }
     }
 
-    /// The next response, or `None` once cancelled (or after a compaction error was delivered).
+    /// The next response, or `None` once cancelled (or after the error that ends the watch was
+    /// delivered).
     ///
     /// # Cancel safety
     /// Cancel-safe: a cancelled call loses no response.
@@ -200,8 +218,13 @@ impl ResilientWatch {
 }
 
 impl Drop for ResilientWatch {
+    /// Cancels the task and aborts it, so that it ends even while its source's `open` or the
+    /// stream does not return (dropped with it); [`ResilientWatch::close`] waits for it instead.
     fn drop(&mut self) {
         self.cancel.cancel();
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
     }
 }
 
@@ -213,7 +236,7 @@ enum Step {
     Stalled,
     /// The stream broke or ended: open a new one after a backoff.
     Broken,
-    /// The watch is over (cancelled, consumer gone, or compacted).
+    /// The watch is over (cancelled, consumer gone, or its ending error delivered).
     Stop,
 }
 
@@ -223,6 +246,11 @@ struct Forwarder<S: WatchSource> {
     resume_revision: Revision,
     responses_tx: mpsc::Sender<Result<WatchResponse>>,
     cancel: CancellationToken,
+    /// When etcd last answered (or the watch started): the stall is measured from here,
+    /// across re-opens.
+    last_receipt: Instant,
+    /// The last transient error met since then.
+    last_error: Option<Error>,
 }
 
 impl<S: WatchSource> Forwarder<S> {
@@ -236,6 +264,9 @@ impl<S: WatchSource> Forwarder<S> {
                 Step::Stop => return,
                 Step::Continue | Step::Stalled => backoff = self.config.min_reopen_backoff,
                 Step::Broken => {
+                    if self.end_if_stalled().await {
+                        return;
+                    }
                     // The stream broke: pace the re-open so that a dead server is not hammered.
                     if !sleep(&self.cancel, backoff).await {
                         return;
@@ -256,13 +287,21 @@ impl<S: WatchSource> Forwarder<S> {
             };
             match opened {
                 Ok(stream) => return Some(stream),
-                Err(err) => {
+                Err(err) if err.is_retryable() => {
                     tracing::warn!(
                         revision = self.resume_revision,
-                        error = %err,
+                        error = %ErrorReport(&err),
                         "cannot open an etcd watch, retrying"
                     );
+                    self.last_error = Some(err);
                 }
+                Err(err) => {
+                    self.refuse(err).await;
+                    return None;
+                }
+            }
+            if self.end_if_stalled().await {
+                return None;
             }
             if !sleep(&self.cancel, backoff).await {
                 return None;
@@ -293,7 +332,13 @@ impl<S: WatchSource> Forwarder<S> {
                 }
                 _ = ticker.tick() => {
                     if let Err(err) = stream.request_progress().await {
-                        tracing::warn!(error = %err, "etcd watch progress request failed");
+                        tracing::warn!(
+                            error = %ErrorReport(&err),
+                            "etcd watch progress request failed"
+                        );
+                    }
+                    if self.end_if_stalled().await {
+                        return Step::Stop;
                     }
                     let silence = last_receipt.elapsed();
                     if silence >= self.config.reset_after {
@@ -323,13 +368,18 @@ impl<S: WatchSource> Forwarder<S> {
                 );
                 return Step::Broken;
             }
-            Err(err) => {
+            Err(err) if err.is_retryable() => {
                 tracing::warn!(
                     revision = self.resume_revision,
-                    error = %err,
+                    error = %ErrorReport(&err),
                     "etcd watch broken, re-opening it"
                 );
+                self.last_error = Some(err);
                 return Step::Broken;
+            }
+            Err(err) => {
+                self.refuse(err).await;
+                return Step::Stop;
             }
         };
         if response.compact_revision > 0 {
@@ -341,13 +391,22 @@ impl<S: WatchSource> Forwarder<S> {
             return Step::Stop;
         }
         if response.canceled {
+            // Not an answer that counts against the stall: a cancel repeated for ever is one.
+            let err = crate::classify::watch_cancelled(&response.cancel_reason);
+            if !err.is_retryable() {
+                self.refuse(err).await;
+                return Step::Stop;
+            }
             tracing::warn!(
                 revision = self.resume_revision,
-                reason = %response.cancel_reason,
+                error = %ErrorReport(&err),
                 "etcd cancelled the watch, re-opening it"
             );
+            self.last_error = Some(err);
             return Step::Broken;
         }
+        self.last_receipt = last_receipt;
+        self.last_error = None;
         if response.created && response.events.is_empty() {
             return Step::Continue;
         }
@@ -359,6 +418,31 @@ impl<S: WatchSource> Forwarder<S> {
         } else {
             Step::Stop
         }
+    }
+
+    /// Ends the watch with `WatchRefused` for `source`, a cause re-opening cannot cure.
+    async fn refuse(&mut self, source: Error) {
+        let err = Error::WatchRefused {
+            revision: self.resume_revision,
+            source: Box::new(source),
+        };
+        self.send(Err(err), Instant::now()).await;
+    }
+
+    /// Ends the watch with `WatchStalled` once etcd has been silent for the stall limit;
+    /// whether it did.
+    async fn end_if_stalled(&mut self) -> bool {
+        let silence = self.last_receipt.elapsed();
+        if silence < self.config.stall_limit {
+            return false;
+        }
+        let err = Error::WatchStalled {
+            revision: self.resume_revision,
+            silence,
+            last: self.last_error.take().map(Box::new),
+        };
+        self.send(Err(err), Instant::now()).await;
+        true
     }
 
     /// Hands a response to the consumer, waiting as long as it takes; `false` when cancelled

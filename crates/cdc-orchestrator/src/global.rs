@@ -178,6 +178,14 @@ impl ReactorState for GlobalReactorState {
         }
     }
 
+    fn next_pending_change(&self) -> Option<Instant> {
+        self.to_remove
+            .values()
+            .flatten()
+            .map(|since| *since + self.capture_remove_ttl)
+            .min()
+    }
+
     fn get_patches(&mut self) -> Vec<PatchGroup> {
         let mut groups = std::mem::take(&mut self.pending);
         for changefeed in self.changefeeds.values_mut() {

@@ -2,7 +2,9 @@
 //!
 //! - [`EtcdWorker`] is the IO shell: it keeps a consistent snapshot of a key prefix, ticks a
 //!   [`Reactor`] over a [`ReactorState`] and commits the state's [`DataPatch`] groups as
-//!   compare-and-swap transactions (TiCDC's `pkg/orchestrator/etcd_worker.go`).
+//!   compare-and-swap transactions (TiCDC's `pkg/orchestrator/etcd_worker.go`). It ticks when the snapshot changed, when
+//!   poked through a [`TickPoke`], at the deadline a tick asked for ([`NextTick`]) and on a slow
+//!   heartbeat, so that an idle reactor costs next to nothing.
 //! - [`WorkerMetrics`] counts the worker's ticks, commits, conflicts, commit latency and
 //!   resyncs for a capture's `/metrics`.
 //! - [`GlobalReactorState`] and [`ChangefeedReactorState`] are TiCDC's cluster and changefeed
@@ -16,6 +18,8 @@
 //! This crate never depends on tonic or p2p.
 //!
 //! Not here: the owner, controller and processor reactors that run on the worker (cdc-capture).
+
+#![warn(missing_docs)]
 
 mod batch;
 mod changefeed;
@@ -36,5 +40,5 @@ pub use patch::{
     DataPatch, Key, PatchFn, PatchGroup, PatchOutcome, PatchView, RawEntry, RawState,
     SingleDataPatch, Value,
 };
-pub use reactor::{Reactor, ReactorState};
-pub use worker::{DELETE_COUNTER_SUFFIX, EtcdWorker, OwnerFence};
+pub use reactor::{NextTick, Reactor, ReactorState, TickPoke};
+pub use worker::{DEFAULT_HEARTBEAT, EtcdWorker, OwnerFence};

@@ -38,6 +38,8 @@ pub struct WorkerMetrics {
     commit_conflicts: AtomicU64,
     commit_errors: AtomicU64,
     resyncs: AtomicU64,
+    snapshot_reads: AtomicU64,
+    watch_stalled_millis: AtomicU64,
     latency_sum_nanos: AtomicU64,
     /// Observations per bucket, not cumulative: index `i < 11` counts latencies in
     /// `(bound[i-1], bound[i]]`, index 11 those above the last bound.
@@ -78,6 +80,17 @@ impl WorkerMetrics {
         self.resyncs.load(Ordering::Relaxed)
     }
 
+    /// Attempts to read the whole prefix (the first snapshot, resyncs, and their retries).
+    pub fn snapshot_reads(&self) -> u64 {
+        self.snapshot_reads.load(Ordering::Relaxed)
+    }
+
+    /// How long the watch has been silent (no event, no progress notification) when it is
+    /// stalled, zero while it answers: a gauge.
+    pub fn watch_stalled(&self) -> Duration {
+        Duration::from_millis(self.watch_stalled_millis.load(Ordering::Relaxed))
+    }
+
     /// Everything at once. Each field is read atomically; fields bumped concurrently with
     /// the read may be one observation apart, but the histogram's count is always the sum of
     /// its buckets.
@@ -93,6 +106,8 @@ impl WorkerMetrics {
             commit_conflicts: self.commit_conflicts(),
             commit_errors: self.commit_errors(),
             resyncs: self.resyncs(),
+            snapshot_reads: self.snapshot_reads(),
+            watch_stalled: self.watch_stalled(),
             commit_latency: LatencySnapshot {
                 sum: Duration::from_nanos(self.latency_sum_nanos.load(Ordering::Relaxed)),
                 count: cumulative,
@@ -107,6 +122,15 @@ impl WorkerMetrics {
 
     pub(crate) fn record_commit_error(&self) {
         self.commit_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn record_snapshot_read(&self) {
+        self.snapshot_reads.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_watch_stalled(&self, silence: Duration) {
+        let millis = u64::try_from(silence.as_millis()).unwrap_or(u64::MAX);
+        self.watch_stalled_millis.store(millis, Ordering::Relaxed);
     }
 
     pub(crate) fn record_resync(&self) {
@@ -141,6 +165,10 @@ pub struct WorkerMetricsSnapshot {
     pub commit_errors: u64,
     /// Resyncs after a compacted watch.
     pub resyncs: u64,
+    /// Attempts to read the whole prefix.
+    pub snapshot_reads: u64,
+    /// The silence of a stalled watch (`..._watch_stalled_seconds`), zero while it answers.
+    pub watch_stalled: Duration,
     /// Round-trip latency of every transaction etcd answered, committed or refused.
     pub commit_latency: LatencySnapshot,
 }

@@ -25,6 +25,8 @@ pub struct RawEntry {
     pub value: Value,
     /// The revision of the key's last modification.
     pub mod_revision: Revision,
+    /// The revision of the key's creation (the owner fence compares it).
+    pub create_revision: Revision,
 }
 
 /// The committed snapshot a worker evaluates patches against.

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use cdc_etcd::testing::EtcdServer;
 use cdc_etcd::{Compare, CompareOp, EtcdClient, Txn, TxnOp};
 use cdc_orchestrator::{
-    DataPatch, Error, EtcdWorker, GlobalReactorState, PatchGroup, PatchOutcome, Reactor,
+    DataPatch, Error, EtcdWorker, GlobalReactorState, NextTick, PatchGroup, PatchOutcome, Reactor,
     ReactorState, SingleDataPatch, WorkerMetricsSnapshot,
 };
 use tokio_util::sync::CancellationToken;
@@ -53,7 +53,7 @@ struct CountReactor {
 }
 
 impl Reactor<CountState> for CountReactor {
-    async fn tick(&mut self, state: &mut CountState) -> cdc_orchestrator::Result<()> {
+    async fn tick(&mut self, state: &mut CountState) -> cdc_orchestrator::Result<NextTick> {
         if Instant::now() >= self.deadline {
             return Err(Error::ReactorFinished);
         }
@@ -69,7 +69,8 @@ impl Reactor<CountState> for CountReactor {
                 })
                 .collect(),
         );
-        Ok(())
+        // Throughput: tick again as soon as the worker allows.
+        Ok(NextTick::After(std::time::Duration::ZERO))
     }
 }
 
@@ -184,7 +185,10 @@ async fn load_changefeeds(client: &EtcdClient) -> Result<()> {
 struct FinishAtOnce;
 
 impl Reactor<GlobalReactorState> for FinishAtOnce {
-    async fn tick(&mut self, _state: &mut GlobalReactorState) -> cdc_orchestrator::Result<()> {
+    async fn tick(
+        &mut self,
+        _state: &mut GlobalReactorState,
+    ) -> cdc_orchestrator::Result<NextTick> {
         Err(Error::ReactorFinished)
     }
 }
@@ -192,8 +196,11 @@ impl Reactor<GlobalReactorState> for FinishAtOnce {
 struct Idle;
 
 impl Reactor<GlobalReactorState> for Idle {
-    async fn tick(&mut self, _state: &mut GlobalReactorState) -> cdc_orchestrator::Result<()> {
-        Ok(())
+    async fn tick(
+        &mut self,
+        _state: &mut GlobalReactorState,
+    ) -> cdc_orchestrator::Result<NextTick> {
+        Ok(NextTick::Idle)
     }
 }
 

@@ -291,3 +291,177 @@ async fn broken_stream_is_reopened() {
     assert!(watch.recv().await.is_none());
     watch.close().await;
 }
+
+/// A server-side cancel for a permanent reason (permission denied) ends the watch with a typed
+/// error instead of re-opening it for ever.
+#[tokio::test(start_paused = true)]
+async fn permanent_cancel_ends_the_watch() {
+    let (source, script_tx) = ScriptedSource::new(8);
+    let cancel = CancellationToken::new();
+    let mut watch = ResilientWatch::with_source(source.clone(), 4, config(16), cancel.clone());
+    let mut refused = put_response(5);
+    refused.events.clear();
+    refused.created = true;
+    refused.canceled = true;
+    refused.cancel_reason = "etcdserver: permission denied".to_owned();
+    script_tx.send(Ok(Some(refused))).await.unwrap();
+    match watch.recv().await {
+        Some(Err(Error::WatchRefused {
+            revision: 4,
+            source,
+        })) => assert!(
+            matches!(
+                *source,
+                Error::WatchCancelled {
+                    code: crate::error::RpcCode::PermissionDenied,
+                    ..
+                }
+            ),
+            "{source:?}"
+        ),
+        other => panic!("expected a refused watch, got {other:?}"),
+    }
+    assert!(watch.recv().await.is_none());
+    assert_eq!(source.opens(), vec![4], "never re-opened");
+}
+
+/// Opens fail with `error` for ever.
+#[derive(Clone)]
+struct FailingSource {
+    error: fn() -> Error,
+    opens: Arc<Mutex<usize>>,
+}
+
+impl WatchSource for FailingSource {
+    type Stream = ScriptedStream;
+
+    async fn open(&mut self, _start_revision: Revision) -> Result<ScriptedStream> {
+        *self.opens.lock().unwrap() += 1;
+        Err((self.error)())
+    }
+}
+
+/// An open refused for a permanent reason ends the watch at once.
+#[tokio::test(start_paused = true)]
+async fn permanent_open_error_ends_the_watch() {
+    let source = FailingSource {
+        error: || Error::Rpc {
+            op: "watch",
+            code: crate::error::RpcCode::PermissionDenied,
+            message: "etcdserver: permission denied".to_owned(),
+            endpoints: String::new(),
+        },
+        opens: Arc::default(),
+    };
+    let cancel = CancellationToken::new();
+    let mut watch = ResilientWatch::with_source(source.clone(), 3, config(16), cancel.clone());
+    assert!(matches!(
+        watch.recv().await,
+        Some(Err(Error::WatchRefused { revision: 3, .. }))
+    ));
+    assert!(watch.recv().await.is_none());
+    assert_eq!(*source.opens.lock().unwrap(), 1);
+}
+
+/// Opens that fail transiently are retried until the stall limit, then the watch ends with
+/// the silence and the last error.
+#[tokio::test(start_paused = true)]
+async fn transient_failures_end_the_watch_past_the_stall_limit() {
+    let source = FailingSource {
+        error: || Error::StreamBroken {
+            op: "watch",
+            message: "injected".to_owned(),
+        },
+        opens: Arc::default(),
+    };
+    let cancel = CancellationToken::new();
+    let config = config(16);
+    let stall_limit = config.stall_limit;
+    let started = Instant::now();
+    let mut watch = ResilientWatch::with_source(source.clone(), 3, config, cancel.clone());
+    match watch.recv().await {
+        Some(Err(Error::WatchStalled {
+            revision: 3,
+            silence,
+            last: Some(last),
+        })) => {
+            assert!(silence >= stall_limit, "{silence:?}");
+            assert!(matches!(*last, Error::StreamBroken { .. }), "{last:?}");
+        }
+        other => panic!("expected a stalled watch, got {other:?}"),
+    }
+    assert!(started.elapsed() >= stall_limit);
+    assert!(*source.opens.lock().unwrap() > 10);
+    assert!(watch.recv().await.is_none());
+}
+
+/// A stream that never answers, not even progress requests, ends the watch past the stall
+/// limit although every re-open succeeds.
+#[tokio::test(start_paused = true)]
+async fn silent_stream_ends_the_watch_past_the_stall_limit() {
+    let (source, _script_tx) = ScriptedSource::new(8);
+    let cancel = CancellationToken::new();
+    let mut watch = ResilientWatch::with_source(source.clone(), 2, config(16), cancel.clone());
+    assert!(matches!(
+        watch.recv().await,
+        Some(Err(Error::WatchStalled {
+            revision: 2,
+            last: None,
+            ..
+        }))
+    ));
+    assert!(source.opens().len() >= 5, "{:?}", source.opens());
+}
+
+/// A stream that never answers, not even a progress request, and says when it is dropped.
+struct HungStream {
+    dropped: Arc<tokio::sync::Notify>,
+}
+
+impl Drop for HungStream {
+    fn drop(&mut self) {
+        self.dropped.notify_one();
+    }
+}
+
+impl WatchStream for HungStream {
+    async fn next(&mut self) -> Result<Option<WatchResponse>> {
+        std::future::pending().await
+    }
+
+    async fn request_progress(&mut self) -> Result<()> {
+        std::future::pending().await
+    }
+}
+
+#[derive(Clone)]
+struct HungSource {
+    dropped: Arc<tokio::sync::Notify>,
+}
+
+impl WatchSource for HungSource {
+    type Stream = HungStream;
+
+    async fn open(&mut self, _start_revision: Revision) -> Result<HungStream> {
+        Ok(HungStream {
+            dropped: self.dropped.clone(),
+        })
+    }
+}
+
+/// Dropping the watch ends its task even while the task waits on a call that ignores the
+/// cancellation (a progress request that never returns): the stream is dropped with it.
+#[tokio::test(start_paused = true)]
+async fn dropping_the_watch_aborts_its_task() {
+    let dropped = Arc::new(tokio::sync::Notify::new());
+    let source = HungSource {
+        dropped: dropped.clone(),
+    };
+    let watch = ResilientWatch::with_source(source, 1, config(16), CancellationToken::new());
+    // Past the progress interval: the task is stuck in its progress request.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    drop(watch);
+    tokio::time::timeout(Duration::from_secs(10), dropped.notified())
+        .await
+        .expect("the watch's stream is dropped with its task");
+}

@@ -153,7 +153,7 @@ proptest! {
             // Commit: the batch becomes the new base.
             for (key, value) in batch.changes {
                 match value {
-                    Some(value) => { base.insert(key, RawEntry { value, mod_revision: 1 }); }
+                    Some(value) => { base.insert(key, RawEntry { value, mod_revision: 1, create_revision: 1 }); }
                     None => { base.remove(&key); }
                 }
             }

@@ -37,6 +37,7 @@ fn write_raw(raw: &mut RawState, key: &[u8], value: Option<&[u8]>) {
                 RawEntry {
                     value: value.to_vec(),
                     mod_revision: 1,
+                    create_revision: 1,
                 },
             );
         }
