@@ -98,11 +98,12 @@ impl Capture {
         }))
     }
 
-    /// The owner's side of the meta-version gate (§6.6, no legacy data to move). The current
-    /// version passes; a newer or unknown one is refused and left as it is. An absent version
-    /// is written (version 1, and the default upstream info unless one is there) in one
-    /// transaction fenced by the owner key, but only when the cluster holds no changefeed data:
-    /// data without a version is legacy or foreign, and refused with an error naming its key.
+    /// The owner's side of the meta-version gate (docs/etcd-keys.md; no legacy data to move).
+    /// The current version passes; a newer or unknown one is refused and left as it is. An
+    /// absent version is written (version 1, and the default upstream info unless one is
+    /// there) in one transaction fenced by the owner key, but only when the cluster holds no
+    /// changefeed data: data without a version is legacy or foreign, and refused with an error
+    /// naming its key.
     pub(super) async fn migrate(
         &self,
         fence: &OwnerFence,
