@@ -123,12 +123,9 @@ pub enum SourceOutput {
 pub struct EtcdSource {
     watch: ResilientWatch,
     range: KeyRange,
-    /// The revision of the last event handed out (or the checkpoint).
+    /// The revision of the last event received (or the checkpoint).
     last_event: u64,
-    resolved: u64,
-    /// A progress answer waiting for confirmation, and when it arrived.
-    candidate: Option<(u64, Instant)>,
-    confirm_after: Duration,
+    tracker: ResolvedTracker,
 }
 
 impl EtcdSource {
@@ -165,15 +162,13 @@ impl EtcdSource {
             watch,
             range,
             last_event: checkpoint,
-            resolved: checkpoint,
-            candidate: None,
-            confirm_after: config.confirm_after,
+            tracker: ResolvedTracker::new(checkpoint, config.confirm_after),
         })
     }
 
     /// The resolved revision: every change of the range at or below it has been handed out.
     pub fn resolved(&self) -> u64 {
-        self.resolved
+        self.tracker.resolved()
     }
 
     /// The next changes or resolved revision; `Ok(None)` once cancelled.
@@ -197,9 +192,9 @@ impl EtcdSource {
                 Some(Ok(response)) => response,
             };
             if response.is_progress_notify() {
-                if let Some(resolved) = self.on_progress(to_u64(response.revision), Instant::now())
-                {
-                    return Ok(Some(SourceOutput::Resolved(resolved)));
+                let revision = to_u64(response.revision);
+                if self.tracker.on_progress(revision, Instant::now()) {
+                    return Ok(Some(SourceOutput::Resolved(self.tracker.resolved())));
                 }
                 continue;
             }
@@ -232,52 +227,88 @@ impl EtcdSource {
                     },
                 });
             }
-            if let Some((candidate, _)) = self.candidate
-                && first_new.is_some_and(|first| first <= candidate)
-            {
-                // An event at or below the candidate came after it: the answer was early.
-                self.candidate = None;
-            }
-            let before = self.resolved;
-            self.resolved = self.resolved.max(self.last_event);
-            if self
-                .candidate
-                .is_some_and(|(candidate, _)| candidate <= self.resolved)
-            {
-                self.candidate = None;
-            }
+            let moved = match first_new {
+                Some(first) => self.tracker.on_events(first, self.last_event),
+                None => false,
+            };
             if !events.is_empty() {
                 return Ok(Some(SourceOutput::Events {
                     events,
-                    resolved: self.resolved,
+                    resolved: self.tracker.resolved(),
                 }));
             }
-            if self.resolved > before {
-                return Ok(Some(SourceOutput::Resolved(self.resolved)));
+            if moved {
+                return Ok(Some(SourceOutput::Resolved(self.tracker.resolved())));
             }
         }
     }
 
-    /// Takes a progress answer at `revision`; the new resolved revision if it moved.
-    fn on_progress(&mut self, revision: u64, now: Instant) -> Option<u64> {
+    /// Stops the watch and waits for its task.
+    pub async fn close(self) {
+        self.watch.close().await;
+    }
+}
+
+/// The resolved-revision rule of this module's docs, without IO: time comes in.
+#[derive(Debug, Clone)]
+pub(crate) struct ResolvedTracker {
+    resolved: u64,
+    /// A progress answer waiting for confirmation, and when it arrived.
+    candidate: Option<(u64, Instant)>,
+    confirm_after: Duration,
+}
+
+impl ResolvedTracker {
+    pub(crate) fn new(checkpoint: u64, confirm_after: Duration) -> ResolvedTracker {
+        ResolvedTracker {
+            resolved: checkpoint,
+            candidate: None,
+            confirm_after,
+        }
+    }
+
+    pub(crate) fn resolved(&self) -> u64 {
+        self.resolved
+    }
+
+    /// Takes a watch response whose new events run from revision `first` to `last`; whether
+    /// the resolved revision moved.
+    pub(crate) fn on_events(&mut self, first: u64, last: u64) -> bool {
+        if self
+            .candidate
+            .is_some_and(|(candidate, _)| first <= candidate)
+        {
+            // An event at or below the candidate came after it: the answer was early.
+            self.candidate = None;
+        }
+        let before = self.resolved;
+        self.resolved = self.resolved.max(last);
+        if self
+            .candidate
+            .is_some_and(|(candidate, _)| candidate <= self.resolved)
+        {
+            self.candidate = None;
+        }
+        self.resolved > before
+    }
+
+    /// Takes a progress answer at `revision` received at `now`; whether the resolved revision
+    /// moved. An answer confirms the standing candidate once it is `confirm_after` old, then
+    /// becomes the next candidate.
+    pub(crate) fn on_progress(&mut self, revision: u64, now: Instant) -> bool {
         let before = self.resolved;
         match self.candidate {
             Some((candidate, since)) if now.duration_since(since) >= self.confirm_after => {
                 self.resolved = self.resolved.max(candidate);
                 self.candidate = None;
             }
-            Some(_) => return None,
+            Some(_) => return false,
             None => {}
         }
         if revision > self.resolved {
             self.candidate = Some((revision, now));
         }
-        (self.resolved > before).then_some(self.resolved)
-    }
-
-    /// Stops the watch and waits for its task.
-    pub async fn close(self) {
-        self.watch.close().await;
+        self.resolved > before
     }
 }
 

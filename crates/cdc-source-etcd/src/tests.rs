@@ -226,3 +226,65 @@ async fn invalid_ranges_are_refused() {
     );
     assert_eq!(KeyRange::prefix(&[0xff]), None);
 }
+
+mod tracker {
+    //! The resolved-revision rule, with time passed in.
+
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    use crate::source::ResolvedTracker;
+
+    const CONFIRM: Duration = Duration::from_millis(500);
+
+    #[test]
+    fn events_resolve_to_their_last_revision() {
+        let mut tracker = ResolvedTracker::new(10, CONFIRM);
+        assert!(tracker.on_events(11, 13));
+        assert_eq!(tracker.resolved(), 13);
+    }
+
+    #[test]
+    fn a_progress_answer_counts_only_once_confirmed() {
+        let start = Instant::now();
+        let mut tracker = ResolvedTracker::new(10, CONFIRM);
+        assert!(!tracker.on_progress(20, start));
+        assert_eq!(tracker.resolved(), 10);
+        // A second answer too soon confirms nothing.
+        assert!(!tracker.on_progress(21, start + CONFIRM / 2));
+        assert_eq!(tracker.resolved(), 10);
+        // Once the first answer is old enough, the next answer confirms it (not itself).
+        assert!(tracker.on_progress(22, start + CONFIRM));
+        assert_eq!(tracker.resolved(), 20);
+        assert!(tracker.on_progress(23, start + CONFIRM * 2));
+        assert_eq!(tracker.resolved(), 22);
+    }
+
+    #[test]
+    fn an_event_at_or_below_the_candidate_drops_it() {
+        let start = Instant::now();
+        let mut tracker = ResolvedTracker::new(10, CONFIRM);
+        tracker.on_progress(20, start);
+        // etcd 3.4 answered before handing out revision 15: the answer was early.
+        assert!(tracker.on_events(15, 15));
+        assert_eq!(tracker.resolved(), 15);
+        // The next answer does not confirm the dropped one; it becomes the candidate.
+        assert!(!tracker.on_progress(20, start + CONFIRM));
+        assert_eq!(tracker.resolved(), 15);
+        assert!(tracker.on_progress(20, start + CONFIRM * 2));
+        assert_eq!(tracker.resolved(), 20);
+    }
+
+    #[test]
+    fn events_above_the_candidate_pass_it() {
+        let start = Instant::now();
+        let mut tracker = ResolvedTracker::new(10, CONFIRM);
+        tracker.on_progress(20, start);
+        assert!(tracker.on_events(21, 22));
+        assert_eq!(tracker.resolved(), 22);
+        // The candidate is behind: nothing to confirm, nothing moves back.
+        assert!(!tracker.on_progress(22, start + CONFIRM));
+        assert_eq!(tracker.resolved(), 22);
+    }
+}
