@@ -25,8 +25,6 @@ struct Recorded {
     written: Vec<ChangeEvent>,
     /// How many of them the last completed flush covered.
     flushed: usize,
-    /// Writes started (including one still blocked).
-    writes_started: usize,
 }
 
 /// A sink factory whose sinks record into one [`Recorded`] and whose writes and flushes wait
@@ -34,6 +32,8 @@ struct Recorded {
 #[derive(Clone)]
 struct RecordingSinks {
     recorded: Arc<Mutex<Recorded>>,
+    /// Writes started (including one still blocked).
+    writes_started: Arc<watch::Sender<usize>>,
     write_open: watch::Receiver<bool>,
     flush_open: watch::Receiver<bool>,
 }
@@ -49,6 +49,7 @@ fn recording_sinks() -> (RecordingSinks, Gates) {
     (
         RecordingSinks {
             recorded: Arc::default(),
+            writes_started: Arc::new(watch::Sender::new(0)),
             write_open,
             flush_open,
         },
@@ -68,7 +69,7 @@ impl SinkFactory for RecordingSinks {
 
 impl Sink for RecordingSink {
     async fn write(&mut self, events: &[ChangeEvent]) -> cdc_sink::Result<()> {
-        self.0.recorded.lock().unwrap().writes_started += 1;
+        self.0.writes_started.send_modify(|started| *started += 1);
         let mut open = self.0.write_open.clone();
         open.wait_for(|open| *open).await.unwrap();
         self.0
@@ -251,6 +252,7 @@ async fn a_stalled_sink_stops_the_source_and_stop_is_prompt() {
     let from = current_revision(&client).await;
     let (sinks, gates) = recording_sinks();
     let recorded = sinks.recorded.clone();
+    let sinks_started = sinks.writes_started.clone();
     let pipeline = EtcdPipeline::new(client.clone(), Arc::new(sinks), fast_config());
     gates.write.send_replace(false);
     let handle = pipeline.start(span("/s/", "/s0"), from);
@@ -260,21 +262,15 @@ async fn a_stalled_sink_stops_the_source_and_stop_is_prompt() {
         client.put(format!("/s/{i}"), "x", 0).await.unwrap();
     }
     // The first write blocks; nothing more leaves the source while it does.
-    tokio::time::timeout(DEADLINE, async {
-        while recorded.lock().unwrap().writes_started == 0 {
-            tokio::task::yield_now().await;
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .unwrap();
+    let mut writes_started = sinks_started.subscribe();
+    tokio::time::timeout(DEADLINE, writes_started.wait_for(|started| *started > 0))
+        .await
+        .unwrap()
+        .unwrap();
     // Assert an absence: give the pipeline time in which it could (wrongly) read on.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    {
-        let recorded = recorded.lock().unwrap();
-        assert_eq!(recorded.writes_started, 1);
-        assert!(recorded.written.is_empty());
-    }
+    assert_eq!(*writes_started.borrow(), 1);
+    assert!(recorded.lock().unwrap().written.is_empty());
     let progress = handle.current();
     assert!(progress.checkpoint.resolved < first, "{progress:?}");
 
