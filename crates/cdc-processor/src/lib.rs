@@ -5,7 +5,7 @@
 //!   ([`PipelineProgress`]: checkpoint and resolved revision) is readable and watchable and whose
 //!   [`PipelineHandle::stop`] is awaited. Test doubles implement the same trait.
 //! - [`EtcdPipeline`]: runs a span from an upstream etcd ([`cdc_source_etcd::EtcdSource`]) into
-//!   a sink opened per span by a [`SinkFactory`].
+//!   a sink opened per span by a [`SinkFactory`]; [`UriSinks`] opens the sink a sink URI names.
 //!
 //! Invariants: the checkpoint never passes what the sink's last completed flush covers, and it
 //! and the resolved revision only move forward; every pipeline task is owned by its handle and
@@ -20,7 +20,7 @@ mod pipeline;
 pub use error::{Error, Result};
 pub use pipeline::{
     EtcdPipeline, PipelineConfig, PipelineHandle, PipelineProgress, PipelineState,
-    ProgressReporter, SinkFactory, SpanPipeline,
+    ProgressReporter, SinkFactory, SpanPipeline, UriSinks,
 };
 
 #[cfg(test)]

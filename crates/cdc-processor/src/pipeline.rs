@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cdc_etcd::EtcdClient;
-use cdc_model::ErrorReport;
+use cdc_model::{DEFAULT_NAMESPACE, ErrorReport};
 use cdc_scheduler::{Checkpoint, Span};
-use cdc_sink::Sink;
+use cdc_sink::{AnySink, BlackholeStats, Sink, SinkUri};
 use cdc_source_etcd::{EtcdSource, KeyRange, SourceConfig, SourceOutput};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -148,6 +148,44 @@ pub trait SinkFactory: Send + Sync + 'static {
 
     /// Opens the sink of `span`.
     fn open(&self, span: &Span) -> impl Future<Output = cdc_sink::Result<Self::Sink>> + Send;
+}
+
+/// Opens, for each span of one changefeed, the sink its sink URI names. Files of the file sink
+/// go under `<dir>/<changefeed id>/` (`<namespace>.<id>` outside the default namespace) and are
+/// named after the span ID.
+#[derive(Debug)]
+pub struct UriSinks {
+    uri: SinkUri,
+    blackhole_stats: Arc<BlackholeStats>,
+}
+
+impl UriSinks {
+    /// The sinks `uri` names.
+    pub fn new(uri: SinkUri) -> UriSinks {
+        UriSinks {
+            uri,
+            blackhole_stats: Arc::default(),
+        }
+    }
+
+    /// What the blackhole sinks of these spans counted.
+    pub fn blackhole_stats(&self) -> &Arc<BlackholeStats> {
+        &self.blackhole_stats
+    }
+}
+
+impl SinkFactory for UriSinks {
+    type Sink = AnySink;
+
+    async fn open(&self, span: &Span) -> cdc_sink::Result<AnySink> {
+        let changefeed = if span.changefeed.namespace == DEFAULT_NAMESPACE {
+            span.changefeed.id.clone()
+        } else {
+            format!("{}.{}", span.changefeed.namespace, span.changefeed.id)
+        };
+        let span_name = format!("span-{}", span.span_id);
+        AnySink::open(&self.uri, &changefeed, &span_name, &self.blackhole_stats).await
+    }
 }
 
 /// Settings of an [`EtcdPipeline`].

@@ -359,3 +359,41 @@ async fn a_span_without_end_key_fails() {
         .unwrap_err();
     assert!(matches!(err, Error::UnboundedSpan { .. }), "{err:?}");
 }
+
+#[tokio::test]
+async fn etcd_source_into_blackhole_and_file_sinks() {
+    let etcd = EtcdServer::start().await.unwrap();
+    let client = etcd.client().await.unwrap();
+    let from = current_revision(&client).await;
+    let blackhole = Arc::new(crate::UriSinks::new(
+        cdc_sink::SinkUri::parse("blackhole://").unwrap(),
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let files = Arc::new(crate::UriSinks::new(
+        cdc_sink::SinkUri::parse(&format!("file://{}", dir.path().display())).unwrap(),
+    ));
+    let to_blackhole = EtcdPipeline::new(client.clone(), blackhole.clone(), fast_config())
+        .start(span("/s/", "/s0"), from);
+    let to_files =
+        EtcdPipeline::new(client.clone(), files, fast_config()).start(span("/s/", "/s0"), from);
+    for i in 0..10 {
+        client.put(format!("/s/{i}"), "vv", 0).await.unwrap();
+    }
+    let last = current_revision(&client).await;
+    for handle in [&to_blackhole, &to_files] {
+        wait_progress(
+            handle,
+            |_| {},
+            |progress| progress.checkpoint.checkpoint >= last,
+        )
+        .await;
+    }
+    let stats = blackhole.blackhole_stats();
+    assert_eq!((stats.events(), stats.bytes()), (10, 10 * 6));
+    let text =
+        std::fs::read_to_string(dir.path().join("cf").join(cdc_sink::file_name("span-0", 0)))
+            .unwrap();
+    assert_eq!(text.lines().count(), 10);
+    to_blackhole.stop().await.unwrap();
+    to_files.stop().await.unwrap();
+}

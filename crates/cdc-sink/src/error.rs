@@ -45,6 +45,12 @@ pub enum Error {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// The scheme parses but its sink is not built yet.
+    #[error("[CDC:ErrSinkURIInvalid]sink {scheme}:// is not implemented yet")]
+    NotImplemented {
+        /// The scheme.
+        scheme: &'static str,
+    },
     /// A file operation failed.
     #[error("[CDC:ErrFileSinkFileOp]{op} {path}")]
     Io {
@@ -68,6 +74,7 @@ impl Error {
             Error::UnknownParameter { .. } => false,
             Error::InvalidParameter { .. } => false,
             Error::InvalidUri { .. } => false,
+            Error::NotImplemented { .. } => false,
             Error::Io { .. } => true,
         }
     }

@@ -8,17 +8,20 @@
 //!   naming it.
 //! - [`BlackholeSink`]: counts changes and bytes and drops them.
 //! - [`FileSink`]: JSON Lines files per span, rolled by size, fsynced on flush.
+//! - [`AnySink`]: the sink a URI names, opened per span (`etcd://` parses but is not built yet).
 //!
 //! Not here: the source of the changes (`cdc-source-etcd`) and the pipeline that moves them and
 //! keeps the checkpoint (`cdc-processor`).
 #![warn(missing_docs)]
 
+mod any;
 mod blackhole;
 mod error;
 mod file;
 mod sink;
 mod uri;
 
+pub use any::AnySink;
 pub use blackhole::{BlackholeSink, BlackholeStats};
 pub use error::{Error, Result};
 pub use file::{FileSink, file_name, json_line};

@@ -178,3 +178,39 @@ async fn file_sink_rolls_in_name_order_and_continues_after_reopen() {
     }
     assert_eq!(revisions, (1..=10).collect::<Vec<u64>>());
 }
+
+#[tokio::test]
+async fn any_sink_opens_what_the_uri_names() {
+    let stats = std::sync::Arc::new(crate::BlackholeStats::default());
+    let uri = SinkUri::parse("blackhole://").unwrap();
+    let mut sink = crate::AnySink::open(&uri, "cf", "span-0", &stats)
+        .await
+        .unwrap();
+    sink.write(&[ChangeEvent::put("k", "v", 2)]).await.unwrap();
+    sink.flush().await.unwrap();
+    sink.close().await.unwrap();
+    assert_eq!(stats.events(), 1);
+
+    let dir = tempfile::tempdir().unwrap();
+    let uri = SinkUri::parse(&format!("file://{}", dir.path().display())).unwrap();
+    let mut sink = crate::AnySink::open(&uri, "cf", "span-0", &stats)
+        .await
+        .unwrap();
+    sink.write(&[ChangeEvent::put("k", "v", 2)]).await.unwrap();
+    sink.flush().await.unwrap();
+    sink.close().await.unwrap();
+    let text = std::fs::read_to_string(dir.path().join("cf").join(file_name("span-0", 0))).unwrap();
+    assert_eq!(
+        text,
+        "{\"key\":\"k\",\"value\":\"v\",\"revision\":2,\"op\":\"put\"}\n"
+    );
+
+    let uri = SinkUri::parse("etcd://127.0.0.1:2379/mirror").unwrap();
+    let err = crate::AnySink::open(&uri, "cf", "span-0", &stats)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::NotImplemented { scheme: "etcd" }),
+        "{err:?}"
+    );
+}
