@@ -16,7 +16,14 @@
 //! arrives at least [`SourceConfig::confirm_after`] after it with no event at or below `H` in
 //! between; an event at or below `H` drops the candidate. etcd delivers a catching-up or
 //! lagging watcher's events every 100 ms (`syncWatchersLoop` in `mvcc/watchable_store.go`), well
-//! inside the default confirmation delay.
+//! inside the default confirmation delay, and the watch asks for progress only after
+//! [`SourceConfig::progress_interval`] without any response.
+//!
+//! Hazard: the rule rests on that timing. A watcher that catches up over a backlog so large that
+//! one pass of etcd's sync loop takes longer than a progress interval plus the confirmation delay,
+//! and whose first event in the span comes only after that, could see the resolved revision pass
+//! that event. Events are never lost (the watch still delivers them, in order); only the resolved
+//! revision, and so a checkpoint, could run ahead of them.
 
 use std::time::Duration;
 
