@@ -288,3 +288,42 @@ mod tracker {
         assert_eq!(tracker.resolved(), 22);
     }
 }
+
+#[tokio::test]
+async fn range_watches_deliver_only_the_range() {
+    let etcd = EtcdServer::start().await.unwrap();
+    let client = etcd.client().await.unwrap();
+    let from = current_revision(&client).await + 1;
+    for key in ["/s/a", "/s/b", "/s/c", "/s/d", "/s/e"] {
+        client.put(key, "x", 0).await.unwrap();
+    }
+    let last = current_revision(&client).await;
+    let mut watch = client
+        .watch_range(
+            "/s/b",
+            "/s/d",
+            cdc_etcd::WatchOptions {
+                start_revision: i64::try_from(from).unwrap(),
+                ..cdc_etcd::WatchOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+    let mut keys = Vec::new();
+    tokio::time::timeout(DEADLINE, async {
+        // A last put inside the range marks the end.
+        client.put("/s/c", "end", 0).await.unwrap();
+        loop {
+            let response = watch.next().await.unwrap().unwrap();
+            for event in response.events {
+                keys.push(String::from_utf8(event.kv.key).unwrap());
+                if u64::try_from(event.kv.mod_revision).unwrap() > last {
+                    return;
+                }
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(keys, ["/s/b", "/s/c", "/s/c"]);
+}
