@@ -230,11 +230,32 @@ impl EtcdClient {
 
     /// Opens a watch. The stream has no deadline.
     pub async fn watch(&self, key: impl Into<Vec<u8>>, options: WatchOptions) -> Result<RawWatch> {
-        let mut watch = self.watch.clone();
         let mut watch_options = etcd_client::WatchOptions::new();
         if options.prefix {
             watch_options = watch_options.with_prefix();
         }
+        self.open_watch(key.into(), watch_options, options).await
+    }
+
+    /// Opens a watch on the keys in `[key, range_end)`; `options.prefix` is ignored. The stream
+    /// has no deadline.
+    pub async fn watch_range(
+        &self,
+        key: impl Into<Vec<u8>>,
+        range_end: impl Into<Vec<u8>>,
+        options: WatchOptions,
+    ) -> Result<RawWatch> {
+        let watch_options = etcd_client::WatchOptions::new().with_range(range_end.into());
+        self.open_watch(key.into(), watch_options, options).await
+    }
+
+    async fn open_watch(
+        &self,
+        key: Vec<u8>,
+        mut watch_options: etcd_client::WatchOptions,
+        options: WatchOptions,
+    ) -> Result<RawWatch> {
+        let mut watch = self.watch.clone();
         if options.start_revision > 0 {
             watch_options = watch_options.with_start_revision(options.start_revision);
         }

@@ -6,7 +6,8 @@
 //!
 //! Key types: [`CaptureInfo`], [`ChangeFeedInfo`], [`ChangeFeedStatus`], [`TaskPosition`],
 //! [`UpstreamInfo`], [`RunningError`], [`ChangeFeedId`], [`GoTime`], [`FeedState`],
-//! [`AdminJobType`], [`Liveness`].
+//! [`AdminJobType`], [`Liveness`], and for the data plane [`ChangeEvent`] and
+//! [`ResolvedRevision`].
 //!
 //! Invariants:
 //! * Every value type decodes what TiCDC (Go `encoding/json`) writes: missing fields take
@@ -22,6 +23,7 @@
 mod capture;
 mod changefeed;
 mod error;
+mod event;
 mod go_time;
 mod ids;
 mod json;
@@ -35,6 +37,7 @@ pub use changefeed::{
     AdminJobType, ChangeFeedInfo, ChangeFeedStatus, FeedState, RunningError, is_gc_fast_fail_code,
 };
 pub use error::{Error, Result};
+pub use event::{ChangeEvent, OpType, ResolvedRevision};
 pub use go_time::GoTime;
 pub use ids::{
     CaptureId, ChangeFeedId, DEFAULT_NAMESPACE, MAX_ID_LEN, RESERVED_CLUSTER_IDS, UpstreamId,

@@ -1,0 +1,35 @@
+//! The sinks of the data plane: where a span's changes go, chosen by the sink URI's scheme.
+//!
+//! - [`Sink`]: the trait every sink implements. One sink value serves one span: its batches
+//!   arrive in revision order, [`Sink::flush`] makes everything written so far durable, and only
+//!   then may the span's checkpoint cover those changes.
+//! - [`SinkUri`]: the parsed sink URI (`blackhole://`, `file:///dir`, `etcd://h:p[,h:p]/prefix`),
+//!   its query parameters validated per scheme; an unknown scheme or parameter is an [`Error`]
+//!   naming it.
+//! - [`BlackholeSink`]: counts changes and bytes and drops them.
+//! - [`FileSink`]: JSON Lines files per span, rolled by size, fsynced on flush.
+//! - [`AnySink`]: the sink a URI names, opened per span (`etcd://` parses but is not built yet).
+//!
+//! Not here: the source of the changes (`cdc-source-etcd`) and the pipeline that moves them and
+//! keeps the checkpoint (`cdc-processor`).
+#![warn(missing_docs)]
+
+mod any;
+mod blackhole;
+mod error;
+mod file;
+mod sink;
+mod uri;
+
+pub use any::AnySink;
+pub use blackhole::{BlackholeSink, BlackholeStats};
+pub use error::{Error, Result};
+pub use file::{FileSink, file_name, json_line};
+pub use sink::Sink;
+pub use uri::{
+    DEFAULT_BATCH_SIZE, DEFAULT_FLUSH_INTERVAL, DEFAULT_MAX_FILE_SIZE, EtcdSinkConfig,
+    FileSinkConfig, SinkConfig, SinkKind, SinkUri,
+};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,216 @@
+//! Unit tests of the sink URI parser, the blackhole sink and the file sink.
+
+use std::time::Duration;
+
+use cdc_model::ChangeEvent;
+
+use crate::{
+    BlackholeSink, Error, EtcdSinkConfig, FileSink, FileSinkConfig, Sink, SinkConfig, SinkKind,
+    SinkUri, file_name, json_line,
+};
+
+#[test]
+fn unknown_scheme_is_named() {
+    let err = SinkUri::parse("kafka://127.0.0.1:9092/topic").unwrap_err();
+    assert!(matches!(&err, Error::UnknownScheme { scheme } if scheme == "kafka"));
+    assert!(err.to_string().contains("\"kafka\""), "{err}");
+    assert!(!err.is_retryable());
+    assert!(matches!(
+        SinkUri::parse("no-scheme").unwrap_err(),
+        Error::MissingScheme { .. }
+    ));
+}
+
+#[test]
+fn unknown_parameter_is_named() {
+    let err = SinkUri::parse("file:///tmp/out?max-file-size=1MiB&bogus=1").unwrap_err();
+    assert!(
+        matches!(&err, Error::UnknownParameter { scheme, parameter } if scheme == "file" && parameter == "bogus"),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("\"bogus\""), "{err}");
+    // A parameter of another scheme is unknown too.
+    let err = SinkUri::parse("blackhole://?batch-size=10").unwrap_err();
+    assert!(matches!(&err, Error::UnknownParameter { parameter, .. } if parameter == "batch-size"));
+    let err = SinkUri::parse("etcd://h:1/p?max-file-size=1").unwrap_err();
+    assert!(
+        matches!(&err, Error::UnknownParameter { parameter, .. } if parameter == "max-file-size")
+    );
+}
+
+#[test]
+fn parameters_are_parsed() {
+    let uri = SinkUri::parse("blackhole://").unwrap();
+    assert_eq!(uri.kind(), SinkKind::Blackhole);
+    assert_eq!(uri.config, SinkConfig::Blackhole);
+
+    let uri =
+        SinkUri::parse("file:///var/cdc%20out?max-file-size=2MiB&flush-interval=250ms").unwrap();
+    assert_eq!(uri.kind(), SinkKind::File);
+    assert_eq!(
+        uri.config,
+        SinkConfig::File(FileSinkConfig {
+            dir: "/var/cdc out".into(),
+            max_file_size: 2 << 20,
+            flush_interval: Duration::from_millis(250),
+        })
+    );
+    let SinkConfig::File(file) = SinkUri::parse("file:///d").unwrap().config else {
+        panic!("not a file sink")
+    };
+    assert_eq!(file.max_file_size, 64 << 20);
+    assert_eq!(file.flush_interval, Duration::from_secs(1));
+
+    let uri = SinkUri::parse(
+        "etcd://10.0.0.1:2379,10.0.0.2:2379/mirror/?batch-size=64&flush-interval=2s",
+    )
+    .unwrap();
+    assert_eq!(uri.kind(), SinkKind::Etcd);
+    assert_eq!(uri.flush_interval(), Duration::from_secs(2));
+    assert_eq!(
+        uri.config,
+        SinkConfig::Etcd(EtcdSinkConfig {
+            endpoints: vec!["10.0.0.1:2379".to_owned(), "10.0.0.2:2379".to_owned()],
+            prefix: b"/mirror/".to_vec(),
+            batch_size: 64,
+            flush_interval: Duration::from_secs(2),
+        })
+    );
+}
+
+#[test]
+fn bad_values_are_named() {
+    for (uri, parameter) in [
+        ("file:///d?max-file-size=lots", "max-file-size"),
+        ("file:///d?max-file-size=0", "max-file-size"),
+        ("file:///d?max-file-size=1PB", "max-file-size"),
+        ("file:///d?flush-interval=5", "flush-interval"),
+        ("etcd://h:1/p?batch-size=129", "batch-size"),
+        ("etcd://h:1/p?batch-size=0", "batch-size"),
+        ("etcd://h:1/p?batch-size=1&batch-size=2", "batch-size"),
+    ] {
+        let err = SinkUri::parse(uri).unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidParameter { parameter: named, .. } if named == parameter),
+            "{uri}: {err:?}"
+        );
+    }
+    for uri in [
+        "file://host/dir",
+        "file:///",
+        "etcd://h/p",
+        "etcd://h:1",
+        "etcd://h:1,:2/p",
+    ] {
+        assert!(
+            matches!(SinkUri::parse(uri), Err(Error::InvalidUri { .. })),
+            "{uri}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn blackhole_counts_and_drops() {
+    let mut sink = BlackholeSink::new();
+    let stats = sink.stats().clone();
+    sink.write(&[ChangeEvent::put("k", "vv", 2), ChangeEvent::delete("k", 3)])
+        .await
+        .unwrap();
+    sink.flush().await.unwrap();
+    sink.close().await.unwrap();
+    assert_eq!((stats.events(), stats.bytes(), stats.flushes()), (2, 4, 1));
+}
+
+#[test]
+fn json_lines_shape() {
+    assert_eq!(
+        json_line(&ChangeEvent::put("/a", "x\"y", 7)),
+        r#"{"key":"/a","value":"x\"y","revision":7,"op":"put"}"#
+    );
+    assert_eq!(
+        json_line(&ChangeEvent::delete("/a", 8)),
+        r#"{"key":"/a","value":null,"revision":8,"op":"delete"}"#
+    );
+    assert_eq!(
+        json_line(&ChangeEvent::put(vec![0xff, 0x00, 0x61], vec![0xc3], 9)),
+        r#"{"key_base64":"/wBh","value_base64":"ww==","revision":9,"op":"put"}"#
+    );
+}
+
+#[tokio::test]
+async fn file_sink_rolls_in_name_order_and_continues_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = FileSinkConfig {
+        dir: dir.path().to_owned(),
+        max_file_size: 120,
+        flush_interval: Duration::from_secs(1),
+    };
+    let events: Vec<ChangeEvent> = (1..=10)
+        .map(|revision| ChangeEvent::put(format!("/k{revision}"), "v", revision))
+        .collect();
+    let mut sink = FileSink::open(&config, "cf", "span-0").await.unwrap();
+    sink.write(&events[..4]).await.unwrap();
+    sink.write(&events[4..7]).await.unwrap();
+    sink.flush().await.unwrap();
+    sink.close().await.unwrap();
+    // Reopened, as after a restart: the next file sorts after the previous ones.
+    let mut sink = FileSink::open(&config, "cf", "span-0").await.unwrap();
+    sink.write(&events[7..]).await.unwrap();
+    sink.flush().await.unwrap();
+    sink.close().await.unwrap();
+
+    let cf_dir = dir.path().join("cf");
+    let mut names: Vec<String> = std::fs::read_dir(&cf_dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert!(names.len() >= 3, "{names:?}");
+    assert_eq!(names[0], file_name("span-0", 0));
+    let mut revisions = Vec::new();
+    for name in &names {
+        let text = std::fs::read_to_string(cf_dir.join(name)).unwrap();
+        assert!(text.len() <= 120, "{name} has {} bytes", text.len());
+        for line in text.lines() {
+            let value: serde_json::Value = serde_json::from_str(line).unwrap();
+            revisions.push(value["revision"].as_u64().unwrap());
+        }
+    }
+    assert_eq!(revisions, (1..=10).collect::<Vec<u64>>());
+}
+
+#[tokio::test]
+async fn any_sink_opens_what_the_uri_names() {
+    let stats = std::sync::Arc::new(crate::BlackholeStats::default());
+    let uri = SinkUri::parse("blackhole://").unwrap();
+    let mut sink = crate::AnySink::open(&uri, "cf", "span-0", &stats)
+        .await
+        .unwrap();
+    sink.write(&[ChangeEvent::put("k", "v", 2)]).await.unwrap();
+    sink.flush().await.unwrap();
+    sink.close().await.unwrap();
+    assert_eq!(stats.events(), 1);
+
+    let dir = tempfile::tempdir().unwrap();
+    let uri = SinkUri::parse(&format!("file://{}", dir.path().display())).unwrap();
+    let mut sink = crate::AnySink::open(&uri, "cf", "span-0", &stats)
+        .await
+        .unwrap();
+    sink.write(&[ChangeEvent::put("k", "v", 2)]).await.unwrap();
+    sink.flush().await.unwrap();
+    sink.close().await.unwrap();
+    let text = std::fs::read_to_string(dir.path().join("cf").join(file_name("span-0", 0))).unwrap();
+    assert_eq!(
+        text,
+        "{\"key\":\"k\",\"value\":\"v\",\"revision\":2,\"op\":\"put\"}\n"
+    );
+
+    let uri = SinkUri::parse("etcd://127.0.0.1:2379/mirror").unwrap();
+    let err = crate::AnySink::open(&uri, "cf", "span-0", &stats)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::NotImplemented { scheme: "etcd" }),
+        "{err:?}"
+    );
+}

@@ -1,0 +1,347 @@
+//! [`SinkUri`]: the sink URI, parsed and validated per scheme.
+//!
+//! `blackhole://` takes no parameters. `file:///dir` takes `max-file-size` (bytes, or with a
+//! unit `KB`, `KiB`, `MB`, `MiB`, `GB`, `GiB`; default 64 MiB) and `flush-interval`.
+//! `etcd://host:port[,host:port]/prefix` takes `batch-size` (1 to 128, etcd's default limit of
+//! operations per transaction; default 128) and `flush-interval`. `flush-interval` is a number
+//! with a unit `ms`, `s` or `m` (default 1 s). A parameter given twice, or one the scheme does
+//! not know, is an error naming it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// The sink a URI names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkKind {
+    /// `blackhole://`: counts and drops.
+    Blackhole,
+    /// `file:///dir`: JSON Lines files.
+    File,
+    /// `etcd://host:port/prefix`: a mirror in another etcd.
+    Etcd,
+}
+
+impl SinkKind {
+    /// The URI scheme.
+    pub fn scheme(self) -> &'static str {
+        match self {
+            SinkKind::Blackhole => "blackhole",
+            SinkKind::File => "file",
+            SinkKind::Etcd => "etcd",
+        }
+    }
+}
+
+/// The settings of a `file://` sink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileSinkConfig {
+    /// The directory; each changefeed writes under `<dir>/<changefeed id>/`.
+    pub dir: PathBuf,
+    /// A file is rolled once it would grow past this many bytes (a single larger line still gets
+    /// a file of its own).
+    pub max_file_size: u64,
+    /// How often the pipeline flushes.
+    pub flush_interval: Duration,
+}
+
+/// The settings of an `etcd://` sink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdSinkConfig {
+    /// The endpoints, `host:port`.
+    pub endpoints: Vec<String>,
+    /// The prefix that replaces the source prefix.
+    pub prefix: Vec<u8>,
+    /// Changes per transaction.
+    pub batch_size: usize,
+    /// How often the pipeline flushes.
+    pub flush_interval: Duration,
+}
+
+/// A sink's settings, by scheme.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SinkConfig {
+    /// `blackhole://`.
+    Blackhole,
+    /// `file:///dir`.
+    File(FileSinkConfig),
+    /// `etcd://host:port/prefix`.
+    Etcd(EtcdSinkConfig),
+}
+
+/// A parsed and validated sink URI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkUri {
+    /// The URI as given.
+    pub uri: String,
+    /// The settings.
+    pub config: SinkConfig,
+}
+
+/// The default `max-file-size`: 64 MiB.
+pub const DEFAULT_MAX_FILE_SIZE: u64 = 64 << 20;
+/// The default `batch-size` of the etcd sink: etcd's default `--max-txn-ops`.
+pub const DEFAULT_BATCH_SIZE: usize = 128;
+/// The default `flush-interval`.
+pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+
+impl SinkUri {
+    /// Parses `uri`.
+    pub fn parse(uri: &str) -> Result<SinkUri> {
+        let Some((scheme, rest)) = uri.split_once("://") else {
+            return Err(Error::MissingScheme {
+                uri: uri.to_owned(),
+            });
+        };
+        let scheme_lower = scheme.to_ascii_lowercase();
+        let (location, query) = match rest.split_once('?') {
+            Some((location, query)) => (location, query),
+            None => (rest, ""),
+        };
+        let parameters = parse_query(query)?;
+        let config = match scheme_lower.as_str() {
+            "blackhole" => {
+                check_known(&scheme_lower, &parameters, &[])?;
+                SinkConfig::Blackhole
+            }
+            "file" => {
+                check_known(
+                    &scheme_lower,
+                    &parameters,
+                    &["max-file-size", "flush-interval"],
+                )?;
+                let Some(path) = location.strip_prefix('/') else {
+                    return Err(Error::InvalidUri {
+                        uri: uri.to_owned(),
+                        reason: "must name a local absolute directory (file:///dir)",
+                    });
+                };
+                let dir = percent_decode(&format!("/{path}"), "path")?;
+                if path.is_empty() {
+                    return Err(Error::InvalidUri {
+                        uri: uri.to_owned(),
+                        reason: "names no directory",
+                    });
+                }
+                let dir = String::from_utf8(dir).map_err(|_| Error::InvalidUri {
+                    uri: uri.to_owned(),
+                    reason: "has a directory that is not UTF-8",
+                })?;
+                SinkConfig::File(FileSinkConfig {
+                    dir: PathBuf::from(dir),
+                    max_file_size: match parameter(&parameters, "max-file-size") {
+                        Some(value) => parse_size("max-file-size", value)?,
+                        None => DEFAULT_MAX_FILE_SIZE,
+                    },
+                    flush_interval: flush_interval(&parameters)?,
+                })
+            }
+            "etcd" => {
+                check_known(
+                    &scheme_lower,
+                    &parameters,
+                    &["batch-size", "flush-interval"],
+                )?;
+                let (hosts, path) = match location.split_once('/') {
+                    Some((hosts, path)) => (hosts, path),
+                    None => (location, ""),
+                };
+                let mut endpoints = Vec::new();
+                for host in hosts.split(',') {
+                    if !valid_host_port(host) {
+                        return Err(Error::InvalidUri {
+                            uri: uri.to_owned(),
+                            reason: "must list endpoints as host:port[,host:port]",
+                        });
+                    }
+                    endpoints.push(host.to_owned());
+                }
+                if path.is_empty() {
+                    return Err(Error::InvalidUri {
+                        uri: uri.to_owned(),
+                        reason: "names no prefix (etcd://host:port/prefix)",
+                    });
+                }
+                let prefix = percent_decode(&format!("/{path}"), "prefix")?;
+                let batch_size = match parameter(&parameters, "batch-size") {
+                    Some(value) => parse_batch_size(value)?,
+                    None => DEFAULT_BATCH_SIZE,
+                };
+                SinkConfig::Etcd(EtcdSinkConfig {
+                    endpoints,
+                    prefix,
+                    batch_size,
+                    flush_interval: flush_interval(&parameters)?,
+                })
+            }
+            _ => {
+                return Err(Error::UnknownScheme {
+                    scheme: scheme.to_owned(),
+                });
+            }
+        };
+        Ok(SinkUri {
+            uri: uri.to_owned(),
+            config,
+        })
+    }
+
+    /// The sink this URI names.
+    pub fn kind(&self) -> SinkKind {
+        match self.config {
+            SinkConfig::Blackhole => SinkKind::Blackhole,
+            SinkConfig::File(_) => SinkKind::File,
+            SinkConfig::Etcd(_) => SinkKind::Etcd,
+        }
+    }
+
+    /// How often the pipeline should flush this sink.
+    pub fn flush_interval(&self) -> Duration {
+        match &self.config {
+            SinkConfig::Blackhole => DEFAULT_FLUSH_INTERVAL,
+            SinkConfig::File(file) => file.flush_interval,
+            SinkConfig::Etcd(etcd) => etcd.flush_interval,
+        }
+    }
+}
+
+/// Splits a query into decoded `(name, value)` pairs; a name given twice is an error.
+fn parse_query(query: &str) -> Result<Vec<(String, String)>> {
+    let mut parameters: Vec<(String, String)> = Vec::new();
+    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let name = decode_text(name, "parameter name")?;
+        let value = decode_text(value, &name)?;
+        if parameters.iter().any(|(seen, _)| *seen == name) {
+            return Err(Error::InvalidParameter {
+                parameter: name,
+                value,
+                reason: "is given more than once",
+            });
+        }
+        parameters.push((name, value));
+    }
+    Ok(parameters)
+}
+
+fn check_known(scheme: &str, parameters: &[(String, String)], known: &[&str]) -> Result<()> {
+    match parameters
+        .iter()
+        .find(|(name, _)| !known.contains(&name.as_str()))
+    {
+        Some((name, _)) => Err(Error::UnknownParameter {
+            scheme: scheme.to_owned(),
+            parameter: name.clone(),
+        }),
+        None => Ok(()),
+    }
+}
+
+fn parameter<'a>(parameters: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    parameters
+        .iter()
+        .find(|(seen, _)| seen == name)
+        .map(|(_, value)| value.as_str())
+}
+
+fn flush_interval(parameters: &[(String, String)]) -> Result<Duration> {
+    match parameter(parameters, "flush-interval") {
+        Some(value) => parse_duration("flush-interval", value),
+        None => Ok(DEFAULT_FLUSH_INTERVAL),
+    }
+}
+
+fn invalid(parameter: &str, value: &str, reason: &'static str) -> Error {
+    Error::InvalidParameter {
+        parameter: parameter.to_owned(),
+        value: value.to_owned(),
+        reason,
+    }
+}
+
+/// Splits `value` into its leading digits and the rest.
+fn split_number<'a>(parameter: &str, value: &'a str) -> Result<(u64, &'a str)> {
+    let digits = value.bytes().take_while(u8::is_ascii_digit).count();
+    let number = value[..digits]
+        .parse::<u64>()
+        .map_err(|_| invalid(parameter, value, "is not a number"))?;
+    Ok((number, value[digits..].trim()))
+}
+
+fn parse_size(parameter: &str, value: &str) -> Result<u64> {
+    let (number, unit) = split_number(parameter, value)?;
+    let multiplier: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1_000,
+        "kib" => 1 << 10,
+        "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        _ => return Err(invalid(parameter, value, "has an unknown unit")),
+    };
+    let size = number
+        .checked_mul(multiplier)
+        .ok_or_else(|| invalid(parameter, value, "is too large"))?;
+    if size == 0 {
+        return Err(invalid(parameter, value, "must be positive"));
+    }
+    Ok(size)
+}
+
+fn parse_duration(parameter: &str, value: &str) -> Result<Duration> {
+    let (number, unit) = split_number(parameter, value)?;
+    let duration = match unit {
+        "ms" => Duration::from_millis(number),
+        "s" => Duration::from_secs(number),
+        "m" => Duration::from_secs(number.saturating_mul(60)),
+        _ => return Err(invalid(parameter, value, "needs a unit ms, s or m")),
+    };
+    if duration.is_zero() {
+        return Err(invalid(parameter, value, "must be positive"));
+    }
+    Ok(duration)
+}
+
+fn parse_batch_size(value: &str) -> Result<usize> {
+    match value.parse::<usize>() {
+        Ok(size) if (1..=128).contains(&size) => Ok(size),
+        Ok(_) => Err(invalid("batch-size", value, "must be between 1 and 128")),
+        Err(_) => Err(invalid("batch-size", value, "is not a number")),
+    }
+}
+
+fn valid_host_port(endpoint: &str) -> bool {
+    match endpoint.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|port| port > 0),
+        None => false,
+    }
+}
+
+fn decode_text(text: &str, what: &str) -> Result<String> {
+    String::from_utf8(percent_decode(&text.replace('+', " "), what)?)
+        .map_err(|_| invalid(what, text, "is not UTF-8"))
+}
+
+/// Decodes `%XX` escapes.
+fn percent_decode(text: &str, what: &str) -> Result<Vec<u8>> {
+    let bytes = text.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|hex| std::str::from_utf8(hex).ok())
+                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+                .ok_or_else(|| invalid(what, text, "has a bad %-escape"))?;
+            decoded.push(hex);
+            i += 3;
+        } else {
+            decoded.push(bytes[i]);
+            i += 1;
+        }
+    }
+    Ok(decoded)
+}
