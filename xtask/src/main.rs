@@ -42,7 +42,8 @@ enum Cmd {
     },
     /// Build cdc-server and run a local cluster: one etcd and N captures.
     RunCluster(run_cluster::Args),
-    /// Run a benchmark from the cdc-bench package in release mode (failover, worker, p2p).
+    /// Run a benchmark from the cdc-bench package in release mode (failover, failover_cluster,
+    /// worker, p2p, idle).
     Bench {
         /// The benchmark: a binary of the cdc-bench package.
         name: String,

@@ -554,9 +554,14 @@ impl MessageClient {
                     assert!(!self.shared.inject_panic.load(Ordering::Relaxed), "injected client panic");
                     self.track_unacked(&received);
                     self.shared.metrics.add_sent(received.len() as u64);
+                    // The flush comes one interval after the first entry of a batch; an idle
+                    // client does not wake at the batch interval.
+                    if !batcher.has_pending() {
+                        ticker.reset();
+                    }
                     batcher.extend(received.drain(..)).await?;
                 }
-                _ = ticker.tick() => batcher.flush().await?,
+                _ = ticker.tick(), if batcher.has_pending() => batcher.flush().await?,
             }
         }
     }
@@ -741,6 +746,11 @@ impl Batcher {
             self.append(entry).await?;
         }
         Ok(())
+    }
+
+    /// Whether entries wait for the next flush.
+    pub(crate) fn has_pending(&self) -> bool {
+        !self.entries.is_empty()
     }
 
     /// Sends the pending entries as one packet without meta; does nothing when empty.

@@ -599,6 +599,9 @@ pub(super) async fn run_local_receiver(
     let mut tick = tokio::time::interval(LOCAL_FLUSH_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        // The flush follows the first message of a batch by one interval; an idle receiver
+        // does not wake at the flush interval.
+        let was_empty = batch.is_empty();
         let flush = tokio::select! {
             biased;
             _ = cancel.cancelled() => return Ok(()),
@@ -606,9 +609,12 @@ pub(super) async fn run_local_receiver(
                 if received == 0 {
                     return Err(Error::ServerClosed);
                 }
+                if was_empty {
+                    tick.reset();
+                }
                 batch.len() >= LOCAL_BATCH_SIZE
             }
-            _ = tick.tick() => !batch.is_empty(),
+            _ = tick.tick(), if !was_empty => true,
         };
         if flush {
             let task = Task::LocalBatch(std::mem::replace(
