@@ -17,10 +17,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use cdc_bench::{server_binary, status};
 use cdc_etcd::testing::EtcdServer;
 use rand::Rng;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 use tokio::time::{Instant, sleep, timeout};
 
@@ -65,21 +64,6 @@ impl Node {
         let pid = self.child.id().context("the node has exited")?;
         Ok(i32::try_from(pid)?)
     }
-}
-
-/// `/status` of `address`: (capture id, is owner), or `None` if it does not answer.
-async fn status(address: &str) -> Option<(String, bool)> {
-    let get = async {
-        let mut stream = TcpStream::connect(address).await.ok()?;
-        let request = format!("GET /status HTTP/1.0\r\nHost: {address}\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.ok()?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.ok()?;
-        let body = response.split_once("\r\n\r\n")?.1;
-        let json: serde_json::Value = serde_json::from_str(body).ok()?;
-        Some((json["id"].as_str()?.to_owned(), json["is_owner"].as_bool()?))
-    };
-    timeout(Duration::from_secs(1), get).await.ok().flatten()
 }
 
 /// Waits until exactly one node reports itself owner and all report an ID; returns its index.
@@ -188,26 +172,6 @@ async fn run_case(
 fn p50_and_max(samples: &mut [Duration]) -> (Duration, Duration) {
     samples.sort();
     (samples[samples.len() / 2], samples[samples.len() - 1])
-}
-
-fn server_binary() -> Result<PathBuf> {
-    if let Some(path) = std::env::var_os("CDC_SERVER_BIN") {
-        return Ok(PathBuf::from(path));
-    }
-    let exe = std::env::current_exe()?;
-    let profile_dir = exe.parent().context("the binary's directory")?;
-    let candidates = [
-        profile_dir.join("cdc-server"),
-        profile_dir
-            .parent()
-            .context("the target directory")?
-            .join("debug")
-            .join("cdc-server"),
-    ];
-    candidates
-        .into_iter()
-        .find(|path| path.exists())
-        .context("no cdc-server binary: run `cargo build -p cdc-server` or set CDC_SERVER_BIN")
 }
 
 #[tokio::main]
