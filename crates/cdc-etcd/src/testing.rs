@@ -197,10 +197,27 @@ impl EtcdServer {
         kill(Pid::from_raw(pid), signal).map_err(io::Error::other)
     }
 
-    /// Freezes the process (SIGSTOP): connections stay open and nothing answers.
+    /// Freezes the process (SIGSTOP): connections stay open and nothing answers. Returns once
+    /// every thread of etcd is stopped: the kernel stops a process only when one of its threads
+    /// is next scheduled, so on a loaded machine another thread could still answer a request
+    /// sent right after `kill` returned.
     pub fn pause(&mut self) -> io::Result<()> {
         self.signal(Signal::SIGSTOP)?;
         self.paused = true;
+        let pid = self
+            .pid()
+            .ok_or_else(|| io::Error::other("etcd is not running"))?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !all_threads_stopped(pid)? {
+            if Instant::now() >= deadline {
+                return Err(io::Error::other("etcd did not stop within 10 s of SIGSTOP"));
+            }
+            #[allow(
+                clippy::disallowed_methods,
+                reason = "a synchronous test harness call waits a millisecond for the kernel"
+            )]
+            std::thread::sleep(Duration::from_millis(1));
+        }
         Ok(())
     }
 
@@ -238,4 +255,24 @@ impl Drop for EtcdServer {
             let _ = child.wait();
         }
     }
+}
+
+/// Whether every thread of process `pid` is stopped (state `T` in `/proc/<pid>/task/*/stat`).
+fn all_threads_stopped(pid: u32) -> io::Result<bool> {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let stat = match std::fs::read_to_string(task?.path().join("stat")) {
+            Ok(stat) => stat,
+            // A thread that exited meanwhile is not running either.
+            Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+            Err(err) => return Err(err),
+        };
+        // The state follows the parenthesised command name, which may itself hold spaces.
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next());
+        if !matches!(state, Some("T" | "t")) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
