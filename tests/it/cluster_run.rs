@@ -30,6 +30,12 @@ fn blocked_signals(pid: i32) -> Option<u64> {
     u64::from_str_radix(mask, 16).ok()
 }
 
+/// The command name of process `pid` (`comm`: the executable's name, 15 bytes at most).
+fn command_of(pid: i32) -> Option<String> {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    Some(comm.trim_end().to_owned())
+}
+
 /// The processes whose parent is `pid`.
 fn children_of(pid: i32) -> Vec<i32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -191,9 +197,14 @@ async fn run_cluster_stops_on_sigint_during_startup() -> Result<()> {
         .stderr(Stdio::null())
         .spawn()?;
     let xtask_pid = i32::try_from(child.id())?;
+    // Both children must have exec'd the server: between fork and exec a child still blocks
+    // every signal, as the spawning library does.
     let nodes = wait_for(Duration::from_secs(20), || {
         let nodes = children_of(xtask_pid);
-        async move { (nodes.len() == 2).then_some(nodes) }
+        let execed = nodes
+            .iter()
+            .all(|pid| command_of(*pid).as_deref() == Some("cdc-server"));
+        async move { (nodes.len() == 2 && execed).then_some(nodes) }
     })
     .await
     .context("run-cluster starts two captures")?;
