@@ -28,8 +28,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use cdc_etcd::{
-    Compare, CompareOp, EtcdClient, EventKind, GetOptions, KeyValue, LeaseId, Revision, RpcCode,
-    SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse, WatchOptions, WatchResponse,
+    Compare, CompareOp, EtcdClient, EventKind, GetOptions, KeyValue, LeaseId, OwnerFence, Revision,
+    RpcCode, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse, WatchOptions, WatchResponse,
 };
 use cdc_model::ErrorReport;
 use tokio_util::sync::CancellationToken;
@@ -49,27 +49,6 @@ pub const CANCEL_CLEANUP_TIMEOUT: Duration = Duration::from_secs(2);
 const RETRY_BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// The longest pause between retries of a transient etcd failure.
 const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(2);
-
-/// Proof of leadership: owner writes carry `create_revision(key) == create_revision`, so a
-/// deposed owner's writes fail even when its data revisions are still current.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OwnerFence {
-    /// Our election key, `<prefix>/<lease hex>`.
-    pub key: Vec<u8>,
-    /// Its create revision when we won.
-    pub create_revision: Revision,
-}
-
-impl OwnerFence {
-    /// The guard to add to every owner transaction.
-    pub fn compare(&self) -> Compare {
-        Compare::CreateRevision {
-            key: self.key.clone(),
-            op: CompareOp::Equal,
-            revision: self.create_revision,
-        }
-    }
-}
 
 #[derive(Debug, Default)]
 struct State {

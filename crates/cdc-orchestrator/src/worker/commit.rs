@@ -244,11 +244,7 @@ impl Run {
     /// revision must be the campaign's, and a refused transaction reads the key back.
     pub(super) fn add_fence(&self, txn: &mut Txn) {
         if let Some(fence) = &self.fence {
-            txn.compares.push(Compare::CreateRevision {
-                key: fence.key.clone(),
-                op: CompareOp::Equal,
-                revision: fence.create_revision,
-            });
+            txn.compares.push(fence.compare());
             txn.failure.push(TxnOp::Get {
                 key: fence.key.clone(),
                 options: GetOptions::default(),
