@@ -27,6 +27,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
+use cdc_etcd::retry::{self, BackoffPolicy, Jitter};
 use cdc_etcd::{
     Compare, CompareOp, EtcdClient, EventKind, GetOptions, KeyValue, LeaseId, OwnerFence, Revision,
     RpcCode, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse, WatchOptions, WatchResponse,
@@ -142,29 +143,28 @@ fn is_transient(err: &Error) -> bool {
     matches!(err, Error::Etcd(err) if err.is_retryable())
 }
 
-/// The pauses between retries of a transient failure: from [`RETRY_BACKOFF_MIN`], doubling up
-/// to [`RETRY_BACKOFF_MAX`], each drawn from the upper half of its step.
+/// The pauses between retries of a transient failure: [`cdc_etcd::retry::Backoff`] from
+/// [`RETRY_BACKOFF_MIN`], doubling up to [`RETRY_BACKOFF_MAX`], each drawn from the upper half
+/// of its step, with a wait that ends early when the campaign is cancelled.
 #[derive(Debug)]
-struct Backoff {
-    step: Duration,
-}
+struct Backoff(retry::Backoff);
 
 impl Backoff {
     fn new() -> Backoff {
-        Backoff {
-            step: RETRY_BACKOFF_MIN,
-        }
+        Backoff(retry::Backoff::new(BackoffPolicy {
+            base: RETRY_BACKOFF_MIN,
+            max: RETRY_BACKOFF_MAX,
+            jitter: Jitter::Shorten,
+        }))
     }
 
     fn reset(&mut self) {
-        self.step = RETRY_BACKOFF_MIN;
+        self.0.reset();
     }
 
     /// The next pause, in `[step / 2, step]`.
     fn next_delay(&mut self) -> Duration {
-        let delay = self.step.mul_f64(rand::random_range(0.5..=1.0));
-        self.step = (self.step * 2).min(RETRY_BACKOFF_MAX);
-        delay
+        self.0.next_delay()
     }
 
     /// Sleeps the next pause unless `cancel` fires first.
