@@ -7,10 +7,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cdc_election::Session;
 use cdc_etcd::{
-    CdcEtcdClient, Compare, CompareOp, GetOptions, RetryPolicy, RetryingClient, Txn, TxnOp, key,
+    CdcEtcdClient, Compare, CompareOp, GetOptions, OwnerFence, RetryPolicy, RetryingClient, Txn,
+    TxnOp, key,
 };
 use cdc_model::{AtomicLiveness, CaptureInfo, DEFAULT_NAMESPACE, ErrorReport, Liveness};
-use cdc_orchestrator::{EtcdWorker, GlobalReactorState, OwnerFence};
+use cdc_orchestrator::{EtcdWorker, GlobalReactorState};
 use cdc_p2p::{MessageRouter, MessageServer, MetricsSnapshot, ServerWrapper};
 use futures::future::BoxFuture;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cdc_election::{OwnerFence, Session};
-use cdc_etcd::Revision;
+use cdc_election::Session;
+use cdc_etcd::{OwnerFence, Revision};
 use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 

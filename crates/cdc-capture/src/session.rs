@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use cdc_election::{Session, SessionConfig};
 use cdc_etcd::EtcdClient;
+use cdc_etcd::retry::{Backoff, BackoffPolicy, Jitter};
 use futures::future::BoxFuture;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -13,6 +14,12 @@ use crate::error::{Error, Result};
 
 /// How long a whole grant may take, retries included (the retrying client's budget).
 const GRANT_DEADLINE: Duration = Duration::from_secs(30);
+/// The pauses between grant attempts: from 100 ms, doubling up to 2 s.
+const GRANT_BACKOFF: BackoffPolicy = BackoffPolicy {
+    base: Duration::from_millis(100),
+    max: Duration::from_secs(2),
+    jitter: Jitter::None,
+};
 /// How long closing a session may take: joining its keep-alive and revoking its lease. The
 /// sessions this factory grants bound each by half of it, so the close that the capture bounds
 /// by the whole never loses the revoke to the join.
@@ -66,7 +73,7 @@ async fn grant_retrying(
     cancel: &CancellationToken,
 ) -> Result<Session> {
     let deadline = Instant::now() + GRANT_DEADLINE;
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(GRANT_BACKOFF);
     loop {
         // A grant dropped here at most leaves a lease that expires on its own.
         let attempt = tokio::select! {
@@ -80,15 +87,15 @@ async fn grant_retrying(
         if !err.is_retryable() {
             return Err(err.into());
         }
-        if Instant::now() + backoff >= deadline {
+        let delay = backoff.next_delay();
+        if Instant::now() + delay >= deadline {
             warn!(error = %cdc_model::ErrorReport(&err), "lease grant failed until its deadline");
             return Err(Error::DeadlineExceeded { op: "lease grant" });
         }
         warn!(error = %cdc_model::ErrorReport(&err), "lease grant failed, retrying");
         tokio::select! {
             () = cancel.cancelled() => return Err(Error::Cancelled),
-            () = tokio::time::sleep(backoff) => {}
+            () = tokio::time::sleep(delay) => {}
         }
-        backoff = (backoff * 2).min(Duration::from_secs(2));
     }
 }

@@ -27,9 +27,10 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
+use cdc_etcd::retry::{self, BackoffPolicy, Jitter};
 use cdc_etcd::{
-    Compare, CompareOp, EtcdClient, EventKind, GetOptions, KeyValue, LeaseId, Revision, RpcCode,
-    SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse, WatchOptions, WatchResponse,
+    Compare, CompareOp, EtcdClient, EventKind, GetOptions, KeyValue, LeaseId, OwnerFence, Revision,
+    RpcCode, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse, WatchOptions, WatchResponse,
 };
 use cdc_model::ErrorReport;
 use tokio_util::sync::CancellationToken;
@@ -49,27 +50,6 @@ pub const CANCEL_CLEANUP_TIMEOUT: Duration = Duration::from_secs(2);
 const RETRY_BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// The longest pause between retries of a transient etcd failure.
 const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(2);
-
-/// Proof of leadership: owner writes carry `create_revision(key) == create_revision`, so a
-/// deposed owner's writes fail even when its data revisions are still current.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OwnerFence {
-    /// Our election key, `<prefix>/<lease hex>`.
-    pub key: Vec<u8>,
-    /// Its create revision when we won.
-    pub create_revision: Revision,
-}
-
-impl OwnerFence {
-    /// The guard to add to every owner transaction.
-    pub fn compare(&self) -> Compare {
-        Compare::CreateRevision {
-            key: self.key.clone(),
-            op: CompareOp::Equal,
-            revision: self.create_revision,
-        }
-    }
-}
 
 #[derive(Debug, Default)]
 struct State {
@@ -163,29 +143,28 @@ fn is_transient(err: &Error) -> bool {
     matches!(err, Error::Etcd(err) if err.is_retryable())
 }
 
-/// The pauses between retries of a transient failure: from [`RETRY_BACKOFF_MIN`], doubling up
-/// to [`RETRY_BACKOFF_MAX`], each drawn from the upper half of its step.
+/// The pauses between retries of a transient failure: [`cdc_etcd::retry::Backoff`] from
+/// [`RETRY_BACKOFF_MIN`], doubling up to [`RETRY_BACKOFF_MAX`], each drawn from the upper half
+/// of its step, with a wait that ends early when the campaign is cancelled.
 #[derive(Debug)]
-struct Backoff {
-    step: Duration,
-}
+struct Backoff(retry::Backoff);
 
 impl Backoff {
     fn new() -> Backoff {
-        Backoff {
-            step: RETRY_BACKOFF_MIN,
-        }
+        Backoff(retry::Backoff::new(BackoffPolicy {
+            base: RETRY_BACKOFF_MIN,
+            max: RETRY_BACKOFF_MAX,
+            jitter: Jitter::Shorten,
+        }))
     }
 
     fn reset(&mut self) {
-        self.step = RETRY_BACKOFF_MIN;
+        self.0.reset();
     }
 
     /// The next pause, in `[step / 2, step]`.
     fn next_delay(&mut self) -> Duration {
-        let delay = self.step.mul_f64(rand::random_range(0.5..=1.0));
-        self.step = (self.step * 2).min(RETRY_BACKOFF_MAX);
-        delay
+        self.0.next_delay()
     }
 
     /// Sleeps the next pause unless `cancel` fires first.

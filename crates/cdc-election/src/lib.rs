@@ -53,7 +53,8 @@ mod election;
 mod error;
 mod session;
 
-pub use election::{CANCEL_CLEANUP_TIMEOUT, Election, OwnerFence, RECHECK_INTERVAL};
+pub use cdc_etcd::OwnerFence;
+pub use election::{CANCEL_CLEANUP_TIMEOUT, Election, RECHECK_INTERVAL};
 pub use error::{Error, Result};
 pub use session::{
     DEFAULT_SESSION_TTL_SECS, MIN_SESSION_TTL_SECS, Session, SessionConfig, SessionDone, SessionEnd,

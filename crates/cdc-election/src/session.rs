@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use cdc_etcd::retry::{Backoff, BackoffPolicy, Jitter};
 use cdc_etcd::{ConnectConfig, EtcdClient, KeepAliveResponse, LeaseId, LeaseKeepAlive};
 use cdc_model::ErrorReport;
 use tokio::sync::oneshot;
@@ -37,9 +38,13 @@ pub const MIN_SESSION_TTL_SECS: i64 = 5;
 
 /// The shortest renewal period, whatever the TTL.
 const MIN_RENEW_INTERVAL: Duration = Duration::from_millis(200);
-/// Pacing of keep-alive stream reconnects.
-const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(100);
-const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Pacing of keep-alive stream reconnects: from 100 ms, doubling up to 1 s, each pause up to
+/// half as long again as its step.
+const RECONNECT_BACKOFF: BackoffPolicy = BackoffPolicy {
+    base: Duration::from_millis(100),
+    max: Duration::from_secs(1),
+    jitter: Jitter::Lengthen,
+};
 
 /// How a session is granted and closed.
 #[derive(Clone, Debug)]
@@ -619,16 +624,15 @@ impl Keeper {
         // Send times of the renewals still waiting for their answer (answers come in order).
         let mut in_flight: VecDeque<Instant> = VecDeque::new();
         let mut next_renewal = Instant::now() + renew_every;
-        let mut backoff = RECONNECT_BACKOFF_MIN;
+        let mut backoff = Backoff::new(RECONNECT_BACKOFF);
         loop {
             let Some(open) = stream.as_mut() else {
                 tokio::select! {
                     biased;
                     _ = self.stop.cancelled() => return None,
                     _ = sleep_until(self.deadline) => return Some(SessionEnd::DeadlineExceeded),
-                    _ = sleep(jittered(backoff)) => {}
+                    _ = sleep(backoff.next_delay()) => {}
                 }
-                backoff = (backoff * 2).min(RECONNECT_BACKOFF_MAX);
                 match self.open(transport).await {
                     Ok(reopened) => {
                         tracing::info!(
@@ -638,7 +642,7 @@ impl Keeper {
                         stream = Some(reopened);
                         in_flight.clear();
                         next_renewal = Instant::now() + renew_every;
-                        backoff = RECONNECT_BACKOFF_MIN;
+                        backoff.reset();
                     }
                     Err(OpenFailure::Stopped) => return None,
                     Err(OpenFailure::Deadline) => return Some(SessionEnd::DeadlineExceeded),
@@ -703,12 +707,6 @@ impl Keeper {
             }
         }
     }
-}
-
-/// `base` plus up to 50 % random jitter.
-fn jittered(base: Duration) -> Duration {
-    let extra = rand::random_range(0.0..0.5);
-    base.mul_f64(1.0 + extra)
 }
 
 #[cfg(test)]

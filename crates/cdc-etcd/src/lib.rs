@@ -21,6 +21,7 @@ mod cdc_client;
 mod classify;
 mod client;
 mod error;
+mod fence;
 pub mod key;
 pub mod retry;
 mod types;
@@ -32,6 +33,7 @@ pub mod testing;
 pub use cdc_client::{CdcEtcdClient, META_VERSION};
 pub use client::{ConnectConfig, EtcdClient, LeaseKeepAlive, RawWatch};
 pub use error::{Error, Result, RpcCode};
+pub use fence::OwnerFence;
 pub use retry::{RetryPolicy, RetryingClient};
 pub use types::{
     Compare, CompareOp, Event, EventKind, GetOptions, GetResponse, KeepAliveResponse, KeyValue,

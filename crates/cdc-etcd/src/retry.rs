@@ -74,6 +74,95 @@ pub fn backoff_delay(retry: u32, policy: &RetryPolicy, rng: &mut impl Rng) -> Du
     Duration::from_millis(cap.min(spread.saturating_add(base)))
 }
 
+/// How a [`Backoff`] spreads a pause around its nominal step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Jitter {
+    /// Exactly the step.
+    None,
+    /// Up to half shorter: half the step plus a random part of the other half, in
+    /// `[step / 2, step]`, so that callers that failed together do not retry together and no
+    /// pause exceeds the cap.
+    Shorten,
+    /// Up to half longer: the step plus a random part of its half, in `[step, 1.5 * step)`, so
+    /// that no pause is shorter than its step.
+    Lengthen,
+}
+
+impl Jitter {
+    /// The pause for a nominal `step`.
+    pub fn apply(self, step: Duration, rng: &mut impl Rng) -> Duration {
+        match self {
+            Jitter::None => step,
+            Jitter::Shorten => {
+                let half = step / 2;
+                half + half.mul_f64(rng.random::<f64>())
+            }
+            Jitter::Lengthen => step + (step / 2).mul_f64(rng.random::<f64>()),
+        }
+    }
+}
+
+/// The numbers of a [`Backoff`]: the first step, the cap and the jitter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackoffPolicy {
+    /// The step of the first pause.
+    pub base: Duration,
+    /// The largest step.
+    pub max: Duration,
+    /// How each pause is drawn from its step.
+    pub jitter: Jitter,
+}
+
+impl BackoffPolicy {
+    /// The step of pause number `attempt` (1 for the first), before jitter: the base, doubled
+    /// for every pause after the first, capped.
+    pub fn step(&self, attempt: u32) -> Duration {
+        let doublings = attempt.saturating_sub(1).min(31);
+        self.base.saturating_mul(1 << doublings).min(self.max)
+    }
+}
+
+/// Exponential backoff with jitter: the pauses of a loop that retries a failing call, from the
+/// policy's base, doubling up to its cap, until [`Backoff::reset`] after a success.
+#[derive(Clone, Debug)]
+pub struct Backoff {
+    policy: BackoffPolicy,
+    attempts: u32,
+}
+
+impl Backoff {
+    /// A backoff whose next pause is the first.
+    pub const fn new(policy: BackoffPolicy) -> Backoff {
+        Backoff {
+            policy,
+            attempts: 0,
+        }
+    }
+
+    /// The next pause: the current step with jitter; the step then doubles, up to the cap.
+    pub fn next_delay(&mut self) -> Duration {
+        self.attempts = self.attempts.saturating_add(1);
+        self.policy
+            .jitter
+            .apply(self.policy.step(self.attempts), &mut rand::rng())
+    }
+
+    /// Starts again from the base.
+    pub fn reset(&mut self) {
+        self.attempts = 0;
+    }
+
+    /// The pauses given since the last reset.
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &BackoffPolicy {
+        &self.policy
+    }
+}
+
 /// Runs `attempt` until it succeeds, fails with an error `is_retryable` rejects, has been tried
 /// `policy.max_tries` times ([`Error::ReachMaxTry`]), or the deadline passes
 /// ([`Error::DeadlineExceeded`], naming `endpoints`). Cancellation returns [`Error::Cancelled`]

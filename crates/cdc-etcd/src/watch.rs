@@ -37,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::client::{EtcdClient, RawWatch};
 use crate::error::{Error, Result};
+use crate::retry::{Backoff, BackoffPolicy, Jitter};
 use crate::types::{Revision, WatchOptions, WatchResponse};
 
 /// One watch stream, as [`ResilientWatch`] needs it.
@@ -255,31 +256,40 @@ struct Forwarder<S: WatchSource> {
 
 impl<S: WatchSource> Forwarder<S> {
     async fn run(mut self) {
-        let mut backoff = self.config.min_reopen_backoff;
+        let mut backoff = self.reopen_backoff();
         loop {
             let Some(stream) = self.open().await else {
                 return;
             };
             match self.forward(stream).await {
                 Step::Stop => return,
-                Step::Continue | Step::Stalled => backoff = self.config.min_reopen_backoff,
+                Step::Continue | Step::Stalled => backoff.reset(),
                 Step::Broken => {
                     if self.end_if_stalled().await {
                         return;
                     }
                     // The stream broke: pace the re-open so that a dead server is not hammered.
-                    if !sleep(&self.cancel, backoff).await {
+                    if !sleep(&self.cancel, backoff.next_delay()).await {
                         return;
                     }
-                    backoff = (backoff * 2).min(self.config.max_reopen_backoff);
                 }
             }
         }
     }
 
+    /// The pauses between re-opens: from `min_reopen_backoff`, doubling up to
+    /// `max_reopen_backoff`, without jitter.
+    fn reopen_backoff(&self) -> Backoff {
+        Backoff::new(BackoffPolicy {
+            base: self.config.min_reopen_backoff,
+            max: self.config.max_reopen_backoff,
+            jitter: Jitter::None,
+        })
+    }
+
     /// Opens a stream from the resume revision, retrying with backoff; `None` when cancelled.
     async fn open(&mut self) -> Option<S::Stream> {
-        let mut backoff = self.config.min_reopen_backoff;
+        let mut backoff = self.reopen_backoff();
         loop {
             let opened = tokio::select! {
                 () = self.cancel.cancelled() => return None,
@@ -303,10 +313,9 @@ impl<S: WatchSource> Forwarder<S> {
             if self.end_if_stalled().await {
                 return None;
             }
-            if !sleep(&self.cancel, backoff).await {
+            if !sleep(&self.cancel, backoff.next_delay()).await {
                 return None;
             }
-            backoff = (backoff * 2).min(self.config.max_reopen_backoff);
         }
     }
 

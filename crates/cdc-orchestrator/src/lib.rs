@@ -32,6 +32,7 @@ mod reactor;
 mod worker;
 
 pub use batch::{TXN_MAX_OPS, TXN_MAX_SIZE};
+pub use cdc_etcd::OwnerFence;
 pub use changefeed::ChangefeedReactorState;
 pub use error::{Error, Result};
 pub use global::{CaptureAddedHook, CaptureRemovedHook, GlobalReactorState};
@@ -41,4 +42,4 @@ pub use patch::{
     SingleDataPatch, Value,
 };
 pub use reactor::{NextTick, Reactor, ReactorState, TickPoke};
-pub use worker::{DEFAULT_HEARTBEAT, EtcdWorker, OwnerFence};
+pub use worker::{DEFAULT_HEARTBEAT, EtcdWorker};

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use cdc_etcd::retry::retry;
 use cdc_etcd::watch::{EtcdWatchSource, ResilientWatch, WatchConfig, WatchSource};
-use cdc_etcd::{EtcdClient, EventKind, GetOptions, RetryPolicy, Revision, WatchResponse};
+use cdc_etcd::{
+    EtcdClient, EventKind, GetOptions, OwnerFence, RetryPolicy, Revision, WatchResponse,
+};
 use cdc_model::ErrorReport;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -55,16 +57,6 @@ const SNAPSHOT_RETRY: RetryPolicy = RetryPolicy {
     base_backoff: Duration::from_millis(100),
     max_backoff: Duration::from_secs(2),
 };
-
-/// The owner fence: every transaction of a fenced worker also requires that the owner key
-/// still has the create revision of the campaign that won.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OwnerFence {
-    /// The owner key (`.../__cdc_meta__/owner/<lease hex>`).
-    pub key: Vec<u8>,
-    /// The create revision of the owner key when the campaign was won.
-    pub create_revision: Revision,
-}
 
 /// Starts the worker's watch from a revision (inclusive) with a timing.
 type OpenWatch = dyn Fn(Revision, WatchConfig, CancellationToken) -> ResilientWatch + Send + Sync;

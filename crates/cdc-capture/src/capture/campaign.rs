@@ -79,10 +79,6 @@ impl Capture {
             if self.liveness.load() == Liveness::Stopping {
                 owner.async_stop();
             }
-            let fence = OwnerFence {
-                key: fence.key,
-                create_revision: fence.create_revision,
-            };
             let (owner_confirmed_tx, owner_confirmed_rx) = watch::channel(false);
             let (controller_confirmed_tx, controller_confirmed_rx) = watch::channel(false);
             let confirming_owner: Arc<dyn Owner> = Arc::new(ConfirmingOwner {

@@ -183,11 +183,7 @@ impl Capture {
         });
         let txn = Txn {
             compares: vec![
-                Compare::CreateRevision {
-                    key: fence.key.clone(),
-                    op: CompareOp::Equal,
-                    revision: fence.create_revision,
-                },
+                fence.compare(),
                 Compare::ModRevision {
                     key: version_key.into_bytes(),
                     op: CompareOp::Equal,

@@ -245,3 +245,36 @@ fn backoff_bounds() {
         }
     }
 }
+
+#[test]
+fn backoff_steps_double_up_to_the_cap_and_reset() {
+    let policy = BackoffPolicy {
+        base: Duration::from_millis(50),
+        max: Duration::from_secs(2),
+        jitter: Jitter::None,
+    };
+    let steps: Vec<u128> = (1..=8).map(|n| policy.step(n).as_millis()).collect();
+    assert_eq!(steps, [50, 100, 200, 400, 800, 1600, 2000, 2000]);
+    assert_eq!(policy.step(u32::MAX), policy.max);
+
+    let mut backoff = Backoff::new(policy);
+    let delays: Vec<u128> = (0..8).map(|_| backoff.next_delay().as_millis()).collect();
+    assert_eq!(delays, steps);
+    assert_eq!(backoff.attempts(), 8);
+    backoff.reset();
+    assert_eq!(backoff.attempts(), 0);
+    assert_eq!(backoff.next_delay(), policy.base);
+}
+
+#[test]
+fn backoff_jitter_stays_in_its_range() {
+    let mut rng = StdRng::seed_from_u64(7);
+    let step = Duration::from_millis(400);
+    for _ in 0..200 {
+        let lower = Jitter::Shorten.apply(step, &mut rng);
+        assert!(lower >= step / 2 && lower <= step, "{lower:?}");
+        let upper = Jitter::Lengthen.apply(step, &mut rng);
+        assert!(upper >= step && upper < step * 3 / 2, "{upper:?}");
+        assert_eq!(Jitter::None.apply(step, &mut rng), step);
+    }
+}

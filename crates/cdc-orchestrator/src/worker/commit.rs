@@ -4,9 +4,9 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
+use cdc_etcd::retry::{Backoff, BackoffPolicy, Jitter};
 use cdc_etcd::{Compare, CompareOp, GetOptions, Revision, Txn, TxnOp, TxnOpResponse};
 use cdc_model::ErrorReport;
-use rand::Rng;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
@@ -244,11 +244,7 @@ impl Run {
     /// revision must be the campaign's, and a refused transaction reads the key back.
     pub(super) fn add_fence(&self, txn: &mut Txn) {
         if let Some(fence) = &self.fence {
-            txn.compares.push(Compare::CreateRevision {
-                key: fence.key.clone(),
-                op: CompareOp::Equal,
-                revision: fence.create_revision,
-            });
+            txn.compares.push(fence.compare());
             txn.failure.push(TxnOp::Get {
                 key: fence.key.clone(),
                 options: GetOptions::default(),
@@ -297,15 +293,36 @@ pub(super) fn repaired_counter(last_valid: i64, bad_revision: Revision) -> Optio
     counter.checked_add(1).map(|_| counter)
 }
 
+/// The pauses of [`CommitBackoff`]: from [`COMMIT_BACKOFF_BASE`], doubling up to
+/// [`COMMIT_BACKOFF_MAX`], each drawn from the upper half of its step so that workers that
+/// failed together do not retry together.
+const COMMIT_BACKOFF: BackoffPolicy = BackoffPolicy {
+    base: COMMIT_BACKOFF_BASE,
+    max: COMMIT_BACKOFF_MAX,
+    jitter: Jitter::Shorten,
+};
+
 /// The pause of a worker after consecutive transactions that failed with an etcd error
 /// (etcd out of space, overloaded or unreachable): a worker does not retry a struggling etcd
 /// at its tick rate. Reset as soon as etcd answers a transaction.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct CommitBackoff {
     /// Consecutive failures.
     pub(super) failures: u32,
     /// No transaction before this instant.
     pub(super) until: Option<Instant>,
+    /// The pauses.
+    backoff: Backoff,
+}
+
+impl Default for CommitBackoff {
+    fn default() -> CommitBackoff {
+        CommitBackoff {
+            failures: 0,
+            until: None,
+            backoff: Backoff::new(COMMIT_BACKOFF),
+        }
+    }
 }
 
 impl CommitBackoff {
@@ -317,7 +334,7 @@ impl CommitBackoff {
     /// Counts a failure at `now` and returns the pause before the next transaction.
     pub(super) fn fail(&mut self, now: Instant) -> Duration {
         self.failures = self.failures.saturating_add(1);
-        let delay = jittered(nominal_backoff(self.failures), &mut rand::rng());
+        let delay = self.backoff.next_delay();
         self.until = Some(now + delay);
         delay
     }
@@ -327,18 +344,14 @@ impl CommitBackoff {
     }
 }
 
-/// The pause after `failures` (at least 1) consecutive failures before jitter: the base,
-/// doubled for every failure after the first, capped.
+/// The pause after `failures` (at least 1) consecutive failures before jitter.
+#[cfg(test)]
 pub(super) fn nominal_backoff(failures: u32) -> Duration {
-    let doublings = failures.saturating_sub(1).min(31);
-    COMMIT_BACKOFF_BASE
-        .saturating_mul(1 << doublings)
-        .min(COMMIT_BACKOFF_MAX)
+    COMMIT_BACKOFF.step(failures)
 }
 
-/// Half of `nominal` plus a random part of the other half, so that workers that failed
-/// together do not retry together.
-pub(super) fn jittered(nominal: Duration, rng: &mut impl Rng) -> Duration {
-    let half = nominal / 2;
-    half + half.mul_f64(rng.random::<f64>())
+/// The pause drawn from `nominal`: in `[nominal / 2, nominal]`.
+#[cfg(test)]
+pub(super) fn jittered(nominal: Duration, rng: &mut impl rand::Rng) -> Duration {
+    COMMIT_BACKOFF.jitter.apply(nominal, rng)
 }
