@@ -344,3 +344,24 @@ impl From<cdc_model::Error> for Error {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_the_layout_rejects_is_invalid_etcd_key() {
+        let bare = "/tidb/cdc/default";
+        let err = Error::from(crate::key::CdcKey::parse("default", bare).unwrap_err());
+        assert!(
+            matches!(&err, Error::InvalidEtcdKey { key, .. } if key == bare),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string()
+                .starts_with("[CDC:ErrInvalidEtcdKey]invalid key: /tidb/cdc/default: "),
+            "{err}"
+        );
+        assert!(!err.is_retryable());
+    }
+}
