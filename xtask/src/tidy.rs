@@ -1,8 +1,10 @@
 //! `cargo xtask tidy`: the workspace's invariants as checks (in the style of rust-analyzer's tidy).
 //!
-//! Four checks, each a pure function over `cargo metadata` and the texts of the repository's files:
+//! Five checks, each a pure function over `cargo metadata` and the texts of the repository's files:
 //! - [`check_layering`]: no dependency edge that the layering of `ARCHITECTURE.md` forbids
 //!   ([`RULES`]);
+//! - [`check_pure_modules`]: the pure modules of a crate that also has an IO shell name none of
+//!   the IO crates ([`PURE_MODULES`]);
 //! - [`check_unused_dependencies`]: every declared dependency is named by a source file of its
 //!   package, and every `[workspace.dependencies]` entry is declared by a member;
 //! - [`check_headers`]: every `.rs` file opens with a `//!` line;
@@ -67,6 +69,7 @@ pub(crate) fn check_all(
     root_manifest: &str,
 ) -> Vec<Violation> {
     let mut violations = check_layering(metadata, RULES);
+    violations.extend(check_pure_modules(files, PURE_MODULES));
     violations.extend(check_unused_dependencies(metadata, files, root_manifest));
     violations.extend(check_headers(files));
     violations.extend(check_citations(files));
@@ -84,6 +87,7 @@ pub(crate) struct Violation {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Check {
     Layering,
+    PureModule,
     UnusedDependency,
     Header,
     Citation,
@@ -93,6 +97,7 @@ impl fmt::Display for Violation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let check = match self.check {
             Check::Layering => "layering",
+            Check::PureModule => "pure module",
             Check::UnusedDependency => "unused dependency",
             Check::Header => "header",
             Check::Citation => "citation",
@@ -685,6 +690,70 @@ fn workspace_dependencies(root_manifest: &str) -> Vec<String> {
         }
     }
     entries
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pure modules.
+
+/// The pure modules of one crate, whose IO shell lives in the same crate: every `.rs` file under
+/// `src` is pure except the `shell` entries (a file, or a directory with everything under it).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PureModules {
+    /// The crate's source directory, relative to the workspace root.
+    pub(crate) src: &'static str,
+    /// The files and directories directly under `src` that may name the IO crates.
+    pub(crate) shell: &'static [&'static str],
+    /// The crates (as code names them) that a pure module never names.
+    pub(crate) forbidden: &'static [&'static str],
+    pub(crate) reason: &'static str,
+}
+
+/// The pure cores of `ARCHITECTURE.md` ("Code map").
+pub(crate) const PURE_MODULES: &[PureModules] = &[PureModules {
+    src: "crates/cdc-orchestrator/src",
+    // The worker and its metrics are the IO shell; the crate root re-exports them and the error
+    // type wraps the etcd client's errors.
+    shell: &["lib.rs", "error.rs", "metrics.rs", "worker.rs", "worker"],
+    forbidden: &["cdc_etcd", "etcd_client", "tonic"],
+    reason: "the orchestrator's states, patches and reactors are pure: they read keys through \
+             cdc_model::key and reach etcd only through the worker",
+}];
+
+/// Every line of a pure module's code (comments aside) that names a crate its set forbids.
+pub(crate) fn check_pure_modules(files: &[SourceFile], sets: &[PureModules]) -> Vec<Violation> {
+    let mut violations = Vec::new();
+    for set in sets {
+        for file in files {
+            if file.path.extension().is_none_or(|ext| ext != "rs") {
+                continue;
+            }
+            let Ok(relative) = file.path.strip_prefix(set.src) else {
+                continue;
+            };
+            let first = relative.components().next();
+            if first.is_some_and(|first| set.shell.iter().any(|shell| first.as_os_str() == *shell))
+            {
+                continue;
+            }
+            let code = lex(&file.text).code;
+            for (index, line) in code.lines().enumerate() {
+                for name in set.forbidden {
+                    if names_crate(line, name) {
+                        violations.push(Violation {
+                            check: Check::PureModule,
+                            message: format!(
+                                "{}:{}: a pure module names `{name}`: {}",
+                                file.path.display(),
+                                index + 1,
+                                set.reason
+                            ),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    violations
 }
 
 // ---------------------------------------------------------------------------------------------

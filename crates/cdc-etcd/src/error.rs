@@ -316,3 +316,52 @@ impl Error {
         }
     }
 }
+
+/// A key rejected by the key layout (`cdc_model::key`) is [`Error::InvalidEtcdKey`], so that
+/// callers and [`Error::is_retryable`] classify it as before the layout moved to `cdc-model`.
+/// The model's value errors carry no key here; the call sites that decode a value under a key
+/// build [`Error::Decode`] and [`Error::Encode`] with the key themselves.
+impl From<cdc_model::Error> for Error {
+    fn from(err: cdc_model::Error) -> Self {
+        match err {
+            cdc_model::Error::InvalidEtcdKey { key, reason } => {
+                Error::InvalidEtcdKey { key, reason }
+            }
+            source @ cdc_model::Error::Encode { .. } => Error::Encode {
+                key: String::new(),
+                source,
+            },
+            source @ (cdc_model::Error::InvalidChangefeedId { .. }
+            | cdc_model::Error::InvalidNamespace { .. }
+            | cdc_model::Error::InvalidClusterId { .. }
+            | cdc_model::Error::Decode { .. }
+            | cdc_model::Error::InvalidTime { .. }
+            | cdc_model::Error::NullConfig { .. }
+            | cdc_model::Error::ConfigNotObject { .. }) => Error::Decode {
+                key: String::new(),
+                source,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_the_layout_rejects_is_invalid_etcd_key() {
+        let bare = "/tidb/cdc/default";
+        let err = Error::from(crate::key::CdcKey::parse("default", bare).unwrap_err());
+        assert!(
+            matches!(&err, Error::InvalidEtcdKey { key, .. } if key == bare),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string()
+                .starts_with("[CDC:ErrInvalidEtcdKey]invalid key: /tidb/cdc/default: "),
+            "{err}"
+        );
+        assert!(!err.is_retryable());
+    }
+}

@@ -9,7 +9,8 @@
 //! - [`watch::ResilientWatch`]: a watch that requests progress, re-opens itself when stuck or
 //!   broken, never drops a response and surfaces compaction as [`Error::Compacted`].
 //! - [`CdcEtcdClient`]: TiCDC's metadata operations (captures, owner, changefeeds, upstreams).
-//! - [`key`]: the key layout of a TiCDC cluster ([`key::CdcKey`] parse and format).
+//! - [`key`]: the key layout of a TiCDC cluster ([`key::CdcKey`] parse and format), defined in
+//!   `cdc_model::key` (it does no IO) and re-exported here for the clients that build keys.
 //!
 //! Not here: sessions and the owner election (cdc-election), the etcd worker and its reactor
 //! states (cdc-orchestrator).
@@ -22,7 +23,6 @@ mod classify;
 mod client;
 mod error;
 mod fence;
-pub mod key;
 pub mod retry;
 mod types;
 pub mod watch;
@@ -31,6 +31,7 @@ pub mod watch;
 pub mod testing;
 
 pub use cdc_client::{CdcEtcdClient, META_VERSION};
+pub use cdc_model::key;
 pub use client::{ConnectConfig, EtcdClient, LeaseKeepAlive, RawWatch};
 pub use error::{Error, Result, RpcCode};
 pub use fence::OwnerFence;

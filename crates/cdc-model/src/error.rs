@@ -73,6 +73,14 @@ pub enum Error {
         /// The changefeed whose info is broken.
         changefeed: ChangeFeedId,
     },
+    /// A key is not a well-formed key of the cluster (`crate::key`).
+    #[error("[CDC:ErrInvalidEtcdKey]invalid key: {key}: {reason}")]
+    InvalidEtcdKey {
+        /// The key (invalid UTF-8 replaced).
+        key: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
 }
 
 impl Error {
@@ -89,7 +97,8 @@ impl Error {
             | Error::Encode { .. }
             | Error::InvalidTime { .. }
             | Error::NullConfig { .. }
-            | Error::ConfigNotObject { .. } => false,
+            | Error::ConfigNotObject { .. }
+            | Error::InvalidEtcdKey { .. } => false,
         }
     }
 }

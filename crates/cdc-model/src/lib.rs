@@ -2,7 +2,8 @@
 //! and the enums and timestamps the other crates reason about.
 //!
 //! This crate is pure data. It has no async runtime, performs no IO and never reads a
-//! clock; callers pass times in. The etcd key layout lives in `cdc-etcd`, not here.
+//! clock; callers pass times in. The etcd key layout of a cluster is here too ([`key`]): it is
+//! pure string work, so the pure orchestrator states parse keys without an etcd client.
 //!
 //! Key types: [`CaptureInfo`], [`ChangeFeedInfo`], [`ChangeFeedStatus`], [`TaskPosition`],
 //! [`UpstreamInfo`], [`RunningError`], [`ChangeFeedId`], [`GoTime`], [`FeedState`],
@@ -27,6 +28,7 @@ mod event;
 mod go_time;
 mod ids;
 mod json;
+pub mod key;
 mod report;
 mod task;
 mod tso;

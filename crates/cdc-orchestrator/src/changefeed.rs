@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use cdc_etcd::key::{CdcKey, CdcKeyKind};
+use cdc_model::key::{CdcKey, CdcKeyKind};
 use cdc_model::{
     AdminJobType, CaptureId, ChangeFeedId, ChangeFeedInfo, ChangeFeedStatus, FeedState,
     RunningError, TaskPosition, from_json, to_go_json,

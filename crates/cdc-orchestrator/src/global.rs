@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
-use cdc_etcd::key::{CdcKey, CdcKeyKind};
+use cdc_model::key::{CdcKey, CdcKeyKind};
 use cdc_model::{CaptureId, CaptureInfo, ChangeFeedId, UpstreamId, UpstreamInfo, from_json};
 use serde::de::DeserializeOwned;
 use tracing::{info, warn};

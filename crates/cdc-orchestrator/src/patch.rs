@@ -9,9 +9,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use cdc_etcd::Revision;
-
 use crate::error::{Error, Result};
+
+/// An etcd revision: etcd's plain `i64`, the same type as the etcd client's revisions. Spelled
+/// here so that this pure module names no IO crate.
+pub(crate) type Revision = i64;
 
 /// An etcd key, as bytes.
 pub type Key = Vec<u8>;

@@ -517,6 +517,65 @@ fn names_crate_recognises_the_ways_code_names_a_crate() {
     }
 }
 
+// --- Pure modules --------------------------------------------------------------------------
+
+#[test]
+fn a_pure_module_naming_an_io_crate_fails() {
+    let src = "crates/cdc-orchestrator/src";
+    let planted = [
+        (
+            format!("{src}/global.rs"),
+            "//! G.\nuse cdc_etcd::key::CdcKey;\n",
+        ),
+        (
+            format!("{src}/global/tests.rs"),
+            "//! T.\n\nfn f() { etcd_client::connect(); }\n",
+        ),
+        (format!("{src}/patch.rs"), "//! P.\nuse cdc_etcd;\n"),
+        (
+            format!("{src}/batch.rs"),
+            "//! B.\nfn f() -> tonic::Status { todo!() }\n",
+        ),
+    ];
+    let files: Vec<SourceFile> = planted
+        .iter()
+        .map(|(path, text)| file(path, text))
+        .collect();
+    let found = check_pure_modules(&files, PURE_MODULES);
+    assert!(found.iter().all(|v| v.check == Check::PureModule));
+    let found = messages(&found);
+    assert_eq!(found.len(), 4, "{found:?}");
+    assert!(found[0].starts_with(&format!(
+        "{src}/global.rs:2: a pure module names `cdc_etcd`"
+    )));
+    assert!(found[1].starts_with(&format!(
+        "{src}/global/tests.rs:3: a pure module names `etcd_client`"
+    )));
+    assert!(found[2].starts_with(&format!("{src}/patch.rs:2: a pure module names `cdc_etcd`")));
+    assert!(found[3].starts_with(&format!("{src}/batch.rs:2: a pure module names `tonic`")));
+}
+
+#[test]
+fn the_shell_comments_and_other_crates_may_name_io_crates() {
+    let src = "crates/cdc-orchestrator/src";
+    let uses = "//! S.\nuse cdc_etcd::EtcdClient;\n";
+    let files = [
+        file(&format!("{src}/worker.rs"), uses),
+        file(&format!("{src}/worker/tests.rs"), uses),
+        file(&format!("{src}/error.rs"), uses),
+        file(&format!("{src}/metrics.rs"), uses),
+        file(&format!("{src}/lib.rs"), uses),
+        file("crates/cdc-capture/src/reactor.rs", uses),
+        file(
+            &format!("{src}/global.rs"),
+            "//! Keys as `cdc_etcd::key` had them.\nuse cdc_model::key::CdcKey; // not cdc_etcd::key\nconst A: &str = \"my_cdc_etcd\";\n",
+        ),
+        file(&format!("{src}/notes.md"), "uses cdc_etcd::key\n"),
+    ];
+    let found = messages(&check_pure_modules(&files, PURE_MODULES));
+    assert!(found.is_empty(), "{found:?}");
+}
+
 // --- Headers ---------------------------------------------------------------------------------
 
 #[test]

@@ -4,13 +4,18 @@
 //! Unlike the reference, parsing requires a `/` boundary after every fixed segment, so cluster
 //! `default` never claims the keys of cluster `default-2`, and malformed keys (including the bare
 //! keys on which the reference panics) are [`Error::InvalidEtcdKey`] errors.
+//!
+//! The layout is pure string work, so it lives here rather than in `cdc-etcd`: the pure
+//! orchestrator states parse keys without linking an etcd client (`ARCHITECTURE.md`).
 
 use std::fmt;
 
-use cdc_model::{CaptureId, ChangeFeedId};
-
 use crate::error::{Error, Result};
-use crate::types::LeaseId;
+use crate::ids::{CaptureId, ChangeFeedId};
+
+/// An etcd lease ID as the owner keys carry it: etcd's plain `i64` (the same type as the etcd
+/// client's lease IDs).
+pub type LeaseId = i64;
 
 /// The root of every TiCDC key.
 pub const ROOT: &str = "/tidb/cdc";
