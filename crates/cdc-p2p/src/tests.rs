@@ -18,6 +18,7 @@ use tonic::Streaming;
 use crate::ack::AckManager;
 use crate::client::Batcher;
 use crate::proto::{ExitReason, MessageEntry, MessagePacket, SendMessageResponse, StreamMeta};
+use crate::server::{NoFaults, ServerFaults};
 use crate::*;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -63,6 +64,7 @@ fn test_client_config() -> ClientConfig {
 struct Setup {
     server_id: String,
     config: ServerConfig,
+    faults: Arc<dyn ServerFaults>,
     local_rx: Option<LocalReceiver>,
     recorder: bool,
     client_config: Option<ClientConfig>,
@@ -73,6 +75,7 @@ fn setup() -> Setup {
     Setup {
         server_id: SERVER_ID.to_owned(),
         config: test_server_config(),
+        faults: Arc::new(NoFaults),
         local_rx: None,
         recorder: false,
         client_config: None,
@@ -88,6 +91,12 @@ impl Setup {
     /// Adjusts the server's configuration.
     fn config(mut self, adjust: impl FnOnce(&mut ServerConfig)) -> Self {
         adjust(&mut self.config);
+        self
+    }
+
+    /// Makes the server inject `faults`.
+    fn faults(mut self, faults: impl ServerFaults + 'static) -> Self {
+        self.faults = Arc::new(faults);
         self
     }
 
@@ -111,7 +120,11 @@ impl Setup {
     }
 
     async fn start(self) -> Fixture {
-        let server = Arc::new(MessageServer::new(&self.server_id, self.config.clone()));
+        let server = Arc::new(MessageServer::with_faults(
+            &self.server_id,
+            self.config.clone(),
+            self.faults,
+        ));
         let wrapper = ServerWrapper::new(&self.config);
         wrapper.reset(Some(Arc::clone(&server)));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -1189,6 +1202,17 @@ async fn deregistered_sender_is_refused() {
     fixture.stop().await;
 }
 
+/// Restarts the stream that delivered a batch, at random, `per_mille` times in a thousand.
+struct RandomRestarts {
+    per_mille: u32,
+}
+
+impl ServerFaults for RandomRestarts {
+    fn restart_stream(&self) -> bool {
+        rand::random_range(0..1000) < self.per_mille
+    }
+}
+
 /// Runs `n_senders` tasks that each send `per_sender` messages on every topic through one
 /// client, and checks every topic's ack reaches the total and handlers saw order.
 async fn run_client_load(
@@ -1200,13 +1224,13 @@ async fn run_client_load(
 ) {
     let fixture = setup()
         .config(|adjusted| *adjusted = config)
+        .faults(RandomRestarts {
+            per_mille: inject_per_mille,
+        })
         .client(test_client_config())
         .start()
         .await;
     let (server, client, cancel) = (&fixture.server, fixture.client(), &fixture.cancel);
-    server
-        .inject_restart
-        .store(inject_per_mille, Ordering::Relaxed);
     let topics: Vec<TestTopic> = (0..n_topics)
         .map(|i| TestTopic::new(format!("topic-{i}")))
         .collect();
