@@ -284,42 +284,6 @@ async fn an_uncontested_campaign_wins_at_once() {
     session.close().await.unwrap();
 }
 
-/// How long the hand-over takes is measured by the failover benchmark (`cargo xtask bench
-/// failover`, graceful case), not asserted here: a loaded machine stretches it.
-#[tokio::test]
-async fn a_queued_candidate_survives_three_ttls_and_takes_over_at_a_resign() {
-    let (_server, client) = etcd().await;
-    let prefix = owner_prefix("queued");
-    let session_a = short_session(&client, 2).await;
-    let session_b = short_session(&client, 2).await;
-    let never = CancellationToken::new();
-    let Contest {
-        a,
-        fence_a,
-        b,
-        mut campaign_b,
-    } = contest(&client, &prefix, &session_a, &session_b, &never).await;
-
-    // Three TTLs of waiting: b neither wins nor loses its lease or its key.
-    let ttl = Duration::from_secs(u64::try_from(session_b.ttl()).unwrap());
-    assert!(timeout(ttl * 3, &mut campaign_b).await.is_err());
-    assert!(!session_b.done().is_done());
-    assert!(key_exists(&client, b.key()).await);
-    assert_eq!(b.leader().await.unwrap().as_deref(), Some("a"));
-
-    a.resign().await.unwrap();
-    let fence_b = timeout(Duration::from_secs(10), campaign_b)
-        .await
-        .expect("b wins after the resign")
-        .unwrap()
-        .unwrap();
-    assert!(fence_b.create_revision > fence_a.create_revision);
-    assert!(b.is_leader());
-    assert_eq!(b.leader().await.unwrap().as_deref(), Some("b"));
-    session_a.close().await.unwrap();
-    session_b.close().await.unwrap();
-}
-
 /// The create revision of `key`, if it exists.
 async fn create_revision(client: &EtcdClient, key: &[u8]) -> Option<i64> {
     client
@@ -331,54 +295,230 @@ async fn create_revision(client: &EtcdClient, key: &[u8]) -> Option<i64> {
         .map(|kv| kv.create_revision)
 }
 
-/// An etcd restart breaks a queued candidate's watch and fails its reads for a while (as a
-/// leader change would): the candidate retries instead of failing, keeps its key and its place,
-/// and wins when the leader resigns.
-#[tokio::test]
-async fn a_queued_candidate_keeps_its_place_across_an_etcd_restart() {
-    const TTL_SECS: i64 = 10;
+/// How the two sessions of a contest are granted.
+#[derive(Clone, Copy, Debug)]
+enum Sessions {
+    /// [`short_session`]s of this TTL in seconds.
+    Short(i64),
+    /// Sessions under TiCDC's rules, of this TTL in seconds.
+    Standard(i64),
+}
+
+impl Sessions {
+    async fn grant(self, client: &EtcdClient) -> Session {
+        match self {
+            Sessions::Short(ttl_secs) => short_session(client, ttl_secs).await,
+            Sessions::Standard(ttl_secs) => Session::grant(client.clone(), ttl_secs)
+                .await
+                .expect("grant a session"),
+        }
+    }
+}
+
+/// What happens while `a` leads and `b` waits in the queue.
+#[derive(Clone, Copy, Debug)]
+enum WhileQueued {
+    /// Three of `b`'s TTLs pass.
+    ThreeTtls,
+    /// etcd is killed, stays down for half a second and comes back; then 3 s pass. The restart
+    /// breaks `b`'s watch and fails its reads for a while, as a leader change would.
+    EtcdRestart,
+    /// `b`'s lease is revoked behind its back.
+    LeaseRevoked,
+    /// `b`'s campaign is cancelled.
+    CampaignCancelled,
+}
+
+/// How a contest ends.
+#[derive(Clone, Copy, Debug)]
+enum Outcome {
+    /// `b` waited without winning or losing its lease, its key or its place; `a` resigns and
+    /// `b` wins within the bound with the key it queued.
+    WinsAfterResign { within: Duration },
+    /// `a` resigns; `b`'s campaign fails with `LeaseExpired`, its session reports the lease
+    /// gone, and a new campaign on the lease is refused at once.
+    LeaseExpired,
+    /// `b`'s campaign ends `Cancelled` and takes its key away; `a` still leads.
+    Cancelled,
+}
+
+/// A contest between two candidates of one election: `a` wins, `b` queues behind it,
+/// something happens while `b` waits, and the contest ends in the expected way.
+#[derive(Clone, Copy, Debug)]
+struct ContestCase {
+    /// The cluster whose owner prefix the election uses.
+    cluster: &'static str,
+    sessions: Sessions,
+    while_queued: WhileQueued,
+    outcome: Outcome,
+}
+
+/// Runs `case` against an etcd of its own.
+async fn run_contest(case: ContestCase) {
     let (mut server, client) = etcd().await;
-    let prefix = owner_prefix("restart-queued");
-    let session_a = Session::grant(client.clone(), TTL_SECS).await.unwrap();
-    let session_b = Session::grant(client.clone(), TTL_SECS).await.unwrap();
-    let never = CancellationToken::new();
+    let prefix = owner_prefix(case.cluster);
+    let session_a = case.sessions.grant(&client).await;
+    let session_b = case.sessions.grant(&client).await;
+    let cancel_b = CancellationToken::new();
     let Contest {
         a,
         fence_a,
         b,
         mut campaign_b,
-    } = contest(&client, &prefix, &session_a, &session_b, &never).await;
+    } = contest(&client, &prefix, &session_a, &session_b, &cancel_b).await;
     let queued_at = create_revision(&client, b.key())
         .await
         .expect("b is queued");
 
-    server.kill().unwrap();
-    let killed = Instant::now();
-    // The fault itself, not a synchronisation: etcd stays down for half a second, longer than
-    // the candidate's retries took before they were unbounded.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    server.restart().await.unwrap();
-    let outage = killed.elapsed();
-    // Longer than the longest retry pause: the candidate has read the queue again since.
-    if let Ok(ended) = timeout(Duration::from_secs(3), &mut campaign_b).await {
-        panic!("the queued campaign ended after an outage of {outage:?}: {ended:?}");
+    match case.while_queued {
+        WhileQueued::ThreeTtls => {
+            let ttl = Duration::from_secs(u64::try_from(session_b.ttl()).expect("a positive TTL"));
+            assert!(timeout(ttl * 3, &mut campaign_b).await.is_err());
+        }
+        WhileQueued::EtcdRestart => {
+            server.kill().expect("kill etcd");
+            let killed = Instant::now();
+            // The fault itself, not a synchronisation: etcd stays down for half a second,
+            // longer than the candidate's retries took before they were unbounded.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            server.restart().await.expect("restart etcd");
+            let outage = killed.elapsed();
+            // Longer than the longest retry pause: the candidate has read the queue again since.
+            if let Ok(ended) = timeout(Duration::from_secs(3), &mut campaign_b).await {
+                panic!("the queued campaign ended after an outage of {outage:?}: {ended:?}");
+            }
+        }
+        WhileQueued::LeaseRevoked => {
+            client
+                .lease_revoke(session_b.lease_id())
+                .await
+                .expect("revoke b's lease");
+        }
+        WhileQueued::CampaignCancelled => cancel_b.cancel(),
     }
-    assert!(!session_b.done().is_done(), "{:?}", session_b.end());
-    assert_eq!(create_revision(&client, b.key()).await, Some(queued_at));
-    assert_eq!(b.leader().await.unwrap().as_deref(), Some("a"));
 
-    a.resign().await.unwrap();
-    let fence_b = timeout(Duration::from_secs(5), campaign_b)
-        .await
-        .expect("b wins after the resign")
-        .unwrap()
-        .unwrap();
-    assert_eq!(fence_b.create_revision, queued_at);
-    assert!(fence_b.create_revision > fence_a.create_revision);
-    assert!(b.is_leader());
-    assert_eq!(b.leader().await.unwrap().as_deref(), Some("b"));
-    session_a.close().await.unwrap();
-    session_b.close().await.unwrap();
+    let b_session_open = match case.outcome {
+        Outcome::WinsAfterResign { within } => {
+            // b retried instead of failing: it neither won nor lost its lease, its key or
+            // its place.
+            assert!(!session_b.done().is_done(), "{:?}", session_b.end());
+            assert!(key_exists(&client, b.key()).await);
+            assert_eq!(create_revision(&client, b.key()).await, Some(queued_at));
+            assert_eq!(
+                b.leader().await.expect("read the leader").as_deref(),
+                Some("a")
+            );
+
+            a.resign().await.expect("a resigns");
+            let fence_b = timeout(within, campaign_b)
+                .await
+                .expect("b wins after the resign")
+                .expect("the campaign task")
+                .expect("b's campaign");
+            assert_eq!(fence_b.create_revision, queued_at);
+            assert!(fence_b.create_revision > fence_a.create_revision);
+            assert!(b.is_leader());
+            assert_eq!(
+                b.leader().await.expect("read the leader").as_deref(),
+                Some("b")
+            );
+            true
+        }
+        Outcome::LeaseExpired => {
+            a.resign().await.expect("a resigns");
+            let result = timeout(Duration::from_secs(5), campaign_b)
+                .await
+                .expect("b's campaign ends")
+                .expect("the campaign task");
+            assert!(
+                matches!(result, Err(Error::LeaseExpired { lease_id }) if lease_id == session_b.lease_id()),
+                "{result:?}"
+            );
+            assert!(!b.is_leader());
+            assert_eq!(b.leader().await.expect("read the leader"), None);
+            // The session noticed as well.
+            timeout(Duration::from_secs(6), session_b.done().wait())
+                .await
+                .expect("b's session ends");
+            assert_eq!(session_b.end(), Some(SessionEnd::LeaseNotFound));
+
+            // A campaign started on the revoked lease is refused at once.
+            let result = b.campaign("b", &cancel_b).await;
+            assert!(
+                matches!(result, Err(Error::LeaseExpired { .. })),
+                "{result:?}"
+            );
+            assert_eq!(queue_len(&client, &prefix).await, 0);
+            false
+        }
+        Outcome::Cancelled => {
+            let result = timeout(Duration::from_secs(5), campaign_b)
+                .await
+                .expect("b's campaign ends")
+                .expect("the campaign task");
+            assert!(matches!(result, Err(Error::Cancelled)), "{result:?}");
+            assert!(!key_exists(&client, b.key()).await);
+            assert_eq!(queue_len(&client, &prefix).await, 1);
+
+            // An already-cancelled campaign does nothing.
+            assert!(matches!(
+                b.campaign("b", &cancel_b).await,
+                Err(Error::Cancelled)
+            ));
+            assert_eq!(queue_len(&client, &prefix).await, 1);
+            assert_eq!(
+                a.leader().await.expect("read the leader").as_deref(),
+                Some("a")
+            );
+            true
+        }
+    };
+    session_a.close().await.expect("close a's session");
+    if b_session_open {
+        session_b.close().await.expect("close b's session");
+    }
+}
+
+/// One test per row of the contest table, each running [`run_contest`].
+macro_rules! contests {
+    ($($(#[doc = $doc:literal])* $name:ident: $case:expr;)*) => {$(
+        $(#[doc = $doc])*
+        #[tokio::test]
+        async fn $name() {
+            run_contest($case).await;
+        }
+    )*};
+}
+
+contests! {
+    /// How long the hand-over takes is measured by the failover benchmark (`cargo xtask bench
+    /// failover`, graceful case), not asserted here: a loaded machine stretches it.
+    a_queued_candidate_survives_three_ttls_and_takes_over_at_a_resign: ContestCase {
+        cluster: "queued",
+        sessions: Sessions::Short(2),
+        while_queued: WhileQueued::ThreeTtls,
+        outcome: Outcome::WinsAfterResign { within: Duration::from_secs(10) },
+    };
+    /// The candidate retries instead of failing, keeps its key and its place, and wins when
+    /// the leader resigns.
+    a_queued_candidate_keeps_its_place_across_an_etcd_restart: ContestCase {
+        cluster: "restart-queued",
+        sessions: Sessions::Standard(10),
+        while_queued: WhileQueued::EtcdRestart,
+        outcome: Outcome::WinsAfterResign { within: Duration::from_secs(5) },
+    };
+    a_win_on_an_already_revoked_lease_is_rejected: ContestCase {
+        cluster: "revoked",
+        sessions: Sessions::Standard(5),
+        while_queued: WhileQueued::LeaseRevoked,
+        outcome: Outcome::LeaseExpired,
+    };
+    a_cancelled_campaign_leaves_no_key: ContestCase {
+        cluster: "cancelled",
+        sessions: Sessions::Standard(5),
+        while_queued: WhileQueued::CampaignCancelled,
+        outcome: Outcome::Cancelled,
+    };
 }
 
 /// A campaign that starts while etcd is down retries its create until etcd is back.
@@ -491,76 +631,6 @@ async fn after_the_leader_process_is_killed_the_next_candidate_wins_once_the_lea
     );
     assert_eq!(next.leader().await.unwrap().as_deref(), Some("next"));
     session.close().await.unwrap();
-}
-
-#[tokio::test]
-async fn a_win_on_an_already_revoked_lease_is_rejected() {
-    let (_server, client) = etcd().await;
-    let prefix = owner_prefix("revoked");
-    let session_a = Session::grant(client.clone(), 5).await.unwrap();
-    let session_b = Session::grant(client.clone(), 5).await.unwrap();
-    let never = CancellationToken::new();
-    let Contest {
-        a, b, campaign_b, ..
-    } = contest(&client, &prefix, &session_a, &session_b, &never).await;
-
-    // b's lease is revoked behind its back while it waits; then a steps down.
-    client.lease_revoke(session_b.lease_id()).await.unwrap();
-    a.resign().await.unwrap();
-    let result = timeout(Duration::from_secs(5), campaign_b)
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(
-        matches!(result, Err(Error::LeaseExpired { lease_id }) if lease_id == session_b.lease_id()),
-        "{result:?}"
-    );
-    assert!(!b.is_leader());
-    assert_eq!(b.leader().await.unwrap(), None);
-    // The session noticed as well.
-    timeout(Duration::from_secs(6), session_b.done().wait())
-        .await
-        .unwrap();
-    assert_eq!(session_b.end(), Some(SessionEnd::LeaseNotFound));
-
-    // A campaign started on the revoked lease is refused at once.
-    let result = b.campaign("b", &never).await;
-    assert!(
-        matches!(result, Err(Error::LeaseExpired { .. })),
-        "{result:?}"
-    );
-    assert_eq!(queue_len(&client, &prefix).await, 0);
-    session_a.close().await.unwrap();
-}
-
-#[tokio::test]
-async fn a_cancelled_campaign_leaves_no_key() {
-    let (_server, client) = etcd().await;
-    let prefix = owner_prefix("cancelled");
-    let session_a = Session::grant(client.clone(), 5).await.unwrap();
-    let session_b = Session::grant(client.clone(), 5).await.unwrap();
-    let cancel = CancellationToken::new();
-    let Contest {
-        a, b, campaign_b, ..
-    } = contest(&client, &prefix, &session_a, &session_b, &cancel).await;
-    cancel.cancel();
-    let result = timeout(Duration::from_secs(5), campaign_b)
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(matches!(result, Err(Error::Cancelled)), "{result:?}");
-    assert!(!key_exists(&client, b.key()).await);
-    assert_eq!(queue_len(&client, &prefix).await, 1);
-
-    // An already-cancelled campaign does nothing.
-    assert!(matches!(
-        b.campaign("b", &cancel).await,
-        Err(Error::Cancelled)
-    ));
-    assert_eq!(queue_len(&client, &prefix).await, 1);
-    assert_eq!(a.leader().await.unwrap().as_deref(), Some("a"));
-    session_a.close().await.unwrap();
-    session_b.close().await.unwrap();
 }
 
 #[tokio::test]

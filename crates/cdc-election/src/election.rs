@@ -24,7 +24,7 @@
 //! succeed) keeps its key: campaigning again on the same lease finds that key and keeps its
 //! create revision, so the candidate keeps its place in the queue.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cdc_etcd::retry::{self, BackoffPolicy, Jitter};
@@ -36,6 +36,7 @@ use cdc_model::ErrorReport;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
+use crate::hooks::{self, ElectionHooks};
 use crate::session::{Session, SessionDone};
 
 /// A waiting candidate re-reads the queue this often even if its watch says nothing.
@@ -71,20 +72,8 @@ pub struct Election {
     queue_prefix: String,
     key: Vec<u8>,
     state: Mutex<State>,
-    /// Pauses a waiting candidate between its read of the queue and its watch (tests only).
-    #[cfg(test)]
-    watch_hook: Option<std::sync::Arc<WatchHook>>,
-}
-
-/// Lets a test act on etcd between a waiting candidate's read and its watch, once.
-#[cfg(test)]
-#[derive(Debug)]
-struct WatchHook {
-    armed: std::sync::atomic::AtomicBool,
-    /// The revision of the read, set when the candidate reaches the hook.
-    revision: std::sync::atomic::AtomicI64,
-    reached: tokio::sync::Notify,
-    release: tokio::sync::Notify,
+    /// Observes the campaign's steps ([`hooks::NoHooks`] but in tests).
+    hooks: Arc<dyn ElectionHooks>,
 }
 
 /// What a watch response means to a waiting candidate.
@@ -196,8 +185,7 @@ impl Election {
             queue_prefix: format!("{prefix}/"),
             key: format!("{prefix}/{lease_id:x}").into_bytes(),
             state: Mutex::new(State::default()),
-            #[cfg(test)]
-            watch_hook: None,
+            hooks: hooks::none(),
         }
     }
 
@@ -466,14 +454,8 @@ impl Election {
                 ahead = %ahead_kv.key_lossy(),
                 "waiting for the candidate ahead"
             );
-            #[cfg(test)]
-            if let Some(hook) = &self.watch_hook
-                && hook.armed.swap(false, std::sync::atomic::Ordering::SeqCst)
-            {
-                hook.revision
-                    .store(ahead.revision, std::sync::atomic::Ordering::SeqCst);
-                hook.reached.notify_one();
-                hook.release.notified().await;
+            if let Some(pause) = self.hooks.before_watch(ahead.revision) {
+                pause.await;
             }
             match self
                 .wait_delete(&ahead_kv.key, ahead.revision + 1, cancel)

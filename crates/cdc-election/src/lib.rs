@@ -51,6 +51,7 @@
 
 mod election;
 mod error;
+mod hooks;
 mod session;
 
 pub use cdc_etcd::OwnerFence;

@@ -30,6 +30,7 @@ use tokio::time::{Instant, sleep, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
+use crate::hooks::{self, KeeperHooks};
 
 /// TiCDC's default `capture-session-ttl`, in seconds.
 pub const DEFAULT_SESSION_TTL_SECS: i64 = 10;
@@ -57,9 +58,6 @@ pub struct SessionConfig {
     /// The bound on the revoke done by [`Session::close`] (and on its join of the keep-alive
     /// thread).
     pub revoke_timeout: Duration,
-    /// Pauses the keeper at the handshake (tests only).
-    #[cfg(test)]
-    handshake_hook: Option<Arc<HandshakeHook>>,
 }
 
 impl SessionConfig {
@@ -69,8 +67,6 @@ impl SessionConfig {
             ttl_secs,
             min_ttl_secs: MIN_SESSION_TTL_SECS,
             revoke_timeout: Duration::from_secs(5),
-            #[cfg(test)]
-            handshake_hook: None,
         }
     }
 
@@ -232,6 +228,16 @@ impl Session {
     /// Grants a lease with explicit settings and starts keeping it alive. Returns once the
     /// keep-alive stream is open; on failure the lease is revoked (bounded) before returning.
     pub async fn grant_with(client: EtcdClient, config: SessionConfig) -> Result<Session> {
+        // Boxed: the grant's future is large, and this one would inflate every caller's.
+        Box::pin(Session::grant_observed(client, config, hooks::none())).await
+    }
+
+    /// [`Session::grant_with`], its keeper observed by `hooks`.
+    pub(crate) async fn grant_observed(
+        client: EtcdClient,
+        config: SessionConfig,
+        hooks: Arc<dyn KeeperHooks>,
+    ) -> Result<Session> {
         let requested = config.effective_ttl_secs();
         let sent = Instant::now();
         // Boxed: etcd-client's futures are large, and this one would inflate every caller's.
@@ -261,8 +267,7 @@ impl Session {
             stop: stop.clone(),
             done: done.clone(),
             shared: Arc::clone(&shared),
-            #[cfg(test)]
-            handshake_hook: config.handshake_hook.clone(),
+            hooks,
         };
         let (ready_tx, ready_rx) = oneshot::channel();
         let (exited_tx, exited_rx) = oneshot::channel();
@@ -448,20 +453,6 @@ impl LeaseStream for LeaseKeepAlive {
     }
 }
 
-/// Lets a test stop the keeper between the open keep-alive stream and its answer to the grant.
-#[cfg(test)]
-#[derive(Debug, Default)]
-struct HandshakeHook {
-    /// The lease, set when the keeper reaches the hook.
-    lease_id: std::sync::atomic::AtomicI64,
-    /// Notified when the keeper reaches the hook.
-    reached: tokio::sync::Notify,
-    /// The keeper waits for it.
-    release: tokio::sync::Notify,
-    /// Notified after the keeper answered the grant (whether or not anyone received it).
-    answered: tokio::sync::Notify,
-}
-
 /// The keep-alive loop, run on its own thread.
 struct Keeper {
     endpoints: Vec<String>,
@@ -476,8 +467,8 @@ struct Keeper {
     stop: CancellationToken,
     done: CancellationToken,
     shared: Arc<Shared>,
-    #[cfg(test)]
-    handshake_hook: Option<Arc<HandshakeHook>>,
+    /// Observes the handshake ([`hooks::NoHooks`] but in tests).
+    hooks: Arc<dyn KeeperHooks>,
 }
 
 /// Why a keep-alive stream could not be opened.
@@ -529,11 +520,8 @@ impl Keeper {
             }
         };
         let opened = self.open(&client).await;
-        #[cfg(test)]
-        if let Some(hook) = self.handshake_hook.clone() {
-            hook.lease_id.store(self.lease_id, Ordering::SeqCst);
-            hook.reached.notify_one();
-            hook.release.notified().await;
+        if let Some(pause) = self.hooks.before_answer(self.lease_id) {
+            pause.await;
         }
         let (answer, stream) = match opened {
             Ok(stream) => (Ok(()), Some(stream)),
@@ -549,10 +537,7 @@ impl Keeper {
             ),
         };
         let unheard = ready.send(answer).is_err();
-        #[cfg(test)]
-        if let Some(hook) = &self.handshake_hook {
-            hook.answered.notify_one();
-        }
+        self.hooks.answered();
         let Some(stream) = stream.filter(|_| !unheard) else {
             // An unheard answer means the grant was dropped: nobody will ever hold this lease.
             if unheard || self.is_abandoned() {

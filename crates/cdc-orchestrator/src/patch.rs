@@ -156,3 +156,6 @@ pub(crate) fn evaluate_group(
     }
     Ok(view.into_changes())
 }
+
+#[cfg(test)]
+mod tests;

@@ -66,8 +66,8 @@ pub struct MessageServer {
     n_peers: watch::Sender<usize>,
     /// The streams' receiving tasks; `run` awaits them (bounded) when it ends.
     pub(crate) streams: TaskTracker,
-    #[cfg(test)]
-    pub(crate) inject_restart: std::sync::atomic::AtomicU32,
+    /// The faults to inject ([`NoFaults`] but in tests).
+    faults: Arc<dyn ServerFaults>,
     /// The number of registered handlers (dead ones included), updated by the main loop.
     #[cfg(test)]
     pub(crate) n_handlers: watch::Sender<usize>,
@@ -106,9 +106,32 @@ enum Task {
     },
 }
 
+/// Faults a message server can be made to inject.
+pub(crate) trait ServerFaults: Send + Sync {
+    /// Whether to end the stream that just delivered a batch, before handling the batch, as a
+    /// restarting server would: the sender is told CONGESTED and reconnects.
+    fn restart_stream(&self) -> bool {
+        false
+    }
+}
+
+/// No fault.
+pub(crate) struct NoFaults;
+
+impl ServerFaults for NoFaults {}
+
 impl MessageServer {
     /// A server for the capture `server_id`.
     pub fn new(server_id: impl Into<String>, config: ServerConfig) -> Self {
+        MessageServer::with_faults(server_id, config, Arc::new(NoFaults))
+    }
+
+    /// A server for the capture `server_id` that injects `faults`.
+    pub(crate) fn with_faults(
+        server_id: impl Into<String>,
+        config: ServerConfig,
+        faults: Arc<dyn ServerFaults>,
+    ) -> Self {
         let (task_tx, task_rx) = mpsc::channel(config.max_pending_task_count.max(1));
         let acks = Arc::new(AckManager::new(config.max_deregistered_senders));
         MessageServer {
@@ -122,8 +145,7 @@ impl MessageServer {
             metrics: Arc::default(),
             n_peers: watch::Sender::new(0),
             streams: TaskTracker::new(),
-            #[cfg(test)]
-            inject_restart: std::sync::atomic::AtomicU32::new(0),
+            faults,
             #[cfg(test)]
             n_handlers: watch::Sender::new(0),
         }
@@ -502,8 +524,13 @@ impl MessageServer {
             if packet.entries.is_empty() {
                 continue;
             }
-            #[cfg(test)]
-            self.maybe_inject_restart(handle)?;
+            if self.faults.restart_stream() {
+                let congested = Error::TopicCongested {
+                    topic: "injected".to_owned(),
+                };
+                let _ = handle.try_send(Ok(error_response(&congested)));
+                return Err(Error::InjectedServerRestart);
+            }
             let task = Task::MessageBatch {
                 sender_id: Arc::clone(sender_id),
                 epoch,
@@ -520,21 +547,6 @@ impl MessageServer {
                 },
             }
         }
-    }
-
-    #[cfg(test)]
-    fn maybe_inject_restart(&self, handle: &StreamHandle) -> Result<()> {
-        let per_mille = self
-            .inject_restart
-            .load(std::sync::atomic::Ordering::Relaxed);
-        if per_mille > 0 && rand::random_range(0..1000) < per_mille {
-            let congested = Error::TopicCongested {
-                topic: "injected".to_owned(),
-            };
-            let _ = handle.try_send(Ok(error_response(&congested)));
-            return Err(Error::InjectedServerRestart);
-        }
-        Ok(())
     }
 
     fn check_meta(&self, meta: Option<StreamMeta>) -> Result<StreamMeta> {

@@ -18,6 +18,7 @@ use tonic::Streaming;
 use crate::ack::AckManager;
 use crate::client::Batcher;
 use crate::proto::{ExitReason, MessageEntry, MessagePacket, SendMessageResponse, StreamMeta};
+use crate::server::{NoFaults, ServerFaults};
 use crate::*;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -57,74 +58,169 @@ fn test_client_config() -> ClientConfig {
     }
 }
 
-struct TestServer {
-    server: Arc<MessageServer>,
-    wrapper: ServerWrapper,
-    addr: String,
-    cancel: CancellationToken,
-    run: tokio::task::JoinHandle<Result<()>>,
-    serving: JoinSet<()>,
+/// The set-up the server tests share: a server on 127.0.0.1:0 and, when asked, a recorder on
+/// the topic "topic" and a message client "client-1" running against the server. Build it with
+/// [`setup`], adjust it, then [`Setup::start`] it.
+struct Setup {
+    server_id: String,
+    config: ServerConfig,
+    faults: Arc<dyn ServerFaults>,
+    local_rx: Option<LocalReceiver>,
+    recorder: bool,
+    client_config: Option<ClientConfig>,
 }
 
-impl TestServer {
-    async fn start(server_id: &str, config: ServerConfig, local_rx: Option<LocalReceiver>) -> Self {
-        let server = Arc::new(MessageServer::new(server_id, config.clone()));
-        let wrapper = ServerWrapper::new(&config);
+/// A server with ID [`SERVER_ID`] and [`test_server_config`], nothing registered.
+fn setup() -> Setup {
+    Setup {
+        server_id: SERVER_ID.to_owned(),
+        config: test_server_config(),
+        faults: Arc::new(NoFaults),
+        local_rx: None,
+        recorder: false,
+        client_config: None,
+    }
+}
+
+impl Setup {
+    fn server_id(mut self, server_id: &str) -> Self {
+        self.server_id = server_id.to_owned();
+        self
+    }
+
+    /// Adjusts the server's configuration.
+    fn config(mut self, adjust: impl FnOnce(&mut ServerConfig)) -> Self {
+        adjust(&mut self.config);
+        self
+    }
+
+    /// Makes the server inject `faults`.
+    fn faults(mut self, faults: impl ServerFaults + 'static) -> Self {
+        self.faults = Arc::new(faults);
+        self
+    }
+
+    /// Serves the local client whose receiver is `local_rx`.
+    fn local(mut self, local_rx: LocalReceiver) -> Self {
+        self.local_rx = Some(local_rx);
+        self
+    }
+
+    /// Registers a [`recorder`] on "topic" into [`Fixture::received`].
+    fn recorder(mut self) -> Self {
+        self.recorder = true;
+        self
+    }
+
+    /// Runs a message client "client-1" with `config` against the server, until the fixture
+    /// stops.
+    fn client(mut self, config: ClientConfig) -> Self {
+        self.client_config = Some(config);
+        self
+    }
+
+    async fn start(self) -> Fixture {
+        let server = Arc::new(MessageServer::with_faults(
+            &self.server_id,
+            self.config.clone(),
+            self.faults,
+        ));
+        let wrapper = ServerWrapper::new(&self.config);
         wrapper.reset(Some(Arc::clone(&server)));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        let cancel = CancellationToken::new();
+        let server_cancel = CancellationToken::new();
         let mut serving = JoinSet::new();
         let serve_wrapper = wrapper.clone();
-        let serve_cancel = cancel.clone();
+        let serve_cancel = server_cancel.clone();
+        let config = self.config;
         serving.spawn(async move {
             serve(listener, &serve_wrapper, &config, serve_cancel)
                 .await
                 .unwrap();
         });
         let running = Arc::clone(&server);
-        let run_cancel = cancel.clone();
+        let run_cancel = server_cancel.clone();
+        let local_rx = self.local_rx;
         let run = tokio::spawn(async move { running.run(run_cancel, local_rx).await });
-        TestServer {
+        let mut fixture = Fixture {
             server,
             wrapper,
             addr,
-            cancel,
+            server_cancel,
             run,
             serving,
+            cancel: CancellationToken::new(),
+            topic: TestTopic::new("topic"),
+            received: Received::default(),
+            client: None,
+            client_metrics: Arc::default(),
+            client_run: None,
+        };
+        if self.recorder {
+            fixture
+                .add_recorder(&fixture.topic, &fixture.received)
+                .await;
         }
-    }
-
-    async fn stop(mut self) {
-        self.cancel.cancel();
-        self.run.await.unwrap().unwrap();
-        while self.serving.join_next().await.is_some() {}
-    }
-
-    /// Registers a [`recorder`] handler for `topic`.
-    async fn add_recorder(
-        &self,
-        topic: &TestTopic,
-        received: &Received,
-        cancel: &CancellationToken,
-    ) -> HandlerErrors {
-        self.server
-            .add_handler(topic, recorder(received), cancel)
-            .await
-            .unwrap()
+        if let Some(config) = self.client_config {
+            let client = MessageClient::new(
+                "client-1",
+                self.server_id,
+                config,
+                Arc::clone(&fixture.client_metrics),
+            );
+            fixture.client_run = Some(spawn_run(&client, &fixture.addr, fixture.cancel.clone()));
+            fixture.client = Some(client);
+        }
+        fixture
     }
 }
 
-/// Starts a server with a [`recorder`] handler on the topic "topic".
-async fn start_recorded(
-    config: ServerConfig,
-) -> (TestServer, CancellationToken, TestTopic, Received) {
-    let server = TestServer::start(SERVER_ID, config, None).await;
-    let cancel = CancellationToken::new();
-    let topic = TestTopic::new("topic");
-    let received = Received::default();
-    server.add_recorder(&topic, &received, &cancel).await;
-    (server, cancel, topic, received)
+/// A started [`Setup`].
+struct Fixture {
+    server: Arc<MessageServer>,
+    wrapper: ServerWrapper,
+    addr: String,
+    /// Stops the server's main loop and its gRPC endpoint.
+    server_cancel: CancellationToken,
+    run: tokio::task::JoinHandle<Result<()>>,
+    serving: JoinSet<()>,
+    /// Bounds the tests' calls; stops the client.
+    cancel: CancellationToken,
+    /// "topic".
+    topic: TestTopic,
+    /// What the recorder on "topic" saw, when the set-up asked for it.
+    received: Received,
+    client: Option<MessageClient>,
+    /// The counters of the client.
+    client_metrics: Arc<Metrics>,
+    client_run: Option<tokio::task::JoinHandle<Result<()>>>,
+}
+
+impl Fixture {
+    /// The message client "client-1".
+    fn client(&self) -> &MessageClient {
+        self.client.as_ref().expect("the set-up has a client")
+    }
+
+    /// Registers a [`recorder`] handler for `topic`.
+    async fn add_recorder(&self, topic: &TestTopic, received: &Received) -> HandlerErrors {
+        self.server
+            .add_handler(topic, recorder(received), &self.cancel)
+            .await
+            .unwrap()
+    }
+
+    /// Stops the client (which must have run without error), then the server.
+    async fn stop(mut self) {
+        if let Some(client_run) = self.client_run.take() {
+            self.cancel.cancel();
+            client_run.await.unwrap().unwrap();
+        }
+        self.server_cancel.cancel();
+        self.run.await.unwrap().unwrap();
+        while self.serving.join_next().await.is_some() {}
+    }
 }
 
 /// Runs `client` against `addr` until `cancel` fires.
@@ -413,14 +509,14 @@ async fn batcher_limits() {
 // Case 53: connecting to a real server and opening SendMessage reaches the server once.
 #[tokio::test]
 async fn connect_reaches_server() {
-    let server = TestServer::start(SERVER_ID, test_server_config(), None).await;
-    let mut n_peers = server.server.n_peers();
-    let (_tx, _responses) = open_raw(&server.addr, meta("client-1", SERVER_ID, 1)).await;
+    let fixture = setup().start().await;
+    let mut n_peers = fixture.server.n_peers();
+    let (_tx, _responses) = open_raw(&fixture.addr, meta("client-1", SERVER_ID, 1)).await;
     tokio::time::timeout(Duration::from_secs(5), n_peers.wait_for(|n| *n == 1))
         .await
         .unwrap()
         .unwrap();
-    server.stop().await;
+    fixture.stop().await;
 }
 
 // Cases 54, 55: 8 producers share a queue of 8; the consumer sees sequences 1..=N in order
@@ -484,14 +580,14 @@ async fn send_queue_orders_sequences() {
 // HandlerCancelled.
 #[tokio::test]
 async fn server_multi_client_single_topic() {
-    let config = ServerConfig {
-        max_pending_message_count_per_topic: 1 << 20,
-        ..test_server_config()
-    };
     let (local, local_rx) = LocalClient::new();
-    let server = TestServer::start(SERVER_ID, config, Some(local_rx)).await;
+    let fixture = setup()
+        .config(|config| config.max_pending_message_count_per_topic = 1 << 20)
+        .local(local_rx)
+        .start()
+        .await;
     let topic = TestTopic::new("test-topic-1");
-    let cancel = CancellationToken::new();
+    let cancel = fixture.cancel.clone();
     let mut clients = Vec::new();
     let mut runs = JoinSet::new();
     for i in 0..16 {
@@ -502,7 +598,7 @@ async fn server_multi_client_single_topic() {
             Arc::default(),
         );
         let running = client.clone();
-        let addr = server.addr.clone();
+        let addr = fixture.addr.clone();
         let run_cancel = cancel.clone();
         runs.spawn(async move { running.run(&run_cancel, &addr).await });
         for index in 1..=512 {
@@ -520,11 +616,7 @@ async fn server_multi_client_single_topic() {
             .unwrap();
     }
     let received = Received::default();
-    let mut errors = server
-        .server
-        .add_handler(&topic, recorder(&received), &cancel)
-        .await
-        .unwrap();
+    let mut errors = fixture.add_recorder(&topic, &received).await;
     assert!(
         wait_until(Duration::from_secs(20), || count(&received)
             == 16 * 512 + 1024)
@@ -543,12 +635,12 @@ async fn server_multi_client_single_topic() {
             .await
         );
     }
-    server
+    fixture
         .server
         .remove_handler("test-topic-1", &cancel)
         .await
         .unwrap();
-    server
+    fixture
         .server
         .remove_handler("test-topic-1", &cancel)
         .await
@@ -558,7 +650,7 @@ async fn server_multi_client_single_topic() {
     while let Some(joined) = runs.join_next().await {
         joined.unwrap().unwrap();
     }
-    server.stop().await;
+    fixture.stop().await;
 }
 
 // Case 57: after removal (once ack >= 42) the handler is never called again; removal does not
@@ -566,19 +658,19 @@ async fn server_multi_client_single_topic() {
 // handler gets them.
 #[tokio::test]
 async fn server_deregister_handler() {
-    let config = ServerConfig {
-        wait_unregister_handle_timeout: Duration::from_secs(60),
-        ..test_server_config()
-    };
-    let (server, cancel, topic, received) = start_recorded(config).await;
-    let (tx, mut responses) = open_raw(&server.addr, meta("client-1", SERVER_ID, 1)).await;
+    let fixture = setup()
+        .config(|config| config.wait_unregister_handle_timeout = Duration::from_secs(60))
+        .recorder()
+        .start()
+        .await;
+    let (tx, mut responses) = open_raw(&fixture.addr, meta("client-1", SERVER_ID, 1)).await;
     for seq in 1..=42 {
         tx.send(packet(vec![entry("topic", seq)])).await.unwrap();
     }
     wait_ack(&mut responses, "topic", 42).await;
     tokio::time::timeout(
         Duration::from_secs(30),
-        server.server.remove_handler("topic", &cancel),
+        fixture.server.remove_handler("topic", &fixture.cancel),
     )
     .await
     .unwrap()
@@ -587,7 +679,7 @@ async fn server_deregister_handler() {
         tx.send(packet(vec![entry("topic", seq)])).await.unwrap();
     }
     let replacement = Received::default();
-    server.add_recorder(&topic, &replacement, &cancel).await;
+    fixture.add_recorder(&fixture.topic, &replacement).await;
     wait_ack(&mut responses, "topic", 60).await;
     let indices: Vec<i64> = replacement
         .lock()
@@ -596,21 +688,19 @@ async fn server_deregister_handler() {
         .map(|(_, i)| *i)
         .collect();
     assert_eq!(indices, (43..=60).collect::<Vec<_>>());
-    assert_eq!(count(&received), 42);
-    server.stop().await;
+    assert_eq!(count(&fixture.received), 42);
+    fixture.stop().await;
 }
 
 // A message for a topic whose handler failed ends the sender's stream instead of being
 // buffered; once the handler is replaced, the reconnected sender's resend is handled.
 #[tokio::test]
 async fn message_for_failed_handler_fails_the_stream() {
-    let server = TestServer::start(SERVER_ID, test_server_config(), None).await;
-    let cancel = CancellationToken::new();
-    let topic = TestTopic::new("topic");
-    let mut errors = server
+    let fixture = setup().start().await;
+    let mut errors = fixture
         .server
         .add_handler(
-            &topic,
+            &fixture.topic,
             |_, message: TestMessage| {
                 std::future::ready(if message.index == 2 {
                     Err("refused".into())
@@ -618,11 +708,11 @@ async fn message_for_failed_handler_fails_the_stream() {
                     Ok(())
                 })
             },
-            &cancel,
+            &fixture.cancel,
         )
         .await
         .unwrap();
-    let (tx, mut responses) = open_raw(&server.addr, meta("client-1", SERVER_ID, 1)).await;
+    let (tx, mut responses) = open_raw(&fixture.addr, meta("client-1", SERVER_ID, 1)).await;
     tx.send(packet(vec![entry("topic", 1), entry("topic", 2)]))
         .await
         .unwrap();
@@ -653,24 +743,30 @@ async fn message_for_failed_handler_fails_the_stream() {
     );
 
     // A replacement handler takes the resend from 2 (1 was processed, 2 and 3 were not).
-    let received = Received::default();
-    server.add_recorder(&topic, &received, &cancel).await;
-    let (tx, mut responses) = open_raw(&server.addr, meta("client-1", SERVER_ID, 2)).await;
+    fixture
+        .add_recorder(&fixture.topic, &fixture.received)
+        .await;
+    let (tx, mut responses) = open_raw(&fixture.addr, meta("client-1", SERVER_ID, 2)).await;
     tx.send(packet(vec![entry("topic", 2), entry("topic", 3)]))
         .await
         .unwrap();
     wait_ack(&mut responses, "topic", 3).await;
-    let indices: Vec<i64> = received.lock().unwrap().iter().map(|(_, i)| *i).collect();
+    let indices: Vec<i64> = fixture
+        .received
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, i)| *i)
+        .collect();
     assert_eq!(indices, vec![2, 3]);
-    server.stop().await;
+    fixture.stop().await;
 }
 
 // A handler that panics is removed and reported; the server keeps serving other topics.
 #[tokio::test]
 async fn handler_panic_is_isolated() {
-    let server = TestServer::start(SERVER_ID, test_server_config(), None).await;
-    let cancel = CancellationToken::new();
-    let mut errors = server
+    let fixture = setup().start().await;
+    let mut errors = fixture
         .server
         .add_handler(
             &TestTopic::new("panicking"),
@@ -678,15 +774,14 @@ async fn handler_panic_is_isolated() {
                 assert!(message.index != 2, "handler bug on message 2");
                 std::future::ready(Ok(()))
             },
-            &cancel,
+            &fixture.cancel,
         )
         .await
         .unwrap();
-    let received = Received::default();
-    server
-        .add_recorder(&TestTopic::new("other"), &received, &cancel)
+    fixture
+        .add_recorder(&TestTopic::new("other"), &fixture.received)
         .await;
-    let (tx, mut responses) = open_raw(&server.addr, meta("client-1", SERVER_ID, 1)).await;
+    let (tx, mut responses) = open_raw(&fixture.addr, meta("client-1", SERVER_ID, 1)).await;
     tx.send(packet(vec![entry("panicking", 1), entry("panicking", 2)]))
         .await
         .unwrap();
@@ -701,87 +796,77 @@ async fn handler_panic_is_isolated() {
     );
     tx.send(packet(vec![entry("other", 1)])).await.unwrap();
     wait_ack(&mut responses, "other", 1).await;
-    assert_eq!(count(&received), 1);
-    assert!(!server.run.is_finished(), "the server still runs");
-    server.stop().await;
+    assert_eq!(count(&fixture.received), 1);
+    assert!(!fixture.run.is_finished(), "the server still runs");
+    fixture.stop().await;
 }
 
 // Topics named per changefeed do not accumulate: once a topic's handler is removed, the
 // server trims its ack records and the client its state; the topic then starts over at 1.
 #[tokio::test]
 async fn removed_topics_are_trimmed() {
-    let config = ServerConfig {
-        removed_topic_linger: Duration::from_millis(50),
-        ..test_server_config()
-    };
-    let server = TestServer::start(SERVER_ID, config, None).await;
-    let cancel = CancellationToken::new();
-    let client = MessageClient::new("client-1", SERVER_ID, test_client_config(), Arc::default());
-    let run = spawn_run(&client, &server.addr, cancel.clone());
-    let received = Received::default();
+    let fixture = setup()
+        .config(|config| config.removed_topic_linger = Duration::from_millis(50))
+        .client(test_client_config())
+        .start()
+        .await;
+    let (server, client, cancel) = (&fixture.server, fixture.client(), &fixture.cancel);
     let kept = TestTopic::new("kept");
-    server.add_recorder(&kept, &received, &cancel).await;
+    fixture.add_recorder(&kept, &fixture.received).await;
     let topics: Vec<TestTopic> = (0..8)
         .map(|i| TestTopic::new(format!("changefeed-{i}")))
         .collect();
     for topic in &topics {
-        server.add_recorder(topic, &received, &cancel).await;
+        fixture.add_recorder(topic, &fixture.received).await;
     }
     for topic in topics.iter().chain([&kept]) {
         for index in 1..=3 {
             client
-                .send_message(topic, &TestMessage { index }, &cancel)
+                .send_message(topic, &TestMessage { index }, cancel)
                 .await
                 .unwrap();
         }
     }
     for topic in topics.iter().chain([&kept]) {
-        assert_acked(&client, topic.name(), 3, Duration::from_secs(10)).await;
+        assert_acked(client, topic.name(), 3, Duration::from_secs(10)).await;
     }
-    assert_eq!(server.server.n_ack_records(), 9);
+    assert_eq!(server.n_ack_records(), 9);
     assert_eq!(client.n_topics(), 9);
 
     for topic in &topics {
-        server
-            .server
-            .remove_handler(topic.name(), &cancel)
-            .await
-            .unwrap();
+        server.remove_handler(topic.name(), cancel).await.unwrap();
     }
     assert!(
-        wait_until(Duration::from_secs(10), || server.server.n_ack_records()
-            == 1
+        wait_until(Duration::from_secs(10), || server.n_ack_records() == 1
             && client.n_topics() == 1)
         .await,
         "records {}, client topics {}",
-        server.server.n_ack_records(),
+        server.n_ack_records(),
         client.n_topics()
     );
     assert_eq!(client.current_ack("kept"), (3, true));
 
     // A topic that comes back starts over and is handled.
     let again = Received::default();
-    server.add_recorder(&topics[0], &again, &cancel).await;
+    fixture.add_recorder(&topics[0], &again).await;
     let seq = client
-        .send_message(&topics[0], &TestMessage { index: 1 }, &cancel)
+        .send_message(&topics[0], &TestMessage { index: 1 }, cancel)
         .await
         .unwrap();
     assert_eq!(seq, 1);
-    assert_acked(&client, topics[0].name(), 1, Duration::from_secs(10)).await;
+    assert_acked(client, topics[0].name(), 1, Duration::from_secs(10)).await;
     assert_eq!(count(&again), 1);
-    cancel.cancel();
-    run.await.unwrap().unwrap();
-    server.stop().await;
+    fixture.stop().await;
 }
 
 // Case 58: cancelling the server ends open streams with "message server is closing".
 #[tokio::test]
 async fn server_closed_ends_streams() {
-    let server = TestServer::start(SERVER_ID, test_server_config(), None).await;
-    let mut n_peers = server.server.n_peers();
-    let (_tx, mut responses) = open_raw(&server.addr, meta("client-1", SERVER_ID, 1)).await;
+    let fixture = setup().start().await;
+    let mut n_peers = fixture.server.n_peers();
+    let (_tx, mut responses) = open_raw(&fixture.addr, meta("client-1", SERVER_ID, 1)).await;
     n_peers.wait_for(|n| *n == 1).await.unwrap();
-    server.cancel.cancel();
+    fixture.server_cancel.cancel();
     let status = tokio::time::timeout(Duration::from_secs(10), responses.message())
         .await
         .unwrap()
@@ -790,14 +875,14 @@ async fn server_closed_ends_streams() {
         status.message().contains("message server is closing"),
         "{status:?}"
     );
-    server.stop().await;
+    fixture.stop().await;
 }
 
 // Case 59: 512 messages to a topic without handler, limit 256 -> CONGESTED.
 #[tokio::test]
 async fn topic_congested_without_handler() {
-    let server = TestServer::start(SERVER_ID, test_server_config(), None).await;
-    let (tx, mut responses) = open_raw(&server.addr, meta("client-1", SERVER_ID, 1)).await;
+    let fixture = setup().start().await;
+    let (tx, mut responses) = open_raw(&fixture.addr, meta("client-1", SERVER_ID, 1)).await;
     for seq in 1..=512 {
         // A send may fail once the server has closed the stream.
         if tx.send(packet(vec![entry("topic", seq)])).await.is_err() {
@@ -808,49 +893,50 @@ async fn topic_congested_without_handler() {
         next_exit_reason(&mut responses).await,
         Some(ExitReason::Congested)
     );
-    server.stop().await;
+    fixture.stop().await;
 }
 
 // Cases 60, 61 and duplicate-stream arbitration: an older incoming stream is stale; a newer
 // one makes the old stream stale; the same epoch twice is a duplicate.
 #[tokio::test]
 async fn stream_epoch_arbitration() {
-    let server = TestServer::start(SERVER_ID, test_server_config(), None).await;
-    let mut n_peers = server.server.n_peers();
-    let (_tx5, mut responses5) = open_raw(&server.addr, meta("client-1", SERVER_ID, 5)).await;
+    let fixture = setup().start().await;
+    let addr = fixture.addr.as_str();
+    let mut n_peers = fixture.server.n_peers();
+    let (_tx5, mut responses5) = open_raw(addr, meta("client-1", SERVER_ID, 5)).await;
     n_peers.wait_for(|n| *n == 1).await.unwrap();
-    let (_tx4, mut responses4) = open_raw(&server.addr, meta("client-1", SERVER_ID, 4)).await;
+    let (_tx4, mut responses4) = open_raw(addr, meta("client-1", SERVER_ID, 4)).await;
     assert_eq!(
         next_exit_reason(&mut responses4).await,
         Some(ExitReason::StaleConnection)
     );
-    let (_tx5b, mut responses5b) = open_raw(&server.addr, meta("client-1", SERVER_ID, 5)).await;
+    let (_tx5b, mut responses5b) = open_raw(addr, meta("client-1", SERVER_ID, 5)).await;
     assert_eq!(
         next_exit_reason(&mut responses5b).await,
         Some(ExitReason::DuplicateConnection)
     );
-    let (_tx6, _responses6) = open_raw(&server.addr, meta("client-1", SERVER_ID, 6)).await;
+    let (_tx6, _responses6) = open_raw(addr, meta("client-1", SERVER_ID, 6)).await;
     assert_eq!(
         next_exit_reason(&mut responses5).await,
         Some(ExitReason::StaleConnection)
     );
-    server.stop().await;
+    fixture.stop().await;
 }
 
 // Case 62: every message sent twice -> each index once, in order; ack reaches 128.
 #[tokio::test]
 async fn repeated_messages_are_dropped() {
-    let (server, _, _, received) = start_recorded(test_server_config()).await;
-    let (tx, mut responses) = open_raw(&server.addr, meta("client-1", SERVER_ID, 1)).await;
+    let fixture = setup().recorder().start().await;
+    let (tx, mut responses) = open_raw(&fixture.addr, meta("client-1", SERVER_ID, 1)).await;
     for seq in 1..=128 {
         tx.send(packet(vec![entry("topic", seq)])).await.unwrap();
         tx.send(packet(vec![entry("topic", seq)])).await.unwrap();
     }
     wait_ack(&mut responses, "topic", 128).await;
-    assert_eq!(count(&received), 128);
-    assert_in_order(&received);
-    assert_eq!(server.server.metrics().messages_repeated, 128);
-    server.stop().await;
+    assert_eq!(count(&fixture.received), 128);
+    assert_in_order(&fixture.received);
+    assert_eq!(fixture.server.metrics().messages_repeated, 128);
+    fixture.stop().await;
 }
 
 // Cases 63, 64 (adapted: the main loop "is blocked" by never having started): a pending
@@ -894,8 +980,8 @@ async fn exit_while_adding_or_removing_handler() {
 // Case 65: a receiver ID other than the server's gets CAPTURE_ID_MISMATCH first.
 #[tokio::test]
 async fn receiver_id_mismatch() {
-    let server = TestServer::start(SERVER_ID, test_server_config(), None).await;
-    let (_tx, mut responses) = open_raw(&server.addr, meta("client-1", "test-server-2", 1)).await;
+    let fixture = setup().start().await;
+    let (_tx, mut responses) = open_raw(&fixture.addr, meta("client-1", "test-server-2", 1)).await;
     let first = responses.message().await.unwrap().unwrap();
     assert_eq!(first.exit_reason(), ExitReason::CaptureIdMismatch);
     assert!(
@@ -904,23 +990,21 @@ async fn receiver_id_mismatch() {
             .contains("CDC:ErrPeerMessageReceiverMismatch")
     );
     assert!(responses.message().await.is_err());
-    server.stop().await;
+    fixture.stop().await;
 }
 
 // Case 66: seqs 1, 2, 3; the handler blocks on 2 and is removed (3 is lost) and re-added;
 // seq 4 arrives -> the new handler is never called and its error channel gets DataLost.
 #[tokio::test]
 async fn data_loss_after_unregister_handler() {
-    let server = TestServer::start(SERVER_ID, test_server_config(), None).await;
-    let topic = TestTopic::new("topic");
-    let cancel = CancellationToken::new();
+    let fixture = setup().start().await;
+    let (server, topic, cancel) = (&fixture.server, &fixture.topic, &fixture.cancel);
     let (entered_tx, mut entered_rx) = mpsc::channel(1);
     let release = Arc::new(tokio::sync::Notify::new());
     let handler_release = Arc::clone(&release);
     server
-        .server
         .add_handler(
-            &topic,
+            topic,
             move |_, message: TestMessage| {
                 let entered_tx = entered_tx.clone();
                 let release = Arc::clone(&handler_release);
@@ -932,11 +1016,11 @@ async fn data_loss_after_unregister_handler() {
                     Ok(())
                 }
             },
-            &cancel,
+            cancel,
         )
         .await
         .unwrap();
-    let (tx, _responses) = open_raw(&server.addr, meta("client-1", SERVER_ID, 1)).await;
+    let (tx, _responses) = open_raw(&fixture.addr, meta("client-1", SERVER_ID, 1)).await;
     tx.send(packet(vec![
         entry("topic", 1),
         entry("topic", 2),
@@ -945,9 +1029,9 @@ async fn data_loss_after_unregister_handler() {
     .await
     .unwrap();
     entered_rx.recv().await.unwrap();
-    let mut n_handlers = server.server.n_handlers.subscribe();
+    let mut n_handlers = server.n_handlers.subscribe();
     let removing = {
-        let server = Arc::clone(&server.server);
+        let server = Arc::clone(server);
         let cancel = cancel.clone();
         tokio::spawn(async move { server.remove_handler("topic", &cancel).await })
     };
@@ -959,11 +1043,7 @@ async fn data_loss_after_unregister_handler() {
     release.notify_one();
     removing.await.unwrap().unwrap();
     let called = Received::default();
-    let mut errors = server
-        .server
-        .add_handler(&topic, recorder(&called), &cancel)
-        .await
-        .unwrap();
+    let mut errors = fixture.add_recorder(topic, &called).await;
     tx.send(packet(vec![entry("topic", 4)])).await.unwrap();
     let err = tokio::time::timeout(Duration::from_secs(5), errors.recv())
         .await
@@ -981,41 +1061,40 @@ async fn data_loss_after_unregister_handler() {
         "{err}"
     );
     assert_eq!(count(&called), 0);
-    server.stop().await;
+    fixture.stop().await;
 }
 
 // Case 67: deregister_peer empties the registry.
 #[tokio::test]
 async fn server_deregister_peer() {
-    let server = TestServer::start(SERVER_ID, test_server_config(), None).await;
-    let mut n_peers = server.server.n_peers();
-    let (_tx, _responses) = open_raw(&server.addr, meta("client-1", SERVER_ID, 1)).await;
+    let fixture = setup().start().await;
+    let mut n_peers = fixture.server.n_peers();
+    let (_tx, _responses) = open_raw(&fixture.addr, meta("client-1", SERVER_ID, 1)).await;
     n_peers.wait_for(|n| *n == 1).await.unwrap();
-    server.server.deregister_peer("client-1");
+    fixture.server.deregister_peer("client-1");
     tokio::time::timeout(Duration::from_secs(10), n_peers.wait_for(|n| *n == 0))
         .await
         .unwrap()
         .unwrap();
-    server.stop().await;
+    fixture.stop().await;
 }
 
 // Deregistering cannot be lost to a full task queue (a frozen peer is exactly when it fills).
 #[tokio::test]
 async fn deregister_peer_with_full_task_queue() {
-    let config = ServerConfig {
-        max_pending_task_count: 2,
-        ..test_server_config()
-    };
-    let server = TestServer::start(SERVER_ID, config, None).await;
-    let mut n_peers = server.server.n_peers();
-    let (_tx, mut responses) = open_raw(&server.addr, meta("client-1", SERVER_ID, 1)).await;
+    let fixture = setup()
+        .config(|config| config.max_pending_task_count = 2)
+        .start()
+        .await;
+    let mut n_peers = fixture.server.n_peers();
+    let (_tx, mut responses) = open_raw(&fixture.addr, meta("client-1", SERVER_ID, 1)).await;
     n_peers.wait_for(|n| *n == 1).await.unwrap();
-    let (unblock, entered) = server.server.block_main_loop().unwrap();
+    let (unblock, entered) = fixture.server.block_main_loop().unwrap();
     entered.await.unwrap();
     let topic = TestTopic::new("topic");
     let mut n_queued = 0;
     let full = loop {
-        match server
+        match fixture
             .server
             .try_add_handler(&topic, |_, _: TestMessage| std::future::ready(Ok(())))
         {
@@ -1025,7 +1104,7 @@ async fn deregister_peer_with_full_task_queue() {
         }
     };
     assert!(matches!(full, Error::TaskQueueCongested), "{full}");
-    server.server.deregister_peer("client-1");
+    fixture.server.deregister_peer("client-1");
     unblock.send(()).unwrap();
     assert_eq!(
         next_exit_reason(&mut responses).await,
@@ -1035,21 +1114,21 @@ async fn deregister_peer_with_full_task_queue() {
         .await
         .unwrap()
         .unwrap();
-    server.stop().await;
+    fixture.stop().await;
 }
 
 // A deregistered sender that comes back (a frozen capture resumed) and resends what it had
 // not seen acked is refused with a clear status; nothing is handled twice.
 #[tokio::test]
 async fn deregistered_sender_is_refused() {
-    let (server, _, _, received) = start_recorded(test_server_config()).await;
-    let mut n_peers = server.server.n_peers();
-    let (tx, mut responses) = open_raw(&server.addr, meta("client-1", SERVER_ID, 1)).await;
+    let fixture = setup().recorder().start().await;
+    let mut n_peers = fixture.server.n_peers();
+    let (tx, mut responses) = open_raw(&fixture.addr, meta("client-1", SERVER_ID, 1)).await;
     for seq in 1..=3 {
         tx.send(packet(vec![entry("topic", seq)])).await.unwrap();
     }
     wait_ack(&mut responses, "topic", 3).await;
-    server.server.deregister_peer("client-1");
+    fixture.server.deregister_peer("client-1");
     assert_eq!(
         next_exit_reason(&mut responses).await,
         Some(ExitReason::CaptureSuicide)
@@ -1060,7 +1139,7 @@ async fn deregistered_sender_is_refused() {
         .unwrap();
 
     // The resumed sender reconnects and resends from its last ack it saw (say 1).
-    let (tx, mut responses) = open_raw(&server.addr, meta("client-1", SERVER_ID, 2)).await;
+    let (tx, mut responses) = open_raw(&fixture.addr, meta("client-1", SERVER_ID, 2)).await;
     // The send may fail once the server has refused the stream.
     let _ = tx
         .send(packet(vec![
@@ -1096,7 +1175,7 @@ async fn deregistered_sender_is_refused() {
         .unwrap();
     let result = tokio::time::timeout(
         Duration::from_secs(10),
-        client.run(&CancellationToken::new(), &server.addr),
+        client.run(&CancellationToken::new(), &fixture.addr),
     )
     .await
     .unwrap();
@@ -1106,10 +1185,10 @@ async fn deregistered_sender_is_refused() {
     );
 
     // Nothing was handled twice: a marker from a live sender comes after exactly 1, 2, 3.
-    let (tx, mut responses) = open_raw(&server.addr, meta("client-2", SERVER_ID, 1)).await;
+    let (tx, mut responses) = open_raw(&fixture.addr, meta("client-2", SERVER_ID, 1)).await;
     tx.send(packet(vec![entry("topic", 1)])).await.unwrap();
     wait_ack(&mut responses, "topic", 1).await;
-    let seen: Vec<(String, i64)> = received.lock().unwrap().clone();
+    let seen: Vec<(String, i64)> = fixture.received.lock().unwrap().clone();
     let expected: Vec<(String, i64)> = [
         ("client-1", 1),
         ("client-1", 2),
@@ -1120,7 +1199,18 @@ async fn deregistered_sender_is_refused() {
     .map(|(sender, index)| (sender.to_owned(), index))
     .collect();
     assert_eq!(seen, expected);
-    server.stop().await;
+    fixture.stop().await;
+}
+
+/// Restarts the stream that delivered a batch, at random, `per_mille` times in a thousand.
+struct RandomRestarts {
+    per_mille: u32,
+}
+
+impl ServerFaults for RandomRestarts {
+    fn restart_stream(&self) -> bool {
+        rand::random_range(0..1000) < self.per_mille
+    }
 }
 
 /// Runs `n_senders` tasks that each send `per_sender` messages on every topic through one
@@ -1132,12 +1222,15 @@ async fn run_client_load(
     config: ServerConfig,
     inject_per_mille: u32,
 ) {
-    let server = TestServer::start(SERVER_ID, config, None).await;
-    server
-        .server
-        .inject_restart
-        .store(inject_per_mille, Ordering::Relaxed);
-    let cancel = CancellationToken::new();
+    let fixture = setup()
+        .config(|adjusted| *adjusted = config)
+        .faults(RandomRestarts {
+            per_mille: inject_per_mille,
+        })
+        .client(test_client_config())
+        .start()
+        .await;
+    let (server, client, cancel) = (&fixture.server, fixture.client(), &fixture.cancel);
     let topics: Vec<TestTopic> = (0..n_topics)
         .map(|i| TestTopic::new(format!("topic-{i}")))
         .collect();
@@ -1148,7 +1241,6 @@ async fn run_client_load(
         let mut last = 0;
         // Within one topic and sender, sequences and therefore delivery are ordered.
         server
-            .server
             .add_handler(
                 topic,
                 move |sender, message: TestMessage| {
@@ -1157,14 +1249,12 @@ async fn run_client_load(
                     seen.lock().unwrap().push((sender.to_string(), last));
                     std::future::ready(Ok(()))
                 },
-                &cancel,
+                cancel,
             )
             .await
             .unwrap();
         received.push(topic_received);
     }
-    let client = MessageClient::new("client-1", SERVER_ID, test_client_config(), Arc::default());
-    let run = spawn_run(&client, &server.addr, cancel.clone());
     let mut senders = JoinSet::new();
     for _ in 0..n_senders {
         let client = client.clone();
@@ -1198,9 +1288,7 @@ async fn run_client_load(
     for topic_received in &received {
         assert_eq!(count(topic_received), total as usize);
     }
-    cancel.cancel();
-    run.await.unwrap().unwrap();
-    server.stop().await;
+    fixture.stop().await;
 }
 
 // Case 68: 1 topic, 4 senders × 1024 -> ack 4096.
@@ -1231,16 +1319,18 @@ async fn server_restart_injected() {
 // ack 128 hold.
 #[tokio::test]
 async fn basic_nonblocking() {
-    let (server, cancel, topic, received) = start_recorded(test_server_config()).await;
-    let config = ClientConfig {
-        send_channel_size: 4,
-        ..test_client_config()
-    };
-    let client = MessageClient::new("client-1", SERVER_ID, config, Arc::default());
-    let run = spawn_run(&client, &server.addr, cancel.clone());
+    let fixture = setup()
+        .recorder()
+        .client(ClientConfig {
+            send_channel_size: 4,
+            ..test_client_config()
+        })
+        .start()
+        .await;
+    let client = fixture.client();
     for index in 1..=128 {
         let seq = loop {
-            match client.try_send_message(&topic, &TestMessage { index }) {
+            match client.try_send_message(&fixture.topic, &TestMessage { index }) {
                 Ok(seq) => break seq,
                 Err(Error::SendTryAgain) => tokio::time::sleep(Duration::from_millis(1)).await,
                 Err(err) => panic!("{err}"),
@@ -1248,30 +1338,25 @@ async fn basic_nonblocking() {
         };
         assert_eq!(seq, index);
     }
-    assert_acked(&client, "topic", 128, Duration::from_secs(10)).await;
-    assert_in_order(&received);
-    cancel.cancel();
-    run.await.unwrap().unwrap();
-    server.stop().await;
+    assert_acked(client, "topic", 128, Duration::from_secs(10)).await;
+    assert_in_order(&fixture.received);
+    fixture.stop().await;
 }
 
 // Case 74: a task queue of 10 and a slowed main loop push back; 1024 send_message calls
 // succeed and the final ack equals the last sequence.
 #[tokio::test]
 async fn message_back_pressure() {
-    let config = ServerConfig {
-        max_pending_task_count: 10,
-        ..test_server_config()
-    };
-    let server = TestServer::start(SERVER_ID, config, None).await;
-    let cancel = CancellationToken::new();
-    let topic = TestTopic::new("topic");
-    let received = Received::default();
-    let seen = Arc::clone(&received);
+    let fixture = setup()
+        .config(|config| config.max_pending_task_count = 10)
+        .client(test_client_config())
+        .start()
+        .await;
+    let (server, client, cancel) = (&fixture.server, fixture.client(), &fixture.cancel);
+    let seen = Arc::clone(&fixture.received);
     server
-        .server
         .add_handler(
-            &topic,
+            &fixture.topic,
             move |sender: SenderId, message: TestMessage| {
                 seen.lock()
                     .unwrap()
@@ -1283,18 +1368,16 @@ async fn message_back_pressure() {
                     Ok(())
                 }
             },
-            &cancel,
+            cancel,
         )
         .await
         .unwrap();
-    let client = MessageClient::new("client-1", SERVER_ID, test_client_config(), Arc::default());
-    let run = spawn_run(&client, &server.addr, cancel.clone());
     let mut last = 0;
     for index in 1..=1024 {
         if index % 256 == 0 {
             // Slow the main loop down for a moment.
             let unblock = loop {
-                match server.server.block_main_loop() {
+                match server.block_main_loop() {
                     Ok((unblock, _)) => break unblock,
                     Err(Error::TaskQueueCongested) => tokio::task::yield_now().await,
                     Err(err) => panic!("{err}"),
@@ -1304,66 +1387,55 @@ async fn message_back_pressure() {
             unblock.send(()).unwrap();
         }
         last = client
-            .send_message(&topic, &TestMessage { index }, &cancel)
+            .send_message(&fixture.topic, &TestMessage { index }, cancel)
             .await
             .unwrap();
     }
-    assert_acked(&client, "topic", last, Duration::from_secs(10)).await;
-    assert_in_order(&received);
-    cancel.cancel();
-    run.await.unwrap().unwrap();
-    server.stop().await;
+    assert_acked(client, "topic", last, Duration::from_secs(10)).await;
+    assert_in_order(&fixture.received);
+    fixture.stop().await;
 }
 
 // Case 75: per-topic pending limit 10; 100 messages paced; the handler is removed for a while
 // and re-added -> CONGESTED, reconnect and resend; the ack finally reaches 100.
 #[tokio::test]
 async fn topic_congested_then_recovers() {
-    let config = ServerConfig {
-        max_pending_message_count_per_topic: 10,
-        ..test_server_config()
-    };
-    let (server, cancel, topic, received) = start_recorded(config).await;
-    let metrics = Arc::new(Metrics::default());
-    let client = MessageClient::new(
-        "client-1",
-        SERVER_ID,
-        test_client_config(),
-        Arc::clone(&metrics),
-    );
-    let run = spawn_run(&client, &server.addr, cancel.clone());
+    let fixture = setup()
+        .config(|config| config.max_pending_message_count_per_topic = 10)
+        .recorder()
+        .client(test_client_config())
+        .start()
+        .await;
+    let (server, client, cancel) = (&fixture.server, fixture.client(), &fixture.cancel);
     for index in 1..=100 {
         if index == 30 {
-            server
-                .server
-                .remove_handler("topic", &cancel)
-                .await
-                .unwrap();
+            server.remove_handler("topic", cancel).await.unwrap();
         }
         if index == 70 {
-            server.add_recorder(&topic, &received, &cancel).await;
+            fixture
+                .add_recorder(&fixture.topic, &fixture.received)
+                .await;
         }
         client
-            .send_message(&topic, &TestMessage { index }, &cancel)
+            .send_message(&fixture.topic, &TestMessage { index }, cancel)
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_millis(3)).await;
     }
-    assert_acked(&client, "topic", 100, Duration::from_secs(20)).await;
+    assert_acked(client, "topic", 100, Duration::from_secs(20)).await;
     assert!(
-        metrics.snapshot().reconnects >= 1,
+        fixture.client_metrics.snapshot().reconnects >= 1,
         "congestion forced a reconnect"
     );
-    let indices: Vec<i64> = received
+    let indices: Vec<i64> = fixture
+        .received
         .lock()
         .unwrap()
         .iter()
         .map(|(_, index)| *index)
         .collect();
     assert_eq!(indices, (1..=100).collect::<Vec<_>>());
-    cancel.cancel();
-    run.await.unwrap().unwrap();
-    server.stop().await;
+    fixture.stop().await;
 }
 
 type ResponseSenders =
@@ -1616,16 +1688,10 @@ async fn router_basic() {
     let topic = TestTopic::new("topic");
     for i in 0..3 {
         let server_id = format!("server-{i}");
-        let server = TestServer::start(&server_id, test_server_config(), None).await;
-        let server_received = Received::default();
-        server
-            .server
-            .add_handler(&topic, recorder(&server_received), &cancel)
-            .await
-            .unwrap();
+        let server = setup().server_id(&server_id).recorder().start().await;
         router.add_peer(&server_id, &server.addr);
+        received.push(Arc::clone(&server.received));
         servers.push(server);
-        received.push(server_received);
     }
     assert!(router.client("test-client-1").is_some());
     assert!(router.local_channel().is_some());
@@ -1670,20 +1736,8 @@ async fn router_remove_peer() {
     let router = MessageRouter::new("test-client-1", test_client_config());
     let cancel = CancellationToken::new();
     let topic = TestTopic::new("topic");
-    let server1 = TestServer::start("server-1", test_server_config(), None).await;
-    let server2 = TestServer::start("server-2", test_server_config(), None).await;
-    let received1 = Received::default();
-    let received2 = Received::default();
-    server1
-        .server
-        .add_handler(&topic, recorder(&received1), &cancel)
-        .await
-        .unwrap();
-    server2
-        .server
-        .add_handler(&topic, recorder(&received2), &cancel)
-        .await
-        .unwrap();
+    let server1 = setup().server_id("server-1").recorder().start().await;
+    let server2 = setup().server_id("server-2").recorder().start().await;
     router.add_peer("server-1", &server1.addr);
     router.add_peer("server-2", &server2.addr);
     let client2 = router.client("server-2").unwrap();
@@ -1730,14 +1784,14 @@ async fn router_remove_peer() {
 // Dropping a router stops its clients.
 #[tokio::test]
 async fn router_drop_stops_clients() {
-    let (server, cancel, topic, _) = start_recorded(test_server_config()).await;
+    let server = setup().recorder().start().await;
     let router = MessageRouter::new("test-client-1", test_client_config());
     router.add_peer(SERVER_ID, &server.addr);
     let Some(PeerClient::Remote(client)) = router.client(SERVER_ID) else {
         panic!("a remote client");
     };
     client
-        .send_message(&topic, &TestMessage { index: 1 }, &cancel)
+        .send_message(&server.topic, &TestMessage { index: 1 }, &server.cancel)
         .await
         .unwrap();
     assert_acked(&client, "topic", 1, Duration::from_secs(10)).await;
@@ -1751,7 +1805,7 @@ async fn router_drop_stops_clients() {
 async fn router_client_failure() {
     let router = MessageRouter::new("test-client-1", test_client_config());
     let mut errors = router.errors().unwrap();
-    let server = TestServer::start("server-1", test_server_config(), None).await;
+    let server = setup().server_id("server-1").start().await;
     // The peer's address now belongs to another capture.
     router.add_peer("server-2", &server.addr);
     let client = router.client("server-2").unwrap();
@@ -1772,7 +1826,7 @@ async fn router_client_failure() {
 // one active stream; reset(None) -> the stream fails with CANCELLED.
 #[tokio::test]
 async fn server_wrapper_basics() {
-    let server = TestServer::start(SERVER_ID, test_server_config(), None).await;
+    let server = setup().start().await;
     server.wrapper.reset(None);
     let mut client = connect(&server.addr, &ClientConfig::default())
         .await
@@ -1808,7 +1862,7 @@ async fn server_wrapper_basics() {
 // reset runs concurrently): no panic, no deadlock, every stream ends.
 #[tokio::test]
 async fn server_wrapper_reset_races_streams() {
-    let server = TestServer::start(SERVER_ID, test_server_config(), None).await;
+    let server = setup().start().await;
     let mut opening = JoinSet::new();
     for i in 0..16 {
         let addr = server.addr.clone();
@@ -1931,7 +1985,8 @@ async fn retry_rate_extremes() {
         assert_eq!(config.client_retry_rate_limit, adjusted);
     }
 
-    let (server, cancel, topic, _) = start_recorded(test_server_config()).await;
+    let server = setup().recorder().start().await;
+    let (cancel, topic) = (&server.cancel, &server.topic);
     for (i, rate) in [1e-30, 1e30, f64::INFINITY, f64::NAN, 0.0]
         .into_iter()
         .enumerate()
@@ -1944,7 +1999,7 @@ async fn retry_rate_extremes() {
         let stop = cancel.child_token();
         let run = spawn_run(&client, &server.addr, stop.clone());
         client
-            .send_message(&topic, &TestMessage { index: 1 }, &cancel)
+            .send_message(topic, &TestMessage { index: 1 }, cancel)
             .await
             .unwrap();
         assert!(
@@ -1966,18 +2021,10 @@ async fn retry_rate_extremes() {
 async fn router_client_panic_cleans_up() {
     let router = MessageRouter::new("test-client-1", test_client_config());
     let mut errors = router.errors().unwrap();
-    let server = TestServer::start("server-1", test_server_config(), None).await;
-    let cancel = CancellationToken::new();
-    let topic = TestTopic::new("topic");
+    let server = setup().server_id("server-1").recorder().start().await;
+    let (cancel, topic) = (server.cancel.clone(), server.topic.clone());
     let other = TestTopic::new("other");
-    let received = Received::default();
-    for topic in [&topic, &other] {
-        server
-            .server
-            .add_handler(topic, recorder(&received), &cancel)
-            .await
-            .unwrap();
-    }
+    server.add_recorder(&other, &server.received).await;
     router.add_peer("server-1", &server.addr);
     let Some(PeerClient::Remote(first)) = router.client("server-1") else {
         panic!("a remote client");
@@ -2126,18 +2173,14 @@ async fn send_then_sync_from(
 // when it is deregistered.
 #[tokio::test]
 async fn pending_topics_bounded_and_purged() {
-    let config = ServerConfig {
-        max_pending_topic_count_per_sender: 2,
-        ..test_server_config()
-    };
-    let server = TestServer::start(SERVER_ID, config, None).await;
-    let cancel = CancellationToken::new();
+    let server = setup()
+        .config(|config| config.max_pending_topic_count_per_sender = 2)
+        .start()
+        .await;
     let handled = Received::default();
     server
-        .server
-        .add_handler(&TestTopic::new("handled"), recorder(&handled), &cancel)
-        .await
-        .unwrap();
+        .add_recorder(&TestTopic::new("handled"), &handled)
+        .await;
 
     // Two topics fit; a message on a third ends the stream with CONGESTED.
     let (tx, mut responses) = send_then_sync(
@@ -2190,11 +2233,7 @@ async fn pending_topics_bounded_and_purged() {
     // current stream buffered.
     let replayed = Received::default();
     for name in ["pending-1", "pending-3", "pending-5", "pending-7"] {
-        server
-            .server
-            .add_handler(&TestTopic::new(name), recorder(&replayed), &cancel)
-            .await
-            .unwrap();
+        server.add_recorder(&TestTopic::new(name), &replayed).await;
     }
     assert!(wait_until(Duration::from_secs(10), || count(&replayed) == 1).await);
     server.stop().await;
@@ -2204,7 +2243,7 @@ async fn pending_topics_bounded_and_purged() {
 // A stopped server has awaited its streams' receiving tasks.
 #[tokio::test]
 async fn server_stop_awaits_streams() {
-    let server = TestServer::start(SERVER_ID, test_server_config(), None).await;
+    let server = setup().start().await;
     let inner = Arc::clone(&server.server);
     let mut n_peers = inner.n_peers();
     let (_tx1, _responses1) = open_raw(&server.addr, meta("client-1", SERVER_ID, 1)).await;

@@ -12,9 +12,31 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     Backoff, CANCEL_CLEANUP_TIMEOUT, Election, OwnerFence, RETRY_BACKOFF_MAX, RETRY_BACKOFF_MIN,
-    WatchHook, WatchOutcome, watch_outcome,
+    WatchOutcome, watch_outcome,
 };
+use crate::hooks::{ElectionHooks, Pause};
 use crate::{Error, Session};
+
+/// Lets a test act on etcd between a waiting candidate's read and its watch, once.
+#[derive(Debug)]
+struct WatchHook {
+    armed: AtomicBool,
+    /// The revision of the read, set when the candidate reaches the hook.
+    revision: AtomicI64,
+    reached: tokio::sync::Notify,
+    release: tokio::sync::Notify,
+}
+
+impl ElectionHooks for WatchHook {
+    fn before_watch(&self, revision: Revision) -> Option<Pause<'_>> {
+        if !self.armed.swap(false, Ordering::SeqCst) {
+            return None;
+        }
+        self.revision.store(revision, Ordering::SeqCst);
+        self.reached.notify_one();
+        Some(Box::pin(self.release.notified()))
+    }
+}
 
 fn response(events: Vec<Event>) -> WatchResponse {
     WatchResponse {
@@ -161,7 +183,7 @@ async fn a_compaction_while_waiting_keeps_the_key_and_the_retry_keeps_its_place(
         release: tokio::sync::Notify::new(),
     });
     let mut b = Election::new(&session_b, prefix);
-    b.watch_hook = Some(Arc::clone(&hook));
+    b.hooks = Arc::clone(&hook) as Arc<dyn ElectionHooks>;
     let b = Arc::new(b);
     let campaign = spawn_campaign(&b, "b", &never);
     timeout(Duration::from_secs(10), hook.reached.notified())

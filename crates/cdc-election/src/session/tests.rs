@@ -11,9 +11,33 @@ use cdc_etcd::{ConnectConfig, EtcdClient, KeepAliveResponse, LeaseId};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{
-    HandshakeHook, Keeper, LeaseStream, LeaseTransport, Session, SessionConfig, SessionEnd, Shared,
-};
+use super::{Keeper, LeaseStream, LeaseTransport, Session, SessionConfig, SessionEnd, Shared};
+use crate::hooks::{KeeperHooks, Pause};
+
+/// Lets a test stop the keeper between the open keep-alive stream and its answer to the grant.
+#[derive(Debug, Default)]
+struct HandshakeHook {
+    /// The lease, set when the keeper reaches the hook.
+    lease_id: std::sync::atomic::AtomicI64,
+    /// Notified when the keeper reaches the hook.
+    reached: tokio::sync::Notify,
+    /// The keeper waits for it.
+    release: tokio::sync::Notify,
+    /// Notified after the keeper answered the grant (whether or not anyone received it).
+    answered: tokio::sync::Notify,
+}
+
+impl KeeperHooks for HandshakeHook {
+    fn before_answer(&self, lease_id: LeaseId) -> Option<Pause<'_>> {
+        self.lease_id.store(lease_id, Ordering::SeqCst);
+        self.reached.notify_one();
+        Some(Box::pin(self.release.notified()))
+    }
+
+    fn answered(&self) {
+        self.answered.notify_one();
+    }
+}
 
 const LEASE: LeaseId = 0x694d_7f3a_0000_0001;
 const TTL: Duration = Duration::from_secs(9);
@@ -108,7 +132,7 @@ fn keeper() -> Keeper {
         stop: CancellationToken::new(),
         done: CancellationToken::new(),
         shared: Arc::new(Shared::default()),
-        handshake_hook: None,
+        hooks: crate::hooks::none(),
     }
 }
 
@@ -274,11 +298,11 @@ async fn grant_stopped_at_the_handshake(
     std::pin::Pin<Box<impl Future<Output = crate::Result<Session>>>>,
     LeaseId,
 ) {
-    let config = SessionConfig {
-        handshake_hook: Some(Arc::clone(hook)),
-        ..SessionConfig::new(10)
-    };
-    let mut grant = Box::pin(Session::grant_with(client.clone(), config));
+    let mut grant = Box::pin(Session::grant_observed(
+        client.clone(),
+        SessionConfig::new(10),
+        Arc::clone(hook) as Arc<dyn KeeperHooks>,
+    ));
     tokio::select! {
         () = hook.reached.notified() => {}
         result = &mut grant => panic!("the grant completed past its hook: {result:?}"),

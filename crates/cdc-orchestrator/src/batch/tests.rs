@@ -18,60 +18,149 @@ fn limits() -> TxnLimits {
     }
 }
 
-// Case 35 (GetBatchChangeState).
-#[test]
-fn batch_limits() {
-    let base = RawState::new();
-    let groups: Vec<PatchGroup> = (0..1000)
+/// What [`next_batch`] makes of a case's groups.
+#[derive(Debug)]
+enum Expected {
+    /// A batch of the first `n_groups` groups with `n_changes` keys, holding `key = value` when
+    /// given.
+    Batch {
+        n_groups: usize,
+        n_changes: usize,
+        holds: Option<(&'static str, &'static str)>,
+    },
+    /// The first group alone exceeds a limit: the error says this.
+    Refused(&'static str),
+}
+
+/// Groups, the limits they are batched under, and the expected batch.
+struct BatchCase {
+    name: &'static str,
+    groups: fn() -> Vec<PatchGroup>,
+    limits: TxnLimits,
+    expected: Expected,
+}
+
+/// One group per key `/key<i>` for `i` in `0..n`, each of value `abc<i>`.
+fn single_key_groups(n: usize) -> Vec<PatchGroup> {
+    (0..n)
         .map(|i| {
             vec![put_patch(
                 &format!("/key{i}"),
                 format!("abc{i}").into_bytes(),
             )]
         })
-        .collect();
-    let batch = next_batch(&base, &groups, limits()).unwrap();
-    assert!(batch.n_groups <= 1000);
-    assert!(batch.size <= TXN_MAX_SIZE);
-    assert!(batch.changes.len() <= 128);
-    assert_eq!(
-        batch.changes.get(b"/key0".as_slice()).unwrap().as_deref(),
-        Some(b"abc0".as_slice())
-    );
-
-    let big = vec![vec![put_patch("/key", vec![b'a'; TXN_MAX_SIZE])]];
-    let err = next_batch(&base, &big, limits()).unwrap_err();
-    assert!(
-        err.to_string()
-            .contains("a single changefeed exceed etcd txn max size"),
-        "{err}"
-    );
-
-    let wide = vec![
-        (0..257)
-            .map(|i| put_patch(&format!("/key{i}"), b"v".to_vec()))
-            .collect::<PatchGroup>(),
-    ];
-    let err = next_batch(&base, &wide, limits()).unwrap_err();
-    assert!(
-        err.to_string()
-            .contains("a single changefeed exceed etcd txn max ops"),
-        "{err}"
-    );
+        .collect()
 }
 
-// QUIRK (a) fixed: a group of exactly the limit is committed alone instead of spinning.
+/// One group of `n` keys `/<prefix><i>`, each of value `v`.
+fn wide_group(prefix: &str, n: usize) -> PatchGroup {
+    (0..n)
+        .map(|i| put_patch(&format!("/{prefix}{i}"), b"v".to_vec()))
+        .collect()
+}
+
+fn batch_cases() -> Vec<BatchCase> {
+    vec![
+        // Case 35 (GetBatchChangeState): many small groups fill one transaction's keys.
+        BatchCase {
+            name: "1000 single-key groups",
+            groups: || single_key_groups(1000),
+            limits: limits(),
+            expected: Expected::Batch {
+                n_groups: 128,
+                n_changes: 128,
+                holds: Some(("/key0", "abc0")),
+            },
+        },
+        BatchCase {
+            name: "one group larger than a transaction",
+            groups: || vec![vec![put_patch("/key", vec![b'a'; TXN_MAX_SIZE])]],
+            limits: limits(),
+            expected: Expected::Refused("a single changefeed exceed etcd txn max size"),
+        },
+        BatchCase {
+            name: "one group of more keys than a transaction",
+            groups: || vec![wide_group("key", 257)],
+            limits: limits(),
+            expected: Expected::Refused("a single changefeed exceed etcd txn max ops"),
+        },
+        // QUIRK (a) fixed: a group of exactly the limit is committed alone instead of spinning.
+        BatchCase {
+            name: "a group at exactly the limit",
+            groups: || {
+                let limits = TxnLimits::for_worker(false);
+                vec![
+                    wide_group("k", limits.max_keys),
+                    vec![put_patch("/other", b"v".to_vec())],
+                ]
+            },
+            limits: TxnLimits::for_worker(false),
+            expected: Expected::Batch {
+                n_groups: 1,
+                n_changes: TxnLimits::for_worker(false).max_keys,
+                holds: None,
+            },
+        },
+        // The owner key's compare leaves a fenced worker one key less.
+        BatchCase {
+            name: "a group at the unfenced limit in a fenced worker",
+            groups: || vec![wide_group("k", TxnLimits::for_worker(false).max_keys)],
+            limits: TxnLimits::for_worker(true),
+            expected: Expected::Refused("a single changefeed exceed etcd txn max ops"),
+        },
+        // A group that would push the batch over the size limit waits for the next batch.
+        BatchCase {
+            name: "two groups of 700 KiB",
+            groups: || {
+                vec![
+                    vec![put_patch("/big1", vec![b'a'; 700 * 1024])],
+                    vec![put_patch("/big2", vec![b'b'; 700 * 1024])],
+                ]
+            },
+            limits: limits(),
+            expected: Expected::Batch {
+                n_groups: 1,
+                n_changes: 1,
+                holds: None,
+            },
+        },
+    ]
+}
+
 #[test]
-fn group_at_exact_limit_is_taken() {
+fn batch_limits() {
     let base = RawState::new();
-    let limits = TxnLimits::for_worker(false);
-    let group: PatchGroup = (0..limits.max_keys)
-        .map(|i| put_patch(&format!("/k{i}"), b"v".to_vec()))
-        .collect();
-    let second: PatchGroup = vec![put_patch("/other", b"v".to_vec())];
-    let batch = next_batch(&base, &[group, second], limits).unwrap();
-    assert_eq!(batch.n_groups, 1);
-    assert_eq!(batch.changes.len(), limits.max_keys);
+    for case in batch_cases() {
+        let groups = (case.groups)();
+        let name = case.name;
+        match (next_batch(&base, &groups, case.limits), case.expected) {
+            (
+                Ok(batch),
+                Expected::Batch {
+                    n_groups,
+                    n_changes,
+                    holds,
+                },
+            ) => {
+                assert!(batch.n_groups <= groups.len(), "{name}");
+                assert!(batch.size <= case.limits.max_size, "{name}");
+                assert!(batch.changes.len() <= case.limits.max_keys, "{name}");
+                assert_eq!(batch.n_groups, n_groups, "{name}");
+                assert_eq!(batch.changes.len(), n_changes, "{name}");
+                if let Some((key, value)) = holds {
+                    assert_eq!(
+                        batch.changes.get(key.as_bytes()).unwrap().as_deref(),
+                        Some(value.as_bytes()),
+                        "{name}"
+                    );
+                }
+            }
+            (Err(err), Expected::Refused(message)) => {
+                assert!(err.to_string().contains(message), "{name}: {err}");
+            }
+            (result, expected) => panic!("{name}: {result:?}, expected {expected:?}"),
+        }
+    }
 }
 
 /// An append patch: not idempotent, so a double application shows in the value.

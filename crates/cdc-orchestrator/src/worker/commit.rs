@@ -296,7 +296,7 @@ pub(super) fn repaired_counter(last_valid: i64, bad_revision: Revision) -> Optio
 /// The pauses of [`CommitBackoff`]: from [`COMMIT_BACKOFF_BASE`], doubling up to
 /// [`COMMIT_BACKOFF_MAX`], each drawn from the upper half of its step so that workers that
 /// failed together do not retry together.
-const COMMIT_BACKOFF: BackoffPolicy = BackoffPolicy {
+pub(super) const COMMIT_BACKOFF: BackoffPolicy = BackoffPolicy {
     base: COMMIT_BACKOFF_BASE,
     max: COMMIT_BACKOFF_MAX,
     jitter: Jitter::Shorten,
@@ -342,16 +342,4 @@ impl CommitBackoff {
     pub(super) fn reset(&mut self) {
         *self = CommitBackoff::default();
     }
-}
-
-/// The pause after `failures` (at least 1) consecutive failures before jitter.
-#[cfg(test)]
-pub(super) fn nominal_backoff(failures: u32) -> Duration {
-    COMMIT_BACKOFF.step(failures)
-}
-
-/// The pause drawn from `nominal`: in `[nominal / 2, nominal]`.
-#[cfg(test)]
-pub(super) fn jittered(nominal: Duration, rng: &mut impl rand::Rng) -> Duration {
-    COMMIT_BACKOFF.jitter.apply(nominal, rng)
 }

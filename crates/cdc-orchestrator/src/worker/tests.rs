@@ -1,9 +1,19 @@
 //! Unit tests of the worker: the commit backoff, the delete counter, the snapshot deadline.
 
 use super::commit::{
-    COMMIT_BACKOFF_MAX, CommitBackoff, counter_value, jittered, nominal_backoff, repaired_counter,
+    COMMIT_BACKOFF, COMMIT_BACKOFF_MAX, CommitBackoff, counter_value, repaired_counter,
 };
 use super::*;
+
+/// The pause after `failures` (at least 1) consecutive failures before jitter.
+fn nominal_backoff(failures: u32) -> Duration {
+    COMMIT_BACKOFF.step(failures)
+}
+
+/// The pause drawn from `nominal`: in `[nominal / 2, nominal]`.
+fn jittered(nominal: Duration, rng: &mut impl rand::Rng) -> Duration {
+    COMMIT_BACKOFF.jitter.apply(nominal, rng)
+}
 
 #[test]
 fn commit_backoff_doubles_up_to_its_cap() {
