@@ -50,3 +50,132 @@ pub async fn status(address: &str) -> Option<(String, bool)> {
     };
     timeout(Duration::from_secs(1), get).await.ok().flatten()
 }
+
+/// A real `cdc-server` process of a benchmark's cluster, killed when dropped; its log and
+/// config live in a temporary directory.
+pub struct ClusterNode {
+    /// The capture's address (HTTP API and gRPC).
+    pub address: String,
+    child: tokio::process::Child,
+    dir: tempfile::TempDir,
+}
+
+impl ClusterNode {
+    /// Starts `binary` against the etcd at `etcd` in cluster `cluster_id`, with `config` as its
+    /// TOML config file, and waits until it answers `/status`.
+    pub async fn start(
+        binary: &std::path::Path,
+        etcd: &str,
+        cluster_id: &str,
+        config: &str,
+    ) -> Result<ClusterNode> {
+        let dir = tempfile::tempdir()?;
+        let config_path = dir.path().join("cdc.toml");
+        std::fs::write(&config_path, config)?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let address = format!("127.0.0.1:{port}");
+        let log = std::fs::File::create(dir.path().join("cdc.log"))?;
+        let child = tokio::process::Command::new(binary)
+            .args(["--pd", etcd, "--addr", &address, "--cluster-id", cluster_id])
+            .arg("--config")
+            .arg(&config_path)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("start {}", binary.display()))?;
+        let node = ClusterNode {
+            address,
+            child,
+            dir,
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while status(&node.address).await.is_none() {
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!(
+                    "the capture at {} does not answer; its log is {}",
+                    node.address,
+                    node.log().display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(node)
+    }
+
+    /// The process ID, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// The capture's log file.
+    pub fn log(&self) -> PathBuf {
+        self.dir.path().join("cdc.log")
+    }
+}
+
+/// The address of the owner among `nodes`, waiting up to `within` for one.
+pub async fn owner_address(nodes: &[ClusterNode], within: Duration) -> Result<String> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        for node in nodes {
+            if let Some((_, true)) = status(&node.address).await {
+                return Ok(node.address.clone());
+            }
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("no owner within {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One HTTP request to a capture's API: its status code and JSON body (`null` when the body is
+/// not JSON).
+pub async fn request(
+    http: &reqwest::Client,
+    address: &str,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Result<(u16, serde_json::Value)> {
+    let method = reqwest::Method::from_bytes(method.as_bytes())?;
+    let mut builder = http.request(method, format!("http://{address}{path}"));
+    if let Some(body) = body {
+        builder = builder.json(&body);
+    }
+    let response = builder
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .with_context(|| format!("request {path} of {address}"))?;
+    let status = response.status().as_u16();
+    let bytes = response.bytes().await?;
+    Ok((
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+    ))
+}
+
+/// The user + system CPU seconds process `pid` has used so far (0 once it is gone).
+pub fn cpu_seconds(pid: u32) -> f64 {
+    // Fields 14 and 15 of /proc/<pid>/stat, after the parenthesised command name, in clock
+    // ticks of 1/100 s (USER_HZ on Linux).
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    let Some((_, after_name)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |index: usize| {
+        fields
+            .get(index)
+            .and_then(|field| field.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // After the name, field 3 (state) is index 0, so utime (14) is index 11 and stime 12.
+    (ticks(11) + ticks(12)) as f64 / 100.0
+}

@@ -8,7 +8,7 @@ use std::time::Duration;
 use cdc_etcd::EtcdClient;
 use cdc_model::{DEFAULT_NAMESPACE, ErrorReport};
 use cdc_scheduler::{Checkpoint, Span};
-use cdc_sink::{AnySink, BlackholeStats, Sink, SinkUri};
+use cdc_sink::{AnySink, BlackholeStats, SharedSinks, Sink, SinkUri, SpanTarget};
 use cdc_source_etcd::{EtcdSource, KeyRange, SourceConfig, SourceOutput};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -152,25 +152,38 @@ pub trait SinkFactory: Send + Sync + 'static {
 
 /// Opens, for each span of one changefeed, the sink its sink URI names. Files of the file sink
 /// go under `<dir>/<changefeed id>/` (`<namespace>.<id>` outside the default namespace) and are
-/// named after the span ID.
+/// named after the span ID; the etcd sink replaces the changefeed rule (key prefix) a span was
+/// cut from by its own prefix, and the spans share one connection to it.
 #[derive(Debug)]
 pub struct UriSinks {
     uri: SinkUri,
-    blackhole_stats: Arc<BlackholeStats>,
+    rules: Vec<Vec<u8>>,
+    shared: SharedSinks,
 }
 
 impl UriSinks {
-    /// The sinks `uri` names.
-    pub fn new(uri: SinkUri) -> UriSinks {
+    /// The sinks `uri` names for a changefeed whose rules (key prefixes) are `rules`.
+    pub fn new(uri: SinkUri, rules: Vec<Vec<u8>>) -> UriSinks {
         UriSinks {
             uri,
-            blackhole_stats: Arc::default(),
+            rules,
+            shared: SharedSinks::default(),
         }
     }
 
     /// What the blackhole sinks of these spans counted.
     pub fn blackhole_stats(&self) -> &Arc<BlackholeStats> {
-        &self.blackhole_stats
+        self.shared.blackhole_stats()
+    }
+
+    /// The rule `span` was cut from: the longest rule its start key begins with (rules do not
+    /// overlap, so there is at most one), or none.
+    fn source_prefix(&self, span: &Span) -> &[u8] {
+        self.rules
+            .iter()
+            .filter(|rule| span.start_key.starts_with(rule))
+            .max_by_key(|rule| rule.len())
+            .map_or(&[][..], Vec::as_slice)
     }
 }
 
@@ -184,7 +197,12 @@ impl SinkFactory for UriSinks {
             format!("{}.{}", span.changefeed.namespace, span.changefeed.id)
         };
         let span_name = format!("span-{}", span.span_id);
-        AnySink::open(&self.uri, &changefeed, &span_name, &self.blackhole_stats).await
+        let target = SpanTarget {
+            changefeed: &changefeed,
+            span: &span_name,
+            source_prefix: self.source_prefix(span),
+        };
+        AnySink::open(&self.uri, target, &self.shared).await
     }
 }
 

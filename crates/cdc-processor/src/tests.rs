@@ -367,10 +367,12 @@ async fn etcd_source_into_blackhole_and_file_sinks() {
     let from = current_revision(&client).await;
     let blackhole = Arc::new(crate::UriSinks::new(
         cdc_sink::SinkUri::parse("blackhole://").unwrap(),
+        vec![b"/s/".to_vec()],
     ));
     let dir = tempfile::tempdir().unwrap();
     let files = Arc::new(crate::UriSinks::new(
         cdc_sink::SinkUri::parse(&format!("file://{}", dir.path().display())).unwrap(),
+        vec![b"/s/".to_vec()],
     ));
     let to_blackhole = EtcdPipeline::new(client.clone(), blackhole.clone(), fast_config())
         .start(span("/s/", "/s0"), from);
@@ -396,4 +398,57 @@ async fn etcd_source_into_blackhole_and_file_sinks() {
     assert_eq!(text.lines().count(), 10);
     to_blackhole.stop().await.unwrap();
     to_files.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn etcd_source_into_an_etcd_mirror_reaches_the_final_state() {
+    let upstream = EtcdServer::start().await.unwrap();
+    let downstream = EtcdServer::start().await.unwrap();
+    let client = upstream.client().await.unwrap();
+    let from = current_revision(&client).await;
+    let uri = format!(
+        "etcd://{}/mirror/?batch-size=7",
+        downstream.endpoint().trim_start_matches("http://")
+    );
+    let sinks = Arc::new(crate::UriSinks::new(
+        cdc_sink::SinkUri::parse(&uri).unwrap(),
+        vec![b"/s/".to_vec()],
+    ));
+    let handle =
+        EtcdPipeline::new(client.clone(), sinks, fast_config()).start(span("/s/", "/s0"), from);
+    // Puts, overwrites and deletes of 20 keys; a key outside the span is not mirrored.
+    for round in 0..3 {
+        for i in 0..20 {
+            client
+                .put(format!("/s/{i:02}"), format!("v{round}"), 0)
+                .await
+                .unwrap();
+        }
+    }
+    for i in (0..20).step_by(3) {
+        client.delete(format!("/s/{i:02}"), false).await.unwrap();
+    }
+    client.put("/t/outside", "x", 0).await.unwrap();
+    let last = current_revision(&client).await;
+    wait_progress(
+        &handle,
+        |_| {},
+        |progress| progress.checkpoint.checkpoint >= last,
+    )
+    .await;
+    let expected: Vec<(Vec<u8>, Vec<u8>)> = (0..20)
+        .filter(|i| i % 3 != 0)
+        .map(|i| (format!("/mirror/{i:02}").into_bytes(), b"v2".to_vec()))
+        .collect();
+    let mirror = downstream.client().await.unwrap();
+    let got: Vec<(Vec<u8>, Vec<u8>)> = mirror
+        .get("/", GetOptions::prefix())
+        .await
+        .unwrap()
+        .kvs
+        .into_iter()
+        .map(|kv| (kv.key, kv.value))
+        .collect();
+    assert_eq!(got, expected);
+    handle.stop().await.unwrap();
 }

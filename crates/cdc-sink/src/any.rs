@@ -2,13 +2,43 @@
 
 use std::sync::Arc;
 
+use cdc_etcd::EtcdClient;
 use cdc_model::ChangeEvent;
+use tokio::sync::Mutex;
 
 use crate::blackhole::{BlackholeSink, BlackholeStats};
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::etcd::EtcdSink;
 use crate::file::FileSink;
 use crate::sink::Sink;
 use crate::uri::{SinkConfig, SinkUri};
+
+/// The span a sink is opened for.
+#[derive(Debug, Clone, Copy)]
+pub struct SpanTarget<'a> {
+    /// The changefeed, as a file-name-safe name.
+    pub changefeed: &'a str,
+    /// The span, as a file-name-safe name.
+    pub span: &'a str,
+    /// The changefeed rule (key prefix) the span was cut from; the etcd sink replaces it by its
+    /// own prefix.
+    pub source_prefix: &'a [u8],
+}
+
+/// What the sinks of one changefeed on one capture share: the blackhole counters and the
+/// connection to a downstream etcd, made by the first span that needs it.
+#[derive(Debug, Default)]
+pub struct SharedSinks {
+    blackhole_stats: Arc<BlackholeStats>,
+    etcd: Mutex<Option<EtcdClient>>,
+}
+
+impl SharedSinks {
+    /// The counters of the blackhole sinks.
+    pub fn blackhole_stats(&self) -> &Arc<BlackholeStats> {
+        &self.blackhole_stats
+    }
+}
 
 /// One of the sinks, chosen by the URI's scheme.
 #[derive(Debug)]
@@ -17,27 +47,42 @@ pub enum AnySink {
     Blackhole(BlackholeSink),
     /// `file:///dir`.
     File(Box<FileSink>),
+    /// `etcd://host:port/prefix`.
+    Etcd(Box<EtcdSink>),
 }
 
 impl AnySink {
-    /// Opens the sink `uri` names for span `span` of changefeed `changefeed` (both file-name-safe
-    /// names). Blackhole sinks add to `blackhole_stats`.
+    /// Opens the sink `uri` names for `target`, sharing what `shared` holds.
     pub async fn open(
         uri: &SinkUri,
-        changefeed: &str,
-        span: &str,
-        blackhole_stats: &Arc<BlackholeStats>,
+        target: SpanTarget<'_>,
+        shared: &SharedSinks,
     ) -> Result<AnySink> {
         match &uri.config {
             SinkConfig::Blackhole => Ok(AnySink::Blackhole(BlackholeSink::with_stats(
-                blackhole_stats.clone(),
+                shared.blackhole_stats.clone(),
             ))),
             SinkConfig::File(config) => Ok(AnySink::File(Box::new(
-                FileSink::open(config, changefeed, span).await?,
+                FileSink::open(config, target.changefeed, target.span).await?,
             ))),
-            SinkConfig::Etcd(_) => Err(Error::NotImplemented {
-                scheme: uri.kind().scheme(),
-            }),
+            SinkConfig::Etcd(config) => {
+                let client = {
+                    let mut etcd = shared.etcd.lock().await;
+                    match &*etcd {
+                        Some(client) => client.clone(),
+                        None => {
+                            let client = EtcdSink::connect(config).await?;
+                            *etcd = Some(client.clone());
+                            client
+                        }
+                    }
+                };
+                Ok(AnySink::Etcd(Box::new(EtcdSink::new(
+                    client,
+                    config.clone(),
+                    target.source_prefix.to_vec(),
+                ))))
+            }
         }
     }
 }
@@ -47,6 +92,7 @@ impl Sink for AnySink {
         match self {
             AnySink::Blackhole(sink) => sink.write(events).await,
             AnySink::File(sink) => sink.write(events).await,
+            AnySink::Etcd(sink) => sink.write(events).await,
         }
     }
 
@@ -54,6 +100,7 @@ impl Sink for AnySink {
         match self {
             AnySink::Blackhole(sink) => sink.flush().await,
             AnySink::File(sink) => sink.flush().await,
+            AnySink::Etcd(sink) => sink.flush().await,
         }
     }
 
@@ -61,6 +108,7 @@ impl Sink for AnySink {
         match self {
             AnySink::Blackhole(sink) => sink.close().await,
             AnySink::File(sink) => sink.close().await,
+            AnySink::Etcd(sink) => sink.close().await,
         }
     }
 }

@@ -45,11 +45,16 @@ pub enum Error {
         /// What is wrong with it.
         reason: &'static str,
     },
-    /// The scheme parses but its sink is not built yet.
-    #[error("[CDC:ErrSinkURIInvalid]sink {scheme}:// is not implemented yet")]
-    NotImplemented {
-        /// The scheme.
-        scheme: &'static str,
+    /// A call to the downstream etcd failed.
+    #[error("[CDC:ErrEtcdSinkFailed]{op} on etcd {endpoints}")]
+    Etcd {
+        /// The call.
+        op: &'static str,
+        /// The downstream endpoints.
+        endpoints: String,
+        /// The cause.
+        #[source]
+        source: Box<cdc_etcd::Error>,
     },
     /// A file operation failed.
     #[error("[CDC:ErrFileSinkFileOp]{op} {path}")]
@@ -74,7 +79,9 @@ impl Error {
             Error::UnknownParameter { .. } => false,
             Error::InvalidParameter { .. } => false,
             Error::InvalidUri { .. } => false,
-            Error::NotImplemented { .. } => false,
+            // A downstream that is down may come back; a refused request (too many operations
+            // per transaction, a value too large) will be refused again.
+            Error::Etcd { source, .. } => source.is_retryable(),
             Error::Io { .. } => true,
         }
     }

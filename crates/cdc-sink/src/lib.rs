@@ -8,7 +8,9 @@
 //!   naming it.
 //! - [`BlackholeSink`]: counts changes and bytes and drops them.
 //! - [`FileSink`]: JSON Lines files per span, rolled by size, fsynced on flush.
-//! - [`AnySink`]: the sink a URI names, opened per span (`etcd://` parses but is not built yet).
+//! - [`EtcdSink`]: a mirror in another etcd under a prefix, batched and pipelined per flush.
+//! - [`AnySink`]: the sink a URI names, opened per span ([`SpanTarget`]), sharing what the spans
+//!   of one changefeed share ([`SharedSinks`]).
 //!
 //! Not here: the source of the changes (`cdc-source-etcd`) and the pipeline that moves them and
 //! keeps the checkpoint (`cdc-processor`).
@@ -17,13 +19,15 @@
 mod any;
 mod blackhole;
 mod error;
+mod etcd;
 mod file;
 mod sink;
 mod uri;
 
-pub use any::AnySink;
+pub use any::{AnySink, SharedSinks, SpanTarget};
 pub use blackhole::{BlackholeSink, BlackholeStats};
 pub use error::{Error, Result};
+pub use etcd::{EtcdSink, MAX_IN_FLIGHT};
 pub use file::{FileSink, file_name, json_line};
 pub use sink::Sink;
 pub use uri::{

@@ -179,21 +179,29 @@ async fn file_sink_rolls_in_name_order_and_continues_after_reopen() {
     assert_eq!(revisions, (1..=10).collect::<Vec<u64>>());
 }
 
+fn target(span: &str) -> crate::SpanTarget<'_> {
+    crate::SpanTarget {
+        changefeed: "cf",
+        span,
+        source_prefix: b"/src/",
+    }
+}
+
 #[tokio::test]
 async fn any_sink_opens_what_the_uri_names() {
-    let stats = std::sync::Arc::new(crate::BlackholeStats::default());
+    let shared = crate::SharedSinks::default();
     let uri = SinkUri::parse("blackhole://").unwrap();
-    let mut sink = crate::AnySink::open(&uri, "cf", "span-0", &stats)
+    let mut sink = crate::AnySink::open(&uri, target("span-0"), &shared)
         .await
         .unwrap();
     sink.write(&[ChangeEvent::put("k", "v", 2)]).await.unwrap();
     sink.flush().await.unwrap();
     sink.close().await.unwrap();
-    assert_eq!(stats.events(), 1);
+    assert_eq!(shared.blackhole_stats().events(), 1);
 
     let dir = tempfile::tempdir().unwrap();
     let uri = SinkUri::parse(&format!("file://{}", dir.path().display())).unwrap();
-    let mut sink = crate::AnySink::open(&uri, "cf", "span-0", &stats)
+    let mut sink = crate::AnySink::open(&uri, target("span-0"), &shared)
         .await
         .unwrap();
     sink.write(&[ChangeEvent::put("k", "v", 2)]).await.unwrap();
@@ -204,13 +212,93 @@ async fn any_sink_opens_what_the_uri_names() {
         text,
         "{\"key\":\"k\",\"value\":\"v\",\"revision\":2,\"op\":\"put\"}\n"
     );
+}
 
-    let uri = SinkUri::parse("etcd://127.0.0.1:2379/mirror").unwrap();
-    let err = crate::AnySink::open(&uri, "cf", "span-0", &stats)
+/// Every key under `prefix` in `client`, with its value.
+async fn dump(client: &cdc_etcd::EtcdClient, prefix: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let response = client
+        .get(prefix.to_vec(), cdc_etcd::GetOptions::prefix())
         .await
-        .unwrap_err();
-    assert!(
-        matches!(err, Error::NotImplemented { scheme: "etcd" }),
-        "{err:?}"
-    );
+        .unwrap();
+    response
+        .kvs
+        .into_iter()
+        .map(|kv| (kv.key, kv.value))
+        .collect()
+}
+
+#[tokio::test]
+async fn etcd_sink_mirrors_puts_and_deletes_under_its_prefix() {
+    let server = cdc_etcd::testing::EtcdServer::start().await.unwrap();
+    let uri = SinkUri::parse(&format!(
+        "etcd://{}/dst/?batch-size=3",
+        server.endpoint().trim_start_matches("http://")
+    ))
+    .unwrap();
+    let shared = crate::SharedSinks::default();
+    let mut sink = crate::AnySink::open(&uri, target("span-0"), &shared)
+        .await
+        .unwrap();
+    // Ten keys, each put twice, three deleted: more operations than one transaction takes, and
+    // keys that repeat within one flush.
+    let mut revision = 1;
+    let mut events = Vec::new();
+    for round in 0..2 {
+        for i in 0..10 {
+            revision += 1;
+            events.push(ChangeEvent::put(
+                format!("/src/k{i}"),
+                format!("v{round}"),
+                revision,
+            ));
+        }
+    }
+    for i in [1, 4, 7] {
+        revision += 1;
+        events.push(ChangeEvent::delete(format!("/src/k{i}"), revision));
+    }
+    sink.write(&events[..15]).await.unwrap();
+    sink.write(&events[15..]).await.unwrap();
+    sink.flush().await.unwrap();
+    let client = server.client().await.unwrap();
+    let expected: Vec<(Vec<u8>, Vec<u8>)> = [0, 2, 3, 5, 6, 8, 9]
+        .iter()
+        .map(|i| (format!("/dst/k{i}").into_bytes(), b"v1".to_vec()))
+        .collect();
+    assert_eq!(dump(&client, b"/dst/").await, expected);
+
+    // A later flush wins over an earlier one, and a deleted key comes back.
+    sink.write(&[
+        ChangeEvent::put("/src/k1", "back", revision + 1),
+        ChangeEvent::delete("/src/k0", revision + 2),
+    ])
+    .await
+    .unwrap();
+    sink.flush().await.unwrap();
+    let mirrored = dump(&client, b"/dst/").await;
+    assert!(mirrored.contains(&(b"/dst/k1".to_vec(), b"back".to_vec())));
+    assert!(!mirrored.iter().any(|(key, _)| key == b"/dst/k0"));
+    assert_eq!(mirrored.len(), 7);
+    sink.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn etcd_sink_reports_a_downstream_that_is_down() {
+    let mut server = cdc_etcd::testing::EtcdServer::start().await.unwrap();
+    let uri = SinkUri::parse(&format!(
+        "etcd://{}/dst/",
+        server.endpoint().trim_start_matches("http://")
+    ))
+    .unwrap();
+    let shared = crate::SharedSinks::default();
+    let mut sink = crate::AnySink::open(&uri, target("span-0"), &shared)
+        .await
+        .unwrap();
+    server.kill().unwrap();
+    sink.write(&[ChangeEvent::put("/src/k", "v", 2)])
+        .await
+        .unwrap();
+    let err = sink.flush().await.unwrap_err();
+    assert!(matches!(err, Error::Etcd { op: "txn", .. }), "{err:?}");
+    assert!(err.is_retryable(), "{err:?}");
 }

@@ -1,0 +1,338 @@
+//! The data plane against `etcdctl make-mirror`: the same workload mirrored from one etcd into
+//! another by (a) `etcdctl make-mirror`, (b) one capture with one span and (c) three captures
+//! with six spans.
+//!
+//! Each case gets a fresh upstream and a fresh destination etcd. A sample of the keys (every
+//! 100th, value round 0) is written first, so that the six-span changefeed has keys to split at;
+//! then the mirror starts (make-mirror copies the sample first; a changefeed starts at the
+//! current revision), and the measured round puts every key once (value round 1: 100 bytes that
+//! carry the put's time) through many concurrent clients. A watch on the destination sees each
+//! key arrive: end-to-end lag is arrival minus put, throughput is keys over the time from the
+//! first put to the last arrival, and CPU is the mirror's processes' user + system seconds over
+//! the measured round.
+//!
+//! Usage: `cargo xtask bench dataplane [--keys N] [--sink-query QUERY] [--only-make-mirror]`.
+//! The last line is `dataplane/make-mirror throughput ratio=<x> lag_p99=<ms>ms`, x being (c)'s
+//! throughput over (a)'s and the lag (c)'s.
+#![allow(clippy::print_stdout, reason = "a benchmark reports on stdout")]
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use cdc_bench::{ClusterNode, cpu_seconds, owner_address, request};
+use cdc_etcd::testing::EtcdServer;
+use cdc_etcd::{EtcdClient, GetOptions, WatchOptions};
+use futures::stream::{self, StreamExt, TryStreamExt};
+use serde_json::json;
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+
+const PREFIX: &str = "/bench/";
+const DEST_PREFIX: &str = "/mirror/";
+const VALUE_LEN: usize = 100;
+/// Clients (connections) of the writer, and puts in flight over them.
+const WRITER_CLIENTS: usize = 8;
+const WRITER_IN_FLIGHT: usize = 128;
+/// Every how many keys one is written before the mirror starts.
+const SAMPLE_EVERY: usize = 100;
+/// How long a case may take to deliver the measured round.
+const CASE_DEADLINE: Duration = Duration::from_secs(600);
+
+/// The figures of one case.
+struct Figures {
+    events_per_s: f64,
+    lag_p50: Duration,
+    lag_p99: Duration,
+    cpu_seconds: f64,
+}
+
+fn key(i: usize) -> String {
+    format!("{PREFIX}{i:08}")
+}
+
+/// A 100-byte value of `round` that carries `since_epoch`, the put's time.
+fn value(round: u32, since_epoch: Duration) -> Vec<u8> {
+    let mut value = format!("{round}:{:020}:", since_epoch.as_nanos()).into_bytes();
+    value.resize(VALUE_LEN, b'x');
+    value
+}
+
+/// The round and put time a value carries.
+fn parse_value(value: &[u8]) -> Option<(u32, Duration)> {
+    let text = std::str::from_utf8(value.get(..24)?).ok()?;
+    let mut parts = text.split(':');
+    let round = parts.next()?.parse().ok()?;
+    let nanos: u64 = parts.next()?.parse().ok()?;
+    Some((round, Duration::from_nanos(nanos)))
+}
+
+/// Puts `keys` (all of them, or every `every`th) with values of `round`, through
+/// [`WRITER_CLIENTS`] clients with [`WRITER_IN_FLIGHT`] puts in flight.
+async fn write(
+    endpoints: &[String],
+    keys: usize,
+    every: usize,
+    round: u32,
+    epoch: Instant,
+) -> Result<()> {
+    let mut clients = Vec::with_capacity(WRITER_CLIENTS);
+    for _ in 0..WRITER_CLIENTS {
+        clients.push(EtcdClient::connect(endpoints, Default::default()).await?);
+    }
+    let clients = Arc::new(clients);
+    stream::iter((0..keys).step_by(every))
+        .map(|i| {
+            let clients = Arc::clone(&clients);
+            async move {
+                let client = &clients[i % clients.len()];
+                client
+                    .put(key(i), value(round, epoch.elapsed()), 0)
+                    .await
+                    .with_context(|| format!("put {}", key(i)))
+            }
+        })
+        .buffer_unordered(WRITER_IN_FLIGHT)
+        .try_for_each(|_revision| futures::future::ok(()))
+        .await
+}
+
+/// Watches the destination until every key has arrived with a value of `round`; returns each
+/// key's lag and the time of the last arrival.
+async fn watch_arrivals(
+    dest: &EtcdClient,
+    keys: usize,
+    round: u32,
+    epoch: Instant,
+) -> Result<(Vec<Duration>, Duration)> {
+    let start = dest.get("/", GetOptions::default()).await?.revision + 1;
+    let mut watch = dest
+        .watch(
+            DEST_PREFIX,
+            WatchOptions {
+                prefix: true,
+                start_revision: start,
+                ..WatchOptions::default()
+            },
+        )
+        .await?;
+    let mut seen = HashSet::with_capacity(keys);
+    let mut lags = Vec::with_capacity(keys);
+    let mut last = Duration::ZERO;
+    let deadline = Instant::now() + CASE_DEADLINE;
+    while seen.len() < keys {
+        let response = tokio::time::timeout_at(deadline, watch.next())
+            .await
+            .with_context(|| format!("{} of {keys} keys arrived in time", seen.len()))??
+            .context("the destination's watch ended")?;
+        let now = epoch.elapsed();
+        for event in response.events {
+            let kv = event.kv;
+            let Some((value_round, put_at)) = parse_value(&kv.value) else {
+                continue;
+            };
+            if value_round == round && seen.insert(kv.key) {
+                lags.push(now.saturating_sub(put_at));
+                last = now;
+            }
+        }
+    }
+    Ok((lags, last))
+}
+
+/// Runs the measured round against a running mirror whose processes are `pids`.
+async fn measure(
+    upstream: &[String],
+    dest: &EtcdClient,
+    keys: usize,
+    pids: &[u32],
+) -> Result<Figures> {
+    let epoch = Instant::now();
+    let cpu_before: f64 = pids.iter().map(|&pid| cpu_seconds(pid)).sum();
+    let arrivals = watch_arrivals(dest, keys, 1, epoch);
+    let writer = async {
+        let first_put = epoch.elapsed();
+        write(upstream, keys, 1, 1, epoch).await?;
+        println!("  writer done after {:.1?}", epoch.elapsed());
+        Ok::<_, anyhow::Error>(first_put)
+    };
+    let ((mut lags, last), first_put) = tokio::try_join!(arrivals, writer)?;
+    let cpu_after: f64 = pids.iter().map(|&pid| cpu_seconds(pid)).sum();
+    lags.sort();
+    let percentile = |p: f64| {
+        let index = ((lags.len() as f64 * p).ceil() as usize).clamp(1, lags.len()) - 1;
+        lags[index]
+    };
+    let elapsed = last.saturating_sub(first_put).as_secs_f64().max(1e-3);
+    Ok(Figures {
+        events_per_s: keys as f64 / elapsed,
+        lag_p50: percentile(0.50),
+        lag_p99: percentile(0.99),
+        cpu_seconds: cpu_after - cpu_before,
+    })
+}
+
+/// Fresh upstream and destination etcds, with the key sample written.
+async fn etcds(keys: usize) -> Result<(EtcdServer, EtcdServer, EtcdClient)> {
+    let upstream = EtcdServer::start().await?;
+    let dest = EtcdServer::start().await?;
+    write(&upstream.endpoints(), keys, SAMPLE_EVERY, 0, Instant::now()).await?;
+    let dest_client = dest.client().await?;
+    Ok((upstream, dest, dest_client))
+}
+
+/// Case (a): `etcdctl make-mirror`.
+async fn make_mirror(keys: usize) -> Result<Figures> {
+    let (upstream, dest, dest_client) = etcds(keys).await?;
+    let mut child: Child = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={}", upstream.endpoint()))
+        .args([
+            "make-mirror",
+            "--prefix",
+            PREFIX,
+            "--dest-prefix",
+            DEST_PREFIX,
+        ])
+        .arg(dest.endpoint())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("start etcdctl make-mirror (Debian's etcd-client)")?;
+    let pid = child.id().context("make-mirror's pid")?;
+    // make-mirror copies what exists first: wait until the sample is there.
+    let sample = keys.div_ceil(SAMPLE_EVERY);
+    wait_for_count(&dest_client, sample).await?;
+    let figures = measure(&upstream.endpoints(), &dest_client, keys, &[pid]).await;
+    child.kill().await.ok();
+    figures
+}
+
+async fn wait_for_count(client: &EtcdClient, count: usize) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let got = client
+            .get(
+                DEST_PREFIX,
+                GetOptions {
+                    count_only: true,
+                    ..GetOptions::prefix()
+                },
+            )
+            .await?
+            .count;
+        if usize::try_from(got).unwrap_or(0) >= count {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the mirror has {got} of {count} keys after 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Cases (b) and (c): `captures` capture processes, one changefeed of `spans` spans.
+async fn captures(
+    binary: &Path,
+    keys: usize,
+    captures: usize,
+    spans: usize,
+    sink_query: &str,
+) -> Result<Figures> {
+    let (upstream, dest, dest_client) = etcds(keys).await?;
+    let mut nodes = Vec::with_capacity(captures);
+    for _ in 0..captures {
+        nodes.push(ClusterNode::start(binary, &upstream.endpoint(), "bench", "").await?);
+    }
+    let http = reqwest::Client::new();
+    let owner = owner_address(&nodes, Duration::from_secs(60)).await?;
+    let dest_host = dest.endpoint().trim_start_matches("http://").to_owned();
+    let body = json!({
+        "changefeed_id": "mirror",
+        "sink_uri": format!("etcd://{dest_host}{DEST_PREFIX}{sink_query}"),
+        "replica_config": {
+            "filter": {"rules": [PREFIX]},
+            "scheduler": {"spans_per_prefix": spans},
+        },
+    });
+    let (status, answer) =
+        request(&http, &owner, "POST", "/api/v2/changefeeds", Some(body)).await?;
+    if status != 200 {
+        bail!("create the changefeed: {status} {answer}");
+    }
+    // Wait until every span replicates.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, detail) = request(&http, &owner, "GET", "/api/v2/changefeeds/mirror", None).await?;
+        let states: Vec<&str> = detail["spans"]
+            .as_array()
+            .map(|spans| spans.iter().filter_map(|s| s["state"].as_str()).collect())
+            .unwrap_or_default();
+        if states.len() == spans && states.iter().all(|state| *state == "replicating") {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the changefeed's spans are not all replicating after 60 s: {detail}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let pids: Vec<u32> = nodes.iter().filter_map(ClusterNode::pid).collect();
+    measure(&upstream.endpoints(), &dest_client, keys, &pids).await
+}
+
+fn report(name: &str, figures: &Figures) {
+    println!(
+        "dataplane/{name} events_per_s={:.0} lag_p50={}ms lag_p99={}ms cpu_s={:.1}",
+        figures.events_per_s,
+        figures.lag_p50.as_millis(),
+        figures.lag_p99.as_millis(),
+        figures.cpu_seconds,
+    );
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let mut keys = 200_000;
+    let mut sink_query = String::new();
+    let mut only_make_mirror = false;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--keys" => keys = args.next().context("--keys N")?.parse()?,
+            "--sink-query" => {
+                sink_query = format!("?{}", args.next().context("--sink-query QUERY")?)
+            }
+            "--only-make-mirror" => only_make_mirror = true,
+            other => bail!("unknown argument {other}"),
+        }
+    }
+    let binary = cdc_bench::server_binary()?;
+    println!(
+        "dataplane: {keys} keys of {VALUE_LEN} B; (a) make-mirror, (b) 1 capture 1 span, (c) 3 captures 6 spans"
+    );
+    let a = Box::pin(make_mirror(keys))
+        .await
+        .context("case (a) make-mirror")?;
+    report("make-mirror", &a);
+    if only_make_mirror {
+        return Ok(());
+    }
+    let b = Box::pin(captures(&binary, keys, 1, 1, &sink_query))
+        .await
+        .context("case (b) one capture")?;
+    report("1-capture-1-span", &b);
+    let c = Box::pin(captures(&binary, keys, 3, 6, &sink_query))
+        .await
+        .context("case (c) three captures")?;
+    report("3-captures-6-spans", &c);
+    println!(
+        "dataplane/make-mirror throughput ratio={:.2} lag_p99={}ms",
+        c.events_per_s / a.events_per_s,
+        c.lag_p99.as_millis()
+    );
+    Ok(())
+}
