@@ -72,6 +72,14 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A setting is out of range.
+    #[error("[CDC:ErrInvalidServerOption]processor {field} {reason}")]
+    InvalidConfig {
+        /// The setting.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// The pipeline's task panicked or was aborted.
     #[error("[CDC:ErrProcessorUnknown]pipeline of span {span} ended abnormally")]
     TaskFailed {
@@ -94,6 +102,7 @@ impl Error {
             Error::UpstreamNotFound { .. } => true,
             Error::UpstreamConnect { source, .. } => source.is_retryable(),
             Error::SpanLog { .. } => false,
+            Error::InvalidConfig { .. } => false,
         }
     }
 }
