@@ -17,12 +17,16 @@
 //! replicate, and the agent reports it stopped only after its task has ended.
 #![warn(missing_docs)]
 
+mod config;
 mod error;
+mod manager;
 mod pipeline;
 mod processor;
 mod span_log;
 
+pub use config::ProcessorConfig;
 pub use error::{Error, Result};
+pub use manager::{ProcessorReactors, TO_AGENT_TOPIC, TO_OWNER_TOPIC};
 pub use pipeline::{
     EtcdPipeline, PipelineConfig, PipelineHandle, PipelineProgress, PipelineState,
     ProgressReporter, SinkFactory, SpanPipeline, UriSinks,
