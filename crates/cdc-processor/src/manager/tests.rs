@@ -11,14 +11,15 @@ use cdc_etcd::testing::EtcdServer;
 use cdc_etcd::{CdcEtcdClient, EtcdClient, GetOptions};
 use cdc_model::key;
 use cdc_model::{
-    AtomicLiveness, CaptureInfo, ChangeFeedId, ChangeFeedInfo, TaskPosition, to_go_json,
+    AtomicLiveness, CaptureInfo, ChangeFeedId, ChangeFeedInfo, TaskPosition, UpstreamInfo,
+    to_go_json,
 };
 use cdc_orchestrator::{EtcdWorker, GlobalReactorState, NextTick, Reactor, TickPoke};
 use cdc_p2p::{BoxError, ClientConfig, MessageRouter, MessageServer, NamedTopic, ServerConfig};
 use cdc_reactor::{InitPool, ProcessorManager, ProcessorManagerFactory, ReactorContext, Tick};
 use cdc_scheduler::{
-    AgentRequest, AgentSpanState, Checkpoint, Dispatch, Epoch, Heartbeat, OwnerResponse, Span,
-    SpanId, SpanStatus, ToAgent, ToOwner,
+    AgentRequest, AgentSpanState, Checkpoint, Dispatch, Epoch, Heartbeat, HeartbeatResponse,
+    OwnerResponse, Span, SpanId, SpanStatus, ToAgent, ToOwner,
 };
 use cdc_source_etcd::SourceConfig;
 use tokio::sync::{mpsc, watch};
@@ -74,6 +75,7 @@ struct Harness {
     client: EtcdClient,
     router: Arc<MessageRouter>,
     manager: Arc<dyn ProcessorManager>,
+    liveness: Arc<AtomicLiveness>,
     to_owner_rx: mpsc::Receiver<ToOwner>,
     positions_rx: watch::Receiver<Positions>,
     owner_revision: i64,
@@ -153,8 +155,8 @@ impl Harness {
             message_server: server,
             init_pool: Arc::new(InitPool::new(1)),
         };
-        let manager =
-            ProcessorReactors::new(config).create(context, Arc::new(AtomicLiveness::default()));
+        let liveness = Arc::new(AtomicLiveness::default());
+        let manager = ProcessorReactors::new(config).create(context, liveness.clone());
         let (positions_tx, positions_rx) = watch::channel(Positions::new());
         {
             let mut reactor = TestReactor {
@@ -180,6 +182,7 @@ impl Harness {
             client,
             router,
             manager,
+            liveness,
             to_owner_rx,
             positions_rx,
             owner_revision: 1,
@@ -189,13 +192,20 @@ impl Harness {
         }
     }
 
+    /// A changefeed of the default upstream (the cluster's etcd) into the blackhole sink.
     async fn create_changefeed(&self, id: &str) -> ChangeFeedId {
-        let changefeed = ChangeFeedId::new("default", id);
         let cdc_client = CdcEtcdClient::new(self.client.clone(), CLUSTER)
             .await
             .unwrap();
+        self.create_changefeed_on(id, cdc_client.etcd_cluster_id())
+            .await
+    }
+
+    /// A changefeed of `upstream_id` into the blackhole sink.
+    async fn create_changefeed_on(&self, id: &str, upstream_id: u64) -> ChangeFeedId {
+        let changefeed = ChangeFeedId::new("default", id);
         let info = ChangeFeedInfo {
-            upstream_id: cdc_client.etcd_cluster_id(),
+            upstream_id,
             namespace: changefeed.namespace.clone(),
             changefeed_id: changefeed.id.clone(),
             sink_uri: "blackhole://".to_owned(),
@@ -275,14 +285,24 @@ impl Harness {
 
     /// Heartbeats until the answer satisfies `done`.
     async fn heartbeat_until(&mut self, done: impl Fn(&[SpanStatus]) -> bool) -> Vec<SpanStatus> {
+        self.heartbeat_response_until(|response| done(&response.spans))
+            .await
+            .spans
+    }
+
+    /// Heartbeats until the answer satisfies `done`.
+    async fn heartbeat_response_until(
+        &mut self,
+        done: impl Fn(&HeartbeatResponse) -> bool,
+    ) -> HeartbeatResponse {
         tokio::time::timeout(DEADLINE, async {
             loop {
                 self.send(AgentRequest::Heartbeat(Heartbeat::default()))
                     .await;
                 loop {
                     if let OwnerResponse::Heartbeat(response) = self.receive().await.body {
-                        if done(&response.spans) {
-                            return response.spans;
+                        if done(&response) {
+                            return response;
                         }
                         break;
                     }
@@ -473,6 +493,69 @@ async fn compacted_start_revision_lands_in_the_task_position() {
     );
     assert!(error.message.contains(&compacted.to_string()), "{error:?}");
     harness.close().await;
+}
+
+#[tokio::test]
+async fn spans_of_a_named_upstream_run_until_close_and_report_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("spans.jsonl");
+    let mut harness = Box::pin(Harness::start(fast_config(Some(&log_path)))).await;
+    // Another upstream (here the same etcd under another ID), as a changefeed created with
+    // `pd_addrs` names it.
+    let upstream = UpstreamInfo {
+        id: 42,
+        pd_endpoints: harness.etcd.endpoint(),
+        ..UpstreamInfo::default()
+    };
+    harness
+        .client
+        .put(
+            key::upstream_key(CLUSTER, "default", 42),
+            to_go_json(&upstream).unwrap(),
+            0,
+        )
+        .await
+        .unwrap();
+    let changefeed = harness.create_changefeed_on("cf3", 42).await;
+    harness.handshake().await;
+    let start = current_revision(&harness.client).await;
+    let spans = [span(&changefeed, 0, "/a/"), span(&changefeed, 1, "/b/")];
+    for span in &spans {
+        harness.send(add(span, start, true)).await;
+        harness.send(add(span, start, false)).await;
+    }
+    let written = u64::try_from(harness.client.put("/b/x", "1", 0).await.unwrap()).unwrap();
+    let statuses = harness
+        .heartbeat_until(|statuses| {
+            statuses.len() == 2
+                && statuses.iter().all(|status| {
+                    status.state == AgentSpanState::Replicating
+                        && status.checkpoint.checkpoint >= written
+                })
+        })
+        .await;
+    assert_eq!(statuses.len(), 2);
+    let mut debug_info = String::new();
+    harness.manager.write_debug_info(&mut debug_info);
+    assert!(debug_info.contains("upstream clients [42]"), "{debug_info}");
+
+    // A draining capture says so in its heartbeat answers.
+    harness.liveness.store_stopping();
+    let response = harness
+        .heartbeat_response_until(|response| response.stopping)
+        .await;
+    assert_eq!(response.spans.len(), 2);
+
+    // Closing stops both pipelines and logs their stops.
+    let manager = harness.manager.clone();
+    harness.close().await;
+    let events = log_events(&log_path);
+    let n_starts = events.iter().filter(|line| line.3 == "start").count();
+    let n_stops = events.iter().filter(|line| line.3 == "stop").count();
+    assert_eq!((n_starts, n_stops), (2, 2), "{events:?}");
+    let mut debug_info = String::new();
+    manager.write_debug_info(&mut debug_info);
+    assert!(debug_info.contains("closed true"), "{debug_info}");
 }
 
 #[test]
