@@ -181,19 +181,49 @@ impl Processors {
         }
     }
 
-    /// Sends the agent's messages to the owner, without waiting: a message that finds no room
-    /// is dropped (the owner's next heartbeat repairs it).
-    fn send(&self, messages: Vec<ToOwner>) {
+    /// Sends the agent's messages to the owner. A full send queue is waited on until
+    /// `send_timeout` after the first message; after that, a message that finds no room is
+    /// dropped (the owner's next heartbeat repairs it), so an unreachable owner delays a tick
+    /// by at most `send_timeout`.
+    async fn send(&self, messages: Vec<ToOwner>) {
+        if messages.is_empty() {
+            return;
+        }
         let topic: NamedTopic<ToOwner> = NamedTopic::new(TO_OWNER_TOPIC);
+        let deadline = tokio::time::Instant::now() + self.config.send_timeout;
+        let mut client = None;
         for message in messages {
             let to = message.to.clone();
-            let Some(client) = self.context.router.client(&to) else {
+            if client
+                .as_ref()
+                .is_none_or(|(owner, _): &(String, _)| *owner != to)
+            {
+                client = self
+                    .context
+                    .router
+                    .client(&to)
+                    .map(|peer| (to.clone(), peer));
+            }
+            let Some((_, peer)) = &client else {
                 self.n_send_failed.fetch_add(1, Ordering::Relaxed);
                 debug!(owner = %to, "dropped a message to an owner whose address is unknown");
                 continue;
             };
-            match client.try_send_message(&topic, message) {
-                Ok(_) => {
+            let sent = if tokio::time::Instant::now() < deadline {
+                match tokio::time::timeout_at(
+                    deadline,
+                    peer.send_message(&topic, message, &self.cancel),
+                )
+                .await
+                {
+                    Ok(sent) => sent.map(|_| ()),
+                    Err(_) => Err(cdc_p2p::Error::SendTryAgain),
+                }
+            } else {
+                peer.try_send_message(&topic, message).map(|_| ())
+            };
+            match sent {
+                Ok(()) => {
                     self.n_sent.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(err) => {
@@ -242,7 +272,7 @@ impl Processors {
             };
             inner.processor.tick(messages, &mut factory).await
         };
-        self.send(output.messages);
+        self.send(output.messages).await;
         self.report_failures(state, output.failures);
         self.check_capture_alive(state, &inner.processor);
         if retry_soon {
