@@ -42,16 +42,40 @@ const HANDLER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Builds the processor manager of each capture incarnation: implements
 /// [`ProcessorManagerFactory`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ProcessorReactors {
     config: Arc<ProcessorConfig>,
+    fixed_pipeline: Option<Arc<dyn SpanPipeline>>,
+}
+
+impl std::fmt::Debug for ProcessorReactors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessorReactors")
+            .field("config", &self.config)
+            .field("fixed_pipeline", &self.fixed_pipeline.is_some())
+            .finish()
+    }
 }
 
 impl ProcessorReactors {
-    /// Processors with these settings.
+    /// Processors with these settings: each span runs the etcd pipeline from its changefeed's
+    /// upstream into its changefeed's sink.
     pub fn new(config: ProcessorConfig) -> ProcessorReactors {
         ProcessorReactors {
             config: Arc::new(config),
+            fixed_pipeline: None,
+        }
+    }
+
+    /// Processors whose spans all run on `pipeline`, whatever their changefeed's upstream and
+    /// sink: for tests and benchmarks that plug in a recording or idle pipeline.
+    pub fn with_pipeline(
+        config: ProcessorConfig,
+        pipeline: Arc<dyn SpanPipeline>,
+    ) -> ProcessorReactors {
+        ProcessorReactors {
+            config: Arc::new(config),
+            fixed_pipeline: Some(pipeline),
         }
     }
 
@@ -67,7 +91,12 @@ impl ProcessorManagerFactory for ProcessorReactors {
         context: ReactorContext,
         liveness: Arc<cdc_model::AtomicLiveness>,
     ) -> Arc<dyn ProcessorManager> {
-        Arc::new(Processors::new(context, liveness, self.config.clone()))
+        Arc::new(Processors::new(
+            context,
+            liveness,
+            self.config.clone(),
+            self.fixed_pipeline.clone(),
+        ))
     }
 }
 
@@ -106,6 +135,7 @@ impl Processors {
         context: ReactorContext,
         liveness: Arc<cdc_model::AtomicLiveness>,
         config: Arc<ProcessorConfig>,
+        fixed_pipeline: Option<Arc<dyn SpanPipeline>>,
     ) -> Processors {
         let (messages_tx, messages_rx) = mpsc::channel(config.message_capacity.max(1));
         let inbox = Arc::new(Inbox {
@@ -126,6 +156,7 @@ impl Processors {
         };
         let processor = Processor::new(context.capture_id.clone(), new_epoch(), span_log, wake);
         let pipelines = Pipelines {
+            fixed: fixed_pipeline,
             config: config.pipeline.clone(),
             connect: config.connect.clone(),
             default_upstream: (context.etcd.etcd_cluster_id(), context.pd_endpoints.clone()),
@@ -450,6 +481,8 @@ struct ChangefeedPipeline {
 
 /// The upstream clients and the changefeeds' pipelines.
 struct Pipelines {
+    /// Runs every span instead of the changefeeds' pipelines, when set.
+    fixed: Option<Arc<dyn SpanPipeline>>,
     config: PipelineConfig,
     connect: ConnectConfig,
     /// The default upstream: the cluster's own etcd (its cluster ID and endpoints).
@@ -607,10 +640,17 @@ impl PipelineFactory for StatePipelines<'_> {
         span: Span,
         from_revision: u64,
     ) -> impl Future<Output = Result<PipelineHandle>> + Send {
+        let fixed = self.pipelines.fixed.clone();
         // The state is read before anything is awaited: it is not shared across threads.
-        let resolved = self.pipelines.resolve(&span.changefeed, self.state);
+        let resolved = match fixed {
+            Some(_) => Ok(None),
+            None => self.pipelines.resolve(&span.changefeed, self.state),
+        };
         let pipelines = &mut *self.pipelines;
         async move {
+            if let Some(fixed) = fixed {
+                return Ok(fixed.start(span, from_revision));
+            }
             let new_pipeline = resolved?;
             pipelines.start(span, from_revision, new_pipeline).await
         }

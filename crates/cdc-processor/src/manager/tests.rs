@@ -103,6 +103,10 @@ fn fast_config(span_log: Option<&Path>) -> ProcessorConfig {
 
 impl Harness {
     async fn start(config: ProcessorConfig) -> Harness {
+        Box::pin(Harness::start_with(ProcessorReactors::new(config))).await
+    }
+
+    async fn start_with(reactors: ProcessorReactors) -> Harness {
         let etcd = EtcdServer::start().await.unwrap();
         let client = etcd.client().await.unwrap();
         let cdc_client = CdcEtcdClient::new(client.clone(), CLUSTER).await.unwrap();
@@ -156,7 +160,7 @@ impl Harness {
             init_pool: Arc::new(InitPool::new(1)),
         };
         let liveness = Arc::new(AtomicLiveness::default());
-        let manager = ProcessorReactors::new(config).create(context, liveness.clone());
+        let manager = reactors.create(context, liveness.clone());
         let (positions_tx, positions_rx) = watch::channel(Positions::new());
         {
             let mut reactor = TestReactor {
@@ -556,6 +560,58 @@ async fn spans_of_a_named_upstream_run_until_close_and_report_stopping() {
     let mut debug_info = String::new();
     manager.write_debug_info(&mut debug_info);
     assert!(debug_info.contains("closed true"), "{debug_info}");
+}
+
+/// A pipeline that records its starts and runs until stopped.
+#[derive(Default)]
+struct RecordingPipeline {
+    starts: std::sync::Mutex<Vec<(cdc_scheduler::SpanRef, u64)>>,
+}
+
+impl crate::SpanPipeline for RecordingPipeline {
+    fn start(&self, span: Span, from_revision: u64) -> crate::PipelineHandle {
+        self.starts
+            .lock()
+            .unwrap()
+            .push((span.span_ref(), from_revision));
+        crate::PipelineHandle::spawn(
+            span.span_ref().to_string(),
+            from_revision,
+            |_reporter, cancel| async move {
+                cancel.cancelled().await;
+                Ok(())
+            },
+        )
+    }
+}
+
+#[tokio::test]
+async fn a_fixed_pipeline_runs_every_span() {
+    let pipeline = Arc::new(RecordingPipeline::default());
+    let reactors = ProcessorReactors::with_pipeline(fast_config(None), pipeline.clone());
+    let mut harness = Box::pin(Harness::start_with(reactors)).await;
+    harness.handshake().await;
+    // No changefeed info is needed: the fixed pipeline ignores upstream and sink.
+    let span = span(&ChangeFeedId::new("default", "any"), 7, "/x/");
+    harness.send(add(&span, 11, true)).await;
+    harness.send(add(&span, 11, false)).await;
+    harness
+        .heartbeat_until(|spans| {
+            spans
+                .iter()
+                .any(|status| status.state == AgentSpanState::Replicating)
+        })
+        .await;
+    assert_eq!(*pipeline.starts.lock().unwrap(), [(span.span_ref(), 11)]);
+    harness.send(remove(&span)).await;
+    harness
+        .heartbeat_until(|spans| {
+            spans
+                .iter()
+                .any(|status| status.state == AgentSpanState::Stopped)
+        })
+        .await;
+    harness.close().await;
 }
 
 #[test]
