@@ -472,10 +472,11 @@ fn error_code(message: &str) -> Option<String> {
     code.starts_with("CDC:").then(|| code.to_owned())
 }
 
-/// The pipeline of one changefeed, rebuilt when its sink URI or upstream changes.
+/// The pipeline of one changefeed, rebuilt when its sink URI, upstream or target changes.
 struct ChangefeedPipeline {
     sink_uri: String,
     upstream_id: UpstreamId,
+    target: u64,
     pipeline: EtcdPipeline<UriSinks>,
 }
 
@@ -518,7 +519,9 @@ impl Pipelines {
                 changefeed: changefeed.to_string(),
             })?;
         let current = self.changefeeds.get(changefeed).is_some_and(|cached| {
-            cached.sink_uri == info.sink_uri && cached.upstream_id == info.upstream_id
+            cached.sink_uri == info.sink_uri
+                && cached.upstream_id == info.upstream_id
+                && cached.target == info.target_ts()
         });
         if current {
             return Ok(None);
@@ -548,6 +551,7 @@ impl Pipelines {
             sink_uri,
             sink_uri_text: info.sink_uri.clone(),
             upstream_id,
+            target: info.target_ts(),
             endpoints,
         }))
     }
@@ -584,6 +588,7 @@ impl Pipelines {
                 sink_uri,
                 sink_uri_text,
                 upstream_id,
+                target,
                 endpoints,
             } = new_pipeline;
             let client = match (self.upstreams.get(&upstream_id), endpoints) {
@@ -600,12 +605,14 @@ impl Pipelines {
                 client,
                 Arc::new(UriSinks::new(sink_uri)),
                 self.config.clone(),
-            );
+            )
+            .with_target(target);
             self.changefeeds.insert(
                 changefeed.clone(),
                 ChangefeedPipeline {
                     sink_uri: sink_uri_text,
                     upstream_id,
+                    target,
                     pipeline,
                 },
             );
@@ -624,6 +631,8 @@ struct NewPipeline {
     sink_uri: SinkUri,
     sink_uri_text: String,
     upstream_id: UpstreamId,
+    /// The changefeed's target revision (`u64::MAX`: none).
+    target: u64,
     /// The endpoints to connect to, when no client of the upstream exists yet.
     endpoints: Option<String>,
 }
