@@ -309,7 +309,7 @@ impl Processors {
         if retry_soon {
             return Ok(Tick::After(Duration::from_secs(1)));
         }
-        if inner.processor.running_spans().next().is_some() {
+        if inner.processor.running_spans().next().is_some() || inner.processor.has_waiting_spans() {
             Ok(Tick::After(self.config.progress_interval))
         } else {
             Ok(Tick::Idle)
@@ -504,6 +504,25 @@ impl Pipelines {
         self.upstreams.clear();
     }
 
+    /// Whether a span of `changefeed` can start: its info and upstream are known (or every span
+    /// runs on the fixed pipeline). This capture's view of the cluster may lag behind the
+    /// owner's, which dispatches spans of a changefeed it has just created.
+    fn is_ready(&self, changefeed: &ChangeFeedId, state: &GlobalReactorState) -> bool {
+        if self.fixed.is_some() {
+            return true;
+        }
+        let Some(info) = state
+            .changefeeds
+            .get(changefeed)
+            .and_then(|changefeed_state| changefeed_state.info.as_ref())
+        else {
+            return false;
+        };
+        self.upstreams.contains_key(&info.upstream_id)
+            || state.upstreams.contains_key(&info.upstream_id)
+            || info.upstream_id == self.default_upstream.0
+    }
+
     /// What starting a span of `changefeed` needs beyond what is cached, read from the state
     /// before anything is awaited.
     fn resolve(
@@ -644,6 +663,10 @@ struct StatePipelines<'a> {
 }
 
 impl PipelineFactory for StatePipelines<'_> {
+    fn is_ready(&self, span: &Span) -> bool {
+        self.pipelines.is_ready(&span.changefeed, self.state)
+    }
+
     fn start(
         &mut self,
         span: Span,

@@ -562,6 +562,49 @@ async fn spans_of_a_named_upstream_run_until_close_and_report_stopping() {
     assert!(debug_info.contains("closed true"), "{debug_info}");
 }
 
+#[tokio::test]
+async fn a_span_dispatched_before_its_changefeed_is_seen_starts_once_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("spans.jsonl");
+    let mut harness = Box::pin(Harness::start(fast_config(Some(&log_path)))).await;
+    harness.handshake().await;
+    // The owner may dispatch spans of a changefeed it has just created before this capture's
+    // worker has seen the info.
+    let changefeed = ChangeFeedId::new("default", "late");
+    let span = span(&changefeed, 0, "/late/");
+    let start = current_revision(&harness.client).await;
+    harness.send(add(&span, start, true)).await;
+    harness.send(add(&span, start, false)).await;
+    harness
+        .heartbeat_until(|spans| {
+            spans
+                .iter()
+                .any(|status| status.state == AgentSpanState::Replicating)
+        })
+        .await;
+    let mut debug_info = String::new();
+    harness.manager.write_debug_info(&mut debug_info);
+    assert!(debug_info.contains("waiting to start"), "{debug_info}");
+    assert!(log_events(&log_path).is_empty());
+
+    harness.create_changefeed("late").await;
+    let written = u64::try_from(harness.client.put("/late/a", "1", 0).await.unwrap()).unwrap();
+    let spans = harness
+        .heartbeat_until(|spans| {
+            spans
+                .iter()
+                .any(|status| status.checkpoint.checkpoint >= written)
+        })
+        .await;
+    assert_eq!(spans[0].state, AgentSpanState::Replicating);
+    let events: Vec<String> = log_events(&log_path)
+        .into_iter()
+        .map(|line| line.3)
+        .collect();
+    assert_eq!(events, ["start"]);
+    harness.close().await;
+}
+
 /// A pipeline that records its starts and runs until stopped.
 #[derive(Default)]
 struct RecordingPipeline {
