@@ -30,6 +30,7 @@ use crate::config::ProcessorConfig;
 use crate::error::{Error, Result};
 use crate::pipeline::{EtcdPipeline, PipelineConfig, PipelineHandle, SpanPipeline, UriSinks};
 use crate::processor::{PipelineFactory, Processor, SpanFailure};
+use crate::rules::changefeed_rules;
 use crate::span_log::SpanLog;
 
 /// The topic of the owner's messages to the agents.
@@ -472,11 +473,13 @@ fn error_code(message: &str) -> Option<String> {
     code.starts_with("CDC:").then(|| code.to_owned())
 }
 
-/// The pipeline of one changefeed, rebuilt when its sink URI, upstream or target changes.
+/// The pipeline of one changefeed, rebuilt when its sink URI, upstream, target or rules
+/// change.
 struct ChangefeedPipeline {
     sink_uri: String,
     upstream_id: UpstreamId,
     target: u64,
+    rules: Vec<Vec<u8>>,
     pipeline: EtcdPipeline<UriSinks>,
 }
 
@@ -537,10 +540,15 @@ impl Pipelines {
             .ok_or_else(|| Error::ChangefeedNotFound {
                 changefeed: changefeed.to_string(),
             })?;
+        let rules = changefeed_rules(info).map_err(|reason| Error::InvalidRules {
+            changefeed: changefeed.to_string(),
+            reason,
+        })?;
         let current = self.changefeeds.get(changefeed).is_some_and(|cached| {
             cached.sink_uri == info.sink_uri
                 && cached.upstream_id == info.upstream_id
                 && cached.target == info.target_ts()
+                && cached.rules == rules
         });
         if current {
             return Ok(None);
@@ -571,6 +579,7 @@ impl Pipelines {
             sink_uri_text: info.sink_uri.clone(),
             upstream_id,
             target: info.target_ts(),
+            rules,
             endpoints,
         }))
     }
@@ -608,6 +617,7 @@ impl Pipelines {
                 sink_uri_text,
                 upstream_id,
                 target,
+                rules,
                 endpoints,
             } = new_pipeline;
             let client = match (self.upstreams.get(&upstream_id), endpoints) {
@@ -632,6 +642,7 @@ impl Pipelines {
                     sink_uri: sink_uri_text,
                     upstream_id,
                     target,
+                    rules,
                     pipeline,
                 },
             );
@@ -652,6 +663,8 @@ struct NewPipeline {
     upstream_id: UpstreamId,
     /// The changefeed's target revision (`u64::MAX`: none).
     target: u64,
+    /// The changefeed's rules (key prefixes), in order.
+    rules: Vec<Vec<u8>>,
     /// The endpoints to connect to, when no client of the upstream exists yet.
     endpoints: Option<String>,
 }

@@ -207,13 +207,23 @@ impl Harness {
 
     /// A changefeed of `upstream_id` into the blackhole sink.
     async fn create_changefeed_on(&self, id: &str, upstream_id: u64) -> ChangeFeedId {
+        self.put_info(id, upstream_id, serde_json::json!({})).await
+    }
+
+    /// Writes a changefeed's info with this `config`.
+    async fn put_info(
+        &self,
+        id: &str,
+        upstream_id: u64,
+        config: serde_json::Value,
+    ) -> ChangeFeedId {
         let changefeed = ChangeFeedId::new("default", id);
         let info = ChangeFeedInfo {
             upstream_id,
             namespace: changefeed.namespace.clone(),
             changefeed_id: changefeed.id.clone(),
             sink_uri: "blackhole://".to_owned(),
-            config: Some(serde_json::json!({})),
+            config: Some(config),
             ..ChangeFeedInfo::default()
         };
         self.client
@@ -602,6 +612,38 @@ async fn a_span_dispatched_before_its_changefeed_is_seen_starts_once_it_is() {
         .map(|line| line.3)
         .collect();
     assert_eq!(events, ["start"]);
+    harness.close().await;
+}
+
+#[tokio::test]
+async fn malformed_rules_land_in_the_task_position() {
+    let mut harness = Box::pin(Harness::start(fast_config(None))).await;
+    let upstream_id = CdcEtcdClient::new(harness.client.clone(), CLUSTER)
+        .await
+        .unwrap()
+        .etcd_cluster_id();
+    let config = serde_json::json!({"filter": {"rules_base64": ["not base64!"]}});
+    let changefeed = harness.put_info("bad", upstream_id, config).await;
+    harness.handshake().await;
+    let span = span(&changefeed, 0, "/bad/");
+    let start = current_revision(&harness.client).await;
+    harness.send(add(&span, start, true)).await;
+    harness.send(add(&span, start, false)).await;
+    while harness.dispatch_status().await.state != AgentSpanState::Stopped {}
+    let position_key = (changefeed, CAPTURE.to_owned());
+    let positions = tokio::time::timeout(
+        DEADLINE,
+        harness
+            .positions_rx
+            .wait_for(|positions| positions.contains_key(&position_key)),
+    )
+    .await
+    .expect("the task position was written in time")
+    .unwrap()
+    .clone();
+    let error = positions[&position_key].error.clone().unwrap();
+    assert_eq!(error.code, "CDC:ErrInvalidReplicaConfig");
+    assert!(error.message.contains("rules_base64"), "{error:?}");
     harness.close().await;
 }
 
