@@ -34,8 +34,8 @@ pub use config::ProcessorConfig;
 pub use error::{Error, Result};
 pub use manager::{ProcessorReactors, TO_AGENT_TOPIC, TO_OWNER_TOPIC};
 pub use pipeline::{
-    EtcdPipeline, PipelineConfig, PipelineHandle, PipelineProgress, PipelineState,
-    ProgressReporter, SinkFactory, SpanPipeline, UriSinks,
+    DEFAULT_MAX_UNFLUSHED_BYTES, EtcdPipeline, PipelineConfig, PipelineHandle, PipelineProgress,
+    PipelineState, ProgressReporter, SinkFactory, SpanPipeline, UriSinks,
 };
 pub use processor::{PipelineFactory, Processor, ProcessorOutput, SpanFailure, Wake};
 pub use span_log::{SpanEvent, SpanLog, monotonic_ns};

@@ -630,10 +630,14 @@ impl Pipelines {
                     });
                 }
             };
+            let config = PipelineConfig {
+                flush_interval: sink_uri.flush_interval(),
+                ..self.config.clone()
+            };
             let pipeline = EtcdPipeline::new(
                 client,
-                Arc::new(UriSinks::new(sink_uri)),
-                self.config.clone(),
+                Arc::new(UriSinks::new(sink_uri, rules.clone())),
+                config,
             )
             .with_target(target);
             self.changefeeds.insert(

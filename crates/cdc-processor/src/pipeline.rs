@@ -206,6 +206,9 @@ impl SinkFactory for UriSinks {
     }
 }
 
+/// The default [`PipelineConfig::max_unflushed_bytes`]: 64 MiB.
+pub const DEFAULT_MAX_UNFLUSHED_BYTES: u64 = 64 << 20;
+
 /// Settings of an [`EtcdPipeline`].
 #[derive(Debug, Clone)]
 pub struct PipelineConfig {
@@ -213,6 +216,10 @@ pub struct PipelineConfig {
     pub source: SourceConfig,
     /// How often the sink is flushed and the checkpoint moved.
     pub flush_interval: Duration,
+    /// The sink is also flushed once this many bytes of changes wait for a flush, before the
+    /// source is read again: with the source's bounded buffer, this bounds a span's memory while
+    /// its sink is slow (see docs/guarantees.md).
+    pub max_unflushed_bytes: u64,
 }
 
 impl Default for PipelineConfig {
@@ -220,6 +227,7 @@ impl Default for PipelineConfig {
         PipelineConfig {
             source: SourceConfig::default(),
             flush_interval: Duration::from_secs(1),
+            max_unflushed_bytes: DEFAULT_MAX_UNFLUSHED_BYTES,
         }
     }
 }
@@ -373,22 +381,14 @@ async fn pump<S: Sink>(
         config.flush_interval,
     );
     flush.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // Bytes written to the sink since its last flush: at `max_unflushed_bytes` the sink is
+    // flushed before the source is read again.
+    let mut unflushed: u64 = 0;
     loop {
-        tokio::select! {
+        let flush_now = tokio::select! {
             biased;
             () = cancel.cancelled() => return Ok(()),
-            _ = flush.tick() => {
-                if progress.resolved > progress.checkpoint {
-                    // Everything up to `resolved` has been written: after the flush it is durable.
-                    let covered = progress.resolved;
-                    match unless_cancelled(cancel, sink.flush()).await {
-                        None => return Ok(()),
-                        Some(flushed) => flushed.map_err(Failure::Sink)?,
-                    }
-                    progress.checkpoint = covered;
-                    reporter.report(progress);
-                }
-            }
+            _ = flush.tick() => true,
             output = source.next() => {
                 match output.map_err(Failure::Source)? {
                     None => return Ok(()),
@@ -399,6 +399,7 @@ async fn pump<S: Sink>(
                                 None => return Ok(()),
                                 Some(written) => written.map_err(Failure::Sink)?,
                             }
+                            unflushed = unflushed.saturating_add(events.iter().map(event_bytes).sum());
                         }
                         progress.resolved = progress.resolved.max(resolved.min(limit));
                         reporter.report(progress);
@@ -408,9 +409,29 @@ async fn pump<S: Sink>(
                         reporter.report(progress);
                     }
                 }
+                unflushed >= config.max_unflushed_bytes
             }
+        };
+        if flush_now && progress.resolved > progress.checkpoint {
+            // Everything up to `resolved` has been written: after the flush it is durable.
+            let covered = progress.resolved;
+            match unless_cancelled(cancel, sink.flush()).await {
+                None => return Ok(()),
+                Some(flushed) => flushed.map_err(Failure::Sink)?,
+            }
+            unflushed = 0;
+            progress.checkpoint = covered;
+            reporter.report(progress);
         }
     }
+}
+
+/// What a change costs in memory while it waits in a sink for its flush: its key and value and
+/// a fixed overhead for its bookkeeping.
+fn event_bytes(event: &cdc_model::ChangeEvent) -> u64 {
+    const OVERHEAD: usize = 64;
+    let value = event.value.as_ref().map_or(0, Vec::len);
+    u64::try_from(event.key.len() + value + OVERHEAD).unwrap_or(u64::MAX)
 }
 
 /// Runs `future` unless `cancel` fires first (`None`).

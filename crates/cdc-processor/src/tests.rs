@@ -112,6 +112,7 @@ fn fast_config() -> PipelineConfig {
             reset_after: Duration::from_secs(10),
         },
         flush_interval: Duration::from_millis(50),
+        max_unflushed_bytes: crate::DEFAULT_MAX_UNFLUSHED_BYTES,
     }
 }
 
@@ -483,5 +484,44 @@ async fn etcd_source_into_an_etcd_mirror_reaches_the_final_state() {
         .map(|kv| (kv.key, kv.value))
         .collect();
     assert_eq!(got, expected);
+    handle.stop().await.unwrap();
+}
+
+// A sink waiting for its next timed flush holds at most `max_unflushed_bytes` of changes: past
+// that the pipeline flushes before it reads the source again (docs/guarantees.md, memory).
+#[tokio::test]
+async fn unflushed_bytes_past_the_bound_are_flushed_before_the_next_read() {
+    let etcd = EtcdServer::start().await.unwrap();
+    let client = etcd.client().await.unwrap();
+    let from = current_revision(&client).await;
+    let sinks = Arc::new(crate::UriSinks::new(
+        cdc_sink::SinkUri::parse("blackhole://").unwrap(),
+        vec![b"/s/".to_vec()],
+    ));
+    let config = PipelineConfig {
+        // No timed flush within the test: every flush is one the bound asked for.
+        flush_interval: Duration::from_secs(3600),
+        max_unflushed_bytes: 1024,
+        ..fast_config()
+    };
+    let handle =
+        EtcdPipeline::new(client.clone(), sinks.clone(), config).start(span("/s/", "/s0"), from);
+    for i in 0..40 {
+        client
+            .put(format!("/s/{i:02}"), vec![b'v'; 100], 0)
+            .await
+            .unwrap();
+    }
+    let last = current_revision(&client).await;
+    // Each change costs about 170 bytes, so a flush comes at least every seven changes and the
+    // checkpoint reaches the last one covered by a flush.
+    wait_progress(
+        &handle,
+        |_| {},
+        |progress| progress.checkpoint.checkpoint + 7 >= last,
+    )
+    .await;
+    let stats = sinks.blackhole_stats();
+    assert!(stats.flushes() >= 5, "flushes: {}", stats.flushes());
     handle.stop().await.unwrap();
 }

@@ -95,6 +95,7 @@ fn fast_config(span_log: Option<&Path>) -> ProcessorConfig {
                 reset_after: Duration::from_secs(10),
             },
             flush_interval: Duration::from_millis(50),
+            max_unflushed_bytes: crate::DEFAULT_MAX_UNFLUSHED_BYTES,
         },
         progress_interval: Duration::from_millis(100),
         ..ProcessorConfig::default()
