@@ -9,6 +9,7 @@
 
 pub mod api;
 mod config;
+mod core;
 mod error;
 pub mod feed;
 pub mod replica;
