@@ -104,7 +104,27 @@ pub(crate) struct OwnerCore {
     default_upstream: UpstreamInfo,
     coordinator: Coordinator,
     feeds: BTreeMap<ChangeFeedId, Feed>,
-    creating: BTreeMap<ChangeFeedId, Duration>,
+    /// Created changefeeds not read back yet, with the answer to send once they are.
+    creating: BTreeMap<ChangeFeedId, Creating>,
+    /// Answers to send at the next tick, which comes after the commit of this tick's patches.
+    deferred: Vec<(oneshot::Sender<Reply>, Reply)>,
+}
+
+/// A created changefeed whose info has not been read back yet.
+#[derive(Debug)]
+struct Creating {
+    since: Duration,
+    reply: Option<(oneshot::Sender<Reply>, Reply)>,
+}
+
+/// When an answer goes out.
+enum When {
+    /// At once: the request changed nothing.
+    Now,
+    /// At the next tick: after the commit of the patches it queued.
+    NextTick,
+    /// Once the created changefeed is read back.
+    Created(ChangeFeedId),
 }
 
 impl OwnerCore {
@@ -122,6 +142,7 @@ impl OwnerCore {
             coordinator,
             feeds: BTreeMap::new(),
             creating: BTreeMap::new(),
+            deferred: Vec::new(),
         })
     }
 
@@ -142,11 +163,32 @@ impl OwnerCore {
     ) -> TickOutput {
         let mut output = TickOutput::default();
         self.ensure_default_upstream(state);
+        // The worker ticks again only after it committed the last tick's patches.
+        for (reply, answer) in self.deferred.drain(..) {
+            // The requester may have given up.
+            let _ = reply.send(answer);
+        }
         self.sync_feeds(state, now);
         for request in requests {
-            let reply = self.serve(state, now, wall, request.job);
-            // The requester may have given up.
-            let _ = request.reply.send(reply);
+            let (answer, when) = match self.serve_job(state, wall, request.job) {
+                Ok((answer, when)) => (answer, when),
+                Err(err) => ((err.status, err.body()), When::Now),
+            };
+            match when {
+                When::Now => {
+                    let _ = request.reply.send(answer);
+                }
+                When::NextTick => self.deferred.push((request.reply, answer)),
+                When::Created(id) => {
+                    self.creating.insert(
+                        id,
+                        Creating {
+                            since: now,
+                            reply: Some((request.reply, answer)),
+                        },
+                    );
+                }
+            }
         }
         self.run_machines(state, now, wall);
         for message in messages {
@@ -207,12 +249,27 @@ impl OwnerCore {
     /// Follows the changefeeds of the snapshot: new ones get a state machine, vanished ones are
     /// dropped, changed configs recompute the spans.
     fn sync_feeds(&mut self, state: &GlobalReactorState, now: Duration) {
-        self.creating.retain(|id, created| {
-            now.saturating_sub(*created) < CREATE_GRACE
-                && state
-                    .changefeeds
-                    .get(id)
-                    .is_none_or(|changefeed| changefeed.info.is_none())
+        self.creating.retain(|id, creating| {
+            let written = state
+                .changefeeds
+                .get(id)
+                .is_some_and(|changefeed| changefeed.info.is_some());
+            let late = now.saturating_sub(creating.since) >= CREATE_GRACE;
+            if written || late {
+                if let Some((reply, answer)) = creating.reply.take() {
+                    let answer = if written {
+                        answer
+                    } else {
+                        let err = ApiError::internal(format!(
+                            "changefeed {id} was not written within {CREATE_GRACE:?}"
+                        ));
+                        (err.status, err.body())
+                    };
+                    let _ = reply.send(answer);
+                }
+                return false;
+            }
+            true
         });
         let gone: Vec<ChangeFeedId> = self
             .feeds
@@ -355,19 +412,6 @@ impl OwnerCore {
         }
     }
 
-    fn serve(
-        &mut self,
-        state: &mut GlobalReactorState,
-        now: Duration,
-        wall: DateTime<Utc>,
-        job: Job,
-    ) -> Reply {
-        match self.serve_job(state, now, wall, job) {
-            Ok(reply) => reply,
-            Err(err) => (err.status, err.body()),
-        }
-    }
-
     fn view<'a>(
         &'a self,
         state: &'a GlobalReactorState,
@@ -400,10 +444,9 @@ impl OwnerCore {
     fn serve_job(
         &mut self,
         state: &mut GlobalReactorState,
-        now: Duration,
         wall: DateTime<Utc>,
         job: Job,
-    ) -> Result<Reply, ApiError> {
+    ) -> Result<(Reply, When), ApiError> {
         match job {
             Job::List {
                 state: filter,
@@ -417,13 +460,16 @@ impl OwnerCore {
                     .filter(|view| view.state.is_needed(&filter))
                     .map(|view| api::list_item(&view))
                     .collect();
-                Ok((200, json!({"total": items.len(), "items": items})))
+                Ok((
+                    (200, json!({"total": items.len(), "items": items})),
+                    When::Now,
+                ))
             }
             Job::Get(id) => {
                 let view = self
                     .view(state, &id)
                     .ok_or_else(|| ApiError::changefeed_not_exists(&id))?;
-                Ok((200, api::detail(&view)))
+                Ok(((200, api::detail(&view)), When::Now))
             }
             Job::Create { info, upstream } => {
                 let id = info.id();
@@ -443,7 +489,6 @@ impl OwnerCore {
                 let patch = CreateChangefeed::new(&state.cluster_id, &info, &status, &upstream)
                     .map_err(|err| ApiError::internal(ErrorReport(&err).to_string()))?;
                 state.queue_patches(vec![Box::new(patch)]);
-                self.creating.insert(id.clone(), now);
                 info!(changefeed = %id, start_ts = info.start_ts, "changefeed created");
                 let spans = ReplicaSpec::from_config(info.config.as_ref())
                     .map(|spec| spec.spans(&id))
@@ -465,7 +510,7 @@ impl OwnerCore {
                         .collect(),
                     task_status: BTreeMap::new(),
                 };
-                Ok((200, api::detail(&view)))
+                Ok(((200, api::detail(&view)), When::Created(id)))
             }
             Job::Update { id, plan } => {
                 let feed = self
@@ -513,7 +558,7 @@ impl OwnerCore {
                     .view(state, &id)
                     .ok_or_else(|| ApiError::changefeed_not_exists(&id))?;
                 view.info = &updated;
-                Ok((200, api::detail(&view)))
+                Ok(((200, api::detail(&view)), When::NextTick))
             }
             Job::Admin { id, job } => {
                 let feed = self
@@ -535,7 +580,7 @@ impl OwnerCore {
                 if !feed.machine.is_running() {
                     self.coordinator.remove_changefeed(&id);
                 }
-                Ok((200, json!({})))
+                Ok(((200, json!({})), When::NextTick))
             }
             Job::ListProcessors => {
                 let mut items = Vec::new();
@@ -553,7 +598,10 @@ impl OwnerCore {
                         }));
                     }
                 }
-                Ok((200, json!({"total": items.len(), "items": items})))
+                Ok((
+                    (200, json!({"total": items.len(), "items": items})),
+                    When::Now,
+                ))
             }
             Job::GetProcessor {
                 changefeed,
@@ -574,10 +622,10 @@ impl OwnerCore {
                     .into_iter()
                     .map(|span_id| span_id.0)
                     .collect();
-                Ok((200, json!({"table_ids": span_ids})))
+                Ok(((200, json!({"table_ids": span_ids})), When::Now))
             }
             Job::Drain(capture_id) => match self.coordinator.drain(&capture_id) {
-                Ok(n) => Ok((202, json!({"current_table_count": n}))),
+                Ok(n) => Ok(((202, json!({"current_table_count": n})), When::Now)),
                 Err(err @ cdc_scheduler::Error::CaptureNotFound { .. }) => Err(ApiError {
                     status: 404,
                     code: "CDC:ErrCaptureNotExist",

@@ -22,6 +22,8 @@ pub mod api;
 mod config;
 mod core;
 mod error;
+#[cfg(test)]
+mod fake_agent;
 pub mod feed;
 mod owner;
 pub mod replica;

@@ -9,80 +9,17 @@ use cdc_etcd::testing::EtcdServer;
 use cdc_etcd::{EtcdClient, GetOptions};
 use cdc_model::{CaptureInfo, GoTime};
 use cdc_orchestrator::{EtcdWorker, NextTick, Reactor};
-use cdc_scheduler::{Agent, AgentOutput, Epoch, PipelineCommand, PipelineEvent, SpanRef};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::*;
+use crate::fake_agent::FakeAgent;
 use crate::feed::RetryPolicy;
 
 const CLUSTER: &str = "default";
 const OWNER: &str = "c1";
 const OTHER: &str = "c2";
 const DEADLINE: Duration = Duration::from_secs(60);
-
-/// An agent whose pipelines start, stop and progress at once.
-struct FakeAgent {
-    agent: Agent,
-    running: BTreeMap<SpanRef, Checkpoint>,
-    progress: Arc<AtomicU64>,
-}
-
-impl FakeAgent {
-    fn new(capture_id: &str, progress: Arc<AtomicU64>) -> FakeAgent {
-        FakeAgent {
-            agent: Agent::new(capture_id.to_owned(), Epoch(1)),
-            running: BTreeMap::new(),
-            progress,
-        }
-    }
-
-    /// Handles one message; answers the owner's messages.
-    fn handle(&mut self, message: ToAgent) -> Vec<ToOwner> {
-        let mut output = AgentOutput::default();
-        let progress = self.progress.load(Ordering::SeqCst);
-        for (span, checkpoint) in &mut self.running {
-            if checkpoint.checkpoint < progress {
-                *checkpoint = Checkpoint::at(progress);
-                self.agent.handle_pipeline_event(
-                    PipelineEvent::Progress {
-                        span: span.clone(),
-                        checkpoint: *checkpoint,
-                    },
-                    &mut output,
-                );
-            }
-        }
-        self.agent.handle_message(message, &mut output);
-        let mut pending: Vec<PipelineCommand> = std::mem::take(&mut output.commands);
-        while !pending.is_empty() {
-            for command in std::mem::take(&mut pending) {
-                let mut step = AgentOutput::default();
-                match command {
-                    PipelineCommand::Prepare { span, .. } => self.agent.handle_pipeline_event(
-                        PipelineEvent::Prepared {
-                            span: span.span_ref(),
-                        },
-                        &mut step,
-                    ),
-                    PipelineCommand::Replicate { span, checkpoint } => {
-                        self.running.insert(span.span_ref(), checkpoint);
-                    }
-                    PipelineCommand::Stop { span } => {
-                        let checkpoint = self.running.remove(&span).unwrap_or_default();
-                        self.agent.handle_pipeline_event(
-                            PipelineEvent::Stopped { span, checkpoint },
-                            &mut step,
-                        );
-                    }
-                }
-                pending.extend(step.commands);
-                output.messages.extend(step.messages);
-            }
-        }
-        output.messages
-    }
-}
 
 /// What the test watches.
 #[derive(Debug, Clone, Default)]
@@ -279,6 +216,19 @@ impl Harness {
         }
     }
 
+    /// Waits until `check` holds for the stored info, polling etcd (bounded).
+    async fn wait_info(&self, id: &ChangeFeedId, check: impl Fn(&ChangeFeedInfo) -> bool) {
+        let started = Instant::now();
+        loop {
+            let info = self.info(id).await.expect("the info exists");
+            if check(&info) {
+                return;
+            }
+            assert!(started.elapsed() < DEADLINE, "info stuck at {info:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     async fn stop(self) {
         self.cancel.cancel();
         let _ = self.worker.await.unwrap();
@@ -397,9 +347,11 @@ async fn create_schedule_checkpoint_pause_and_drain_on_a_real_etcd() {
     harness
         .wait_for("the spans to stop", |o| o.running.values().all(|n| *n == 0))
         .await;
-    let info = harness.info(&id).await.unwrap();
-    assert_eq!(info.state, FeedState::Stopped);
-    assert_eq!(info.admin_job_type, AdminJobType::Stop);
+    harness
+        .wait_info(&id, |info| {
+            info.state == FeedState::Stopped && info.admin_job_type == AdminJobType::Stop
+        })
+        .await;
     assert_eq!(
         harness.status(&id).await.0.admin_job_type,
         AdminJobType::Stop
@@ -477,11 +429,11 @@ async fn a_processor_error_pauses_the_changefeed_then_it_retries() {
         .wait_for("the spans to stop", |o| o.running.values().all(|n| *n == 0))
         .await;
     // The error was taken from the position and stored in the info.
-    let info = harness.info(&id).await.unwrap();
-    assert_eq!(
-        info.error.map(|e| e.code),
-        Some("CDC:ErrSinkFailed".to_owned())
-    );
+    harness
+        .wait_info(&id, |info| {
+            info.error.as_ref().map(|e| e.code.as_str()) == Some("CDC:ErrSinkFailed")
+        })
+        .await;
     // After the backoff, it runs again.
     harness
         .wait_for("the retry", |o| {
