@@ -87,6 +87,8 @@ struct Feed {
     last_write: Option<Duration>,
     /// When the state machine wants its next tick.
     wake_at: Option<Duration>,
+    /// The coordinator runs the current spans (told once, not every tick).
+    scheduled: bool,
 }
 
 /// The tick's result for the caller.
@@ -304,6 +306,7 @@ impl OwnerCore {
                     checkpoint_time: None,
                     last_write: None,
                     wake_at: None,
+                    scheduled: false,
                 }
             });
             feed.written = stored;
@@ -311,6 +314,7 @@ impl OwnerCore {
             feed.resolved = feed.resolved.max(feed.checkpoint);
             if feed.config_seen.as_ref() != info.config.as_ref() {
                 feed.config_seen = info.config.clone();
+                feed.scheduled = false;
                 feed.spans = match ReplicaSpec::from_config(info.config.as_ref()) {
                     Ok(spec) => spec.spans(id),
                     Err(reason) => {
@@ -345,13 +349,17 @@ impl OwnerCore {
                 apply_patch(changefeed, feed, patch, epoch);
             }
             if decision.running && !feed.spans.is_empty() {
-                self.coordinator.upsert_changefeed(
-                    id.clone(),
-                    feed.spans.clone(),
-                    Checkpoint::at(feed.checkpoint),
-                );
-            } else {
+                if !feed.scheduled {
+                    self.coordinator.upsert_changefeed(
+                        id.clone(),
+                        feed.spans.clone(),
+                        Checkpoint::at(feed.checkpoint),
+                    );
+                    feed.scheduled = true;
+                }
+            } else if feed.scheduled {
                 self.coordinator.remove_changefeed(id);
+                feed.scheduled = false;
             }
         }
     }
@@ -579,6 +587,7 @@ impl OwnerCore {
                 }
                 if !feed.machine.is_running() {
                     self.coordinator.remove_changefeed(&id);
+                    feed.scheduled = false;
                 }
                 Ok(((200, json!({})), When::NextTick))
             }

@@ -211,17 +211,6 @@ impl EtcdOwner {
     }
 }
 
-impl Drop for EtcdOwner {
-    fn drop(&mut self) {
-        if self.handler_registered.load(Ordering::SeqCst) {
-            let _ = self
-                .context
-                .message_server
-                .try_remove_handler(TO_OWNER_TOPIC);
-        }
-    }
-}
-
 impl Owner for EtcdOwner {
     fn tick<'a>(
         &'a self,
