@@ -308,6 +308,8 @@ async fn the_api_creates_runs_pauses_resumes_and_removes_a_changefeed() {
         .unwrap()
         .unwrap()
         .unwrap();
+    let (status, _) = serve(&api, "GET", "/changefeeds", Value::Null).await;
+    assert_eq!(status, 503);
     drop(owner);
     let (status, _) = serve(&api, "GET", "/changefeeds", Value::Null).await;
     assert_eq!(status, 503);
