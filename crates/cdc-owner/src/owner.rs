@@ -85,9 +85,12 @@ fn reactor_error(err: Error) -> cdc_reactor::Error {
     cdc_reactor::Error::reactor("owner", err, restarts_capture)
 }
 
+/// The owner's state; the API reads it between ticks.
+type SharedCore = Arc<Mutex<std::result::Result<OwnerCore, Option<Error>>>>;
+
 struct EtcdOwner {
     context: ReactorContext,
-    core: Mutex<std::result::Result<OwnerCore, Option<Error>>>,
+    core: SharedCore,
     messages_tx: mpsc::Sender<ToOwner>,
     messages_rx: Mutex<mpsc::Receiver<ToOwner>>,
     requests_rx: Mutex<mpsc::Receiver<Request>>,
@@ -114,15 +117,17 @@ impl EtcdOwner {
             default_upstream,
         )
         .map_err(Some);
+        let core = Arc::new(Mutex::new(core));
         let api = Arc::new(ApiServer {
             context: context.clone(),
+            core: core.clone(),
             requests_tx,
             poke: poke.clone(),
             stopped: stopped.clone(),
         });
         EtcdOwner {
             context,
-            core: Mutex::new(core),
+            core,
             messages_tx,
             messages_rx: Mutex::new(messages_rx),
             requests_rx: Mutex::new(requests_rx),
@@ -314,6 +319,7 @@ struct Upstream {
 /// then hands the request to the owner's tick.
 struct ApiServer {
     context: ReactorContext,
+    core: SharedCore,
     requests_tx: mpsc::Sender<Request>,
     poke: Arc<PokeSlot>,
     stopped: Arc<AtomicBool>,
@@ -401,6 +407,18 @@ impl ApiServer {
     async fn ask(&self, job: Job) -> std::result::Result<Reply, ApiError> {
         if self.stopped.load(Ordering::SeqCst) {
             return Err(ApiError::owner_gone());
+        }
+        if OwnerCore::is_read(&job) {
+            // Reads are answered from the last tick's view, without waiting for a tick.
+            let core = self
+                .core
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if let Ok(core) = &*core
+                && core.has_ticked()
+            {
+                return core.read(&job);
+            }
         }
         let (reply, answer) = oneshot::channel();
         self.requests_tx
