@@ -33,6 +33,9 @@ use crate::replica::ReplicaSpec;
 /// How long a created changefeed counts as existing before its info is read back.
 const CREATE_GRACE: Duration = Duration::from_secs(10);
 
+/// How often an owner with no changefeed hears from the captures.
+const IDLE_HEARTBEAT: Duration = Duration::from_secs(1);
+
 /// An answer: the HTTP status and the JSON body.
 pub(crate) type Reply = (u16, Value);
 
@@ -116,6 +119,8 @@ pub(crate) struct OwnerCore {
     captures: BTreeSet<CaptureId>,
     /// A tick has read the snapshot: the view answers reads.
     ticked: bool,
+    /// When the coordinator last ticked.
+    last_coordinator_tick: Option<Duration>,
 }
 
 /// A created changefeed whose info has not been read back yet.
@@ -153,6 +158,7 @@ impl OwnerCore {
             deferred: Vec::new(),
             captures: BTreeSet::new(),
             ticked: false,
+            last_coordinator_tick: None,
         })
     }
 
@@ -178,9 +184,9 @@ impl OwnerCore {
             // The requester may have given up.
             let _ = reply.send(answer);
         }
-        if self.captures.len() != state.captures.len()
-            || !state.captures.keys().all(|c| self.captures.contains(c))
-        {
+        let captures_changed = self.captures.len() != state.captures.len()
+            || !state.captures.keys().all(|c| self.captures.contains(c));
+        if captures_changed {
             self.captures = state.captures.keys().cloned().collect();
         }
         self.sync_feeds(state, now);
@@ -220,11 +226,26 @@ impl OwnerCore {
                 stopping: false,
             })
             .collect();
-        output
-            .messages
-            .extend(self.coordinator.tick(now, &captures));
+        // With nothing to schedule, the captures are heard from once per idle heartbeat, so that
+        // an idle cluster costs next to nothing; a change of the captures is handled at once.
+        let idle = self.feeds.is_empty() && self.coordinator.is_all_replicating();
+        let heartbeat = if idle {
+            IDLE_HEARTBEAT.max(self.config.scheduler.heartbeat_interval)
+        } else {
+            self.config.scheduler.heartbeat_interval
+        };
+        let coordinator_due = !idle
+            || captures_changed
+            || self
+                .last_coordinator_tick
+                .is_none_or(|last| now.saturating_sub(last) >= heartbeat);
+        if coordinator_due {
+            self.last_coordinator_tick = Some(now);
+            output
+                .messages
+                .extend(self.coordinator.tick(now, &captures));
+        }
         self.write_checkpoints(state, now, wall);
-        let heartbeat = self.config.scheduler.heartbeat_interval;
         output.next = self
             .feeds
             .values()

@@ -30,6 +30,8 @@ struct Observed {
     running: BTreeMap<CaptureId, usize>,
     /// Replicate orders the agents followed, over all owners.
     starts: usize,
+    /// Heartbeats the owner sent, over all captures.
+    heartbeats: usize,
 }
 
 struct TestReactor {
@@ -54,6 +56,11 @@ impl Reactor<GlobalReactorState> for TestReactor {
             std::mem::take(&mut self.inbox),
             requests,
         );
+        let heartbeats = output
+            .messages
+            .iter()
+            .filter(|message| matches!(message.body, cdc_scheduler::AgentRequest::Heartbeat(_)))
+            .count();
         for message in output.messages {
             if let Some(agent) = self.agents.get_mut(&message.to) {
                 self.inbox.extend(agent.handle(message));
@@ -67,6 +74,7 @@ impl Reactor<GlobalReactorState> for TestReactor {
             .collect();
         let starts = self.agents.values().map(|agent| agent.starts).sum();
         self.observed.send_modify(|observed| {
+            observed.heartbeats += heartbeats;
             observed.starts = starts;
             observed.ticks += 1;
             observed.all_replicating = all_replicating;
@@ -563,5 +571,29 @@ async fn a_new_owner_keeps_the_running_spans_and_the_stored_states() {
             o.all_replicating && o.running.values().sum::<usize>() == 8
         })
         .await;
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_without_changefeeds_hears_from_the_captures_once_a_second() {
+    let mut harness = Harness::start().await;
+    harness
+        .wait_for("the first heartbeats", |o| o.heartbeats >= 2)
+        .await;
+    let started = Instant::now();
+    let (ticks, heartbeats) = {
+        let observed = harness.observed.borrow();
+        (observed.ticks, observed.heartbeats)
+    };
+    // The test reactor ticks every 20 ms: 100 ticks take two seconds at least.
+    harness
+        .wait_for("a hundred more ticks", |o| o.ticks >= ticks + 100)
+        .await;
+    let elapsed = started.elapsed().as_secs() as usize;
+    let sent = harness.observed.borrow().heartbeats - heartbeats;
+    assert!(
+        sent <= 2 * (elapsed + 2),
+        "{sent} heartbeats to two captures in {elapsed} s"
+    );
     harness.stop().await;
 }
