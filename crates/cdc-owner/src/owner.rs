@@ -52,6 +52,9 @@ pub fn to_owner_topic() -> NamedTopic<ToOwner, Json> {
 const API_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long registering or removing the p2p handler may take.
 const HANDLER_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest changefeed info a create writes: well inside one etcd transaction
+/// (`cdc_orchestrator::TXN_MAX_SIZE`), which the info and status must share.
+const MAX_INFO_SIZE: usize = 512 * 1024;
 /// The most messages one tick takes from the channel (the rest wait for the next tick).
 const MAX_MESSAGES_PER_TICK: usize = 65_536;
 
@@ -368,6 +371,9 @@ impl ApiServer {
                 if let Some(spec) = &mut plan.spec {
                     let upstream = self.upstream_of(&info).await?;
                     choose_all_split_keys(&upstream.client, spec).await?;
+                    let mut updated = info.clone();
+                    spec.write_into(updated.config.get_or_insert_with(|| serde_json::json!({})));
+                    check_info_size(&updated)?;
                 }
                 Job::Update { id, plan }
             }
@@ -524,11 +530,25 @@ impl ApiServer {
                 .unwrap_or(0),
             ..ChangeFeedInfo::default()
         };
+        check_info_size(&info)?;
         Ok(Job::Create {
             info: Box::new(info),
             upstream: upstream.info,
         })
     }
+}
+
+/// Refuses an info too large to write in one transaction with its status.
+fn check_info_size(info: &ChangeFeedInfo) -> std::result::Result<(), ApiError> {
+    let encoded = cdc_model::to_go_json(info)
+        .map_err(|err| ApiError::internal(ErrorReport(&err).to_string()))?;
+    if encoded.len() > MAX_INFO_SIZE {
+        return Err(ApiError::invalid_param(format!(
+            "replica_config: the changefeed's info would take {} bytes, more than {MAX_INFO_SIZE}; use fewer prefixes or spans per prefix",
+            encoded.len()
+        )));
+    }
+    Ok(())
 }
 
 /// The upstream's current revision.

@@ -172,6 +172,22 @@ async fn the_api_creates_runs_pauses_resumes_and_removes_a_changefeed() {
         (400, json!("CDC:ErrAPIInvalidParam"))
     );
 
+    // An info too large for one transaction is refused.
+    let rules: Vec<String> = (0..40_000).map(|i| format!("/big/{i:06}/")).collect();
+    let (status, body) = serve(
+        &api,
+        "POST",
+        "/changefeeds",
+        json!({"changefeed_id": "big", "sink_uri": "blackhole://",
+               "replica_config": {"filter": {"rules": rules}}}),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error_msg"].as_str().unwrap().contains("bytes"),
+        "{body}"
+    );
+
     // Create: 4 spans split at the keys present.
     let (status, body) = serve(
         &api,
