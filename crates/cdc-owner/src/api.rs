@@ -55,10 +55,10 @@ impl ApiError {
         }
     }
 
-    /// 404 `CDC:ErrCaptureNotExist`.
+    /// 400 `CDC:ErrCaptureNotExist` (TiCDC answers a bad capture ID as a bad request).
     pub fn capture_not_exists(capture_id: &str) -> ApiError {
         ApiError {
-            status: 404,
+            status: 400,
             code: "CDC:ErrCaptureNotExist",
             message: format!("capture not exists, {capture_id}"),
         }

@@ -390,6 +390,11 @@ async fn create_schedule_checkpoint_pause_and_drain_on_a_real_etcd() {
     assert_eq!((status, body), (202, json!({"current_table_count": 0})));
     let (status, _) = harness.ask(Job::Drain(OWNER.to_owned())).await;
     assert_eq!(status, 400);
+    let (status, body) = harness.ask(Job::Drain("no-such".to_owned())).await;
+    assert_eq!(
+        (status, body["error_code"].clone()),
+        (400, json!("CDC:ErrCaptureNotExist"))
+    );
 
     // Pause stops every span and stores the state.
     let (status, _) = harness
