@@ -85,8 +85,11 @@ struct Feed {
     spans: Vec<Span>,
     /// The highest checkpoint known: the stored one or the coordinator's.
     checkpoint: u64,
-    /// The checkpoint in the stored status.
+    /// The checkpoint in the stored status, or queued for it.
     written: u64,
+    /// The checkpoint in the stored status as last read: what the API shows, so that the
+    /// checkpoint an answer shows never moves back, not even across an owner failover.
+    stored: u64,
     resolved: u64,
     checkpoint_time: Option<DateTime<Utc>>,
     last_write: Option<Duration>,
@@ -338,6 +341,7 @@ impl OwnerCore {
                     spans: Vec::new(),
                     checkpoint: stored,
                     written: stored,
+                    stored,
                     resolved: stored,
                     checkpoint_time: None,
                     last_write: None,
@@ -349,6 +353,7 @@ impl OwnerCore {
                 feed.info = info.clone();
             }
             feed.written = stored;
+            feed.stored = stored;
             feed.checkpoint = feed.checkpoint.max(stored);
             feed.resolved = feed.resolved.max(feed.checkpoint);
             if feed.config_seen.as_ref() != info.config.as_ref() {
@@ -476,8 +481,8 @@ impl OwnerCore {
         Some(FeedView {
             info,
             state: feed.machine.state(),
-            checkpoint: feed.checkpoint,
-            resolved: feed.resolved,
+            checkpoint: feed.stored,
+            resolved: feed.resolved.max(feed.stored),
             checkpoint_time: feed.checkpoint_time,
             spans,
             task_status: self.coordinator.spans_by_capture(id).unwrap_or_default(),
@@ -756,6 +761,7 @@ fn apply_patch(
             });
             feed.checkpoint = checkpoint;
             feed.written = checkpoint;
+            feed.stored = checkpoint;
             feed.resolved = checkpoint;
         }
         FeedPatch::Remove => {

@@ -8,7 +8,7 @@ use std::time::Instant;
 use cdc_etcd::testing::EtcdServer;
 use cdc_etcd::{EtcdClient, GetOptions};
 use cdc_model::{CaptureInfo, GoTime};
-use cdc_orchestrator::{EtcdWorker, NextTick, Reactor};
+use cdc_orchestrator::{EtcdWorker, NextTick, Reactor, ReactorState};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -601,4 +601,73 @@ async fn an_owner_without_changefeeds_hears_from_the_captures_once_a_second() {
         "{sent} heartbeats to two captures in {elapsed} s"
     );
     harness.stop().await;
+}
+
+#[test]
+fn answers_show_the_stored_checkpoint_not_one_still_to_commit() {
+    let mut state = GlobalReactorState::new(CLUSTER, 10);
+    let mut put = |key: String, value: Vec<u8>| {
+        state.update(key.as_bytes(), Some(&value), false).unwrap();
+    };
+    let progress = Arc::new(AtomicU64::new(50));
+    let mut agents: BTreeMap<CaptureId, FakeAgent> = BTreeMap::new();
+    for capture_id in [OWNER, OTHER] {
+        let info = CaptureInfo {
+            id: capture_id.to_owned(),
+            ..CaptureInfo::default()
+        };
+        put(
+            key::capture_key(CLUSTER, capture_id),
+            cdc_model::to_go_json(&info).unwrap(),
+        );
+        agents.insert(
+            capture_id.to_owned(),
+            FakeAgent::new(capture_id, progress.clone()),
+        );
+    }
+    let id = ChangeFeedId::default_namespace("cf");
+    put(
+        key::changefeed_info_key(CLUSTER, &id),
+        cdc_model::to_go_json(&new_info(&id, 10)).unwrap(),
+    );
+    let status = ChangeFeedStatus {
+        checkpoint_ts: 10,
+        min_table_barrier_ts: 10,
+        admin_job_type: AdminJobType::Noop,
+    };
+    put(
+        key::changefeed_status_key(CLUSTER, &id),
+        cdc_model::to_go_json(&status).unwrap(),
+    );
+    let upstream = UpstreamInfo {
+        id: 7,
+        ..UpstreamInfo::default()
+    };
+    let mut core = OwnerCore::new(OWNER.to_owned(), 1, test_config(), upstream).unwrap();
+    let mut inbox = Vec::new();
+    let mut now = Duration::ZERO;
+    // The patches are never committed: the stored checkpoint stays at 10 while the spans move.
+    for _ in 0..200 {
+        let output = core.tick(
+            &mut state,
+            now,
+            Utc::now(),
+            std::mem::take(&mut inbox),
+            Vec::new(),
+        );
+        drop(state.get_patches());
+        for message in output.messages {
+            if let Some(agent) = agents.get_mut(&message.to) {
+                inbox.extend(agent.handle(message));
+            }
+        }
+        now += Duration::from_millis(50);
+        let detail = core.read(&Job::Get(id.clone())).unwrap().1;
+        let spans = detail["spans"].as_array().unwrap();
+        if spans.iter().all(|span| span["checkpoint_ts"] == json!(50)) {
+            assert_eq!(detail["checkpoint_ts"], json!(10), "{detail}");
+            return;
+        }
+    }
+    panic!("the spans never reached 50");
 }
