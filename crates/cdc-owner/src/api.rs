@@ -55,7 +55,8 @@ impl ApiError {
         }
     }
 
-    /// 400 `CDC:ErrCaptureNotExist` (TiCDC answers a bad capture ID as a bad request).
+    /// 400 `CDC:ErrCaptureNotExist`: TiCDC answers an unknown capture as a bad request
+    /// (`cdc/api/util.go` in pingcap/tiflow lists it among the HTTP bad-request errors).
     pub fn capture_not_exists(capture_id: &str) -> ApiError {
         ApiError {
             status: 400,
