@@ -33,7 +33,7 @@ use crate::replica::ReplicaSpec;
 /// How long a created changefeed counts as existing before its info is read back.
 const CREATE_GRACE: Duration = Duration::from_secs(10);
 
-/// How often an owner with no changefeed hears from the captures.
+/// How often an owner with no running changefeed hears from the captures.
 const IDLE_HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// An answer: the HTTP status and the JSON body.
@@ -229,9 +229,10 @@ impl OwnerCore {
                 stopping: false,
             })
             .collect();
-        // With nothing to schedule, the captures are heard from once per idle heartbeat, so that
+        // With nothing to run, the captures are heard from once per idle heartbeat, so that
         // an idle cluster costs next to nothing; a change of the captures is handled at once.
-        let idle = self.feeds.is_empty() && self.coordinator.is_all_replicating();
+        let idle = self.feeds.values().all(|feed| !feed.scheduled)
+            && self.coordinator.is_all_replicating();
         let heartbeat = if idle {
             IDLE_HEARTBEAT.max(self.config.scheduler.heartbeat_interval)
         } else {
