@@ -671,3 +671,45 @@ fn answers_show_the_stored_checkpoint_not_one_still_to_commit() {
     }
     panic!("the spans never reached 50");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_statuses_of_one_tick_are_written_in_one_transaction() {
+    let mut harness = Harness::start().await;
+    harness.progress.store(100, Ordering::SeqCst);
+    let ids: Vec<ChangeFeedId> = (0..5)
+        .map(|i| ChangeFeedId::default_namespace(format!("cf{i}")))
+        .collect();
+    for id in &ids {
+        let (status, body) = harness
+            .ask(Job::Create {
+                info: Box::new(new_info(id, 100)),
+                upstream: UpstreamInfo {
+                    id: 7,
+                    ..UpstreamInfo::default()
+                },
+            })
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    harness
+        .wait_for("every changefeed to replicate", |o| {
+            o.all_replicating && o.running.values().sum::<usize>() == 20
+        })
+        .await;
+    // Every changefeed has spans on both captures, so all their checkpoints move in the tick
+    // that hears the last agent's progress.
+    harness.progress.store(150, Ordering::SeqCst);
+    for id in &ids {
+        harness.wait_status(id, |s| s.checkpoint_ts == 150).await;
+    }
+    let mut revisions = BTreeSet::new();
+    for id in &ids {
+        let kv = harness
+            .get(key::changefeed_status_key(CLUSTER, id))
+            .await
+            .unwrap();
+        revisions.insert(kv.mod_revision);
+    }
+    assert_eq!(revisions.len(), 1, "{revisions:?}");
+    harness.stop().await;
+}
