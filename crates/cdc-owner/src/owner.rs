@@ -102,6 +102,9 @@ struct EtcdOwner {
     /// Set by `async_stop`; shared with the API, which then answers 503 at once.
     stopped: Arc<AtomicBool>,
     handler_registered: AtomicBool,
+    /// The terminal error of the message handler, if it fails (a message that does not
+    /// decode, a gap in a sender's sequence): the owner would hear nothing more, so it ends.
+    handler_errors: Mutex<Option<cdc_p2p::HandlerErrors>>,
     dropped_messages: Arc<AtomicU64>,
     started: Instant,
 }
@@ -138,6 +141,7 @@ impl EtcdOwner {
             poke,
             stopped,
             handler_registered: AtomicBool::new(false),
+            handler_errors: Mutex::new(None),
             dropped_messages: Arc::new(AtomicU64::new(0)),
             started: Instant::now(),
         }
@@ -152,7 +156,7 @@ impl EtcdOwner {
             let messages_tx = self.messages_tx.clone();
             let poke = self.poke.clone();
             let dropped = self.dropped_messages.clone();
-            let _errors = server
+            let errors = server
                 .add_handler(
                     &to_owner_topic(),
                     move |_sender, message: ToOwner| {
@@ -172,11 +176,15 @@ impl EtcdOwner {
                     &cancel,
                 )
                 .await?;
-            Ok::<(), cdc_p2p::Error>(())
+            Ok::<cdc_p2p::HandlerErrors, cdc_p2p::Error>(errors)
         })
         .await;
         match registered {
-            Ok(Ok(())) => {
+            Ok(Ok(errors)) => {
+                *self
+                    .handler_errors
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(errors);
                 self.handler_registered.store(true, Ordering::SeqCst);
                 Ok(())
             }
@@ -204,6 +212,22 @@ impl EtcdOwner {
                 warn!(error = %ErrorReport(&err), "cannot remove the owner's message handler")
             }
             Err(_) => warn!("removing the owner's message handler timed out"),
+        }
+    }
+
+    /// Fails when the message handler failed: the owner would hear nothing more.
+    fn check_handler(&self) -> Result<()> {
+        let mut errors = self
+            .handler_errors
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match errors.as_mut().map(mpsc::Receiver::try_recv) {
+            Some(Ok(err)) => {
+                *errors = None;
+                warn!(error = %ErrorReport(&err), "the owner's message handler failed, ending the term");
+                Err(Error::P2p(err))
+            }
+            Some(Err(_)) | None => Ok(()),
         }
     }
 
@@ -250,6 +274,7 @@ impl Owner for EtcdOwner {
                     "owner started"
                 );
             }
+            self.check_handler().map_err(reactor_error)?;
             let mut messages = Vec::new();
             {
                 let mut rx = self
