@@ -671,6 +671,22 @@ impl OwnerCore {
                 Ok(((200, api::detail(&view)), When::NextTick))
             }
             Job::Admin { id, job } => {
+                if let AdminJob::Resume {
+                    overwrite_checkpoint: Some(_),
+                } = job
+                    && self.coordinator.span_views(&id).is_some()
+                    && !self
+                        .feeds
+                        .get(&id)
+                        .is_some_and(|feed| feed.machine.is_running())
+                {
+                    // The scheduler keeps a stopped changefeed's checkpoint until its last span
+                    // stopped, and a checkpoint never moves back there: restarting from an
+                    // earlier one must wait until then.
+                    return Err(ApiError::invalid_param(format!(
+                        "changefeed {id} is still stopping its spans; retry the resume with overwrite_checkpoint_ts shortly"
+                    )));
+                }
                 let feed = self
                     .feeds
                     .get_mut(&id)

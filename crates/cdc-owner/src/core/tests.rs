@@ -713,3 +713,113 @@ async fn the_statuses_of_one_tick_are_written_in_one_transaction() {
     assert_eq!(revisions.len(), 1, "{revisions:?}");
     harness.stop().await;
 }
+
+#[test]
+fn a_resume_from_another_checkpoint_waits_until_the_spans_stopped() {
+    let mut state = GlobalReactorState::new(CLUSTER, 10);
+    let progress = Arc::new(AtomicU64::new(50));
+    let mut agents: BTreeMap<CaptureId, FakeAgent> = BTreeMap::new();
+    for capture_id in [OWNER, OTHER] {
+        let info = CaptureInfo {
+            id: capture_id.to_owned(),
+            ..CaptureInfo::default()
+        };
+        let value = cdc_model::to_go_json(&info).unwrap();
+        state
+            .update(
+                key::capture_key(CLUSTER, capture_id).as_bytes(),
+                Some(&value),
+                false,
+            )
+            .unwrap();
+        agents.insert(
+            capture_id.to_owned(),
+            FakeAgent::new(capture_id, progress.clone()),
+        );
+    }
+    let id = ChangeFeedId::default_namespace("cf");
+    let info = cdc_model::to_go_json(&new_info(&id, 10)).unwrap();
+    state
+        .update(
+            key::changefeed_info_key(CLUSTER, &id).as_bytes(),
+            Some(&info),
+            false,
+        )
+        .unwrap();
+    let status = cdc_model::to_go_json(&ChangeFeedStatus {
+        checkpoint_ts: 10,
+        min_table_barrier_ts: 10,
+        admin_job_type: AdminJobType::Noop,
+    })
+    .unwrap();
+    state
+        .update(
+            key::changefeed_status_key(CLUSTER, &id).as_bytes(),
+            Some(&status),
+            false,
+        )
+        .unwrap();
+    let upstream = UpstreamInfo {
+        id: 7,
+        ..UpstreamInfo::default()
+    };
+    let mut core = OwnerCore::new(OWNER.to_owned(), 1, test_config(), upstream).unwrap();
+    let mut inbox = Vec::new();
+    let mut now = Duration::ZERO;
+    let mut tick = |core: &mut OwnerCore,
+                    state: &mut GlobalReactorState,
+                    inbox: &mut Vec<ToOwner>,
+                    requests: Vec<Request>| {
+        let output = core.tick(state, now, Utc::now(), std::mem::take(inbox), requests);
+        drop(state.get_patches());
+        for message in output.messages {
+            if let Some(agent) = agents.get_mut(&message.to) {
+                inbox.extend(agent.handle(message));
+            }
+        }
+        now += Duration::from_millis(50);
+    };
+    for _ in 0..100 {
+        tick(&mut core, &mut state, &mut inbox, Vec::new());
+        if core.coordinator().is_all_replicating() {
+            break;
+        }
+    }
+    assert!(core.coordinator().is_all_replicating());
+    let request = |job: Job| {
+        let (reply, answer) = oneshot::channel();
+        (Request { job, reply }, answer)
+    };
+    let (pause, _) = request(Job::Admin {
+        id: id.clone(),
+        job: AdminJob::Pause,
+    });
+    tick(&mut core, &mut state, &mut inbox, vec![pause]);
+    // The spans are still stopping: a resume from another checkpoint is refused.
+    let (resume, mut answer) = request(Job::Admin {
+        id: id.clone(),
+        job: AdminJob::Resume {
+            overwrite_checkpoint: Some(5),
+        },
+    });
+    tick(&mut core, &mut state, &mut inbox, vec![resume]);
+    let (status, body) = answer.try_recv().expect("answered at once");
+    assert_eq!(status, 400, "{body}");
+    // Once they stopped, it is accepted.
+    for _ in 0..100 {
+        tick(&mut core, &mut state, &mut inbox, Vec::new());
+        if core.coordinator().span_views(&id).is_none() {
+            break;
+        }
+    }
+    assert!(core.coordinator().span_views(&id).is_none());
+    let (resume, mut answer) = request(Job::Admin {
+        id: id.clone(),
+        job: AdminJob::Resume {
+            overwrite_checkpoint: Some(5),
+        },
+    });
+    tick(&mut core, &mut state, &mut inbox, vec![resume]);
+    tick(&mut core, &mut state, &mut inbox, Vec::new());
+    assert_eq!(answer.try_recv().expect("answered").0, 200);
+}
