@@ -13,8 +13,8 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::replica::{ReplicaSpec, decode_base64, encode_base64};
-use crate::spans::{MAX_SPANS_PER_PREFIX, PrefixProblem, check_prefixes};
+use cdc_scheduler::replica::{ReplicaSpec, decode_base64, encode_base64};
+use cdc_scheduler::split::{MAX_SPANS_PER_PREFIX, PrefixProblem, check_prefixes};
 
 /// An API error: the HTTP status and TiCDC's `{"error_msg", "error_code"}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -246,6 +246,9 @@ pub struct ReplicaConfigBody {
     /// The span count.
     #[serde(default)]
     pub scheduler: Option<SchedulerBody>,
+    /// The changefeed's memory quota in bytes (TiCDC's `memory_quota`, default 1 GiB).
+    #[serde(default)]
+    pub memory_quota: Option<u64>,
 }
 
 /// `replica_config.filter`.
@@ -356,6 +359,14 @@ fn spec_from_body(
             spec.spans_per_prefix = n;
             changed = true;
         }
+    }
+    if let Some(quota) = config.memory_quota {
+        if quota == 0 {
+            return Err(ApiError::invalid_param(
+                "replica_config.memory_quota must be larger than 0",
+            ));
+        }
+        spec.memory_quota = Some(quota);
     }
     if changed {
         spec.split_keys.clear();
@@ -594,6 +605,7 @@ pub fn detail(view: &FeedView<'_>) -> Value {
         Ok(spec) => json!({
             "filter": spec.filter_json(),
             "scheduler": {"spans_per_prefix": spec.spans_per_prefix},
+            "memory_quota": spec.memory_quota(),
         }),
         Err(_) => Value::Null,
     };

@@ -28,7 +28,7 @@ use crate::api::{self, ApiError, FeedView, UpdatePlan};
 use crate::config::OwnerConfig;
 use crate::error::Result;
 use crate::feed::{AdminJob, AdminRefused, FeedInput, FeedMachine, FeedPatch};
-use crate::replica::ReplicaSpec;
+use cdc_scheduler::replica::ReplicaSpec;
 
 /// How long a created changefeed counts as existing before its info is read back.
 const CREATE_GRACE: Duration = Duration::from_secs(10);

@@ -4,11 +4,10 @@
 //!
 //! [`OwnerReactors`] is the capture's [`cdc_reactor::OwnerFactory`]: each term's owner runs on
 //! the capture's fenced etcd worker, sends the coordinator's [`cdc_scheduler::ToAgent`] messages
-//! on [`TO_AGENT_TOPIC`] and handles the agents' [`cdc_scheduler::ToOwner`] messages from
-//! [`TO_OWNER_TOPIC`] inside its ticks, and serves [`cdc_reactor::OwnerApi`].
+//! on [`cdc_scheduler::TO_AGENT_TOPIC`] and handles the agents' [`cdc_scheduler::ToOwner`] messages from
+//! [`cdc_scheduler::TO_OWNER_TOPIC`] inside its ticks, and serves [`cdc_reactor::OwnerApi`].
 //!
-//! Pure parts, unit-tested without IO: [`feed`] (the changefeed state machine), [`spans`] (a
-//! changefeed's key ranges), [`replica`] (what the stored info says to replicate) and [`api`]
+//! Pure parts, unit-tested without IO: [`feed`] (the changefeed state machine) and [`api`]
 //! (routes, bodies, validation and answers).
 //!
 //! Invariants: the owner writes only through its fenced worker, so a deposed owner writes
@@ -26,9 +25,7 @@ mod error;
 mod fake_agent;
 pub mod feed;
 mod owner;
-pub mod replica;
-pub mod spans;
 
 pub use config::OwnerConfig;
 pub use error::{Error, Result};
-pub use owner::{OwnerReactors, TO_AGENT_TOPIC, TO_OWNER_TOPIC, to_agent_topic, to_owner_topic};
+pub use owner::{OwnerReactors, to_agent_topic, to_owner_topic};

@@ -18,7 +18,7 @@ use cdc_p2p::{Json, NamedTopic};
 use cdc_reactor::{
     ApiRequest, ApiResponse, Owner, OwnerApi, OwnerFactory, PokeSlot, ReactorContext, Tick,
 };
-use cdc_scheduler::{ToAgent, ToOwner};
+use cdc_scheduler::{TO_AGENT_TOPIC, TO_OWNER_TOPIC, ToAgent, ToOwner};
 use chrono::Utc;
 use futures::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
@@ -30,20 +30,15 @@ use crate::config::OwnerConfig;
 use crate::core::{Job, OwnerCore, Reply, Request};
 use crate::error::{Error, Result};
 use crate::feed::AdminJob;
-use crate::replica::ReplicaSpec;
-use crate::spans::{choose_split_keys, prefix_range_end};
+use cdc_scheduler::replica::ReplicaSpec;
+use cdc_scheduler::split::{choose_split_keys, prefix_range_end};
 
-/// The topic of the owner's messages to the agents.
-pub const TO_AGENT_TOPIC: &str = "scheduler/to-agent";
-/// The topic of the agents' messages to the owner.
-pub const TO_OWNER_TOPIC: &str = "scheduler/to-owner";
-
-/// The typed topic of [`TO_AGENT_TOPIC`].
+/// The typed topic of [`cdc_scheduler::TO_AGENT_TOPIC`].
 pub fn to_agent_topic() -> NamedTopic<ToAgent, Json> {
     NamedTopic::new(TO_AGENT_TOPIC)
 }
 
-/// The typed topic of [`TO_OWNER_TOPIC`].
+/// The typed topic of [`cdc_scheduler::TO_OWNER_TOPIC`].
 pub fn to_owner_topic() -> NamedTopic<ToOwner, Json> {
     NamedTopic::new(TO_OWNER_TOPIC)
 }

@@ -3,8 +3,8 @@
 //!
 //! - [`ProcessorReactors`]: the `cdc_reactor::ProcessorManagerFactory` the server wires in. Per
 //!   capture incarnation one [`Processor`], ticked on the capture's etcd worker: the owner's
-//!   messages arrive on the p2p topic [`TO_AGENT_TOPIC`] (queued, bounded, and handled in
-//!   ticks), answers go to the owner on [`TO_OWNER_TOPIC`]; spans of one upstream share one
+//!   messages arrive on the p2p topic [`cdc_scheduler::TO_AGENT_TOPIC`] (queued, bounded, and handled in
+//!   ticks), answers go to the owner on [`cdc_scheduler::TO_OWNER_TOPIC`]; spans of one upstream share one
 //!   etcd client; pipeline errors are written into the changefeed's task position; every tick
 //!   checks that the capture key still exists. Settings: [`ProcessorConfig`].
 //! - [`SpanPipeline`]: `start(span, from_revision)` gives a [`PipelineHandle`], whose progress
@@ -27,12 +27,11 @@ mod error;
 mod manager;
 mod pipeline;
 mod processor;
-mod rules;
 mod span_log;
 
 pub use config::ProcessorConfig;
 pub use error::{Error, Result};
-pub use manager::{ProcessorReactors, TO_AGENT_TOPIC, TO_OWNER_TOPIC};
+pub use manager::ProcessorReactors;
 pub use pipeline::{
     DEFAULT_MAX_UNFLUSHED_BYTES, EtcdPipeline, PipelineConfig, PipelineHandle, PipelineProgress,
     PipelineState, ProgressReporter, SinkFactory, SpanPipeline, UriSinks,

@@ -19,7 +19,8 @@ use cdc_p2p::{BoxError, NamedTopic};
 use cdc_reactor::{
     PokeSlot, ProcessorManager, ProcessorManagerFactory, ReactorContext, Tick, check_capture_alive,
 };
-use cdc_scheduler::{Epoch, Span, ToAgent, ToOwner};
+use cdc_scheduler::replica::ReplicaSpec;
+use cdc_scheduler::{Epoch, Span, TO_AGENT_TOPIC, TO_OWNER_TOPIC, ToAgent, ToOwner};
 use cdc_sink::SinkUri;
 use futures::future::BoxFuture;
 use tokio::sync::mpsc;
@@ -30,13 +31,7 @@ use crate::config::ProcessorConfig;
 use crate::error::{Error, Result};
 use crate::pipeline::{EtcdPipeline, PipelineConfig, PipelineHandle, SpanPipeline, UriSinks};
 use crate::processor::{PipelineFactory, Processor, SpanFailure};
-use crate::rules::changefeed_rules;
 use crate::span_log::SpanLog;
-
-/// The topic of the owner's messages to the agents.
-pub const TO_AGENT_TOPIC: &str = "scheduler/to-agent";
-/// The topic of the agents' messages to the owner.
-pub const TO_OWNER_TOPIC: &str = "scheduler/to-owner";
 
 /// How long registering or removing the message handler may take.
 const HANDLER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -480,6 +475,7 @@ struct ChangefeedPipeline {
     upstream_id: UpstreamId,
     target: u64,
     rules: Vec<Vec<u8>>,
+    max_unflushed_bytes: u64,
     pipeline: EtcdPipeline<UriSinks>,
 }
 
@@ -540,15 +536,21 @@ impl Pipelines {
             .ok_or_else(|| Error::ChangefeedNotFound {
                 changefeed: changefeed.to_string(),
             })?;
-        let rules = changefeed_rules(info).map_err(|reason| Error::InvalidRules {
-            changefeed: changefeed.to_string(),
-            reason,
+        let spec = ReplicaSpec::from_config(info.config.as_ref()).map_err(|reason| {
+            Error::InvalidRules {
+                changefeed: changefeed.to_string(),
+                reason,
+            }
         })?;
+        let rules = spec.prefixes();
+        // The changefeed's memory quota, shared evenly by its spans.
+        let max_unflushed_bytes = spec.memory_quota() / spec.span_count().max(1);
         let current = self.changefeeds.get(changefeed).is_some_and(|cached| {
             cached.sink_uri == info.sink_uri
                 && cached.upstream_id == info.upstream_id
                 && cached.target == info.target_ts()
                 && cached.rules == rules
+                && cached.max_unflushed_bytes == max_unflushed_bytes
         });
         if current {
             return Ok(None);
@@ -580,6 +582,7 @@ impl Pipelines {
             upstream_id,
             target: info.target_ts(),
             rules,
+            max_unflushed_bytes,
             endpoints,
         }))
     }
@@ -618,6 +621,7 @@ impl Pipelines {
                 upstream_id,
                 target,
                 rules,
+                max_unflushed_bytes,
                 endpoints,
             } = new_pipeline;
             let client = match (self.upstreams.get(&upstream_id), endpoints) {
@@ -632,6 +636,7 @@ impl Pipelines {
             };
             let config = PipelineConfig {
                 flush_interval: sink_uri.flush_interval(),
+                max_unflushed_bytes,
                 ..self.config.clone()
             };
             let pipeline = EtcdPipeline::new(
@@ -647,6 +652,7 @@ impl Pipelines {
                     upstream_id,
                     target,
                     rules,
+                    max_unflushed_bytes,
                     pipeline,
                 },
             );
@@ -669,6 +675,8 @@ struct NewPipeline {
     target: u64,
     /// The changefeed's rules (key prefixes), in order.
     rules: Vec<Vec<u8>>,
+    /// Its share of the changefeed's memory quota per span.
+    max_unflushed_bytes: u64,
     /// The endpoints to connect to, when no client of the upstream exists yet.
     endpoints: Option<String>,
 }

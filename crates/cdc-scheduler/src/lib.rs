@@ -80,8 +80,10 @@ mod config;
 mod coordinator;
 mod error;
 mod message;
+pub mod replica;
 mod replication;
 mod span;
+pub mod split;
 
 pub use agent::{Agent, AgentOutput, PipelineCommand, PipelineEvent};
 pub use config::SchedulerConfig;
@@ -89,7 +91,7 @@ pub use coordinator::{CaptureView, Coordinator, SpanView};
 pub use error::{Error, Result};
 pub use message::{
     AgentRequest, Dispatch, DispatchResponse, Epoch, Heartbeat, HeartbeatResponse, OwnerResponse,
-    OwnerRevision, SpanStatus, ToAgent, ToOwner,
+    OwnerRevision, SpanStatus, TO_AGENT_TOPIC, TO_OWNER_TOPIC, ToAgent, ToOwner,
 };
 pub use replication::{Order, ReplicationSet, Role};
 pub use span::{AgentSpanState, Checkpoint, Span, SpanId, SpanRef, SpanState, advance_watermark};

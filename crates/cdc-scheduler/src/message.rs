@@ -9,6 +9,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::span::{AgentSpanState, Checkpoint, Span, SpanRef};
 
+/// The p2p topic of [`ToAgent`] messages, owner to capture.
+pub const TO_AGENT_TOPIC: &str = "scheduler/to-agent";
+/// The p2p topic of [`ToOwner`] messages, capture to owner.
+pub const TO_OWNER_TOPIC: &str = "scheduler/to-owner";
+
 /// The owner revision: the create revision of the owner's election key. A later owner has a larger
 /// one, so agents can tell a former owner's messages apart.
 pub type OwnerRevision = i64;

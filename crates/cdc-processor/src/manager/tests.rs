@@ -26,7 +26,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::{PipelineConfig, ProcessorConfig, ProcessorReactors, TO_AGENT_TOPIC, TO_OWNER_TOPIC};
+use crate::{PipelineConfig, ProcessorConfig, ProcessorReactors};
+use cdc_scheduler::{TO_AGENT_TOPIC, TO_OWNER_TOPIC};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 const CLUSTER: &str = "default";

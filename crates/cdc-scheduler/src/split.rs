@@ -4,8 +4,8 @@
 //! Every owner computes the same spans from the stored info: span IDs are assigned in prefix
 //! order, then split order.
 
+use crate::span::{Span, SpanId};
 use cdc_model::ChangeFeedId;
-use cdc_scheduler::{Span, SpanId};
 
 /// The most spans one prefix may be cut into.
 pub const MAX_SPANS_PER_PREFIX: u32 = 1024;

@@ -9,10 +9,10 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use cdc_model::ChangeFeedId;
-use cdc_scheduler::Span;
 use serde_json::{Map, Value, json};
 
-use crate::spans::compute_spans;
+use crate::span::Span;
+use crate::split::compute_spans;
 
 /// The replicated key space of a changefeed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -25,10 +25,16 @@ pub struct ReplicaSpec {
     pub spans_per_prefix: u32,
     /// The split keys of each prefix, in prefix order.
     pub split_keys: Vec<Vec<Vec<u8>>>,
+    /// The changefeed's memory quota in bytes (`memory-quota`, TiCDC's field); `None` is TiCDC's
+    /// default, [`DEFAULT_MEMORY_QUOTA`].
+    pub memory_quota: Option<u64>,
     /// The ID of the first span. An update that changes the spans moves it past the former
     /// ones, so a span ID never names two key ranges in the changefeed's life.
     pub span_id_base: u64,
 }
+
+/// The default memory quota of a changefeed: 1 GiB (TiCDC's).
+pub const DEFAULT_MEMORY_QUOTA: u64 = 1 << 30;
 
 /// Decodes standard base64.
 pub fn decode_base64(text: &str) -> Option<Vec<u8>> {
@@ -71,6 +77,11 @@ impl ReplicaSpec {
             span.span_id.0 = span.span_id.0.saturating_add(self.span_id_base);
         }
         spans
+    }
+
+    /// The memory quota in bytes.
+    pub fn memory_quota(&self) -> u64 {
+        self.memory_quota.unwrap_or(DEFAULT_MEMORY_QUOTA)
     }
 
     /// How many spans the spec makes.
@@ -121,6 +132,15 @@ impl ReplicaSpec {
                 .collect::<Result<Vec<_>, _>>()?,
             Some(_) => return Err("scheduler.split_keys_base64 is not a list".to_owned()),
         };
+        let memory_quota = match config.get("memory-quota") {
+            None | Some(Value::Null) => None,
+            Some(value) => Some(
+                value
+                    .as_u64()
+                    .filter(|quota| *quota > 0)
+                    .ok_or_else(|| "memory-quota".to_owned())?,
+            ),
+        };
         let span_id_base = match scheduler.and_then(|s| s.get("span_id_base")) {
             None | Some(Value::Null) => 0,
             Some(value) => value
@@ -132,6 +152,7 @@ impl ReplicaSpec {
             rules_base64,
             spans_per_prefix,
             split_keys,
+            memory_quota,
             span_id_base,
         })
     }
@@ -145,6 +166,9 @@ impl ReplicaSpec {
         let Value::Object(config) = config else {
             return;
         };
+        if let Some(quota) = self.memory_quota {
+            config.insert("memory-quota".to_owned(), json!(quota));
+        }
         let filter = section(config, "filter");
         filter.insert("rules".to_owned(), json!(self.rules));
         if self.rules_base64.is_empty() {
