@@ -486,5 +486,6 @@ mod campaign;
 mod getters;
 mod group;
 mod migration;
+mod peers;
 #[cfg(test)]
 mod tests;

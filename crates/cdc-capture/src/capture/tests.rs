@@ -523,7 +523,7 @@ async fn worker_error_during_an_etcd_outage_restarts_the_capture() {
         // Boxed: a worker's future is large.
         let worker = Box::pin(capture.run_etcd_worker(
             Role::Processor(Arc::clone(&processor) as Arc<dyn ProcessorManager>),
-            capture.hooked_state(&incarnation, false),
+            capture.peer_sync_state(&incarnation, false),
             Duration::from_millis(50),
             &incarnation,
             None,
