@@ -2,9 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use cdc_etcd::key::{self, CdcKey};
 use cdc_etcd::testing::EtcdServer;
 use cdc_etcd::{CdcEtcdClient, Compare, CompareOp, Error, EtcdClient, GetOptions, Txn, TxnOp};
+use cdc_model::key::{self, CdcKey};
 use cdc_model::{CaptureInfo, ChangeFeedId, ChangeFeedInfo, UpstreamInfo};
 use tokio_util::sync::CancellationToken;
 

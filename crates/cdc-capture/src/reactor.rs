@@ -8,7 +8,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use cdc_etcd::{CdcEtcdClient, LeaseId, Revision, key};
+use cdc_etcd::{CdcEtcdClient, LeaseId, Revision};
+use cdc_model::key;
 use cdc_model::{AtomicLiveness, CaptureInfo, DEFAULT_NAMESPACE, UpstreamInfo};
 use cdc_orchestrator::{
     GlobalReactorState, NextTick, PatchGroup, PatchOutcome, Reactor, ReactorState, SingleDataPatch,

@@ -17,12 +17,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::client::EtcdClient;
 use crate::error::{Error, Result};
-use crate::key::{self, CdcKey};
 use crate::retry::RetryingClient;
 use crate::types::{
     Compare, CompareOp, GetOptions, GetResponse, KeyValue, LeaseId, Revision, SortOrder,
     SortTarget, Txn, TxnOp,
 };
+use cdc_model::key::{self, CdcKey};
 
 /// The cluster whose keys [`CdcEtcdClient::check_multiple_cdc_cluster_exist`] accepts.
 const DEFAULT_CLUSTER_ID: &str = "default";

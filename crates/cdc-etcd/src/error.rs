@@ -352,7 +352,7 @@ mod tests {
     #[test]
     fn a_key_the_layout_rejects_is_invalid_etcd_key() {
         let bare = "/tidb/cdc/default";
-        let err = Error::from(crate::key::CdcKey::parse("default", bare).unwrap_err());
+        let err = Error::from(cdc_model::key::CdcKey::parse("default", bare).unwrap_err());
         assert!(
             matches!(&err, Error::InvalidEtcdKey { key, .. } if key == bare),
             "{err:?}"

@@ -9,8 +9,8 @@
 //! - [`watch::ResilientWatch`]: a watch that requests progress, re-opens itself when stuck or
 //!   broken, never drops a response and surfaces compaction as [`Error::Compacted`].
 //! - [`CdcEtcdClient`]: TiCDC's metadata operations (captures, owner, changefeeds, upstreams).
-//! - [`key`]: the key layout of a TiCDC cluster ([`key::CdcKey`] parse and format), defined in
-//!   `cdc_model::key` (it does no IO) and re-exported here for the clients that build keys.
+//! - The key layout of a TiCDC cluster is `cdc_model::key` (`CdcKey` parse and format): it
+//!   does no IO, so the pure crates read it without linking a gRPC stack.
 //!
 //! Not here: sessions and the owner election (cdc-election), the etcd worker and its reactor
 //! states (cdc-orchestrator).
@@ -67,7 +67,6 @@ pub mod watch;
 pub mod testing;
 
 pub use cdc_client::{CdcEtcdClient, META_VERSION};
-pub use cdc_model::key;
 pub use client::{ConnectConfig, EtcdClient, LeaseKeepAlive, RawWatch};
 pub use error::{Error, Result, RpcCode};
 pub use fence::OwnerFence;

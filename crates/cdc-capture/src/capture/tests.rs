@@ -111,7 +111,7 @@ enum ResignDouble {
 
 impl ElectionDouble {
     fn key() -> Vec<u8> {
-        format!("{}/1", cdc_etcd::key::owner_prefix(CLUSTER)).into_bytes()
+        format!("{}/1", cdc_model::key::owner_prefix(CLUSTER)).into_bytes()
     }
 }
 
@@ -797,7 +797,7 @@ async fn migrating_capture(
         Arc::new(Metrics::new()),
         ServerWrapper::new(&ServerConfig::default()),
     );
-    let key = format!("{}/1", cdc_etcd::key::owner_prefix(cluster)).into_bytes();
+    let key = format!("{}/1", cdc_model::key::owner_prefix(cluster)).into_bytes();
     let create_revision = client.put(key.clone(), "owner", 0).await.unwrap();
     let fence = cdc_orchestrator::OwnerFence {
         key,
@@ -820,7 +820,7 @@ async fn raw_value(client: &EtcdClient, key: &str) -> Option<Vec<u8>> {
 
 /// The default upstream key of `capture`'s cluster.
 fn default_upstream_key(capture: &Capture, cluster: &str) -> String {
-    cdc_etcd::key::upstream_key(cluster, DEFAULT_NAMESPACE, capture.etcd().etcd_cluster_id())
+    cdc_model::key::upstream_key(cluster, DEFAULT_NAMESPACE, capture.etcd().etcd_cluster_id())
 }
 
 // The meta-version gate (docs/etcd-keys.md): a meta version this binary does not know is
@@ -845,7 +845,7 @@ async fn an_unknown_meta_version_is_refused_by_owner_and_processor_alike() {
     {
         let cluster = format!("unknown-version-{n}");
         let (capture, fence, client) = migrating_capture(&server, &cluster).await;
-        let version_key = cdc_etcd::key::meta_version_key(&cluster);
+        let version_key = cdc_model::key::meta_version_key(&cluster);
         client.put(version_key.clone(), value, 0).await.unwrap();
         let cancel = CancellationToken::new();
         let owner_err = capture.migrate(&fence, &cancel).await.unwrap_err();
@@ -902,7 +902,7 @@ async fn an_absent_meta_version_is_written_only_without_changefeed_data() {
     // Empty: written, and the processors pass.
     let (capture, fence, client) = migrating_capture(&server, "empty").await;
     capture.migrate(&fence, &cancel).await.unwrap();
-    let version_key = cdc_etcd::key::meta_version_key("empty");
+    let version_key = cdc_model::key::meta_version_key("empty");
     assert_eq!(
         raw_value(&client, &version_key).await.as_deref(),
         Some(&b"1"[..])
@@ -928,7 +928,7 @@ async fn an_absent_meta_version_is_written_only_without_changefeed_data() {
         .unwrap();
     capture.migrate(&fence, &cancel).await.unwrap();
     assert_eq!(
-        raw_value(&client, &cdc_etcd::key::meta_version_key("upstream"))
+        raw_value(&client, &cdc_model::key::meta_version_key("upstream"))
             .await
             .as_deref(),
         Some(&b"1"[..])
@@ -950,7 +950,7 @@ async fn an_absent_meta_version_is_written_only_without_changefeed_data() {
     assert!(err.to_string().contains(status_key), "{err}");
     assert!(!err.restarts_capture());
     assert_eq!(
-        raw_value(&client, &cdc_etcd::key::meta_version_key("data")).await,
+        raw_value(&client, &cdc_model::key::meta_version_key("data")).await,
         None
     );
     assert_eq!(
@@ -971,7 +971,7 @@ async fn an_absent_meta_version_is_written_only_without_changefeed_data() {
     assert!(err.to_string().contains("pre-v6.2"), "{err}");
     assert!(!err.restarts_capture());
     assert_eq!(
-        raw_value(&client, &cdc_etcd::key::meta_version_key("default")).await,
+        raw_value(&client, &cdc_model::key::meta_version_key("default")).await,
         None
     );
     assert!(!capture.is_ready());
@@ -1112,7 +1112,7 @@ async fn a_closed_session_is_revoked_after_an_etcd_freeze() {
         .await
         .unwrap();
     let lease_id = session.lease_id();
-    let owner_key = format!("{}/{lease_id:x}", cdc_etcd::key::owner_prefix(CLUSTER));
+    let owner_key = format!("{}/{lease_id:x}", cdc_model::key::owner_prefix(CLUSTER));
     client.put(owner_key.clone(), "me", lease_id).await.unwrap();
     server.pause().unwrap();
     // Boxed: the close's future is large.

@@ -408,7 +408,12 @@ fn capture_change_events() {
         let key = format!("/tidb/cdc/default/__cdc_meta__/capture/{id}");
         put(&mut state, &mut raw, &key, Some(&value));
     }
-    put(&mut state, &mut raw, "/tidb/cdc/default/__cdc_meta__/capture/b", None);
+    put(
+        &mut state,
+        &mut raw,
+        "/tidb/cdc/default/__cdc_meta__/capture/b",
+        None,
+    );
     state.update_pending_change(start);
     state.update_pending_change(start + Duration::from_secs(5));
     let event = |id: &str| CaptureEvent::Added {
