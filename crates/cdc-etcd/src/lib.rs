@@ -3,7 +3,9 @@
 //! - [`EtcdClient`]: single-attempt calls under a deadline, with this crate's own request and
 //!   response types ([`Txn`], [`Compare`], [`KeyValue`], [`WatchResponse`], ...), so that no
 //!   etcd-client type crosses the crate boundary.
-//! - [`Error`]: every etcd-client error is classified in one module.
+//! - [`Error`]: the generic client's errors, which name no TiCDC concept; every etcd-client
+//!   error is classified in one module. [`CdcError`] is [`CdcEtcdClient`]'s: missing,
+//!   malformed or refused metadata, or the failed call under it ([`CdcError::Etcd`]).
 //! - [`RetryingClient`]: the same calls retried under one deadline with TiCDC's backoff and
 //!   per-operation retry rules (deletes are never retried).
 //! - [`watch::ResilientWatch`]: a watch that requests progress, re-opens itself when stuck or
@@ -68,7 +70,7 @@ pub mod testing;
 
 pub use cdc_client::{CdcEtcdClient, META_VERSION};
 pub use client::{ConnectConfig, EtcdClient, LeaseKeepAlive, RawWatch};
-pub use error::{Error, Result, RpcCode};
+pub use error::{CdcError, CdcResult, Error, Result, RpcCode};
 pub use fence::OwnerFence;
 pub use retry::{RetryPolicy, RetryingClient};
 pub use types::{

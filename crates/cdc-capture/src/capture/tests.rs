@@ -589,7 +589,7 @@ fn restart_or_exit_classification() {
         Error::InvalidConfig {
             message: "bad".to_owned(),
         },
-        Error::Etcd(cdc_etcd::Error::MultipleCdcClustersExist {
+        Error::EtcdMeta(cdc_etcd::CdcError::MultipleCdcClustersExist {
             key: "/tidb/cdc/x".to_owned(),
         }),
         Error::Orchestrator(cdc_orchestrator::Error::TxnSizeExceed { size: 2, max: 1 }),
