@@ -111,7 +111,7 @@ pub enum Error {
         last: Option<Box<Error>>,
     },
     /// The operation was cancelled by the caller.
-    #[error("cancelled")]
+    #[error("context canceled")]
     Cancelled,
     /// A retried call did not succeed before the deadline of the whole call.
     #[error(
