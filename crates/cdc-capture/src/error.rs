@@ -154,6 +154,7 @@ impl From<cdc_reactor::Error> for Error {
     fn from(err: cdc_reactor::Error) -> Error {
         match err {
             cdc_reactor::Error::Etcd(err) => Error::Etcd(err),
+            cdc_reactor::Error::EtcdMeta(err) => Error::EtcdMeta(err),
             cdc_reactor::Error::Orchestrator(err) => Error::from_worker(err),
             cdc_reactor::Error::P2p(err) => Error::P2p(err),
             cdc_reactor::Error::Model(err) => Error::Model(err),

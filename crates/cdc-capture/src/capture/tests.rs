@@ -583,6 +583,14 @@ fn restart_or_exit_classification() {
         Error::Election(cdc_election::Error::LeaseExpired { lease_id: 1 }),
         Error::CampaignOwner(Box::new(Error::Election(cdc_election::Error::NotLeader))),
         Error::ResignOwner(Box::new(Error::DeadlineExceeded { op: "resign owner" })),
+        // A metadata operation's failed call, through a reactor or not, is the call's error.
+        Error::from(cdc_etcd::CdcError::Etcd(unavailable())),
+        Error::from(cdc_reactor::Error::from(cdc_etcd::CdcError::Etcd(
+            unavailable(),
+        ))),
+        Error::from(cdc_reactor::Error::from(
+            cdc_etcd::CdcError::ElectionNoLeader,
+        )),
     ];
     for err in restarts {
         assert!(err.restarts_capture(), "{err:?}");
@@ -606,7 +614,18 @@ fn restart_or_exit_classification() {
             endpoints: String::new(),
         })),
         Error::P2p(cdc_p2p::Error::AlreadyRunning),
+        Error::from(cdc_reactor::Error::from(
+            cdc_etcd::CdcError::MultipleCdcClustersExist {
+                key: "/tidb/cdc/x".to_owned(),
+            },
+        )),
     ];
+    assert!(matches!(
+        Error::from(cdc_reactor::Error::from(cdc_etcd::CdcError::Etcd(
+            unavailable()
+        ))),
+        Error::Etcd(_)
+    ));
     for err in exits {
         assert!(!err.restarts_capture(), "{err:?}");
     }
