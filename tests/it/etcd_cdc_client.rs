@@ -2,9 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use cdc_etcd::key::{self, CdcKey};
 use cdc_etcd::testing::EtcdServer;
-use cdc_etcd::{CdcEtcdClient, Compare, CompareOp, Error, EtcdClient, GetOptions, Txn, TxnOp};
+use cdc_etcd::{CdcError, CdcEtcdClient, Compare, CompareOp, EtcdClient, GetOptions, Txn, TxnOp};
+use cdc_model::key::{self, CdcKey};
 use cdc_model::{CaptureInfo, ChangeFeedId, ChangeFeedInfo, UpstreamInfo};
 use tokio_util::sync::CancellationToken;
 
@@ -115,13 +115,13 @@ async fn changefeed_info_operations() {
         .get_changefeed_info(&first, &cancel)
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::ChangeFeedNotExists { .. }), "{err}");
+    assert!(matches!(err, CdcError::ChangeFeedNotExists { .. }), "{err}");
     assert!(err.to_string().contains("[CDC:ErrChangeFeedNotExists]"));
     let err = client
         .get_changefeed_status(&first, &cancel)
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::ChangeFeedNotExists { .. }), "{err}");
+    assert!(matches!(err, CdcError::ChangeFeedNotExists { .. }), "{err}");
 }
 
 /// Case 19.
@@ -194,7 +194,7 @@ async fn create_changefeed() {
         .unwrap_err();
     assert!(matches!(
         err,
-        Error::UpstreamMissMatch {
+        CdcError::UpstreamMissMatch {
             changefeed_upstream: 2,
             upstream: 1
         }
@@ -204,7 +204,7 @@ async fn create_changefeed() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, Error::UpstreamNotFound { upstream_id: 2, .. }),
+        matches!(err, CdcError::UpstreamNotFound { upstream_id: 2, .. }),
         "{err}"
     );
 }
@@ -261,7 +261,7 @@ async fn update_changefeed_and_upstream() {
         .update_changefeed_and_upstream(&upstream, &info(&missing, 1), &missing, &cancel)
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::ChangeFeedNotExists { .. }), "{err}");
+    assert!(matches!(err, CdcError::ChangeFeedNotExists { .. }), "{err}");
 }
 
 fn capture(n: usize) -> CaptureInfo {
@@ -309,7 +309,7 @@ async fn capture_leases() {
         .get_capture_info("capture-1", &cancel)
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::CaptureNotExist { .. }), "{err}");
+    assert!(matches!(err, CdcError::CaptureNotExist { .. }), "{err}");
     assert!(err.to_string().starts_with("[CDC:ErrCaptureNotExist]"));
 }
 
@@ -349,7 +349,7 @@ async fn get_owner_revision() {
     assert!(err.to_string().contains("ErrOwnerNotFound"), "{err}");
     assert!(matches!(
         client.get_owner_id(&cancel).await,
-        Err(Error::ElectionNoLeader)
+        Err(CdcError::ElectionNoLeader)
     ));
 
     let raw = client.client().clone();
@@ -383,7 +383,7 @@ async fn get_owner_revision() {
         last_revision = revision;
         for other in ids.iter().filter(|id| **id != owner) {
             let err = client.get_owner_revision(other, &cancel).await.unwrap_err();
-            assert!(matches!(err, Error::NotOwner), "{err}");
+            assert!(matches!(err, CdcError::NotOwner), "{err}");
             assert!(err.to_string().contains("ErrNotOwner"));
         }
         // The owner resigns (deletes its key) and queues again at the back.
@@ -452,7 +452,7 @@ async fn bad_data_is_an_error() {
             .unwrap_err(),
     ] {
         assert!(
-            matches!(&err, Error::Decode { key, .. } if *key == capture_key),
+            matches!(&err, CdcError::Decode { key, .. } if *key == capture_key),
             "{err}"
         );
     }
@@ -461,7 +461,7 @@ async fn bad_data_is_an_error() {
     bad_key.extend_from_slice(b"/\xff");
     raw.put(bad_key, "{}", 0).await.unwrap();
     let err = client.get_changefeeds(&cancel).await.unwrap_err();
-    assert!(matches!(err, Error::InvalidEtcdKey { .. }), "{err}");
+    assert!(matches!(err, CdcError::InvalidEtcdKey { .. }), "{err}");
 
     assert_eq!(client.get_meta_version(&cancel).await.unwrap(), None);
     client
@@ -473,6 +473,9 @@ async fn bad_data_is_an_error() {
         .await
         .unwrap();
     let err = client.get_meta_version(&cancel).await.unwrap_err();
-    assert!(matches!(err, Error::InvalidValue { .. }), "{err}");
+    assert!(
+        matches!(err, CdcError::Etcd(cdc_etcd::Error::InvalidValue { .. })),
+        "{err}"
+    );
     assert!(client.gc_service_id().starts_with("ticdc-default-"));
 }

@@ -1,6 +1,6 @@
 //! `cargo xtask tidy`: the workspace's invariants as checks (in the style of rust-analyzer's tidy).
 //!
-//! Five checks, each a pure function over `cargo metadata` and the texts of the repository's files:
+//! Six checks, each a pure function over `cargo metadata` and the texts of the repository's files:
 //! - [`check_layering`]: no dependency edge that the layering of `ARCHITECTURE.md` forbids
 //!   ([`RULES`]);
 //! - [`check_pure_modules`]: the pure modules of a crate that also has an IO shell name none of
@@ -8,7 +8,8 @@
 //! - [`check_unused_dependencies`]: every declared dependency is named by a source file of its
 //!   package, and every `[workspace.dependencies]` entry is declared by a member;
 //! - [`check_headers`]: every `.rs` file opens with a `//!` line;
-//! - [`check_citations`]: no comment cites a document that is not in the repository.
+//! - [`check_citations`]: no comment cites a document that is not in the repository;
+//! - [`check_cancellation`]: one spelling of cancellation across the crates' error enums.
 //!
 //! [`run`] gathers the inputs, runs every check and lists every violation before failing.
 
@@ -73,6 +74,7 @@ pub(crate) fn check_all(
     violations.extend(check_unused_dependencies(metadata, files, root_manifest));
     violations.extend(check_headers(files));
     violations.extend(check_citations(files));
+    violations.extend(check_cancellation(files));
     violations
 }
 
@@ -91,6 +93,7 @@ pub(crate) enum Check {
     UnusedDependency,
     Header,
     Citation,
+    Cancellation,
 }
 
 impl fmt::Display for Violation {
@@ -101,6 +104,7 @@ impl fmt::Display for Violation {
             Check::UnusedDependency => "unused dependency",
             Check::Header => "header",
             Check::Citation => "citation",
+            Check::Cancellation => "cancellation",
         };
         write!(f, "tidy [{check}]: {}", self.message)
     }
@@ -843,6 +847,108 @@ pub(crate) fn check_citations(files: &[SourceFile]) -> Vec<Violation> {
         }
     }
     violations
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cancellation.
+
+/// How every error enum says "cancelled": TiCDC's `context canceled` (Go's `context.Canceled`),
+/// on a variant named `Cancelled`.
+const CANCELLED_VARIANT: &str = "Cancelled";
+const CANCELLED_MESSAGE: &str = "context canceled";
+/// Other names a variant meaning the same might take.
+const CANCELLED_SPELLINGS: &[&str] = &[
+    "Canceled",
+    "Cancel",
+    "Cancellation",
+    "ContextCanceled",
+    "ContextCancelled",
+];
+/// Other messages a variant meaning the same might display.
+const CANCELLED_MESSAGES: &[&str] = &[
+    "cancelled",
+    "canceled",
+    "context canceled",
+    "context cancelled",
+    "operation cancelled",
+    "operation canceled",
+];
+
+/// Every `thiserror` variant of a crate's source that spells cancellation otherwise: a
+/// `Cancelled` whose message is not `context canceled`, or another variant named or displayed
+/// as a cancellation. Variants for other events that involve a cancel (a removed handler, a
+/// watch etcd cancelled) keep their own names and messages.
+pub(crate) fn check_cancellation(files: &[SourceFile]) -> Vec<Violation> {
+    let mut violations = Vec::new();
+    for file in files {
+        let in_crate_source = file.path.starts_with("crates")
+            && file.path.components().any(|part| part.as_os_str() == "src");
+        if !in_crate_source || file.path.extension().is_none_or(|ext| ext != "rs") {
+            continue;
+        }
+        for (line, message, variant) in error_variants(&lex(&file.text).code) {
+            let named = variant == CANCELLED_VARIANT;
+            let problem = if named {
+                (message.as_deref() != Some(CANCELLED_MESSAGE))
+                    .then(|| format!("`{variant}` must display `{CANCELLED_MESSAGE}`"))
+            } else if CANCELLED_SPELLINGS.contains(&variant.as_str())
+                || message.as_deref().is_some_and(|message| {
+                    CANCELLED_MESSAGES.contains(&message.trim().to_lowercase().as_str())
+                })
+            {
+                Some(format!(
+                    "`{variant}` is a second spelling of cancellation; use `{CANCELLED_VARIANT}` \
+                     displaying `{CANCELLED_MESSAGE}`"
+                ))
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                violations.push(Violation {
+                    check: Check::Cancellation,
+                    message: format!("{}:{line}: {problem}", file.path.display()),
+                });
+            }
+        }
+    }
+    violations
+}
+
+/// The `#[error(..)]` variants of `code` (comments removed): the attribute's line, its first
+/// string literal (none for `transparent`), and the name of the variant it is on.
+fn error_variants(code: &str) -> Vec<(usize, Option<String>, String)> {
+    let lines: Vec<&str> = code.lines().collect();
+    let mut variants = Vec::new();
+    let mut index = 0;
+    while index < lines.len() {
+        if !lines[index].trim_start().starts_with("#[error(") {
+            index += 1;
+            continue;
+        }
+        let start = index;
+        let mut attribute = String::new();
+        while index < lines.len() {
+            attribute.push_str(lines[index]);
+            attribute.push('\n');
+            index += 1;
+            if attribute.trim_end().ends_with(")]") {
+                break;
+            }
+        }
+        let message = attribute.split('"').nth(1).map(str::to_owned);
+        let variant = lines[index..]
+            .iter()
+            .map(|line| line.trim())
+            .find(|line| !line.is_empty() && !line.starts_with("#["))
+            .map(|line| {
+                line.chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect::<String>()
+            })
+            .unwrap_or_default();
+        variants.push((start + 1, message, variant));
+    }
+    variants
 }
 
 // ---------------------------------------------------------------------------------------------

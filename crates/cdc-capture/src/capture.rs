@@ -8,8 +8,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use cdc_election::Session;
 use cdc_etcd::{
     CdcEtcdClient, Compare, CompareOp, GetOptions, OwnerFence, RetryPolicy, RetryingClient, Txn,
-    TxnOp, key,
+    TxnOp,
 };
+use cdc_model::key;
 use cdc_model::{AtomicLiveness, CaptureInfo, DEFAULT_NAMESPACE, ErrorReport, Liveness};
 use cdc_orchestrator::{EtcdWorker, GlobalReactorState};
 use cdc_p2p::{MessageRouter, MessageServer, MetricsSnapshot, ServerWrapper};
@@ -484,5 +485,6 @@ mod campaign;
 mod getters;
 mod group;
 mod migration;
+mod peers;
 #[cfg(test)]
 mod tests;

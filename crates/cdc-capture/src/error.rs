@@ -80,6 +80,10 @@ pub enum Error {
     /// An etcd call failed.
     #[error("[CDC:ErrPDEtcdAPIError]etcd api call error")]
     Etcd(#[from] cdc_etcd::Error),
+    /// A metadata operation found the TiCDC metadata missing, malformed or refused (a failed
+    /// etcd call under it converts to [`Error::Etcd`]).
+    #[error("[CDC:ErrPDEtcdAPIError]etcd api call error")]
+    EtcdMeta(#[source] cdc_etcd::CdcError),
     /// The session or the election failed.
     #[error("election")]
     Election(#[from] cdc_election::Error),
@@ -133,12 +137,24 @@ pub enum Error {
 /// The result type of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// A metadata operation's failed etcd call is [`Error::Etcd`], as every other failed call;
+/// the metadata's own errors are [`Error::EtcdMeta`].
+impl From<cdc_etcd::CdcError> for Error {
+    fn from(err: cdc_etcd::CdcError) -> Self {
+        match err {
+            cdc_etcd::CdcError::Etcd(err) => Error::Etcd(err),
+            meta => Error::EtcdMeta(meta),
+        }
+    }
+}
+
 /// A reactor's error becomes the capture error of the layer it came from, so that the capture's
 /// own classification applies; only the reactor crates' own errors stay wrapped.
 impl From<cdc_reactor::Error> for Error {
     fn from(err: cdc_reactor::Error) -> Error {
         match err {
             cdc_reactor::Error::Etcd(err) => Error::Etcd(err),
+            cdc_reactor::Error::EtcdMeta(err) => Error::EtcdMeta(err),
             cdc_reactor::Error::Orchestrator(err) => Error::from_worker(err),
             cdc_reactor::Error::P2p(err) => Error::P2p(err),
             cdc_reactor::Error::Model(err) => Error::Model(err),
@@ -179,6 +195,7 @@ impl Error {
             Error::LegacyMetadata { .. } => false,
             Error::UnversionedMetadata { .. } => false,
             Error::Etcd(source) => source.is_retryable(),
+            Error::EtcdMeta(source) => source.is_retryable(),
             Error::Election(source) => source.is_retryable(),
             Error::Orchestrator(source) => source.is_retryable(),
             Error::Model(_) => false,
@@ -226,6 +243,7 @@ impl Error {
             | Error::CaptureNotExist { .. }
             | Error::Forward { .. } => true,
             Error::Etcd(err) => etcd_restarts(err),
+            Error::EtcdMeta(err) => err.etcd().map_or_else(|| err.is_retryable(), etcd_restarts),
             Error::Election(err) => election_restarts(err),
             Error::Orchestrator(err) => orchestrator_restarts(err),
             Error::P2p(err) => err.is_retryable() || matches!(err, cdc_p2p::Error::Cancelled),
@@ -247,6 +265,7 @@ impl Error {
             Error::Etcd(err) | Error::Election(cdc_election::Error::Etcd(err)) => {
                 err.is_compacted()
             }
+            Error::EtcdMeta(err) => err.is_compacted(),
             _ => false,
         }
     }

@@ -223,8 +223,7 @@ impl ReactorState for CaptureState {
             Err(
                 err @ (cdc_orchestrator::Error::Unmarshal { .. }
                 | cdc_orchestrator::Error::Model(_)
-                | cdc_orchestrator::Error::InvalidKey { .. }
-                | cdc_orchestrator::Error::Etcd(cdc_etcd::Error::InvalidEtcdKey { .. })),
+                | cdc_orchestrator::Error::InvalidKey { .. }),
             ) => {
                 warn!(key = %String::from_utf8_lossy(key), error = %cdc_model::ErrorReport(&err), "ignoring a value that does not decode");
                 Ok(())

@@ -16,7 +16,7 @@ pub enum Error {
         compacted: Revision,
     },
     /// The caller cancelled the operation.
-    #[error("cancelled")]
+    #[error("context canceled")]
     Cancelled,
     /// The lease is gone (expired, revoked, or its keep-alive missed the deadline), or the
     /// election key attached to it vanished.

@@ -9,20 +9,20 @@ use std::collections::BTreeMap;
 
 use cdc_model::{
     CaptureId, CaptureInfo, ChangeFeedId, ChangeFeedInfo, ChangeFeedStatus, DEFAULT_NAMESPACE,
-    RESERVED_CLUSTER_IDS, UpstreamId, UpstreamInfo,
+    ErrorReport, RESERVED_CLUSTER_IDS, UpstreamId, UpstreamInfo,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::EtcdClient;
-use crate::error::{Error, Result};
-use crate::key::{self, CdcKey};
+use crate::error::{CdcError as Error, CdcResult as Result};
 use crate::retry::RetryingClient;
 use crate::types::{
     Compare, CompareOp, GetOptions, GetResponse, KeyValue, LeaseId, Revision, SortOrder,
     SortTarget, Txn, TxnOp,
 };
+use cdc_model::key::{self, CdcKey};
 
 /// The cluster whose keys [`CdcEtcdClient::check_multiple_cdc_cluster_exist`] accepts.
 const DEFAULT_CLUSTER_ID: &str = "default";
@@ -169,6 +169,7 @@ impl CdcEtcdClient {
                 cancel,
             )
             .await
+            .map_err(Error::from)
     }
 
     /// Every key of the cluster.
@@ -244,10 +245,10 @@ impl CdcEtcdClient {
     ) -> Result<()> {
         for (capture_id, &lease_id) in leases {
             match self.retrying.lease_revoke(lease_id, cancel).await {
-                Ok(()) | Err(Error::LeaseNotFound { .. }) => {}
+                Ok(()) | Err(crate::Error::LeaseNotFound { .. }) => {}
                 Err(err) => {
-                    tracing::warn!(%capture_id, lease_id, error = %err, "cannot revoke a capture lease");
-                    return Err(err);
+                    tracing::warn!(%capture_id, lease_id, error = %ErrorReport(&err), "cannot revoke a capture lease");
+                    return Err(err.into());
                 }
             }
         }
@@ -281,8 +282,8 @@ impl CdcEtcdClient {
             capture_id,
         ));
         if let Err(err) = self.retrying.delete(positions, true, cancel).await {
-            tracing::warn!(%capture_id, error = %err, "cannot delete the task positions of a capture");
-            return Err(err);
+            tracing::warn!(%capture_id, error = %ErrorReport(&err), "cannot delete the task positions of a capture");
+            return Err(err.into());
         }
         Ok(())
     }
@@ -545,18 +546,20 @@ impl CdcEtcdClient {
     /// it, so `"1\n"` or `" 1"` is no version (TiCDC's `strconv.ParseInt` in `pkg/etcd/etcd.go`
     /// of pingcap/tiflow refuses whitespace too). The one parser of the owner's migration and
     /// the processors' wait, so that both accept and refuse the same values.
-    /// [`Error::InvalidValue`] when it does not parse.
+    /// [`crate::Error::InvalidValue`] when it does not parse.
     pub fn parse_meta_version(key: &str, value: &[u8]) -> Result<u64> {
         std::str::from_utf8(value)
             .ok()
             .filter(|text| !text.is_empty() && text.bytes().all(|byte| byte.is_ascii_digit()))
             .and_then(|text| text.parse().ok())
-            .ok_or_else(|| Error::InvalidValue {
-                key: key.to_owned(),
-                reason: format!(
-                    "meta version {:?} is not a decimal number",
-                    String::from_utf8_lossy(value)
-                ),
+            .ok_or_else(|| {
+                Error::Etcd(crate::Error::InvalidValue {
+                    key: key.to_owned(),
+                    reason: format!(
+                        "meta version {:?} is not a decimal number",
+                        String::from_utf8_lossy(value)
+                    ),
+                })
             })
     }
 

@@ -1,4 +1,6 @@
-//! The error type of this crate.
+//! The error types of this crate: [`Error`] of the generic etcd client (calls, retries,
+//! watches), which names no TiCDC concept, and [`CdcError`] of [`crate::CdcEtcdClient`], the
+//! TiCDC metadata operations, which wraps it.
 
 use std::time::Duration;
 
@@ -27,7 +29,8 @@ pub enum RpcCode {
     Unauthenticated,
 }
 
-/// Errors of the etcd layer.
+/// Errors of the generic etcd client: [`crate::EtcdClient`], [`crate::RetryingClient`] and
+/// [`crate::watch`]. Nothing here knows the TiCDC key layout or its metadata.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A call did not complete before its deadline.
@@ -108,7 +111,7 @@ pub enum Error {
         last: Option<Box<Error>>,
     },
     /// The operation was cancelled by the caller.
-    #[error("cancelled")]
+    #[error("context canceled")]
     Cancelled,
     /// A retried call did not succeed before the deadline of the whole call.
     #[error(
@@ -133,6 +136,23 @@ pub enum Error {
         /// The error of the last attempt.
         last: Box<Error>,
     },
+    /// A value read from etcd is not what its key must hold (for example a non-numeric version).
+    #[error("invalid value under {key}: {reason}")]
+    InvalidValue {
+        /// The key whose value is bad.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// Errors of [`crate::CdcEtcdClient`]: the TiCDC metadata is missing, malformed or refused,
+/// or the etcd call under it failed ([`CdcError::Etcd`]).
+#[derive(Debug, thiserror::Error)]
+pub enum CdcError {
+    /// An etcd call failed.
+    #[error(transparent)]
+    Etcd(#[from] Error),
     /// A key is not a well-formed key of the cluster.
     #[error("[CDC:ErrInvalidEtcdKey]invalid key: {key}: {reason}")]
     InvalidEtcdKey {
@@ -158,14 +178,6 @@ pub enum Error {
         /// The encoding error.
         #[source]
         source: cdc_model::Error,
-    },
-    /// A value read from etcd is not what its key must hold (for example a non-numeric version).
-    #[error("invalid value under {key}: {reason}")]
-    InvalidValue {
-        /// The key whose value is bad.
-        key: String,
-        /// What is wrong with it.
-        reason: String,
     },
     /// The capture key does not exist.
     #[error("[CDC:ErrCaptureNotExist]capture not exists, {capture_id}")]
@@ -248,8 +260,11 @@ fn code_is_retryable(code: RpcCode) -> bool {
     }
 }
 
-/// The result type of this crate.
+/// The result type of the generic etcd client.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The result type of [`crate::CdcEtcdClient`].
+pub type CdcResult<T, E = CdcError> = std::result::Result<T, E>;
 
 impl Error {
     /// Whether a later attempt of the same call may succeed.
@@ -270,20 +285,7 @@ impl Error {
             Error::DeadlineExceeded { .. } => true,
             // Only retryable errors are retried, so the last one is retryable too.
             Error::ReachMaxTry { .. } => true,
-            Error::InvalidEtcdKey { .. } => false,
-            Error::Decode { .. } => false,
-            Error::Encode { .. } => false,
             Error::InvalidValue { .. } => false,
-            Error::CaptureNotExist { .. } => false,
-            Error::ChangeFeedNotExists { .. } => false,
-            Error::UpstreamNotFound { .. } => false,
-            Error::UpstreamMissMatch { .. } => false,
-            Error::OwnerNotFound => false,
-            Error::NotOwner => false,
-            Error::ElectionNoLeader => true,
-            // Someone else changed the metadata: re-read and decide again.
-            Error::MetaOpFailed { .. } => true,
-            Error::MultipleCdcClustersExist { .. } => false,
         }
     }
 
@@ -317,17 +319,63 @@ impl Error {
     }
 }
 
-/// A key rejected by the key layout (`cdc_model::key`) is [`Error::InvalidEtcdKey`], so that
-/// callers and [`Error::is_retryable`] classify it as before the layout moved to `cdc-model`.
+impl CdcError {
+    /// Whether a later attempt of the same operation may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            CdcError::Etcd(err) => err.is_retryable(),
+            CdcError::InvalidEtcdKey { .. } => false,
+            CdcError::Decode { .. } => false,
+            CdcError::Encode { .. } => false,
+            CdcError::CaptureNotExist { .. } => false,
+            CdcError::ChangeFeedNotExists { .. } => false,
+            CdcError::UpstreamNotFound { .. } => false,
+            CdcError::UpstreamMissMatch { .. } => false,
+            CdcError::OwnerNotFound => false,
+            CdcError::NotOwner => false,
+            CdcError::ElectionNoLeader => true,
+            // Someone else changed the metadata: re-read and decide again.
+            CdcError::MetaOpFailed { .. } => true,
+            CdcError::MultipleCdcClustersExist { .. } => false,
+        }
+    }
+
+    /// The error of the etcd call that failed, if the operation failed in one.
+    pub fn etcd(&self) -> Option<&Error> {
+        match self {
+            CdcError::Etcd(err) => Some(err),
+            CdcError::InvalidEtcdKey { .. }
+            | CdcError::Decode { .. }
+            | CdcError::Encode { .. }
+            | CdcError::CaptureNotExist { .. }
+            | CdcError::ChangeFeedNotExists { .. }
+            | CdcError::UpstreamNotFound { .. }
+            | CdcError::UpstreamMissMatch { .. }
+            | CdcError::OwnerNotFound
+            | CdcError::NotOwner
+            | CdcError::ElectionNoLeader
+            | CdcError::MetaOpFailed { .. }
+            | CdcError::MultipleCdcClustersExist { .. } => None,
+        }
+    }
+
+    /// Whether an etcd call failed on a compacted revision ([`Error::is_compacted`]).
+    pub fn is_compacted(&self) -> bool {
+        self.etcd().is_some_and(Error::is_compacted)
+    }
+}
+
+/// A key rejected by the key layout (`cdc_model::key`) is [`CdcError::InvalidEtcdKey`], so that
+/// callers and [`CdcError::is_retryable`] classify it as before the layout moved to `cdc-model`.
 /// The model's value errors carry no key here; the call sites that decode a value under a key
-/// build [`Error::Decode`] and [`Error::Encode`] with the key themselves.
-impl From<cdc_model::Error> for Error {
+/// build [`CdcError::Decode`] and [`CdcError::Encode`] with the key themselves.
+impl From<cdc_model::Error> for CdcError {
     fn from(err: cdc_model::Error) -> Self {
         match err {
             cdc_model::Error::InvalidEtcdKey { key, reason } => {
-                Error::InvalidEtcdKey { key, reason }
+                CdcError::InvalidEtcdKey { key, reason }
             }
-            source @ cdc_model::Error::Encode { .. } => Error::Encode {
+            source @ cdc_model::Error::Encode { .. } => CdcError::Encode {
                 key: String::new(),
                 source,
             },
@@ -337,7 +385,7 @@ impl From<cdc_model::Error> for Error {
             | cdc_model::Error::Decode { .. }
             | cdc_model::Error::InvalidTime { .. }
             | cdc_model::Error::NullConfig { .. }
-            | cdc_model::Error::ConfigNotObject { .. }) => Error::Decode {
+            | cdc_model::Error::ConfigNotObject { .. }) => CdcError::Decode {
                 key: String::new(),
                 source,
             },
@@ -352,9 +400,9 @@ mod tests {
     #[test]
     fn a_key_the_layout_rejects_is_invalid_etcd_key() {
         let bare = "/tidb/cdc/default";
-        let err = Error::from(crate::key::CdcKey::parse("default", bare).unwrap_err());
+        let err = CdcError::from(cdc_model::key::CdcKey::parse("default", bare).unwrap_err());
         assert!(
-            matches!(&err, Error::InvalidEtcdKey { key, .. } if key == bare),
+            matches!(&err, CdcError::InvalidEtcdKey { key, .. } if key == bare),
             "{err:?}"
         );
         assert!(
@@ -363,5 +411,42 @@ mod tests {
             "{err}"
         );
         assert!(!err.is_retryable());
+    }
+
+    // The metadata client's error wraps the generic client's: its display, retry
+    // classification and compaction check are the wrapped error's.
+    #[test]
+    fn a_failed_call_under_a_metadata_operation_is_classified_as_the_call() {
+        let compacted = CdcError::from(Error::ReachMaxTry {
+            tries: 3,
+            last: Box::new(Error::Compacted {
+                requested: 5,
+                compacted: 7,
+            }),
+        });
+        assert!(compacted.is_compacted());
+        assert!(compacted.is_retryable());
+        assert!(matches!(
+            compacted.etcd().map(Error::root_cause),
+            Some(Error::Compacted { .. })
+        ));
+        let timeout = Error::Timeout {
+            op: "get",
+            endpoints: "127.0.0.1:2379".to_owned(),
+            after: std::time::Duration::from_secs(1),
+        };
+        let message = timeout.to_string();
+        let wrapped = CdcError::Etcd(timeout);
+        assert_eq!(wrapped.to_string(), message);
+        assert!(wrapped.is_retryable());
+        assert!(!wrapped.is_compacted());
+        assert!(!CdcError::from(Error::Cancelled).is_retryable());
+
+        let missing = CdcError::CaptureNotExist {
+            capture_id: "c".to_owned(),
+        };
+        assert!(missing.etcd().is_none());
+        assert!(!missing.is_retryable() && !missing.is_compacted());
+        assert!(CdcError::ElectionNoLeader.is_retryable());
     }
 }

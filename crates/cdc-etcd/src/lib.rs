@@ -3,14 +3,16 @@
 //! - [`EtcdClient`]: single-attempt calls under a deadline, with this crate's own request and
 //!   response types ([`Txn`], [`Compare`], [`KeyValue`], [`WatchResponse`], ...), so that no
 //!   etcd-client type crosses the crate boundary.
-//! - [`Error`]: every etcd-client error is classified in one module.
+//! - [`Error`]: the generic client's errors, which name no TiCDC concept; every etcd-client
+//!   error is classified in one module. [`CdcError`] is [`CdcEtcdClient`]'s: missing,
+//!   malformed or refused metadata, or the failed call under it ([`CdcError::Etcd`]).
 //! - [`RetryingClient`]: the same calls retried under one deadline with TiCDC's backoff and
 //!   per-operation retry rules (deletes are never retried).
 //! - [`watch::ResilientWatch`]: a watch that requests progress, re-opens itself when stuck or
 //!   broken, never drops a response and surfaces compaction as [`Error::Compacted`].
 //! - [`CdcEtcdClient`]: TiCDC's metadata operations (captures, owner, changefeeds, upstreams).
-//! - [`key`]: the key layout of a TiCDC cluster ([`key::CdcKey`] parse and format), defined in
-//!   `cdc_model::key` (it does no IO) and re-exported here for the clients that build keys.
+//! - The key layout of a TiCDC cluster is `cdc_model::key` (`CdcKey` parse and format): it
+//!   does no IO, so the pure crates read it without linking a gRPC stack.
 //!
 //! Not here: sessions and the owner election (cdc-election), the etcd worker and its reactor
 //! states (cdc-orchestrator).
@@ -67,9 +69,8 @@ pub mod watch;
 pub mod testing;
 
 pub use cdc_client::{CdcEtcdClient, META_VERSION};
-pub use cdc_model::key;
 pub use client::{ConnectConfig, EtcdClient, LeaseKeepAlive, RawWatch};
-pub use error::{Error, Result, RpcCode};
+pub use error::{CdcError, CdcResult, Error, Result, RpcCode};
 pub use fence::OwnerFence;
 pub use retry::{RetryPolicy, RetryingClient};
 pub use types::{

@@ -68,7 +68,7 @@ pub enum Error {
         changefeed: String,
     },
     /// The worker was cancelled by its owner.
-    #[error("cancelled")]
+    #[error("context canceled")]
     Cancelled,
     /// A relative key operation got a key it cannot handle.
     #[error("invalid etcd key {key:?}: {reason}")]

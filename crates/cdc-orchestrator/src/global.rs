@@ -15,10 +15,24 @@ use crate::error::{Error, Result};
 use crate::patch::PatchGroup;
 use crate::reactor::ReactorState;
 
-/// Called on every PUT of a capture key with the capture ID and its address.
-pub type CaptureAddedHook = Box<dyn FnMut(&CaptureId, &str) + Send>;
-/// Called when a vanished capture is removed after the delay.
-pub type CaptureRemovedHook = Box<dyn FnMut(&CaptureId) + Send>;
+/// A change to the set of live captures, returned by
+/// [`GlobalReactorState::take_capture_events`] for its user to act on (TiCDC's
+/// `onCaptureAdded`/`onCaptureRemoved` hooks of `pkg/orchestrator/reactor_state.go`, as data).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CaptureEvent {
+    /// A capture key was put: a capture appeared, or its address changed.
+    Added {
+        /// The capture.
+        id: CaptureId,
+        /// Its p2p address.
+        address: String,
+    },
+    /// A vanished capture was removed after the delay.
+    Removed {
+        /// The capture.
+        id: CaptureId,
+    },
+}
 
 /// The cluster's shared state.
 pub struct GlobalReactorState {
@@ -33,8 +47,10 @@ pub struct GlobalReactorState {
     /// The changefeeds.
     pub changefeeds: BTreeMap<ChangeFeedId, ChangefeedReactorState>,
     pending: Vec<PatchGroup>,
-    on_capture_added: Option<CaptureAddedHook>,
-    on_capture_removed: Option<CaptureRemovedHook>,
+    /// The captures (and addresses) as of the last `take_capture_events`.
+    announced: BTreeMap<CaptureId, String>,
+    /// Whether `captures` may differ from `announced`.
+    captures_changed: bool,
     capture_remove_ttl: Duration,
     /// Vanished captures; the time is stamped by the first `update_pending_change` after the
     /// delete. A capture that comes back is taken off this map.
@@ -60,17 +76,41 @@ impl GlobalReactorState {
             upstreams: BTreeMap::new(),
             changefeeds: BTreeMap::new(),
             pending: Vec::new(),
-            on_capture_added: None,
-            on_capture_removed: None,
+            announced: BTreeMap::new(),
+            captures_changed: false,
             capture_remove_ttl: Duration::from_secs((capture_session_ttl / 2).max(5)),
             to_remove: HashMap::new(),
         }
     }
 
-    /// Installs the capture hooks.
-    pub fn set_hooks(&mut self, on_added: CaptureAddedHook, on_removed: CaptureRemovedHook) {
-        self.on_capture_added = Some(on_added);
-        self.on_capture_removed = Some(on_removed);
+    /// The changes to the live captures since the last call, in capture order: `Added` for a
+    /// capture that appeared or whose address changed, `Removed` for one removed after the
+    /// delay. A user that keeps peers in step (the p2p router) drains this after every
+    /// [`ReactorState::update`] and [`ReactorState::update_pending_change`]. The state keeps no
+    /// queue: the events are the difference between [`GlobalReactorState::captures`] and what
+    /// the last call returned, so a user that never drains holds nothing more.
+    pub fn take_capture_events(&mut self) -> Vec<CaptureEvent> {
+        if !std::mem::take(&mut self.captures_changed) {
+            return Vec::new();
+        }
+        let mut events = Vec::new();
+        self.announced.retain(|id, _| {
+            let live = self.captures.contains_key(id);
+            if !live {
+                events.push(CaptureEvent::Removed { id: id.clone() });
+            }
+            live
+        });
+        for (id, capture) in &self.captures {
+            if self.announced.get(id) != Some(&capture.address) {
+                self.announced.insert(id.clone(), capture.address.clone());
+                events.push(CaptureEvent::Added {
+                    id: id.clone(),
+                    address: capture.address.clone(),
+                });
+            }
+        }
+        events
     }
 
     /// The delay before a vanished capture is removed.
@@ -130,10 +170,8 @@ impl ReactorState for GlobalReactorState {
                 Some(bytes) => {
                     let capture: CaptureInfo = decode(&key, bytes)?;
                     self.to_remove.remove(capture_id);
-                    if let Some(hook) = self.on_capture_added.as_mut() {
-                        hook(capture_id, &capture.address);
-                    }
                     self.captures.insert(capture_id.clone(), capture);
+                    self.captures_changed = true;
                 }
             },
             CdcKeyKind::ChangefeedInfo { .. }
@@ -171,10 +209,8 @@ impl ReactorState for GlobalReactorState {
         for capture_id in removed {
             self.to_remove.remove(&capture_id);
             self.captures.remove(&capture_id);
+            self.captures_changed = true;
             info!(%capture_id, "capture removed");
-            if let Some(hook) = self.on_capture_removed.as_mut() {
-                hook(&capture_id);
-            }
         }
     }
 

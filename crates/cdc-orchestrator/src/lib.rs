@@ -35,7 +35,7 @@ pub use batch::{TXN_MAX_OPS, TXN_MAX_SIZE};
 pub use cdc_etcd::OwnerFence;
 pub use changefeed::ChangefeedReactorState;
 pub use error::{Error, Result};
-pub use global::{CaptureAddedHook, CaptureRemovedHook, GlobalReactorState};
+pub use global::{CaptureEvent, GlobalReactorState};
 pub use metrics::{COMMIT_LATENCY_BOUNDS, LatencySnapshot, WorkerMetrics, WorkerMetricsSnapshot};
 pub use patch::{
     DataPatch, Key, PatchFn, PatchGroup, PatchOutcome, PatchView, RawEntry, RawState,

@@ -179,7 +179,7 @@ impl EtcdWorker {
 
     /// The delete-counter key of this worker's prefix, shared with TiCDC's workers.
     pub fn delete_counter_key(&self) -> String {
-        cdc_etcd::key::delete_counter_key(&self.prefix)
+        cdc_model::key::delete_counter_key(&self.prefix)
     }
 
     /// Loads the prefix, then ticks `reactor` over `state` until the reactor finishes, an error

@@ -17,6 +17,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::{ClientConfig, MAX_RETRY_RATE_PER_SECOND, MIN_RETRY_RATE_PER_SECOND};
 use crate::error::{BoxError, Error, Result};
+use crate::flush_timer::FlushTimer;
 use crate::metrics::Metrics;
 use crate::proto::{ExitReason, MessageEntry, MessagePacket, SendMessageResponse, StreamMeta};
 use crate::topic::{Codec, Topic};
@@ -539,9 +540,7 @@ impl MessageClient {
             batcher.extend(entries).await?;
             batcher.flush().await?;
         }
-        let interval = self.shared.config.batch_send_interval;
-        let mut ticker = tokio::time::interval(interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut flush_timer = FlushTimer::new(self.shared.config.batch_send_interval);
         let limit = self.shared.config.max_batch_count.clamp(1, 1024);
         let mut received = Vec::with_capacity(limit);
         loop {
@@ -554,14 +553,12 @@ impl MessageClient {
                     assert!(!self.shared.inject_panic.load(Ordering::Relaxed), "injected client panic");
                     self.track_unacked(&received);
                     self.shared.metrics.add_sent(received.len() as u64);
-                    // The flush comes one interval after the first entry of a batch; an idle
-                    // client does not wake at the batch interval.
-                    if !batcher.has_pending() {
-                        ticker.reset();
-                    }
+                    // Flushed on the interval's grid while traffic flows; an idle client
+                    // does not wake at the batch interval.
+                    flush_timer.traffic();
                     batcher.extend(received.drain(..)).await?;
                 }
-                _ = ticker.tick(), if batcher.has_pending() => batcher.flush().await?,
+                () = flush_timer.tick() => batcher.flush().await?,
             }
         }
     }
@@ -746,11 +743,6 @@ impl Batcher {
             self.append(entry).await?;
         }
         Ok(())
-    }
-
-    /// Whether entries wait for the next flush.
-    pub(crate) fn has_pending(&self) -> bool {
-        !self.entries.is_empty()
     }
 
     /// Sends the pending entries as one packet without meta; does nothing when empty.

@@ -68,6 +68,7 @@ mod ack;
 mod client;
 mod config;
 mod error;
+mod flush_timer;
 mod local;
 mod metrics;
 mod router;

@@ -10,6 +10,10 @@ pub enum Error {
     /// An etcd call failed.
     #[error("etcd")]
     Etcd(#[from] cdc_etcd::Error),
+    /// A metadata operation of `CdcEtcdClient` found the metadata missing, malformed or
+    /// refused (its failed etcd calls convert to [`Error::Etcd`]).
+    #[error("etcd metadata")]
+    EtcdMeta(#[source] cdc_etcd::CdcError),
     /// The etcd worker or the reactor state failed.
     #[error("etcd worker")]
     Orchestrator(#[from] cdc_orchestrator::Error),
@@ -38,6 +42,17 @@ pub enum Error {
 /// The result of reactor calls.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// A metadata operation's failed etcd call is [`Error::Etcd`], as every other failed call; the
+/// metadata's own errors are [`Error::EtcdMeta`].
+impl From<cdc_etcd::CdcError> for Error {
+    fn from(err: cdc_etcd::CdcError) -> Self {
+        match err {
+            cdc_etcd::CdcError::Etcd(err) => Error::Etcd(err),
+            meta => Error::EtcdMeta(meta),
+        }
+    }
+}
+
 impl Error {
     /// Wraps a reactor crate's error.
     pub fn reactor(
@@ -61,6 +76,7 @@ impl Error {
                 restarts_capture, ..
             } => *restarts_capture,
             Error::Etcd(_)
+            | Error::EtcdMeta(_)
             | Error::Orchestrator(_)
             | Error::P2p(_)
             | Error::Model(_)

@@ -625,6 +625,43 @@ fn citations_in_strings_and_of_the_repository_pass() {
 // --- The lexer -------------------------------------------------------------------------------
 
 #[test]
+fn a_second_spelling_of_cancellation_fails() {
+    let enum_with = |variants: &str| format!("//! E.\npub enum Error {{\n{variants}}}\n");
+    let cases = [
+        // A `Cancelled` that displays otherwise.
+        "    /// Cancelled.\n    #[error(\"cancelled\")]\n    Cancelled,\n",
+        // A second name.
+        "    #[error(\"context canceled\")]\n    Cancelled,\n    #[error(\"stopped\")]\n    Canceled,\n",
+        // A second variant displaying the same, its attribute over two lines.
+        "    #[error(\n        \"Context Canceled\"\n    )]\n    #[allow(dead_code)]\n    Stopped { by: String },\n",
+    ];
+    for variants in cases {
+        let found = check_cancellation(&[file("crates/a/src/error.rs", &enum_with(variants))]);
+        assert_eq!(found.len(), 1, "{variants}: {found:?}");
+        assert_eq!(found[0].check, Check::Cancellation);
+        assert!(
+            found[0]
+                .to_string()
+                .starts_with("tidy [cancellation]: crates/a/src/error.rs:"),
+            "{found:?}"
+        );
+    }
+}
+
+#[test]
+fn the_one_spelling_of_cancellation_and_other_cancels_pass() {
+    let code = "//! E.\npub enum Error {\n    /// The caller's token fired.\n    \
+                #[error(\"context canceled\")]\n    Cancelled,\n    \
+                #[error(\"peer message handler was cancelled\")]\n    HandlerCancelled,\n    \
+                #[error(transparent)]\n    Etcd(#[from] E),\n    \
+                // #[error(\"cancelled\")] in a comment\n    #[error(\"x\")]\n    X,\n}\n";
+    assert!(check_cancellation(&[file("crates/a/src/error.rs", code)]).is_empty());
+    // Outside the crates' sources (xtask, tests) the check does not look.
+    let other = "//! E.\nenum E {\n    #[error(\"cancelled\")]\n    Cancelled,\n}\n";
+    assert!(check_cancellation(&[file("xtask/src/e.rs", other)]).is_empty());
+}
+
+#[test]
 fn lex_separates_comments_from_code() {
     let text = concat!(
         "//! Head.\n",

@@ -160,7 +160,7 @@ async fn reaction(
         deploy_path: String::new(),
         start_timestamp: 0,
     };
-    let key = cdc_etcd::key::capture_key(CLUSTER_ID, &capture_id);
+    let key = cdc_model::key::capture_key(CLUSTER_ID, &capture_id);
     let value = cdc_model::to_go_json(&info)?;
     etcd.put(key.as_str(), value, 0).await?;
     let written = Instant::now();

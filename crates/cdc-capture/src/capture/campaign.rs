@@ -189,7 +189,7 @@ impl Capture {
             // Boxed: a worker's future is large.
             let result = Box::pin(self.run_etcd_worker(
                 Role::Owner(Arc::clone(owner)),
-                self.hooked_state(incarnation, true),
+                self.peer_sync_state(incarnation, true),
                 interval,
                 incarnation,
                 Some(fence.clone()),
@@ -206,7 +206,7 @@ impl Capture {
             // Boxed: a worker's future is large.
             let result = Box::pin(self.run_etcd_worker(
                 Role::Controller(Arc::clone(controller)),
-                self.hooked_state(incarnation, false),
+                self.peer_sync_state(incarnation, false),
                 interval,
                 incarnation,
                 Some(fence.clone()),

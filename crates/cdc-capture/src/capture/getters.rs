@@ -55,7 +55,7 @@ impl Capture {
         let lookup = self.etcd.get_capture_info(capture_id, &cancel);
         match tokio::time::timeout(OWNER_LOOKUP_TIMEOUT, lookup).await {
             Ok(Ok(info)) => Ok(info),
-            Ok(Err(cdc_etcd::Error::CaptureNotExist { .. })) => Err(Error::CaptureNotExist {
+            Ok(Err(cdc_etcd::CdcError::CaptureNotExist { .. })) => Err(Error::CaptureNotExist {
                 capture_id: capture_id.to_owned(),
             }),
             Ok(Err(err)) => Err(err.into()),

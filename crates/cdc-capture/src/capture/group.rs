@@ -2,6 +2,7 @@
 //! etcd workers they run, and how their errors become the incarnation's (TiCDC's `run` in
 //! `cdc/capture/capture.go` of pingcap/tiflow).
 
+use super::peers::{PeerSyncReactor, PeerSyncState};
 use super::*;
 
 impl Capture {
@@ -55,7 +56,7 @@ impl Capture {
                 async move {
                     let result = async {
                         capture.wait_meta_version(&incarnation, &group).await?;
-                        let state = capture.hooked_state(&incarnation, false);
+                        let state = capture.peer_sync_state(&incarnation, false);
                         capture
                             .run_etcd_worker(
                                 Role::Processor(Arc::clone(&processor_manager)),
@@ -162,27 +163,19 @@ impl Capture {
         }
     }
 
-    /// A reactor state whose capture hooks keep the router's peers current; the owner's also
-    /// deregisters removed captures from the message server (§6.4 step 8).
-    pub(super) fn hooked_state(&self, incarnation: &Incarnation, owner: bool) -> CaptureState {
-        let mut state = GlobalReactorState::new(
+    /// A reactor state that keeps the router's peers current; the owner's also deregisters
+    /// removed captures from the message server (TiCDC's `campaignOwner` in
+    /// `cdc/capture/capture.go`).
+    pub(super) fn peer_sync_state(&self, incarnation: &Incarnation, owner: bool) -> PeerSyncState {
+        let state = GlobalReactorState::new(
             self.config.cluster_id.clone(),
             u64::try_from(self.config.capture_session_ttl).unwrap_or(0),
         );
-        let router = Arc::clone(&incarnation.router);
-        let on_added = Box::new(move |capture_id: &String, address: &str| {
-            router.add_peer(capture_id.clone(), address.to_owned());
-        });
-        let router = Arc::clone(&incarnation.router);
-        let server = owner.then(|| Arc::clone(&incarnation.message_server));
-        let on_removed = Box::new(move |capture_id: &String| {
-            router.remove_peer(capture_id);
-            if let Some(server) = &server {
-                server.deregister_peer(capture_id);
-            }
-        });
-        state.set_hooks(on_added, on_removed);
-        CaptureState(state)
+        PeerSyncState::new(
+            CaptureState(state),
+            Arc::clone(&incarnation.router),
+            owner.then(|| Arc::clone(&incarnation.message_server)),
+        )
     }
 
     /// Runs `role` on an etcd worker over the cluster's base key until it finishes or fails,
@@ -193,18 +186,18 @@ impl Capture {
     pub(super) async fn run_etcd_worker(
         &self,
         role: Role,
-        state: CaptureState,
+        state: PeerSyncState,
         interval: Duration,
         incarnation: &Incarnation,
         fence: Option<OwnerFence>,
         cancel: &CancellationToken,
     ) -> Result<()> {
         let name = role.name();
-        let mut reactor = WorkerReactor {
+        let mut reactor = PeerSyncReactor(WorkerReactor {
             capture_id: incarnation.capture_id.clone(),
             role,
             failure: None,
-        };
+        });
         let mut worker = EtcdWorker::new(
             self.etcd.client().clone(),
             key::base_key(&self.config.cluster_id),
@@ -217,6 +210,7 @@ impl Capture {
         let err = match worker.run(&mut reactor, state, interval, cancel).await {
             Ok(_) => return Ok(()),
             Err(err) => reactor
+                .0
                 .failure
                 .take()
                 .unwrap_or_else(|| Error::from_worker(err)),

@@ -29,7 +29,9 @@ impl Capture {
         };
         let version = match CdcEtcdClient::parse_meta_version(&version_key, &kv.value) {
             Ok(version) => version,
-            Err(cdc_etcd::Error::InvalidValue { .. }) => return Err(unknown()),
+            Err(cdc_etcd::CdcError::Etcd(cdc_etcd::Error::InvalidValue { .. })) => {
+                return Err(unknown());
+            }
             Err(other) => return Err(other.into()),
         };
         match version.cmp(&cdc_etcd::META_VERSION) {

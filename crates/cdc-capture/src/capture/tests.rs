@@ -111,7 +111,7 @@ enum ResignDouble {
 
 impl ElectionDouble {
     fn key() -> Vec<u8> {
-        format!("{}/1", cdc_etcd::key::owner_prefix(CLUSTER)).into_bytes()
+        format!("{}/1", cdc_model::key::owner_prefix(CLUSTER)).into_bytes()
     }
 }
 
@@ -529,7 +529,7 @@ async fn worker_error_during_an_etcd_outage_restarts_the_capture() {
         // Boxed: a worker's future is large.
         let worker = Box::pin(capture.run_etcd_worker(
             Role::Processor(Arc::clone(&processor) as Arc<dyn ProcessorManager>),
-            capture.hooked_state(&incarnation, false),
+            capture.peer_sync_state(&incarnation, false),
             Duration::from_millis(50),
             &incarnation,
             None,
@@ -583,6 +583,14 @@ fn restart_or_exit_classification() {
         Error::Election(cdc_election::Error::LeaseExpired { lease_id: 1 }),
         Error::CampaignOwner(Box::new(Error::Election(cdc_election::Error::NotLeader))),
         Error::ResignOwner(Box::new(Error::DeadlineExceeded { op: "resign owner" })),
+        // A metadata operation's failed call, through a reactor or not, is the call's error.
+        Error::from(cdc_etcd::CdcError::Etcd(unavailable())),
+        Error::from(cdc_reactor::Error::from(cdc_etcd::CdcError::Etcd(
+            unavailable(),
+        ))),
+        Error::from(cdc_reactor::Error::from(
+            cdc_etcd::CdcError::ElectionNoLeader,
+        )),
     ];
     for err in restarts {
         assert!(err.restarts_capture(), "{err:?}");
@@ -595,7 +603,7 @@ fn restart_or_exit_classification() {
         Error::InvalidConfig {
             message: "bad".to_owned(),
         },
-        Error::Etcd(cdc_etcd::Error::MultipleCdcClustersExist {
+        Error::EtcdMeta(cdc_etcd::CdcError::MultipleCdcClustersExist {
             key: "/tidb/cdc/x".to_owned(),
         }),
         Error::Orchestrator(cdc_orchestrator::Error::TxnSizeExceed { size: 2, max: 1 }),
@@ -606,7 +614,18 @@ fn restart_or_exit_classification() {
             endpoints: String::new(),
         })),
         Error::P2p(cdc_p2p::Error::AlreadyRunning),
+        Error::from(cdc_reactor::Error::from(
+            cdc_etcd::CdcError::MultipleCdcClustersExist {
+                key: "/tidb/cdc/x".to_owned(),
+            },
+        )),
     ];
+    assert!(matches!(
+        Error::from(cdc_reactor::Error::from(cdc_etcd::CdcError::Etcd(
+            unavailable()
+        ))),
+        Error::Etcd(_)
+    ));
     for err in exits {
         assert!(!err.restarts_capture(), "{err:?}");
     }
@@ -808,7 +827,7 @@ async fn migrating_capture(
         Arc::new(Metrics::new()),
         ServerWrapper::new(&ServerConfig::default()),
     );
-    let key = format!("{}/1", cdc_etcd::key::owner_prefix(cluster)).into_bytes();
+    let key = format!("{}/1", cdc_model::key::owner_prefix(cluster)).into_bytes();
     let create_revision = client.put(key.clone(), "owner", 0).await.unwrap();
     let fence = cdc_orchestrator::OwnerFence {
         key,
@@ -831,7 +850,7 @@ async fn raw_value(client: &EtcdClient, key: &str) -> Option<Vec<u8>> {
 
 /// The default upstream key of `capture`'s cluster.
 fn default_upstream_key(capture: &Capture, cluster: &str) -> String {
-    cdc_etcd::key::upstream_key(cluster, DEFAULT_NAMESPACE, capture.etcd().etcd_cluster_id())
+    cdc_model::key::upstream_key(cluster, DEFAULT_NAMESPACE, capture.etcd().etcd_cluster_id())
 }
 
 // The meta-version gate (docs/etcd-keys.md): a meta version this binary does not know is
@@ -856,7 +875,7 @@ async fn an_unknown_meta_version_is_refused_by_owner_and_processor_alike() {
     {
         let cluster = format!("unknown-version-{n}");
         let (capture, fence, client) = migrating_capture(&server, &cluster).await;
-        let version_key = cdc_etcd::key::meta_version_key(&cluster);
+        let version_key = cdc_model::key::meta_version_key(&cluster);
         client.put(version_key.clone(), value, 0).await.unwrap();
         let cancel = CancellationToken::new();
         let owner_err = capture.migrate(&fence, &cancel).await.unwrap_err();
@@ -913,7 +932,7 @@ async fn an_absent_meta_version_is_written_only_without_changefeed_data() {
     // Empty: written, and the processors pass.
     let (capture, fence, client) = migrating_capture(&server, "empty").await;
     capture.migrate(&fence, &cancel).await.unwrap();
-    let version_key = cdc_etcd::key::meta_version_key("empty");
+    let version_key = cdc_model::key::meta_version_key("empty");
     assert_eq!(
         raw_value(&client, &version_key).await.as_deref(),
         Some(&b"1"[..])
@@ -939,7 +958,7 @@ async fn an_absent_meta_version_is_written_only_without_changefeed_data() {
         .unwrap();
     capture.migrate(&fence, &cancel).await.unwrap();
     assert_eq!(
-        raw_value(&client, &cdc_etcd::key::meta_version_key("upstream"))
+        raw_value(&client, &cdc_model::key::meta_version_key("upstream"))
             .await
             .as_deref(),
         Some(&b"1"[..])
@@ -961,7 +980,7 @@ async fn an_absent_meta_version_is_written_only_without_changefeed_data() {
     assert!(err.to_string().contains(status_key), "{err}");
     assert!(!err.restarts_capture());
     assert_eq!(
-        raw_value(&client, &cdc_etcd::key::meta_version_key("data")).await,
+        raw_value(&client, &cdc_model::key::meta_version_key("data")).await,
         None
     );
     assert_eq!(
@@ -982,7 +1001,7 @@ async fn an_absent_meta_version_is_written_only_without_changefeed_data() {
     assert!(err.to_string().contains("pre-v6.2"), "{err}");
     assert!(!err.restarts_capture());
     assert_eq!(
-        raw_value(&client, &cdc_etcd::key::meta_version_key("default")).await,
+        raw_value(&client, &cdc_model::key::meta_version_key("default")).await,
         None
     );
     assert!(!capture.is_ready());
@@ -1123,7 +1142,7 @@ async fn a_closed_session_is_revoked_after_an_etcd_freeze() {
         .await
         .unwrap();
     let lease_id = session.lease_id();
-    let owner_key = format!("{}/{lease_id:x}", cdc_etcd::key::owner_prefix(CLUSTER));
+    let owner_key = format!("{}/{lease_id:x}", cdc_model::key::owner_prefix(CLUSTER));
     client.put(owner_key.clone(), "me", lease_id).await.unwrap();
     server.pause().unwrap();
     // Boxed: the close's future is large.

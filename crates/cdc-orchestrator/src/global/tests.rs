@@ -1,7 +1,6 @@
 //! State tests after TiCDC's `pkg/orchestrator/reactor_state_test.go`, patched as the worker does.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cdc_model::{AdminJobType, ChangeFeedId, ChangeFeedStatus, TaskPosition};
@@ -356,41 +355,86 @@ fn global_state_update() {
     );
 }
 
-// Case 42 (CaptureChangeHooks), plus a capture that comes back before the delay.
+// Case 42 (CaptureChangeHooks) as events, plus a capture that comes back before the delay.
 #[test]
-fn capture_change_hooks() {
-    let added = Arc::new(Mutex::new(Vec::new()));
-    let removed = Arc::new(Mutex::new(Vec::new()));
+fn capture_change_events() {
     let mut state = GlobalReactorState::new(C, 10);
-    let (a, r) = (added.clone(), removed.clone());
-    state.set_hooks(
-        Box::new(move |id, address| a.lock().unwrap().push((id.clone(), address.to_owned()))),
-        Box::new(move |id| r.lock().unwrap().push(id.clone())),
-    );
     let mut raw = RawState::new();
     let key = "/tidb/cdc/default/__cdc_meta__/capture/capture-1";
     let value = r#"{"id":"capture-1","address":"ip-1:8300"}"#;
+    let added = |address: &str| CaptureEvent::Added {
+        id: "capture-1".to_owned(),
+        address: address.to_owned(),
+    };
+    let removed = CaptureEvent::Removed {
+        id: "capture-1".to_owned(),
+    };
+    assert!(state.take_capture_events().is_empty());
     put(&mut state, &mut raw, key, Some(value));
-    assert_eq!(
-        *added.lock().unwrap(),
-        [("capture-1".to_owned(), "ip-1:8300".to_owned())]
-    );
+    assert_eq!(state.take_capture_events(), [added("ip-1:8300")]);
+    assert!(state.take_capture_events().is_empty(), "drained");
+    // The same address again announces nothing new; a new address does.
+    put(&mut state, &mut raw, key, Some(value));
+    assert!(state.take_capture_events().is_empty());
+    let moved = r#"{"id":"capture-1","address":"ip-2:8300"}"#;
+    put(&mut state, &mut raw, key, Some(moved));
+    assert_eq!(state.take_capture_events(), [added("ip-2:8300")]);
+
     let start = Instant::now();
     put(&mut state, &mut raw, key, None);
+    assert!(state.take_capture_events().is_empty(), "removal is delayed");
     state.update_pending_change(start);
     state.update_pending_change(start + Duration::from_secs(4));
-    assert!(removed.lock().unwrap().is_empty());
+    assert!(state.take_capture_events().is_empty());
     state.update_pending_change(start + Duration::from_secs(5));
-    assert_eq!(*removed.lock().unwrap(), ["capture-1"]);
+    assert_eq!(state.take_capture_events(), [removed]);
+    assert!(state.take_capture_events().is_empty(), "drained");
 
     // Back before the delay: the removal is cancelled.
     put(&mut state, &mut raw, key, Some(value));
+    assert_eq!(state.take_capture_events(), [added("ip-1:8300")]);
     put(&mut state, &mut raw, key, None);
     state.update_pending_change(start);
     put(&mut state, &mut raw, key, Some(value));
     state.update_pending_change(start + Duration::from_secs(60));
-    assert_eq!(removed.lock().unwrap().len(), 1);
+    assert!(state.take_capture_events().is_empty());
     assert!(state.captures.contains_key("capture-1"));
+
+    // Events not drained in between are the net change: several captures appear at once in
+    // capture order, and one that came and went before the drain is not announced.
+    let mut state = GlobalReactorState::new(C, 10);
+    for (id, address) in [("c", "ip-c"), ("a", "ip-a"), ("b", "ip-b")] {
+        let value = format!(r#"{{"id":"{id}","address":"{address}"}}"#);
+        let key = format!("/tidb/cdc/default/__cdc_meta__/capture/{id}");
+        put(&mut state, &mut raw, &key, Some(&value));
+    }
+    put(
+        &mut state,
+        &mut raw,
+        "/tidb/cdc/default/__cdc_meta__/capture/b",
+        None,
+    );
+    state.update_pending_change(start);
+    state.update_pending_change(start + Duration::from_secs(5));
+    let event = |id: &str| CaptureEvent::Added {
+        id: id.to_owned(),
+        address: format!("ip-{id}"),
+    };
+    assert_eq!(state.take_capture_events(), [event("a"), event("c")]);
+    for id in ["a", "c"] {
+        let key = format!("/tidb/cdc/default/__cdc_meta__/capture/{id}");
+        put(&mut state, &mut raw, &key, None);
+    }
+    state.update_pending_change(start + Duration::from_secs(5));
+    state.update_pending_change(start + Duration::from_secs(10));
+    assert_eq!(
+        state.take_capture_events(),
+        [
+            CaptureEvent::Removed { id: "a".to_owned() },
+            CaptureEvent::Removed { id: "c".to_owned() }
+        ]
+    );
+    assert!(state.captures.is_empty());
 }
 
 // Case 43 (CheckChangefeedNormal).

@@ -15,6 +15,7 @@ use super::{LOCAL_BATCH_SIZE, LOCAL_FLUSH_INTERVAL, SenderId, Task, error_respon
 use crate::ack::AckManager;
 use crate::config::ServerConfig;
 use crate::error::{Error, Result, report};
+use crate::flush_timer::FlushTimer;
 use crate::local::LocalEntry;
 use crate::local::LocalReceiver;
 use crate::proto::{Ack, ExitReason, MessageEntry, SendMessageResponse};
@@ -596,12 +597,10 @@ pub(super) async fn run_local_receiver(
     cancel: CancellationToken,
 ) -> Result<()> {
     let mut batch = Vec::with_capacity(LOCAL_BATCH_SIZE);
-    let mut tick = tokio::time::interval(LOCAL_FLUSH_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Flushed on the interval's grid while messages flow; an idle receiver does not wake at
+    // the flush interval.
+    let mut flush_timer = FlushTimer::new(LOCAL_FLUSH_INTERVAL);
     loop {
-        // The flush follows the first message of a batch by one interval; an idle receiver
-        // does not wake at the flush interval.
-        let was_empty = batch.is_empty();
         let flush = tokio::select! {
             biased;
             _ = cancel.cancelled() => return Ok(()),
@@ -609,14 +608,12 @@ pub(super) async fn run_local_receiver(
                 if received == 0 {
                     return Err(Error::ServerClosed);
                 }
-                if was_empty {
-                    tick.reset();
-                }
+                flush_timer.traffic();
                 batch.len() >= LOCAL_BATCH_SIZE
             }
-            _ = tick.tick(), if !was_empty => true,
+            () = flush_timer.tick() => true,
         };
-        if flush {
+        if flush && !batch.is_empty() {
             let task = Task::LocalBatch(std::mem::replace(
                 &mut batch,
                 Vec::with_capacity(LOCAL_BATCH_SIZE),
@@ -629,3 +626,6 @@ pub(super) async fn run_local_receiver(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
