@@ -368,7 +368,7 @@ impl OwnerApi for ApiServer {
     }
 }
 
-fn etcd_error(what: &str, err: &cdc_etcd::Error) -> ApiError {
+fn etcd_error(what: &str, err: &(dyn std::error::Error + 'static)) -> ApiError {
     ApiError::internal(format!("{what}: {}", ErrorReport(err)))
 }
 
@@ -461,7 +461,7 @@ impl ApiServer {
         let cancel = CancellationToken::new();
         match self.context.etcd.get_changefeed_info(id, &cancel).await {
             Ok(info) => Ok(info),
-            Err(cdc_etcd::Error::ChangeFeedNotExists { .. }) => {
+            Err(cdc_etcd::CdcError::ChangeFeedNotExists { .. }) => {
                 Err(ApiError::changefeed_not_exists(id))
             }
             Err(err) => Err(etcd_error("read the changefeed", &err)),
