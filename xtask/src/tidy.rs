@@ -382,9 +382,11 @@ pub(crate) const RULES: &[Rule] = &[
         &[Name::Is("cdc-orchestrator")],
         "the election sits below the etcd worker",
     ),
-    // The owner, processor, scheduler, source and sink crates are libraries below the glue.
+    // The reactor traits, the owner, processor, scheduler, source and sink crates are libraries
+    // below the glue.
     Rule::transitive(
         &[
+            Name::Is("cdc-reactor"),
             Name::Is("cdc-owner"),
             Name::Is("cdc-processor"),
             Name::Is("cdc-scheduler"),
@@ -392,7 +394,19 @@ pub(crate) const RULES: &[Rule] = &[
             Name::StartsWith("cdc-sink"),
         ],
         GLUE,
-        "the owner, processor, scheduler, source and sink crates sit below cdc-capture, the glue",
+        "the reactor, owner, processor, scheduler, source and sink crates sit below cdc-capture, \
+         the glue",
+    ),
+    Rule::transitive(
+        &[Name::Is("cdc-reactor")],
+        &[
+            Name::Is("cdc-owner"),
+            Name::Is("cdc-processor"),
+            Name::Is("cdc-scheduler"),
+            Name::StartsWith("cdc-source-"),
+            Name::StartsWith("cdc-sink"),
+        ],
+        "the reactor traits sit below the owner and processor crates that implement them",
     ),
     Rule {
         from: &[Name::Is("cdc-scheduler")],

@@ -24,13 +24,12 @@ use crate::config::Config;
 use crate::election::{Election, ElectionFactory, EtcdElections, RESIGN_TIMEOUT};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::pool::InitPool;
-use crate::reactor::{
-    CaptureState, Controller, ControllerFactory, MinimalReactors, Owner, OwnerFactory,
-    ProcessorManager, ProcessorManagerFactory, ReactorContext, Role, Tick, WorkerReactor,
-    default_upstream,
-};
+use crate::reactor::{CaptureState, MinimalReactors, Role, WorkerReactor};
 use crate::session::{EtcdSessionFactory, SESSION_CLOSE_BUDGET, SessionFactory};
+use cdc_reactor::{
+    Controller, ControllerFactory, InitPool, Owner, OwnerApi, OwnerFactory, ProcessorManager,
+    ProcessorManagerFactory, ReactorContext, Tick, default_upstream,
+};
 
 /// The deadline for deleting the capture's keys on exit.
 const CLEAN_META_TIMEOUT: Duration = Duration::from_secs(10);
@@ -398,7 +397,6 @@ impl Capture {
             lease_id: incarnation.lease_id,
             owner_revision,
             pd_endpoints: self.config.endpoints().join(","),
-            metrics: Arc::clone(&self.metrics),
             router: Arc::clone(&incarnation.router),
             message_server: Arc::clone(&incarnation.message_server),
             init_pool: Arc::clone(&incarnation.init_pool),

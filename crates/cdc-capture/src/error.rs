@@ -92,6 +92,9 @@ pub enum Error {
     /// The p2p layer failed.
     #[error("p2p")]
     P2p(#[from] cdc_p2p::Error),
+    /// A reactor's own error (the owner's or a processor's), classified by its crate.
+    #[error(transparent)]
+    Reactor(cdc_reactor::Error),
     /// An internal deadline expired (TiCDC's DeadlineExceeded).
     #[error("deadline of {op} exceeded")]
     DeadlineExceeded {
@@ -130,7 +133,34 @@ pub enum Error {
 /// The result type of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// A reactor's error becomes the capture error of the layer it came from, so that the capture's
+/// own classification applies; only the reactor crates' own errors stay wrapped.
+impl From<cdc_reactor::Error> for Error {
+    fn from(err: cdc_reactor::Error) -> Error {
+        match err {
+            cdc_reactor::Error::Etcd(err) => Error::Etcd(err),
+            cdc_reactor::Error::Orchestrator(err) => Error::from_worker(err),
+            cdc_reactor::Error::P2p(err) => Error::P2p(err),
+            cdc_reactor::Error::Model(err) => Error::Model(err),
+            cdc_reactor::Error::Cancelled => Error::Cancelled,
+            err @ cdc_reactor::Error::Reactor { .. } => Error::Reactor(err),
+        }
+    }
+}
+
 impl Error {
+    /// The capture error nearest to an etcd worker's error: a lost session, lease or
+    /// ownership and cancellation get the capture's own variants.
+    pub(crate) fn from_worker(err: cdc_orchestrator::Error) -> Error {
+        match err {
+            cdc_orchestrator::Error::NotOwner => Error::NotOwner,
+            cdc_orchestrator::Error::SessionDone => Error::SessionDone,
+            cdc_orchestrator::Error::LeaseExpired { .. } => Error::LeaseExpired,
+            cdc_orchestrator::Error::Cancelled => Error::Cancelled,
+            other => Error::Orchestrator(other),
+        }
+    }
+
     /// Whether a later attempt may succeed.
     pub fn is_retryable(&self) -> bool {
         match self {
@@ -153,6 +183,7 @@ impl Error {
             Error::Orchestrator(source) => source.is_retryable(),
             Error::Model(_) => false,
             Error::P2p(source) => source.is_retryable(),
+            Error::Reactor(source) => source.restarts_capture(),
             Error::DeadlineExceeded { .. } => true,
             Error::Serve { .. } => false,
             Error::Forward { .. } => true,
@@ -198,6 +229,7 @@ impl Error {
             Error::Election(err) => election_restarts(err),
             Error::Orchestrator(err) => orchestrator_restarts(err),
             Error::P2p(err) => err.is_retryable() || matches!(err, cdc_p2p::Error::Cancelled),
+            Error::Reactor(err) => err.restarts_capture(),
             Error::MetaVersionTooNew { .. }
             | Error::MetaVersionUnknown { .. }
             | Error::LegacyMetadata { .. }

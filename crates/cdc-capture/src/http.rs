@@ -229,6 +229,10 @@ async fn metrics(State(api): State<Api>) -> Response {
     if let Some((server, clients)) = api.capture.p2p_metrics() {
         api.capture.metrics().set_p2p(&server, &clients);
     }
+    if let Some(controller) = api.capture.status_provider() {
+        let n_captures = i64::try_from(controller.captures().len()).unwrap_or(i64::MAX);
+        api.capture.metrics().captures.set(n_captures);
+    }
     (
         [("content-type", "text/plain; version=0.0.4")],
         api.capture.metrics().encode(),

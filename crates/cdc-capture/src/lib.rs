@@ -7,8 +7,9 @@
 //! when the lease is lost. The [`Server`] puts the capture behind one port that serves the
 //! HTTP API and gRPC.
 //!
-//! Owner, controller and processor manager are traits built by factories ([`CaptureParts`]),
-//! so tests inject doubles; the binary runs [`MinimalReactors`].
+//! Owner, controller and processor manager are the traits of [`cdc_reactor`], built by
+//! factories ([`CaptureParts`]): the binary runs the owner and processor crates' reactors and
+//! the [`MinimalReactors`] controller; tests inject doubles.
 //!
 //! Not here: the etcd key layout and client (cdc-etcd), the session and election recipes
 //! (cdc-election), the etcd worker (cdc-orchestrator), the p2p protocol (cdc-p2p), and flag
@@ -23,7 +24,6 @@ mod election;
 mod error;
 mod http;
 mod metrics;
-mod pool;
 mod reactor;
 mod server;
 mod session;
@@ -36,10 +36,6 @@ pub use election::{Election, ElectionFactory, EtcdElections};
 pub use error::{Error, Result};
 pub use http::{FORWARD_HEADER, router};
 pub use metrics::{Metrics, WORKER_ROLES};
-pub use pool::{InitPool, Job};
-pub use reactor::{
-    Controller, ControllerFactory, MinimalReactors, Owner, OwnerFactory, ProcessorManager,
-    ProcessorManagerFactory, ReactorContext, Tick,
-};
+pub use reactor::MinimalReactors;
 pub use server::Server;
 pub use session::{EtcdSessionFactory, SessionFactory};

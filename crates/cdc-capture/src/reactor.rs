@@ -1,6 +1,6 @@
-//! The owner, controller and processor manager: traits built through factories (so tests can
-//! inject doubles), the minimal reactors the binary runs until changefeed scheduling lands, and
-//! the adapter that runs them on a [`cdc_orchestrator::EtcdWorker`].
+//! The minimal reactors (the controller the binary runs, and an owner and processor manager
+//! that coordinate no work, for tests), and the adapter that runs any [`cdc_reactor`] reactor
+//! on a [`cdc_orchestrator::EtcdWorker`].
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -8,121 +8,23 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use cdc_etcd::{CdcEtcdClient, LeaseId, Revision, key};
-use cdc_model::{AtomicLiveness, CaptureInfo, DEFAULT_NAMESPACE, UpstreamInfo};
+use cdc_model::key;
+use cdc_model::{AtomicLiveness, CaptureInfo, DEFAULT_NAMESPACE};
 use cdc_orchestrator::{
     GlobalReactorState, NextTick, PatchGroup, PatchOutcome, Reactor, ReactorState, SingleDataPatch,
     TickPoke,
 };
-use cdc_p2p::{MessageRouter, MessageServer};
+use cdc_reactor::{
+    Controller, ControllerFactory, Owner, OwnerFactory, PokeSlot, ProcessorManager,
+    ProcessorManagerFactory, ReactorContext, Result, Tick, check_capture_alive, default_upstream,
+};
 use futures::future::BoxFuture;
 use tracing::{info, warn};
 
-use crate::error::{Error, Result};
-use crate::metrics::Metrics;
-use crate::pool::InitPool;
+use crate::error::Error;
 
-/// What a tick asks of its worker. Whatever it asks, the worker also ticks on a change of the
-/// cluster's keys and on a poke (see [`Owner::set_tick_poke`]), plus a slow heartbeat.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Tick {
-    /// Tick again at the next flush interval (a reactor that polls).
-    Continue,
-    /// Tick again only on a change, a poke or the heartbeat.
-    Idle,
-    /// Tick again after this delay at the latest.
-    After(Duration),
-    /// The reactor is done; the worker commits what is queued and returns Ok.
-    Finished,
-}
-
-/// What a reactor gets from its incarnation.
-#[derive(Clone)]
-pub struct ReactorContext {
-    /// The cluster's etcd client.
-    pub etcd: CdcEtcdClient,
-    /// This capture.
-    pub capture_id: String,
-    /// The session's lease.
-    pub lease_id: LeaseId,
-    /// The owner revision (`get_owner_revision`; 0 for processors), stamped into messages.
-    pub owner_revision: Revision,
-    /// The PD endpoints, comma-separated (the default upstream's).
-    pub pd_endpoints: String,
-    /// Metrics.
-    pub metrics: Arc<Metrics>,
-    /// The incarnation's router (peers follow the capture keys).
-    pub router: Arc<MessageRouter>,
-    /// The incarnation's message server, for handlers of peers' messages.
-    pub message_server: Arc<MessageServer>,
-    /// The incarnation's changefeed-initialisation pool.
-    pub init_pool: Arc<InitPool>,
-}
-
-/// The owner: runs while this capture is elected, on a fenced etcd worker.
-pub trait Owner: Send + Sync {
-    /// One pass over the cluster; patches go through `state.queue_patches`.
-    fn tick<'a>(&'a self, state: &'a mut GlobalReactorState) -> BoxFuture<'a, Result<Tick>>;
-    /// Asks the owner to finish; its next tick returns `Finished`.
-    fn async_stop(&self);
-    /// Receives the handle that asks its worker for a tick (poked on a stop request or a
-    /// message); the default drops it, for owners that poll with [`Tick::Continue`].
-    fn set_tick_poke(&self, poke: TickPoke) {
-        let _ = poke;
-    }
-}
-
-/// Builds owners.
-pub trait OwnerFactory: Send + Sync {
-    /// A new owner for one term.
-    fn create(&self, context: ReactorContext) -> Arc<dyn Owner>;
-}
-
-/// The controller: runs beside the owner and serves the capture list.
-pub trait Controller: Send + Sync {
-    /// One pass over the cluster.
-    fn tick<'a>(&'a self, state: &'a mut GlobalReactorState) -> BoxFuture<'a, Result<Tick>>;
-    /// Asks the controller to finish.
-    fn async_stop(&self);
-    /// As [`Owner::set_tick_poke`].
-    fn set_tick_poke(&self, poke: TickPoke) {
-        let _ = poke;
-    }
-    /// The captures as of the last tick.
-    fn captures(&self) -> Vec<CaptureInfo>;
-}
-
-/// Builds controllers.
-pub trait ControllerFactory: Send + Sync {
-    /// A new controller for one term.
-    fn create(&self, context: ReactorContext) -> Arc<dyn Controller>;
-}
-
-/// The processor manager: runs on every capture.
-pub trait ProcessorManager: Send + Sync {
-    /// One pass over the cluster.
-    fn tick<'a>(&'a self, state: &'a mut GlobalReactorState) -> BoxFuture<'a, Result<Tick>>;
-    /// Stops every processor; called first on every exit of the incarnation.
-    fn close(&self) -> BoxFuture<'_, ()>;
-    /// Appends a human-readable dump.
-    fn write_debug_info(&self, out: &mut String);
-    /// As [`Owner::set_tick_poke`].
-    fn set_tick_poke(&self, poke: TickPoke) {
-        let _ = poke;
-    }
-}
-
-/// Builds processor managers.
-pub trait ProcessorManagerFactory: Send + Sync {
-    /// A new manager for one incarnation.
-    fn create(
-        &self,
-        context: ReactorContext,
-        liveness: Arc<AtomicLiveness>,
-    ) -> Arc<dyn ProcessorManager>;
-}
-
-/// The factories the binary uses.
+/// Reactors that coordinate no work: the controller the binary runs, and an owner and a
+/// processor manager for tests that need a cluster without changefeeds.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct MinimalReactors;
 
@@ -137,9 +39,8 @@ impl OwnerFactory for MinimalReactors {
 }
 
 impl ControllerFactory for MinimalReactors {
-    fn create(&self, context: ReactorContext) -> Arc<dyn Controller> {
+    fn create(&self, _context: ReactorContext) -> Arc<dyn Controller> {
         Arc::new(MinimalController {
-            context,
             stopped: AtomicBool::new(false),
             captures: Mutex::new(Vec::new()),
             poke: PokeSlot::default(),
@@ -160,42 +61,6 @@ impl ProcessorManagerFactory for MinimalReactors {
             closed: AtomicBool::new(false),
             poke: PokeSlot::default(),
         })
-    }
-}
-
-/// The default upstream of this cluster: the etcd (PD) cluster ID and endpoints.
-pub(crate) fn default_upstream(etcd: &CdcEtcdClient, pd_endpoints: &str) -> UpstreamInfo {
-    UpstreamInfo {
-        id: etcd.etcd_cluster_id(),
-        pd_endpoints: pd_endpoints.to_owned(),
-        key_path: String::new(),
-        cert_path: String::new(),
-        ca_path: String::new(),
-        cert_allowed_cn: None,
-    }
-}
-
-/// The tick poke of a reactor's current worker, set when the worker starts.
-#[derive(Default)]
-struct PokeSlot(Mutex<Option<TickPoke>>);
-
-impl PokeSlot {
-    fn set(&self, poke: TickPoke) {
-        *self
-            .0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(poke);
-    }
-
-    /// Asks the worker for a tick; a reactor whose worker has not started ticks first anyway.
-    fn poke(&self) {
-        if let Some(poke) = &*self
-            .0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-        {
-            poke.poke();
-        }
     }
 }
 
@@ -247,7 +112,6 @@ impl Owner for MinimalOwner {
 
 /// Keeps the capture list and reports joins and leaves.
 struct MinimalController {
-    context: ReactorContext,
     stopped: AtomicBool,
     captures: Mutex<Vec<CaptureInfo>>,
     poke: PokeSlot,
@@ -271,8 +135,6 @@ impl Controller for MinimalController {
                 for capture in known.iter().filter(|c| !current.contains(c)) {
                     info!(capture_id = %capture.id, "capture left");
                 }
-                let n_captures = i64::try_from(current.len()).unwrap_or(i64::MAX);
-                self.context.metrics.captures.set(n_captures);
                 *known = current;
             }
             // The capture list only changes with the keys.
@@ -295,23 +157,6 @@ impl Controller for MinimalController {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone()
     }
-}
-
-/// A read-only patch on this capture's raw key (TiCDC's `check_capture_alive`): when the key
-/// is absent or empty at commit time, the worker fails with `ErrLeaseExpired`. It reads the
-/// raw key, not `GlobalReactorState::captures`, which keeps a vanished capture for the removal
-/// delay.
-pub(crate) fn check_capture_alive(cluster_id: &str, capture_id: &str) -> SingleDataPatch {
-    let capture_id = capture_id.to_owned();
-    SingleDataPatch::new(
-        key::capture_key(cluster_id, &capture_id),
-        move |old| match old {
-            None | Some([]) => Err(cdc_orchestrator::Error::LeaseExpired {
-                capture_id: capture_id.clone(),
-            }),
-            Some(_) => Ok(PatchOutcome::Unchanged),
-        },
-    )
 }
 
 /// Checks every tick that this capture is still in the cluster (`check_capture_alive`). Its
@@ -449,13 +294,20 @@ impl Reactor<CaptureState> for WorkerReactor {
             Ok(Tick::Finished) => Err(cdc_orchestrator::Error::ReactorFinished),
             Err(err) => {
                 let nearest = match &err {
-                    Error::LeaseExpired => cdc_orchestrator::Error::LeaseExpired {
+                    cdc_reactor::Error::Orchestrator(cdc_orchestrator::Error::LeaseExpired {
+                        ..
+                    }) => cdc_orchestrator::Error::LeaseExpired {
                         capture_id: self.capture_id.clone(),
                     },
-                    Error::NotOwner => cdc_orchestrator::Error::NotOwner,
-                    Error::SessionDone => cdc_orchestrator::Error::SessionDone,
+                    cdc_reactor::Error::Orchestrator(cdc_orchestrator::Error::NotOwner) => {
+                        cdc_orchestrator::Error::NotOwner
+                    }
+                    cdc_reactor::Error::Orchestrator(cdc_orchestrator::Error::SessionDone) => {
+                        cdc_orchestrator::Error::SessionDone
+                    }
                     _ => cdc_orchestrator::Error::Cancelled,
                 };
+                let err = Error::from(err);
                 self.failure = Some(err);
                 Err(nearest)
             }

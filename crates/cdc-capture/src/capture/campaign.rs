@@ -251,7 +251,10 @@ struct ConfirmingOwner {
 }
 
 impl Owner for ConfirmingOwner {
-    fn tick<'a>(&'a self, state: &'a mut GlobalReactorState) -> BoxFuture<'a, Result<Tick>> {
+    fn tick<'a>(
+        &'a self,
+        state: &'a mut GlobalReactorState,
+    ) -> BoxFuture<'a, cdc_reactor::Result<Tick>> {
         self.confirmed
             .send_if_modified(|confirmed| !std::mem::replace(confirmed, true));
         self.owner.tick(state)
@@ -259,6 +262,14 @@ impl Owner for ConfirmingOwner {
 
     fn async_stop(&self) {
         self.owner.async_stop();
+    }
+
+    fn set_tick_poke(&self, poke: cdc_orchestrator::TickPoke) {
+        self.owner.set_tick_poke(poke);
+    }
+
+    fn api(&self) -> Option<Arc<dyn OwnerApi>> {
+        self.owner.api()
     }
 }
 
@@ -269,7 +280,10 @@ struct ConfirmingController {
 }
 
 impl Controller for ConfirmingController {
-    fn tick<'a>(&'a self, state: &'a mut GlobalReactorState) -> BoxFuture<'a, Result<Tick>> {
+    fn tick<'a>(
+        &'a self,
+        state: &'a mut GlobalReactorState,
+    ) -> BoxFuture<'a, cdc_reactor::Result<Tick>> {
         self.confirmed
             .send_if_modified(|confirmed| !std::mem::replace(confirmed, true));
         self.controller.tick(state)
@@ -277,6 +291,10 @@ impl Controller for ConfirmingController {
 
     fn async_stop(&self) {
         self.controller.async_stop();
+    }
+
+    fn set_tick_poke(&self, poke: cdc_orchestrator::TickPoke) {
+        self.controller.set_tick_poke(poke);
     }
 
     fn captures(&self) -> Vec<CaptureInfo> {

@@ -98,7 +98,7 @@ impl Capture {
         tasks.spawn({
             let pool = Arc::clone(&incarnation.init_pool);
             let group = group.clone();
-            async move { pool.run(&group).await }
+            async move { pool.run(&group).await.map_err(Error::from) }
         });
         let mut first_error: Option<Error> = None;
         while let Some(joined) = tasks.join_next().await {
@@ -219,7 +219,7 @@ impl Capture {
             Err(err) => reactor
                 .failure
                 .take()
-                .unwrap_or_else(|| from_worker_error(err)),
+                .unwrap_or_else(|| Error::from_worker(err)),
         };
         match err {
             Error::SessionDone | Error::LeaseExpired => {
@@ -288,15 +288,5 @@ fn group_error_rank(err: &Error) -> u8 {
         1
     } else {
         2
-    }
-}
-
-fn from_worker_error(err: cdc_orchestrator::Error) -> Error {
-    match err {
-        cdc_orchestrator::Error::NotOwner => Error::NotOwner,
-        cdc_orchestrator::Error::SessionDone => Error::SessionDone,
-        cdc_orchestrator::Error::LeaseExpired { .. } => Error::LeaseExpired,
-        cdc_orchestrator::Error::Cancelled => Error::Cancelled,
-        other => Error::Orchestrator(other),
     }
 }

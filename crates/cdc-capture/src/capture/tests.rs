@@ -15,7 +15,7 @@ use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
 use super::*;
-use crate::reactor::Tick;
+use cdc_reactor::Tick;
 
 const CLUSTER: &str = "capture-test";
 
@@ -185,11 +185,14 @@ impl ElectionFactory for Elections {
 struct OwnerDouble {
     created: AtomicBool,
     stopped: AtomicBool,
-    fails_with: Option<fn() -> Error>,
+    fails_with: Option<fn() -> cdc_reactor::Error>,
 }
 
 impl Owner for OwnerDouble {
-    fn tick<'a>(&'a self, _state: &'a mut GlobalReactorState) -> BoxFuture<'a, Result<Tick>> {
+    fn tick<'a>(
+        &'a self,
+        _state: &'a mut GlobalReactorState,
+    ) -> BoxFuture<'a, cdc_reactor::Result<Tick>> {
         Box::pin(async move {
             if let Some(error) = self.fails_with {
                 return Err(error());
@@ -488,11 +491,14 @@ fn unavailable() -> cdc_etcd::Error {
 }
 
 impl ProcessorManager for UnavailableProcessor {
-    fn tick<'a>(&'a self, _state: &'a mut GlobalReactorState) -> BoxFuture<'a, Result<Tick>> {
+    fn tick<'a>(
+        &'a self,
+        _state: &'a mut GlobalReactorState,
+    ) -> BoxFuture<'a, cdc_reactor::Result<Tick>> {
         Box::pin(async move {
             self.ticked.notify_one();
             self.go.notified().await;
-            Err(Error::Etcd(unavailable()))
+            Err(cdc_reactor::Error::Etcd(unavailable()))
         })
     }
 
@@ -683,13 +689,15 @@ async fn drain_waits_for_a_resign_under_way() {
 }
 
 /// Errors no restart can cure, as a reactor's tick may return them.
-fn fatal_errors() -> [fn() -> Error; 2] {
+fn fatal_errors() -> [fn() -> cdc_reactor::Error; 2] {
     [
-        || Error::Orchestrator(cdc_orchestrator::Error::TxnSizeExceed { size: 2, max: 1 }),
-        || Error::MetaVersionTooNew {
-            found: 2,
-            supported: 1,
+        || {
+            cdc_reactor::Error::Orchestrator(cdc_orchestrator::Error::TxnSizeExceed {
+                size: 2,
+                max: 1,
+            })
         },
+        || cdc_reactor::Error::reactor("changefeed state", std::io::Error::other("bad"), false),
     ]
 }
 
@@ -722,7 +730,7 @@ async fn a_fatal_owner_error_ends_the_capture() {
         let capture = capture(&server, &etcd, parts);
         let (_cancel, run) = spawn_run(&capture);
         let err = run_result(run).await.unwrap_err();
-        let expected = fails_with();
+        let expected = Error::from(fails_with());
         assert_eq!(err.to_string(), expected.to_string(), "{err:?}");
         assert!(!err.restarts_capture(), "{err:?}");
         assert_eq!(capture.metrics().restarts.get(), 0);
@@ -735,11 +743,14 @@ async fn a_fatal_owner_error_ends_the_capture() {
 
 /// A processor manager whose ticks fail with `fails_with`.
 struct FailingProcessor {
-    fails_with: fn() -> Error,
+    fails_with: fn() -> cdc_reactor::Error,
 }
 
 impl ProcessorManager for FailingProcessor {
-    fn tick<'a>(&'a self, _state: &'a mut GlobalReactorState) -> BoxFuture<'a, Result<Tick>> {
+    fn tick<'a>(
+        &'a self,
+        _state: &'a mut GlobalReactorState,
+    ) -> BoxFuture<'a, cdc_reactor::Result<Tick>> {
         Box::pin(async move { Err((self.fails_with)()) })
     }
 
