@@ -1,0 +1,1 @@
+//! Tests of the processor manager against a real etcd.
