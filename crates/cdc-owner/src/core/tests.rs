@@ -1,0 +1,447 @@
+//! Tests of the owner tick on a real etcd worker, with in-process agents.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use cdc_etcd::testing::EtcdServer;
+use cdc_etcd::{EtcdClient, GetOptions};
+use cdc_model::{CaptureInfo, GoTime};
+use cdc_orchestrator::{EtcdWorker, NextTick, Reactor};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::fake_agent::FakeAgent;
+use crate::feed::RetryPolicy;
+
+const CLUSTER: &str = "default";
+const OWNER: &str = "c1";
+const OTHER: &str = "c2";
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// What the test watches.
+#[derive(Debug, Clone, Default)]
+struct Observed {
+    ticks: u64,
+    all_replicating: bool,
+    /// Spans running per capture.
+    running: BTreeMap<CaptureId, usize>,
+}
+
+struct TestReactor {
+    core: OwnerCore,
+    agents: BTreeMap<CaptureId, FakeAgent>,
+    inbox: Vec<ToOwner>,
+    requests: mpsc::Receiver<Request>,
+    started: Instant,
+    observed: watch::Sender<Observed>,
+}
+
+impl Reactor<GlobalReactorState> for TestReactor {
+    async fn tick(&mut self, state: &mut GlobalReactorState) -> cdc_orchestrator::Result<NextTick> {
+        let mut requests = Vec::new();
+        while let Ok(request) = self.requests.try_recv() {
+            requests.push(request);
+        }
+        let output = self.core.tick(
+            state,
+            self.started.elapsed(),
+            Utc::now(),
+            std::mem::take(&mut self.inbox),
+            requests,
+        );
+        for message in output.messages {
+            if let Some(agent) = self.agents.get_mut(&message.to) {
+                self.inbox.extend(agent.handle(message));
+            }
+        }
+        let all_replicating = self.core.coordinator().is_all_replicating();
+        let running = self
+            .agents
+            .iter()
+            .map(|(capture_id, agent)| (capture_id.clone(), agent.running.len()))
+            .collect();
+        self.observed.send_modify(|observed| {
+            observed.ticks += 1;
+            observed.all_replicating = all_replicating;
+            observed.running = running;
+        });
+        Ok(NextTick::After(Duration::from_millis(20)))
+    }
+}
+
+struct Harness {
+    _etcd: EtcdServer,
+    client: EtcdClient,
+    requests: mpsc::Sender<Request>,
+    observed: watch::Receiver<Observed>,
+    progress: Arc<AtomicU64>,
+    cancel: CancellationToken,
+    worker: tokio::task::JoinHandle<cdc_orchestrator::Result<GlobalReactorState>>,
+}
+
+impl Harness {
+    async fn start() -> Harness {
+        let etcd = EtcdServer::start().await.expect("start etcd");
+        let client = etcd.client().await.unwrap();
+        for capture_id in [OWNER, OTHER] {
+            let info = CaptureInfo {
+                id: capture_id.to_owned(),
+                address: format!("{capture_id}:8300"),
+                ..CaptureInfo::default()
+            };
+            client
+                .put(
+                    key::capture_key(CLUSTER, capture_id),
+                    cdc_model::to_go_json(&info).unwrap(),
+                    0,
+                )
+                .await
+                .unwrap();
+        }
+        let progress = Arc::new(AtomicU64::new(0));
+        let agents = [OWNER, OTHER]
+            .into_iter()
+            .map(|c| (c.to_owned(), FakeAgent::new(c, progress.clone())))
+            .collect();
+        let config = OwnerConfig {
+            checkpoint_interval: Duration::ZERO,
+            retry: RetryPolicy {
+                backoff_initial: Duration::from_millis(100),
+                backoff_max: Duration::from_millis(200),
+                retry_budget: Duration::from_secs(60),
+            },
+            ..OwnerConfig::default()
+        };
+        let upstream = UpstreamInfo {
+            id: 7,
+            pd_endpoints: etcd.endpoint(),
+            ..UpstreamInfo::default()
+        };
+        let core = OwnerCore::new(OWNER.to_owned(), 1, config, upstream).unwrap();
+        let (requests_tx, requests_rx) = mpsc::channel(16);
+        let (observed_tx, observed_rx) = watch::channel(Observed::default());
+        let mut reactor = TestReactor {
+            core,
+            agents,
+            inbox: Vec::new(),
+            requests: requests_rx,
+            started: Instant::now(),
+            observed: observed_tx,
+        };
+        let cancel = CancellationToken::new();
+        let worker = {
+            let client = client.clone();
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                EtcdWorker::new(client, key::base_key(CLUSTER))
+                    .run(
+                        &mut reactor,
+                        GlobalReactorState::new(CLUSTER, 10),
+                        Duration::from_millis(10),
+                        &cancel,
+                    )
+                    .await
+            })
+        };
+        Harness {
+            _etcd: etcd,
+            client,
+            requests: requests_tx,
+            observed: observed_rx,
+            progress,
+            cancel,
+            worker,
+        }
+    }
+
+    async fn ask(&self, job: Job) -> Reply {
+        let (reply, answer) = oneshot::channel();
+        self.requests.send(Request { job, reply }).await.unwrap();
+        tokio::time::timeout(DEADLINE, answer)
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
+    async fn wait_for(&mut self, what: &str, mut check: impl FnMut(&Observed) -> bool) {
+        let waited = tokio::time::timeout(DEADLINE, self.observed.wait_for(|o| check(o)))
+            .await
+            .map(|result| result.map(drop));
+        match waited {
+            Ok(result) => result.unwrap(),
+            Err(_) => panic!(
+                "timed out waiting for {what}: {:?}",
+                *self.observed.borrow()
+            ),
+        }
+    }
+
+    async fn get(&self, key: String) -> Option<cdc_etcd::KeyValue> {
+        self.client
+            .get(key, GetOptions::default())
+            .await
+            .unwrap()
+            .kvs
+            .into_iter()
+            .next()
+    }
+
+    async fn status(&self, id: &ChangeFeedId) -> (ChangeFeedStatus, i64) {
+        let kv = self
+            .get(key::changefeed_status_key(CLUSTER, id))
+            .await
+            .expect("the status exists");
+        (cdc_model::from_json(&kv.value).unwrap(), kv.version)
+    }
+
+    async fn info(&self, id: &ChangeFeedId) -> Option<ChangeFeedInfo> {
+        self.get(key::changefeed_info_key(CLUSTER, id))
+            .await
+            .map(|kv| cdc_model::from_json(&kv.value).unwrap())
+    }
+
+    /// Waits until `check` holds for the stored status, polling etcd (bounded).
+    async fn wait_status(&self, id: &ChangeFeedId, check: impl Fn(&ChangeFeedStatus) -> bool) {
+        let started = Instant::now();
+        loop {
+            let (status, _) = self.status(id).await;
+            if check(&status) {
+                return;
+            }
+            assert!(started.elapsed() < DEADLINE, "status stuck at {status:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until `check` holds for the stored info, polling etcd (bounded).
+    async fn wait_info(&self, id: &ChangeFeedId, check: impl Fn(&ChangeFeedInfo) -> bool) {
+        let started = Instant::now();
+        loop {
+            let info = self.info(id).await.expect("the info exists");
+            if check(&info) {
+                return;
+            }
+            assert!(started.elapsed() < DEADLINE, "info stuck at {info:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn stop(self) {
+        self.cancel.cancel();
+        let _ = self.worker.await.unwrap();
+    }
+}
+
+fn new_info(id: &ChangeFeedId, start_ts: u64) -> ChangeFeedInfo {
+    let spec = ReplicaSpec {
+        rules: vec!["/a/".to_owned(), "/b/".to_owned()],
+        spans_per_prefix: 2,
+        split_keys: vec![vec![b"/a/m".to_vec()], vec![b"/b/m".to_vec()]],
+        ..ReplicaSpec::default()
+    };
+    ChangeFeedInfo {
+        upstream_id: 7,
+        namespace: id.namespace.clone(),
+        changefeed_id: id.id.clone(),
+        sink_uri: "blackhole://".to_owned(),
+        create_time: GoTime::from_datetime(Utc::now().fixed_offset()),
+        start_ts,
+        sort_engine: "unified".to_owned(),
+        config: Some(spec.new_config()),
+        state: FeedState::Normal,
+        ..ChangeFeedInfo::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_schedule_checkpoint_pause_and_drain_on_a_real_etcd() {
+    let mut harness = Harness::start().await;
+    let id = ChangeFeedId::default_namespace("cf1");
+    harness.progress.store(100, Ordering::SeqCst);
+
+    // Create: info and status in one transaction (the same mod revision).
+    let (status, body) = harness
+        .ask(Job::Create {
+            info: Box::new(new_info(&id, 100)),
+            upstream: UpstreamInfo {
+                id: 7,
+                ..UpstreamInfo::default()
+            },
+        })
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["id"], json!("cf1"));
+    assert_eq!(body["spans"].as_array().map(Vec::len), Some(4));
+    harness
+        .wait_for("the changefeed to replicate", |o| o.all_replicating)
+        .await;
+    let info_kv = harness
+        .get(key::changefeed_info_key(CLUSTER, &id))
+        .await
+        .unwrap();
+    let status_kv = harness
+        .get(key::changefeed_status_key(CLUSTER, &id))
+        .await
+        .unwrap();
+    assert_eq!(info_kv.mod_revision, status_kv.mod_revision);
+    // A second create of the same ID is refused.
+    let (status, body) = harness
+        .ask(Job::Create {
+            info: Box::new(new_info(&id, 100)),
+            upstream: UpstreamInfo {
+                id: 7,
+                ..UpstreamInfo::default()
+            },
+        })
+        .await;
+    assert_eq!(status, 409, "{body}");
+
+    // Spread evenly over the two captures.
+    harness
+        .wait_for("a 2/2 spread", |o| {
+            o.running.get(OWNER) == Some(&2) && o.running.get(OTHER) == Some(&2)
+        })
+        .await;
+    let (status, body) = harness.ask(Job::Get(id.clone())).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body["task_status"].as_array().map(Vec::len),
+        Some(2),
+        "{body}"
+    );
+
+    // The checkpoint follows the spans, and an unchanged one is not written again.
+    harness.progress.store(150, Ordering::SeqCst);
+    harness.wait_status(&id, |s| s.checkpoint_ts == 150).await;
+    let (_, version) = harness.status(&id).await;
+    let ticks = harness.observed.borrow().ticks;
+    harness
+        .wait_for("twenty more ticks", |o| o.ticks >= ticks + 20)
+        .await;
+    assert_eq!(harness.status(&id).await.1, version);
+
+    // Drain the other capture: its spans move to the owner's.
+    let (status, body) = harness.ask(Job::Drain(OTHER.to_owned())).await;
+    assert_eq!(status, 202, "{body}");
+    harness
+        .wait_for("the drained capture to be empty", |o| {
+            o.running.get(OTHER) == Some(&0) && o.running.get(OWNER) == Some(&4)
+        })
+        .await;
+    let (status, body) = harness.ask(Job::Drain(OTHER.to_owned())).await;
+    assert_eq!((status, body), (202, json!({"current_table_count": 0})));
+    let (status, _) = harness.ask(Job::Drain(OWNER.to_owned())).await;
+    assert_eq!(status, 400);
+
+    // Pause stops every span and stores the state.
+    let (status, _) = harness
+        .ask(Job::Admin {
+            id: id.clone(),
+            job: AdminJob::Pause,
+        })
+        .await;
+    assert_eq!(status, 200);
+    harness
+        .wait_for("the spans to stop", |o| o.running.values().all(|n| *n == 0))
+        .await;
+    harness
+        .wait_info(&id, |info| {
+            info.state == FeedState::Stopped && info.admin_job_type == AdminJobType::Stop
+        })
+        .await;
+    assert_eq!(
+        harness.status(&id).await.0.admin_job_type,
+        AdminJobType::Stop
+    );
+
+    // Remove deletes info and status.
+    let (status, _) = harness
+        .ask(Job::Admin {
+            id: id.clone(),
+            job: AdminJob::Remove,
+        })
+        .await;
+    assert_eq!(status, 200);
+    let started = Instant::now();
+    while harness.info(&id).await.is_some() {
+        assert!(started.elapsed() < DEADLINE, "the info stays");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        harness
+            .get(key::changefeed_status_key(CLUSTER, &id))
+            .await
+            .is_none()
+    );
+    let (status, _) = harness.ask(Job::Get(id.clone())).await;
+    assert_eq!(status, 404);
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_processor_error_pauses_the_changefeed_then_it_retries() {
+    let mut harness = Harness::start().await;
+    let id = ChangeFeedId::default_namespace("cf2");
+    let (status, _) = harness
+        .ask(Job::Create {
+            info: Box::new(new_info(&id, 10)),
+            upstream: UpstreamInfo {
+                id: 7,
+                ..UpstreamInfo::default()
+            },
+        })
+        .await;
+    assert_eq!(status, 200);
+    harness
+        .wait_for("the changefeed to replicate", |o| o.all_replicating)
+        .await;
+    // A processor reports an error in its task position.
+    let position = cdc_model::TaskPosition {
+        error: Some(cdc_model::RunningError {
+            code: "CDC:ErrSinkFailed".to_owned(),
+            message: "boom".to_owned(),
+            ..cdc_model::RunningError::default()
+        }),
+        ..cdc_model::TaskPosition::default()
+    };
+    let position_key = key::CdcKey {
+        cluster_id: CLUSTER.to_owned(),
+        kind: key::CdcKeyKind::TaskPosition {
+            namespace: id.namespace.clone(),
+            capture_id: OTHER.to_owned(),
+            changefeed_id: id.id.clone(),
+        },
+    }
+    .to_string();
+    harness
+        .client
+        .put(
+            position_key.clone(),
+            cdc_model::to_go_json(&position).unwrap(),
+            0,
+        )
+        .await
+        .unwrap();
+    harness
+        .wait_for("the spans to stop", |o| o.running.values().all(|n| *n == 0))
+        .await;
+    // The error was taken from the position and stored in the info.
+    harness
+        .wait_info(&id, |info| {
+            info.error.as_ref().map(|e| e.code.as_str()) == Some("CDC:ErrSinkFailed")
+        })
+        .await;
+    // After the backoff, it runs again.
+    harness
+        .wait_for("the retry", |o| {
+            o.all_replicating && o.running.values().sum::<usize>() == 4
+        })
+        .await;
+    let position: cdc_model::TaskPosition =
+        cdc_model::from_json(&harness.get(position_key).await.unwrap().value).unwrap();
+    assert_eq!(position.error, None);
+    harness.stop().await;
+}

@@ -1,0 +1,569 @@
+//! The owner on a capture: [`OwnerReactors`] builds one [`Owner`] per term, which runs
+//! [`OwnerCore`] on the capture's fenced etcd worker, carries the scheduler's messages over p2p
+//! and serves the changefeed API (TiCDC's `cdc/owner/owner.go` and `cdc/api/v2/changefeed.go`
+//! in pingcap/tiflow).
+//!
+//! Messages from the agents and API requests wait in bounded channels; the p2p handler and the
+//! API poke the worker, and both are handled inside the next tick. A full message channel drops
+//! and counts: the heartbeats repair lost messages, and the p2p worker is never blocked.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cdc_etcd::{ConnectConfig, EtcdClient, GetOptions};
+use cdc_model::{AdminJobType, ChangeFeedInfo, ErrorReport, FeedState, GoTime, UpstreamInfo};
+use cdc_orchestrator::GlobalReactorState;
+use cdc_p2p::{Json, NamedTopic};
+use cdc_reactor::{
+    ApiRequest, ApiResponse, Owner, OwnerApi, OwnerFactory, PokeSlot, ReactorContext, Tick,
+};
+use cdc_scheduler::{ToAgent, ToOwner};
+use chrono::Utc;
+use futures::future::BoxFuture;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::api::{self, ApiError, Route};
+use crate::config::OwnerConfig;
+use crate::core::{Job, OwnerCore, Reply, Request};
+use crate::error::{Error, Result};
+use crate::feed::AdminJob;
+use crate::replica::ReplicaSpec;
+use crate::spans::{choose_split_keys, prefix_range_end};
+
+/// The topic of the owner's messages to the agents.
+pub const TO_AGENT_TOPIC: &str = "scheduler/to-agent";
+/// The topic of the agents' messages to the owner.
+pub const TO_OWNER_TOPIC: &str = "scheduler/to-owner";
+
+/// The typed topic of [`TO_AGENT_TOPIC`].
+pub fn to_agent_topic() -> NamedTopic<ToAgent, Json> {
+    NamedTopic::new(TO_AGENT_TOPIC)
+}
+
+/// The typed topic of [`TO_OWNER_TOPIC`].
+pub fn to_owner_topic() -> NamedTopic<ToOwner, Json> {
+    NamedTopic::new(TO_OWNER_TOPIC)
+}
+
+/// How long an API request waits for the owner's tick.
+const API_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long registering or removing the p2p handler may take.
+const HANDLER_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most messages one tick takes from the channel (the rest wait for the next tick).
+const MAX_MESSAGES_PER_TICK: usize = 65_536;
+
+/// Builds the owner of each term.
+#[derive(Debug, Clone)]
+pub struct OwnerReactors {
+    config: OwnerConfig,
+}
+
+impl OwnerReactors {
+    /// The factory of owners with `config`, validated.
+    pub fn new(config: OwnerConfig) -> Result<OwnerReactors> {
+        config.validate()?;
+        Ok(OwnerReactors { config })
+    }
+}
+
+impl OwnerFactory for OwnerReactors {
+    fn create(&self, context: ReactorContext) -> Arc<dyn Owner> {
+        Arc::new(EtcdOwner::new(context, self.config.clone()))
+    }
+}
+
+/// Wraps an owner error for the capture: a new incarnation may recover from every error but a
+/// bad configuration.
+fn reactor_error(err: Error) -> cdc_reactor::Error {
+    let restarts_capture = match &err {
+        Error::InvalidConfig { .. } | Error::Scheduler(_) => false,
+        Error::Etcd(_) | Error::P2p(_) | Error::Model(_) | Error::Cancelled => true,
+    };
+    cdc_reactor::Error::reactor("owner", err, restarts_capture)
+}
+
+struct EtcdOwner {
+    context: ReactorContext,
+    core: Mutex<std::result::Result<OwnerCore, Option<Error>>>,
+    messages_tx: mpsc::Sender<ToOwner>,
+    messages_rx: Mutex<mpsc::Receiver<ToOwner>>,
+    requests_rx: Mutex<mpsc::Receiver<Request>>,
+    api: Arc<ApiServer>,
+    poke: Arc<PokeSlot>,
+    stopped: AtomicBool,
+    handler_registered: AtomicBool,
+    dropped_messages: Arc<AtomicU64>,
+    started: Instant,
+}
+
+impl EtcdOwner {
+    fn new(context: ReactorContext, config: OwnerConfig) -> EtcdOwner {
+        let default_upstream = cdc_reactor::default_upstream(&context.etcd, &context.pd_endpoints);
+        let (messages_tx, messages_rx) = mpsc::channel(config.message_queue);
+        let (requests_tx, requests_rx) = mpsc::channel(config.api_queue);
+        let poke = Arc::new(PokeSlot::default());
+        let core = OwnerCore::new(
+            context.capture_id.clone(),
+            context.owner_revision,
+            config,
+            default_upstream,
+        )
+        .map_err(Some);
+        let api = Arc::new(ApiServer {
+            context: context.clone(),
+            requests_tx,
+            poke: poke.clone(),
+        });
+        EtcdOwner {
+            context,
+            core: Mutex::new(core),
+            messages_tx,
+            messages_rx: Mutex::new(messages_rx),
+            requests_rx: Mutex::new(requests_rx),
+            api,
+            poke,
+            stopped: AtomicBool::new(false),
+            handler_registered: AtomicBool::new(false),
+            dropped_messages: Arc::new(AtomicU64::new(0)),
+            started: Instant::now(),
+        }
+    }
+
+    /// Registers the handler of the agents' messages (a former term's is removed first).
+    async fn register_handler(&self) -> Result<()> {
+        let cancel = CancellationToken::new();
+        let server = &self.context.message_server;
+        let registered = tokio::time::timeout(HANDLER_TIMEOUT, async {
+            server.remove_handler(TO_OWNER_TOPIC, &cancel).await?;
+            let messages_tx = self.messages_tx.clone();
+            let poke = self.poke.clone();
+            let dropped = self.dropped_messages.clone();
+            let _errors = server
+                .add_handler(
+                    &to_owner_topic(),
+                    move |_sender, message: ToOwner| {
+                        match messages_tx.try_send(message) {
+                            Ok(()) => poke.poke(),
+                            Err(mpsc::error::TrySendError::Full(_)) => {
+                                let n = dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                                if n.is_power_of_two() {
+                                    warn!(dropped = n, "owner message queue full, dropping");
+                                }
+                                poke.poke();
+                            }
+                            Err(mpsc::error::TrySendError::Closed(_)) => {}
+                        }
+                        std::future::ready(Ok(()))
+                    },
+                    &cancel,
+                )
+                .await?;
+            Ok::<(), cdc_p2p::Error>(())
+        })
+        .await;
+        match registered {
+            Ok(Ok(())) => {
+                self.handler_registered.store(true, Ordering::SeqCst);
+                Ok(())
+            }
+            Ok(Err(err)) => Err(Error::P2p(err)),
+            Err(_) => Err(Error::P2p(cdc_p2p::Error::ServerClosed)),
+        }
+    }
+
+    /// Removes the handler at the end of the term (bounded).
+    async fn remove_handler(&self) {
+        if !self.handler_registered.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        let cancel = CancellationToken::new();
+        let removed = tokio::time::timeout(
+            HANDLER_TIMEOUT,
+            self.context
+                .message_server
+                .remove_handler(TO_OWNER_TOPIC, &cancel),
+        )
+        .await;
+        match removed {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                warn!(error = %ErrorReport(&err), "cannot remove the owner's message handler")
+            }
+            Err(_) => warn!("removing the owner's message handler timed out"),
+        }
+    }
+
+    fn send(&self, messages: Vec<ToAgent>) {
+        let topic = to_agent_topic();
+        for message in messages {
+            let Some(client) = self.context.router.client(&message.to) else {
+                debug!(to = message.to, "no route to the capture, message dropped");
+                continue;
+            };
+            let to = message.to.clone();
+            if let Err(err) = client.try_send_message(&topic, message) {
+                debug!(to, error = %ErrorReport(&err), "message to the agent dropped");
+            }
+        }
+    }
+}
+
+impl Owner for EtcdOwner {
+    fn tick<'a>(
+        &'a self,
+        state: &'a mut GlobalReactorState,
+    ) -> BoxFuture<'a, cdc_reactor::Result<Tick>> {
+        Box::pin(async move {
+            if self.stopped.load(Ordering::SeqCst) {
+                self.remove_handler().await;
+                return Ok(Tick::Finished);
+            }
+            if !self.handler_registered.load(Ordering::SeqCst) {
+                self.register_handler().await.map_err(reactor_error)?;
+                info!(
+                    capture_id = self.context.capture_id,
+                    owner_revision = self.context.owner_revision,
+                    "owner started"
+                );
+            }
+            let mut messages = Vec::new();
+            {
+                let mut rx = self
+                    .messages_rx
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                while messages.len() < MAX_MESSAGES_PER_TICK {
+                    match rx.try_recv() {
+                        Ok(message) => messages.push(message),
+                        Err(_) => break,
+                    }
+                }
+            }
+            let mut requests = Vec::new();
+            {
+                let mut rx = self
+                    .requests_rx
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                while let Ok(request) = rx.try_recv() {
+                    requests.push(request);
+                }
+            }
+            let output = {
+                let mut core = self
+                    .core
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                let core = match &mut *core {
+                    Ok(core) => core,
+                    Err(err) => {
+                        let err = err.take().unwrap_or(Error::Cancelled);
+                        return Err(reactor_error(err));
+                    }
+                };
+                core.tick(
+                    state,
+                    self.started.elapsed(),
+                    Utc::now(),
+                    messages,
+                    requests,
+                )
+            };
+            self.send(output.messages);
+            Ok(Tick::After(output.next))
+        })
+    }
+
+    fn async_stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        self.poke.poke();
+    }
+
+    fn set_tick_poke(&self, poke: cdc_orchestrator::TickPoke) {
+        self.poke.set(poke);
+    }
+
+    fn api(&self) -> Option<Arc<dyn OwnerApi>> {
+        Some(self.api.clone())
+    }
+}
+
+/// An upstream and a client of it.
+struct Upstream {
+    info: UpstreamInfo,
+    client: EtcdClient,
+}
+
+/// Serves the API: validates, does the IO a request needs (upstream revisions, key listings),
+/// then hands the request to the owner's tick.
+struct ApiServer {
+    context: ReactorContext,
+    requests_tx: mpsc::Sender<Request>,
+    poke: Arc<PokeSlot>,
+}
+
+impl OwnerApi for ApiServer {
+    fn serve(&self, request: ApiRequest) -> BoxFuture<'_, ApiResponse> {
+        Box::pin(async move {
+            let served = tokio::time::timeout(API_TIMEOUT, self.serve_request(request)).await;
+            let reply = match served {
+                Ok(Ok(reply)) => reply,
+                Ok(Err(err)) => (err.status, err.body()),
+                Err(_) => {
+                    let err = ApiError::internal("the request timed out");
+                    (err.status, err.body())
+                }
+            };
+            ApiResponse {
+                status: reply.0,
+                body: reply.1,
+            }
+        })
+    }
+}
+
+fn etcd_error(what: &str, err: &cdc_etcd::Error) -> ApiError {
+    ApiError::internal(format!("{what}: {}", ErrorReport(err)))
+}
+
+impl ApiServer {
+    async fn serve_request(&self, request: ApiRequest) -> std::result::Result<Reply, ApiError> {
+        let route = api::route(&request.method, &request.path)?;
+        let query = api::parse_query(&request.query);
+        let body = &request.body;
+        let job = match route {
+            Route::ListChangefeeds => Job::List {
+                state: query.get("state").cloned().unwrap_or_default(),
+                namespace: query.get("namespace").filter(|ns| !ns.is_empty()).cloned(),
+            },
+            Route::CreateChangefeed => self.prepare_create(api::parse_create(body)?).await?,
+            Route::GetChangefeed(id) => Job::Get(api::changefeed_id(&id, &query)?),
+            Route::UpdateChangefeed(id) => {
+                let id = api::changefeed_id(&id, &query)?;
+                let info = self.read_info(&id).await?;
+                let mut plan = api::parse_update(body, &info)?;
+                if let Some(spec) = &mut plan.spec {
+                    let upstream = self.upstream_of(&info).await?;
+                    choose_all_split_keys(&upstream.client, spec).await?;
+                }
+                Job::Update { id, plan }
+            }
+            Route::RemoveChangefeed(id) => Job::Admin {
+                id: api::changefeed_id(&id, &query)?,
+                job: AdminJob::Remove,
+            },
+            Route::PauseChangefeed(id) => Job::Admin {
+                id: api::changefeed_id(&id, &query)?,
+                job: AdminJob::Pause,
+            },
+            Route::ResumeChangefeed(id) => {
+                let id = api::changefeed_id(&id, &query)?;
+                let overwrite_checkpoint = api::parse_resume(body)?;
+                if let Some(checkpoint) = overwrite_checkpoint {
+                    let info = self.read_info(&id).await?;
+                    let upstream = self.upstream_of(&info).await?;
+                    check_revision(&upstream.client, "overwrite_checkpoint_ts", checkpoint).await?;
+                }
+                Job::Admin {
+                    id,
+                    job: AdminJob::Resume {
+                        overwrite_checkpoint,
+                    },
+                }
+            }
+            Route::ListProcessors => Job::ListProcessors,
+            Route::GetProcessor(changefeed, capture_id) => Job::GetProcessor {
+                changefeed: api::changefeed_id(&changefeed, &query)?,
+                capture_id,
+            },
+            Route::DrainCapture(capture_id) => Job::Drain(capture_id),
+        };
+        self.ask(job).await
+    }
+
+    async fn ask(&self, job: Job) -> std::result::Result<Reply, ApiError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests_tx
+            .try_send(Request { job, reply })
+            .map_err(|_| ApiError::owner_gone())?;
+        self.poke.poke();
+        answer.await.map_err(|_| ApiError::owner_gone())
+    }
+
+    async fn read_info(
+        &self,
+        id: &cdc_model::ChangeFeedId,
+    ) -> std::result::Result<ChangeFeedInfo, ApiError> {
+        let cancel = CancellationToken::new();
+        match self.context.etcd.get_changefeed_info(id, &cancel).await {
+            Ok(info) => Ok(info),
+            Err(cdc_etcd::Error::ChangeFeedNotExists { .. }) => {
+                Err(ApiError::changefeed_not_exists(id))
+            }
+            Err(err) => Err(etcd_error("read the changefeed", &err)),
+        }
+    }
+
+    fn default_upstream(&self) -> Upstream {
+        Upstream {
+            info: cdc_reactor::default_upstream(&self.context.etcd, &self.context.pd_endpoints),
+            client: self.context.etcd.client().clone(),
+        }
+    }
+
+    /// A client of the upstream at `addrs`, and its info.
+    async fn connect(&self, addrs: &[String]) -> std::result::Result<Upstream, ApiError> {
+        let client = EtcdClient::connect(addrs, ConnectConfig::default())
+            .await
+            .map_err(|err| ApiError::invalid_param(format!("pd_addrs: {}", ErrorReport(&err))))?;
+        let id = client
+            .cluster_id()
+            .await
+            .map_err(|err| ApiError::invalid_param(format!("pd_addrs: {}", ErrorReport(&err))))?;
+        Ok(Upstream {
+            info: UpstreamInfo {
+                id,
+                pd_endpoints: addrs.join(","),
+                ..UpstreamInfo::default()
+            },
+            client,
+        })
+    }
+
+    /// The upstream of a stored changefeed.
+    async fn upstream_of(&self, info: &ChangeFeedInfo) -> std::result::Result<Upstream, ApiError> {
+        let default = self.default_upstream();
+        if info.upstream_id == default.info.id {
+            return Ok(default);
+        }
+        let cancel = CancellationToken::new();
+        let upstream = self
+            .context
+            .etcd
+            .get_upstream_info(info.upstream_id, &info.namespace, &cancel)
+            .await
+            .map_err(|err| etcd_error("read the upstream", &err))?;
+        self.connect(&upstream.pd_endpoint_list()).await
+    }
+
+    /// Resolves the upstream, the start revision and the split keys of a create request.
+    async fn prepare_create(&self, plan: api::CreatePlan) -> std::result::Result<Job, ApiError> {
+        let upstream = match &plan.pd_addrs {
+            None => self.default_upstream(),
+            Some(addrs) => self.connect(addrs).await?,
+        };
+        let start_ts = if plan.start_ts == 0 {
+            current_revision(&upstream.client).await?
+        } else {
+            check_revision(&upstream.client, "start_ts", plan.start_ts).await?;
+            plan.start_ts
+        };
+        if plan.target_ts > 0 && plan.target_ts <= start_ts {
+            return Err(ApiError::invalid_param(format!(
+                "target_ts {} must be larger than start_ts {start_ts}",
+                plan.target_ts
+            )));
+        }
+        let mut spec = plan.spec;
+        choose_all_split_keys(&upstream.client, &mut spec).await?;
+        let now = Utc::now();
+        let info = ChangeFeedInfo {
+            upstream_id: upstream.info.id,
+            namespace: plan.id.namespace.clone(),
+            changefeed_id: plan.id.id.clone(),
+            sink_uri: plan.sink_uri,
+            create_time: GoTime::from_datetime(now.fixed_offset()),
+            start_ts,
+            target_ts: plan.target_ts,
+            admin_job_type: AdminJobType::Noop,
+            sort_engine: "unified".to_owned(),
+            config: Some(spec.new_config()),
+            state: FeedState::Normal,
+            creator_version: env!("CARGO_PKG_VERSION").to_owned(),
+            epoch: now
+                .timestamp_nanos_opt()
+                .and_then(|nanos| u64::try_from(nanos).ok())
+                .unwrap_or(0),
+            ..ChangeFeedInfo::default()
+        };
+        Ok(Job::Create {
+            info: Box::new(info),
+            upstream: upstream.info,
+        })
+    }
+}
+
+/// The upstream's current revision.
+async fn current_revision(client: &EtcdClient) -> std::result::Result<u64, ApiError> {
+    let options = GetOptions {
+        count_only: true,
+        ..GetOptions::default()
+    };
+    let response = client
+        .get(b"\0".to_vec(), options)
+        .await
+        .map_err(|err| etcd_error("read the upstream's revision", &err))?;
+    Ok(u64::try_from(response.revision).unwrap_or(0))
+}
+
+/// Refuses a revision ahead of the upstream's current one or already compacted.
+async fn check_revision(
+    client: &EtcdClient,
+    field: &str,
+    revision: u64,
+) -> std::result::Result<(), ApiError> {
+    let current = current_revision(client).await?;
+    if revision > current {
+        return Err(ApiError::invalid_param(format!(
+            "{field} {revision} is ahead of the upstream's current revision {current}"
+        )));
+    }
+    let options = GetOptions {
+        count_only: true,
+        revision: i64::try_from(revision).unwrap_or(i64::MAX),
+        ..GetOptions::default()
+    };
+    match client.get(b"\0".to_vec(), options).await {
+        Ok(_) => Ok(()),
+        Err(cdc_etcd::Error::Compacted { compacted, .. }) => {
+            Err(ApiError::compacted(field, revision, compacted))
+        }
+        Err(err) => Err(etcd_error("read the upstream at the revision", &err)),
+    }
+}
+
+/// Chooses the split keys of every prefix from the keys present now, when the spec asks for
+/// more than one span per prefix and has none yet.
+async fn choose_all_split_keys(
+    client: &EtcdClient,
+    spec: &mut ReplicaSpec,
+) -> std::result::Result<(), ApiError> {
+    if spec.spans_per_prefix <= 1 || !spec.split_keys.is_empty() {
+        return Ok(());
+    }
+    let mut split_keys = Vec::new();
+    for prefix in spec.prefixes() {
+        if prefix_range_end(&prefix).is_none() {
+            split_keys.push(Vec::new());
+            continue;
+        }
+        let options = GetOptions {
+            keys_only: true,
+            ..GetOptions::prefix()
+        };
+        let response = client
+            .get(prefix.clone(), options)
+            .await
+            .map_err(|err| etcd_error("list the prefix's keys", &err))?;
+        let keys: Vec<Vec<u8>> = response.kvs.into_iter().map(|kv| kv.key).collect();
+        split_keys.push(choose_split_keys(&prefix, &keys, spec.spans_per_prefix));
+    }
+    spec.split_keys = split_keys;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
