@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use cdc_capture::{CaptureParts, Config, Server};
+use cdc_owner::{OwnerConfig, OwnerReactors};
 use cdc_processor::{ProcessorConfig, ProcessorReactors};
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
@@ -102,7 +103,12 @@ async fn serve(config: Config) -> Result<()> {
         .validate()
         .context("the processor configuration")?;
     let processors = std::sync::Arc::new(ProcessorReactors::new(processor_config));
+    let owners = std::sync::Arc::new(
+        OwnerReactors::new(OwnerConfig::default()).context("the owner configuration")?,
+    );
+    // The controller stays the capture's minimal one (it serves the capture list).
     let server = Server::bind_with(config, move |etcd| CaptureParts {
+        owners,
         processors,
         ..CaptureParts::production(etcd)
     })
