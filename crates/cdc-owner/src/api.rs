@@ -55,10 +55,11 @@ impl ApiError {
         }
     }
 
-    /// 404 `CDC:ErrCaptureNotExist`.
+    /// 400 `CDC:ErrCaptureNotExist`: TiCDC answers an unknown capture as a bad request
+    /// (`cdc/api/util.go` in pingcap/tiflow lists it among the HTTP bad-request errors).
     pub fn capture_not_exists(capture_id: &str) -> ApiError {
         ApiError {
-            status: 404,
+            status: 400,
             code: "CDC:ErrCaptureNotExist",
             message: format!("capture not exists, {capture_id}"),
         }

@@ -636,7 +636,8 @@ impl OwnerCore {
             Job::Drain(capture_id) => match self.coordinator.drain(&capture_id) {
                 Ok(n) => Ok(((202, json!({"current_table_count": n})), When::Now)),
                 Err(err @ cdc_scheduler::Error::CaptureNotFound { .. }) => Err(ApiError {
-                    status: 404,
+                    // As `ApiError::capture_not_exists`.
+                    status: 400,
                     code: "CDC:ErrCaptureNotExist",
                     message: ErrorReport(&err).to_string(),
                 }),
