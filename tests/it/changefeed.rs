@@ -450,13 +450,22 @@ async fn twelve_spans_spread_evenly_and_a_killed_capture_s_move_in_time() -> Res
             assert_ne!(span["end_key"], "", "an explicit end key: {detail}");
         }
     }
-    // The split keys chosen at creation are stored with the changefeed.
-    let split_keys = &detail["config"]["scheduler"]["split_keys_base64"];
-    assert_eq!(
-        split_keys.as_array().map(Vec::len),
-        Some(3),
-        "one list per prefix: {detail}"
-    );
+    // The split keys chosen at creation are stored with the changefeed: three per prefix.
+    let info = cluster
+        .client
+        .get(
+            "/tidb/cdc/spread/default/changefeed/info/spread",
+            GetOptions::default(),
+        )
+        .await?;
+    let info: Value = serde_json::from_slice(&info.kvs.first().context("the info")?.value)?;
+    let split_keys = info["config"]["scheduler"]["split_keys_base64"]
+        .as_array()
+        .with_context(|| format!("split keys in {info}"))?;
+    assert_eq!(split_keys.len(), 3, "one list per prefix: {info}");
+    for list in split_keys {
+        assert_eq!(list.as_array().map(Vec::len), Some(3), "{info}");
+    }
 
     // The processors, as TiCDC lists them, and each capture's span IDs.
     let processors = cluster.api(Method::GET, "/api/v2/processors", None).await?;
