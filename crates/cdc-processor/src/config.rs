@@ -26,6 +26,9 @@ pub struct ProcessorConfig {
     /// How many messages from the owner wait for the next tick; more are dropped (and counted):
     /// heartbeats repair what is lost.
     pub message_capacity: usize,
+    /// How long a tick waits for room in the send queue to the owner before it drops the
+    /// answers that do not fit (heartbeats repair them).
+    pub send_timeout: Duration,
 }
 
 impl Default for ProcessorConfig {
@@ -36,7 +39,8 @@ impl Default for ProcessorConfig {
             connect: ConnectConfig::default(),
             close_timeout: Duration::from_secs(10),
             progress_interval: Duration::from_secs(1),
-            message_capacity: 4096,
+            message_capacity: 16_384,
+            send_timeout: Duration::from_millis(500),
         }
     }
 }

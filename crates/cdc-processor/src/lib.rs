@@ -1,12 +1,17 @@
-//! The processor side of the data plane. For now only the span pipeline: the trait every
-//! pipeline implements and the etcd pipeline (etcd source to a sink).
+//! The processor side of the data plane: the processor manager every capture runs, the
+//! scheduler agent's runtime, and the span pipelines (etcd source to a sink).
 //!
+//! - [`ProcessorReactors`]: the `cdc_reactor::ProcessorManagerFactory` the server wires in. Per
+//!   capture incarnation one [`Processor`], ticked on the capture's etcd worker: the owner's
+//!   messages arrive on the p2p topic [`TO_AGENT_TOPIC`] (queued, bounded, and handled in
+//!   ticks), answers go to the owner on [`TO_OWNER_TOPIC`]; spans of one upstream share one
+//!   etcd client; pipeline errors are written into the changefeed's task position; every tick
+//!   checks that the capture key still exists. Settings: [`ProcessorConfig`].
 //! - [`SpanPipeline`]: `start(span, from_revision)` gives a [`PipelineHandle`], whose progress
 //!   ([`PipelineProgress`]: checkpoint and resolved revision) is readable and watchable and whose
 //!   [`PipelineHandle::stop`] is awaited. Test doubles implement the same trait.
 //! - [`EtcdPipeline`]: runs a span from an upstream etcd ([`cdc_source_etcd::EtcdSource`]) into
 //!   a sink opened per span by a [`SinkFactory`]; [`UriSinks`] opens the sink a sink URI names.
-//!
 //! - [`Processor`]: the runtime around the scheduler's `Agent`: the owner's messages in, the
 //!   agent's pipeline commands carried out through a [`PipelineFactory`], pipeline progress and
 //!   stops back into the agent, and every start and stop in the [`SpanLog`].

@@ -42,16 +42,40 @@ const HANDLER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Builds the processor manager of each capture incarnation: implements
 /// [`ProcessorManagerFactory`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ProcessorReactors {
     config: Arc<ProcessorConfig>,
+    fixed_pipeline: Option<Arc<dyn SpanPipeline>>,
+}
+
+impl std::fmt::Debug for ProcessorReactors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessorReactors")
+            .field("config", &self.config)
+            .field("fixed_pipeline", &self.fixed_pipeline.is_some())
+            .finish()
+    }
 }
 
 impl ProcessorReactors {
-    /// Processors with these settings.
+    /// Processors with these settings: each span runs the etcd pipeline from its changefeed's
+    /// upstream into its changefeed's sink.
     pub fn new(config: ProcessorConfig) -> ProcessorReactors {
         ProcessorReactors {
             config: Arc::new(config),
+            fixed_pipeline: None,
+        }
+    }
+
+    /// Processors whose spans all run on `pipeline`, whatever their changefeed's upstream and
+    /// sink: for tests and benchmarks that plug in a recording or idle pipeline.
+    pub fn with_pipeline(
+        config: ProcessorConfig,
+        pipeline: Arc<dyn SpanPipeline>,
+    ) -> ProcessorReactors {
+        ProcessorReactors {
+            config: Arc::new(config),
+            fixed_pipeline: Some(pipeline),
         }
     }
 
@@ -67,7 +91,12 @@ impl ProcessorManagerFactory for ProcessorReactors {
         context: ReactorContext,
         liveness: Arc<cdc_model::AtomicLiveness>,
     ) -> Arc<dyn ProcessorManager> {
-        Arc::new(Processors::new(context, liveness, self.config.clone()))
+        Arc::new(Processors::new(
+            context,
+            liveness,
+            self.config.clone(),
+            self.fixed_pipeline.clone(),
+        ))
     }
 }
 
@@ -106,6 +135,7 @@ impl Processors {
         context: ReactorContext,
         liveness: Arc<cdc_model::AtomicLiveness>,
         config: Arc<ProcessorConfig>,
+        fixed_pipeline: Option<Arc<dyn SpanPipeline>>,
     ) -> Processors {
         let (messages_tx, messages_rx) = mpsc::channel(config.message_capacity.max(1));
         let inbox = Arc::new(Inbox {
@@ -126,6 +156,7 @@ impl Processors {
         };
         let processor = Processor::new(context.capture_id.clone(), new_epoch(), span_log, wake);
         let pipelines = Pipelines {
+            fixed: fixed_pipeline,
             config: config.pipeline.clone(),
             connect: config.connect.clone(),
             default_upstream: (context.etcd.etcd_cluster_id(), context.pd_endpoints.clone()),
@@ -181,19 +212,49 @@ impl Processors {
         }
     }
 
-    /// Sends the agent's messages to the owner, without waiting: a message that finds no room
-    /// is dropped (the owner's next heartbeat repairs it).
-    fn send(&self, messages: Vec<ToOwner>) {
+    /// Sends the agent's messages to the owner. A full send queue is waited on until
+    /// `send_timeout` after the first message; after that, a message that finds no room is
+    /// dropped (the owner's next heartbeat repairs it), so an unreachable owner delays a tick
+    /// by at most `send_timeout`.
+    async fn send(&self, messages: Vec<ToOwner>) {
+        if messages.is_empty() {
+            return;
+        }
         let topic: NamedTopic<ToOwner> = NamedTopic::new(TO_OWNER_TOPIC);
+        let deadline = tokio::time::Instant::now() + self.config.send_timeout;
+        let mut client = None;
         for message in messages {
             let to = message.to.clone();
-            let Some(client) = self.context.router.client(&to) else {
+            if client
+                .as_ref()
+                .is_none_or(|(owner, _): &(String, _)| *owner != to)
+            {
+                client = self
+                    .context
+                    .router
+                    .client(&to)
+                    .map(|peer| (to.clone(), peer));
+            }
+            let Some((_, peer)) = &client else {
                 self.n_send_failed.fetch_add(1, Ordering::Relaxed);
                 debug!(owner = %to, "dropped a message to an owner whose address is unknown");
                 continue;
             };
-            match client.try_send_message(&topic, message) {
-                Ok(_) => {
+            let sent = if tokio::time::Instant::now() < deadline {
+                match tokio::time::timeout_at(
+                    deadline,
+                    peer.send_message(&topic, message, &self.cancel),
+                )
+                .await
+                {
+                    Ok(sent) => sent.map(|_| ()),
+                    Err(_) => Err(cdc_p2p::Error::SendTryAgain),
+                }
+            } else {
+                peer.try_send_message(&topic, message).map(|_| ())
+            };
+            match sent {
+                Ok(()) => {
                     self.n_sent.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(err) => {
@@ -242,7 +303,7 @@ impl Processors {
             };
             inner.processor.tick(messages, &mut factory).await
         };
-        self.send(output.messages);
+        self.send(output.messages).await;
         self.report_failures(state, output.failures);
         self.check_capture_alive(state, &inner.processor);
         if retry_soon {
@@ -411,15 +472,18 @@ fn error_code(message: &str) -> Option<String> {
     code.starts_with("CDC:").then(|| code.to_owned())
 }
 
-/// The pipeline of one changefeed, rebuilt when its sink URI or upstream changes.
+/// The pipeline of one changefeed, rebuilt when its sink URI, upstream or target changes.
 struct ChangefeedPipeline {
     sink_uri: String,
     upstream_id: UpstreamId,
+    target: u64,
     pipeline: EtcdPipeline<UriSinks>,
 }
 
 /// The upstream clients and the changefeeds' pipelines.
 struct Pipelines {
+    /// Runs every span instead of the changefeeds' pipelines, when set.
+    fixed: Option<Arc<dyn SpanPipeline>>,
     config: PipelineConfig,
     connect: ConnectConfig,
     /// The default upstream: the cluster's own etcd (its cluster ID and endpoints).
@@ -455,7 +519,9 @@ impl Pipelines {
                 changefeed: changefeed.to_string(),
             })?;
         let current = self.changefeeds.get(changefeed).is_some_and(|cached| {
-            cached.sink_uri == info.sink_uri && cached.upstream_id == info.upstream_id
+            cached.sink_uri == info.sink_uri
+                && cached.upstream_id == info.upstream_id
+                && cached.target == info.target_ts()
         });
         if current {
             return Ok(None);
@@ -485,6 +551,7 @@ impl Pipelines {
             sink_uri,
             sink_uri_text: info.sink_uri.clone(),
             upstream_id,
+            target: info.target_ts(),
             endpoints,
         }))
     }
@@ -521,6 +588,7 @@ impl Pipelines {
                 sink_uri,
                 sink_uri_text,
                 upstream_id,
+                target,
                 endpoints,
             } = new_pipeline;
             let client = match (self.upstreams.get(&upstream_id), endpoints) {
@@ -537,12 +605,14 @@ impl Pipelines {
                 client,
                 Arc::new(UriSinks::new(sink_uri)),
                 self.config.clone(),
-            );
+            )
+            .with_target(target);
             self.changefeeds.insert(
                 changefeed.clone(),
                 ChangefeedPipeline {
                     sink_uri: sink_uri_text,
                     upstream_id,
+                    target,
                     pipeline,
                 },
             );
@@ -561,6 +631,8 @@ struct NewPipeline {
     sink_uri: SinkUri,
     sink_uri_text: String,
     upstream_id: UpstreamId,
+    /// The changefeed's target revision (`u64::MAX`: none).
+    target: u64,
     /// The endpoints to connect to, when no client of the upstream exists yet.
     endpoints: Option<String>,
 }
@@ -577,10 +649,17 @@ impl PipelineFactory for StatePipelines<'_> {
         span: Span,
         from_revision: u64,
     ) -> impl Future<Output = Result<PipelineHandle>> + Send {
+        let fixed = self.pipelines.fixed.clone();
         // The state is read before anything is awaited: it is not shared across threads.
-        let resolved = self.pipelines.resolve(&span.changefeed, self.state);
+        let resolved = match fixed {
+            Some(_) => Ok(None),
+            None => self.pipelines.resolve(&span.changefeed, self.state),
+        };
         let pipelines = &mut *self.pipelines;
         async move {
+            if let Some(fixed) = fixed {
+                return Ok(fixed.start(span, from_revision));
+            }
             let new_pipeline = resolved?;
             pipelines.start(span, from_revision, new_pipeline).await
         }

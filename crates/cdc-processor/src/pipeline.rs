@@ -211,11 +211,15 @@ impl Default for PipelineConfig {
 /// A span's changes go to its sink as they arrive; every `flush_interval` the sink is flushed
 /// and, once the flush returned, the checkpoint moves to the resolved revision reached before the
 /// flush. While the sink is slow the source is not read, so the watch stops being polled.
+///
+/// With a target revision (the changefeed's `target-ts`), changes after it never reach the sink
+/// and the checkpoint and resolved revision stop at it.
 #[derive(Debug)]
 pub struct EtcdPipeline<F> {
     client: EtcdClient,
     sinks: Arc<F>,
     config: PipelineConfig,
+    target: u64,
 }
 
 impl<F: SinkFactory> EtcdPipeline<F> {
@@ -225,7 +229,14 @@ impl<F: SinkFactory> EtcdPipeline<F> {
             client,
             sinks,
             config,
+            target: u64::MAX,
         }
+    }
+
+    /// Replicates changes up to `target` (inclusive) only; `u64::MAX` is unbounded.
+    pub fn with_target(mut self, target: u64) -> EtcdPipeline<F> {
+        self.target = target;
+        self
     }
 }
 
@@ -234,11 +245,24 @@ impl<F: SinkFactory> SpanPipeline for EtcdPipeline<F> {
         let client = self.client.clone();
         let sinks = self.sinks.clone();
         let config = self.config.clone();
+        let bounds = Bounds {
+            from_revision,
+            target: self.target,
+        };
         let name = span.span_ref().to_string();
         PipelineHandle::spawn(name, from_revision, move |reporter, cancel| {
-            run_etcd(client, sinks, config, span, from_revision, reporter, cancel)
+            run_etcd(client, sinks, config, span, bounds, reporter, cancel)
         })
     }
+}
+
+/// Where a span's pipeline starts and where it stops replicating.
+#[derive(Debug, Clone, Copy)]
+struct Bounds {
+    /// The checkpoint it starts from: changes after it are replicated.
+    from_revision: u64,
+    /// The last revision replicated.
+    target: u64,
 }
 
 async fn run_etcd<F: SinkFactory>(
@@ -246,10 +270,11 @@ async fn run_etcd<F: SinkFactory>(
     sinks: Arc<F>,
     config: PipelineConfig,
     span: Span,
-    from_revision: u64,
+    bounds: Bounds,
     reporter: ProgressReporter,
     cancel: CancellationToken,
 ) -> Result<()> {
+    let from_revision = bounds.from_revision;
     let name = span.span_ref().to_string();
     if span.end_key.is_empty() {
         return Err(Error::UnboundedSpan { span: name });
@@ -284,15 +309,7 @@ async fn run_etcd<F: SinkFactory>(
         Some(Ok(sink)) => sink,
     };
     tracing::info!(span = %name, from_revision, "span pipeline started");
-    let result = pump(
-        &mut source,
-        &mut sink,
-        &config,
-        from_revision,
-        &reporter,
-        &cancel,
-    )
-    .await;
+    let result = pump(&mut source, &mut sink, &config, bounds, &reporter, &cancel).await;
     source.close().await;
     // A sink stuck in its close is left behind once the pipeline is asked to stop.
     let closed = tokio::select! {
@@ -321,16 +338,18 @@ enum Failure {
 }
 
 /// Moves changes from the source to the sink and the checkpoint after each flush, until
-/// cancelled or an error.
+/// cancelled or an error. Changes after the target are dropped and progress stops at it.
 async fn pump<S: Sink>(
     source: &mut EtcdSource,
     sink: &mut S,
     config: &PipelineConfig,
-    from_revision: u64,
+    bounds: Bounds,
     reporter: &ProgressReporter,
     cancel: &CancellationToken,
 ) -> Result<(), Failure> {
-    let mut progress = Checkpoint::at(from_revision);
+    // A start beyond the target replicates nothing and stays where it started.
+    let limit = bounds.target.max(bounds.from_revision);
+    let mut progress = Checkpoint::at(bounds.from_revision);
     let mut flush = tokio::time::interval_at(
         tokio::time::Instant::now() + config.flush_interval,
         config.flush_interval,
@@ -355,16 +374,19 @@ async fn pump<S: Sink>(
             output = source.next() => {
                 match output.map_err(Failure::Source)? {
                     None => return Ok(()),
-                    Some(SourceOutput::Events { events, resolved }) => {
-                        match unless_cancelled(cancel, sink.write(&events)).await {
-                            None => return Ok(()),
-                            Some(written) => written.map_err(Failure::Sink)?,
+                    Some(SourceOutput::Events { mut events, resolved }) => {
+                        events.retain(|event| event.revision <= limit);
+                        if !events.is_empty() {
+                            match unless_cancelled(cancel, sink.write(&events)).await {
+                                None => return Ok(()),
+                                Some(written) => written.map_err(Failure::Sink)?,
+                            }
                         }
-                        progress.resolved = progress.resolved.max(resolved);
+                        progress.resolved = progress.resolved.max(resolved.min(limit));
                         reporter.report(progress);
                     }
                     Some(SourceOutput::Resolved(resolved)) => {
-                        progress.resolved = progress.resolved.max(resolved);
+                        progress.resolved = progress.resolved.max(resolved.min(limit));
                         reporter.report(progress);
                     }
                 }

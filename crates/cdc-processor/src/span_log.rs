@@ -124,3 +124,6 @@ pub fn monotonic_ns() -> io::Result<u64> {
 fn negative_clock() -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, "negative monotonic clock")
 }
+
+#[cfg(test)]
+mod tests;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use cdc_etcd::testing::EtcdServer;
 use cdc_etcd::{EtcdClient, GetOptions};
 use cdc_model::{ChangeEvent, ChangeFeedId};
-use cdc_scheduler::{Span, SpanId};
+use cdc_scheduler::{Checkpoint, Span, SpanId};
 use cdc_sink::Sink;
 use cdc_source_etcd::SourceConfig;
 use tokio::sync::watch;
@@ -243,6 +243,39 @@ async fn checkpoint_waits_for_the_flush_and_advances_when_idle() {
     .await;
     assert_eq!(recorded.lock().unwrap().written.len(), 1);
     handle.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn nothing_after_the_target_reaches_the_sink_and_progress_stops_there() {
+    let etcd = EtcdServer::start().await.unwrap();
+    let client = etcd.client().await.unwrap();
+    let from = current_revision(&client).await;
+    let (sinks, _gates) = recording_sinks();
+    let recorded = sinks.recorded.clone();
+    let mut expected = Vec::new();
+    for i in 0..3u32 {
+        let key = format!("/s/{i}");
+        let revision = u64::try_from(client.put(key.as_str(), "x", 0).await.unwrap()).unwrap();
+        expected.push(ChangeEvent::put(key.as_str(), "x", revision));
+    }
+    let target = expected[1].revision;
+    let pipeline =
+        EtcdPipeline::new(client.clone(), Arc::new(sinks), fast_config()).with_target(target);
+    let handle = pipeline.start(span("/s/", "/s0"), from);
+    for i in 0..3 {
+        client.put(format!("/t/{i}"), "x", 0).await.unwrap();
+    }
+    let progress = wait_progress(
+        &handle,
+        |progress| {
+            assert!(progress.checkpoint.resolved <= target, "{progress:?}");
+        },
+        |progress| progress.checkpoint.checkpoint >= target,
+    )
+    .await;
+    assert_eq!(progress.checkpoint, Checkpoint::at(target));
+    assert_eq!(recorded.lock().unwrap().written, expected[..2]);
+    assert_eq!(handle.stop().await.unwrap(), Checkpoint::at(target));
 }
 
 #[tokio::test]
