@@ -329,6 +329,7 @@ fn spec_from_body(
         spans_per_prefix: 1,
         ..ReplicaSpec::default()
     });
+    let mut changed = false;
     if filter.rules.is_some() || filter.rules_base64.is_some() {
         spec.rules = filter.rules.unwrap_or_default();
         spec.rules_base64 = filter
@@ -342,8 +343,8 @@ fn spec_from_body(
                     ))
                 })
             })
-            .collect::<Result<_, _>>()?;
-        spec.split_keys.clear();
+            .collect::<Result<Vec<_>, _>>()?;
+        changed = base.is_none_or(|base| base.prefixes() != spec.prefixes());
     }
     if let Some(n) = config.scheduler.and_then(|s| s.spans_per_prefix) {
         if n == 0 || n > MAX_SPANS_PER_PREFIX {
@@ -353,7 +354,14 @@ fn spec_from_body(
         }
         if n != spec.spans_per_prefix {
             spec.spans_per_prefix = n;
-            spec.split_keys.clear();
+            changed = true;
+        }
+    }
+    if changed {
+        spec.split_keys.clear();
+        if let Some(base) = base {
+            // The new spans get IDs no former span had.
+            spec.span_id_base = base.span_id_base.saturating_add(base.span_count());
         }
     }
     match check_prefixes(&spec.prefixes()) {

@@ -34,7 +34,7 @@ impl Default for OwnerConfig {
             retry: RetryPolicy::default(),
             checkpoint_interval: Duration::from_millis(100),
             max_status_writes_per_tick: 100,
-            message_queue: 4096,
+            message_queue: 65_536,
             api_queue: 256,
         }
     }

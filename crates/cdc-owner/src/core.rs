@@ -5,7 +5,7 @@
 //! It performs no IO itself: it reads the snapshot, queues patches on it, and hands back the
 //! messages for the agents; the caller sends them. Time comes in.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use cdc_model::{
@@ -74,6 +74,8 @@ pub(crate) struct Request {
 /// One changefeed as the owner tracks it.
 #[derive(Debug)]
 struct Feed {
+    /// The stored info as last read.
+    info: ChangeFeedInfo,
     machine: FeedMachine,
     /// The config the spans were computed from.
     config_seen: Option<Value>,
@@ -110,6 +112,10 @@ pub(crate) struct OwnerCore {
     creating: BTreeMap<ChangeFeedId, Creating>,
     /// Answers to send at the next tick, which comes after the commit of this tick's patches.
     deferred: Vec<(oneshot::Sender<Reply>, Reply)>,
+    /// The captures of the last tick's snapshot.
+    captures: BTreeSet<CaptureId>,
+    /// A tick has read the snapshot: the view answers reads.
+    ticked: bool,
 }
 
 /// A created changefeed whose info has not been read back yet.
@@ -145,6 +151,8 @@ impl OwnerCore {
             feeds: BTreeMap::new(),
             creating: BTreeMap::new(),
             deferred: Vec::new(),
+            captures: BTreeSet::new(),
+            ticked: false,
         })
     }
 
@@ -170,7 +178,13 @@ impl OwnerCore {
             // The requester may have given up.
             let _ = reply.send(answer);
         }
+        if self.captures.len() != state.captures.len()
+            || !state.captures.keys().all(|c| self.captures.contains(c))
+        {
+            self.captures = state.captures.keys().cloned().collect();
+        }
         self.sync_feeds(state, now);
+        self.ticked = true;
         for request in requests {
             let (answer, when) = match self.serve_job(state, wall, request.job) {
                 Ok((answer, when)) => (answer, when),
@@ -297,6 +311,7 @@ impl OwnerCore {
             let feed = self.feeds.entry(id.clone()).or_insert_with(|| {
                 info!(changefeed = %id, state = %info.state, checkpoint = stored, "changefeed found");
                 Feed {
+                    info: info.clone(),
                     machine: FeedMachine::new(info.state.clone(), self.config.retry),
                     config_seen: None,
                     spans: Vec::new(),
@@ -309,6 +324,9 @@ impl OwnerCore {
                     scheduled: false,
                 }
             });
+            if feed.info != *info {
+                feed.info = info.clone();
+            }
             feed.written = stored;
             feed.checkpoint = feed.checkpoint.max(stored);
             feed.resolved = feed.resolved.max(feed.checkpoint);
@@ -420,13 +438,9 @@ impl OwnerCore {
         }
     }
 
-    fn view<'a>(
-        &'a self,
-        state: &'a GlobalReactorState,
-        id: &ChangeFeedId,
-    ) -> Option<FeedView<'a>> {
+    fn view<'a>(&'a self, id: &ChangeFeedId) -> Option<FeedView<'a>> {
         let feed = self.feeds.get(id)?;
-        let info = state.changefeeds.get(id)?.info.as_ref()?;
+        let info = &feed.info;
         let spans = self.coordinator.span_views(id).unwrap_or_else(|| {
             feed.spans
                 .iter()
@@ -449,12 +463,21 @@ impl OwnerCore {
         })
     }
 
-    fn serve_job(
-        &mut self,
-        state: &mut GlobalReactorState,
-        wall: DateTime<Utc>,
-        job: Job,
-    ) -> Result<(Reply, When), ApiError> {
+    /// Whether the view can answer reads (a tick has read the snapshot).
+    pub(crate) fn has_ticked(&self) -> bool {
+        self.ticked
+    }
+
+    /// Whether a job only reads: it is answered from the last tick's view, without a tick.
+    pub(crate) fn is_read(job: &Job) -> bool {
+        match job {
+            Job::List { .. } | Job::Get(_) | Job::ListProcessors | Job::GetProcessor { .. } => true,
+            Job::Create { .. } | Job::Update { .. } | Job::Admin { .. } | Job::Drain(_) => false,
+        }
+    }
+
+    /// Answers a read-only job from the last tick's view.
+    pub(crate) fn read(&self, job: &Job) -> Result<Reply, ApiError> {
         match job {
             Job::List {
                 state: filter,
@@ -464,20 +487,72 @@ impl OwnerCore {
                     .feeds
                     .keys()
                     .filter(|id| namespace.as_ref().is_none_or(|ns| *ns == id.namespace))
-                    .filter_map(|id| self.view(state, id))
-                    .filter(|view| view.state.is_needed(&filter))
+                    .filter_map(|id| self.view(id))
+                    .filter(|view| view.state.is_needed(filter))
                     .map(|view| api::list_item(&view))
                     .collect();
-                Ok((
-                    (200, json!({"total": items.len(), "items": items})),
-                    When::Now,
-                ))
+                Ok((200, json!({"total": items.len(), "items": items})))
             }
             Job::Get(id) => {
                 let view = self
-                    .view(state, &id)
-                    .ok_or_else(|| ApiError::changefeed_not_exists(&id))?;
-                Ok(((200, api::detail(&view)), When::Now))
+                    .view(id)
+                    .ok_or_else(|| ApiError::changefeed_not_exists(id))?;
+                Ok((200, api::detail(&view)))
+            }
+            Job::ListProcessors => {
+                let mut items = Vec::new();
+                for id in self.feeds.keys() {
+                    for capture_id in self
+                        .coordinator
+                        .spans_by_capture(id)
+                        .unwrap_or_default()
+                        .keys()
+                    {
+                        items.push(json!({
+                            "namespace": id.namespace,
+                            "changefeed_id": id.id,
+                            "capture_id": capture_id,
+                        }));
+                    }
+                }
+                Ok((200, json!({"total": items.len(), "items": items})))
+            }
+            Job::GetProcessor {
+                changefeed,
+                capture_id,
+            } => {
+                if !self.feeds.contains_key(changefeed) {
+                    return Err(ApiError::changefeed_not_exists(changefeed));
+                }
+                if !self.captures.contains(capture_id) {
+                    return Err(ApiError::capture_not_exists(capture_id));
+                }
+                let span_ids: Vec<u64> = self
+                    .coordinator
+                    .spans_by_capture(changefeed)
+                    .unwrap_or_default()
+                    .remove(capture_id)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|span_id| span_id.0)
+                    .collect();
+                Ok((200, json!({"table_ids": span_ids})))
+            }
+            Job::Create { .. } | Job::Update { .. } | Job::Admin { .. } | Job::Drain(_) => {
+                Err(ApiError::internal("not a read-only request"))
+            }
+        }
+    }
+
+    fn serve_job(
+        &mut self,
+        state: &mut GlobalReactorState,
+        wall: DateTime<Utc>,
+        job: Job,
+    ) -> Result<(Reply, When), ApiError> {
+        match job {
+            Job::List { .. } | Job::Get(_) | Job::ListProcessors | Job::GetProcessor { .. } => {
+                self.read(&job).map(|answer| (answer, When::Now))
             }
             Job::Create { info, upstream } => {
                 let id = info.id();
@@ -563,7 +638,7 @@ impl OwnerCore {
                 });
                 info!(changefeed = %id, "changefeed updated");
                 let mut view = self
-                    .view(state, &id)
+                    .view(&id)
                     .ok_or_else(|| ApiError::changefeed_not_exists(&id))?;
                 view.info = &updated;
                 Ok(((200, api::detail(&view)), When::NextTick))
@@ -590,48 +665,6 @@ impl OwnerCore {
                     feed.scheduled = false;
                 }
                 Ok(((200, json!({})), When::NextTick))
-            }
-            Job::ListProcessors => {
-                let mut items = Vec::new();
-                for id in self.feeds.keys() {
-                    for capture_id in self
-                        .coordinator
-                        .spans_by_capture(id)
-                        .unwrap_or_default()
-                        .keys()
-                    {
-                        items.push(json!({
-                            "namespace": id.namespace,
-                            "changefeed_id": id.id,
-                            "capture_id": capture_id,
-                        }));
-                    }
-                }
-                Ok((
-                    (200, json!({"total": items.len(), "items": items})),
-                    When::Now,
-                ))
-            }
-            Job::GetProcessor {
-                changefeed,
-                capture_id,
-            } => {
-                if !self.feeds.contains_key(&changefeed) {
-                    return Err(ApiError::changefeed_not_exists(&changefeed));
-                }
-                if !state.captures.contains_key(&capture_id) {
-                    return Err(ApiError::capture_not_exists(&capture_id));
-                }
-                let span_ids: Vec<u64> = self
-                    .coordinator
-                    .spans_by_capture(&changefeed)
-                    .unwrap_or_default()
-                    .remove(&capture_id)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|span_id| span_id.0)
-                    .collect();
-                Ok(((200, json!({"table_ids": span_ids})), When::Now))
             }
             Job::Drain(capture_id) => match self.coordinator.drain(&capture_id) {
                 Ok(n) => Ok(((202, json!({"current_table_count": n})), When::Now)),

@@ -14,6 +14,8 @@ pub(crate) struct FakeAgent {
     agent: Agent,
     pub(crate) running: BTreeMap<SpanRef, Checkpoint>,
     progress: Arc<AtomicU64>,
+    /// How many times the agent was told to replicate a span.
+    pub(crate) starts: usize,
 }
 
 impl FakeAgent {
@@ -22,6 +24,7 @@ impl FakeAgent {
             agent: Agent::new(capture_id.to_owned(), Epoch(1)),
             running: BTreeMap::new(),
             progress,
+            starts: 0,
         }
     }
 
@@ -54,6 +57,7 @@ impl FakeAgent {
                         &mut step,
                     ),
                     PipelineCommand::Replicate { span, checkpoint } => {
+                        self.starts += 1;
                         self.running.insert(span.span_ref(), checkpoint);
                     }
                     PipelineCommand::Stop { span } => {

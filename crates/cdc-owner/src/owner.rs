@@ -56,7 +56,7 @@ const HANDLER_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_MESSAGES_PER_TICK: usize = 65_536;
 
 /// Builds the owner of each term.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct OwnerReactors {
     config: OwnerConfig,
 }
@@ -85,15 +85,19 @@ fn reactor_error(err: Error) -> cdc_reactor::Error {
     cdc_reactor::Error::reactor("owner", err, restarts_capture)
 }
 
+/// The owner's state; the API reads it between ticks.
+type SharedCore = Arc<Mutex<std::result::Result<OwnerCore, Option<Error>>>>;
+
 struct EtcdOwner {
     context: ReactorContext,
-    core: Mutex<std::result::Result<OwnerCore, Option<Error>>>,
+    core: SharedCore,
     messages_tx: mpsc::Sender<ToOwner>,
     messages_rx: Mutex<mpsc::Receiver<ToOwner>>,
     requests_rx: Mutex<mpsc::Receiver<Request>>,
     api: Arc<ApiServer>,
     poke: Arc<PokeSlot>,
-    stopped: AtomicBool,
+    /// Set by `async_stop`; shared with the API, which then answers 503 at once.
+    stopped: Arc<AtomicBool>,
     handler_registered: AtomicBool,
     dropped_messages: Arc<AtomicU64>,
     started: Instant,
@@ -105,6 +109,7 @@ impl EtcdOwner {
         let (messages_tx, messages_rx) = mpsc::channel(config.message_queue);
         let (requests_tx, requests_rx) = mpsc::channel(config.api_queue);
         let poke = Arc::new(PokeSlot::default());
+        let stopped = Arc::new(AtomicBool::new(false));
         let core = OwnerCore::new(
             context.capture_id.clone(),
             context.owner_revision,
@@ -112,20 +117,23 @@ impl EtcdOwner {
             default_upstream,
         )
         .map_err(Some);
+        let core = Arc::new(Mutex::new(core));
         let api = Arc::new(ApiServer {
             context: context.clone(),
+            core: core.clone(),
             requests_tx,
             poke: poke.clone(),
+            stopped: stopped.clone(),
         });
         EtcdOwner {
             context,
-            core: Mutex::new(core),
+            core,
             messages_tx,
             messages_rx: Mutex::new(messages_rx),
             requests_rx: Mutex::new(requests_rx),
             api,
             poke,
-            stopped: AtomicBool::new(false),
+            stopped,
             handler_registered: AtomicBool::new(false),
             dropped_messages: Arc::new(AtomicU64::new(0)),
             started: Instant::now(),
@@ -219,6 +227,16 @@ impl Owner for EtcdOwner {
         Box::pin(async move {
             if self.stopped.load(Ordering::SeqCst) {
                 self.remove_handler().await;
+                let mut rx = self
+                    .requests_rx
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                rx.close();
+                while let Ok(request) = rx.try_recv() {
+                    let err = ApiError::owner_gone();
+                    let _ = request.reply.send((err.status, err.body()));
+                }
+                info!(capture_id = self.context.capture_id, "owner stopped");
                 return Ok(Tick::Finished);
             }
             if !self.handler_registered.load(Ordering::SeqCst) {
@@ -301,8 +319,10 @@ struct Upstream {
 /// then hands the request to the owner's tick.
 struct ApiServer {
     context: ReactorContext,
+    core: SharedCore,
     requests_tx: mpsc::Sender<Request>,
     poke: Arc<PokeSlot>,
+    stopped: Arc<AtomicBool>,
 }
 
 impl OwnerApi for ApiServer {
@@ -385,6 +405,21 @@ impl ApiServer {
     }
 
     async fn ask(&self, job: Job) -> std::result::Result<Reply, ApiError> {
+        if self.stopped.load(Ordering::SeqCst) {
+            return Err(ApiError::owner_gone());
+        }
+        if OwnerCore::is_read(&job) {
+            // Reads are answered from the last tick's view, without waiting for a tick.
+            let core = self
+                .core
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if let Ok(core) = &*core
+                && core.has_ticked()
+            {
+                return core.read(&job);
+            }
+        }
         let (reply, answer) = oneshot::channel();
         self.requests_tx
             .try_send(Request { job, reply })

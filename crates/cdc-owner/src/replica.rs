@@ -25,6 +25,9 @@ pub struct ReplicaSpec {
     pub spans_per_prefix: u32,
     /// The split keys of each prefix, in prefix order.
     pub split_keys: Vec<Vec<Vec<u8>>>,
+    /// The ID of the first span. An update that changes the spans moves it past the former
+    /// ones, so a span ID never names two key ranges in the changefeed's life.
+    pub span_id_base: u64,
 }
 
 /// Decodes standard base64.
@@ -63,7 +66,17 @@ impl ReplicaSpec {
 
     /// The spans of `changefeed`.
     pub fn spans(&self, changefeed: &ChangeFeedId) -> Vec<Span> {
-        compute_spans(changefeed, &self.prefixes(), &self.split_keys)
+        let mut spans = compute_spans(changefeed, &self.prefixes(), &self.split_keys);
+        for span in &mut spans {
+            span.span_id.0 = span.span_id.0.saturating_add(self.span_id_base);
+        }
+        spans
+    }
+
+    /// How many spans the spec makes.
+    pub fn span_count(&self) -> u64 {
+        let changefeed = ChangeFeedId::default_namespace("count");
+        compute_spans(&changefeed, &self.prefixes(), &self.split_keys).len() as u64
     }
 
     /// Reads the spec from a stored `config`; the error says which field is wrong.
@@ -108,11 +121,18 @@ impl ReplicaSpec {
                 .collect::<Result<Vec<_>, _>>()?,
             Some(_) => return Err("scheduler.split_keys_base64 is not a list".to_owned()),
         };
+        let span_id_base = match scheduler.and_then(|s| s.get("span_id_base")) {
+            None | Some(Value::Null) => 0,
+            Some(value) => value
+                .as_u64()
+                .ok_or_else(|| "scheduler.span_id_base".to_owned())?,
+        };
         Ok(ReplicaSpec {
             rules,
             rules_base64,
             spans_per_prefix,
             split_keys,
+            span_id_base,
         })
     }
 
@@ -141,6 +161,11 @@ impl ReplicaSpec {
             .map(|keys| keys.iter().map(|key| encode_base64(key)).collect())
             .collect();
         scheduler.insert("split_keys_base64".to_owned(), json!(split_keys));
+        if self.span_id_base > 0 {
+            scheduler.insert("span_id_base".to_owned(), json!(self.span_id_base));
+        } else {
+            scheduler.remove("span_id_base");
+        }
     }
 
     /// The `config` of a new changefeed: TiCDC's top-level ReplicaConfig defaults with this spec

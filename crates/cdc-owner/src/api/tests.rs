@@ -136,7 +136,14 @@ fn updates_and_resumes() {
         &info,
     )
     .unwrap();
-    assert_eq!(plan.spec.unwrap().rules, vec!["/b/".to_owned()]);
+    let spec = plan.spec.unwrap();
+    assert_eq!(spec.rules, vec!["/b/".to_owned()]);
+    // The new span gets an ID the former one did not have.
+    assert_eq!(spec.span_id_base, 1);
+    assert_eq!(
+        spec.spans(&ChangeFeedId::default_namespace("cf"))[0].span_id,
+        SpanId(1)
+    );
     // The same rules change nothing.
     let plan = parse_update(
         br#"{"replica_config": {"filter": {"rules": ["/a/"]}}}"#,

@@ -28,6 +28,8 @@ struct Observed {
     all_replicating: bool,
     /// Spans running per capture.
     running: BTreeMap<CaptureId, usize>,
+    /// Replicate orders the agents followed, over all owners.
+    starts: usize,
 }
 
 struct TestReactor {
@@ -63,7 +65,9 @@ impl Reactor<GlobalReactorState> for TestReactor {
             .iter()
             .map(|(capture_id, agent)| (capture_id.clone(), agent.running.len()))
             .collect();
+        let starts = self.agents.values().map(|agent| agent.starts).sum();
         self.observed.send_modify(|observed| {
+            observed.starts = starts;
             observed.ticks += 1;
             observed.all_replicating = all_replicating;
             observed.running = running;
@@ -72,14 +76,76 @@ impl Reactor<GlobalReactorState> for TestReactor {
     }
 }
 
+type WorkerTask =
+    tokio::task::JoinHandle<(TestReactor, cdc_orchestrator::Result<GlobalReactorState>)>;
+
 struct Harness {
-    _etcd: EtcdServer,
+    etcd: EtcdServer,
     client: EtcdClient,
     requests: mpsc::Sender<Request>,
     observed: watch::Receiver<Observed>,
     progress: Arc<AtomicU64>,
     cancel: CancellationToken,
-    worker: tokio::task::JoinHandle<cdc_orchestrator::Result<GlobalReactorState>>,
+    worker: WorkerTask,
+}
+
+fn test_config() -> OwnerConfig {
+    OwnerConfig {
+        checkpoint_interval: Duration::ZERO,
+        retry: RetryPolicy {
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_millis(200),
+            retry_budget: Duration::from_secs(60),
+        },
+        ..OwnerConfig::default()
+    }
+}
+
+/// Starts an owner term of `revision` with `agents` on a worker.
+fn start_term(
+    etcd: &EtcdServer,
+    client: &EtcdClient,
+    revision: i64,
+    agents: BTreeMap<CaptureId, FakeAgent>,
+) -> (
+    mpsc::Sender<Request>,
+    watch::Receiver<Observed>,
+    CancellationToken,
+    WorkerTask,
+) {
+    let upstream = UpstreamInfo {
+        id: 7,
+        pd_endpoints: etcd.endpoint(),
+        ..UpstreamInfo::default()
+    };
+    let core = OwnerCore::new(OWNER.to_owned(), revision, test_config(), upstream).unwrap();
+    let (requests_tx, requests_rx) = mpsc::channel(16);
+    let (observed_tx, observed_rx) = watch::channel(Observed::default());
+    let mut reactor = TestReactor {
+        core,
+        agents,
+        inbox: Vec::new(),
+        requests: requests_rx,
+        started: Instant::now(),
+        observed: observed_tx,
+    };
+    let cancel = CancellationToken::new();
+    let worker = {
+        let client = client.clone();
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            let result = EtcdWorker::new(client, key::base_key(CLUSTER))
+                .run(
+                    &mut reactor,
+                    GlobalReactorState::new(CLUSTER, 10),
+                    Duration::from_millis(10),
+                    &cancel,
+                )
+                .await;
+            (reactor, result)
+        })
+    };
+    (requests_tx, observed_rx, cancel, worker)
 }
 
 impl Harness {
@@ -106,55 +172,31 @@ impl Harness {
             .into_iter()
             .map(|c| (c.to_owned(), FakeAgent::new(c, progress.clone())))
             .collect();
-        let config = OwnerConfig {
-            checkpoint_interval: Duration::ZERO,
-            retry: RetryPolicy {
-                backoff_initial: Duration::from_millis(100),
-                backoff_max: Duration::from_millis(200),
-                retry_budget: Duration::from_secs(60),
-            },
-            ..OwnerConfig::default()
-        };
-        let upstream = UpstreamInfo {
-            id: 7,
-            pd_endpoints: etcd.endpoint(),
-            ..UpstreamInfo::default()
-        };
-        let core = OwnerCore::new(OWNER.to_owned(), 1, config, upstream).unwrap();
-        let (requests_tx, requests_rx) = mpsc::channel(16);
-        let (observed_tx, observed_rx) = watch::channel(Observed::default());
-        let mut reactor = TestReactor {
-            core,
-            agents,
-            inbox: Vec::new(),
-            requests: requests_rx,
-            started: Instant::now(),
-            observed: observed_tx,
-        };
-        let cancel = CancellationToken::new();
-        let worker = {
-            let client = client.clone();
-            let cancel = cancel.clone();
-            tokio::spawn(async move {
-                EtcdWorker::new(client, key::base_key(CLUSTER))
-                    .run(
-                        &mut reactor,
-                        GlobalReactorState::new(CLUSTER, 10),
-                        Duration::from_millis(10),
-                        &cancel,
-                    )
-                    .await
-            })
-        };
+        let (requests, observed, cancel, worker) = start_term(&etcd, &client, 1, agents);
         Harness {
-            _etcd: etcd,
+            etcd,
             client,
-            requests: requests_tx,
-            observed: observed_rx,
+            requests,
+            observed,
             progress,
             cancel,
             worker,
         }
+    }
+
+    /// Ends the owner's term and starts a new owner of `revision` with the same agents, which
+    /// keep running their spans.
+    async fn new_owner(&mut self, revision: i64) {
+        self.cancel.cancel();
+        let (tx, rx, cancel, worker) = {
+            let worker = std::mem::replace(&mut self.worker, tokio::spawn(std::future::pending()));
+            let (reactor, _) = worker.await.unwrap();
+            start_term(&self.etcd, &self.client, revision, reactor.agents)
+        };
+        self.requests = tx;
+        self.observed = rx;
+        self.cancel = cancel;
+        self.worker = worker;
     }
 
     async fn ask(&self, job: Job) -> Reply {
@@ -232,6 +274,11 @@ impl Harness {
     async fn stop(self) {
         self.cancel.cancel();
         let _ = self.worker.await.unwrap();
+    }
+
+    /// How many times the agents were told to replicate a span.
+    fn starts(&self) -> usize {
+        self.observed.borrow().starts
     }
 }
 
@@ -443,5 +490,78 @@ async fn a_processor_error_pauses_the_changefeed_then_it_retries() {
     let position: cdc_model::TaskPosition =
         cdc_model::from_json(&harness.get(position_key).await.unwrap().value).unwrap();
     assert_eq!(position.error, None);
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_owner_keeps_the_running_spans_and_the_stored_states() {
+    let mut harness = Harness::start().await;
+    let running = ChangeFeedId::default_namespace("running");
+    let paused = ChangeFeedId::default_namespace("paused");
+    for id in [&running, &paused] {
+        let (status, body) = harness
+            .ask(Job::Create {
+                info: Box::new(new_info(id, 10)),
+                upstream: UpstreamInfo {
+                    id: 7,
+                    ..UpstreamInfo::default()
+                },
+            })
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    harness
+        .wait_for("both changefeeds to replicate", |o| {
+            o.all_replicating && o.running.values().sum::<usize>() == 8
+        })
+        .await;
+    let (status, _) = harness
+        .ask(Job::Admin {
+            id: paused.clone(),
+            job: AdminJob::Pause,
+        })
+        .await;
+    assert_eq!(status, 200);
+    harness
+        .wait_for("the paused spans to stop", |o| {
+            o.all_replicating && o.running.values().sum::<usize>() == 4
+        })
+        .await;
+    let starts = harness.starts();
+    assert_eq!(starts, 8);
+
+    harness.new_owner(2).await;
+    harness
+        .wait_for("the new owner to rebuild the schedule", |o| {
+            o.all_replicating
+        })
+        .await;
+    let ticks = harness.observed.borrow().ticks;
+    harness
+        .wait_for("twenty more ticks", |o| o.ticks >= ticks + 20)
+        .await;
+    // Nothing was restarted, and the paused changefeed stays paused.
+    assert_eq!(harness.starts(), starts);
+    assert_eq!(harness.observed.borrow().running.values().sum::<usize>(), 4);
+    let (status, body) = harness.ask(Job::Get(paused.clone())).await;
+    assert_eq!((status, body["state"].clone()), (200, json!("stopped")));
+    let (status, body) = harness.ask(Job::Get(running.clone())).await;
+    assert_eq!((status, body["state"].clone()), (200, json!("normal")));
+
+    // The new owner resumes it.
+    let (status, _) = harness
+        .ask(Job::Admin {
+            id: paused.clone(),
+            job: AdminJob::Resume {
+                overwrite_checkpoint: None,
+            },
+        })
+        .await;
+    assert_eq!(status, 200);
+    harness
+        .wait_for("the resumed spans to run", |o| {
+            o.all_replicating && o.running.values().sum::<usize>() == 8
+        })
+        .await;
     harness.stop().await;
 }

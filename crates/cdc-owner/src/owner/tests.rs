@@ -253,17 +253,24 @@ async fn the_api_creates_runs_pauses_resumes_and_removes_a_changefeed() {
         &api,
         "PUT",
         "/changefeeds/cf1",
-        json!({"target_ts": start_ts + 1000}),
+        json!({"target_ts": start_ts + 1000,
+               "replica_config": {"scheduler": {"spans_per_prefix": 2}}}),
     )
     .await;
     assert_eq!(status, 200, "{body}");
     let (status, _) = serve(&api, "POST", "/changefeeds/cf1/resume", json!({})).await;
     assert_eq!(status, 200);
     let body = wait_get(&api, "/changefeeds/cf1", |body| {
-        body["state"] == "normal" && body["task_status"] != json!([])
+        body["state"] == "normal"
+            && body["spans"].as_array().is_some_and(|spans| {
+                spans.len() == 2 && spans.iter().all(|s| s["state"] == "replicating")
+            })
     })
     .await;
     assert_eq!(body["target_ts"], json!(start_ts + 1000));
+    // The split keys were chosen again from the keys present.
+    assert_eq!(body["spans"][1]["start_key"], json!("/demo/4"), "{body}");
+    assert_eq!(body["config"]["scheduler"]["spans_per_prefix"], json!(2));
     let (status, body) = serve(&api, "PUT", "/changefeeds/cf1", json!({"target_ts": 0})).await;
     assert_eq!(
         (status, body["error_code"].clone()),
@@ -308,6 +315,8 @@ async fn the_api_creates_runs_pauses_resumes_and_removes_a_changefeed() {
         .unwrap()
         .unwrap()
         .unwrap();
+    let (status, _) = serve(&api, "GET", "/changefeeds", Value::Null).await;
+    assert_eq!(status, 503);
     drop(owner);
     let (status, _) = serve(&api, "GET", "/changefeeds", Value::Null).await;
     assert_eq!(status, 503);

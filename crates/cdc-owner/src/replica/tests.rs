@@ -10,6 +10,7 @@ fn spec() -> ReplicaSpec {
         rules_base64: vec![b"\xfe\x01".to_vec()],
         spans_per_prefix: 2,
         split_keys: vec![vec![b"/a/m".to_vec()], vec![b"/b/\x80".to_vec()], vec![]],
+        span_id_base: 0,
     }
 }
 
@@ -24,6 +25,19 @@ fn the_spec_round_trips_through_the_stored_config() {
         json!([["L2EvbQ=="], ["L2IvgA=="], []])
     );
     assert_eq!(ReplicaSpec::from_config(Some(&config)), Ok(spec()));
+    let moved = ReplicaSpec {
+        span_id_base: 5,
+        ..spec()
+    };
+    let config = moved.new_config();
+    assert_eq!(config["scheduler"]["span_id_base"], json!(5));
+    assert_eq!(ReplicaSpec::from_config(Some(&config)), Ok(moved.clone()));
+    let ids: Vec<u64> = moved
+        .spans(&ChangeFeedId::default_namespace("cf"))
+        .iter()
+        .map(|span| span.span_id.0)
+        .collect();
+    assert_eq!(ids, vec![5, 6, 7, 8, 9]);
 }
 
 #[test]
