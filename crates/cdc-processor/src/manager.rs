@@ -403,7 +403,7 @@ impl ProcessorManager for Processors {
     fn write_debug_info(&self, out: &mut String) {
         let _ = writeln!(
             out,
-            "processors of capture {}: liveness {}, closed {}, messages sent {}, send failures {}, received dropped {}",
+            "processor manager of capture {}: liveness {}, closed {}, messages sent {}, send failures {}, received dropped {}",
             self.context.capture_id,
             self.liveness.load(),
             self.closed.load(Ordering::SeqCst),
