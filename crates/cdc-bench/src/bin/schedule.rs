@@ -18,7 +18,6 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Stdio;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -40,6 +39,7 @@ const CLUSTER: &str = "bench";
 
 struct Node {
     address: String,
+    log: std::path::PathBuf,
     _child: Child,
     _dir: tempfile::TempDir,
 }
@@ -53,12 +53,13 @@ impl Node {
             .local_addr()?
             .port();
         let address = format!("127.0.0.1:{port}");
-        let log = std::fs::File::create(dir.path().join("cdc.log"))?;
+        let log_path = dir.path().join("cdc.log");
+        let log = std::fs::File::create(&log_path)?;
         let child = Command::new(binary)
             .args(["--pd", etcd, "--addr", &address, "--cluster-id", CLUSTER])
             .arg("--config")
             .arg(&config)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
             .kill_on_drop(true)
@@ -66,6 +67,7 @@ impl Node {
             .with_context(|| format!("spawn {}", binary.display()))?;
         Ok(Node {
             address,
+            log: log_path,
             _child: child,
             _dir: dir,
         })
@@ -183,19 +185,42 @@ async fn main() -> Result<()> {
     for _ in 0..NODES {
         nodes.push(Node::start(&binary, &etcd.endpoint()).await?);
     }
-    let owner = wait_one_owner(&nodes, Duration::from_secs(60)).await?;
+    let result = measure(&nodes, &etcd, &client, changefeeds, spans, window).await;
+    if result.is_err() {
+        // What the captures said last, for the failure.
+        for (index, node) in nodes.iter().enumerate() {
+            let text = std::fs::read_to_string(&node.log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(30)..].join("\n");
+            println!("--- node {index} ({}):\n{tail}", node.address);
+        }
+    }
+    result
+}
+
+/// Creates the changefeeds, waits for them to replicate and measures the steady state.
+async fn measure(
+    nodes: &[Node],
+    etcd: &EtcdServer,
+    client: &EtcdClient,
+    changefeeds: usize,
+    spans: usize,
+    window: Duration,
+) -> Result<()> {
+    let owner = wait_one_owner(nodes, Duration::from_secs(60)).await?;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()?;
-    // Requests go to every capture in turn: the others forward to the owner, as users' do.
-    let addresses: Arc<Vec<String>> = Arc::new(nodes.iter().map(|n| n.address.clone()).collect());
+    // Requests go to the owner: forwarding would add two etcd reads per request to the load
+    // measured. A 503 (the owner's queue full, or etcd slow) is retried, as a client would.
+    let owner_address = nodes[owner].address.clone();
     let ids: Vec<String> = (0..changefeeds).map(|i| format!("cf-{i:04}")).collect();
 
     let started = Instant::now();
-    let created: Vec<Result<()>> = stream::iter(ids.iter().enumerate())
-        .map(|(index, id)| {
+    let created: Vec<Result<()>> = stream::iter(ids.iter())
+        .map(|id| {
             let http = http.clone();
-            let addresses = Arc::clone(&addresses);
+            let owner_address = owner_address.clone();
             async move {
                 let rules: Vec<String> =
                     (0..spans).map(|s| format!("/bench/{id}/{s:02}/")).collect();
@@ -204,19 +229,23 @@ async fn main() -> Result<()> {
                     "sink_uri": "blackhole://",
                     "replica_config": {"filter": {"rules": rules}},
                 });
-                let address = &addresses[index % addresses.len()];
-                let (status, answer) = call(
-                    &http,
-                    address,
-                    reqwest::Method::POST,
-                    "/api/v2/changefeeds",
-                    Some(&body),
-                )
-                .await?;
-                if status != 200 {
-                    bail!("create {id}: {status}: {answer}");
+                let mut attempts = 0;
+                loop {
+                    attempts += 1;
+                    let (status, answer) = call(
+                        &http,
+                        &owner_address,
+                        reqwest::Method::POST,
+                        "/api/v2/changefeeds",
+                        Some(&body),
+                    )
+                    .await?;
+                    match status {
+                        200 => return Ok(()),
+                        503 if attempts < 20 => sleep(Duration::from_millis(100)).await,
+                        _ => bail!("create {id}: {status}: {answer}"),
+                    }
                 }
-                Ok(())
             }
         })
         .buffer_unordered(CONCURRENCY)
@@ -230,7 +259,6 @@ async fn main() -> Result<()> {
     );
 
     // Poll the changefeeds not yet seen all-replicating, through the owner.
-    let owner_address = addresses[owner].clone();
     let mut pending: BTreeSet<String> = ids.iter().cloned().collect();
     let deadline = started + Duration::from_secs(600);
     while !pending.is_empty() {
@@ -272,10 +300,10 @@ async fn main() -> Result<()> {
     // Steady state: the store revision's growth over the window.
     sleep(SETTLE).await;
     let (puts_before, txns_before) = etcd_counters(&http, &etcd.endpoint()).await?;
-    let revision_before = store_revision(&client).await?;
+    let revision_before = store_revision(client).await?;
     let window_start = Instant::now();
     sleep(window).await;
-    let revision_after = store_revision(&client).await?;
+    let revision_after = store_revision(client).await?;
     let seconds = window_start.elapsed().as_secs_f64();
     let (puts_after, txns_after) = etcd_counters(&http, &etcd.endpoint()).await?;
     // The reading of the revision itself writes nothing.
