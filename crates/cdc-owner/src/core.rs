@@ -33,6 +33,9 @@ use crate::replica::ReplicaSpec;
 /// How long a created changefeed counts as existing before its info is read back.
 const CREATE_GRACE: Duration = Duration::from_secs(10);
 
+/// How often an owner with no running changefeed hears from the captures.
+const IDLE_HEARTBEAT: Duration = Duration::from_secs(1);
+
 /// An answer: the HTTP status and the JSON body.
 pub(crate) type Reply = (u16, Value);
 
@@ -82,8 +85,11 @@ struct Feed {
     spans: Vec<Span>,
     /// The highest checkpoint known: the stored one or the coordinator's.
     checkpoint: u64,
-    /// The checkpoint in the stored status.
+    /// The checkpoint in the stored status, or queued for it.
     written: u64,
+    /// The checkpoint in the stored status as last read: what the API shows, so that the
+    /// checkpoint an answer shows never moves back, not even across an owner failover.
+    stored: u64,
     resolved: u64,
     checkpoint_time: Option<DateTime<Utc>>,
     last_write: Option<Duration>,
@@ -116,6 +122,8 @@ pub(crate) struct OwnerCore {
     captures: BTreeSet<CaptureId>,
     /// A tick has read the snapshot: the view answers reads.
     ticked: bool,
+    /// When the coordinator last ticked.
+    last_coordinator_tick: Option<Duration>,
 }
 
 /// A created changefeed whose info has not been read back yet.
@@ -153,6 +161,7 @@ impl OwnerCore {
             deferred: Vec::new(),
             captures: BTreeSet::new(),
             ticked: false,
+            last_coordinator_tick: None,
         })
     }
 
@@ -178,9 +187,9 @@ impl OwnerCore {
             // The requester may have given up.
             let _ = reply.send(answer);
         }
-        if self.captures.len() != state.captures.len()
-            || !state.captures.keys().all(|c| self.captures.contains(c))
-        {
+        let captures_changed = self.captures.len() != state.captures.len()
+            || !state.captures.keys().all(|c| self.captures.contains(c));
+        if captures_changed {
             self.captures = state.captures.keys().cloned().collect();
         }
         self.sync_feeds(state, now);
@@ -220,11 +229,27 @@ impl OwnerCore {
                 stopping: false,
             })
             .collect();
-        output
-            .messages
-            .extend(self.coordinator.tick(now, &captures));
+        // With nothing to run, the captures are heard from once per idle heartbeat, so that
+        // an idle cluster costs next to nothing; a change of the captures is handled at once.
+        let idle = self.feeds.values().all(|feed| !feed.scheduled)
+            && self.coordinator.is_all_replicating();
+        let heartbeat = if idle {
+            IDLE_HEARTBEAT.max(self.config.scheduler.heartbeat_interval)
+        } else {
+            self.config.scheduler.heartbeat_interval
+        };
+        let coordinator_due = !idle
+            || captures_changed
+            || self
+                .last_coordinator_tick
+                .is_none_or(|last| now.saturating_sub(last) >= heartbeat);
+        if coordinator_due {
+            self.last_coordinator_tick = Some(now);
+            output
+                .messages
+                .extend(self.coordinator.tick(now, &captures));
+        }
         self.write_checkpoints(state, now, wall);
-        let heartbeat = self.config.scheduler.heartbeat_interval;
         output.next = self
             .feeds
             .values()
@@ -317,6 +342,7 @@ impl OwnerCore {
                     spans: Vec::new(),
                     checkpoint: stored,
                     written: stored,
+                    stored,
                     resolved: stored,
                     checkpoint_time: None,
                     last_write: None,
@@ -328,6 +354,7 @@ impl OwnerCore {
                 feed.info = info.clone();
             }
             feed.written = stored;
+            feed.stored = stored;
             feed.checkpoint = feed.checkpoint.max(stored);
             feed.resolved = feed.resolved.max(feed.checkpoint);
             if feed.config_seen.as_ref() != info.config.as_ref() {
@@ -455,8 +482,8 @@ impl OwnerCore {
         Some(FeedView {
             info,
             state: feed.machine.state(),
-            checkpoint: feed.checkpoint,
-            resolved: feed.resolved,
+            checkpoint: feed.stored,
+            resolved: feed.resolved.max(feed.stored),
             checkpoint_time: feed.checkpoint_time,
             spans,
             task_status: self.coordinator.spans_by_capture(id).unwrap_or_default(),
@@ -644,6 +671,22 @@ impl OwnerCore {
                 Ok(((200, api::detail(&view)), When::NextTick))
             }
             Job::Admin { id, job } => {
+                if let AdminJob::Resume {
+                    overwrite_checkpoint: Some(_),
+                } = job
+                    && self.coordinator.span_views(&id).is_some()
+                    && !self
+                        .feeds
+                        .get(&id)
+                        .is_some_and(|feed| feed.machine.is_running())
+                {
+                    // The scheduler keeps a stopped changefeed's checkpoint until its last span
+                    // stopped, and a checkpoint never moves back there: restarting from an
+                    // earlier one must wait until then.
+                    return Err(ApiError::invalid_param(format!(
+                        "changefeed {id} is still stopping its spans; retry the resume with overwrite_checkpoint_ts shortly"
+                    )));
+                }
                 let feed = self
                     .feeds
                     .get_mut(&id)
@@ -736,6 +779,7 @@ fn apply_patch(
             });
             feed.checkpoint = checkpoint;
             feed.written = checkpoint;
+            feed.stored = checkpoint;
             feed.resolved = checkpoint;
         }
         FeedPatch::Remove => {

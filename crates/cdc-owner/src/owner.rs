@@ -52,6 +52,9 @@ pub fn to_owner_topic() -> NamedTopic<ToOwner, Json> {
 const API_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long registering or removing the p2p handler may take.
 const HANDLER_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest changefeed info a create writes: well inside one etcd transaction
+/// (`cdc_orchestrator::TXN_MAX_SIZE`), which the info and status must share.
+const MAX_INFO_SIZE: usize = 512 * 1024;
 /// The most messages one tick takes from the channel (the rest wait for the next tick).
 const MAX_MESSAGES_PER_TICK: usize = 65_536;
 
@@ -99,6 +102,9 @@ struct EtcdOwner {
     /// Set by `async_stop`; shared with the API, which then answers 503 at once.
     stopped: Arc<AtomicBool>,
     handler_registered: AtomicBool,
+    /// The terminal error of the message handler, if it fails (a message that does not
+    /// decode, a gap in a sender's sequence): the owner would hear nothing more, so it ends.
+    handler_errors: Mutex<Option<cdc_p2p::HandlerErrors>>,
     dropped_messages: Arc<AtomicU64>,
     started: Instant,
 }
@@ -135,6 +141,7 @@ impl EtcdOwner {
             poke,
             stopped,
             handler_registered: AtomicBool::new(false),
+            handler_errors: Mutex::new(None),
             dropped_messages: Arc::new(AtomicU64::new(0)),
             started: Instant::now(),
         }
@@ -149,7 +156,7 @@ impl EtcdOwner {
             let messages_tx = self.messages_tx.clone();
             let poke = self.poke.clone();
             let dropped = self.dropped_messages.clone();
-            let _errors = server
+            let errors = server
                 .add_handler(
                     &to_owner_topic(),
                     move |_sender, message: ToOwner| {
@@ -169,11 +176,15 @@ impl EtcdOwner {
                     &cancel,
                 )
                 .await?;
-            Ok::<(), cdc_p2p::Error>(())
+            Ok::<cdc_p2p::HandlerErrors, cdc_p2p::Error>(errors)
         })
         .await;
         match registered {
-            Ok(Ok(())) => {
+            Ok(Ok(errors)) => {
+                *self
+                    .handler_errors
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(errors);
                 self.handler_registered.store(true, Ordering::SeqCst);
                 Ok(())
             }
@@ -201,6 +212,22 @@ impl EtcdOwner {
                 warn!(error = %ErrorReport(&err), "cannot remove the owner's message handler")
             }
             Err(_) => warn!("removing the owner's message handler timed out"),
+        }
+    }
+
+    /// Fails when the message handler failed: the owner would hear nothing more.
+    fn check_handler(&self) -> Result<()> {
+        let mut errors = self
+            .handler_errors
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match errors.as_mut().map(mpsc::Receiver::try_recv) {
+            Some(Ok(err)) => {
+                *errors = None;
+                warn!(error = %ErrorReport(&err), "the owner's message handler failed, ending the term");
+                Err(Error::P2p(err))
+            }
+            Some(Err(_)) | None => Ok(()),
         }
     }
 
@@ -247,6 +274,7 @@ impl Owner for EtcdOwner {
                     "owner started"
                 );
             }
+            self.check_handler().map_err(reactor_error)?;
             let mut messages = Vec::new();
             {
                 let mut rx = self
@@ -368,6 +396,9 @@ impl ApiServer {
                 if let Some(spec) = &mut plan.spec {
                     let upstream = self.upstream_of(&info).await?;
                     choose_all_split_keys(&upstream.client, spec).await?;
+                    let mut updated = info.clone();
+                    spec.write_into(updated.config.get_or_insert_with(|| serde_json::json!({})));
+                    check_info_size(&updated)?;
                 }
                 Job::Update { id, plan }
             }
@@ -524,11 +555,25 @@ impl ApiServer {
                 .unwrap_or(0),
             ..ChangeFeedInfo::default()
         };
+        check_info_size(&info)?;
         Ok(Job::Create {
             info: Box::new(info),
             upstream: upstream.info,
         })
     }
+}
+
+/// Refuses an info too large to write in one transaction with its status.
+fn check_info_size(info: &ChangeFeedInfo) -> std::result::Result<(), ApiError> {
+    let encoded = cdc_model::to_go_json(info)
+        .map_err(|err| ApiError::internal(ErrorReport(&err).to_string()))?;
+    if encoded.len() > MAX_INFO_SIZE {
+        return Err(ApiError::invalid_param(format!(
+            "replica_config: the changefeed's info would take {} bytes, more than {MAX_INFO_SIZE}; use fewer prefixes or spans per prefix",
+            encoded.len()
+        )));
+    }
+    Ok(())
 }
 
 /// The upstream's current revision.

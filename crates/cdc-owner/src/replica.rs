@@ -207,10 +207,9 @@ fn section<'a>(config: &'a mut Map<String, Value>, name: &str) -> &'a mut Map<St
     if !value.is_object() {
         *value = Value::Object(Map::new());
     }
-    match value {
-        Value::Object(map) => map,
-        _ => unreachable!("just made an object"),
-    }
+    value
+        .as_object_mut()
+        .expect("the section was just made an object")
 }
 
 #[cfg(test)]

@@ -41,11 +41,13 @@ pub fn check_prefixes(prefixes: &[Vec<u8>]) -> Result<(), PrefixProblem> {
             return Err(PrefixProblem::Unbounded(prefix.clone()));
         }
     }
-    for (i, a) in prefixes.iter().enumerate() {
-        for b in &prefixes[i + 1..] {
-            if a.starts_with(b) || b.starts_with(a) {
-                return Err(PrefixProblem::Overlap(a.clone(), b.clone()));
-            }
+    // In sorted order every key between a prefix and a key that starts with it starts with it
+    // too, so comparing neighbours finds every overlap.
+    let mut sorted: Vec<&Vec<u8>> = prefixes.iter().collect();
+    sorted.sort();
+    for pair in sorted.windows(2) {
+        if pair[1].starts_with(pair[0]) {
+            return Err(PrefixProblem::Overlap(pair[0].clone(), pair[1].clone()));
         }
     }
     Ok(())

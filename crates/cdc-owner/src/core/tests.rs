@@ -8,7 +8,7 @@ use std::time::Instant;
 use cdc_etcd::testing::EtcdServer;
 use cdc_etcd::{EtcdClient, GetOptions};
 use cdc_model::{CaptureInfo, GoTime};
-use cdc_orchestrator::{EtcdWorker, NextTick, Reactor};
+use cdc_orchestrator::{EtcdWorker, NextTick, Reactor, ReactorState};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -30,6 +30,8 @@ struct Observed {
     running: BTreeMap<CaptureId, usize>,
     /// Replicate orders the agents followed, over all owners.
     starts: usize,
+    /// Heartbeats the owner sent, over all captures.
+    heartbeats: usize,
 }
 
 struct TestReactor {
@@ -54,6 +56,11 @@ impl Reactor<GlobalReactorState> for TestReactor {
             std::mem::take(&mut self.inbox),
             requests,
         );
+        let heartbeats = output
+            .messages
+            .iter()
+            .filter(|message| matches!(message.body, cdc_scheduler::AgentRequest::Heartbeat(_)))
+            .count();
         for message in output.messages {
             if let Some(agent) = self.agents.get_mut(&message.to) {
                 self.inbox.extend(agent.handle(message));
@@ -67,6 +74,7 @@ impl Reactor<GlobalReactorState> for TestReactor {
             .collect();
         let starts = self.agents.values().map(|agent| agent.starts).sum();
         self.observed.send_modify(|observed| {
+            observed.heartbeats += heartbeats;
             observed.starts = starts;
             observed.ticks += 1;
             observed.all_replicating = all_replicating;
@@ -382,6 +390,11 @@ async fn create_schedule_checkpoint_pause_and_drain_on_a_real_etcd() {
     assert_eq!((status, body), (202, json!({"current_table_count": 0})));
     let (status, _) = harness.ask(Job::Drain(OWNER.to_owned())).await;
     assert_eq!(status, 400);
+    let (status, body) = harness.ask(Job::Drain("no-such".to_owned())).await;
+    assert_eq!(
+        (status, body["error_code"].clone()),
+        (400, json!("CDC:ErrCaptureNotExist"))
+    );
 
     // Pause stops every span and stores the state.
     let (status, _) = harness
@@ -564,4 +577,249 @@ async fn a_new_owner_keeps_the_running_spans_and_the_stored_states() {
         })
         .await;
     harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_without_changefeeds_hears_from_the_captures_once_a_second() {
+    let mut harness = Harness::start().await;
+    harness
+        .wait_for("the first heartbeats", |o| o.heartbeats >= 2)
+        .await;
+    let started = Instant::now();
+    let (ticks, heartbeats) = {
+        let observed = harness.observed.borrow();
+        (observed.ticks, observed.heartbeats)
+    };
+    // The test reactor ticks every 20 ms: 100 ticks take two seconds at least.
+    harness
+        .wait_for("a hundred more ticks", |o| o.ticks >= ticks + 100)
+        .await;
+    let elapsed = started.elapsed().as_secs() as usize;
+    let sent = harness.observed.borrow().heartbeats - heartbeats;
+    assert!(
+        sent <= 2 * (elapsed + 2),
+        "{sent} heartbeats to two captures in {elapsed} s"
+    );
+    harness.stop().await;
+}
+
+#[test]
+fn answers_show_the_stored_checkpoint_not_one_still_to_commit() {
+    let mut state = GlobalReactorState::new(CLUSTER, 10);
+    let mut put = |key: String, value: Vec<u8>| {
+        state.update(key.as_bytes(), Some(&value), false).unwrap();
+    };
+    let progress = Arc::new(AtomicU64::new(50));
+    let mut agents: BTreeMap<CaptureId, FakeAgent> = BTreeMap::new();
+    for capture_id in [OWNER, OTHER] {
+        let info = CaptureInfo {
+            id: capture_id.to_owned(),
+            ..CaptureInfo::default()
+        };
+        put(
+            key::capture_key(CLUSTER, capture_id),
+            cdc_model::to_go_json(&info).unwrap(),
+        );
+        agents.insert(
+            capture_id.to_owned(),
+            FakeAgent::new(capture_id, progress.clone()),
+        );
+    }
+    let id = ChangeFeedId::default_namespace("cf");
+    put(
+        key::changefeed_info_key(CLUSTER, &id),
+        cdc_model::to_go_json(&new_info(&id, 10)).unwrap(),
+    );
+    let status = ChangeFeedStatus {
+        checkpoint_ts: 10,
+        min_table_barrier_ts: 10,
+        admin_job_type: AdminJobType::Noop,
+    };
+    put(
+        key::changefeed_status_key(CLUSTER, &id),
+        cdc_model::to_go_json(&status).unwrap(),
+    );
+    let upstream = UpstreamInfo {
+        id: 7,
+        ..UpstreamInfo::default()
+    };
+    let mut core = OwnerCore::new(OWNER.to_owned(), 1, test_config(), upstream).unwrap();
+    let mut inbox = Vec::new();
+    let mut now = Duration::ZERO;
+    // The patches are never committed: the stored checkpoint stays at 10 while the spans move.
+    for _ in 0..200 {
+        let output = core.tick(
+            &mut state,
+            now,
+            Utc::now(),
+            std::mem::take(&mut inbox),
+            Vec::new(),
+        );
+        drop(state.get_patches());
+        for message in output.messages {
+            if let Some(agent) = agents.get_mut(&message.to) {
+                inbox.extend(agent.handle(message));
+            }
+        }
+        now += Duration::from_millis(50);
+        let detail = core.read(&Job::Get(id.clone())).unwrap().1;
+        let spans = detail["spans"].as_array().unwrap();
+        if spans.iter().all(|span| span["checkpoint_ts"] == json!(50)) {
+            assert_eq!(detail["checkpoint_ts"], json!(10), "{detail}");
+            return;
+        }
+    }
+    panic!("the spans never reached 50");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_statuses_of_one_tick_are_written_in_one_transaction() {
+    let mut harness = Harness::start().await;
+    harness.progress.store(100, Ordering::SeqCst);
+    let ids: Vec<ChangeFeedId> = (0..5)
+        .map(|i| ChangeFeedId::default_namespace(format!("cf{i}")))
+        .collect();
+    for id in &ids {
+        let (status, body) = harness
+            .ask(Job::Create {
+                info: Box::new(new_info(id, 100)),
+                upstream: UpstreamInfo {
+                    id: 7,
+                    ..UpstreamInfo::default()
+                },
+            })
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    harness
+        .wait_for("every changefeed to replicate", |o| {
+            o.all_replicating && o.running.values().sum::<usize>() == 20
+        })
+        .await;
+    // Every changefeed has spans on both captures, so all their checkpoints move in the tick
+    // that hears the last agent's progress.
+    harness.progress.store(150, Ordering::SeqCst);
+    for id in &ids {
+        harness.wait_status(id, |s| s.checkpoint_ts == 150).await;
+    }
+    let mut revisions = BTreeSet::new();
+    for id in &ids {
+        let kv = harness
+            .get(key::changefeed_status_key(CLUSTER, id))
+            .await
+            .unwrap();
+        revisions.insert(kv.mod_revision);
+    }
+    assert_eq!(revisions.len(), 1, "{revisions:?}");
+    harness.stop().await;
+}
+
+#[test]
+fn a_resume_from_another_checkpoint_waits_until_the_spans_stopped() {
+    let mut state = GlobalReactorState::new(CLUSTER, 10);
+    let progress = Arc::new(AtomicU64::new(50));
+    let mut agents: BTreeMap<CaptureId, FakeAgent> = BTreeMap::new();
+    for capture_id in [OWNER, OTHER] {
+        let info = CaptureInfo {
+            id: capture_id.to_owned(),
+            ..CaptureInfo::default()
+        };
+        let value = cdc_model::to_go_json(&info).unwrap();
+        state
+            .update(
+                key::capture_key(CLUSTER, capture_id).as_bytes(),
+                Some(&value),
+                false,
+            )
+            .unwrap();
+        agents.insert(
+            capture_id.to_owned(),
+            FakeAgent::new(capture_id, progress.clone()),
+        );
+    }
+    let id = ChangeFeedId::default_namespace("cf");
+    let info = cdc_model::to_go_json(&new_info(&id, 10)).unwrap();
+    state
+        .update(
+            key::changefeed_info_key(CLUSTER, &id).as_bytes(),
+            Some(&info),
+            false,
+        )
+        .unwrap();
+    let status = cdc_model::to_go_json(&ChangeFeedStatus {
+        checkpoint_ts: 10,
+        min_table_barrier_ts: 10,
+        admin_job_type: AdminJobType::Noop,
+    })
+    .unwrap();
+    state
+        .update(
+            key::changefeed_status_key(CLUSTER, &id).as_bytes(),
+            Some(&status),
+            false,
+        )
+        .unwrap();
+    let upstream = UpstreamInfo {
+        id: 7,
+        ..UpstreamInfo::default()
+    };
+    let mut core = OwnerCore::new(OWNER.to_owned(), 1, test_config(), upstream).unwrap();
+    let mut inbox = Vec::new();
+    let mut now = Duration::ZERO;
+    let mut tick = |core: &mut OwnerCore,
+                    state: &mut GlobalReactorState,
+                    inbox: &mut Vec<ToOwner>,
+                    requests: Vec<Request>| {
+        let output = core.tick(state, now, Utc::now(), std::mem::take(inbox), requests);
+        drop(state.get_patches());
+        for message in output.messages {
+            if let Some(agent) = agents.get_mut(&message.to) {
+                inbox.extend(agent.handle(message));
+            }
+        }
+        now += Duration::from_millis(50);
+    };
+    for _ in 0..100 {
+        tick(&mut core, &mut state, &mut inbox, Vec::new());
+        if core.coordinator().is_all_replicating() {
+            break;
+        }
+    }
+    assert!(core.coordinator().is_all_replicating());
+    let request = |job: Job| {
+        let (reply, answer) = oneshot::channel();
+        (Request { job, reply }, answer)
+    };
+    let (pause, _) = request(Job::Admin {
+        id: id.clone(),
+        job: AdminJob::Pause,
+    });
+    tick(&mut core, &mut state, &mut inbox, vec![pause]);
+    // The spans are still stopping: a resume from another checkpoint is refused.
+    let (resume, mut answer) = request(Job::Admin {
+        id: id.clone(),
+        job: AdminJob::Resume {
+            overwrite_checkpoint: Some(5),
+        },
+    });
+    tick(&mut core, &mut state, &mut inbox, vec![resume]);
+    let (status, body) = answer.try_recv().expect("answered at once");
+    assert_eq!(status, 400, "{body}");
+    // Once they stopped, it is accepted.
+    for _ in 0..100 {
+        tick(&mut core, &mut state, &mut inbox, Vec::new());
+        if core.coordinator().span_views(&id).is_none() {
+            break;
+        }
+    }
+    assert!(core.coordinator().span_views(&id).is_none());
+    let (resume, mut answer) = request(Job::Admin {
+        id: id.clone(),
+        job: AdminJob::Resume {
+            overwrite_checkpoint: Some(5),
+        },
+    });
+    tick(&mut core, &mut state, &mut inbox, vec![resume]);
+    tick(&mut core, &mut state, &mut inbox, Vec::new());
+    assert_eq!(answer.try_recv().expect("answered").0, 200);
 }

@@ -20,22 +20,38 @@ const CLUSTER: &str = "default";
 const CAPTURE: &str = "c1";
 const DEADLINE: Duration = Duration::from_secs(60);
 
-/// Runs an [`Owner`] on an etcd worker, as the capture does.
-struct OwnerReactor(Arc<dyn Owner>);
+/// Runs an [`Owner`] on an etcd worker, as the capture does; a failed tick ends the worker and
+/// is kept.
+struct OwnerReactor {
+    owner: Arc<dyn Owner>,
+    failure: Arc<std::sync::Mutex<Option<cdc_reactor::Error>>>,
+}
+
+impl OwnerReactor {
+    fn new(owner: Arc<dyn Owner>) -> OwnerReactor {
+        OwnerReactor {
+            owner,
+            failure: Arc::default(),
+        }
+    }
+}
 
 impl Reactor<GlobalReactorState> for OwnerReactor {
     async fn tick(&mut self, state: &mut GlobalReactorState) -> cdc_orchestrator::Result<NextTick> {
-        match self.0.tick(state).await {
+        match self.owner.tick(state).await {
             Ok(Tick::Continue) => Ok(NextTick::After(Duration::ZERO)),
             Ok(Tick::Idle) => Ok(NextTick::Idle),
             Ok(Tick::After(delay)) => Ok(NextTick::After(delay)),
             Ok(Tick::Finished) => Err(cdc_orchestrator::Error::ReactorFinished),
-            Err(err) => panic!("owner tick failed: {}", ErrorReport(&err)),
+            Err(err) => {
+                *self.failure.lock().unwrap() = Some(err);
+                Err(cdc_orchestrator::Error::Cancelled)
+            }
         }
     }
 
     fn set_tick_poke(&mut self, poke: TickPoke) {
-        self.0.set_tick_poke(poke);
+        self.owner.set_tick_poke(poke);
     }
 }
 
@@ -137,7 +153,7 @@ async fn the_api_creates_runs_pauses_resumes_and_removes_a_changefeed() {
         tokio::spawn(async move {
             EtcdWorker::new(client, key::base_key(CLUSTER))
                 .run(
-                    &mut OwnerReactor(owner),
+                    &mut OwnerReactor::new(owner),
                     GlobalReactorState::new(CLUSTER, 10),
                     Duration::from_millis(10),
                     &cancel,
@@ -170,6 +186,22 @@ async fn the_api_creates_runs_pauses_resumes_and_removes_a_changefeed() {
     assert_eq!(
         (status, body["error_code"].clone()),
         (400, json!("CDC:ErrAPIInvalidParam"))
+    );
+
+    // An info too large for one transaction is refused.
+    let rules: Vec<String> = (0..40_000).map(|i| format!("/big/{i:06}/")).collect();
+    let (status, body) = serve(
+        &api,
+        "POST",
+        "/changefeeds",
+        json!({"changefeed_id": "big", "sink_uri": "blackhole://",
+               "replica_config": {"filter": {"rules": rules}}}),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error_msg"].as_str().unwrap().contains("bytes"),
+        "{body}"
     );
 
     // Create: 4 spans split at the keys present.
@@ -323,4 +355,72 @@ async fn the_api_creates_runs_pauses_resumes_and_removes_a_changefeed() {
     cancel.cancel();
     let _ = server_task.await;
     let _ = &mut etcd;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_whose_message_handler_fails_ends_its_term() {
+    let etcd = EtcdServer::start().await.expect("start etcd");
+    let client = etcd.client().await.unwrap();
+    let cancel = CancellationToken::new();
+    let server = Arc::new(MessageServer::new(CAPTURE, ServerConfig::default()));
+    let router = Arc::new(MessageRouter::new(CAPTURE, ClientConfig::default()));
+    let server_task = {
+        let (server, local, cancel) = (server.clone(), router.local_channel(), cancel.clone());
+        tokio::spawn(async move { server.run(cancel, local).await })
+    };
+    let context = ReactorContext {
+        etcd: CdcEtcdClient::new(client.clone(), CLUSTER).await.unwrap(),
+        capture_id: CAPTURE.to_owned(),
+        lease_id: 0,
+        owner_revision: 1,
+        pd_endpoints: etcd.endpoint(),
+        router: router.clone(),
+        message_server: server.clone(),
+        init_pool: Arc::new(InitPool::new(1)),
+    };
+    let owner = OwnerReactors::default().create(context);
+    let api = owner.api().expect("the owner serves the API");
+    let mut reactor = OwnerReactor::new(owner);
+    let failure = reactor.failure.clone();
+    let worker = {
+        let (client, cancel) = (client.clone(), cancel.clone());
+        tokio::spawn(async move {
+            EtcdWorker::new(client, key::base_key(CLUSTER))
+                .run(
+                    &mut reactor,
+                    GlobalReactorState::new(CLUSTER, 10),
+                    Duration::from_millis(10),
+                    &cancel,
+                )
+                .await
+        })
+    };
+    // The owner serves once its first tick registered the handler.
+    wait_get(&api, "/changefeeds", |body| body["total"] == json!(0)).await;
+    // A message on the owner's topic that is no scheduler message fails the handler.
+    let topic: cdc_p2p::NamedTopic<String> = cdc_p2p::NamedTopic::new(TO_OWNER_TOPIC);
+    router
+        .client(CAPTURE)
+        .expect("the local client")
+        .send_message(&topic, "garbage".to_owned(), &cancel)
+        .await
+        .unwrap();
+    let ended = tokio::time::timeout(DEADLINE, worker)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(ended.is_err());
+    let failure = failure.lock().unwrap().take().expect("the tick failed");
+    assert!(
+        matches!(
+            failure,
+            cdc_reactor::Error::Reactor {
+                restarts_capture: true,
+                ..
+            }
+        ),
+        "{failure:?}"
+    );
+    cancel.cancel();
+    let _ = server_task.await;
 }

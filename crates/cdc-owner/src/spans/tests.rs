@@ -29,7 +29,16 @@ fn prefixes_must_be_present_bounded_and_disjoint() {
         check_prefixes(&[b"/a".to_vec(), b"/a".to_vec()]),
         Err(PrefixProblem::Overlap(b"/a".to_vec(), b"/a".to_vec()))
     );
+    assert_eq!(
+        check_prefixes(&[b"/c/x".to_vec(), b"/b/".to_vec(), b"/c/".to_vec()]),
+        Err(PrefixProblem::Overlap(b"/c/".to_vec(), b"/c/x".to_vec()))
+    );
     assert_eq!(check_prefixes(&[b"/a/".to_vec(), b"/b/".to_vec()]), Ok(()));
+    // Many prefixes are checked quickly.
+    let many: Vec<Vec<u8>> = (0..100_000)
+        .map(|i| format!("/p/{i}/").into_bytes())
+        .collect();
+    assert_eq!(check_prefixes(&many), Ok(()));
 }
 
 #[test]
