@@ -42,6 +42,14 @@ pub enum Error {
         #[source]
         source: cdc_sink::Error,
     },
+    /// The changefeed's rules (key prefixes) do not decode.
+    #[error("[CDC:ErrInvalidReplicaConfig]rules of changefeed {changefeed} are invalid: {reason}")]
+    InvalidRules {
+        /// The changefeed.
+        changefeed: String,
+        /// What is wrong with them.
+        reason: String,
+    },
     /// The changefeed names an upstream that is not in the cluster state.
     #[error(
         "[CDC:ErrUpstreamNotFound]upstream {upstream_id} of changefeed {changefeed} does not exist"
@@ -99,6 +107,7 @@ impl Error {
             // The changefeed may be created again, the URI or the upstream fixed by an update.
             Error::ChangefeedNotFound { .. } => false,
             Error::SinkUri { .. } => false,
+            Error::InvalidRules { .. } => false,
             Error::UpstreamNotFound { .. } => true,
             Error::UpstreamConnect { source, .. } => source.is_retryable(),
             Error::SpanLog { .. } => false,

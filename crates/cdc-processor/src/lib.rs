@@ -27,6 +27,7 @@ mod error;
 mod manager;
 mod pipeline;
 mod processor;
+mod rules;
 mod span_log;
 
 pub use config::ProcessorConfig;

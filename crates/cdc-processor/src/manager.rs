@@ -30,6 +30,7 @@ use crate::config::ProcessorConfig;
 use crate::error::{Error, Result};
 use crate::pipeline::{EtcdPipeline, PipelineConfig, PipelineHandle, SpanPipeline, UriSinks};
 use crate::processor::{PipelineFactory, Processor, SpanFailure};
+use crate::rules::changefeed_rules;
 use crate::span_log::SpanLog;
 
 /// The topic of the owner's messages to the agents.
@@ -309,7 +310,7 @@ impl Processors {
         if retry_soon {
             return Ok(Tick::After(Duration::from_secs(1)));
         }
-        if inner.processor.running_spans().next().is_some() {
+        if inner.processor.running_spans().next().is_some() || inner.processor.has_waiting_spans() {
             Ok(Tick::After(self.config.progress_interval))
         } else {
             Ok(Tick::Idle)
@@ -472,11 +473,13 @@ fn error_code(message: &str) -> Option<String> {
     code.starts_with("CDC:").then(|| code.to_owned())
 }
 
-/// The pipeline of one changefeed, rebuilt when its sink URI, upstream or target changes.
+/// The pipeline of one changefeed, rebuilt when its sink URI, upstream, target or rules
+/// change.
 struct ChangefeedPipeline {
     sink_uri: String,
     upstream_id: UpstreamId,
     target: u64,
+    rules: Vec<Vec<u8>>,
     pipeline: EtcdPipeline<UriSinks>,
 }
 
@@ -504,6 +507,25 @@ impl Pipelines {
         self.upstreams.clear();
     }
 
+    /// Whether a span of `changefeed` can start: its info and upstream are known (or every span
+    /// runs on the fixed pipeline). This capture's view of the cluster may lag behind the
+    /// owner's, which dispatches spans of a changefeed it has just created.
+    fn is_ready(&self, changefeed: &ChangeFeedId, state: &GlobalReactorState) -> bool {
+        if self.fixed.is_some() {
+            return true;
+        }
+        let Some(info) = state
+            .changefeeds
+            .get(changefeed)
+            .and_then(|changefeed_state| changefeed_state.info.as_ref())
+        else {
+            return false;
+        };
+        self.upstreams.contains_key(&info.upstream_id)
+            || state.upstreams.contains_key(&info.upstream_id)
+            || info.upstream_id == self.default_upstream.0
+    }
+
     /// What starting a span of `changefeed` needs beyond what is cached, read from the state
     /// before anything is awaited.
     fn resolve(
@@ -518,10 +540,15 @@ impl Pipelines {
             .ok_or_else(|| Error::ChangefeedNotFound {
                 changefeed: changefeed.to_string(),
             })?;
+        let rules = changefeed_rules(info).map_err(|reason| Error::InvalidRules {
+            changefeed: changefeed.to_string(),
+            reason,
+        })?;
         let current = self.changefeeds.get(changefeed).is_some_and(|cached| {
             cached.sink_uri == info.sink_uri
                 && cached.upstream_id == info.upstream_id
                 && cached.target == info.target_ts()
+                && cached.rules == rules
         });
         if current {
             return Ok(None);
@@ -552,6 +579,7 @@ impl Pipelines {
             sink_uri_text: info.sink_uri.clone(),
             upstream_id,
             target: info.target_ts(),
+            rules,
             endpoints,
         }))
     }
@@ -589,6 +617,7 @@ impl Pipelines {
                 sink_uri_text,
                 upstream_id,
                 target,
+                rules,
                 endpoints,
             } = new_pipeline;
             let client = match (self.upstreams.get(&upstream_id), endpoints) {
@@ -613,6 +642,7 @@ impl Pipelines {
                     sink_uri: sink_uri_text,
                     upstream_id,
                     target,
+                    rules,
                     pipeline,
                 },
             );
@@ -633,6 +663,8 @@ struct NewPipeline {
     upstream_id: UpstreamId,
     /// The changefeed's target revision (`u64::MAX`: none).
     target: u64,
+    /// The changefeed's rules (key prefixes), in order.
+    rules: Vec<Vec<u8>>,
     /// The endpoints to connect to, when no client of the upstream exists yet.
     endpoints: Option<String>,
 }
@@ -644,6 +676,10 @@ struct StatePipelines<'a> {
 }
 
 impl PipelineFactory for StatePipelines<'_> {
+    fn is_ready(&self, span: &Span) -> bool {
+        self.pipelines.is_ready(&span.changefeed, self.state)
+    }
+
     fn start(
         &mut self,
         span: Span,

@@ -29,7 +29,7 @@ use cdc_scheduler::{
 use futures::FutureExt as _;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::error::{Error, Result};
 use crate::pipeline::{PipelineHandle, PipelineProgress, PipelineState};
@@ -38,6 +38,14 @@ use crate::span_log::{SpanEvent, SpanLog};
 /// Starts the pipelines of spans: the real one picks the changefeed's upstream and sink, test
 /// doubles record.
 pub trait PipelineFactory: Send {
+    /// Whether `span` can start now. A span that cannot (its changefeed's info has not reached
+    /// this capture's view of the cluster yet) waits, and is asked about again at every tick
+    /// until it can or the owner removes it.
+    fn is_ready(&self, span: &Span) -> bool {
+        let _ = span;
+        true
+    }
+
     /// Starts `span` from `from_revision` (changes after it are replicated). An error means
     /// nothing of the span was started.
     fn start(
@@ -94,6 +102,9 @@ pub struct Processor {
     agent: Agent,
     span_log: Option<Arc<SpanLog>>,
     running: BTreeMap<SpanRef, Running>,
+    /// Spans told to replicate whose pipelines cannot start yet (see
+    /// [`PipelineFactory::is_ready`]).
+    waiting: BTreeMap<SpanRef, (Span, Checkpoint)>,
     monitors: JoinSet<()>,
     finished_tx: mpsc::Sender<Finished>,
     finished_rx: mpsc::Receiver<Finished>,
@@ -127,6 +138,7 @@ impl Processor {
             agent: Agent::new(capture_id, epoch),
             span_log,
             running: BTreeMap::new(),
+            waiting: BTreeMap::new(),
             monitors: JoinSet::new(),
             finished_tx,
             finished_rx,
@@ -151,6 +163,11 @@ impl Processor {
         self.running.keys()
     }
 
+    /// Whether spans wait for their pipelines to become ready; the caller ticks again soon.
+    pub fn has_waiting_spans(&self) -> bool {
+        !self.waiting.is_empty()
+    }
+
     /// The changefeeds this processor has spans of (in any state).
     pub fn changefeeds(&self) -> Vec<cdc_model::ChangeFeedId> {
         let mut changefeeds: Vec<_> = self
@@ -163,9 +180,10 @@ impl Processor {
         changefeeds
     }
 
-    /// One pass: the stops and progress of the pipelines go into the agent, then `messages`
-    /// (the owner's, in the order received), then the agent's commands are carried out with
-    /// `factory`. Returns the messages for the owner and the pipelines that failed.
+    /// One pass: the stops and progress of the pipelines go into the agent, the waiting spans
+    /// that became ready start, then `messages` (the owner's, in the order received) go into
+    /// the agent and its commands are carried out with `factory`. Returns the messages for the
+    /// owner and the pipelines that failed.
     ///
     /// # Cancel safety
     /// Not cancel-safe: a tick dropped while a pipeline starts leaves that span to its
@@ -180,22 +198,41 @@ impl Processor {
         let mut agent_output = AgentOutput::default();
         self.collect_finished(&mut agent_output, &mut output.failures);
         self.collect_progress(&mut agent_output);
+        let mut commands: VecDeque<PipelineCommand> = std::mem::take(&mut self.waiting)
+            .into_values()
+            .map(|(span, checkpoint)| PipelineCommand::Replicate { span, checkpoint })
+            .collect();
+        commands.extend(agent_output.commands.drain(..));
+        self.run_commands(commands, factory, &mut agent_output, &mut output)
+            .await;
         for message in messages {
             self.agent.handle_message(message, &mut agent_output);
         }
-        let mut commands: VecDeque<PipelineCommand> = agent_output.commands.drain(..).collect();
+        let commands = agent_output.commands.drain(..).collect();
+        self.run_commands(commands, factory, &mut agent_output, &mut output)
+            .await;
+        output
+    }
+
+    /// Carries out `commands` and those the agent gives in answer to their events.
+    async fn run_commands<F: PipelineFactory>(
+        &mut self,
+        mut commands: VecDeque<PipelineCommand>,
+        factory: &mut F,
+        agent_output: &mut AgentOutput,
+        output: &mut ProcessorOutput,
+    ) {
         output.messages.append(&mut agent_output.messages);
         while let Some(command) = commands.pop_front() {
             let mut events = Vec::new();
             self.run_command(command, factory, &mut events, &mut output.failures)
                 .await;
             for event in events {
-                self.agent.handle_pipeline_event(event, &mut agent_output);
+                self.agent.handle_pipeline_event(event, agent_output);
             }
             commands.extend(agent_output.commands.drain(..));
             output.messages.append(&mut agent_output.messages);
         }
-        output
     }
 
     async fn run_command<F: PipelineFactory>(
@@ -217,6 +254,11 @@ impl Processor {
                 if self.running.contains_key(&span_ref) {
                     // The agent replicates a span only once until its pipeline reports stopped.
                     warn!(span = %span_ref, "ignore an order to replicate a span that runs");
+                    return;
+                }
+                if !factory.is_ready(&span) {
+                    debug!(span = %span_ref, "span pipeline waits to be ready");
+                    self.waiting.insert(span_ref, (span, checkpoint));
                     return;
                 }
                 self.log(&span_ref, SpanEvent::Start);
@@ -250,11 +292,12 @@ impl Processor {
                     }
                 }
                 None => {
-                    // Prepared only: nothing runs.
-                    events.push(PipelineEvent::Stopped {
-                        span,
-                        checkpoint: Checkpoint::default(),
-                    });
+                    // Prepared only, or waiting to start: nothing runs.
+                    let checkpoint = self
+                        .waiting
+                        .remove(&span)
+                        .map_or_else(Checkpoint::default, |(_, checkpoint)| checkpoint);
+                    events.push(PipelineEvent::Stopped { span, checkpoint });
                 }
             },
         }
@@ -367,6 +410,7 @@ impl Processor {
             }
         }
         self.running.clear();
+        self.waiting.clear();
         self.monitors.shutdown().await;
     }
 
@@ -396,6 +440,8 @@ impl Processor {
                 status.checkpoint.resolved,
                 if self.running.contains_key(&status.span) {
                     " (pipeline running)"
+                } else if self.waiting.contains_key(&status.span) {
+                    " (pipeline waiting to start)"
                 } else {
                     ""
                 },

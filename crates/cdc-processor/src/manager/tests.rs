@@ -207,13 +207,23 @@ impl Harness {
 
     /// A changefeed of `upstream_id` into the blackhole sink.
     async fn create_changefeed_on(&self, id: &str, upstream_id: u64) -> ChangeFeedId {
+        self.put_info(id, upstream_id, serde_json::json!({})).await
+    }
+
+    /// Writes a changefeed's info with this `config`.
+    async fn put_info(
+        &self,
+        id: &str,
+        upstream_id: u64,
+        config: serde_json::Value,
+    ) -> ChangeFeedId {
         let changefeed = ChangeFeedId::new("default", id);
         let info = ChangeFeedInfo {
             upstream_id,
             namespace: changefeed.namespace.clone(),
             changefeed_id: changefeed.id.clone(),
             sink_uri: "blackhole://".to_owned(),
-            config: Some(serde_json::json!({})),
+            config: Some(config),
             ..ChangeFeedInfo::default()
         };
         self.client
@@ -560,6 +570,81 @@ async fn spans_of_a_named_upstream_run_until_close_and_report_stopping() {
     let mut debug_info = String::new();
     manager.write_debug_info(&mut debug_info);
     assert!(debug_info.contains("closed true"), "{debug_info}");
+}
+
+#[tokio::test]
+async fn a_span_dispatched_before_its_changefeed_is_seen_starts_once_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("spans.jsonl");
+    let mut harness = Box::pin(Harness::start(fast_config(Some(&log_path)))).await;
+    harness.handshake().await;
+    // The owner may dispatch spans of a changefeed it has just created before this capture's
+    // worker has seen the info.
+    let changefeed = ChangeFeedId::new("default", "late");
+    let span = span(&changefeed, 0, "/late/");
+    let start = current_revision(&harness.client).await;
+    harness.send(add(&span, start, true)).await;
+    harness.send(add(&span, start, false)).await;
+    harness
+        .heartbeat_until(|spans| {
+            spans
+                .iter()
+                .any(|status| status.state == AgentSpanState::Replicating)
+        })
+        .await;
+    let mut debug_info = String::new();
+    harness.manager.write_debug_info(&mut debug_info);
+    assert!(debug_info.contains("waiting to start"), "{debug_info}");
+    assert!(log_events(&log_path).is_empty());
+
+    harness.create_changefeed("late").await;
+    let written = u64::try_from(harness.client.put("/late/a", "1", 0).await.unwrap()).unwrap();
+    let spans = harness
+        .heartbeat_until(|spans| {
+            spans
+                .iter()
+                .any(|status| status.checkpoint.checkpoint >= written)
+        })
+        .await;
+    assert_eq!(spans[0].state, AgentSpanState::Replicating);
+    let events: Vec<String> = log_events(&log_path)
+        .into_iter()
+        .map(|line| line.3)
+        .collect();
+    assert_eq!(events, ["start"]);
+    harness.close().await;
+}
+
+#[tokio::test]
+async fn malformed_rules_land_in_the_task_position() {
+    let mut harness = Box::pin(Harness::start(fast_config(None))).await;
+    let upstream_id = CdcEtcdClient::new(harness.client.clone(), CLUSTER)
+        .await
+        .unwrap()
+        .etcd_cluster_id();
+    let config = serde_json::json!({"filter": {"rules_base64": ["not base64!"]}});
+    let changefeed = harness.put_info("bad", upstream_id, config).await;
+    harness.handshake().await;
+    let span = span(&changefeed, 0, "/bad/");
+    let start = current_revision(&harness.client).await;
+    harness.send(add(&span, start, true)).await;
+    harness.send(add(&span, start, false)).await;
+    while harness.dispatch_status().await.state != AgentSpanState::Stopped {}
+    let position_key = (changefeed, CAPTURE.to_owned());
+    let positions = tokio::time::timeout(
+        DEADLINE,
+        harness
+            .positions_rx
+            .wait_for(|positions| positions.contains_key(&position_key)),
+    )
+    .await
+    .expect("the task position was written in time")
+    .unwrap()
+    .clone();
+    let error = positions[&position_key].error.clone().unwrap();
+    assert_eq!(error.code, "CDC:ErrInvalidReplicaConfig");
+    assert!(error.message.contains("rules_base64"), "{error:?}");
+    harness.close().await;
 }
 
 /// A pipeline that records its starts and runs until stopped.

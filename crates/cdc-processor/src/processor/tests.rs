@@ -37,6 +37,8 @@ struct Recorded {
     controls: BTreeMap<SpanRef, mpsc::Sender<Control>>,
     /// The next start fails.
     fail_start: bool,
+    /// Spans cannot start while set.
+    not_ready: bool,
 }
 
 /// A pipeline factory whose pipelines only report what their test tells them.
@@ -59,6 +61,10 @@ impl DoubleFactory {
 }
 
 impl PipelineFactory for DoubleFactory {
+    fn is_ready(&self, _span: &Span) -> bool {
+        !self.0.lock().unwrap().not_ready
+    }
+
     async fn start(&mut self, span: Span, from_revision: u64) -> crate::Result<PipelineHandle> {
         let span_ref = span.span_ref();
         let mut recorded = self.0.lock().unwrap();
@@ -389,4 +395,62 @@ async fn close_stops_every_pipeline_and_logs_the_stops() {
     let lines = read_log(&log_path);
     let n_stops = lines.iter().filter(|line| line.event == "stop").count();
     assert_eq!((lines.len(), n_stops), (6, 3));
+}
+
+#[tokio::test]
+async fn a_span_not_ready_waits_and_starts_once_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("spans.jsonl");
+    let span_log = Arc::new(SpanLog::open(&log_path).unwrap());
+    let (mut processor, _woken) = processor(Some(span_log));
+    let mut factory = DoubleFactory::default();
+    factory.0.lock().unwrap().not_ready = true;
+    let (first, second) = (span(5), span(6));
+    let output = processor
+        .tick(
+            [
+                add(&first, 3, true),
+                add(&first, 3, false),
+                add(&second, 4, true),
+                add(&second, 4, false),
+            ],
+            &mut factory,
+        )
+        .await;
+    assert_eq!(
+        states(&output),
+        [
+            (SpanId(5), AgentSpanState::Replicating),
+            (SpanId(6), AgentSpanState::Replicating)
+        ]
+    );
+    assert!(processor.has_waiting_spans());
+    assert!(factory.starts().is_empty());
+    assert!(read_log(&log_path).is_empty());
+
+    // Removed while waiting: stopped at once, nothing ran.
+    let output = processor.tick([remove(&second)], &mut factory).await;
+    assert_eq!(
+        states(&output),
+        [
+            (SpanId(6), AgentSpanState::Stopping),
+            (SpanId(6), AgentSpanState::Stopped)
+        ]
+    );
+    assert_eq!(statuses(&output.messages)[1].checkpoint, Checkpoint::at(4));
+
+    // Ready: the waiting span starts at the next tick, from its checkpoint.
+    processor.tick([], &mut factory).await;
+    assert!(factory.starts().is_empty());
+    factory.0.lock().unwrap().not_ready = false;
+    let output = processor.tick([], &mut factory).await;
+    assert!(output.messages.is_empty());
+    assert!(!processor.has_waiting_spans());
+    assert_eq!(factory.starts(), [(first.span_ref(), 3)]);
+    let events: Vec<String> = read_log(&log_path)
+        .into_iter()
+        .map(|line| line.event)
+        .collect();
+    assert_eq!(events, ["start"]);
+    processor.close(DEADLINE).await;
 }
