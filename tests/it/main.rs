@@ -1,5 +1,6 @@
 //! One integration-test binary: real etcd, real processes.
 
+mod changefeed;
 mod cluster;
 mod cluster_faults;
 mod cluster_run;

@@ -43,7 +43,7 @@ enum Cmd {
     /// Build cdc-server and run a local cluster: one etcd and N captures.
     RunCluster(run_cluster::Args),
     /// Run a benchmark from the cdc-bench package in release mode (failover, failover_cluster,
-    /// worker, p2p, idle).
+    /// worker, p2p, idle, schedule).
     Bench {
         /// The benchmark: a binary of the cdc-bench package.
         name: String,

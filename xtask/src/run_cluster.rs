@@ -1,5 +1,6 @@
 //! `cargo xtask run-cluster`: a local etcd and N captures on free loopback ports, logs streamed
-//! with a prefix, everything stopped and cleaned up on Ctrl-C.
+//! with a prefix, a demo changefeed (prefix `/demo/` into the blackhole sink), everything stopped
+//! and cleaned up on Ctrl-C.
 #![allow(
     clippy::print_stderr,
     clippy::disallowed_methods,
@@ -203,6 +204,12 @@ fn start(
     }
 
     let owner = wait_owner(&addresses, Duration::from_secs(30), signals)?;
+    // The demo changefeed, created through a capture that forwards it to the owner as users'
+    // requests are. A failure is reported, not fatal: the cluster stays up for inspection.
+    let demo = match create_demo_changefeed(&addresses[0], signals) {
+        Err(err) if err.is::<Interrupted>() => return Err(err),
+        other => other,
+    };
     let mut out = std::io::stdout().lock();
     match processes.iter().find(|process| process.name == "etcd") {
         Some(etcd) => writeln!(
@@ -225,7 +232,26 @@ fn start(
         )?;
     }
     writeln!(out, "run-cluster: owner is {owner}")?;
+    match &demo {
+        Ok(()) => writeln!(
+            out,
+            "run-cluster: changefeed {DEMO_CHANGEFEED} follows {DEMO_PREFIX} into blackhole://"
+        )?,
+        Err(err) => writeln!(
+            out,
+            "run-cluster: creating the demo changefeed failed: {err:#}"
+        )?,
+    }
     writeln!(out, "run-cluster: try")?;
+    writeln!(
+        out,
+        "  curl -s http://{}/api/v2/changefeeds/{DEMO_CHANGEFEED}",
+        addresses[0]
+    )?;
+    writeln!(
+        out,
+        "  etcdctl --endpoints {etcd_url} put {DEMO_PREFIX}hello world    # moves its checkpoint"
+    )?;
     writeln!(out, "  curl -s http://{}/api/v2/captures", addresses[0])?;
     writeln!(
         out,
@@ -323,16 +349,55 @@ fn wait_tcp(port: u16, within: Duration, signals: &mpsc::Receiver<Signal>) -> Re
 
 /// A plain HTTP/1.0 GET; returns the body.
 fn http_get(address: &str, path: &str) -> Result<String> {
+    http_request(address, "GET", path, "")
+}
+
+/// A plain HTTP/1.0 request with a JSON body (empty: none); returns the body of a 200 answer.
+fn http_request(address: &str, method: &str, path: &str, body: &str) -> Result<String> {
     let mut stream = TcpStream::connect(address)?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n")?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(stream, "{method} {path} HTTP/1.0\r\nHost: {address}\r\n")?;
+    if !body.is_empty() {
+        write!(
+            stream,
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        )?;
+    }
+    write!(stream, "\r\n{body}")?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
     if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
-        bail!("GET {path} on {address}: {head}");
+        let status = head.lines().next().unwrap_or(head);
+        bail!("{method} {path} on {address}: {status}: {body}");
     }
     Ok(body.to_owned())
+}
+
+/// The demo changefeed's ID and the key prefix it follows.
+const DEMO_CHANGEFEED: &str = "demo";
+const DEMO_PREFIX: &str = "/demo/";
+
+/// Creates the demo changefeed (the owner may need a moment after its election to serve).
+fn create_demo_changefeed(address: &str, signals: &mpsc::Receiver<Signal>) -> Result<()> {
+    let body = serde_json::json!({
+        "changefeed_id": DEMO_CHANGEFEED,
+        "sink_uri": "blackhole://",
+        "replica_config": {"filter": {"rules": [DEMO_PREFIX]}},
+    })
+    .to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match http_request(address, "POST", "/api/v2/changefeeds", &body) {
+            Ok(_) => return Ok(()),
+            // 503: no owner yet, or one that does not serve yet.
+            Err(err) if Instant::now() < deadline && err.to_string().contains(" 503 ") => {
+                check_signal(signals, Duration::from_millis(200))?;
+            }
+            Err(err) => return Err(err),
+        }
+    }
 }
 
 /// Waits until some node reports itself owner; returns its address.

@@ -68,6 +68,10 @@ pub struct SecurityConfig {
 pub struct DebugConfig {
     /// The `[debug.messages]` section (p2p settings, §5.6).
     pub messages: MessagesConfig,
+    /// `span-log`: when set, every span pipeline start and stop is appended to this file as one
+    /// JSON line (for the checker of `tests/it/changefeed.rs`); off by default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub span_log: Option<std::path::PathBuf>,
 }
 
 impl Default for Config {

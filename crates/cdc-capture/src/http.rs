@@ -1,15 +1,17 @@
 //! The HTTP API on the capture's port: `/status`, `/api/v2/...`, `/debug/info`, `/metrics`.
-//! Requests only the owner can serve are forwarded to the owner by other captures.
+//! Requests only the owner can serve are forwarded to the owner by other captures; the
+//! changefeed, processor and drain endpoints are served by the owner's [`OwnerApi`].
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
+use cdc_reactor::{ApiRequest, ApiResponse, OwnerApi};
 use serde::Serialize;
 use serde_json::json;
 
@@ -19,6 +21,11 @@ use crate::error::Error;
 /// The header that marks a forwarded request (TiCDC's name); it is never forwarded twice.
 pub const FORWARD_HEADER: &str = "TiCDC-ForwardFrom";
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the owner may take to answer one API request (a job waits for the owner's next
+/// tick); below the forwarding timeout, so a forwarded request gets the owner's answer.
+const OWNER_API_TIMEOUT: Duration = Duration::from_secs(8);
+/// Where the owner's API starts.
+const API_V2: &str = "/api/v2";
 
 #[derive(Clone)]
 struct Api {
@@ -39,7 +46,12 @@ pub fn router(capture: Arc<Capture>) -> Router {
         .route("/api/v2/health", get(health))
         .route("/api/v2/captures", get(captures))
         .route("/api/v2/owner/resign", post(resign))
-        .route("/api/v2/captures/{id}/drain", post(drain))
+        // TiCDC's drain: the owner moves the capture's spans away.
+        .route("/api/v2/captures/{id}/drain", post(owner_api))
+        .route("/api/v2/changefeeds", any(owner_api))
+        .route("/api/v2/changefeeds/{*rest}", any(owner_api))
+        .route("/api/v2/processors", any(owner_api))
+        .route("/api/v2/processors/{*rest}", any(owner_api))
         .route("/debug/info", get(debug_info))
         .route("/metrics", get(metrics))
         .with_state(Api { capture, http })
@@ -199,24 +211,63 @@ async fn resign(State(api): State<Api>, headers: HeaderMap) -> Response {
     }
 }
 
-async fn drain(State(api): State<Api>, Path(id): Path<String>, headers: HeaderMap) -> Response {
-    let own_id = api.capture.info().map(|info| info.id).unwrap_or_default();
-    if id == own_id {
-        api.capture.drain().await;
-        return axum::Json(json!({"current_table_count": 0})).into_response();
+/// A request only the owner serves (changefeeds, processors, drains): handed to the owner's
+/// [`OwnerApi`] when this capture is owner, else forwarded to the owner (TiCDC's
+/// `ForwardToOwnerMiddleware`).
+async fn owner_api(
+    State(api): State<Api>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Ok(owner) = api.capture.owner() else {
+        let path = uri
+            .path_and_query()
+            .map_or_else(|| uri.path().to_owned(), |path| path.as_str().to_owned());
+        return forward_to_owner(&api, method, &path, &headers, body).await;
+    };
+    let Some(owner_api) = owner.api() else {
+        return api_response(unavailable("the owner serves no changefeed API"));
+    };
+    let request = api_request(&method, &uri, body);
+    api_response(serve_owner_api(owner_api.as_ref(), request, OWNER_API_TIMEOUT).await)
+}
+
+/// The request as the owner's API takes it: the path below `/api/v2`, the query apart.
+fn api_request(method: &Method, uri: &Uri, body: Bytes) -> ApiRequest {
+    ApiRequest {
+        method: method.as_str().to_owned(),
+        path: uri
+            .path()
+            .strip_prefix(API_V2)
+            .unwrap_or(uri.path())
+            .to_owned(),
+        query: uri.query().unwrap_or_default().to_owned(),
+        body,
     }
-    if headers.contains_key(FORWARD_HEADER) {
-        let err = Error::CaptureNotExist { capture_id: id };
-        return error_response(StatusCode::BAD_REQUEST, &err);
+}
+
+/// The owner's answer, or 503 when it does not come in time (the owner stopping, or its
+/// worker stuck on etcd).
+async fn serve_owner_api(
+    owner_api: &dyn OwnerApi,
+    request: ApiRequest,
+    within: Duration,
+) -> ApiResponse {
+    match tokio::time::timeout(within, owner_api.serve(request)).await {
+        Ok(answer) => answer,
+        Err(_) => unavailable(&format!("the owner did not answer within {within:?}")),
     }
-    match api.capture.capture_info(&id).await {
-        Ok(target) => {
-            let path = format!("/api/v2/captures/{id}/drain");
-            forward(&api, Method::POST, &target.address, &path, Bytes::new()).await
-        }
-        Err(err @ Error::CaptureNotExist { .. }) => error_response(StatusCode::BAD_REQUEST, &err),
-        Err(err) => error_response(StatusCode::SERVICE_UNAVAILABLE, &err),
-    }
+}
+
+fn unavailable(message: &str) -> ApiResponse {
+    ApiResponse::error(503, "CDC:ErrOwnerUnknown", message)
+}
+
+fn api_response(answer: ApiResponse) -> Response {
+    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, axum::Json(answer.body)).into_response()
 }
 
 async fn debug_info(State(api): State<Api>) -> Response {
@@ -238,4 +289,74 @@ async fn metrics(State(api): State<Api>) -> Response {
         api.capture.metrics().encode(),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::future::BoxFuture;
+
+    use super::*;
+
+    /// Answers with the request it got, or never.
+    struct EchoApi {
+        hang: bool,
+    }
+
+    impl OwnerApi for EchoApi {
+        fn serve(&self, request: ApiRequest) -> BoxFuture<'_, ApiResponse> {
+            Box::pin(async move {
+                if self.hang {
+                    std::future::pending::<()>().await;
+                }
+                ApiResponse {
+                    status: 202,
+                    body: json!({
+                        "method": request.method,
+                        "path": request.path,
+                        "query": request.query,
+                        "body": String::from_utf8_lossy(&request.body),
+                    }),
+                }
+            })
+        }
+    }
+
+    #[test]
+    fn the_owner_gets_the_path_below_api_v2_and_the_query_apart() {
+        let uri: Uri = "/api/v2/processors/cf1/capture-1?namespace=ns"
+            .parse()
+            .unwrap();
+        let request = api_request(&Method::GET, &uri, Bytes::from_static(b"{}"));
+        assert_eq!(request.method, "GET");
+        assert_eq!(request.path, "/processors/cf1/capture-1");
+        assert_eq!(request.query, "namespace=ns");
+        assert_eq!(&request.body[..], b"{}");
+        let uri: Uri = "/api/v2/changefeeds".parse().unwrap();
+        let request = api_request(&Method::POST, &uri, Bytes::new());
+        assert_eq!(
+            (request.path.as_str(), request.query.as_str()),
+            ("/changefeeds", "")
+        );
+    }
+
+    #[tokio::test]
+    async fn the_owner_s_answer_keeps_its_status_and_body() {
+        let uri: Uri = "/api/v2/captures/c1/drain".parse().unwrap();
+        let request = api_request(&Method::POST, &uri, Bytes::new());
+        let answer = serve_owner_api(&EchoApi { hang: false }, request, OWNER_API_TIMEOUT).await;
+        assert_eq!(answer.status, 202);
+        assert_eq!(answer.body["path"], "/captures/c1/drain");
+        let response = api_response(answer);
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+    }
+
+    #[tokio::test]
+    async fn an_owner_that_does_not_answer_is_unavailable() {
+        let uri: Uri = "/api/v2/changefeeds".parse().unwrap();
+        let request = api_request(&Method::GET, &uri, Bytes::new());
+        let within = Duration::from_millis(10);
+        let answer = serve_owner_api(&EchoApi { hang: true }, request, within).await;
+        assert_eq!(answer.status, 503);
+        assert_eq!(answer.body["error_code"], "CDC:ErrOwnerUnknown");
+    }
 }

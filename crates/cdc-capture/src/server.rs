@@ -28,8 +28,18 @@ pub struct Server {
 }
 
 impl Server {
-    /// Connects to etcd (lazily) and binds the listen address. `config` must be validated.
+    /// Connects to etcd (lazily) and binds the listen address, with the production parts
+    /// ([`CaptureParts::production`]). `config` must be validated.
     pub async fn bind(config: Config) -> Result<Server> {
+        Self::bind_with(config, CaptureParts::production).await
+    }
+
+    /// As [`Server::bind`], with the parts `parts` builds on the cluster's etcd client (the
+    /// binary's owner and processor reactors).
+    pub async fn bind_with(
+        config: Config,
+        parts: impl FnOnce(&CdcEtcdClient) -> CaptureParts,
+    ) -> Result<Server> {
         let addr = parse_listen_addr(&config.addr)?;
         let listener = TcpListener::bind(addr)
             .await
@@ -45,7 +55,7 @@ impl Server {
         let etcd = Box::pin(CdcEtcdClient::new(client, &config.cluster_id)).await?;
         let metrics = Arc::new(Metrics::new());
         let p2p = ServerWrapper::new(&config.debug.messages.server_config());
-        let parts = CaptureParts::production(&etcd);
+        let parts = parts(&etcd);
         let capture = Capture::new(config, etcd, parts, metrics, p2p.clone());
         Ok(Server {
             capture,

@@ -149,6 +149,31 @@ mod tests {
         clippy::result_large_err,
         reason = "figment's Jail returns its own error"
     )]
+    fn the_span_log_is_off_by_default_and_set_by_file_or_env() {
+        figment::Jail::expect_with(|jail| {
+            let (config, _) = load(&cli(&[])).unwrap();
+            assert_eq!(config.debug.span_log, None);
+            jail.create_file("cdc.toml", "[debug]\nspan-log = \"/tmp/spans.jsonl\"\n")?;
+            let (config, _) = load(&cli(&["--config", "cdc.toml"])).unwrap();
+            assert_eq!(
+                config.debug.span_log,
+                Some(PathBuf::from("/tmp/spans.jsonl"))
+            );
+            jail.set_env("CDC_DEBUG__SPAN_LOG", "/tmp/other.jsonl");
+            let (config, _) = load(&cli(&["--config", "cdc.toml"])).unwrap();
+            assert_eq!(
+                config.debug.span_log,
+                Some(PathBuf::from("/tmp/other.jsonl"))
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(
+        clippy::result_large_err,
+        reason = "figment's Jail returns its own error"
+    )]
     fn unknown_key_names_key_and_file() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("bad.toml", "capture-sesion-ttl = 5\n")?;

@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use cdc_capture::{Config, Server};
+use cdc_capture::{CaptureParts, Config, Server};
+use cdc_owner::{OwnerConfig, OwnerReactors};
+use cdc_processor::{ProcessorConfig, ProcessorReactors};
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -93,7 +95,25 @@ fn init_logging(config: &Config) -> Result<()> {
 
 async fn serve(config: Config) -> Result<()> {
     info!(config = ?config, "starting cdc-server");
-    let server = Server::bind(config).await.context("start the server")?;
+    let processor_config = ProcessorConfig {
+        span_log: config.debug.span_log.clone(),
+        ..ProcessorConfig::default()
+    };
+    processor_config
+        .validate()
+        .context("the processor configuration")?;
+    let processors = std::sync::Arc::new(ProcessorReactors::new(processor_config));
+    let owners = std::sync::Arc::new(
+        OwnerReactors::new(OwnerConfig::default()).context("the owner configuration")?,
+    );
+    // The controller stays the capture's minimal one (it serves the capture list).
+    let server = Server::bind_with(config, move |etcd| CaptureParts {
+        owners,
+        processors,
+        ..CaptureParts::production(etcd)
+    })
+    .await
+    .context("start the server")?;
     let capture = std::sync::Arc::clone(server.capture());
     let cancel = CancellationToken::new();
     let mut sigterm = signal(SignalKind::terminate()).context("install the SIGTERM handler")?;
