@@ -6,6 +6,7 @@
     reason = "test helpers: a failure is a test failure"
 )]
 
+mod dataplane;
 mod span_log;
 
 use std::collections::{BTreeMap, BTreeSet};
