@@ -165,6 +165,33 @@ async fn run_cluster_starts_lists_and_stops() -> Result<()> {
         .count();
     assert_eq!(owners, 1);
 
+    // The demo changefeed follows /demo/ into the file sink the summary names.
+    assert!(
+        summary
+            .iter()
+            .any(|line| line.contains("changefeed demo follows /demo/ into file://")),
+        "{summary:?}"
+    );
+    let etcd_url = summary
+        .iter()
+        .find_map(|line| line.strip_prefix("run-cluster: etcd at "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .context("etcd url")?
+        .to_owned();
+    let etcd = cdc_etcd::EtcdClient::connect(&[etcd_url], Default::default()).await?;
+    etcd.put("/demo/hello", "world", 0).await?;
+    let demo_dir = cluster_dir.join("sink").join("demo");
+    wait_for(Duration::from_secs(30), || async {
+        let entries = std::fs::read_dir(&demo_dir).ok()?;
+        let found = entries.filter_map(Result::ok).any(|entry| {
+            std::fs::read_to_string(entry.path())
+                .is_ok_and(|text| text.contains(r#""key":"/demo/hello","value":"world""#))
+        });
+        found.then_some(())
+    })
+    .await
+    .context("the demo change reaches the file sink")?;
+
     // The captures do not inherit run-cluster's blocked signals (etcd is started the same way;
     // its Go runtime changes its own mask), and a node stops on SIGTERM.
     for (_, pid) in &nodes {

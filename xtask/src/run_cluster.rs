@@ -1,6 +1,6 @@
 //! `cargo xtask run-cluster`: a local etcd and N captures on free loopback ports, logs streamed
-//! with a prefix, a demo changefeed (prefix `/demo/` into the blackhole sink), everything stopped
-//! and cleaned up on Ctrl-C.
+//! with a prefix, a demo changefeed (prefix `/demo/` into a file sink under the cluster's
+//! directory), everything stopped and cleaned up on Ctrl-C.
 #![allow(
     clippy::print_stderr,
     clippy::disallowed_methods,
@@ -206,7 +206,8 @@ fn start(
     let owner = wait_owner(&addresses, Duration::from_secs(30), signals)?;
     // The demo changefeed, created through a capture that forwards it to the owner as users'
     // requests are. A failure is reported, not fatal: the cluster stays up for inspection.
-    let demo = match create_demo_changefeed(&addresses[0], signals) {
+    let sink_dir = cluster_dir.join("sink");
+    let demo = match create_demo_changefeed(&addresses[0], &sink_dir, signals) {
         Err(err) if err.is::<Interrupted>() => return Err(err),
         other => other,
     };
@@ -235,7 +236,8 @@ fn start(
     match &demo {
         Ok(()) => writeln!(
             out,
-            "run-cluster: changefeed {DEMO_CHANGEFEED} follows {DEMO_PREFIX} into blackhole://"
+            "run-cluster: changefeed {DEMO_CHANGEFEED} follows {DEMO_PREFIX} into file://{}",
+            sink_dir.display()
         )?,
         Err(err) => writeln!(
             out,
@@ -250,7 +252,12 @@ fn start(
     )?;
     writeln!(
         out,
-        "  etcdctl --endpoints {etcd_url} put {DEMO_PREFIX}hello world    # moves its checkpoint"
+        "  etcdctl --endpoints {etcd_url} put {DEMO_PREFIX}hello world    # a change to replicate"
+    )?;
+    writeln!(
+        out,
+        "  tail -F {}/{DEMO_CHANGEFEED}/*.jsonl    # the changes, one JSON line each",
+        sink_dir.display()
     )?;
     writeln!(out, "  curl -s http://{}/api/v2/captures", addresses[0])?;
     writeln!(
@@ -380,10 +387,16 @@ const DEMO_CHANGEFEED: &str = "demo";
 const DEMO_PREFIX: &str = "/demo/";
 
 /// Creates the demo changefeed (the owner may need a moment after its election to serve).
-fn create_demo_changefeed(address: &str, signals: &mpsc::Receiver<Signal>) -> Result<()> {
+fn create_demo_changefeed(
+    address: &str,
+    sink_dir: &Path,
+    signals: &mpsc::Receiver<Signal>,
+) -> Result<()> {
+    std::fs::create_dir_all(sink_dir.join(DEMO_CHANGEFEED))
+        .with_context(|| format!("create {}", sink_dir.display()))?;
     let body = serde_json::json!({
         "changefeed_id": DEMO_CHANGEFEED,
-        "sink_uri": "blackhole://",
+        "sink_uri": format!("file://{}?flush-interval=200ms", sink_dir.display()),
         "replica_config": {"filter": {"rules": [DEMO_PREFIX]}},
     })
     .to_string();
