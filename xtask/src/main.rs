@@ -138,21 +138,24 @@ fn test(args: &[String]) -> Result<()> {
 
 fn bench(name: &str, args: &[String]) -> Result<()> {
     install::ensure_tools()?;
-    // Benchmarks that run real captures use the release server.
-    run_checked(cargo().args(["build", "--release", "--package", "cdc-server"]))?;
-    let server_bin = target_dir().join("release").join("cdc-server");
+    // One build of both packages, so that their shared dependencies are compiled once with one
+    // set of features; benchmarks that run real captures use this release server.
+    run_checked(cargo().args([
+        "build",
+        "--release",
+        "--package",
+        "cdc-server",
+        "--package",
+        "cdc-bench",
+        "--bin",
+        "cdc-server",
+        "--bin",
+        name,
+    ]))?;
+    let release = target_dir().join("release");
     run_checked(
-        cargo()
-            .env("CDC_SERVER_BIN", &server_bin)
-            .args([
-                "run",
-                "--release",
-                "--package",
-                "cdc-bench",
-                "--bin",
-                name,
-                "--",
-            ])
+        Command::new(release.join(name))
+            .env("CDC_SERVER_BIN", release.join("cdc-server"))
             .args(args),
     )
 }
