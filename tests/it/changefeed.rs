@@ -7,6 +7,7 @@
 )]
 
 mod dataplane;
+mod memory;
 mod span_log;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -4,7 +4,7 @@
 //! a delete is deleted. Writes are buffered until [`Sink::flush`], which collapses the buffer to
 //! the last change of each key (a mirror needs only the final value of a flush window, and etcd
 //! refuses a transaction that names one key twice), cuts it into transactions of at most
-//! `batch-size` operations and sends up to [`MAX_IN_FLIGHT`] of them at once. The transactions of
+//! `batch-size` operations and [`MAX_TXN_BYTES`] and sends up to [`MAX_IN_FLIGHT`] of them at once. The transactions of
 //! one flush name disjoint keys, so their order does not matter; a flush returns only when all of
 //! them are committed, so a later flush never overtakes an earlier one: per key, the last change
 //! in revision order wins.
@@ -21,6 +21,18 @@ use crate::uri::EtcdSinkConfig;
 
 /// Transactions of one flush in flight at once.
 pub const MAX_IN_FLIGHT: usize = 8;
+
+/// The most bytes of keys and values in one transaction, below etcd's default
+/// `--max-request-bytes` (1.5 MiB); a single larger change goes alone.
+pub const MAX_TXN_BYTES: usize = 1 << 20;
+
+/// The bytes an operation adds to a transaction.
+fn op_bytes(op: &TxnOp) -> usize {
+    match op {
+        TxnOp::Put { key, value, .. } => key.len() + value.len(),
+        TxnOp::Delete { key, .. } | TxnOp::Get { key, .. } => key.len(),
+    }
+}
 
 /// A mirror of one span in another etcd.
 #[derive(Debug)]
@@ -66,22 +78,28 @@ impl EtcdSink {
     }
 
     /// The buffer as operations: the last change of each key, in the order of those changes.
+    /// The changes' keys and values move into the operations, so a flush holds one copy.
     fn take_ops(&mut self) -> Vec<TxnOp> {
         let events = std::mem::take(&mut self.buffer);
-        let mut last: HashMap<&[u8], usize> = HashMap::with_capacity(events.len());
-        for (index, event) in events.iter().enumerate() {
-            last.insert(event.key.as_slice(), index);
-        }
+        let keep: Vec<bool> = {
+            let mut last: HashMap<&[u8], usize> = HashMap::with_capacity(events.len());
+            for (index, event) in events.iter().enumerate() {
+                last.insert(event.key.as_slice(), index);
+            }
+            (0..events.len())
+                .map(|index| last.get(events[index].key.as_slice()) == Some(&index))
+                .collect()
+        };
         events
-            .iter()
-            .enumerate()
-            .filter(|(index, event)| last.get(event.key.as_slice()) == Some(index))
-            .map(|(_, event)| {
+            .into_iter()
+            .zip(keep)
+            .filter(|(_, keep)| *keep)
+            .map(|(event, _)| {
                 let key = self.target_key(&event.key);
-                match (event.op, &event.value) {
+                match (event.op, event.value) {
                     (OpType::Put, Some(value)) => TxnOp::Put {
                         key,
-                        value: value.clone(),
+                        value,
                         lease: 0,
                     },
                     (OpType::Put, None) | (OpType::Delete, _) => {
@@ -105,14 +123,25 @@ impl Sink for EtcdSink {
         }
         let ops = self.take_ops();
         let batch_size = self.config.batch_size.max(1);
-        let mut batches = Vec::with_capacity(ops.len().div_ceil(batch_size));
-        let mut ops = ops.into_iter().peekable();
-        while ops.peek().is_some() {
-            batches.push(Txn {
-                compares: Vec::new(),
-                success: ops.by_ref().take(batch_size).collect(),
-                failure: Vec::new(),
-            });
+        let mut batches: Vec<Txn> = Vec::with_capacity(ops.len().div_ceil(batch_size));
+        let mut bytes = 0;
+        for op in ops {
+            let size = op_bytes(&op);
+            let full = batches
+                .last()
+                .is_none_or(|txn| txn.success.len() >= batch_size || bytes + size > MAX_TXN_BYTES);
+            if full {
+                batches.push(Txn {
+                    compares: Vec::new(),
+                    success: Vec::new(),
+                    failure: Vec::new(),
+                });
+                bytes = 0;
+            }
+            bytes += size;
+            if let Some(txn) = batches.last_mut() {
+                txn.success.push(op);
+            }
         }
         let client = &self.client;
         let endpoints = &self.config.endpoints;

@@ -27,7 +27,7 @@ mod uri;
 pub use any::{AnySink, SharedSinks, SpanTarget};
 pub use blackhole::{BlackholeSink, BlackholeStats};
 pub use error::{Error, Result};
-pub use etcd::{EtcdSink, MAX_IN_FLIGHT};
+pub use etcd::{EtcdSink, MAX_IN_FLIGHT, MAX_TXN_BYTES};
 pub use file::{FileSink, file_name, json_line};
 pub use sink::Sink;
 pub use uri::{

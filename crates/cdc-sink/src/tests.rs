@@ -302,3 +302,27 @@ async fn etcd_sink_reports_a_downstream_that_is_down() {
     assert!(matches!(err, Error::Etcd { op: "txn", .. }), "{err:?}");
     assert!(err.is_retryable(), "{err:?}");
 }
+
+// 128 changes of 16 KiB make a 2 MiB transaction, more than etcd takes by default (1.5 MiB):
+// the sink cuts transactions by size as well as by count.
+#[tokio::test]
+async fn etcd_sink_cuts_transactions_by_size() {
+    let server = cdc_etcd::testing::EtcdServer::start().await.unwrap();
+    let uri = SinkUri::parse(&format!(
+        "etcd://{}/dst/",
+        server.endpoint().trim_start_matches("http://")
+    ))
+    .unwrap();
+    let shared = crate::SharedSinks::default();
+    let mut sink = crate::AnySink::open(&uri, target("span-0"), &shared)
+        .await
+        .unwrap();
+    let events: Vec<ChangeEvent> = (0..300)
+        .map(|i| ChangeEvent::put(format!("/src/{i:03}"), vec![b'x'; 16 << 10], i + 2))
+        .collect();
+    sink.write(&events).await.unwrap();
+    sink.flush().await.unwrap();
+    let client = server.client().await.unwrap();
+    assert_eq!(dump(&client, b"/dst/").await.len(), 300);
+    sink.close().await.unwrap();
+}

@@ -88,8 +88,10 @@ impl KeyRange {
 /// Bounds and timing of an [`EtcdSource`].
 #[derive(Debug, Clone)]
 pub struct SourceConfig {
-    /// Watch responses buffered between the watch and the consumer: the memory bound (each
-    /// response is at most the client's `max_decoding_message_size`).
+    /// Watch responses buffered between the watch and the consumer: the memory bound. A
+    /// response of a watcher that catches up holds up to 1,000 revisions' changes (etcd's
+    /// `watchBatchMaxRevs`), so the bound is in responses, each at most the client's
+    /// `max_decoding_message_size`; the default keeps two.
     pub buffer: usize,
     /// Silence after which progress is requested, and the period of the requests.
     pub progress_interval: Duration,
@@ -103,7 +105,7 @@ pub struct SourceConfig {
 impl Default for SourceConfig {
     fn default() -> SourceConfig {
         SourceConfig {
-            buffer: 16,
+            buffer: 2,
             progress_interval: Duration::from_secs(1),
             confirm_after: Duration::from_millis(500),
             reset_after: Duration::from_secs(10),
