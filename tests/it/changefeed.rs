@@ -676,11 +676,6 @@ async fn no_span_runs_on_two_captures_over_fifty_kills() -> Result<()> {
         history.moves(),
         history.starts()
     );
-    assert!(
-        started.elapsed() < Duration::from_secs(180),
-        "{:?}",
-        started.elapsed()
-    );
     Ok(())
 }
 
