@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::*;
-use crate::fake_agent::FakeAgent;
+use crate::fake_agent::{FakeAgent, put_capture};
 use crate::feed::RetryPolicy;
 
 const CLUSTER: &str = "default";
@@ -161,19 +161,7 @@ impl Harness {
         let etcd = EtcdServer::start().await.expect("start etcd");
         let client = etcd.client().await.unwrap();
         for capture_id in [OWNER, OTHER] {
-            let info = CaptureInfo {
-                id: capture_id.to_owned(),
-                address: format!("{capture_id}:8300"),
-                ..CaptureInfo::default()
-            };
-            client
-                .put(
-                    key::capture_key(CLUSTER, capture_id),
-                    cdc_model::to_go_json(&info).unwrap(),
-                    0,
-                )
-                .await
-                .unwrap();
+            put_capture(&client, CLUSTER, capture_id, &format!("{capture_id}:8300")).await;
         }
         let progress = Arc::new(AtomicU64::new(0));
         let agents = [OWNER, OTHER]

@@ -7,14 +7,14 @@ use std::sync::atomic::AtomicU64;
 use bytes::Bytes;
 use cdc_etcd::testing::EtcdServer;
 use cdc_etcd::{CdcEtcdClient, GetOptions};
-use cdc_model::{CaptureInfo, ChangeFeedId, key};
+use cdc_model::{ChangeFeedId, key};
 use cdc_orchestrator::{EtcdWorker, NextTick, Reactor, TickPoke};
 use cdc_p2p::{BoxError, ClientConfig, MessageRouter, MessageServer, ServerConfig};
 use cdc_reactor::{InitPool, OwnerFactory};
 use serde_json::{Value, json};
 
 use super::*;
-use crate::fake_agent::FakeAgent;
+use crate::fake_agent::{FakeAgent, put_capture};
 
 const CLUSTER: &str = "default";
 const CAPTURE: &str = "c1";
@@ -55,6 +55,11 @@ impl Reactor<GlobalReactorState> for OwnerReactor {
     }
 }
 
+/// `POST /changefeeds` with `body`.
+async fn create(api: &Arc<dyn OwnerApi>, body: Value) -> (u16, Value) {
+    serve(api, "POST", "/changefeeds", body).await
+}
+
 async fn serve(api: &Arc<dyn OwnerApi>, method: &str, path: &str, body: Value) -> (u16, Value) {
     let body = if body.is_null() {
         Bytes::new()
@@ -93,19 +98,7 @@ async fn wait_get(api: &Arc<dyn OwnerApi>, path: &str, check: impl Fn(&Value) ->
 async fn the_api_creates_runs_pauses_resumes_and_removes_a_changefeed() {
     let mut etcd = EtcdServer::start().await.expect("start etcd");
     let client = etcd.client().await.unwrap();
-    let info = CaptureInfo {
-        id: CAPTURE.to_owned(),
-        address: "127.0.0.1:1".to_owned(),
-        ..CaptureInfo::default()
-    };
-    client
-        .put(
-            key::capture_key(CLUSTER, CAPTURE),
-            cdc_model::to_go_json(&info).unwrap(),
-            0,
-        )
-        .await
-        .unwrap();
+    put_capture(&client, CLUSTER, CAPTURE, "127.0.0.1:1").await;
     for i in 0..8 {
         client.put(format!("/demo/{i}"), "v", 0).await.unwrap();
     }
@@ -163,10 +156,8 @@ async fn the_api_creates_runs_pauses_resumes_and_removes_a_changefeed() {
     };
 
     // Bad requests name the field.
-    let (status, body) = serve(
+    let (status, body) = create(
         &api,
-        "POST",
-        "/changefeeds",
         json!({"changefeed_id": "cf1", "sink_uri": "blackhole://", "start_ts": 1_000_000,
                "replica_config": {"filter": {"rules": ["/demo/"]}}}),
     )
@@ -176,13 +167,7 @@ async fn the_api_creates_runs_pauses_resumes_and_removes_a_changefeed() {
         body["error_msg"].as_str().unwrap().contains("start_ts"),
         "{body}"
     );
-    let (status, body) = serve(
-        &api,
-        "POST",
-        "/changefeeds",
-        json!({"changefeed_id": "cf1", "sinkuri": "x"}),
-    )
-    .await;
+    let (status, body) = create(&api, json!({"changefeed_id": "cf1", "sinkuri": "x"})).await;
     assert_eq!(
         (status, body["error_code"].clone()),
         (400, json!("CDC:ErrAPIInvalidParam"))
@@ -190,10 +175,8 @@ async fn the_api_creates_runs_pauses_resumes_and_removes_a_changefeed() {
 
     // An info too large for one transaction is refused.
     let rules: Vec<String> = (0..40_000).map(|i| format!("/big/{i:06}/")).collect();
-    let (status, body) = serve(
+    let (status, body) = create(
         &api,
-        "POST",
-        "/changefeeds",
         json!({"changefeed_id": "big", "sink_uri": "blackhole://",
                "replica_config": {"filter": {"rules": rules}}}),
     )
@@ -205,10 +188,8 @@ async fn the_api_creates_runs_pauses_resumes_and_removes_a_changefeed() {
     );
 
     // Create: 4 spans split at the keys present.
-    let (status, body) = serve(
+    let (status, body) = create(
         &api,
-        "POST",
-        "/changefeeds",
         json!({"changefeed_id": "cf1", "sink_uri": "blackhole://",
                "replica_config": {"filter": {"rules": ["/demo/"]}, "scheduler": {"spans_per_prefix": 4}}}),
     )
@@ -247,10 +228,8 @@ async fn the_api_creates_runs_pauses_resumes_and_removes_a_changefeed() {
         stored.config.as_ref().unwrap()["scheduler"]["split_keys_base64"],
         json!([["L2RlbW8vMg==", "L2RlbW8vNA==", "L2RlbW8vNg=="]])
     );
-    let (status, _) = serve(
+    let (status, _) = create(
         &api,
-        "POST",
-        "/changefeeds",
         json!({"changefeed_id": "cf1", "sink_uri": "blackhole://",
                "replica_config": {"filter": {"rules": ["/demo/"]}}}),
     )
@@ -329,10 +308,8 @@ async fn the_api_creates_runs_pauses_resumes_and_removes_a_changefeed() {
 
     // A compacted start revision is refused.
     etcd.compact().await.unwrap();
-    let (status, body) = serve(
+    let (status, body) = create(
         &api,
-        "POST",
-        "/changefeeds",
         json!({"changefeed_id": "cf2", "sink_uri": "blackhole://", "start_ts": 2,
                "replica_config": {"filter": {"rules": ["/demo/"]}}}),
     )
