@@ -198,6 +198,24 @@ impl Harness {
         }
     }
 
+    /// The error of this capture's task position of `changefeed`, once one is written.
+    async fn position_error(&mut self, changefeed: &ChangeFeedId) -> cdc_model::RunningError {
+        let position_key = (changefeed.clone(), CAPTURE.to_owned());
+        let positions = tokio::time::timeout(
+            DEADLINE,
+            self.positions_rx
+                .wait_for(|positions| positions.contains_key(&position_key)),
+        )
+        .await
+        .expect("the task position was written in time")
+        .unwrap()
+        .clone();
+        positions[&position_key]
+            .error
+            .clone()
+            .expect("the task position has an error")
+    }
+
     /// A changefeed of the default upstream (the cluster's etcd) into the blackhole sink.
     async fn create_changefeed(&self, id: &str) -> ChangeFeedId {
         let cdc_client = CdcEtcdClient::new(self.client.clone(), CLUSTER)
@@ -486,18 +504,7 @@ async fn compacted_start_revision_lands_in_the_task_position() {
         [AgentSpanState::Replicating, AgentSpanState::Stopped]
     );
 
-    let position_key = (changefeed.clone(), CAPTURE.to_owned());
-    let positions = tokio::time::timeout(
-        DEADLINE,
-        harness
-            .positions_rx
-            .wait_for(|positions| positions.contains_key(&position_key)),
-    )
-    .await
-    .expect("the task position was written in time")
-    .unwrap()
-    .clone();
-    let error = positions[&position_key].error.clone().unwrap();
+    let error = harness.position_error(&changefeed).await;
     assert_eq!(error.code, "CDC:ErrSnapshotLostByGC");
     assert_eq!(error.addr, "127.0.0.1:8300");
     assert!(
@@ -632,18 +639,7 @@ async fn malformed_rules_land_in_the_task_position() {
     harness.send(add(&span, start, true)).await;
     harness.send(add(&span, start, false)).await;
     while harness.dispatch_status().await.state != AgentSpanState::Stopped {}
-    let position_key = (changefeed, CAPTURE.to_owned());
-    let positions = tokio::time::timeout(
-        DEADLINE,
-        harness
-            .positions_rx
-            .wait_for(|positions| positions.contains_key(&position_key)),
-    )
-    .await
-    .expect("the task position was written in time")
-    .unwrap()
-    .clone();
-    let error = positions[&position_key].error.clone().unwrap();
+    let error = harness.position_error(&changefeed).await;
     assert_eq!(error.code, "CDC:ErrInvalidReplicaConfig");
     assert!(error.message.contains("rules_base64"), "{error:?}");
     harness.close().await;
