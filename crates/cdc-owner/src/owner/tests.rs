@@ -6,7 +6,7 @@ use std::sync::atomic::AtomicU64;
 
 use bytes::Bytes;
 use cdc_etcd::testing::EtcdServer;
-use cdc_etcd::{CdcEtcdClient, GetOptions};
+use cdc_etcd::{CdcEtcdClient, EtcdClient, GetOptions};
 use cdc_model::{ChangeFeedId, key};
 use cdc_orchestrator::{EtcdWorker, NextTick, Reactor, TickPoke};
 use cdc_p2p::{BoxError, ClientConfig, MessageRouter, MessageServer, ServerConfig};
@@ -52,6 +52,25 @@ impl Reactor<GlobalReactorState> for OwnerReactor {
 
     fn set_tick_poke(&mut self, poke: TickPoke) {
         self.owner.set_tick_poke(poke);
+    }
+}
+
+/// The context of an owner on capture [`CAPTURE`], the only capture of [`CLUSTER`].
+async fn reactor_context(
+    client: &EtcdClient,
+    etcd: &EtcdServer,
+    router: &Arc<MessageRouter>,
+    server: &Arc<MessageServer>,
+) -> ReactorContext {
+    ReactorContext {
+        etcd: CdcEtcdClient::new(client.clone(), CLUSTER).await.unwrap(),
+        capture_id: CAPTURE.to_owned(),
+        lease_id: 0,
+        owner_revision: 1,
+        pd_endpoints: etcd.endpoint(),
+        router: router.clone(),
+        message_server: server.clone(),
+        init_pool: Arc::new(InitPool::new(1)),
     }
 }
 
@@ -127,16 +146,7 @@ async fn the_api_creates_runs_pauses_resumes_and_removes_a_changefeed() {
         .await
         .unwrap();
 
-    let context = ReactorContext {
-        etcd: CdcEtcdClient::new(client.clone(), CLUSTER).await.unwrap(),
-        capture_id: CAPTURE.to_owned(),
-        lease_id: 0,
-        owner_revision: 1,
-        pd_endpoints: etcd.endpoint(),
-        router: router.clone(),
-        message_server: server.clone(),
-        init_pool: Arc::new(InitPool::new(1)),
-    };
+    let context = reactor_context(&client, &etcd, &router, &server).await;
     let owner = OwnerReactors::new(OwnerConfig::default())
         .unwrap()
         .create(context);
@@ -345,16 +355,7 @@ async fn an_owner_whose_message_handler_fails_ends_its_term() {
         let (server, local, cancel) = (server.clone(), router.local_channel(), cancel.clone());
         tokio::spawn(async move { server.run(cancel, local).await })
     };
-    let context = ReactorContext {
-        etcd: CdcEtcdClient::new(client.clone(), CLUSTER).await.unwrap(),
-        capture_id: CAPTURE.to_owned(),
-        lease_id: 0,
-        owner_revision: 1,
-        pd_endpoints: etcd.endpoint(),
-        router: router.clone(),
-        message_server: server.clone(),
-        init_pool: Arc::new(InitPool::new(1)),
-    };
+    let context = reactor_context(&client, &etcd, &router, &server).await;
     let owner = OwnerReactors::default().create(context);
     let api = owner.api().expect("the owner serves the API");
     let mut reactor = OwnerReactor::new(owner);
