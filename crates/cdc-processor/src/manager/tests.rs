@@ -318,6 +318,16 @@ impl Harness {
     }
 
     /// Heartbeats until the answer satisfies `done`.
+    /// The spans of the first heartbeat in which some span's checkpoint is `written` or later.
+    async fn heartbeat_past(&mut self, written: u64) -> Vec<SpanStatus> {
+        self.heartbeat_until(|spans| {
+            spans
+                .iter()
+                .any(|status| status.checkpoint.checkpoint >= written)
+        })
+        .await
+    }
+
     async fn heartbeat_until(&mut self, done: impl Fn(&[SpanStatus]) -> bool) -> Vec<SpanStatus> {
         self.heartbeat_response_until(|response| done(&response.spans))
             .await
@@ -441,13 +451,7 @@ async fn agent_runs_an_etcd_span_from_prepare_to_remove() {
     // Changes in the span move its checkpoint, which the heartbeats report.
     let written = u64::try_from(harness.client.put("/data/a", "1", 0).await.unwrap()).unwrap();
     harness.client.put("/other", "x", 0).await.unwrap();
-    let spans = harness
-        .heartbeat_until(|spans| {
-            spans
-                .iter()
-                .any(|status| status.checkpoint.checkpoint >= written)
-        })
-        .await;
+    let spans = harness.heartbeat_past(written).await;
     assert_eq!(spans.len(), 1);
     assert_eq!(spans[0].state, AgentSpanState::Replicating);
 
@@ -608,13 +612,7 @@ async fn a_span_dispatched_before_its_changefeed_is_seen_starts_once_it_is() {
 
     harness.create_changefeed("late").await;
     let written = u64::try_from(harness.client.put("/late/a", "1", 0).await.unwrap()).unwrap();
-    let spans = harness
-        .heartbeat_until(|spans| {
-            spans
-                .iter()
-                .any(|status| status.checkpoint.checkpoint >= written)
-        })
-        .await;
+    let spans = harness.heartbeat_past(written).await;
     assert_eq!(spans[0].state, AgentSpanState::Replicating);
     let events: Vec<String> = log_events(&log_path)
         .into_iter()
