@@ -1,5 +1,5 @@
 //! An in-process agent for tests: its pipelines start, stop and progress at once; and the
-//! capture key that makes its capture known to the owner.
+//! capture key that makes its capture known to the owner, and a read of one key.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -97,4 +97,18 @@ pub(crate) async fn put_capture(
         )
         .await
         .expect("write a capture key");
+}
+
+/// The key-value under `key`, if any.
+pub(crate) async fn get_kv(
+    client: &cdc_etcd::EtcdClient,
+    key: String,
+) -> Option<cdc_etcd::KeyValue> {
+    client
+        .get(key, cdc_etcd::GetOptions::default())
+        .await
+        .expect("read a key")
+        .kvs
+        .into_iter()
+        .next()
 }

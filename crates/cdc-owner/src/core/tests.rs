@@ -5,15 +5,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+use cdc_etcd::EtcdClient;
 use cdc_etcd::testing::EtcdServer;
-use cdc_etcd::{EtcdClient, GetOptions};
 use cdc_model::{CaptureInfo, GoTime};
 use cdc_orchestrator::{EtcdWorker, NextTick, Reactor, ReactorState};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::*;
-use crate::fake_agent::{FakeAgent, put_capture};
+use crate::fake_agent::{FakeAgent, get_kv, put_capture};
 use crate::feed::RetryPolicy;
 
 const CLUSTER: &str = "default";
@@ -236,13 +236,7 @@ impl Harness {
     }
 
     async fn get(&self, key: String) -> Option<cdc_etcd::KeyValue> {
-        self.client
-            .get(key, GetOptions::default())
-            .await
-            .unwrap()
-            .kvs
-            .into_iter()
-            .next()
+        get_kv(&self.client, key).await
     }
 
     async fn status(&self, id: &ChangeFeedId) -> (ChangeFeedStatus, i64) {

@@ -6,7 +6,7 @@ use std::sync::atomic::AtomicU64;
 
 use bytes::Bytes;
 use cdc_etcd::testing::EtcdServer;
-use cdc_etcd::{CdcEtcdClient, EtcdClient, GetOptions};
+use cdc_etcd::{CdcEtcdClient, EtcdClient};
 use cdc_model::{ChangeFeedId, key};
 use cdc_orchestrator::{EtcdWorker, NextTick, Reactor, TickPoke};
 use cdc_p2p::{BoxError, ClientConfig, MessageRouter, MessageServer, ServerConfig};
@@ -14,7 +14,7 @@ use cdc_reactor::{InitPool, OwnerFactory};
 use serde_json::{Value, json};
 
 use super::*;
-use crate::fake_agent::{FakeAgent, put_capture};
+use crate::fake_agent::{FakeAgent, get_kv, put_capture};
 
 const CLUSTER: &str = "default";
 const CAPTURE: &str = "c1";
@@ -215,18 +215,7 @@ async fn the_api_creates_runs_pauses_resumes_and_removes_a_changefeed() {
         .collect();
     assert_eq!(starts, vec!["/demo/", "/demo/2", "/demo/4", "/demo/6"]);
     let id = ChangeFeedId::default_namespace("cf1");
-    let get = |key: String| {
-        let client = client.clone();
-        async move {
-            client
-                .get(key, GetOptions::default())
-                .await
-                .unwrap()
-                .kvs
-                .into_iter()
-                .next()
-        }
-    };
+    let get = |key: String| get_kv(&client, key);
     let info_kv = get(key::changefeed_info_key(CLUSTER, &id)).await.unwrap();
     let status_kv = get(key::changefeed_status_key(CLUSTER, &id)).await.unwrap();
     assert_eq!(
