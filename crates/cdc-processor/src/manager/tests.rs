@@ -318,6 +318,19 @@ impl Harness {
     }
 
     /// Heartbeats until the answer satisfies `done`.
+    /// Prepares then replicates `span` from revision `start` and waits until a heartbeat
+    /// reports a span replicating.
+    async fn replicate(&mut self, span: &Span, start: u64) {
+        self.send(add(span, start, true)).await;
+        self.send(add(span, start, false)).await;
+        self.heartbeat_until(|spans| {
+            spans
+                .iter()
+                .any(|status| status.state == AgentSpanState::Replicating)
+        })
+        .await;
+    }
+
     /// The spans of the first heartbeat in which some span's checkpoint is `written` or later.
     async fn heartbeat_past(&mut self, written: u64) -> Vec<SpanStatus> {
         self.heartbeat_until(|spans| {
@@ -596,15 +609,7 @@ async fn a_span_dispatched_before_its_changefeed_is_seen_starts_once_it_is() {
     let changefeed = ChangeFeedId::new("default", "late");
     let span = span(&changefeed, 0, "/late/");
     let start = current_revision(&harness.client).await;
-    harness.send(add(&span, start, true)).await;
-    harness.send(add(&span, start, false)).await;
-    harness
-        .heartbeat_until(|spans| {
-            spans
-                .iter()
-                .any(|status| status.state == AgentSpanState::Replicating)
-        })
-        .await;
+    harness.replicate(&span, start).await;
     let mut debug_info = String::new();
     harness.manager.write_debug_info(&mut debug_info);
     assert!(debug_info.contains("waiting to start"), "{debug_info}");
@@ -674,15 +679,7 @@ async fn a_fixed_pipeline_runs_every_span() {
     harness.handshake().await;
     // No changefeed info is needed: the fixed pipeline ignores upstream and sink.
     let span = span(&ChangeFeedId::new("default", "any"), 7, "/x/");
-    harness.send(add(&span, 11, true)).await;
-    harness.send(add(&span, 11, false)).await;
-    harness
-        .heartbeat_until(|spans| {
-            spans
-                .iter()
-                .any(|status| status.state == AgentSpanState::Replicating)
-        })
-        .await;
+    harness.replicate(&span, 11).await;
     assert_eq!(*pipeline.starts.lock().unwrap(), [(span.span_ref(), 11)]);
     harness.send(remove(&span)).await;
     harness
