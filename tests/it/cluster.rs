@@ -5,7 +5,7 @@
 )]
 
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -13,7 +13,7 @@ use cdc_etcd::testing::{EtcdServer, etcdctl_binary};
 use cdc_etcd::{EtcdClient, GetOptions};
 use serde_json::Value;
 
-use crate::support::{hold_for, send_signal, server_binary, wait_for};
+use crate::support::{hold_for, server_binary, wait_for};
 
 pub(crate) const TTL: u64 = 5;
 /// A session TTL long enough that, within the generous waits of a loaded machine, a lease that
@@ -21,148 +21,11 @@ pub(crate) const TTL: u64 = 5;
 /// its removal delay (`max(ttl / 2, 5)` s = 15 s).
 const LONG_TTL: u64 = 30;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .expect("a free loopback port")
-}
+pub(crate) use crate::support::node::{ServerNode as Node, owners};
 
-pub(crate) struct Node {
-    address: String,
-    child: Child,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Node {
-    fn start(etcd: &str, cluster_id: &str) -> Node {
-        Node::start_with_ttl(etcd, cluster_id, TTL)
-    }
-
-    fn start_with_ttl(etcd: &str, cluster_id: &str, ttl: u64) -> Node {
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("cdc.toml");
-        std::fs::write(&config, format!("capture-session-ttl = {ttl}\n")).unwrap();
-        let address = format!("127.0.0.1:{}", free_port());
-        let log_path = dir.path().join("cdc.log");
-        let log = std::fs::File::create(&log_path).unwrap();
-        let child = Command::new(server_binary())
-            .args(["--pd", etcd, "--addr", &address, "--cluster-id", cluster_id])
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        Node {
-            address,
-            child,
-            log: log_path,
-            _dir: dir,
-        }
-    }
-
-    /// What the process logged so far.
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Waits (5 s at most) until the process has logged `text`.
-    async fn wait_log(&self, text: &str) -> Result<()> {
-        wait_for(Duration::from_secs(5), || async {
-            self.log_text().contains(text).then_some(())
-        })
-        .await
-    }
-
-    async fn post(&self, path: &str) -> Result<Value> {
-        let response = reqwest::Client::new()
-            .post(format!("http://{}{path}", self.address))
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await?;
-        let status = response.status();
-        let body = response.text().await?;
-        if !status.is_success() {
-            bail!("POST {path}: {status}: {body}");
-        }
-        Ok(serde_json::from_str(&body)?)
-    }
-
-    /// A successful answer to `GET path`.
-    async fn get_response(&self, path: &str) -> Result<reqwest::Response> {
-        let response = reqwest::Client::new()
-            .get(format!("http://{}{path}", self.address))
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await?;
-        if !response.status().is_success() {
-            bail!("GET {path}: {}", response.status());
-        }
-        Ok(response)
-    }
-
-    pub(crate) async fn get_text(&self, path: &str) -> Result<String> {
-        Ok(self.get_response(path).await?.text().await?)
-    }
-
-    pub(crate) async fn id(&self) -> Result<String> {
-        let status = self.status().await?;
-        Ok(status["id"].as_str().unwrap_or_default().to_owned())
-    }
-
-    pub(crate) fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    pub(crate) fn signal(&self, name: &str) {
-        send_signal(self.pid(), name);
-    }
-
-    async fn wait_exit(&mut self, within: Duration) -> Result<ExitStatus> {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status);
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        bail!("cdc-server {} still runs after {within:?}", self.pid())
-    }
-
-    pub(crate) fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    pub(crate) async fn get(&self, path: &str) -> Result<Value> {
-        Ok(self.get_response(path).await?.json().await?)
-    }
-
-    pub(crate) async fn status(&self) -> Result<Value> {
-        self.get("/status").await
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The owners reported by the running nodes' `/status`, as (node index, capture id).
-pub(crate) async fn owners(nodes: &[Node]) -> Vec<(usize, String)> {
-    let mut owners = Vec::new();
-    for (index, node) in nodes.iter().enumerate() {
-        if let Ok(status) = node.status().await
-            && status["is_owner"] == Value::Bool(true)
-        {
-            owners.push((index, status["id"].as_str().unwrap_or_default().to_owned()));
-        }
-    }
-    owners
+/// Starts one capture process with session TTL `ttl`.
+fn start_node(etcd: &str, cluster_id: &str, ttl: u64) -> Node {
+    Node::start(etcd, cluster_id, &format!("capture-session-ttl = {ttl}\n"))
 }
 
 pub(crate) async fn start_cluster(n_nodes: usize, cluster_id: &str) -> (EtcdServer, Vec<Node>) {
@@ -176,7 +39,7 @@ async fn start_cluster_with_ttl(
 ) -> (EtcdServer, Vec<Node>) {
     let etcd = EtcdServer::start().await.unwrap();
     let nodes: Vec<Node> = (0..n_nodes)
-        .map(|_| Node::start_with_ttl(&etcd.endpoint(), cluster_id, ttl))
+        .map(|_| start_node(&etcd.endpoint(), cluster_id, ttl))
         .collect();
     (etcd, nodes)
 }
@@ -184,7 +47,7 @@ async fn start_cluster_with_ttl(
 pub(crate) async fn one_owner(nodes: &mut [Node], within: Duration) -> Result<(usize, String)> {
     let deadline = Instant::now() + within;
     loop {
-        let found = owners(nodes).await;
+        let found = owners(&*nodes).await;
         if found.len() == 1 {
             return Ok(found.into_iter().next().expect("one owner"));
         }
@@ -304,8 +167,7 @@ async fn three_captures_register_and_sigterm_hands_ownership_over() -> Result<()
 async fn sigkill_owner_gives_a_new_owner_within_ttl() -> Result<()> {
     let (_etcd, mut nodes) = start_cluster(3, "kill9").await;
     let (owner_index, _) = one_owner(&mut nodes, Duration::from_secs(20)).await?;
-    nodes[owner_index].child.kill()?;
-    nodes[owner_index].child.wait()?;
+    nodes[owner_index].kill()?;
     let (new_index, _) = one_owner(&mut nodes, Duration::from_secs(TTL + 2)).await?;
     assert_ne!(new_index, owner_index);
     Ok(())
@@ -387,7 +249,7 @@ async fn garbage_json_crashes_nothing() -> Result<()> {
     client.put(bad_changefeed, "]]garbage", 0).await?;
     // A sentinel written after the garbage: a third capture registers, and the owner's list
     // shows it only once its worker has gone past the garbage's revisions.
-    nodes.push(Node::start(&etcd.endpoint(), "garbage"));
+    nodes.push(start_node(&etcd.endpoint(), "garbage", TTL));
     let third = wait_for(Duration::from_secs(15), || async {
         let id = nodes[2].id().await.ok()?;
         (!id.is_empty()).then_some(id)
@@ -800,7 +662,7 @@ fn run_with_config(content: &str) -> Result<(Option<i32>, String, PathBuf, tempf
     std::fs::write(&path, content)?;
     let output = Command::new(server_binary())
         .args(["--pd", "http://127.0.0.1:1", "--addr"])
-        .arg(format!("127.0.0.1:{}", free_port()))
+        .arg(format!("127.0.0.1:{}", crate::support::node::free_port()))
         .arg("--config")
         .arg(&path)
         .stdin(Stdio::null())

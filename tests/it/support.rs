@@ -1,5 +1,8 @@
 //! Helpers shared by the test modules: a real etcd with a client, the workspace binaries,
-//! signals to child processes, and waiting on a condition with a deadline.
+//! `cdc-server` processes, signals to child processes, and waiting on a condition with a
+//! deadline.
+
+pub(crate) mod node;
 
 use std::fmt::Display;
 use std::path::PathBuf;

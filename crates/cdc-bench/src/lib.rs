@@ -62,12 +62,14 @@ pub struct ClusterNode {
 
 impl ClusterNode {
     /// Starts `binary` against the etcd at `etcd` in cluster `cluster_id`, with `config` as its
-    /// TOML config file, and waits until it answers `/status`.
+    /// TOML config file and `rust_log` (if any) as its `RUST_LOG`, and waits until it answers
+    /// `/status`.
     pub async fn start(
         binary: &std::path::Path,
         etcd: &str,
         cluster_id: &str,
         config: &str,
+        rust_log: Option<&str>,
     ) -> Result<ClusterNode> {
         let dir = tempfile::tempdir()?;
         let config_path = dir.path().join("cdc.toml");
@@ -77,10 +79,15 @@ impl ClusterNode {
             .port();
         let address = format!("127.0.0.1:{port}");
         let log = std::fs::File::create(dir.path().join("cdc.log"))?;
-        let child = tokio::process::Command::new(binary)
+        let mut command = tokio::process::Command::new(binary);
+        command
             .args(["--pd", etcd, "--addr", &address, "--cluster-id", cluster_id])
             .arg("--config")
-            .arg(&config_path)
+            .arg(&config_path);
+        if let Some(rust_log) = rust_log {
+            command.env("RUST_LOG", rust_log);
+        }
+        let child = command
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .kill_on_drop(true)
@@ -113,6 +120,64 @@ impl ClusterNode {
     /// The capture's log file.
     pub fn log(&self) -> PathBuf {
         self.dir.path().join("cdc.log")
+    }
+
+    /// The last `lines` lines of the capture's log (empty when it cannot be read).
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(self.log()).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Sends signal `name` (`TERM`, `KILL`) to the process with `kill(1)`.
+    pub fn signal(&self, name: &str) -> Result<()> {
+        let pid = self.pid().context("the capture has exited")?;
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &pid.to_string()])
+            .status()?;
+        if !status.success() {
+            anyhow::bail!("kill -{name} {pid} failed");
+        }
+        Ok(())
+    }
+
+    /// Waits up to `within` for the process to exit; its exit status.
+    pub async fn wait_exit(&mut self, within: Duration) -> Result<std::process::ExitStatus> {
+        let exited = timeout(within, self.child.wait())
+            .await
+            .with_context(|| format!("the capture at {} still runs", self.address))?;
+        Ok(exited?)
+    }
+}
+
+/// Waits until every one of `nodes` reports an ID and exactly one of them is owner, polling
+/// every `poll`; returns the owner's index.
+pub async fn wait_one_owner(
+    nodes: &[ClusterNode],
+    within: Duration,
+    poll: Duration,
+) -> Result<usize> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let mut owners = Vec::new();
+        let mut up = 0;
+        for (index, node) in nodes.iter().enumerate() {
+            if let Some((id, is_owner)) = status(&node.address).await
+                && !id.is_empty()
+            {
+                up += 1;
+                if is_owner {
+                    owners.push(index);
+                }
+            }
+        }
+        if owners.len() == 1 && up == nodes.len() {
+            return Ok(owners[0]);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!("no single owner within {within:?}: owners {owners:?}, {up} up");
+        }
+        tokio::time::sleep(poll).await;
     }
 }
 

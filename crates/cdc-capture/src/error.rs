@@ -138,13 +138,11 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// A metadata operation's failed etcd call is [`Error::Etcd`], as every other failed call;
-/// the metadata's own errors are [`Error::EtcdMeta`].
+/// the metadata's own errors are [`Error::EtcdMeta`]. The split is made once, by
+/// `cdc_reactor::Error`'s conversion, whose two variants map onto these.
 impl From<cdc_etcd::CdcError> for Error {
     fn from(err: cdc_etcd::CdcError) -> Self {
-        match err {
-            cdc_etcd::CdcError::Etcd(err) => Error::Etcd(err),
-            meta => Error::EtcdMeta(meta),
-        }
+        Error::from(cdc_reactor::Error::from(err))
     }
 }
 

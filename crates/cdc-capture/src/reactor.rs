@@ -8,12 +8,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use cdc_model::key;
-use cdc_model::{AtomicLiveness, CaptureInfo, DEFAULT_NAMESPACE};
-use cdc_orchestrator::{
-    GlobalReactorState, NextTick, PatchGroup, PatchOutcome, Reactor, ReactorState, SingleDataPatch,
-    TickPoke,
-};
+use cdc_model::{AtomicLiveness, CaptureInfo};
+use cdc_orchestrator::{GlobalReactorState, NextTick, PatchGroup, Reactor, ReactorState, TickPoke};
 use cdc_reactor::{
     Controller, ControllerFactory, Owner, OwnerFactory, PokeSlot, ProcessorManager,
     ProcessorManagerFactory, ReactorContext, Result, Tick, check_capture_alive, default_upstream,
@@ -80,18 +76,11 @@ impl Owner for MinimalOwner {
             }
             let upstream = default_upstream(&self.context.etcd, &self.context.pd_endpoints);
             if !state.upstreams.contains_key(&upstream.id) {
-                let key = key::upstream_key(&state.cluster_id, DEFAULT_NAMESPACE, upstream.id);
-                let value = cdc_model::to_go_json(&upstream)?;
+                let patch = cdc_reactor::upstream_if_absent(&state.cluster_id, &upstream)?;
                 info!(
                     upstream_id = upstream.id,
                     "writing the default upstream info"
                 );
-                let patch = SingleDataPatch::new(key, move |old| {
-                    Ok(match old {
-                        Some(_) => PatchOutcome::Unchanged,
-                        None => PatchOutcome::Set(Some(value.clone())),
-                    })
-                });
                 let group: PatchGroup = vec![Box::new(patch)];
                 state.queue_patches(group);
             }

@@ -13,8 +13,7 @@ use cdc_model::{
     FeedState, UpstreamInfo, key,
 };
 use cdc_orchestrator::{
-    ChangefeedReactorState, DataPatch, GlobalReactorState, PatchGroup, PatchOutcome, PatchView,
-    SingleDataPatch,
+    ChangefeedReactorState, DataPatch, GlobalReactorState, PatchGroup, PatchView,
 };
 use cdc_scheduler::{
     CaptureView, Checkpoint, Coordinator, Span, SpanState, SpanView, ToAgent, ToOwner,
@@ -265,9 +264,8 @@ impl OwnerCore {
         if state.upstreams.contains_key(&upstream.id) {
             return;
         }
-        let key = key::upstream_key(&state.cluster_id, cdc_model::DEFAULT_NAMESPACE, upstream.id);
-        let value = match cdc_model::to_go_json(upstream) {
-            Ok(value) => value,
+        let patch = match cdc_reactor::upstream_if_absent(&state.cluster_id, upstream) {
+            Ok(patch) => patch,
             Err(err) => {
                 warn!(error = %ErrorReport(&err), "cannot encode the default upstream");
                 return;
@@ -277,12 +275,6 @@ impl OwnerCore {
             upstream_id = upstream.id,
             "writing the default upstream info"
         );
-        let patch = SingleDataPatch::new(key, move |old| {
-            Ok(match old {
-                Some(_) => PatchOutcome::Unchanged,
-                None => PatchOutcome::Set(Some(value.clone())),
-            })
-        });
         let group: PatchGroup = vec![Box::new(patch)];
         state.queue_patches(group);
     }

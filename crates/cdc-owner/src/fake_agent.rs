@@ -1,4 +1,5 @@
-//! An in-process agent for tests: its pipelines start, stop and progress at once.
+//! An in-process agent for tests: its pipelines start, stop and progress at once; and the
+//! capture key that makes its capture known to the owner, and a read of one key.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -74,4 +75,40 @@ impl FakeAgent {
         }
         output.messages
     }
+}
+
+/// Writes capture `capture_id`'s key (at `address`, without a lease) into cluster `cluster`.
+pub(crate) async fn put_capture(
+    client: &cdc_etcd::EtcdClient,
+    cluster: &str,
+    capture_id: &str,
+    address: &str,
+) {
+    let info = cdc_model::CaptureInfo {
+        id: capture_id.to_owned(),
+        address: address.to_owned(),
+        ..cdc_model::CaptureInfo::default()
+    };
+    client
+        .put(
+            cdc_model::key::capture_key(cluster, capture_id),
+            cdc_model::to_go_json(&info).expect("encode a capture info"),
+            0,
+        )
+        .await
+        .expect("write a capture key");
+}
+
+/// The key-value under `key`, if any.
+pub(crate) async fn get_kv(
+    client: &cdc_etcd::EtcdClient,
+    key: String,
+) -> Option<cdc_etcd::KeyValue> {
+    client
+        .get(key, cdc_etcd::GetOptions::default())
+        .await
+        .expect("read a key")
+        .kvs
+        .into_iter()
+        .next()
 }

@@ -170,6 +170,23 @@ pub fn default_upstream(etcd: &CdcEtcdClient, pd_endpoints: &str) -> UpstreamInf
     }
 }
 
+/// The patch that writes `upstream`'s info under the default namespace of cluster
+/// `cluster_id` when the key is absent, and leaves one written meanwhile by another writer as it
+/// is. Both the minimal owner and the owner core write the default upstream with it.
+pub fn upstream_if_absent(
+    cluster_id: &str,
+    upstream: &UpstreamInfo,
+) -> cdc_model::Result<SingleDataPatch> {
+    let key = key::upstream_key(cluster_id, cdc_model::DEFAULT_NAMESPACE, upstream.id);
+    let value = cdc_model::to_go_json(upstream)?;
+    Ok(SingleDataPatch::new(key, move |old| {
+        Ok(match old {
+            Some(_) => PatchOutcome::Unchanged,
+            None => PatchOutcome::Set(Some(value.clone())),
+        })
+    }))
+}
+
 /// A read-only patch on a capture's raw key (TiCDC's `check_capture_alive`): when the key is
 /// absent or empty at commit time, the worker fails with `ErrLeaseExpired`. It reads the raw
 /// key, not `GlobalReactorState::captures`, which keeps a vanished capture for the removal

@@ -227,18 +227,26 @@ async fn dump(client: &cdc_etcd::EtcdClient, prefix: &[u8]) -> Vec<(Vec<u8>, Vec
         .collect()
 }
 
-#[tokio::test]
-async fn etcd_sink_mirrors_puts_and_deletes_under_its_prefix() {
-    let server = cdc_etcd::testing::EtcdServer::start().await.unwrap();
+/// The etcd sink of span `span-0` into `server`, at `path_and_query` (`/dst/?batch-size=3`).
+async fn open_etcd_sink(
+    server: &cdc_etcd::testing::EtcdServer,
+    path_and_query: &str,
+) -> crate::AnySink {
     let uri = SinkUri::parse(&format!(
-        "etcd://{}/dst/?batch-size=3",
+        "etcd://{}{path_and_query}",
         server.endpoint().trim_start_matches("http://")
     ))
     .unwrap();
     let shared = crate::SharedSinks::default();
-    let mut sink = crate::AnySink::open(&uri, target("span-0"), &shared)
+    crate::AnySink::open(&uri, target("span-0"), &shared)
         .await
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test]
+async fn etcd_sink_mirrors_puts_and_deletes_under_its_prefix() {
+    let server = cdc_etcd::testing::EtcdServer::start().await.unwrap();
+    let mut sink = open_etcd_sink(&server, "/dst/?batch-size=3").await;
     // Ten keys, each put twice, three deleted: more operations than one transaction takes, and
     // keys that repeat within one flush.
     let mut revision = 1;
@@ -285,15 +293,7 @@ async fn etcd_sink_mirrors_puts_and_deletes_under_its_prefix() {
 #[tokio::test]
 async fn etcd_sink_reports_a_downstream_that_is_down() {
     let mut server = cdc_etcd::testing::EtcdServer::start().await.unwrap();
-    let uri = SinkUri::parse(&format!(
-        "etcd://{}/dst/",
-        server.endpoint().trim_start_matches("http://")
-    ))
-    .unwrap();
-    let shared = crate::SharedSinks::default();
-    let mut sink = crate::AnySink::open(&uri, target("span-0"), &shared)
-        .await
-        .unwrap();
+    let mut sink = open_etcd_sink(&server, "/dst/").await;
     server.kill().unwrap();
     sink.write(&[ChangeEvent::put("/src/k", "v", 2)])
         .await

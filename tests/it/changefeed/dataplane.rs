@@ -162,6 +162,13 @@ async fn checkpoint(cluster: &Cluster, id: &str) -> Option<u64> {
     cluster.changefeed(id).await?["checkpoint_ts"].as_u64()
 }
 
+/// The upstream etcd's store revision.
+async fn store_revision(client: &EtcdClient) -> Result<u64> {
+    Ok(u64::try_from(
+        client.get("/", GetOptions::default()).await?.revision,
+    )?)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_change_reaches_the_file_and_etcd_sinks_through_kills_and_a_sink_restart()
 -> Result<()> {
@@ -173,13 +180,7 @@ async fn every_change_reaches_the_file_and_etcd_sinks_through_kills_and_a_sink_r
         cluster.client.put(key(i), "sample", 0).await?;
     }
     let (owner, _) = cluster.wait_owner(SETTLE).await?;
-    let from = u64::try_from(
-        cluster
-            .client
-            .get("/", GetOptions::default())
-            .await?
-            .revision,
-    )?;
+    let from = store_revision(&cluster.client).await?;
     let sink_host = sink_etcd
         .endpoint()
         .trim_start_matches("http://")
@@ -239,13 +240,7 @@ async fn every_change_reaches_the_file_and_etcd_sinks_through_kills_and_a_sink_r
     progressed(from + 80_000).await?;
     sink_etcd.restart().await?;
     writer.await??;
-    let last = u64::try_from(
-        cluster
-            .client
-            .get("/", GetOptions::default())
-            .await?
-            .revision,
-    )?;
+    let last = store_revision(&cluster.client).await?;
 
     // Both changefeeds catch up (the etcd one after retrying past the sink's restart).
     let catch_up = Duration::from_secs(180);

@@ -246,7 +246,7 @@ async fn captures(
     let (upstream, dest, dest_client) = etcds(keys).await?;
     let mut nodes = Vec::with_capacity(captures);
     for _ in 0..captures {
-        nodes.push(ClusterNode::start(binary, &upstream.endpoint(), "bench", "").await?);
+        nodes.push(ClusterNode::start(binary, &upstream.endpoint(), "bench", "", None).await?);
     }
     let http = reqwest::Client::new();
     let owner = owner_address(&nodes, Duration::from_secs(60)).await?;

@@ -12,88 +12,21 @@
 //! build's profile directory, else of the debug one (`cargo build -p cdc-server`).
 #![allow(clippy::print_stdout, reason = "a benchmark reports on stdout")]
 
-use std::path::PathBuf;
-use std::process::Stdio;
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use cdc_bench::{server_binary, status};
+use cdc_bench::{ClusterNode, server_binary, status, wait_one_owner};
 use cdc_etcd::testing::EtcdServer;
 use rand::Rng;
-use tokio::process::{Child, Command};
-use tokio::time::{Instant, sleep, timeout};
+use tokio::time::{Instant, sleep};
 
 const DEFAULT_TTLS: [u64; 2] = [5, 10];
 const NODES: usize = 3;
 const POLL: Duration = Duration::from_millis(5);
 
-struct Node {
-    address: String,
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Node {
-    async fn start(binary: &PathBuf, etcd: &str, ttl: u64) -> Result<Node> {
-        let dir = tempfile::tempdir()?;
-        let config = dir.path().join("cdc.toml");
-        std::fs::write(&config, format!("capture-session-ttl = {ttl}\n"))?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let address = format!("127.0.0.1:{port}");
-        let log = std::fs::File::create(dir.path().join("cdc.log"))?;
-        let child = Command::new(binary)
-            .args(["--pd", etcd, "--addr", &address, "--cluster-id", "bench"])
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("spawn {}", binary.display()))?;
-        Ok(Node {
-            address,
-            child,
-            _dir: dir,
-        })
-    }
-
-    fn pid(&self) -> Result<i32> {
-        let pid = self.child.id().context("the node has exited")?;
-        Ok(i32::try_from(pid)?)
-    }
-}
-
-/// Waits until exactly one node reports itself owner and all report an ID; returns its index.
-async fn wait_one_owner(nodes: &[Node], within: Duration) -> Result<usize> {
-    let deadline = Instant::now() + within;
-    loop {
-        let mut owners = Vec::new();
-        let mut up = 0;
-        for (index, node) in nodes.iter().enumerate() {
-            if let Some((id, is_owner)) = status(&node.address).await
-                && !id.is_empty()
-            {
-                up += 1;
-                if is_owner {
-                    owners.push(index);
-                }
-            }
-        }
-        if owners.len() == 1 && up == nodes.len() {
-            return Ok(owners[0]);
-        }
-        if Instant::now() >= deadline {
-            bail!("no single owner within {within:?}: owners {owners:?}, {up} up");
-        }
-        sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// From `since`, the time until a node other than `old` reports itself owner.
-async fn time_to_new_owner(nodes: &[Node], old: usize, since: Instant) -> Result<Duration> {
+async fn time_to_new_owner(nodes: &[ClusterNode], old: usize, since: Instant) -> Result<Duration> {
     let deadline = since + Duration::from_secs(60);
     loop {
         for (index, node) in nodes.iter().enumerate() {
@@ -108,24 +41,20 @@ async fn time_to_new_owner(nodes: &[Node], old: usize, since: Instant) -> Result
     }
 }
 
-fn signal(pid: i32, name: &str) -> Result<()> {
-    let status = std::process::Command::new("kill")
-        .args([&format!("-{name}"), &pid.to_string()])
-        .status()?;
-    if !status.success() {
-        bail!("kill -{name} {pid} failed");
-    }
-    Ok(())
-}
-
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Case {
     Graceful,
     Crash,
 }
 
+/// A capture of the cluster with session TTL `ttl`.
+async fn start_node(binary: &Path, etcd: &EtcdServer, ttl: u64) -> Result<ClusterNode> {
+    let config = format!("capture-session-ttl = {ttl}\n");
+    ClusterNode::start(binary, &etcd.endpoint(), "bench", &config, Some("warn")).await
+}
+
 async fn run_case(
-    binary: &PathBuf,
+    binary: &Path,
     etcd: &EtcdServer,
     ttl: u64,
     case: Case,
@@ -133,16 +62,16 @@ async fn run_case(
 ) -> Result<Vec<Duration>> {
     let mut nodes = Vec::new();
     for _ in 0..NODES {
-        nodes.push(Node::start(binary, &etcd.endpoint(), ttl).await?);
+        nodes.push(start_node(binary, etcd, ttl).await?);
     }
     let mut samples = Vec::new();
     for _ in 0..rounds {
-        let owner = wait_one_owner(&nodes, Duration::from_secs(60)).await?;
-        let pid = nodes[owner].pid()?;
+        let owner =
+            wait_one_owner(&nodes, Duration::from_secs(60), Duration::from_millis(20)).await?;
         let since = match case {
             Case::Graceful => {
                 let since = Instant::now();
-                signal(pid, "TERM")?;
+                nodes[owner].signal("TERM")?;
                 since
             }
             Case::Crash => {
@@ -150,21 +79,21 @@ async fn run_case(
                 let phase = rand::rng().random_range(0..period_ms);
                 sleep(Duration::from_millis(phase)).await;
                 let since = Instant::now();
-                signal(pid, "KILL")?;
+                nodes[owner].signal("KILL")?;
                 since
             }
         };
         samples.push(time_to_new_owner(&nodes, owner, since).await?);
         let mut old = nodes.swap_remove(owner);
-        let exited = timeout(Duration::from_secs(15), old.child.wait()).await;
+        let exited = old.wait_exit(Duration::from_secs(15)).await;
         if case == Case::Graceful {
             match exited {
-                Ok(Ok(status)) if status.success() => {}
+                Ok(status) if status.success() => {}
                 other => bail!("the SIGTERMed owner did not exit 0: {other:?}"),
             }
         }
         drop(old);
-        nodes.push(Node::start(binary, &etcd.endpoint(), ttl).await?);
+        nodes.push(start_node(binary, etcd, ttl).await?);
     }
     Ok(samples)
 }

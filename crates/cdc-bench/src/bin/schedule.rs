@@ -16,17 +16,14 @@
 #![allow(clippy::print_stdout, reason = "a benchmark reports on stdout")]
 
 use std::collections::BTreeSet;
-use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use cdc_bench::{server_binary, status};
+use cdc_bench::{ClusterNode, request, server_binary, wait_one_owner};
 use cdc_etcd::testing::EtcdServer;
 use cdc_etcd::{EtcdClient, GetOptions};
 use futures::stream::{self, StreamExt};
-use serde_json::{Value, json};
-use tokio::process::{Child, Command};
+use serde_json::json;
 use tokio::time::{Instant, sleep};
 
 const NODES: usize = 3;
@@ -37,91 +34,10 @@ const CONCURRENCY: usize = 16;
 const SETTLE: Duration = Duration::from_secs(5);
 const CLUSTER: &str = "bench";
 
-struct Node {
-    address: String,
-    log: std::path::PathBuf,
-    _child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Node {
-    async fn start(binary: &Path, etcd: &str) -> Result<Node> {
-        let dir = tempfile::tempdir()?;
-        let config = dir.path().join("cdc.toml");
-        std::fs::write(&config, format!("capture-session-ttl = {TTL}\n"))?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let address = format!("127.0.0.1:{port}");
-        let log_path = dir.path().join("cdc.log");
-        let log = std::fs::File::create(&log_path)?;
-        let child = Command::new(binary)
-            .args(["--pd", etcd, "--addr", &address, "--cluster-id", CLUSTER])
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("spawn {}", binary.display()))?;
-        Ok(Node {
-            address,
-            log: log_path,
-            _child: child,
-            _dir: dir,
-        })
-    }
-}
-
-/// Waits until every node reports an ID and one of them is owner; returns the owner's index.
-async fn wait_one_owner(nodes: &[Node], within: Duration) -> Result<usize> {
-    let deadline = Instant::now() + within;
-    loop {
-        let mut owners = Vec::new();
-        let mut up = 0;
-        for (index, node) in nodes.iter().enumerate() {
-            if let Some((id, is_owner)) = status(&node.address).await
-                && !id.is_empty()
-            {
-                up += 1;
-                if is_owner {
-                    owners.push(index);
-                }
-            }
-        }
-        if owners.len() == 1 && up == nodes.len() {
-            return Ok(owners[0]);
-        }
-        if Instant::now() >= deadline {
-            bail!("no single owner within {within:?}: owners {owners:?}, {up} up");
-        }
-        sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Sends one request; returns the status and the JSON answer.
-async fn call(
-    http: &reqwest::Client,
-    address: &str,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<&Value>,
-) -> Result<(u16, Value)> {
-    let mut request = http.request(method, format!("http://{address}{path}"));
-    if let Some(body) = body {
-        request = request.json(body);
-    }
-    let response = request.send().await?;
-    let status = response.status().as_u16();
-    let text = response.text().await?;
-    Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
-}
-
 /// Whether changefeed `id` has `spans` spans, all replicating.
 async fn replicating(http: &reqwest::Client, address: &str, id: &str, spans: usize) -> bool {
     let path = format!("/api/v2/changefeeds/{id}");
-    match call(http, address, reqwest::Method::GET, &path, None).await {
+    match request(http, address, "GET", &path, None).await {
         Ok((200, detail)) => detail["spans"].as_array().is_some_and(|list| {
             list.len() == spans && list.iter().all(|span| span["state"] == "replicating")
         }),
@@ -183,16 +99,20 @@ async fn main() -> Result<()> {
     let client = etcd.client().await?;
     let mut nodes = Vec::new();
     for _ in 0..NODES {
-        nodes.push(Node::start(&binary, &etcd.endpoint()).await?);
+        let config = format!("capture-session-ttl = {TTL}\n");
+        nodes.push(
+            ClusterNode::start(&binary, &etcd.endpoint(), CLUSTER, &config, Some("info")).await?,
+        );
     }
     let result = measure(&nodes, &etcd, &client, changefeeds, spans, window).await;
     if result.is_err() {
         // What the captures said last, for the failure.
         for (index, node) in nodes.iter().enumerate() {
-            let text = std::fs::read_to_string(&node.log).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            let tail = lines[lines.len().saturating_sub(30)..].join("\n");
-            println!("--- node {index} ({}):\n{tail}", node.address);
+            println!(
+                "--- node {index} ({}):\n{}",
+                node.address,
+                node.log_tail(30)
+            );
         }
     }
     result
@@ -200,14 +120,14 @@ async fn main() -> Result<()> {
 
 /// Creates the changefeeds, waits for them to replicate and measures the steady state.
 async fn measure(
-    nodes: &[Node],
+    nodes: &[ClusterNode],
     etcd: &EtcdServer,
     client: &EtcdClient,
     changefeeds: usize,
     spans: usize,
     window: Duration,
 ) -> Result<()> {
-    let owner = wait_one_owner(nodes, Duration::from_secs(60)).await?;
+    let owner = wait_one_owner(nodes, Duration::from_secs(60), Duration::from_millis(50)).await?;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()?;
@@ -232,12 +152,12 @@ async fn measure(
                 let mut attempts = 0;
                 loop {
                     attempts += 1;
-                    let (status, answer) = call(
+                    let (status, answer) = request(
                         &http,
                         &owner_address,
-                        reqwest::Method::POST,
+                        "POST",
                         "/api/v2/changefeeds",
-                        Some(&body),
+                        Some(body.clone()),
                     )
                     .await?;
                     match status {

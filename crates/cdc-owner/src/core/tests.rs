@@ -5,15 +5,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+use cdc_etcd::EtcdClient;
 use cdc_etcd::testing::EtcdServer;
-use cdc_etcd::{EtcdClient, GetOptions};
 use cdc_model::{CaptureInfo, GoTime};
 use cdc_orchestrator::{EtcdWorker, NextTick, Reactor, ReactorState};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::*;
-use crate::fake_agent::FakeAgent;
+use crate::fake_agent::{FakeAgent, get_kv, put_capture};
 use crate::feed::RetryPolicy;
 
 const CLUSTER: &str = "default";
@@ -161,19 +161,7 @@ impl Harness {
         let etcd = EtcdServer::start().await.expect("start etcd");
         let client = etcd.client().await.unwrap();
         for capture_id in [OWNER, OTHER] {
-            let info = CaptureInfo {
-                id: capture_id.to_owned(),
-                address: format!("{capture_id}:8300"),
-                ..CaptureInfo::default()
-            };
-            client
-                .put(
-                    key::capture_key(CLUSTER, capture_id),
-                    cdc_model::to_go_json(&info).unwrap(),
-                    0,
-                )
-                .await
-                .unwrap();
+            put_capture(&client, CLUSTER, capture_id, &format!("{capture_id}:8300")).await;
         }
         let progress = Arc::new(AtomicU64::new(0));
         let agents = [OWNER, OTHER]
@@ -207,6 +195,24 @@ impl Harness {
         self.worker = worker;
     }
 
+    /// Creates changefeed `id` (spans of [`new_info`], starting at `start_ts`).
+    async fn create(&self, id: &ChangeFeedId, start_ts: u64) -> Reply {
+        self.ask(Job::Create {
+            info: Box::new(new_info(id, start_ts)),
+            upstream: upstream(),
+        })
+        .await
+    }
+
+    /// Sends admin job `job` for changefeed `id`.
+    async fn admin(&self, id: &ChangeFeedId, job: AdminJob) -> Reply {
+        self.ask(Job::Admin {
+            id: id.clone(),
+            job,
+        })
+        .await
+    }
+
     async fn ask(&self, job: Job) -> Reply {
         let (reply, answer) = oneshot::channel();
         self.requests.send(Request { job, reply }).await.unwrap();
@@ -230,13 +236,7 @@ impl Harness {
     }
 
     async fn get(&self, key: String) -> Option<cdc_etcd::KeyValue> {
-        self.client
-            .get(key, GetOptions::default())
-            .await
-            .unwrap()
-            .kvs
-            .into_iter()
-            .next()
+        get_kv(&self.client, key).await
     }
 
     async fn status(&self, id: &ChangeFeedId) -> (ChangeFeedStatus, i64) {
@@ -290,6 +290,14 @@ impl Harness {
     }
 }
 
+/// The upstream of the test changefeeds.
+fn upstream() -> UpstreamInfo {
+    UpstreamInfo {
+        id: 7,
+        ..UpstreamInfo::default()
+    }
+}
+
 fn new_info(id: &ChangeFeedId, start_ts: u64) -> ChangeFeedInfo {
     let spec = ReplicaSpec {
         rules: vec!["/a/".to_owned(), "/b/".to_owned()],
@@ -318,15 +326,7 @@ async fn create_schedule_checkpoint_pause_and_drain_on_a_real_etcd() {
     harness.progress.store(100, Ordering::SeqCst);
 
     // Create: info and status in one transaction (the same mod revision).
-    let (status, body) = harness
-        .ask(Job::Create {
-            info: Box::new(new_info(&id, 100)),
-            upstream: UpstreamInfo {
-                id: 7,
-                ..UpstreamInfo::default()
-            },
-        })
-        .await;
+    let (status, body) = harness.create(&id, 100).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["id"], json!("cf1"));
     assert_eq!(body["spans"].as_array().map(Vec::len), Some(4));
@@ -343,15 +343,7 @@ async fn create_schedule_checkpoint_pause_and_drain_on_a_real_etcd() {
         .unwrap();
     assert_eq!(info_kv.mod_revision, status_kv.mod_revision);
     // A second create of the same ID is refused.
-    let (status, body) = harness
-        .ask(Job::Create {
-            info: Box::new(new_info(&id, 100)),
-            upstream: UpstreamInfo {
-                id: 7,
-                ..UpstreamInfo::default()
-            },
-        })
-        .await;
+    let (status, body) = harness.create(&id, 100).await;
     assert_eq!(status, 409, "{body}");
 
     // Spread evenly over the two captures.
@@ -397,12 +389,7 @@ async fn create_schedule_checkpoint_pause_and_drain_on_a_real_etcd() {
     );
 
     // Pause stops every span and stores the state.
-    let (status, _) = harness
-        .ask(Job::Admin {
-            id: id.clone(),
-            job: AdminJob::Pause,
-        })
-        .await;
+    let (status, _) = harness.admin(&id, AdminJob::Pause).await;
     assert_eq!(status, 200);
     harness
         .wait_for("the spans to stop", |o| o.running.values().all(|n| *n == 0))
@@ -418,12 +405,7 @@ async fn create_schedule_checkpoint_pause_and_drain_on_a_real_etcd() {
     );
 
     // Remove deletes info and status.
-    let (status, _) = harness
-        .ask(Job::Admin {
-            id: id.clone(),
-            job: AdminJob::Remove,
-        })
-        .await;
+    let (status, _) = harness.admin(&id, AdminJob::Remove).await;
     assert_eq!(status, 200);
     let started = Instant::now();
     while harness.info(&id).await.is_some() {
@@ -445,15 +427,7 @@ async fn create_schedule_checkpoint_pause_and_drain_on_a_real_etcd() {
 async fn a_processor_error_pauses_the_changefeed_then_it_retries() {
     let mut harness = Harness::start().await;
     let id = ChangeFeedId::default_namespace("cf2");
-    let (status, _) = harness
-        .ask(Job::Create {
-            info: Box::new(new_info(&id, 10)),
-            upstream: UpstreamInfo {
-                id: 7,
-                ..UpstreamInfo::default()
-            },
-        })
-        .await;
+    let (status, _) = harness.create(&id, 10).await;
     assert_eq!(status, 200);
     harness
         .wait_for("the changefeed to replicate", |o| o.all_replicating)
@@ -512,15 +486,7 @@ async fn a_new_owner_keeps_the_running_spans_and_the_stored_states() {
     let running = ChangeFeedId::default_namespace("running");
     let paused = ChangeFeedId::default_namespace("paused");
     for id in [&running, &paused] {
-        let (status, body) = harness
-            .ask(Job::Create {
-                info: Box::new(new_info(id, 10)),
-                upstream: UpstreamInfo {
-                    id: 7,
-                    ..UpstreamInfo::default()
-                },
-            })
-            .await;
+        let (status, body) = harness.create(id, 10).await;
         assert_eq!(status, 200, "{body}");
     }
     harness
@@ -528,12 +494,7 @@ async fn a_new_owner_keeps_the_running_spans_and_the_stored_states() {
             o.all_replicating && o.running.values().sum::<usize>() == 8
         })
         .await;
-    let (status, _) = harness
-        .ask(Job::Admin {
-            id: paused.clone(),
-            job: AdminJob::Pause,
-        })
-        .await;
+    let (status, _) = harness.admin(&paused, AdminJob::Pause).await;
     assert_eq!(status, 200);
     harness
         .wait_for("the paused spans to stop", |o| {
@@ -639,11 +600,7 @@ fn answers_show_the_stored_checkpoint_not_one_still_to_commit() {
         key::changefeed_status_key(CLUSTER, &id),
         cdc_model::to_go_json(&status).unwrap(),
     );
-    let upstream = UpstreamInfo {
-        id: 7,
-        ..UpstreamInfo::default()
-    };
-    let mut core = OwnerCore::new(OWNER.to_owned(), 1, test_config(), upstream).unwrap();
+    let mut core = OwnerCore::new(OWNER.to_owned(), 1, test_config(), upstream()).unwrap();
     let mut inbox = Vec::new();
     let mut now = Duration::ZERO;
     // The patches are never committed: the stored checkpoint stays at 10 while the spans move.
@@ -680,15 +637,7 @@ async fn the_statuses_of_one_tick_are_written_in_one_transaction() {
         .map(|i| ChangeFeedId::default_namespace(format!("cf{i}")))
         .collect();
     for id in &ids {
-        let (status, body) = harness
-            .ask(Job::Create {
-                info: Box::new(new_info(id, 100)),
-                upstream: UpstreamInfo {
-                    id: 7,
-                    ..UpstreamInfo::default()
-                },
-            })
-            .await;
+        let (status, body) = harness.create(id, 100).await;
         assert_eq!(status, 200, "{body}");
     }
     harness
@@ -759,11 +708,7 @@ fn a_resume_from_another_checkpoint_waits_until_the_spans_stopped() {
             false,
         )
         .unwrap();
-    let upstream = UpstreamInfo {
-        id: 7,
-        ..UpstreamInfo::default()
-    };
-    let mut core = OwnerCore::new(OWNER.to_owned(), 1, test_config(), upstream).unwrap();
+    let mut core = OwnerCore::new(OWNER.to_owned(), 1, test_config(), upstream()).unwrap();
     let mut inbox = Vec::new();
     let mut now = Duration::ZERO;
     let mut tick = |core: &mut OwnerCore,

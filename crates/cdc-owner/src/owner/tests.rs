@@ -6,15 +6,15 @@ use std::sync::atomic::AtomicU64;
 
 use bytes::Bytes;
 use cdc_etcd::testing::EtcdServer;
-use cdc_etcd::{CdcEtcdClient, GetOptions};
-use cdc_model::{CaptureInfo, ChangeFeedId, key};
+use cdc_etcd::{CdcEtcdClient, EtcdClient};
+use cdc_model::{ChangeFeedId, key};
 use cdc_orchestrator::{EtcdWorker, NextTick, Reactor, TickPoke};
 use cdc_p2p::{BoxError, ClientConfig, MessageRouter, MessageServer, ServerConfig};
 use cdc_reactor::{InitPool, OwnerFactory};
 use serde_json::{Value, json};
 
 use super::*;
-use crate::fake_agent::FakeAgent;
+use crate::fake_agent::{FakeAgent, get_kv, put_capture};
 
 const CLUSTER: &str = "default";
 const CAPTURE: &str = "c1";
@@ -55,6 +55,30 @@ impl Reactor<GlobalReactorState> for OwnerReactor {
     }
 }
 
+/// The context of an owner on capture [`CAPTURE`], the only capture of [`CLUSTER`].
+async fn reactor_context(
+    client: &EtcdClient,
+    etcd: &EtcdServer,
+    router: &Arc<MessageRouter>,
+    server: &Arc<MessageServer>,
+) -> ReactorContext {
+    ReactorContext {
+        etcd: CdcEtcdClient::new(client.clone(), CLUSTER).await.unwrap(),
+        capture_id: CAPTURE.to_owned(),
+        lease_id: 0,
+        owner_revision: 1,
+        pd_endpoints: etcd.endpoint(),
+        router: router.clone(),
+        message_server: server.clone(),
+        init_pool: Arc::new(InitPool::new(1)),
+    }
+}
+
+/// `POST /changefeeds` with `body`.
+async fn create(api: &Arc<dyn OwnerApi>, body: Value) -> (u16, Value) {
+    serve(api, "POST", "/changefeeds", body).await
+}
+
 async fn serve(api: &Arc<dyn OwnerApi>, method: &str, path: &str, body: Value) -> (u16, Value) {
     let body = if body.is_null() {
         Bytes::new()
@@ -93,19 +117,7 @@ async fn wait_get(api: &Arc<dyn OwnerApi>, path: &str, check: impl Fn(&Value) ->
 async fn the_api_creates_runs_pauses_resumes_and_removes_a_changefeed() {
     let mut etcd = EtcdServer::start().await.expect("start etcd");
     let client = etcd.client().await.unwrap();
-    let info = CaptureInfo {
-        id: CAPTURE.to_owned(),
-        address: "127.0.0.1:1".to_owned(),
-        ..CaptureInfo::default()
-    };
-    client
-        .put(
-            key::capture_key(CLUSTER, CAPTURE),
-            cdc_model::to_go_json(&info).unwrap(),
-            0,
-        )
-        .await
-        .unwrap();
+    put_capture(&client, CLUSTER, CAPTURE, "127.0.0.1:1").await;
     for i in 0..8 {
         client.put(format!("/demo/{i}"), "v", 0).await.unwrap();
     }
@@ -134,16 +146,7 @@ async fn the_api_creates_runs_pauses_resumes_and_removes_a_changefeed() {
         .await
         .unwrap();
 
-    let context = ReactorContext {
-        etcd: CdcEtcdClient::new(client.clone(), CLUSTER).await.unwrap(),
-        capture_id: CAPTURE.to_owned(),
-        lease_id: 0,
-        owner_revision: 1,
-        pd_endpoints: etcd.endpoint(),
-        router: router.clone(),
-        message_server: server.clone(),
-        init_pool: Arc::new(InitPool::new(1)),
-    };
+    let context = reactor_context(&client, &etcd, &router, &server).await;
     let owner = OwnerReactors::new(OwnerConfig::default())
         .unwrap()
         .create(context);
@@ -163,10 +166,8 @@ async fn the_api_creates_runs_pauses_resumes_and_removes_a_changefeed() {
     };
 
     // Bad requests name the field.
-    let (status, body) = serve(
+    let (status, body) = create(
         &api,
-        "POST",
-        "/changefeeds",
         json!({"changefeed_id": "cf1", "sink_uri": "blackhole://", "start_ts": 1_000_000,
                "replica_config": {"filter": {"rules": ["/demo/"]}}}),
     )
@@ -176,13 +177,7 @@ async fn the_api_creates_runs_pauses_resumes_and_removes_a_changefeed() {
         body["error_msg"].as_str().unwrap().contains("start_ts"),
         "{body}"
     );
-    let (status, body) = serve(
-        &api,
-        "POST",
-        "/changefeeds",
-        json!({"changefeed_id": "cf1", "sinkuri": "x"}),
-    )
-    .await;
+    let (status, body) = create(&api, json!({"changefeed_id": "cf1", "sinkuri": "x"})).await;
     assert_eq!(
         (status, body["error_code"].clone()),
         (400, json!("CDC:ErrAPIInvalidParam"))
@@ -190,10 +185,8 @@ async fn the_api_creates_runs_pauses_resumes_and_removes_a_changefeed() {
 
     // An info too large for one transaction is refused.
     let rules: Vec<String> = (0..40_000).map(|i| format!("/big/{i:06}/")).collect();
-    let (status, body) = serve(
+    let (status, body) = create(
         &api,
-        "POST",
-        "/changefeeds",
         json!({"changefeed_id": "big", "sink_uri": "blackhole://",
                "replica_config": {"filter": {"rules": rules}}}),
     )
@@ -205,10 +198,8 @@ async fn the_api_creates_runs_pauses_resumes_and_removes_a_changefeed() {
     );
 
     // Create: 4 spans split at the keys present.
-    let (status, body) = serve(
+    let (status, body) = create(
         &api,
-        "POST",
-        "/changefeeds",
         json!({"changefeed_id": "cf1", "sink_uri": "blackhole://",
                "replica_config": {"filter": {"rules": ["/demo/"]}, "scheduler": {"spans_per_prefix": 4}}}),
     )
@@ -224,18 +215,7 @@ async fn the_api_creates_runs_pauses_resumes_and_removes_a_changefeed() {
         .collect();
     assert_eq!(starts, vec!["/demo/", "/demo/2", "/demo/4", "/demo/6"]);
     let id = ChangeFeedId::default_namespace("cf1");
-    let get = |key: String| {
-        let client = client.clone();
-        async move {
-            client
-                .get(key, GetOptions::default())
-                .await
-                .unwrap()
-                .kvs
-                .into_iter()
-                .next()
-        }
-    };
+    let get = |key: String| get_kv(&client, key);
     let info_kv = get(key::changefeed_info_key(CLUSTER, &id)).await.unwrap();
     let status_kv = get(key::changefeed_status_key(CLUSTER, &id)).await.unwrap();
     assert_eq!(
@@ -247,10 +227,8 @@ async fn the_api_creates_runs_pauses_resumes_and_removes_a_changefeed() {
         stored.config.as_ref().unwrap()["scheduler"]["split_keys_base64"],
         json!([["L2RlbW8vMg==", "L2RlbW8vNA==", "L2RlbW8vNg=="]])
     );
-    let (status, _) = serve(
+    let (status, _) = create(
         &api,
-        "POST",
-        "/changefeeds",
         json!({"changefeed_id": "cf1", "sink_uri": "blackhole://",
                "replica_config": {"filter": {"rules": ["/demo/"]}}}),
     )
@@ -329,10 +307,8 @@ async fn the_api_creates_runs_pauses_resumes_and_removes_a_changefeed() {
 
     // A compacted start revision is refused.
     etcd.compact().await.unwrap();
-    let (status, body) = serve(
+    let (status, body) = create(
         &api,
-        "POST",
-        "/changefeeds",
         json!({"changefeed_id": "cf2", "sink_uri": "blackhole://", "start_ts": 2,
                "replica_config": {"filter": {"rules": ["/demo/"]}}}),
     )
@@ -368,16 +344,7 @@ async fn an_owner_whose_message_handler_fails_ends_its_term() {
         let (server, local, cancel) = (server.clone(), router.local_channel(), cancel.clone());
         tokio::spawn(async move { server.run(cancel, local).await })
     };
-    let context = ReactorContext {
-        etcd: CdcEtcdClient::new(client.clone(), CLUSTER).await.unwrap(),
-        capture_id: CAPTURE.to_owned(),
-        lease_id: 0,
-        owner_revision: 1,
-        pd_endpoints: etcd.endpoint(),
-        router: router.clone(),
-        message_server: server.clone(),
-        init_pool: Arc::new(InitPool::new(1)),
-    };
+    let context = reactor_context(&client, &etcd, &router, &server).await;
     let owner = OwnerReactors::default().create(context);
     let api = owner.api().expect("the owner serves the API");
     let mut reactor = OwnerReactor::new(owner);

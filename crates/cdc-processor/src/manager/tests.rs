@@ -198,6 +198,24 @@ impl Harness {
         }
     }
 
+    /// The error of this capture's task position of `changefeed`, once one is written.
+    async fn position_error(&mut self, changefeed: &ChangeFeedId) -> cdc_model::RunningError {
+        let position_key = (changefeed.clone(), CAPTURE.to_owned());
+        let positions = tokio::time::timeout(
+            DEADLINE,
+            self.positions_rx
+                .wait_for(|positions| positions.contains_key(&position_key)),
+        )
+        .await
+        .expect("the task position was written in time")
+        .unwrap()
+        .clone();
+        positions[&position_key]
+            .error
+            .clone()
+            .expect("the task position has an error")
+    }
+
     /// A changefeed of the default upstream (the cluster's etcd) into the blackhole sink.
     async fn create_changefeed(&self, id: &str) -> ChangeFeedId {
         let cdc_client = CdcEtcdClient::new(self.client.clone(), CLUSTER)
@@ -300,6 +318,29 @@ impl Harness {
     }
 
     /// Heartbeats until the answer satisfies `done`.
+    /// Prepares then replicates `span` from revision `start` and waits until a heartbeat
+    /// reports a span replicating.
+    async fn replicate(&mut self, span: &Span, start: u64) {
+        self.send(add(span, start, true)).await;
+        self.send(add(span, start, false)).await;
+        self.heartbeat_until(|spans| {
+            spans
+                .iter()
+                .any(|status| status.state == AgentSpanState::Replicating)
+        })
+        .await;
+    }
+
+    /// The spans of the first heartbeat in which some span's checkpoint is `written` or later.
+    async fn heartbeat_past(&mut self, written: u64) -> Vec<SpanStatus> {
+        self.heartbeat_until(|spans| {
+            spans
+                .iter()
+                .any(|status| status.checkpoint.checkpoint >= written)
+        })
+        .await
+    }
+
     async fn heartbeat_until(&mut self, done: impl Fn(&[SpanStatus]) -> bool) -> Vec<SpanStatus> {
         self.heartbeat_response_until(|response| done(&response.spans))
             .await
@@ -423,13 +464,7 @@ async fn agent_runs_an_etcd_span_from_prepare_to_remove() {
     // Changes in the span move its checkpoint, which the heartbeats report.
     let written = u64::try_from(harness.client.put("/data/a", "1", 0).await.unwrap()).unwrap();
     harness.client.put("/other", "x", 0).await.unwrap();
-    let spans = harness
-        .heartbeat_until(|spans| {
-            spans
-                .iter()
-                .any(|status| status.checkpoint.checkpoint >= written)
-        })
-        .await;
+    let spans = harness.heartbeat_past(written).await;
     assert_eq!(spans.len(), 1);
     assert_eq!(spans[0].state, AgentSpanState::Replicating);
 
@@ -486,18 +521,7 @@ async fn compacted_start_revision_lands_in_the_task_position() {
         [AgentSpanState::Replicating, AgentSpanState::Stopped]
     );
 
-    let position_key = (changefeed.clone(), CAPTURE.to_owned());
-    let positions = tokio::time::timeout(
-        DEADLINE,
-        harness
-            .positions_rx
-            .wait_for(|positions| positions.contains_key(&position_key)),
-    )
-    .await
-    .expect("the task position was written in time")
-    .unwrap()
-    .clone();
-    let error = positions[&position_key].error.clone().unwrap();
+    let error = harness.position_error(&changefeed).await;
     assert_eq!(error.code, "CDC:ErrSnapshotLostByGC");
     assert_eq!(error.addr, "127.0.0.1:8300");
     assert!(
@@ -585,15 +609,7 @@ async fn a_span_dispatched_before_its_changefeed_is_seen_starts_once_it_is() {
     let changefeed = ChangeFeedId::new("default", "late");
     let span = span(&changefeed, 0, "/late/");
     let start = current_revision(&harness.client).await;
-    harness.send(add(&span, start, true)).await;
-    harness.send(add(&span, start, false)).await;
-    harness
-        .heartbeat_until(|spans| {
-            spans
-                .iter()
-                .any(|status| status.state == AgentSpanState::Replicating)
-        })
-        .await;
+    harness.replicate(&span, start).await;
     let mut debug_info = String::new();
     harness.manager.write_debug_info(&mut debug_info);
     assert!(debug_info.contains("waiting to start"), "{debug_info}");
@@ -601,13 +617,7 @@ async fn a_span_dispatched_before_its_changefeed_is_seen_starts_once_it_is() {
 
     harness.create_changefeed("late").await;
     let written = u64::try_from(harness.client.put("/late/a", "1", 0).await.unwrap()).unwrap();
-    let spans = harness
-        .heartbeat_until(|spans| {
-            spans
-                .iter()
-                .any(|status| status.checkpoint.checkpoint >= written)
-        })
-        .await;
+    let spans = harness.heartbeat_past(written).await;
     assert_eq!(spans[0].state, AgentSpanState::Replicating);
     let events: Vec<String> = log_events(&log_path)
         .into_iter()
@@ -632,18 +642,7 @@ async fn malformed_rules_land_in_the_task_position() {
     harness.send(add(&span, start, true)).await;
     harness.send(add(&span, start, false)).await;
     while harness.dispatch_status().await.state != AgentSpanState::Stopped {}
-    let position_key = (changefeed, CAPTURE.to_owned());
-    let positions = tokio::time::timeout(
-        DEADLINE,
-        harness
-            .positions_rx
-            .wait_for(|positions| positions.contains_key(&position_key)),
-    )
-    .await
-    .expect("the task position was written in time")
-    .unwrap()
-    .clone();
-    let error = positions[&position_key].error.clone().unwrap();
+    let error = harness.position_error(&changefeed).await;
     assert_eq!(error.code, "CDC:ErrInvalidReplicaConfig");
     assert!(error.message.contains("rules_base64"), "{error:?}");
     harness.close().await;
@@ -680,15 +679,7 @@ async fn a_fixed_pipeline_runs_every_span() {
     harness.handshake().await;
     // No changefeed info is needed: the fixed pipeline ignores upstream and sink.
     let span = span(&ChangeFeedId::new("default", "any"), 7, "/x/");
-    harness.send(add(&span, 11, true)).await;
-    harness.send(add(&span, 11, false)).await;
-    harness
-        .heartbeat_until(|spans| {
-            spans
-                .iter()
-                .any(|status| status.state == AgentSpanState::Replicating)
-        })
-        .await;
+    harness.replicate(&span, 11).await;
     assert_eq!(*pipeline.starts.lock().unwrap(), [(span.span_ref(), 11)]);
     harness.send(remove(&span)).await;
     harness

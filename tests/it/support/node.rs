@@ -1,0 +1,182 @@
+//! One real `cdc-server` process of a test cluster: started on a free loopback port with its
+//! own config and log in a temporary directory, killed and reaped when dropped.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use serde_json::Value;
+
+use super::{send_signal, server_binary, wait_for};
+
+/// A free loopback port.
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("a free loopback port")
+}
+
+/// A `cdc-server` process logging at `info` into its own log file.
+pub(crate) struct ServerNode {
+    /// The capture's address (HTTP API and gRPC).
+    pub(crate) address: String,
+    /// The timeout of each `GET` to the node's API.
+    pub(crate) get_timeout: Duration,
+    child: Child,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl ServerNode {
+    /// Starts `cdc-server` against the etcd at `etcd` in cluster `cluster_id`, with `config` as
+    /// its TOML config file.
+    pub(crate) fn start(etcd: &str, cluster_id: &str, config: &str) -> ServerNode {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let config_path = dir.path().join("cdc.toml");
+        std::fs::write(&config_path, config).expect("write the config");
+        let address = format!("127.0.0.1:{}", free_port());
+        let log = dir.path().join("cdc.log");
+        let stderr = std::fs::File::create(&log).expect("create the log");
+        let child = Command::new(server_binary())
+            .args(["--pd", etcd, "--addr", &address, "--cluster-id", cluster_id])
+            .arg("--config")
+            .arg(&config_path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("start cdc-server");
+        ServerNode {
+            address,
+            get_timeout: Duration::from_secs(2),
+            child,
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// What the process logged so far.
+    pub(crate) fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The last `n` lines of the process's log, for failure messages.
+    pub(crate) fn log_tail(&self, n: usize) -> String {
+        let text = self.log_text();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// Waits (5 s at most) until the process has logged `text`.
+    pub(crate) async fn wait_log(&self, text: &str) -> Result<()> {
+        wait_for(Duration::from_secs(5), || async {
+            self.log_text().contains(text).then_some(())
+        })
+        .await
+    }
+
+    /// A successful answer to `POST path`, as JSON.
+    pub(crate) async fn post(&self, path: &str) -> Result<Value> {
+        let response = reqwest::Client::new()
+            .post(format!("http://{}{path}", self.address))
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await?;
+        let status = response.status();
+        let body = response.text().await?;
+        if !status.is_success() {
+            bail!("POST {path}: {status}: {body}");
+        }
+        Ok(serde_json::from_str(&body)?)
+    }
+
+    /// A successful answer to `GET path`.
+    async fn get_response(&self, path: &str) -> Result<reqwest::Response> {
+        let response = reqwest::Client::new()
+            .get(format!("http://{}{path}", self.address))
+            .timeout(self.get_timeout)
+            .send()
+            .await?;
+        if !response.status().is_success() {
+            bail!("GET {path}: {}", response.status());
+        }
+        Ok(response)
+    }
+
+    /// A successful answer to `GET path`, as text.
+    pub(crate) async fn get_text(&self, path: &str) -> Result<String> {
+        Ok(self.get_response(path).await?.text().await?)
+    }
+
+    /// A successful answer to `GET path`, as JSON.
+    pub(crate) async fn get(&self, path: &str) -> Result<Value> {
+        Ok(self.get_response(path).await?.json().await?)
+    }
+
+    /// The node's `/status`.
+    pub(crate) async fn status(&self) -> Result<Value> {
+        self.get("/status").await
+    }
+
+    /// The current capture ID; empty until the first incarnation has started.
+    pub(crate) async fn id(&self) -> Result<String> {
+        let status = self.status().await?;
+        Ok(status["id"].as_str().unwrap_or_default().to_owned())
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends signal `name` (`TERM`, `KILL`, ...) to the process.
+    pub(crate) fn signal(&self, name: &str) {
+        send_signal(self.pid(), name);
+    }
+
+    /// Kills the process with SIGKILL and reaps it.
+    pub(crate) fn kill(&mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// Waits up to `within` for the process to exit; its exit status.
+    pub(crate) async fn wait_exit(&mut self, within: Duration) -> Result<ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        bail!("cdc-server {} still runs after {within:?}", self.pid())
+    }
+
+    pub(crate) fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for ServerNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The owners among `nodes` by their `/status`, as (index, capture ID).
+pub(crate) async fn owners<'a>(
+    nodes: impl IntoIterator<Item = &'a ServerNode>,
+) -> Vec<(usize, String)> {
+    let mut owners = Vec::new();
+    for (index, node) in nodes.into_iter().enumerate() {
+        if let Ok(status) = node.status().await
+            && status["is_owner"] == Value::Bool(true)
+        {
+            owners.push((index, status["id"].as_str().unwrap_or_default().to_owned()));
+        }
+    }
+    owners
+}
