@@ -46,7 +46,7 @@ async fn a_stalled_sink_keeps_the_capture_under_its_memory_quota() -> Result<()>
     });
     cluster.create(0, &body).await?;
     cluster.wait_replicating("stalled", 1, SETTLE).await?;
-    let pid = cluster.nodes[0].child.id();
+    let pid = cluster.nodes[0].pid();
     let baseline = rss_bytes(pid);
 
     // The sink's etcd stops answering; four quotas of changes arrive, and the stall lasts.
