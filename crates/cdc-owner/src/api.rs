@@ -552,7 +552,8 @@ pub fn parse_resume(body: &[u8]) -> Result<Option<u64>, ApiError> {
 pub struct FeedView<'a> {
     /// The stored info.
     pub info: &'a ChangeFeedInfo,
-    /// The state as the owner decided it.
+    /// The state, from the same source as `info` (the stored one), so that the state and the
+    /// error an answer shows agree.
     pub state: &'a FeedState,
     /// The checkpoint.
     pub checkpoint: u64,

@@ -473,7 +473,10 @@ impl OwnerCore {
         });
         Some(FeedView {
             info,
-            state: feed.machine.state(),
+            // The stored state, as the error and the checkpoint: the machine's decision is
+            // ahead of what is stored until its patches are committed and read back, and an
+            // answer mixing the two would show a failed changefeed without its error.
+            state: &info.state,
             checkpoint: feed.stored,
             resolved: feed.resolved.max(feed.stored),
             checkpoint_time: feed.checkpoint_time,

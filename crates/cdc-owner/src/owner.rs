@@ -125,6 +125,7 @@ impl EtcdOwner {
             requests_tx,
             poke: poke.clone(),
             stopped: stopped.clone(),
+            default_revision: SharedRevision::default(),
         });
         EtcdOwner {
             context,
@@ -346,6 +347,34 @@ struct ApiServer {
     requests_tx: mpsc::Sender<Request>,
     poke: Arc<PokeSlot>,
     stopped: Arc<AtomicBool>,
+    /// The default upstream's current revision, read once for the creates waiting for it.
+    default_revision: SharedRevision,
+}
+
+/// One current-revision read shared by the requests that wait for it: a request takes the
+/// revision of a read that started after it arrived (so, as its own read would, a revision
+/// current at or after its arrival), and concurrent creates cost one round trip, not one each.
+#[derive(Debug, Default)]
+struct SharedRevision {
+    /// When the last read started, and what it read.
+    last: tokio::sync::Mutex<Option<(Instant, u64)>>,
+}
+
+impl SharedRevision {
+    async fn current(&self, client: &EtcdClient) -> std::result::Result<u64, ApiError> {
+        let arrived = Instant::now();
+        // Cancel-safe: a cancelled waiter leaves the lock, and a cancelled read stores nothing.
+        let mut last = self.last.lock().await;
+        if let Some((started, revision)) = *last
+            && started >= arrived
+        {
+            return Ok(revision);
+        }
+        let started = Instant::now();
+        let revision = current_revision(client).await?;
+        *last = Some((started, revision));
+        Ok(revision)
+    }
 }
 
 impl OwnerApi for ApiServer {
@@ -512,11 +541,13 @@ impl ApiServer {
 
     /// Resolves the upstream, the start revision and the split keys of a create request.
     async fn prepare_create(&self, plan: api::CreatePlan) -> std::result::Result<Job, ApiError> {
-        let upstream = match &plan.pd_addrs {
-            None => self.default_upstream(),
-            Some(addrs) => self.connect(addrs).await?,
+        let (upstream, default) = match &plan.pd_addrs {
+            None => (self.default_upstream(), true),
+            Some(addrs) => (self.connect(addrs).await?, false),
         };
-        let start_ts = if plan.start_ts == 0 {
+        let start_ts = if plan.start_ts == 0 && default {
+            self.default_revision.current(&upstream.client).await?
+        } else if plan.start_ts == 0 {
             current_revision(&upstream.client).await?
         } else {
             check_revision(&upstream.client, "start_ts", plan.start_ts).await?;

@@ -220,7 +220,7 @@ async fn every_change_reaches_the_file_and_etcd_sinks_through_kills_and_a_sink_r
     let progressed = |target: u64| {
         let client = upstream.clone();
         async move {
-            wait_for(SETTLE, || async {
+            wait_for(Duration::from_secs(180), || async {
                 let revision = client.get("/", GetOptions::default()).await.ok()?.revision;
                 (u64::try_from(revision).ok()? >= target).then_some(())
             })

@@ -768,3 +768,97 @@ fn a_resume_from_another_checkpoint_waits_until_the_spans_stopped() {
     tick(&mut core, &mut state, &mut inbox, Vec::new());
     assert_eq!(answer.try_recv().expect("answered").0, 200);
 }
+
+#[test]
+fn an_answer_never_shows_a_failed_changefeed_without_its_error() {
+    let mut state = GlobalReactorState::new(CLUSTER, 10);
+    let put = |state: &mut GlobalReactorState, key: String, value: Vec<u8>| {
+        state.update(key.as_bytes(), Some(&value), false).unwrap();
+    };
+    let info = CaptureInfo {
+        id: OWNER.to_owned(),
+        ..CaptureInfo::default()
+    };
+    put(
+        &mut state,
+        key::capture_key(CLUSTER, OWNER),
+        cdc_model::to_go_json(&info).unwrap(),
+    );
+    let id = ChangeFeedId::default_namespace("cf");
+    put(
+        &mut state,
+        key::changefeed_info_key(CLUSTER, &id),
+        cdc_model::to_go_json(&new_info(&id, 10)).unwrap(),
+    );
+    let status = ChangeFeedStatus {
+        checkpoint_ts: 10,
+        min_table_barrier_ts: 10,
+        admin_job_type: AdminJobType::Noop,
+    };
+    put(
+        &mut state,
+        key::changefeed_status_key(CLUSTER, &id),
+        cdc_model::to_go_json(&status).unwrap(),
+    );
+    let upstream = UpstreamInfo {
+        id: 7,
+        ..UpstreamInfo::default()
+    };
+    let mut core = OwnerCore::new(OWNER.to_owned(), 1, test_config(), upstream).unwrap();
+    let mut now = Duration::ZERO;
+    let mut tick = |core: &mut OwnerCore, state: &mut GlobalReactorState| {
+        core.tick(state, now, Utc::now(), Vec::new(), Vec::new());
+        // Not committed: the answers below come before the commit is read back.
+        drop(state.get_patches());
+        now += Duration::from_millis(50);
+    };
+    tick(&mut core, &mut state);
+    let detail = core.read(&Job::Get(id.clone())).unwrap().1;
+    assert_eq!(detail["state"], json!("normal"), "{detail}");
+    // A processor reports an error that fails the changefeed at once.
+    let error = cdc_model::RunningError {
+        addr: "127.0.0.1:8300".to_owned(),
+        code: "CDC:ErrSnapshotLostByGC".to_owned(),
+        message: "revision 10 has been compacted".to_owned(),
+        ..cdc_model::RunningError::default()
+    };
+    let position = cdc_model::TaskPosition {
+        error: Some(error.clone()),
+        ..cdc_model::TaskPosition::default()
+    };
+    put(
+        &mut state,
+        key::task_position_key(CLUSTER, &OWNER.to_owned(), &id),
+        cdc_model::to_go_json(&position).unwrap(),
+    );
+    tick(&mut core, &mut state);
+    let consistent = |detail: &Value| {
+        let failed = detail["state"] == json!("failed");
+        let has_error = !detail["error"].is_null();
+        assert_eq!(failed, has_error, "state and error disagree: {detail}");
+    };
+    let detail = core.read(&Job::Get(id.clone())).unwrap().1;
+    consistent(&detail);
+    let list = core
+        .read(&Job::List {
+            state: "all".to_owned(),
+            namespace: None,
+        })
+        .unwrap()
+        .1;
+    consistent(&list["items"][0]);
+    // Once the failed state and its error are read back, both show.
+    let mut failed = new_info(&id, 10);
+    failed.state = FeedState::Failed;
+    failed.admin_job_type = AdminJobType::Stop;
+    failed.error = Some(error);
+    put(
+        &mut state,
+        key::changefeed_info_key(CLUSTER, &id),
+        cdc_model::to_go_json(&failed).unwrap(),
+    );
+    tick(&mut core, &mut state);
+    let detail = core.read(&Job::Get(id.clone())).unwrap().1;
+    assert_eq!(detail["state"], json!("failed"), "{detail}");
+    consistent(&detail);
+}

@@ -391,3 +391,19 @@ async fn an_owner_whose_message_handler_fails_ends_its_term() {
     cancel.cancel();
     let _ = server_task.await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_revision_read_is_never_older_than_the_request() {
+    let etcd = EtcdServer::start().await.expect("start etcd");
+    let client = etcd.client().await.unwrap();
+    let shared = SharedRevision::default();
+    for i in 0..3 {
+        client.put(format!("/rev/{i}"), "v", 0).await.unwrap();
+        let before = current_revision(&client).await.unwrap();
+        let reads = futures::future::join_all((0..16).map(|_| shared.current(&client))).await;
+        for read in reads {
+            let read = read.unwrap();
+            assert!(read >= before, "read {read} older than {before}");
+        }
+    }
+}
