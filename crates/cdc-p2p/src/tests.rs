@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::Streaming;
 
 use crate::ack::AckManager;
-use crate::client::Batcher;
+use crate::client::{Batcher, ClientFaults};
 use crate::proto::{ExitReason, MessageEntry, MessagePacket, SendMessageResponse, StreamMeta};
 use crate::server::{NoFaults, ServerFaults};
 use crate::*;
@@ -2084,12 +2084,35 @@ async fn retry_rate_extremes() {
     server.stop().await;
 }
 
+/// Makes the next chunk a client takes from its queue panic, once armed.
+#[derive(Debug, Default)]
+struct PanicOnce {
+    armed: std::sync::atomic::AtomicBool,
+}
+
+impl PanicOnce {
+    fn arm(&self) {
+        self.armed.store(true, Ordering::Relaxed);
+    }
+}
+
+impl ClientFaults for PanicOnce {
+    fn panic_on_chunk(&self) -> bool {
+        self.armed.swap(false, Ordering::Relaxed)
+    }
+}
+
 // A client task that panics is reported on the router's errors as ClientPanicked; the
 // client is closed (sends give ClientClosed, not SendTryAgain) and stays in the router until
 // the peer is removed; after remove_peer and add_peer, client starts a working client.
 #[tokio::test]
 async fn router_client_panic_cleans_up() {
-    let router = MessageRouter::new("test-client-1", test_client_config());
+    let panic = Arc::new(PanicOnce::default());
+    let router = MessageRouter::with_client_faults(
+        "test-client-1",
+        test_client_config(),
+        Arc::clone(&panic) as Arc<dyn ClientFaults>,
+    );
     let mut errors = router.errors().unwrap();
     let server = setup().server_id("server-1").recorder().start().await;
     let (cancel, topic) = (server.cancel.clone(), server.topic.clone());
@@ -2108,7 +2131,7 @@ async fn router_client_panic_cleans_up() {
             == (1, true))
         .await
     );
-    first.inject_panic();
+    panic.arm();
     first
         .try_send_message(&topic, &TestMessage { index: 2 })
         .unwrap();
