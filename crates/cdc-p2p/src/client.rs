@@ -117,10 +117,23 @@ struct Shared {
     max_unacked_bytes: usize,
     /// Notified when acks free unacked bytes.
     acked: Notify,
-    /// Makes the stream task panic on its next chunk.
-    #[cfg(test)]
-    inject_panic: AtomicBool,
+    /// The faults to inject ([`NoClientFaults`] but in tests).
+    faults: Arc<dyn ClientFaults>,
 }
+
+/// Faults a message client can be made to inject.
+pub(crate) trait ClientFaults: Send + Sync + std::fmt::Debug {
+    /// Whether the stream task panics on the chunk it just took from the queue.
+    fn panic_on_chunk(&self) -> bool {
+        false
+    }
+}
+
+/// No fault.
+#[derive(Debug)]
+pub(crate) struct NoClientFaults;
+
+impl ClientFaults for NoClientFaults {}
 
 /// Marks the client closed when `run` ends, even by a panic, so that sends fail with
 /// `ClientClosed` instead of waiting for a stream that never comes back.
@@ -147,6 +160,23 @@ impl MessageClient {
         config: ClientConfig,
         metrics: Arc<Metrics>,
     ) -> Self {
+        MessageClient::with_faults(
+            sender_id,
+            receiver_id,
+            config,
+            metrics,
+            Arc::new(NoClientFaults),
+        )
+    }
+
+    /// A client like [`MessageClient::new`] that injects `faults`.
+    pub(crate) fn with_faults(
+        sender_id: impl Into<String>,
+        receiver_id: impl Into<String>,
+        config: ClientConfig,
+        metrics: Arc<Metrics>,
+        faults: Arc<dyn ClientFaults>,
+    ) -> Self {
         let (queue_tx, queue_rx) = mpsc::channel(config.send_channel_size.max(1));
         let max_unacked_bytes = config.max_unacked_bytes.max(1);
         MessageClient {
@@ -165,8 +195,7 @@ impl MessageClient {
                 unacked_bytes: AtomicUsize::new(0),
                 max_unacked_bytes,
                 acked: Notify::new(),
-                #[cfg(test)]
-                inject_panic: AtomicBool::new(false),
+                faults,
             }),
         }
     }
@@ -395,11 +424,6 @@ impl MessageClient {
         Arc::ptr_eq(&self.shared, &other.shared)
     }
 
-    #[cfg(test)]
-    pub(crate) fn inject_panic(&self) {
-        self.shared.inject_panic.store(true, Ordering::Relaxed);
-    }
-
     /// Connects to `addr` and keeps the stream up, reconnecting (rate-limited) until `cancel`
     /// fires, or the peer turns out to be another capture or refuses this sender as
     /// deregistered (`ClientPermanentFail`). Runs once; afterwards the client is closed.
@@ -549,8 +573,7 @@ impl MessageClient {
                     if n == 0 {
                         return Err(Error::ClientClosed);
                     }
-                    #[cfg(test)]
-                    assert!(!self.shared.inject_panic.load(Ordering::Relaxed), "injected client panic");
+                    assert!(!self.shared.faults.panic_on_chunk(), "injected client panic");
                     self.track_unacked(&received);
                     self.shared.metrics.add_sent(received.len() as u64);
                     // Flushed on the interval's grid while traffic flows; an idle client

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::warn;
 
-use crate::client::MessageClient;
+use crate::client::{ClientFaults, MessageClient, NoClientFaults};
 use crate::config::ClientConfig;
 use crate::error::{Error, Result};
 use crate::local::{LocalClient, LocalReceiver};
@@ -123,6 +123,8 @@ struct Shared {
     errors_tx: mpsc::Sender<Error>,
     cancel: CancellationToken,
     tasks: TaskTracker,
+    /// The faults its clients inject ([`NoClientFaults`] but in tests).
+    client_faults: Arc<dyn ClientFaults>,
 }
 
 /// Routes messages to peers by capture ID.
@@ -137,6 +139,15 @@ pub struct MessageRouter {
 impl MessageRouter {
     /// A router for the capture `self_id`.
     pub fn new(self_id: impl Into<String>, config: ClientConfig) -> Self {
+        MessageRouter::with_client_faults(self_id, config, Arc::new(NoClientFaults))
+    }
+
+    /// A router for the capture `self_id` whose clients inject `client_faults`.
+    pub(crate) fn with_client_faults(
+        self_id: impl Into<String>,
+        config: ClientConfig,
+        client_faults: Arc<dyn ClientFaults>,
+    ) -> Self {
         let (errors_tx, errors_rx) = mpsc::channel(1);
         let (local, local_rx) = LocalClient::new();
         MessageRouter {
@@ -148,6 +159,7 @@ impl MessageRouter {
                 errors_tx,
                 cancel: CancellationToken::new(),
                 tasks: TaskTracker::new(),
+                client_faults,
             }),
             local,
             local_rx: Mutex::new(Some(local_rx)),
@@ -195,11 +207,12 @@ impl MessageRouter {
             return Some(PeerClient::Remote(peer.client.clone()));
         }
         let addr = state.addrs.get(id)?.clone();
-        let client = MessageClient::new(
+        let client = MessageClient::with_faults(
             self.shared.self_id.clone(),
             id,
             self.shared.config.clone(),
             Arc::clone(&self.shared.metrics),
+            Arc::clone(&self.shared.client_faults),
         );
         let cancel = self.shared.cancel.child_token();
         state.clients.insert(

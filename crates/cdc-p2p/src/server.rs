@@ -68,9 +68,6 @@ pub struct MessageServer {
     pub(crate) streams: TaskTracker,
     /// The faults to inject ([`NoFaults`] but in tests).
     faults: Arc<dyn ServerFaults>,
-    /// The number of registered handlers (dead ones included), updated by the main loop.
-    #[cfg(test)]
-    pub(crate) n_handlers: watch::Sender<usize>,
 }
 
 impl std::fmt::Debug for MessageServer {
@@ -99,11 +96,6 @@ enum Task {
         done: oneshot::Sender<()>,
     },
     RegisterPeer(StreamHandle),
-    #[cfg(test)]
-    Block {
-        entered: oneshot::Sender<()>,
-        unblock: oneshot::Receiver<()>,
-    },
 }
 
 /// Faults a message server can be made to inject.
@@ -112,6 +104,15 @@ pub(crate) trait ServerFaults: Send + Sync {
     /// restarting server would: the sender is told CONGESTED and reconnects.
     fn restart_stream(&self) -> bool {
         false
+    }
+
+    /// Told the number of registered handlers (dead ones included) each time the main loop
+    /// adds or removes one.
+    fn handlers_changed(&self, _n_handlers: usize) {}
+
+    /// A pause the main loop awaits before its next task, as a slow main loop would.
+    fn pause_main_loop(&self) -> Option<Pin<Box<dyn Future<Output = ()> + Send>>> {
+        None
     }
 }
 
@@ -146,8 +147,6 @@ impl MessageServer {
             n_peers: watch::Sender::new(0),
             streams: TaskTracker::new(),
             faults,
-            #[cfg(test)]
-            n_handlers: watch::Sender::new(0),
         }
     }
 
@@ -239,8 +238,7 @@ impl MessageServer {
             pending: HashMap::new(),
             n_peers: self.n_peers.clone(),
             removed_topics: HashMap::new(),
-            #[cfg(test)]
-            n_handlers: self.n_handlers.clone(),
+            faults: Arc::clone(&self.faults),
         };
         let mut ack_tick = tokio::time::interval(self.config.ack_interval);
         ack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -390,19 +388,6 @@ impl MessageServer {
             info!(%sender_id, "p2p peer deregistered");
         }
         self.deregistered.notify_one();
-    }
-
-    /// Queues a task that blocks the main loop until the returned sender fires or drops;
-    /// the returned receiver completes once the main loop has reached it.
-    #[cfg(test)]
-    pub(crate) fn block_main_loop(&self) -> Result<(oneshot::Sender<()>, oneshot::Receiver<()>)> {
-        let (unblock_tx, unblock_rx) = oneshot::channel();
-        let (entered_tx, entered_rx) = oneshot::channel();
-        self.try_enqueue(Task::Block {
-            entered: entered_tx,
-            unblock: unblock_rx,
-        })?;
-        Ok((unblock_tx, entered_rx))
     }
 
     /// Serves one `SendMessage` stream. `stream_cancel` ends it (the wrapper's reset).

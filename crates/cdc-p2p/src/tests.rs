@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::Streaming;
 
 use crate::ack::AckManager;
-use crate::client::Batcher;
+use crate::client::{Batcher, ClientFaults};
 use crate::proto::{ExitReason, MessageEntry, MessagePacket, SendMessageResponse, StreamMeta};
 use crate::server::{NoFaults, ServerFaults};
 use crate::*;
@@ -120,10 +120,11 @@ impl Setup {
     }
 
     async fn start(self) -> Fixture {
+        let probe = Arc::new(MainLoopProbe::new(self.faults));
         let server = Arc::new(MessageServer::with_faults(
             &self.server_id,
             self.config.clone(),
-            self.faults,
+            Arc::clone(&probe) as Arc<dyn ServerFaults>,
         ));
         let wrapper = ServerWrapper::new(&self.config);
         wrapper.reset(Some(Arc::clone(&server)));
@@ -145,6 +146,7 @@ impl Setup {
         let run = tokio::spawn(async move { running.run(run_cancel, local_rx).await });
         let mut fixture = Fixture {
             server,
+            probe,
             wrapper,
             addr,
             server_cancel,
@@ -176,9 +178,77 @@ impl Setup {
     }
 }
 
+/// The server faults of every fixture: publishes the number of handlers, pauses the main
+/// loop on demand, and restarts streams as the set-up's faults say.
+struct MainLoopProbe {
+    restarts: Arc<dyn ServerFaults>,
+    /// The number of registered handlers (dead ones included), updated by the main loop.
+    n_handlers: tokio::sync::watch::Sender<usize>,
+    /// The next pause: signalled once the main loop has reached it, then awaited.
+    pause: Mutex<
+        Option<(
+            tokio::sync::oneshot::Sender<()>,
+            tokio::sync::oneshot::Receiver<()>,
+        )>,
+    >,
+}
+
+impl MainLoopProbe {
+    fn new(restarts: Arc<dyn ServerFaults>) -> Self {
+        MainLoopProbe {
+            restarts,
+            n_handlers: tokio::sync::watch::Sender::new(0),
+            pause: Mutex::new(None),
+        }
+    }
+
+    /// Blocks the main loop at its next task until the returned sender fires or drops; the
+    /// returned receiver completes once the main loop has reached it. The next task is
+    /// queued here (removing an unknown topic, which does nothing), so `TaskQueueCongested`
+    /// means the queue is full.
+    fn block_main_loop(
+        &self,
+        server: &MessageServer,
+    ) -> Result<(
+        tokio::sync::oneshot::Sender<()>,
+        tokio::sync::oneshot::Receiver<()>,
+    )> {
+        let (unblock_tx, unblock_rx) = tokio::sync::oneshot::channel();
+        let (entered_tx, entered_rx) = tokio::sync::oneshot::channel();
+        *self.pause.lock().unwrap() = Some((entered_tx, unblock_rx));
+        if let Err(err) = server.try_remove_handler("no such topic") {
+            self.pause.lock().unwrap().take();
+            return Err(err);
+        }
+        Ok((unblock_tx, entered_rx))
+    }
+}
+
+impl ServerFaults for MainLoopProbe {
+    fn restart_stream(&self) -> bool {
+        self.restarts.restart_stream()
+    }
+
+    fn handlers_changed(&self, n_handlers: usize) {
+        self.n_handlers.send_replace(n_handlers);
+    }
+
+    fn pause_main_loop(
+        &self,
+    ) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> {
+        let (entered, unblock) = self.pause.lock().unwrap().take()?;
+        Some(Box::pin(async move {
+            let _ = entered.send(());
+            let _ = unblock.await;
+        }))
+    }
+}
+
 /// A started [`Setup`].
 struct Fixture {
     server: Arc<MessageServer>,
+    /// Watches and slows the server's main loop.
+    probe: Arc<MainLoopProbe>,
     wrapper: ServerWrapper,
     addr: String,
     /// Stops the server's main loop and its gRPC endpoint.
@@ -1029,7 +1099,7 @@ async fn data_loss_after_unregister_handler() {
     .await
     .unwrap();
     entered_rx.recv().await.unwrap();
-    let mut n_handlers = server.n_handlers.subscribe();
+    let mut n_handlers = fixture.probe.n_handlers.subscribe();
     let removing = {
         let server = Arc::clone(server);
         let cancel = cancel.clone();
@@ -1089,7 +1159,7 @@ async fn deregister_peer_with_full_task_queue() {
     let mut n_peers = fixture.server.n_peers();
     let (_tx, mut responses) = open_raw(&fixture.addr, meta("client-1", SERVER_ID, 1)).await;
     n_peers.wait_for(|n| *n == 1).await.unwrap();
-    let (unblock, entered) = fixture.server.block_main_loop().unwrap();
+    let (unblock, entered) = fixture.probe.block_main_loop(&fixture.server).unwrap();
     entered.await.unwrap();
     let topic = TestTopic::new("topic");
     let mut n_queued = 0;
@@ -1377,7 +1447,7 @@ async fn message_back_pressure() {
         if index % 256 == 0 {
             // Slow the main loop down for a moment.
             let unblock = loop {
-                match server.block_main_loop() {
+                match fixture.probe.block_main_loop(server) {
                     Ok((unblock, _)) => break unblock,
                     Err(Error::TaskQueueCongested) => tokio::task::yield_now().await,
                     Err(err) => panic!("{err}"),
@@ -2014,12 +2084,35 @@ async fn retry_rate_extremes() {
     server.stop().await;
 }
 
+/// Makes the next chunk a client takes from its queue panic, once armed.
+#[derive(Debug, Default)]
+struct PanicOnce {
+    armed: std::sync::atomic::AtomicBool,
+}
+
+impl PanicOnce {
+    fn arm(&self) {
+        self.armed.store(true, Ordering::Relaxed);
+    }
+}
+
+impl ClientFaults for PanicOnce {
+    fn panic_on_chunk(&self) -> bool {
+        self.armed.swap(false, Ordering::Relaxed)
+    }
+}
+
 // A client task that panics is reported on the router's errors as ClientPanicked; the
 // client is closed (sends give ClientClosed, not SendTryAgain) and stays in the router until
 // the peer is removed; after remove_peer and add_peer, client starts a working client.
 #[tokio::test]
 async fn router_client_panic_cleans_up() {
-    let router = MessageRouter::new("test-client-1", test_client_config());
+    let panic = Arc::new(PanicOnce::default());
+    let router = MessageRouter::with_client_faults(
+        "test-client-1",
+        test_client_config(),
+        Arc::clone(&panic) as Arc<dyn ClientFaults>,
+    );
     let mut errors = router.errors().unwrap();
     let server = setup().server_id("server-1").recorder().start().await;
     let (cancel, topic) = (server.cancel.clone(), server.topic.clone());
@@ -2038,7 +2131,7 @@ async fn router_client_panic_cleans_up() {
             == (1, true))
         .await
     );
-    first.inject_panic();
+    panic.arm();
     first
         .try_send_message(&topic, &TestMessage { index: 2 })
         .unwrap();

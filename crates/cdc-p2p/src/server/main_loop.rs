@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::worker::{ErasedHandler, WorkerEvent};
-use super::{LOCAL_BATCH_SIZE, LOCAL_FLUSH_INTERVAL, SenderId, Task, error_response};
+use super::{LOCAL_BATCH_SIZE, LOCAL_FLUSH_INTERVAL, SenderId, ServerFaults, Task, error_response};
 use crate::ack::AckManager;
 use crate::config::ServerConfig;
 use crate::error::{Error, Result, report};
@@ -60,12 +60,15 @@ pub(super) struct MainLoop {
     pub(super) n_peers: watch::Sender<usize>,
     /// Topics whose handler was removed, until their ack records are trimmed.
     pub(super) removed_topics: HashMap<String, RemovedTopic>,
-    #[cfg(test)]
-    pub(super) n_handlers: watch::Sender<usize>,
+    /// The faults to inject (none but in tests).
+    pub(super) faults: Arc<dyn ServerFaults>,
 }
 
 impl MainLoop {
     pub(super) async fn handle_task(&mut self, task: Task, tasks: &mut Tasks) -> Result<()> {
+        if let Some(pause) = self.faults.pause_main_loop() {
+            pause.await;
+        }
         match task {
             Task::MessageBatch {
                 sender_id,
@@ -89,12 +92,6 @@ impl MainLoop {
             }
             Task::RegisterPeer(handle) => {
                 self.register_peer(handle);
-                Ok(())
-            }
-            #[cfg(test)]
-            Task::Block { entered, unblock } => {
-                let _ = entered.send(());
-                let _ = unblock.await;
                 Ok(())
             }
         }
@@ -418,8 +415,7 @@ impl MainLoop {
             },
         );
         debug!(%topic, "p2p handler registered");
-        #[cfg(test)]
-        self.n_handlers.send_replace(self.handlers.len());
+        self.faults.handlers_changed(self.handlers.len());
         // Replay what arrived before the handler, sender by sender.
         let mut buffered = Vec::new();
         self.pending.retain(|sender_id, topics| {
@@ -469,8 +465,7 @@ impl MainLoop {
             return;
         };
         entry.cancelled.store(true, Ordering::Release);
-        #[cfg(test)]
-        self.n_handlers.send_replace(self.handlers.len());
+        self.faults.handlers_changed(self.handlers.len());
         let worker = self.workers[entry.worker].clone();
         let timeout = self.config.wait_unregister_handle_timeout;
         let topic = topic.to_owned();
