@@ -33,7 +33,7 @@ use cdc_scheduler::replica::ReplicaSpec;
 const CREATE_GRACE: Duration = Duration::from_secs(10);
 
 /// How often an owner with no running changefeed hears from the captures.
-const IDLE_HEARTBEAT: Duration = Duration::from_secs(1);
+const IDLE_HEARTBEAT: Duration = Duration::from_secs(10);
 
 /// An answer: the HTTP status and the JSON body.
 pub(crate) type Reply = (u16, Value);
