@@ -412,6 +412,24 @@ fn remove(span: &Span) -> AgentRequest {
     })
 }
 
+/// Waits (bounded) until the span log holds exactly `expected`.
+async fn wait_log_events(path: &Path, expected: &[(String, String, u64, String)]) {
+    let waited = tokio::time::timeout(DEADLINE, async {
+        loop {
+            if log_events(path) == expected {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        waited.is_ok(),
+        "span log {:?}, expected {expected:?}",
+        log_events(path)
+    );
+}
+
 fn log_events(path: &Path) -> Vec<(String, String, u64, String)> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
@@ -459,7 +477,9 @@ async fn agent_runs_an_etcd_span_from_prepare_to_remove() {
         0,
         "start".to_owned(),
     );
-    assert_eq!(log_events(&log_path), std::slice::from_ref(&start_line));
+    // The agent reports the span replicating at the order; its pipeline (and so its start line)
+    // may wait for this capture's worker to read the changefeed's info.
+    wait_log_events(&log_path, std::slice::from_ref(&start_line)).await;
 
     // Changes in the span move its checkpoint, which the heartbeats report.
     let written = u64::try_from(harness.client.put("/data/a", "1", 0).await.unwrap()).unwrap();
