@@ -37,6 +37,9 @@ impl HandlerEntry {
 pub(super) struct Peer {
     epoch: i64,
     handle: StreamHandle,
+    /// The acks last sent on this stream: a tick with nothing new sends nothing, so idle
+    /// streams cost no messages.
+    sent_acks: Vec<Ack>,
 }
 
 pub(super) enum PendingEntry {
@@ -160,7 +163,14 @@ impl MainLoop {
             }
         }
         debug!(%sender_id, epoch, "p2p peer registered");
-        self.peers.insert(sender_id, Peer { epoch, handle });
+        self.peers.insert(
+            sender_id,
+            Peer {
+                epoch,
+                handle,
+                sent_acks: Vec::new(),
+            },
+        );
         self.publish_n_peers();
     }
 
@@ -196,7 +206,7 @@ impl MainLoop {
     pub(super) fn send_acks(&mut self) {
         let trimmed = self.trim_removed_topics();
         let mut gone = Vec::new();
-        for (sender_id, peer) in &self.peers {
+        for (sender_id, peer) in &mut self.peers {
             let mut acks = Vec::new();
             self.acks.range(sender_id, |topic, last_seq| {
                 acks.push(Ack {
@@ -216,8 +226,16 @@ impl MainLoop {
                     .map(|ack| ack.topic.clone())
                     .collect()
             };
+            // Nothing new for this stream: no message (a removed topic's ack and a trim are
+            // always sent, as the removal waits for them).
+            if acks == peer.sent_acks
+                && acked_removed.is_empty()
+                && trimmed.binary_search(sender_id).is_err()
+            {
+                continue;
+            }
             let response = SendMessageResponse {
-                ack: acks,
+                ack: acks.clone(),
                 exit_reason: ExitReason::Ok as i32,
                 error_message: String::new(),
             };
@@ -225,6 +243,7 @@ impl MainLoop {
             // blocking the main loop.
             match peer.handle.try_send(Ok(response)) {
                 Ok(()) => {
+                    peer.sent_acks = acks;
                     for topic in acked_removed {
                         if let Some(removed) = self.removed_topics.get_mut(&topic) {
                             removed.acked.insert(sender_id.clone(), peer.epoch);
