@@ -327,10 +327,17 @@ async fn deleted_capture_key_restarts_the_capture_at_once() -> Result<()> {
     let (etcd, mut nodes) = start_cluster_with_ttl(2, "delcapture", LONG_TTL).await;
     let client = etcd.client().await?;
     one_owner(&mut nodes, Duration::from_secs(20)).await?;
-    let old_id = nodes[1].id().await?;
+    // Both captures have registered: each has an ID and its key (an owner can be elected
+    // before the other capture's first incarnation has written its key).
+    let (old_id, lease) = wait_for(Duration::from_secs(10), || async {
+        let id = nodes[1].id().await.ok().filter(|id| !id.is_empty())?;
+        let key = format!("/tidb/cdc/delcapture/__cdc_meta__/capture/{id}");
+        let found = client.get(key.as_str(), GetOptions::default()).await.ok()?;
+        Some((id, found.kvs.first()?.lease))
+    })
+    .await?;
     let other_id = nodes[0].id().await?;
     let key = format!("/tidb/cdc/delcapture/__cdc_meta__/capture/{old_id}");
-    let lease = client.get(key.as_str(), GetOptions::default()).await?.kvs[0].lease;
     // Only the key goes; its lease stays alive.
     let deleted = etcdctl(&etcd, &["del", &key])?;
     assert_eq!(deleted.trim(), "1");
