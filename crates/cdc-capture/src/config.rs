@@ -20,7 +20,8 @@ pub struct Config {
     pub addr: String,
     /// The address peers and clients use; empty means `addr`.
     pub advertise_addr: String,
-    /// The log level (`error`, `warn`, `info`, `debug`, `trace`).
+    /// The log level (`error`, `warn`, `info`, `debug`, `trace`); empty: the server's `[log]`
+    /// level, else `RUST_LOG`, else `info`.
     pub log_level: String,
     /// The log file; empty means standard error.
     pub log_file: String,
@@ -80,7 +81,7 @@ impl Default for Config {
             pd: "http://127.0.0.1:2379".to_owned(),
             addr: "127.0.0.1:8300".to_owned(),
             advertise_addr: String::new(),
-            log_level: "info".to_owned(),
+            log_level: String::new(),
             log_file: String::new(),
             log_json: false,
             data_dir: String::new(),
@@ -191,10 +192,16 @@ fn check_advertise_addr(addr: &str) -> Result<()> {
     Ok(())
 }
 
-/// Parses a listen address such as `127.0.0.1:8300`.
+/// Parses a listen address such as `127.0.0.1:8300`, or resolves one with a host name
+/// (`localhost:8300`, as TiCDC's `net.Listen` takes it) to its first address.
 pub(crate) fn parse_listen_addr(addr: &str) -> Result<SocketAddr> {
-    addr.parse()
-        .map_err(|err| invalid(format!("bad address {addr}: {err}")))
+    if let Ok(parsed) = addr.parse() {
+        return Ok(parsed);
+    }
+    std::net::ToSocketAddrs::to_socket_addrs(addr)
+        .map_err(|err| invalid(format!("bad address {addr}: {err}")))?
+        .next()
+        .ok_or_else(|| invalid(format!("bad address {addr}: it resolves to no address")))
 }
 
 #[cfg(test)]

@@ -16,6 +16,8 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::capture::{Capture, GIT_HASH, VERSION};
+
+pub(crate) mod log;
 use crate::error::Error;
 
 /// The header that marks a forwarded request (TiCDC's name); it is never forwarded twice.
@@ -52,6 +54,7 @@ pub fn router(capture: Arc<Capture>) -> Router {
         .route("/api/v2/changefeeds/{*rest}", any(owner_api))
         .route("/api/v2/processors", any(owner_api))
         .route("/api/v2/processors/{*rest}", any(owner_api))
+        .route("/api/v2/log", post(log::set_log_level))
         .route("/debug/info", get(debug_info))
         .route("/metrics", get(metrics))
         .with_state(Api { capture, http })

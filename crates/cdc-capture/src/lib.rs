@@ -34,6 +34,7 @@ pub use capture::{
 pub use config::{Config, DebugConfig, SecurityConfig, is_valid_cluster_id};
 pub use election::{Election, ElectionFactory, EtcdElections};
 pub use error::{Error, Result};
+pub use http::log::{LogLevelHandler, set_log_level_handler};
 pub use http::{FORWARD_HEADER, router};
 pub use metrics::{Metrics, WORKER_ROLES};
 pub use reactor::MinimalReactors;

@@ -1,8 +1,12 @@
 //! The capture server binary: flags and configuration, logging, signals, then the capture.
 
+mod cli;
 mod config;
+mod godur;
+mod keys;
+mod logging;
+mod reference;
 
-use std::fs::OpenOptions;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -11,10 +15,9 @@ use cdc_capture::{CaptureParts, Config, Server};
 use cdc_owner::{OwnerConfig, OwnerReactors};
 use cdc_processor::{ProcessorConfig, ProcessorReactors};
 use clap::Parser;
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-use tracing_subscriber::EnvFilter;
 
 /// How long the drain (owner resign) may take within the stop.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
@@ -25,7 +28,19 @@ const STOP_DEADLINE: Duration = DRAIN_DEADLINE.saturating_add(cdc_capture::STOP_
 
 fn main() -> ExitCode {
     let cli = config::Cli::parse();
-    let (config, warnings) = match config::load(&cli) {
+    let server = match cli.command {
+        Some(config::Command::Cli(args)) => return cli::run(args),
+        Some(config::Command::ReferenceTables) => {
+            #[allow(clippy::print_stdout, reason = "the command's output")]
+            {
+                print!("{}", reference::tables());
+            }
+            return ExitCode::SUCCESS;
+        }
+        Some(config::Command::Server(server)) => server,
+        None => cli.server,
+    };
+    let loaded = match config::load(&server) {
         Ok(loaded) => loaded,
         Err(message) => {
             #[allow(clippy::print_stderr, reason = "logging is not set up yet")]
@@ -35,14 +50,17 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(err) = init_logging(&config) {
-        #[allow(clippy::print_stderr, reason = "logging could not be set up")]
-        {
-            eprintln!("cdc-server: {err:#}");
+    match logging::init(&loaded.log) {
+        Ok(set_level) => cdc_capture::set_log_level_handler(set_level),
+        Err(err) => {
+            #[allow(clippy::print_stderr, reason = "logging could not be set up")]
+            {
+                eprintln!("cdc-server: {err:#}");
+            }
+            return ExitCode::from(2);
         }
-        return ExitCode::from(2);
     }
-    for warning in warnings {
+    for warning in loaded.warnings {
         warn!("{warning}");
     }
     let runtime = match tokio::runtime::Runtime::new() {
@@ -52,7 +70,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config)) {
+    match runtime.block_on(serve(loaded.config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!("cdc-server failed: {err:#}");
@@ -61,36 +79,41 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(config: &Config) -> Result<()> {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&config.log_level))
-        .with_context(|| format!("parse log-level {:?}", config.log_level))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if config.log_file.is_empty() {
-        let builder = builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .with_writer(std::io::stderr);
-        if config.log_json {
-            builder.json().init()
-        } else {
-            builder.init()
+/// The signals that stop the server gracefully: TiCDC's set (`pkg/cmd/util/helper.go` in
+/// pingcap/tiflow: SIGHUP, SIGINT, SIGTERM, SIGQUIT), each draining first.
+struct StopSignals {
+    signals: Vec<(&'static str, Signal)>,
+}
+
+impl StopSignals {
+    fn install() -> Result<StopSignals> {
+        let mut signals = Vec::new();
+        for (name, kind) in [
+            ("SIGHUP", SignalKind::hangup()),
+            ("SIGINT", SignalKind::interrupt()),
+            ("SIGTERM", SignalKind::terminate()),
+            ("SIGQUIT", SignalKind::quit()),
+        ] {
+            let stream = signal(kind).with_context(|| format!("install the {name} handler"))?;
+            signals.push((name, stream));
         }
-    } else {
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&config.log_file)
-            .with_context(|| format!("open log-file {}", config.log_file))?;
-        let builder = builder
-            .with_ansi(false)
-            .with_writer(std::sync::Mutex::new(file));
-        if config.log_json {
-            builder.json().init()
-        } else {
-            builder.init()
-        }
+        Ok(StopSignals { signals })
     }
-    Ok(())
+
+    /// The name of the next stop signal received.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: each `Signal::recv` is.
+    async fn recv(&mut self) -> &'static str {
+        let waits = self.signals.iter_mut().map(|(name, stream)| {
+            let name: &'static str = name;
+            Box::pin(async move {
+                stream.recv().await;
+                name
+            })
+        });
+        futures::future::select_all(waits).await.0
+    }
 }
 
 async fn serve(config: Config) -> Result<()> {
@@ -116,13 +139,11 @@ async fn serve(config: Config) -> Result<()> {
     .context("start the server")?;
     let capture = std::sync::Arc::clone(server.capture());
     let cancel = CancellationToken::new();
-    let mut sigterm = signal(SignalKind::terminate()).context("install the SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("install the SIGINT handler")?;
+    let mut signals = StopSignals::install()?;
     let mut running = std::pin::pin!(server.run(cancel.clone()));
     tokio::select! {
         result = &mut running => return result.context("run the capture"),
-        _ = sigterm.recv() => info!("received SIGTERM, stopping"),
-        _ = sigint.recv() => info!("received SIGINT, stopping"),
+        name = signals.recv() => info!(signal = name, "received {name}, draining and stopping"),
     }
     // The server keeps running (accepting, serving, restarting incarnations) during the
     // drain: both are polled together, and a capture that ends meanwhile ends the stop.
@@ -147,7 +168,6 @@ async fn serve(config: Config) -> Result<()> {
             Ok(result) => result.context("stop the capture"),
             Err(_) => anyhow::bail!("the capture did not stop within {STOP_DEADLINE:?}"),
         },
-        _ = sigterm.recv() => anyhow::bail!("second signal, exiting at once"),
-        _ = sigint.recv() => anyhow::bail!("second signal, exiting at once"),
+        name = signals.recv() => anyhow::bail!("second signal ({name}), exiting at once"),
     }
 }
