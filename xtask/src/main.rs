@@ -1,4 +1,4 @@
-//! Project automation: `cargo xtask install | tidy | test | run-cluster | bench NAME`.
+//! Project automation: `cargo xtask install | tidy | gen-docs | test | run-cluster | bench NAME`.
 //!
 //! The xtask links none of the project's crates; it drives `cargo` and the tools that a fresh
 //! Debian machine lacks (`protoc` for etcd-client's build, `etcd` and `etcdctl` for the tests,
@@ -10,6 +10,7 @@
     reason = "a command-line tool reports to its terminal"
 )]
 
+mod gen_docs;
 mod install;
 mod run_cluster;
 mod tidy;
@@ -34,6 +35,9 @@ enum Cmd {
     Install,
     /// Check the workspace's invariants: layering, unused dependencies, `//!` headers, citations.
     Tidy,
+    /// Write the generated flag and key tables of docs/operations.md (from `cdc-server
+    /// reference-tables`).
+    GenDocs,
     /// Run the tidy checks, then every test (unit, real etcd, real processes).
     Test {
         /// Extra arguments passed to the test runner (a filter, for example).
@@ -58,6 +62,7 @@ fn main() -> Result<()> {
     match cli.command {
         Cmd::Install => install::ensure_tools().and_then(|()| install::ensure_cargo_tools()),
         Cmd::Tidy => tidy::run(),
+        Cmd::GenDocs => gen_docs::run(&project_root()),
         Cmd::Test { args } => test(&args),
         Cmd::RunCluster(args) => run_cluster::run(args),
         Cmd::Bench { name, args } => bench(&name, &args),

@@ -1,6 +1,7 @@
 //! `cargo xtask tidy`: the workspace's invariants as checks (in the style of rust-analyzer's tidy).
 //!
-//! Six checks, each a pure function over `cargo metadata` and the texts of the repository's files:
+//! Six checks, each a pure function over `cargo metadata` and the texts of the repository's files,
+//! and one that runs the server binary:
 //! - [`check_layering`]: no dependency edge that the layering of `ARCHITECTURE.md` forbids
 //!   ([`RULES`]);
 //! - [`check_pure_modules`]: the pure modules of a crate that also has an IO shell name none of
@@ -9,7 +10,9 @@
 //!   package, and every `[workspace.dependencies]` entry is declared by a member;
 //! - [`check_headers`]: every `.rs` file opens with a `//!` line;
 //! - [`check_citations`]: no comment cites a document that is not in the repository;
-//! - [`check_cancellation`]: one spelling of cancellation across the crates' error enums.
+//! - [`check_cancellation`]: one spelling of cancellation across the crates' error enums;
+//! - the generated tables of `docs/operations.md` match what `cdc-server reference-tables`
+//!   prints (`crate::gen_docs::check`, which builds `cdc-server`).
 //!
 //! [`run`] gathers the inputs, runs every check and lists every violation before failing.
 
@@ -60,7 +63,14 @@ pub(crate) fn check_workspace(root: &Path) -> Result<Vec<Violation>> {
     let files = read_files(root)?;
     let root_manifest =
         std::fs::read_to_string(root.join("Cargo.toml")).context("read the root Cargo.toml")?;
-    Ok(check_all(&metadata, &files, &root_manifest))
+    let mut violations = check_all(&metadata, &files, &root_manifest);
+    if let Some(message) = crate::gen_docs::check(root)? {
+        violations.push(Violation {
+            check: Check::GeneratedDocs,
+            message,
+        });
+    }
+    Ok(violations)
 }
 
 /// Runs every check.
@@ -94,6 +104,7 @@ pub(crate) enum Check {
     Header,
     Citation,
     Cancellation,
+    GeneratedDocs,
 }
 
 impl fmt::Display for Violation {
@@ -105,6 +116,7 @@ impl fmt::Display for Violation {
             Check::Header => "header",
             Check::Citation => "citation",
             Check::Cancellation => "cancellation",
+            Check::GeneratedDocs => "generated docs",
         };
         write!(f, "tidy [{check}]: {}", self.message)
     }

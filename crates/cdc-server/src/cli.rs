@@ -64,7 +64,7 @@ enum ChangefeedCommand {
     Create(CreateArgs),
     /// List the changefeeds.
     List {
-        /// Also list the removed and finished ones (accepted; every changefeed is listed).
+        /// Also list the removed and finished ones.
         #[arg(short = 'a', long)]
         all: bool,
     },
@@ -308,10 +308,14 @@ async fn changefeed(client: &Client, command: ChangefeedCommand) -> Result<Strin
                 pretty(&info)
             )
         }
-        ChangefeedCommand::List { all: _ } => {
+        ChangefeedCommand::List { all } => {
             let answer = client.call(Method::GET, "/changefeeds", None).await?;
             let feeds: Vec<Value> = items(&answer)
                 .into_iter()
+                // TiCDC lists the removed and finished changefeeds only with `--all`.
+                .filter(|summary| {
+                    all || !matches!(summary["state"].as_str(), Some("removed" | "finished"))
+                })
                 .map(|summary| {
                     json!({
                         "id": summary["id"],

@@ -29,7 +29,7 @@ pub(crate) struct Cli {
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Start a capture server (TiCDC's `cdc server`).
-    Server(ServerArgs),
+    Server(Box<ServerArgs>),
     /// Manage the cluster over its HTTP API (TiCDC's `cdc cli`).
     Cli(crate::cli::CliArgs),
     /// Print the tables of flags and configuration keys of `docs/operations.md`.
@@ -70,11 +70,11 @@ pub(crate) struct Overrides {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     cluster_id: Option<String>,
-    /// The log level (debug|info|warn|error, or a filter directive); wins over RUST_LOG.
+    /// The log level (debug|info|warn|error, or a filter directive); wins over RUST_LOG [default: [log] level, else RUST_LOG, else info].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     log_level: Option<String>,
-    /// The log file [default: standard error].
+    /// The log file [default: [log.file] filename, else standard error].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     log_file: Option<String>,
@@ -82,7 +82,7 @@ pub(crate) struct Overrides {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     data_dir: Option<String>,
-    /// TiCDC's GC safepoint TTL in seconds [default: 86400]; must not be 0.
+    /// TiCDC's GC safepoint TTL in seconds, not 0 [default: 86400].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     gc_ttl: Option<i64>,
@@ -270,7 +270,7 @@ mod tests {
             Cli::try_parse_from(std::iter::once("cdc-server").chain(args.iter().copied())).unwrap();
         match cli.command {
             None => cli.server,
-            Some(Command::Server(server)) => server,
+            Some(Command::Server(server)) => *server,
             Some(other) => panic!("not the server: {other:?}"),
         }
     }

@@ -334,7 +334,7 @@ pub(crate) struct ServerFile {
 impl ServerFile {
     /// Reads `path` (TOML); the error names the file.
     pub(crate) fn read(path: &Path) -> Result<ServerFile, String> {
-        let mut dict: Dict = Figment::from(
+        let dict: Dict = Figment::from(
             <figment::providers::Toml as figment::providers::Format>::file_exact(path),
         )
         .extract()

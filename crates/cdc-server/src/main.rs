@@ -37,7 +37,7 @@ fn main() -> ExitCode {
             }
             return ExitCode::SUCCESS;
         }
-        Some(config::Command::Server(server)) => server,
+        Some(config::Command::Server(server)) => *server,
         None => cli.server,
     };
     let loaded = match config::load(&server) {

@@ -26,6 +26,7 @@ fn acts(name: &str) -> &'static str {
         "data-dir" => "accepted (a warning when empty); nothing is stored there",
         "log-json" | "debug.span-log" => "yes (not a TiCDC key)",
         "pd" => "yes (from --pd; not a TiCDC file key)",
+        _ if name.starts_with("security.") => "see TLS (`[security]`)",
         _ => "yes",
     }
 }
