@@ -82,3 +82,16 @@ fn debug_messages_are_validated_and_adjusted() {
     config.debug.messages.server_ack_interval = Duration::from_secs(20);
     assert!(message(&mut config).contains("[debug.messages]"));
 }
+
+#[test]
+fn a_listen_address_may_name_a_host() {
+    // TiCDC listens on `--addr localhost:8300` as `net.Listen` resolves it.
+    let addr = parse_listen_addr("localhost:8300").unwrap();
+    assert!(addr.ip().is_loopback(), "{addr}");
+    assert_eq!(addr.port(), 8300);
+    assert_eq!(
+        parse_listen_addr("127.0.0.1:1").unwrap(),
+        "127.0.0.1:1".parse().unwrap()
+    );
+    assert!(parse_listen_addr("no port").is_err());
+}
