@@ -31,6 +31,12 @@ const TOOLS: &[Tool] = &[
         package: "etcd-client",
         env_override: "CDC_ETCDCTL_BIN",
     },
+    // The test of the systemd unit in deploy/ runs `systemd-analyze verify`.
+    Tool {
+        binary: "systemd-analyze",
+        package: "systemd",
+        env_override: "CDC_SYSTEMD_ANALYZE_BIN",
+    },
 ];
 
 fn on_path(binary: &str) -> bool {
@@ -49,7 +55,7 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-/// Makes sure protoc, etcd and etcdctl are present, installing the missing ones with apt-get
+/// Makes sure protoc, etcd, etcdctl and systemd-analyze are present, installing the missing ones with apt-get
 /// when running as root, and otherwise failing with the exact command to run.
 #[allow(
     clippy::print_stderr,
