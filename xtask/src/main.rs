@@ -30,8 +30,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install what a fresh machine lacks: protoc, etcd, etcdctl and systemd-analyze through apt-get, cargo-deny
-    /// through `cargo install --locked`.
+    /// Install what a fresh machine lacks: protoc, etcd, etcdctl and systemd-analyze through
+    /// apt-get, cargo-deny through `cargo install --locked`.
     Install,
     /// Check the workspace's invariants: layering, unused dependencies, `//!` headers, citations.
     Tidy,
