@@ -687,8 +687,9 @@ fn bad_configuration_exits_with_status_2() -> Result<()> {
     for (content, key) in [
         ("capture-sesion-ttl = 5\n", "capture-sesion-ttl"),
         ("gc-ttl = \"soon\"\n", "gc-ttl"),
+        // A Go duration needs its unit (an integer is nanoseconds, as in TiCDC's files).
         (
-            "[debug.messages]\nserver-ack-interval = 3\n",
+            "[debug.messages]\nserver-ack-interval = \"3\"\n",
             "server-ack-interval",
         ),
     ] {

@@ -18,8 +18,8 @@ use crate::cluster::{capture_keys, one_owner, start_cluster, started_ids};
 use crate::support::node::free_port;
 use crate::support::{send_signal, server_binary, wait_for};
 
-/// TiCDC's documented server configuration example (`ticdc/ticdc-server-config.md` of the TiDB
-/// documentation, v7.1), its commented sections enabled with their documented values. The
+/// TiCDC's documented server configuration example (v7.1), its commented sections enabled
+/// with their documented values. The
 /// document lists `capture-session-ttl` and the flush intervals after `[security]`, where TOML
 /// makes them keys of that table (which TiCDC's strict decoding refuses too): they stand before
 /// it here.

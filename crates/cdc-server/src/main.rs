@@ -143,7 +143,7 @@ async fn serve(config: Config) -> Result<()> {
     let mut running = std::pin::pin!(server.run(cancel.clone()));
     tokio::select! {
         result = &mut running => return result.context("run the capture"),
-        name = signals.recv() => info!(signal = name, "received {name}, draining and stopping"),
+        name = signals.recv() => info!(signal = name, "received {name}, stopping"),
     }
     // The server keeps running (accepting, serving, restarting incarnations) during the
     // drain: both are polled together, and a capture that ends meanwhile ends the stop.
