@@ -21,17 +21,22 @@ fn main() {
     ] {
         println!("cargo:rerun-if-env-changed={var}");
     }
-    // A new commit or checkout changes HEAD or the branch's ref: rebuild then, and only then.
-    for path in ["HEAD", "packed-refs"] {
-        if let Some(path) = git(&["rev-parse", "--git-path", path]) {
-            println!("cargo:rerun-if-changed={path}");
-        }
-    }
+    // A new commit or checkout changes HEAD, the branch's loose ref or the packed refs: rebuild
+    // then, and only then. A path that does not exist is not named (cargo would rerun the script
+    // at every build).
+    let mut watched = vec!["HEAD".to_owned(), "packed-refs".to_owned()];
     if let Some(branch_ref) = git(&["rev-parse", "--symbolic-full-name", "HEAD"])
         && branch_ref.starts_with("refs/")
-        && let Some(path) = git(&["rev-parse", "--git-path", &branch_ref])
     {
-        println!("cargo:rerun-if-changed={path}");
+        watched.push(branch_ref);
+    }
+    for name in &watched {
+        if let Some(path) = git(&["rev-parse", "--git-path", name]) {
+            let absolute = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(&path);
+            if absolute.exists() {
+                println!("cargo:rerun-if-changed={}", absolute.display());
+            }
+        }
     }
     let hash = given("CDC_GIT_HASH").or_else(|| git(&["rev-parse", "HEAD"]));
     let branch = given("CDC_GIT_BRANCH").or_else(|| git(&["rev-parse", "--abbrev-ref", "HEAD"]));
