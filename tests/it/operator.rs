@@ -338,6 +338,17 @@ async fn v2_routes_answer_503_until_the_capture_is_ready() -> Result<()> {
         let (code, text) = request(&node.address, Method::GET, path, &[], None).await?;
         assert_eq!(code, 200, "{path}: {text}");
     }
+    // The owner key names no capture: where TiCDC answers 500 (no owner to forward to, the v1
+    // health check), so does this capture.
+    for path in ["/api/v1/health", "/api/v1/captures"] {
+        let (code, text) = request(&node.address, Method::GET, path, &[], None).await?;
+        assert_eq!(code, 500, "{path}: {text}");
+        assert_eq!(
+            json_of(&text)["error_code"],
+            "CDC:ErrOwnerNotFound",
+            "{path}: {text}"
+        );
+    }
     // The other owner goes: this capture wins, migrates, and the routes answer.
     client.delete(blocking_owner.as_str(), false).await?;
     let status = wait_for(Duration::from_secs(30), || async {
