@@ -20,7 +20,7 @@ use cdc_etcd::{EtcdClient, GetOptions};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::support::node::{ServerNode, owners};
+use crate::support::node::{ServerNode, owners, send_when_ready};
 use crate::support::{hold_for, wait_for};
 use span_log::{ProcessLog, SpanHistory, mono_ns};
 
@@ -69,17 +69,19 @@ async fn call(
     path: &str,
     body: Option<&Value>,
 ) -> Result<(u16, Value)> {
-    let mut request = reqwest::Client::new()
-        .request(method, format!("http://{address}{path}"))
-        .timeout(Duration::from_secs(10));
-    if let Some(body) = body {
-        request = request.json(body);
-    }
-    let response = request.send().await?;
-    let status = response.status().as_u16();
-    let text = response.text().await?;
+    let url = format!("http://{address}{path}");
+    let (status, text) = send_when_ready(|| {
+        let request = reqwest::Client::new()
+            .request(method.clone(), &url)
+            .timeout(Duration::from_secs(10));
+        match body {
+            Some(body) => request.json(body),
+            None => request,
+        }
+    })
+    .await?;
     let value = serde_json::from_str(&text).unwrap_or(Value::Null);
-    Ok((status, value))
+    Ok((status.as_u16(), value))
 }
 
 /// A cluster of captures whose span logs are kept, including those of the killed ones.

@@ -537,7 +537,8 @@ async fn status_health_debug_and_metrics_endpoints() -> Result<()> {
                 "pid",
                 "is_owner",
                 "liveness",
-                "cluster_id"
+                "cluster_id",
+                "build_ts"
             ]
         );
         assert!(status["version"].as_str().unwrap().starts_with('v'));

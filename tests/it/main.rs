@@ -10,6 +10,7 @@ mod etcd_raw;
 mod etcd_retry;
 mod etcd_watch;
 mod operator;
+mod operator_api;
 mod orchestrator;
 mod p2p;
 mod support;

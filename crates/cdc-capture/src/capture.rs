@@ -27,6 +27,7 @@ use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::reactor::{CaptureState, MinimalReactors, Role, WorkerReactor};
 use crate::session::{EtcdSessionFactory, SESSION_CLOSE_BUDGET, SessionFactory};
+use crate::version::{GIT_HASH, VERSION};
 use cdc_reactor::{
     Controller, ControllerFactory, InitPool, Owner, OwnerApi, OwnerFactory, ProcessorManager,
     ProcessorManagerFactory, ReactorContext, Tick, default_upstream,
@@ -135,14 +136,6 @@ impl std::fmt::Debug for Capture {
             .finish_non_exhaustive()
     }
 }
-
-/// The release version reported in the capture key and `/status`.
-pub const VERSION: &str = concat!("v", env!("CARGO_PKG_VERSION"));
-/// The build hash; empty when unknown.
-pub const GIT_HASH: &str = match option_env!("CDC_GIT_HASH") {
-    Some(hash) => hash,
-    None => "",
-};
 
 impl Capture {
     /// A capture with `parts`; `config` must have been validated. `p2p` is the process's gRPC
@@ -326,6 +319,11 @@ impl Capture {
         // our keys on a fresh deadline.
         processor_manager.close().await;
         self.close();
+        // The incarnation's last p2p counts join the totals that outlive it.
+        if let Some((server, clients)) = self.p2p_metrics() {
+            self.metrics
+                .fold_p2p(&incarnation.capture_id, &server, &clients);
+        }
         let router = {
             let mut state = self.state();
             state.processor_manager = None;

@@ -123,6 +123,16 @@ pub enum Error {
         #[source]
         source: reqwest::Error,
     },
+    /// The server has not passed the meta-version gate yet: the `/api/v2` routes wait for it
+    /// (TiCDC's `CheckServerReadyMiddleware`).
+    #[error("[CDC:ErrServerIsNotReady]cdc server is not ready")]
+    ServerNotReady,
+    /// A request that was already forwarded as often as allowed, or whose forward count is not
+    /// a number; TiCDC's code, without its `CDC:` prefix.
+    #[error(
+        "[ErrRequestForwardErr]request forward error, an request can only forward to owner one time"
+    )]
+    ForwardLimit,
     /// A configuration value is invalid.
     #[error("[CDC:ErrInvalidServerOption]{message}")]
     InvalidConfig {
@@ -202,6 +212,8 @@ impl Error {
             Error::DeadlineExceeded { .. } => true,
             Error::Serve { .. } => false,
             Error::Forward { .. } => true,
+            Error::ServerNotReady => true,
+            Error::ForwardLimit => false,
             Error::InvalidConfig { .. } => false,
             Error::Cancelled => false,
         }
@@ -239,7 +251,9 @@ impl Error {
             Error::NotInitialized
             | Error::OwnerNotFound
             | Error::CaptureNotExist { .. }
-            | Error::Forward { .. } => true,
+            | Error::Forward { .. }
+            | Error::ServerNotReady
+            | Error::ForwardLimit => true,
             Error::Etcd(err) => etcd_restarts(err),
             Error::EtcdMeta(err) => err.etcd().map_or_else(|| err.is_retryable(), etcd_restarts),
             Error::Election(err) => election_restarts(err),

@@ -1,27 +1,34 @@
-//! The HTTP API on the capture's port: `/status`, `/api/v2/...`, `/debug/info`, `/metrics`.
-//! Requests only the owner can serve are forwarded to the owner by other captures; the
-//! changefeed, processor and drain endpoints are served by the owner's [`OwnerApi`].
+//! The HTTP API on the capture's port: `/status`, `/api/v2/...`, TiCDC's v1 routes (`v1`),
+//! `/debug/info`, `/metrics`. Requests only the owner can serve are forwarded to the owner by
+//! other captures (`forward`); the changefeed, processor and drain endpoints are served by the
+//! owner's [`OwnerApi`]. Until the capture is ready, every `/api/v2` route answers 503
+//! `CDC:ErrServerIsNotReady` (TiCDC's `CheckServerReadyMiddleware`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use cdc_reactor::{ApiRequest, ApiResponse, OwnerApi};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::capture::{Capture, GIT_HASH, VERSION};
-
-pub(crate) mod log;
+use crate::capture::Capture;
 use crate::error::Error;
+use crate::version::{BUILD_TS, GIT_HASH, VERSION};
 
-/// The header that marks a forwarded request (TiCDC's name); it is never forwarded twice.
-pub const FORWARD_HEADER: &str = "TiCDC-ForwardFrom";
+mod forward;
+pub(crate) mod log;
+mod v1;
+
+use forward::forward_to_owner;
+pub use forward::{FORWARD_HEADER, FORWARD_TIMES_HEADER, MAX_FORWARD_TIMES};
+
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the owner may take to answer one API request (a job waits for the owner's next
 /// tick); below the forwarding timeout, so a forwarded request gets the owner's answer.
@@ -42,6 +49,8 @@ pub fn router(capture: Arc<Capture>) -> Router {
         .pool_idle_timeout(Duration::from_secs(5))
         .build()
         .expect("a client without TLS always builds");
+    let api = Api { capture, http };
+    // Every route goes above the ready gate, which covers only the routes added before it.
     Router::new()
         .route("/status", get(status))
         .route("/api/v2/status", get(status))
@@ -55,11 +64,26 @@ pub fn router(capture: Arc<Capture>) -> Router {
         .route("/api/v2/processors", any(owner_api))
         .route("/api/v2/processors/{*rest}", any(owner_api))
         .route("/api/v2/log", post(log::set_log_level))
+        .merge(v1::routes())
         .route("/debug/info", get(debug_info))
         .route("/metrics", get(metrics))
-        .with_state(Api { capture, http })
+        .layer(axum::middleware::from_fn_with_state(
+            api.clone(),
+            ready_gate,
+        ))
+        .with_state(api)
 }
 
+/// TiCDC's `CheckServerReadyMiddleware` on the `/api/v2` routes: 503
+/// `CDC:ErrServerIsNotReady` until the capture has passed the meta-version gate.
+async fn ready_gate(State(api): State<Api>, request: Request, next: Next) -> Response {
+    if request.uri().path().starts_with(API_V2) && !api.capture.is_ready() {
+        return error_response(StatusCode::SERVICE_UNAVAILABLE, &Error::ServerNotReady);
+    }
+    next.run(request).await
+}
+
+/// TiCDC's `model.ServerStatus`, plus the build time.
 #[derive(Serialize)]
 struct ServerStatus {
     version: &'static str,
@@ -69,21 +93,25 @@ struct ServerStatus {
     is_owner: bool,
     liveness: i32,
     cluster_id: String,
+    build_ts: &'static str,
 }
 
-async fn status(State(api): State<Api>) -> Response {
+fn server_status(api: &Api) -> ServerStatus {
     let capture = &api.capture;
-    let id = capture.info().map(|info| info.id).unwrap_or_default();
-    axum::Json(ServerStatus {
+    ServerStatus {
         version: VERSION,
         git_hash: GIT_HASH,
-        id,
+        id: capture.info().map(|info| info.id).unwrap_or_default(),
         pid: std::process::id(),
         is_owner: capture.is_owner(),
         liveness: capture.liveness().as_i32(),
         cluster_id: capture.config().cluster_id.clone(),
-    })
-    .into_response()
+        build_ts: BUILD_TS,
+    }
+}
+
+async fn status(State(api): State<Api>) -> Response {
+    axum::Json(server_status(&api)).into_response()
 }
 
 fn error_response(status: StatusCode, err: &Error) -> Response {
@@ -98,57 +126,6 @@ fn error_response(status: StatusCode, err: &Error) -> Response {
         axum::Json(json!({"error_msg": message, "error_code": code})),
     )
         .into_response()
-}
-
-/// Sends the request to the owner, or answers why it cannot.
-async fn forward_to_owner(
-    api: &Api,
-    method: Method,
-    path: &str,
-    headers: &HeaderMap,
-    body: Bytes,
-) -> Response {
-    if headers.contains_key(FORWARD_HEADER) {
-        return error_response(StatusCode::SERVICE_UNAVAILABLE, &Error::NotOwner);
-    }
-    let owner = match api.capture.controller_capture_info().await {
-        Ok(owner) => owner,
-        Err(err) => return error_response(StatusCode::SERVICE_UNAVAILABLE, &err),
-    };
-    forward(api, method, &owner.address, path, body).await
-}
-
-async fn forward(api: &Api, method: Method, address: &str, path: &str, body: Bytes) -> Response {
-    let from = api.capture.info().map(|info| info.id).unwrap_or_default();
-    let sent = api
-        .http
-        .request(method, format!("http://{address}{path}"))
-        .header(FORWARD_HEADER, from)
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await;
-    let answer = match sent {
-        Ok(answer) => answer,
-        Err(source) => {
-            let err = Error::Forward {
-                address: address.to_owned(),
-                source,
-            };
-            return error_response(StatusCode::BAD_GATEWAY, &err);
-        }
-    };
-    let status = answer.status();
-    match answer.bytes().await {
-        Ok(bytes) => (status, [("content-type", "application/json")], bytes).into_response(),
-        Err(source) => {
-            let err = Error::Forward {
-                address: address.to_owned(),
-                source,
-            };
-            error_response(StatusCode::BAD_GATEWAY, &err)
-        }
-    }
 }
 
 async fn health(State(api): State<Api>, headers: HeaderMap) -> Response {
@@ -280,16 +257,27 @@ async fn debug_info(State(api): State<Api>) -> Response {
 }
 
 async fn metrics(State(api): State<Api>) -> Response {
+    let metrics = api.capture.metrics();
     if let Some((server, clients)) = api.capture.p2p_metrics() {
-        api.capture.metrics().set_p2p(&server, &clients);
+        metrics.set_p2p(&server, &clients);
+        if let Ok(info) = api.capture.info() {
+            metrics.fold_p2p(&info.id, &server, &clients);
+        }
     }
-    if let Some(controller) = api.capture.status_provider() {
-        let n_captures = i64::try_from(controller.captures().len()).unwrap_or(i64::MAX);
-        api.capture.metrics().captures.set(n_captures);
+    match api.capture.status_provider() {
+        Some(controller) => {
+            let changefeeds = api
+                .capture
+                .owner()
+                .map(|owner| owner.changefeed_progress())
+                .unwrap_or_default();
+            metrics.set_owner_gauges(controller.captures().len(), changefeeds);
+        }
+        None => metrics.clear_owner_gauges(),
     }
     (
         [("content-type", "text/plain; version=0.0.4")],
-        api.capture.metrics().encode(),
+        metrics.encode(),
     )
         .into_response()
 }

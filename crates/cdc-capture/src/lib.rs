@@ -27,16 +27,16 @@ mod metrics;
 mod reactor;
 mod server;
 mod session;
+mod version;
 
-pub use capture::{
-    CHANGEFEED_INIT_WORKERS, Capture, CaptureParts, GIT_HASH, Incarnation, STOP_BUDGET, VERSION,
-};
+pub use capture::{CHANGEFEED_INIT_WORKERS, Capture, CaptureParts, Incarnation, STOP_BUDGET};
 pub use config::{Config, DebugConfig, SecurityConfig, is_valid_cluster_id};
 pub use election::{Election, ElectionFactory, EtcdElections};
 pub use error::{Error, Result};
 pub use http::log::{LogLevelHandler, set_log_level_handler};
-pub use http::{FORWARD_HEADER, router};
+pub use http::{FORWARD_HEADER, FORWARD_TIMES_HEADER, MAX_FORWARD_TIMES, router};
 pub use metrics::{Metrics, WORKER_ROLES};
 pub use reactor::MinimalReactors;
 pub use server::Server;
 pub use session::{EtcdSessionFactory, SessionFactory};
+pub use version::{BUILD_TS, GIT_BRANCH, GIT_HASH, VERSION, version_info};

@@ -1,15 +1,27 @@
-//! The capture's Prometheus metrics, in a registry per server (served at `/metrics`).
+//! The capture's Prometheus metrics, in a registry per server (served at `/metrics`): our own
+//! names, and those TiCDC's dashboards and alerts read (`cdc/owner/metrics.go`,
+//! `pkg/orchestrator/metrics.go` and `pkg/p2p/metrics.go` in pingcap/tiflow), with the
+//! process metrics (`process`). `docs/operations.md` lists them.
+
+mod owner;
+mod process;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use cdc_orchestrator::{COMMIT_LATENCY_BOUNDS, WorkerMetrics, WorkerMetricsSnapshot};
+use cdc_orchestrator::{
+    COMMIT_LATENCY_BOUNDS, ExponentialBuckets, HistogramSnapshot, TICK_DURATION, TXN_EXEC_DURATION,
+    TXN_SIZE, WorkerMetrics, WorkerMetricsSnapshot,
+};
 use cdc_p2p::MetricsSnapshot;
+use cdc_reactor::ChangefeedProgress;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{
     Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
 };
-use prometheus::{Encoder, IntCounter, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, IntCounter, IntGaugeVec, Opts, Registry, TextEncoder};
+
+use owner::{OwnerCollector, OwnerState};
 
 /// The roles of the etcd workers, each with its own series.
 pub const WORKER_ROLES: [&str; 3] = ["owner", "controller", "processor"];
@@ -18,8 +30,8 @@ pub const WORKER_ROLES: [&str; 3] = ["owner", "controller", "processor"];
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    /// Captures known to the controller.
-    pub captures: IntGauge,
+    /// The ownership counter, the owner-only gauges and the p2p totals.
+    owner: Arc<OwnerState>,
     /// Owner changes seen by this capture.
     pub owner_changes: IntCounter,
     /// The counters of the etcd workers, one set per role (shared by every incarnation).
@@ -39,8 +51,7 @@ impl Metrics {
     /// A fresh registry with every metric registered.
     pub fn new() -> Self {
         let registry = Registry::new();
-        let captures = IntGauge::new("ticdc_owner_captures", "captures known to the owner")
-            .expect("valid metric");
+        let owner = Arc::new(OwnerState::default());
         let owner_changes = IntCounter::new("ticdc_capture_owner_changes_total", "owner changes")
             .expect("valid metric");
         let workers: Vec<(&'static str, Arc<WorkerMetrics>)> = WORKER_ROLES
@@ -68,7 +79,8 @@ impl Metrics {
         )
         .expect("valid metric");
         for collector in [
-            Box::new(captures.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(OwnerCollector::new(Arc::clone(&owner))) as Box<dyn Collector>,
+            Box::new(process::ProcessCollector::new()),
             Box::new(owner_changes.clone()),
             Box::new(WorkerCollector::new(workers.clone())),
             Box::new(p2p.clone()),
@@ -82,7 +94,7 @@ impl Metrics {
         }
         Metrics {
             registry,
-            captures,
+            owner,
             owner_changes,
             workers,
             p2p,
@@ -104,6 +116,35 @@ impl Metrics {
     /// The registry, for other components' metrics.
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// This capture's owner term started: the ownership counter runs.
+    pub fn owner_term_started(&self) {
+        self.owner.term_started();
+    }
+
+    /// This capture's owner term ended: the ownership counter stops and the owner-only gauges
+    /// (captures, changefeeds) are cleared, so a former owner exports none of them.
+    pub fn owner_term_ended(&self) {
+        self.owner.term_ended();
+    }
+
+    /// Sets the owner-only gauges: the captures the owner knows and its running changefeeds'
+    /// checkpoints, resolved revisions and checkpoint lags.
+    pub fn set_owner_gauges(&self, n_captures: usize, changefeeds: Vec<ChangefeedProgress>) {
+        self.owner.set_gauges(n_captures, changefeeds);
+    }
+
+    /// Clears the owner-only gauges (not an owner, or no longer).
+    pub fn clear_owner_gauges(&self) {
+        self.owner.clear_gauges();
+    }
+
+    /// Folds the p2p counters of incarnation `capture_id` into the totals that never reset
+    /// (`ticdc_message_server_*`, `ticdc_message_client_*`): called at each scrape and once
+    /// more when the incarnation ends, so its last messages are counted.
+    pub fn fold_p2p(&self, capture_id: &str, server: &MetricsSnapshot, clients: &MetricsSnapshot) {
+        self.owner.fold_p2p(capture_id, server, clients);
     }
 
     /// Sets the p2p gauges from the current incarnation's (server, clients) counters.
@@ -175,16 +216,44 @@ const WATCH_STALLED: (&str, &str) = (
     "ticdc_etcd_worker_watch_stalled_seconds",
     "how long the etcd worker's watch has heard nothing while stalled, 0 while it answers",
 );
+/// TiCDC's etcd worker histograms: (name, help, buckets, snapshot).
+type HistogramOf = fn(&WorkerMetricsSnapshot) -> &HistogramSnapshot;
+const WORKER_HISTOGRAMS: [(&str, &str, ExponentialBuckets, HistogramOf); 3] = [
+    (
+        "ticdc_etcd_worker_tick_reactor_duration",
+        "Bucketed histogram of etcdWorker tick reactor time (s).",
+        TICK_DURATION,
+        |s| &s.tick_duration,
+    ),
+    (
+        "ticdc_etcd_worker_etcd_txn_exec_duration",
+        "Bucketed histogram of processing time (s) of a etcd txn.",
+        TXN_EXEC_DURATION,
+        |s| &s.txn_exec_duration,
+    ),
+    (
+        "ticdc_etcd_worker_etcd_txn_size_bytes",
+        "Bucketed histogram of a etcd txn size.",
+        TXN_SIZE,
+        |s| &s.txn_size,
+    ),
+];
 
 impl WorkerCollector {
     fn new(workers: Vec<(&'static str, Arc<WorkerMetrics>)>) -> Self {
         let descs = WORKER_COUNTERS
             .iter()
-            .chain([&COMMIT_LATENCY, &WATCH_STALLED])
+            .copied()
+            .chain([COMMIT_LATENCY, WATCH_STALLED])
+            .chain(
+                WORKER_HISTOGRAMS
+                    .iter()
+                    .map(|(name, help, _, _)| (*name, *help)),
+            )
             .map(|(name, help)| {
                 Desc::new(
-                    (*name).to_owned(),
-                    (*help).to_owned(),
+                    name.to_owned(),
+                    help.to_owned(),
                     vec!["role".to_owned()],
                     HashMap::new(),
                 )
@@ -202,7 +271,12 @@ fn role_label(role: &str) -> Vec<LabelPair> {
     vec![label]
 }
 
-fn family(name: &str, help: &str, kind: MetricType, metrics: Vec<Metric>) -> MetricFamily {
+pub(crate) fn family(
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    metrics: Vec<Metric>,
+) -> MetricFamily {
     let mut family = MetricFamily::default();
     family.set_name(name.to_owned());
     family.set_help(help.to_owned());
@@ -295,8 +369,45 @@ impl Collector for WorkerCollector {
             .collect();
         let (name, help) = WATCH_STALLED;
         families.push(family(name, help, MetricType::GAUGE, stalls));
+        for (name, help, buckets, histogram_of) in WORKER_HISTOGRAMS {
+            let metrics = snapshots
+                .iter()
+                .map(|(role, snapshot)| {
+                    let mut metric = Metric::default();
+                    metric.set_label(role_label(role));
+                    metric.set_histogram(exponential_histogram(&buckets, histogram_of(snapshot)));
+                    metric
+                })
+                .collect();
+            families.push(family(name, help, MetricType::HISTOGRAM, metrics));
+        }
         families
     }
+}
+
+/// `snapshot` in Prometheus' shape; the encoder adds `+Inf` from the sample count.
+fn exponential_histogram(buckets: &ExponentialBuckets, snapshot: &HistogramSnapshot) -> Histogram {
+    let finite = snapshot
+        .buckets
+        .iter()
+        .take(buckets.n_buckets)
+        .enumerate()
+        .map(|(index, count)| {
+            let mut bucket = Bucket::default();
+            bucket.set_upper_bound(buckets.rendered_bound(index));
+            bucket.set_cumulative_count(*count);
+            bucket
+        })
+        .collect();
+    let mut histogram = Histogram::default();
+    histogram.set_sample_count(snapshot.count);
+    #[allow(
+        clippy::cast_precision_loss,
+        reason = "Prometheus samples are f64; sums beyond 2^53 units lose precision by design"
+    )]
+    histogram.set_sample_sum(snapshot.sum as f64 / buckets.per_unit as f64);
+    histogram.set_bucket(finite);
+    histogram
 }
 
 #[cfg(test)]

@@ -36,7 +36,10 @@ pub use cdc_etcd::OwnerFence;
 pub use changefeed::ChangefeedReactorState;
 pub use error::{Error, Result};
 pub use global::{CaptureEvent, GlobalReactorState};
-pub use metrics::{COMMIT_LATENCY_BOUNDS, LatencySnapshot, WorkerMetrics, WorkerMetricsSnapshot};
+pub use metrics::{
+    COMMIT_LATENCY_BOUNDS, ExponentialBuckets, HistogramSnapshot, LatencySnapshot, TICK_DURATION,
+    TXN_EXEC_DURATION, TXN_SIZE, WorkerMetrics, WorkerMetricsSnapshot,
+};
 pub use patch::{
     DataPatch, Key, PatchFn, PatchGroup, PatchOutcome, PatchView, RawEntry, RawState,
     SingleDataPatch, Value,

@@ -44,6 +44,110 @@ pub struct WorkerMetrics {
     /// Observations per bucket, not cumulative: index `i < 11` counts latencies in
     /// `(bound[i-1], bound[i]]`, index 11 those above the last bound.
     latency_buckets: [AtomicU64; 12],
+    /// TiCDC's `ticdc_etcd_worker_tick_reactor_duration`, in nanoseconds.
+    tick_duration: ExponentialHistogram,
+    /// TiCDC's `ticdc_etcd_worker_etcd_txn_exec_duration`, in nanoseconds.
+    txn_exec_duration: ExponentialHistogram,
+    /// TiCDC's `ticdc_etcd_worker_etcd_txn_size_bytes`, in bytes.
+    txn_size: ExponentialHistogram,
+}
+
+/// The buckets of an exponential histogram: `n_buckets` finite upper bounds `start * 2^i`, in
+/// the unit observations are counted in, rendered as `start * 2^i / per_unit` (seconds from
+/// nanoseconds, or bytes as they are), then `+Inf`; TiCDC's `prometheus.ExponentialBuckets`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExponentialBuckets {
+    /// The first finite upper bound, in observation units.
+    pub start: u64,
+    /// How many finite bounds there are.
+    pub n_buckets: usize,
+    /// Observation units per rendered unit (1e9 for nanoseconds rendered as seconds).
+    pub per_unit: u64,
+}
+
+impl ExponentialBuckets {
+    /// The `i`-th finite upper bound in observation units.
+    pub fn bound(&self, index: usize) -> u64 {
+        self.start << index
+    }
+
+    /// The `i`-th finite upper bound as rendered.
+    #[allow(
+        clippy::cast_precision_loss,
+        reason = "bounds are far below 2^53 units"
+    )]
+    pub fn rendered_bound(&self, index: usize) -> f64 {
+        self.bound(index) as f64 / self.per_unit as f64
+    }
+}
+
+/// The reactor tick duration's buckets: 10 ms doubling 18 times (TiCDC's).
+pub const TICK_DURATION: ExponentialBuckets = ExponentialBuckets {
+    start: 10_000_000,
+    n_buckets: 18,
+    per_unit: 1_000_000_000,
+};
+/// The transaction execution time's buckets: 2 ms doubling 18 times (TiCDC's).
+pub const TXN_EXEC_DURATION: ExponentialBuckets = ExponentialBuckets {
+    start: 2_000_000,
+    n_buckets: 18,
+    per_unit: 1_000_000_000,
+};
+/// The transaction size's buckets: 1 byte doubling 18 times (TiCDC's).
+pub const TXN_SIZE: ExponentialBuckets = ExponentialBuckets {
+    start: 1,
+    n_buckets: 18,
+    per_unit: 1,
+};
+
+/// The most finite bounds an [`ExponentialBuckets`] may have here.
+const MAX_BUCKETS: usize = 18;
+
+/// A histogram of relaxed atomics over exponential buckets, zeroed by `Default`.
+#[derive(Debug, Default)]
+struct ExponentialHistogram {
+    sum: AtomicU64,
+    /// Observations per bucket, not cumulative; the bucket after the last finite bound counts
+    /// those above it.
+    buckets: [AtomicU64; MAX_BUCKETS + 1],
+}
+
+impl ExponentialHistogram {
+    fn observe(&self, buckets: &ExponentialBuckets, value: u64) {
+        self.sum.fetch_add(value, Ordering::Relaxed);
+        let n_buckets = buckets.n_buckets.min(MAX_BUCKETS);
+        let index = (0..n_buckets)
+            .find(|index| value <= buckets.bound(*index))
+            .unwrap_or(n_buckets);
+        self.buckets[index].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self, buckets: &ExponentialBuckets) -> HistogramSnapshot {
+        let mut cumulative = 0u64;
+        let buckets: Vec<u64> = self.buckets[..=buckets.n_buckets.min(MAX_BUCKETS)]
+            .iter()
+            .map(|bucket| {
+                cumulative += bucket.load(Ordering::Relaxed);
+                cumulative
+            })
+            .collect();
+        HistogramSnapshot {
+            sum: self.sum.load(Ordering::Relaxed),
+            count: cumulative,
+            buckets,
+        }
+    }
+}
+
+/// An exponential histogram at one moment, in observation units.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistogramSnapshot {
+    /// The sum of all observations.
+    pub sum: u64,
+    /// The number of observations; equals the `+Inf` bucket.
+    pub count: u64,
+    /// Cumulative counts: one per finite bound, then the `+Inf` bucket.
+    pub buckets: Vec<u64>,
 }
 
 impl WorkerMetrics {
@@ -113,7 +217,21 @@ impl WorkerMetrics {
                 count: cumulative,
                 buckets,
             },
+            tick_duration: self.tick_duration.snapshot(&TICK_DURATION),
+            txn_exec_duration: self.txn_exec_duration.snapshot(&TXN_EXEC_DURATION),
+            txn_size: self.txn_size.snapshot(&TXN_SIZE),
         }
+    }
+
+    pub(crate) fn record_tick_duration(&self, duration: Duration) {
+        let nanos = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
+        self.tick_duration.observe(&TICK_DURATION, nanos);
+    }
+
+    /// The size of a transaction about to be sent: its keys and values, as TiCDC counts it.
+    pub(crate) fn record_txn_size(&self, bytes: usize) {
+        let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
+        self.txn_size.observe(&TXN_SIZE, bytes);
     }
 
     pub(crate) fn record_tick(&self) {
@@ -149,6 +267,7 @@ impl WorkerMetrics {
         self.latency_sum_nanos.fetch_add(nanos, Ordering::Relaxed);
         let bucket = BOUNDS_NANOS.partition_point(|bound| *bound < nanos);
         self.latency_buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.txn_exec_duration.observe(&TXN_EXEC_DURATION, nanos);
     }
 }
 
@@ -171,6 +290,12 @@ pub struct WorkerMetricsSnapshot {
     pub watch_stalled: Duration,
     /// Round-trip latency of every transaction etcd answered, committed or refused.
     pub commit_latency: LatencySnapshot,
+    /// How long the reactor's ticks took, in nanoseconds ([`TICK_DURATION`]).
+    pub tick_duration: HistogramSnapshot,
+    /// How long the transactions etcd answered took, in nanoseconds ([`TXN_EXEC_DURATION`]).
+    pub txn_exec_duration: HistogramSnapshot,
+    /// The size of the transactions sent, in bytes ([`TXN_SIZE`]).
+    pub txn_size: HistogramSnapshot,
 }
 
 /// A latency histogram in Prometheus' shape.
@@ -223,5 +348,33 @@ mod tests {
         );
         // <=1ms: 2 (1ms is inclusive); <=5ms: 3; above 2.5s only in +Inf.
         assert_eq!(latency.buckets, [2, 2, 3, 3, 3, 3, 3, 3, 3, 3, 3, 4]);
+        // TiCDC's execution histogram: 2 ms, 4 ms, ... The same four transactions.
+        let exec = snapshot.txn_exec_duration;
+        assert_eq!(exec.count, 4);
+        assert_eq!(exec.buckets.len(), 19);
+        assert_eq!(&exec.buckets[..3], &[2, 3, 3]);
+        assert_eq!(exec.buckets[18], 4);
+    }
+
+    #[test]
+    fn exponential_histograms_follow_ticdc_s_buckets() {
+        assert_eq!(TICK_DURATION.rendered_bound(0), 0.01);
+        assert_eq!(TICK_DURATION.rendered_bound(17), 0.01 * 131_072.0);
+        assert_eq!(TXN_EXEC_DURATION.rendered_bound(1), 0.004);
+        assert_eq!(TXN_SIZE.rendered_bound(17), 131_072.0);
+        let metrics = WorkerMetrics::new();
+        metrics.record_tick_duration(Duration::from_millis(10));
+        metrics.record_tick_duration(Duration::from_millis(11));
+        metrics.record_txn_size(1);
+        metrics.record_txn_size(3);
+        metrics.record_txn_size(1 << 20);
+        let snapshot = metrics.snapshot();
+        assert_eq!(snapshot.tick_duration.count, 2);
+        assert_eq!(&snapshot.tick_duration.buckets[..2], &[1, 2]);
+        assert_eq!(snapshot.tick_duration.sum, 21_000_000);
+        assert_eq!(&snapshot.txn_size.buckets[..3], &[1, 1, 2]);
+        assert_eq!(snapshot.txn_size.buckets[17], 2);
+        assert_eq!(snapshot.txn_size.buckets[18], 3);
+        assert_eq!(snapshot.txn_size.sum, 4 + (1 << 20));
     }
 }

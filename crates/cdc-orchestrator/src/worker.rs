@@ -430,8 +430,10 @@ impl Run {
                 Err(Error::ReactorFinished) => exiting = true,
                 Err(err) => return Err(err),
             }
-            if now.elapsed() > SLOW_WARN {
-                warn!(duration = ?now.elapsed(), "etcd worker tick took too long");
+            let tick_duration = now.elapsed();
+            self.metrics.record_tick_duration(tick_duration);
+            if tick_duration > SLOW_WARN {
+                warn!(duration = ?tick_duration, "etcd worker tick took too long");
             }
             pending_groups.extend(state.get_patches());
             if !pending_groups.is_empty()

@@ -457,6 +457,20 @@ impl OwnerCore {
         }
     }
 
+    /// Each running changefeed's stored checkpoint and resolved revision, for the metrics.
+    pub(crate) fn progress(&self) -> Vec<cdc_reactor::ChangefeedProgress> {
+        self.feeds
+            .keys()
+            .filter_map(|id| self.view(id))
+            .filter(|view| *view.state == cdc_model::FeedState::Normal)
+            .map(|view| cdc_reactor::ChangefeedProgress {
+                id: view.info.id(),
+                checkpoint: view.checkpoint,
+                resolved: view.resolved,
+            })
+            .collect()
+    }
+
     fn view<'a>(&'a self, id: &ChangeFeedId) -> Option<FeedView<'a>> {
         let feed = self.feeds.get(id)?;
         let info = &feed.info;

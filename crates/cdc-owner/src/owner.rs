@@ -331,6 +331,17 @@ impl Owner for EtcdOwner {
     fn api(&self) -> Option<Arc<dyn OwnerApi>> {
         Some(self.api.clone())
     }
+
+    fn changefeed_progress(&self) -> Vec<cdc_reactor::ChangefeedProgress> {
+        let core = self
+            .core
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match &*core {
+            Ok(core) => core.progress(),
+            Err(_) => Vec::new(),
+        }
+    }
 }
 
 /// An upstream and a client of it.

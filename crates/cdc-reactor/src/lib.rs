@@ -30,6 +30,17 @@ pub use api::{ApiRequest, ApiResponse, OwnerApi};
 pub use error::{BoxError, Error, Result};
 pub use pool::{InitPool, Job};
 
+/// One running changefeed's progress as the owner saw it at its last tick.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChangefeedProgress {
+    /// The changefeed.
+    pub id: cdc_model::ChangeFeedId,
+    /// Its checkpoint (an upstream revision).
+    pub checkpoint: u64,
+    /// Its resolved revision: every upstream change up to it has been received.
+    pub resolved: u64,
+}
+
 /// What a tick asks of its worker. Whatever it asks, the worker also ticks on a change of the
 /// cluster's keys and on a poke (see [`Owner::set_tick_poke`]), plus a slow heartbeat.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,6 +91,12 @@ pub trait Owner: Send + Sync {
     /// The owner's HTTP API, if it serves one.
     fn api(&self) -> Option<Arc<dyn OwnerApi>> {
         None
+    }
+
+    /// Each running changefeed's progress as of the last tick, for the owner-only metrics;
+    /// none by default.
+    fn changefeed_progress(&self) -> Vec<ChangefeedProgress> {
+        Vec::new()
     }
 }
 

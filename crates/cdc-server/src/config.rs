@@ -32,6 +32,8 @@ pub(crate) enum Command {
     Server(Box<ServerArgs>),
     /// Manage the cluster over its HTTP API (TiCDC's `cdc cli`).
     Cli(crate::cli::CliArgs),
+    /// Print the version, git hash and build time (TiCDC's `cdc version`).
+    Version,
     /// Print the tables of flags and configuration keys of `docs/operations.md`.
     #[command(hide = true)]
     ReferenceTables,

@@ -30,6 +30,13 @@ fn main() -> ExitCode {
     let cli = config::Cli::parse();
     let server = match cli.command {
         Some(config::Command::Cli(args)) => return cli::run(args),
+        Some(config::Command::Version) => {
+            #[allow(clippy::print_stdout, reason = "the command's output")]
+            {
+                println!("{}", cdc_capture::version_info());
+            }
+            return ExitCode::SUCCESS;
+        }
         Some(config::Command::ReferenceTables) => {
             #[allow(clippy::print_stdout, reason = "the command's output")]
             {

@@ -18,6 +18,33 @@ pub(crate) fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// How long a request waits for a capture to be ready. A capture answers every `/api/v2` route
+/// 503 `CDC:ErrServerIsNotReady` until its processor has seen the meta version, up to a second
+/// after the owner wrote it; the tests that are not about readiness wait for it, as TiUP
+/// retries.
+const READY_WAIT: Duration = Duration::from_secs(20);
+
+/// Sends the request `make` builds, again while the capture answers that it is not ready (for
+/// [`READY_WAIT`] at most): the status and body of the last answer.
+pub(crate) async fn send_when_ready(
+    make: impl Fn() -> reqwest::RequestBuilder,
+) -> Result<(reqwest::StatusCode, String)> {
+    let deadline = Instant::now() + READY_WAIT;
+    loop {
+        let response = make().send().await?;
+        let status = response.status();
+        let body = response.text().await?;
+        if status == reqwest::StatusCode::SERVICE_UNAVAILABLE
+            && body.contains("CDC:ErrServerIsNotReady")
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
+        return Ok((status, body));
+    }
+}
+
 /// A `cdc-server` process logging at `info` into its own log file.
 pub(crate) struct ServerNode {
     /// The capture's address (HTTP API and gRPC).
@@ -79,40 +106,38 @@ impl ServerNode {
 
     /// A successful answer to `POST path`, as JSON.
     pub(crate) async fn post(&self, path: &str) -> Result<Value> {
-        let response = reqwest::Client::new()
-            .post(format!("http://{}{path}", self.address))
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await?;
-        let status = response.status();
-        let body = response.text().await?;
+        let url = format!("http://{}{path}", self.address);
+        let (status, body) = send_when_ready(|| {
+            reqwest::Client::new()
+                .post(&url)
+                .timeout(Duration::from_secs(10))
+        })
+        .await?;
         if !status.is_success() {
             bail!("POST {path}: {status}: {body}");
         }
         Ok(serde_json::from_str(&body)?)
     }
 
-    /// A successful answer to `GET path`.
-    async fn get_response(&self, path: &str) -> Result<reqwest::Response> {
-        let response = reqwest::Client::new()
-            .get(format!("http://{}{path}", self.address))
-            .timeout(self.get_timeout)
-            .send()
-            .await?;
-        if !response.status().is_success() {
-            bail!("GET {path}: {}", response.status());
+    /// The body of a successful answer to `GET path`.
+    async fn get_body(&self, path: &str) -> Result<String> {
+        let url = format!("http://{}{path}", self.address);
+        let (status, body) =
+            send_when_ready(|| reqwest::Client::new().get(&url).timeout(self.get_timeout)).await?;
+        if !status.is_success() {
+            bail!("GET {path}: {status}");
         }
-        Ok(response)
+        Ok(body)
     }
 
     /// A successful answer to `GET path`, as text.
     pub(crate) async fn get_text(&self, path: &str) -> Result<String> {
-        Ok(self.get_response(path).await?.text().await?)
+        self.get_body(path).await
     }
 
     /// A successful answer to `GET path`, as JSON.
     pub(crate) async fn get(&self, path: &str) -> Result<Value> {
-        Ok(self.get_response(path).await?.json().await?)
+        Ok(serde_json::from_str(&self.get_body(path).await?)?)
     }
 
     /// The node's `/status`.

@@ -122,6 +122,7 @@ impl Capture {
                 state.owner = None;
                 state.controller = None;
             }
+            self.metrics.owner_term_ended();
             // The term ends only after the resign: a drain meanwhile waits for it.
             let resigned = if matches!(result, Err(Error::NotOwner)) {
                 Ok(())
@@ -156,6 +157,7 @@ impl Capture {
             }
         }
         self.state().owner = Some(Arc::clone(owner));
+        self.metrics.owner_term_started();
         info!("the owner is confirmed by its first snapshot");
         if self.liveness.load() == Liveness::Stopping {
             owner.async_stop();

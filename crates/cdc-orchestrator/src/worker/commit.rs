@@ -148,6 +148,7 @@ impl Run {
             return Ok(0);
         }
         let txn = self.build_txn(&batch.changes)?;
+        self.metrics.record_txn_size(batch.size);
         let started = Instant::now();
         let response = self.client.txn(txn).await?;
         self.backoff.reset();

@@ -623,6 +623,11 @@ fn answers_show_the_stored_checkpoint_not_one_still_to_commit() {
         let spans = detail["spans"].as_array().unwrap();
         if spans.iter().all(|span| span["checkpoint_ts"] == json!(50)) {
             assert_eq!(detail["checkpoint_ts"], json!(10), "{detail}");
+            // The metrics read the same stored checkpoint, and the resolved revision ahead of it.
+            let progress = core.progress();
+            assert_eq!(progress.len(), 1, "{progress:?}");
+            assert_eq!((&progress[0].id, progress[0].checkpoint), (&id, 10));
+            assert_eq!(json!(progress[0].resolved), detail["resolved_ts"]);
             return;
         }
     }
