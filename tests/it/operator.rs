@@ -431,16 +431,19 @@ async fn sighup_and_sigquit_drain_as_sigterm_does() -> Result<()> {
     Ok(())
 }
 
+/// Posts a level to `/api/v2/log` once the capture is ready (like every `/api/v2` route, it
+/// answers 503 until then).
 async fn post_log_level(address: &str, body: &str) -> Result<(u16, Value)> {
-    let response = reqwest::Client::new()
-        .post(format!("http://{address}/api/v2/log"))
-        .header("content-type", "application/json")
-        .body(body.to_owned())
-        .timeout(Duration::from_secs(10))
-        .send()
-        .await?;
-    let status = response.status().as_u16();
-    Ok((status, response.json().await?))
+    let client = reqwest::Client::new();
+    let (status, text) = crate::support::node::send_when_ready(|| {
+        client
+            .post(format!("http://{address}/api/v2/log"))
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .timeout(Duration::from_secs(10))
+    })
+    .await?;
+    Ok((status.as_u16(), serde_json::from_str(&text)?))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
