@@ -1,0 +1,147 @@
+//! `chaos`: randomized, seeded faults against a real cluster (three etcd members, a sink etcd,
+//! three to five `cdc-server` captures behind TCP proxies, a writer and two changefeeds),
+//! judged by the independent oracles of `cdc-oracle`; run by `cargo xtask chaos`.
+//!
+//! Each run prints `chaos seed=<S> faults=<k> lost=<n> reordered=<n> double_run=<n>
+//! checkpoint_regressions=<n> stale_owner_writes=<n> recovery=<s>s`; a failing run keeps its
+//! directory (`target/chaos/seed-<S>/`) and prints the command that replays it. The last line is
+//! `chaos runs=<N> failed=<F> max_recovery=<s>s`, and the exit status is 1 when a run failed.
+
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "a command-line tool reports to its terminal"
+)]
+
+mod cluster;
+mod faults;
+mod judge;
+mod proxy;
+mod record;
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+
+/// Randomized faults against a real cluster, judged by independent oracles.
+#[derive(Parser, Debug)]
+#[command(name = "chaos")]
+struct Cli {
+    /// The first run's seed (the next runs take the following seeds); default: from the clock.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// How many runs.
+    #[arg(long, default_value_t = 1)]
+    runs: u64,
+    /// How long each run injects faults (then the faults stop and the cluster must converge).
+    #[arg(long, default_value = "40s", value_parser = parse_duration)]
+    duration: Duration,
+    /// How long convergence may take after the last fault.
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    converge_within: Duration,
+    /// The `cdc-server` binary (default: `CDC_SERVER_BIN`).
+    #[arg(long, env = "CDC_SERVER_BIN")]
+    server_binary: PathBuf,
+    /// Where the run directories go (`seed-<S>/` each).
+    #[arg(long, default_value = "target/chaos")]
+    out: PathBuf,
+    /// Keep the directories of passing runs too.
+    #[arg(long)]
+    keep: bool,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime_serde::re::humantime::parse_duration(text).map_err(|err| err.to_string())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("chaos: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(runs(&cli)) {
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::FAILURE,
+        Err(err) => {
+            eprintln!("chaos: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs every seed; returns how many failed.
+async fn runs(cli: &Cli) -> Result<u64> {
+    let first = match cli.seed {
+        Some(seed) => seed,
+        None => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .context("the clock")?
+            .as_secs(),
+    };
+    let server_binary = std::fs::canonicalize(&cli.server_binary)
+        .with_context(|| format!("the server binary {}", cli.server_binary.display()))?;
+    std::fs::create_dir_all(&cli.out)?;
+    let out = std::fs::canonicalize(&cli.out)?;
+    let mut failed = 0;
+    let mut max_recovery: f64 = 0.0;
+    for seed in first..first.saturating_add(cli.runs) {
+        let config = run::RunConfig {
+            seed,
+            duration: cli.duration,
+            server_binary: server_binary.clone(),
+            dir: out.join(format!("seed-{seed}")),
+            converge_within: cli.converge_within,
+            keep: cli.keep,
+        };
+        let outcome = Box::pin(run::run(&config)).await;
+        let failing = outcome.as_ref().map_or(true, run::Outcome::failed);
+        match &outcome {
+            Ok(outcome) => {
+                max_recovery = max_recovery.max(outcome.recovery);
+                println!(
+                    "chaos seed={seed} faults={} lost={} reordered={} double_run={} checkpoint_regressions={} stale_owner_writes={} recovery={:.1}s",
+                    outcome.faults,
+                    outcome.lost,
+                    outcome.reordered,
+                    outcome.double_run,
+                    outcome.checkpoint_regressions,
+                    outcome.stale_owner_writes,
+                    outcome.recovery,
+                );
+                if failing {
+                    for detail in &outcome.details {
+                        println!("  {detail}");
+                    }
+                }
+            }
+            Err(err) => println!("chaos seed={seed} error: {err:#}"),
+        }
+        if failing {
+            failed += 1;
+            println!(
+                "  kept {}; replay: cargo xtask chaos --seed {seed} --runs 1 --duration {}",
+                config.dir.display(),
+                humantime_serde::re::humantime::format_duration(cli.duration)
+            );
+        } else if !cli.keep {
+            run::clean(&config.dir)?;
+        }
+    }
+    println!(
+        "chaos runs={} failed={failed} max_recovery={max_recovery:.1}s",
+        cli.runs
+    );
+    Ok(failed)
+}
