@@ -225,9 +225,12 @@ pub(crate) async fn metadata_recorder(
             let now = mono_ns();
             for event in response.events {
                 let kv = &event.kv;
-                let value = match std::str::from_utf8(&kv.value) {
-                    Ok(text) => text.to_owned(),
-                    Err(_) => base64::engine::general_purpose::STANDARD.encode(&kv.value),
+                let (value_field, value) = match std::str::from_utf8(&kv.value) {
+                    Ok(text) => ("value", text.to_owned()),
+                    Err(_) => (
+                        "value_base64",
+                        base64::engine::general_purpose::STANDARD.encode(&kv.value),
+                    ),
                 };
                 let key = String::from_utf8_lossy(&kv.key).into_owned();
                 let kind = match event.kind {
@@ -242,14 +245,15 @@ pub(crate) async fn metadata_recorder(
                 {
                     map.insert(id.to_owned(), checkpoint);
                 }
-                log.write(&json!({
+                let mut line = json!({
                     "type": kind,
                     "key": key,
-                    "value": value,
                     "mod_revision": kv.mod_revision,
                     "create_revision": kv.create_revision,
                     "mono_ns": now,
-                }))?;
+                });
+                line[value_field] = Value::from(value.clone());
+                log.write(&line)?;
                 next = next.max(kv.mod_revision + 1);
             }
         }

@@ -280,7 +280,7 @@ async fn drive(
             {"id": FILE_CHANGEFEED, "prefixes": PREFIXES, "sink": "file",
              "dir": sink_root.join(FILE_CHANGEFEED), "start_revision": from},
             {"id": MIRROR_CHANGEFEED, "prefixes": PREFIXES, "sink": "etcd",
-             "endpoints": [sink_endpoint], "mirror_prefix": MIRROR_PREFIX, "start_revision": from},
+             "endpoints": [sink_endpoint], "sink_prefix": MIRROR_PREFIX, "start_revision": from},
         ]))?,
     )?;
     wait_converged(targets, http, Some(0), Duration::from_secs(60))
