@@ -34,6 +34,7 @@ mod error;
 mod file_sink;
 mod report;
 pub mod run;
+pub mod span_log;
 
 #[cfg(test)]
 mod fixture;
@@ -42,3 +43,4 @@ pub use delivery::{lost_and_reordered, lost_in, reordered_in};
 pub use error::{Error, Result};
 pub use file_sink::{SinkFile, SinkLine, read_sink};
 pub use report::{Finding, MAX_DETAILS, Report};
+pub use span_log::{double_run, mono_ns};
