@@ -29,6 +29,7 @@
 //! Not here: running the cluster, the faults and the writer (`cdc-chaos`).
 #![warn(missing_docs)]
 
+mod checkpoint;
 mod delivery;
 mod error;
 mod file_sink;
@@ -39,6 +40,7 @@ pub mod span_log;
 #[cfg(test)]
 mod fixture;
 
+pub use checkpoint::{checkpoint_regressions, dishonest_samples, stored_regressions};
 pub use delivery::{lost_and_reordered, lost_in, reordered_in};
 pub use error::{Error, Result};
 pub use file_sink::{SinkFile, SinkLine, read_sink};
