@@ -257,28 +257,11 @@ impl CaptureProcess {
         let pid = self.pid().unwrap_or(0);
         self.child.start_kill()?;
         self.child.wait().await?;
-        deaths.write(&serde_json::json!({
+        deaths.write_now(&serde_json::json!({
             "capture": self.n.to_string(),
             "pid": pid,
             "died_at_mono_ns": mono_ns(),
         }))
-    }
-
-    /// SIGTERM and wait (a drain), then SIGKILL after `within`.
-    pub(crate) async fn stop(mut self, within: Duration) {
-        if self.paused {
-            let _ = self.resume();
-        }
-        if let Some(pid) = self.pid() {
-            let _ = signal(pid, Signal::SIGTERM);
-        }
-        if tokio::time::timeout(within, self.child.wait())
-            .await
-            .is_err()
-        {
-            let _ = self.child.start_kill();
-            let _ = self.child.wait().await;
-        }
     }
 
     /// `GET path` on the capture's own port (not through its proxy).

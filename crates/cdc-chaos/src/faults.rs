@@ -244,7 +244,7 @@ impl Targets {
             Ok(Some(target)) => (target, None),
             Err(err) => ("?".to_owned(), Some(format!("{err:#}"))),
         };
-        self.faults.write(&json!({
+        self.faults.write_now(&json!({
             "fault": fault.kind.name(),
             "target": target,
             "start_mono_ns": start,

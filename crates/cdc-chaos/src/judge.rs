@@ -1,10 +1,137 @@
 //! The verdict of a run: the oracles of `cdc-oracle` over the run directory and the etcds.
+//!
+//! One adjustment is the runner's own, because only the runner knows it froze a process: a
+//! capture frozen with SIGSTOP writes nothing while frozen, so the span log intervals of a
+//! process frozen past its TTL are cut at the freeze when the process stopped the span within
+//! [`RESUME_GRACE`] of its SIGCONT. That is the fail-stop hazard `docs/guarantees.md` documents
+//! ("a process frozen past its TTL runs its pipelines again on SIGCONT until it notices the lost
+//! lease"); a span it kept running longer after the SIGCONT still counts as a double run.
 
+use std::collections::BTreeMap;
 use std::path::Path;
+use std::time::Duration;
 
+use cdc_oracle::span_log::{self, SpanHistory};
+use cdc_oracle::{Finding, run as files};
+
+use crate::cluster::TTL_SECS;
 use crate::run::Outcome;
 
-/// Runs every oracle and adds its counts and details to `outcome`.
-pub(crate) async fn judge(_dir: &Path, _upstream: &[String], _sink: &str, outcome: &mut Outcome) {
-    outcome.details.push("oracles not wired yet".to_owned());
+/// How soon after its SIGCONT a capture frozen past its TTL must have stopped its spans.
+pub(crate) const RESUME_GRACE: Duration = Duration::from_secs(1);
+
+fn add(outcome: &mut Outcome, oracle: &str, found: &Finding) -> u64 {
+    outcome.details.extend(
+        found
+            .details
+            .iter()
+            .map(|detail| format!("{oracle}: {detail}")),
+    );
+    if found.count > found.details.len() as u64 {
+        outcome.details.push(format!(
+            "{oracle}: and {} more",
+            found.count - found.details.len() as u64
+        ));
+    }
+    found.count
+}
+
+/// Runs every oracle and adds its counts and details to `outcome`; an oracle that cannot read
+/// the run fails the run.
+pub(crate) async fn judge(dir: &Path, _upstream: &[String], _sink: &str, outcome: &mut Outcome) {
+    match cdc_oracle::lost_and_reordered(dir) {
+        Ok((lost, reordered)) => {
+            outcome.lost += add(outcome, "lost", &lost);
+            outcome.reordered += add(outcome, "reordered", &reordered);
+        }
+        Err(err) => unreadable(outcome, "lost/reordered", &err),
+    }
+    match double_run(dir) {
+        Ok(found) => outcome.double_run += add(outcome, "double_run", &found),
+        Err(err) => unreadable(outcome, "double_run", &err),
+    }
+    match cdc_oracle::checkpoint_regressions(dir) {
+        Ok(found) => {
+            outcome.checkpoint_regressions += add(outcome, "checkpoint_regressions", &found);
+        }
+        Err(err) => unreadable(outcome, "checkpoint_regressions", &err),
+    }
+}
+
+fn unreadable(outcome: &mut Outcome, oracle: &str, err: &cdc_oracle::Error) {
+    outcome.converged = false;
+    outcome.details.push(format!("{oracle} oracle: {err}"));
+}
+
+/// The long freezes of each process (`capture-<n>`): (SIGSTOP, SIGCONT) in `CLOCK_MONOTONIC`.
+fn long_freezes(dir: &Path) -> cdc_oracle::Result<BTreeMap<String, Vec<(u64, u64)>>> {
+    let ttl = TTL_SECS * 1_000_000_000;
+    let mut freezes: BTreeMap<String, Vec<(u64, u64)>> = BTreeMap::new();
+    for fault in files::faults(dir)? {
+        let frozen = fault.fault == "sigstop-capture-long"
+            || fault.fault == "sigstop-capture-short"
+            || fault.fault == "compact-while-lagging";
+        let Some(number) = fault
+            .target
+            .strip_prefix("capture-")
+            .and_then(|rest| rest.split(' ').next())
+        else {
+            continue;
+        };
+        if frozen && fault.end_mono_ns.saturating_sub(fault.start_mono_ns) > ttl {
+            freezes
+                .entry(number.to_owned())
+                .or_default()
+                .push((fault.start_mono_ns, fault.end_mono_ns));
+        }
+    }
+    Ok(freezes)
+}
+
+/// The double-run oracle of `cdc-oracle` over the span logs split at the deaths, with the
+/// intervals of long-frozen processes cut at the freeze (see the module's comment).
+fn double_run(dir: &Path) -> cdc_oracle::Result<Finding> {
+    let deaths = files::deaths(dir)?;
+    let freezes = long_freezes(dir)?;
+    let grace = u64::try_from(RESUME_GRACE.as_nanos()).unwrap_or(u64::MAX);
+    let mut history = SpanHistory::default();
+    for (number, path) in files::capture_files(dir, ".span.log")? {
+        let died: Vec<u64> = deaths
+            .iter()
+            .filter(|death| death.capture == number)
+            .map(|death| death.died_at_mono_ns)
+            .collect();
+        let text = std::fs::read_to_string(&path).map_err(|source| cdc_oracle::Error::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let logs = span_log::split_by_deaths(&path, &text, died);
+        let own = span_log::parse(&logs)?;
+        let frozen = freezes.get(&number).map(Vec::as_slice).unwrap_or_default();
+        for (span, intervals) in own.intervals {
+            for mut interval in intervals {
+                for (stopped, resumed) in frozen {
+                    if interval.start < *stopped
+                        && interval.stop >= *stopped
+                        && interval.stop <= resumed.saturating_add(grace)
+                    {
+                        interval.stop = *stopped;
+                    }
+                }
+                history
+                    .intervals
+                    .entry(span.clone())
+                    .or_default()
+                    .push(interval);
+            }
+        }
+    }
+    for intervals in history.intervals.values_mut() {
+        intervals.sort_by_key(|interval| (interval.start, interval.stop));
+    }
+    let mut found = Finding::default();
+    for overlap in history.overlaps() {
+        found.add(|| overlap.to_string());
+    }
+    Ok(found)
 }

@@ -53,6 +53,12 @@ impl Jsonl {
         Ok(())
     }
 
+    /// Writes a line and flushes it: for the rare lines that must be on disk at once.
+    pub(crate) fn write_now(&self, value: &Value) -> Result<()> {
+        self.write(value)?;
+        self.flush()
+    }
+
     pub(crate) fn flush(&self) -> Result<()> {
         let mut file = self
             .file

@@ -17,7 +17,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::cluster::{self, CLUSTER_ID, CaptureSpec, start_capture};
 use crate::faults::{self, Targets};
-use crate::record::{self, Jsonl, PREFIXES, WRITERS, WriterProgress, mono_ns};
+use crate::record::{self, Jsonl, PREFIXES, WRITERS, WriterProgress};
 
 /// The changefeed into the file sink.
 pub(crate) const FILE_CHANGEFEED: &str = "to-files";
@@ -209,19 +209,31 @@ async fn run_mounted(
     )
     .await;
     recorder_stop.cancel();
-    // Stop the captures before the etcd members, so they do not spin on a dead cluster.
+    // The captures stop (their span logs end with their stops), the logs are complete, then
+    // the oracles read them and the etcds; the etcd members stop last.
+    // SIGKILL, each death recorded: their open intervals end there.
     for slot in &targets.slots {
-        if let Some(process) = slot.lock().await.process.take() {
-            process.stop(Duration::from_secs(2)).await;
+        if let Some(mut process) = slot.lock().await.process.take() {
+            if process.paused {
+                let _ = process.resume();
+            }
+            process.kill(&targets.deaths).await?;
         }
     }
+    metadata.flush()?;
+    targets.deaths.flush()?;
+    targets.faults.flush()?;
+    let result = match result {
+        Ok(mut outcome) => {
+            crate::judge::judge(dir, &endpoints, &sink_endpoint, &mut outcome).await;
+            Ok(outcome)
+        }
+        Err(err) => Err(err),
+    };
     for member in &targets.members {
         let _ = member.lock().await.kill().await;
     }
     let _ = targets.sink_etcd.lock().await.kill().await;
-    metadata.flush()?;
-    targets.deaths.flush()?;
-    targets.faults.flush()?;
     result
 }
 
@@ -363,8 +375,6 @@ async fn drive(
         progress.acked(),
         progress.last_revision()
     ));
-    crate::judge::judge(dir, endpoints, sink_endpoint, &mut outcome).await;
-    let _ = mono_ns();
     Ok(outcome)
 }
 
