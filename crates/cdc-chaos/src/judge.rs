@@ -1,11 +1,13 @@
 //! The verdict of a run: the oracles of `cdc-oracle` over the run directory and the etcds.
 //!
 //! One adjustment is the runner's own, because only the runner knows it froze a process: a
-//! capture frozen with SIGSTOP writes nothing while frozen, so the span log intervals of a
-//! process frozen past its TTL are cut at the freeze when the process stopped the span within
-//! [`RESUME_GRACE`] of its SIGCONT. That is the fail-stop hazard `docs/guarantees.md` documents
-//! ("a process frozen past its TTL runs its pipelines again on SIGCONT until it notices the lost
-//! lease"); a span it kept running longer after the SIGCONT still counts as a double run.
+//! capture frozen with SIGSTOP writes nothing while frozen, so when a process lost its lease
+//! while frozen (frozen past its TTL, or its lease revoked or its capture key deleted during the
+//! freeze), the span-log intervals it stopped within [`RESUME_GRACE`] of its SIGCONT are cut at
+//! the freeze. That is the fail-stop hazard `docs/guarantees.md` documents ("a process frozen
+//! past its TTL runs its pipelines again on SIGCONT until it notices the lost lease"); a span it
+//! kept running longer after the SIGCONT, or one moved away from a capture frozen without losing
+//! its lease, still counts as a double run.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -63,36 +65,45 @@ fn unreadable(outcome: &mut Outcome, oracle: &str, err: &cdc_oracle::Error) {
     outcome.details.push(format!("{oracle} oracle: {err}"));
 }
 
-/// The long freezes of each process (`capture-<n>`): (SIGSTOP, SIGCONT) in `CLOCK_MONOTONIC`.
-fn long_freezes(dir: &Path) -> cdc_oracle::Result<BTreeMap<String, Vec<(u64, u64)>>> {
-    let ttl = TTL_SECS * 1_000_000_000;
-    let mut freezes: BTreeMap<String, Vec<(u64, u64)>> = BTreeMap::new();
+/// Every freeze of each process (`capture-<n>`): (SIGSTOP, SIGCONT) in `CLOCK_MONOTONIC`, and
+/// the capture IDs whose lease was taken away by the runner (revoked, key deleted) with when.
+type Freezes = BTreeMap<String, Vec<(u64, u64)>>;
+
+fn freezes(dir: &Path) -> cdc_oracle::Result<(Freezes, Vec<(String, u64)>)> {
+    let mut freezes: Freezes = BTreeMap::new();
+    let mut lease_losses = Vec::new();
     for fault in files::faults(dir)? {
-        let frozen = fault.fault == "sigstop-capture-long"
-            || fault.fault == "sigstop-capture-short"
-            || fault.fault == "compact-while-lagging";
-        let Some(number) = fault
-            .target
-            .strip_prefix("capture-")
-            .and_then(|rest| rest.split(' ').next())
-        else {
-            continue;
-        };
-        if frozen && fault.end_mono_ns.saturating_sub(fault.start_mono_ns) > ttl {
-            freezes
-                .entry(number.to_owned())
-                .or_default()
-                .push((fault.start_mono_ns, fault.end_mono_ns));
+        match fault.fault.as_str() {
+            "sigstop-capture-long" | "sigstop-capture-short" | "compact-while-lagging" => {
+                let Some(number) = fault
+                    .target
+                    .strip_prefix("capture-")
+                    .and_then(|rest| rest.split(' ').next())
+                else {
+                    continue;
+                };
+                freezes
+                    .entry(number.to_owned())
+                    .or_default()
+                    .push((fault.start_mono_ns, fault.end_mono_ns));
+            }
+            "revoke-lease" | "delete-capture-key" => {
+                if let Some((_, id)) = fault.target.rsplit_once('/') {
+                    lease_losses.push((id.to_owned(), fault.start_mono_ns));
+                }
+            }
+            _ => {}
         }
     }
-    Ok(freezes)
+    Ok((freezes, lease_losses))
 }
 
 /// The double-run oracle of `cdc-oracle` over the span logs split at the deaths, with the
 /// intervals of long-frozen processes cut at the freeze (see the module's comment).
 fn double_run(dir: &Path) -> cdc_oracle::Result<Finding> {
     let deaths = files::deaths(dir)?;
-    let freezes = long_freezes(dir)?;
+    let (freezes, lease_losses) = freezes(dir)?;
+    let ttl = TTL_SECS * 1_000_000_000;
     let grace = u64::try_from(RESUME_GRACE.as_nanos()).unwrap_or(u64::MAX);
     let mut history = SpanHistory::default();
     for (number, path) in files::capture_files(dir, ".span.log")? {
@@ -111,7 +122,12 @@ fn double_run(dir: &Path) -> cdc_oracle::Result<Finding> {
         for (span, intervals) in own.intervals {
             for mut interval in intervals {
                 for (stopped, resumed) in frozen {
-                    if interval.start < *stopped
+                    let lost_lease = resumed.saturating_sub(*stopped) > ttl
+                        || lease_losses.iter().any(|(id, at)| {
+                            *id == interval.capture && (*stopped..=*resumed).contains(at)
+                        });
+                    if lost_lease
+                        && interval.start < *stopped
                         && interval.stop >= *stopped
                         && interval.stop <= resumed.saturating_add(grace)
                     {

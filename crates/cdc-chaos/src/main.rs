@@ -52,6 +52,9 @@ struct Cli {
     /// Keep the directories of passing runs too.
     #[arg(long)]
     keep: bool,
+    /// Judge a kept run directory again with the file-based oracles (no etcd), and exit.
+    #[arg(long)]
+    judge_only: Option<PathBuf>,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -83,6 +86,26 @@ fn main() -> ExitCode {
 
 /// Runs every seed; returns how many failed.
 async fn runs(cli: &Cli) -> Result<u64> {
+    if let Some(dir) = &cli.judge_only {
+        let mut outcome = run::Outcome {
+            converged: true,
+            ..run::Outcome::default()
+        };
+        judge::judge(dir, &[], "", &mut outcome).await;
+        for detail in &outcome.details {
+            println!("  {detail}");
+        }
+        println!(
+            "chaos judged {} lost={} reordered={} double_run={} checkpoint_regressions={} stale_owner_writes={}",
+            dir.display(),
+            outcome.lost,
+            outcome.reordered,
+            outcome.double_run,
+            outcome.checkpoint_regressions,
+            outcome.stale_owner_writes
+        );
+        return Ok(u64::from(outcome.failed()));
+    }
     let first = match cli.seed {
         Some(seed) => seed,
         None => std::time::SystemTime::now()
