@@ -1,4 +1,4 @@
-//! `cargo xtask chaos [--seed S] [--runs N] [--duration 40s] [--keep]`: builds `cdc-server`
+//! `cargo xtask chaos [--seed S] [--runs N] [--duration 30s] [--keep]`: builds `cdc-server`
 //! and the `chaos` tool of `crates/cdc-chaos` (debug builds, like the integration tests) and
 //! runs it; its run directories go under `target/chaos/`.
 

@@ -53,7 +53,7 @@ enum Cmd {
         args: Vec<String>,
     },
     /// Build cdc-server and the chaos tool, then run randomized faults against a real cluster
-    /// and judge each run with the oracles (`--seed S`, `--runs N`, `--duration 40s`, `--keep`).
+    /// and judge each run with the oracles (`--seed S`, `--runs N`, `--duration 30s`, `--keep`).
     Chaos {
         /// Arguments passed to the chaos tool.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]

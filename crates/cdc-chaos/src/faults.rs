@@ -106,11 +106,11 @@ pub(crate) struct Planned {
     pub(crate) pick: u64,
 }
 
-/// The schedule of a run: about one fault every three seconds of `duration`, each kind at
+/// The schedule of a run: about one fault every two seconds of `duration`, each kind at
 /// least once in every run long enough for all of them, in an order drawn from the seed.
 pub(crate) fn schedule(seed: u64, duration: Duration) -> Vec<Planned> {
     let mut rng = StdRng::seed_from_u64(seed);
-    let count = usize::try_from(duration.as_secs() / 3).unwrap_or(1).max(1);
+    let count = usize::try_from(duration.as_secs() / 2).unwrap_or(1).max(1);
     let mut kinds: Vec<Kind> = Vec::new();
     while kinds.len() < count {
         let mut round = KINDS.to_vec();

@@ -38,7 +38,7 @@ struct Cli {
     #[arg(long, default_value_t = 1)]
     runs: u64,
     /// How long each run injects faults (then the faults stop and the cluster must converge).
-    #[arg(long, default_value = "40s", value_parser = parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
     duration: Duration,
     /// How long convergence may take after the last fault.
     #[arg(long, default_value = "120s", value_parser = parse_duration)]
@@ -52,6 +52,9 @@ struct Cli {
     /// Keep the directories of passing runs too.
     #[arg(long)]
     keep: bool,
+    /// Stop after the first failing run.
+    #[arg(long)]
+    until_failure: bool,
     /// Judge a kept run directory again with the file-based oracles (no etcd), and exit.
     #[arg(long)]
     judge_only: Option<PathBuf>,
@@ -118,8 +121,13 @@ async fn runs(cli: &Cli) -> Result<u64> {
     std::fs::create_dir_all(&cli.out)?;
     let out = std::fs::canonicalize(&cli.out)?;
     let mut failed = 0;
+    let mut ran = 0;
     let mut max_recovery: f64 = 0.0;
     for seed in first..first.saturating_add(cli.runs) {
+        if cli.until_failure && failed > 0 {
+            break;
+        }
+        ran += 1;
         let config = run::RunConfig {
             seed,
             duration: cli.duration,
@@ -162,9 +170,6 @@ async fn runs(cli: &Cli) -> Result<u64> {
             run::clean(&config.dir)?;
         }
     }
-    println!(
-        "chaos runs={} failed={failed} max_recovery={max_recovery:.1}s",
-        cli.runs
-    );
+    println!("chaos runs={ran} failed={failed} max_recovery={max_recovery:.1}s");
     Ok(failed)
 }
