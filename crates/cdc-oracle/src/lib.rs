@@ -29,10 +29,13 @@
 //! Not here: running the cluster, the faults and the writer (`cdc-chaos`).
 #![warn(missing_docs)]
 
+mod check;
 mod checkpoint;
 mod delivery;
 mod error;
+mod fencing;
 mod file_sink;
+mod mirror;
 mod report;
 pub mod run;
 pub mod span_log;
@@ -40,9 +43,17 @@ pub mod span_log;
 #[cfg(test)]
 mod fixture;
 
+pub use check::check;
 pub use checkpoint::{checkpoint_regressions, dishonest_samples, stored_regressions};
 pub use delivery::{lost_and_reordered, lost_in, reordered_in};
 pub use error::{Error, Result};
+pub use fencing::{
+    OWNER_COMMIT_TARGET, Outcome, OwnerTxn, Term, logged_owner_txns, owner_only_cluster,
+    owner_terms, owner_txns, stale_owner_writes, stale_writes,
+};
 pub use file_sink::{SinkFile, SinkLine, read_sink};
+pub use mirror::{
+    CALL_TIMEOUT, State, compare_mirror, differences, mirror_differences, read_prefix,
+};
 pub use report::{Finding, MAX_DETAILS, Report};
 pub use span_log::{double_run, mono_ns};
