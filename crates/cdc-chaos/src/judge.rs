@@ -38,25 +38,28 @@ fn add(outcome: &mut Outcome, oracle: &str, found: &Finding) -> u64 {
     found.count
 }
 
-/// Runs every oracle and adds its counts and details to `outcome`; an oracle that cannot read
-/// the run fails the run.
-pub(crate) async fn judge(dir: &Path, _upstream: &[String], _sink: &str, outcome: &mut Outcome) {
-    match cdc_oracle::lost_and_reordered(dir) {
-        Ok((lost, reordered)) => {
-            outcome.lost += add(outcome, "lost", &lost);
-            outcome.reordered += add(outcome, "reordered", &reordered);
+/// Runs every oracle (`cdc_oracle::check`: the mirror against the upstream at `upstream`) and
+/// adds its counts and details to `outcome`, the double run with the freezes cut (see the
+/// module's comment); an oracle that cannot read the run fails the run.
+pub(crate) async fn judge(dir: &Path, upstream: &[String], outcome: &mut Outcome) {
+    match cdc_oracle::check(dir, upstream).await {
+        Ok(report) => {
+            outcome.lost += report.lost;
+            outcome.reordered += report.reordered;
+            outcome.checkpoint_regressions += report.checkpoint_regressions;
+            outcome.stale_owner_writes += report.stale_owner_writes;
+            outcome.details.extend(
+                report
+                    .details
+                    .into_iter()
+                    .filter(|detail| !detail.starts_with("double_run:")),
+            );
         }
-        Err(err) => unreadable(outcome, "lost/reordered", &err),
+        Err(err) => unreadable(outcome, "check", &err),
     }
     match double_run(dir) {
         Ok(found) => outcome.double_run += add(outcome, "double_run", &found),
         Err(err) => unreadable(outcome, "double_run", &err),
-    }
-    match cdc_oracle::checkpoint_regressions(dir) {
-        Ok(found) => {
-            outcome.checkpoint_regressions += add(outcome, "checkpoint_regressions", &found);
-        }
-        Err(err) => unreadable(outcome, "checkpoint_regressions", &err),
     }
 }
 

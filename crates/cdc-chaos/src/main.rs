@@ -60,6 +60,21 @@ struct Cli {
     judge_only: Option<PathBuf>,
 }
 
+/// The first of SIGINT and SIGTERM.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut interrupt), Ok(mut terminate)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = interrupt.recv() => "SIGINT",
+        _ = terminate.recv() => "SIGTERM",
+    }
+}
+
 fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime_serde::re::humantime::parse_duration(text).map_err(|err| err.to_string())
 }
@@ -94,7 +109,7 @@ async fn runs(cli: &Cli) -> Result<u64> {
             converged: true,
             ..run::Outcome::default()
         };
-        judge::judge(dir, &[], "", &mut outcome).await;
+        judge::judge(dir, &[], &mut outcome).await;
         for detail in &outcome.details {
             println!("  {detail}");
         }
@@ -136,7 +151,15 @@ async fn runs(cli: &Cli) -> Result<u64> {
             converge_within: cli.converge_within,
             keep: cli.keep,
         };
-        let outcome = Box::pin(run::run(&config)).await;
+        // Ctrl-C or SIGTERM ends the run: dropping it kills its processes (each child is
+        // killed on drop); the sink's tmpfs is unmounted and the directory kept.
+        let outcome = tokio::select! {
+            outcome = Box::pin(run::run(&config)) => outcome,
+            signal = interrupted() => {
+                run::unmount_sink(&config.dir);
+                anyhow::bail!("{signal} received: run seed={seed} stopped, its directory kept in {}", config.dir.display());
+            }
+        };
         let failing = outcome.as_ref().map_or(true, run::Outcome::failed);
         match &outcome {
             Ok(outcome) => {

@@ -107,9 +107,14 @@ fn unmount_sink_fs(dir: &Path, keep: bool) -> Result<()> {
     Ok(())
 }
 
+/// Unmounts the sink's tmpfs of the run in `dir`, if it is mounted.
+pub(crate) fn unmount_sink(dir: &Path) {
+    let _ = nix::mount::umount2(&dir.join("sink"), nix::mount::MntFlags::MNT_DETACH);
+}
+
 /// Removes what a crashed earlier run may have left in `dir` (a mounted tmpfs included).
 pub(crate) fn clean(dir: &Path) -> Result<()> {
-    let _ = nix::mount::umount2(&dir.join("sink"), nix::mount::MntFlags::MNT_DETACH);
+    unmount_sink(dir);
     match std::fs::remove_dir_all(dir) {
         Ok(()) => Ok(()),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -225,7 +230,7 @@ async fn run_mounted(
     targets.faults.flush()?;
     let result = match result {
         Ok(mut outcome) => {
-            crate::judge::judge(dir, &endpoints, &sink_endpoint, &mut outcome).await;
+            crate::judge::judge(dir, &endpoints, &mut outcome).await;
             Ok(outcome)
         }
         Err(err) => Err(err),
