@@ -272,7 +272,14 @@ impl Targets {
                 Ok(Some(self.kill_and_restart(&mut slot, hold).await?))
             }
             Kind::PauseCaptureShort | Kind::PauseCaptureLong => {
-                let Some(mut slot) = self.free_slot(pick) else {
+                // Half the pauses freeze the owner: a frozen owner that wakes after a new
+                // term began is what the owner fence is for.
+                let slot = if pick.is_multiple_of(2) {
+                    self.owner_slot().await
+                } else {
+                    None
+                };
+                let Some(mut slot) = slot.or_else(|| self.free_slot(pick)) else {
                     return Ok(None);
                 };
                 let process = slot.process.as_mut().context("no process")?;
