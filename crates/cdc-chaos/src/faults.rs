@@ -138,7 +138,8 @@ pub(crate) fn schedule(seed: u64, duration: Duration) -> Vec<Planned> {
                 Kind::CutEtcdLink | Kind::BlackHoleEtcdLink => rng.random_range(1_000..9_000),
                 Kind::DelayEtcdLink | Kind::DelayPeerLink => rng.random_range(1_000..6_000),
                 Kind::CutPeerLink | Kind::BlackHolePeerLink => rng.random_range(1_000..8_000),
-                Kind::RevokeLease | Kind::DeleteOwnerKey | Kind::DeleteCaptureKey => 0,
+                Kind::DeleteOwnerKey => rng.random_range(1_000..3_000),
+                Kind::RevokeLease | Kind::DeleteCaptureKey => 0,
             };
             Planned {
                 at: Duration::from_millis(rng.random_range(0..window)),
@@ -298,13 +299,31 @@ impl Targets {
                 Ok(Some(key.clone()))
             }
             Kind::DeleteOwnerKey => {
-                let mut keys = self.keys("owner").await?;
-                keys.sort_by_key(|(_, _, create)| *create);
-                let Some((key, _, _)) = keys.first() else {
-                    return Ok(None);
+                // Half the time the owner is frozen around the delete, so it wakes with a live
+                // session in a term that is not its own: only the owner fence stops its writes.
+                let mut frozen = if pick.is_multiple_of(2) {
+                    self.owner_slot().await
+                } else {
+                    None
                 };
-                self.admin.delete(key.clone(), false).await?;
-                Ok(Some(key.clone()))
+                if let Some(process) = frozen.as_mut().and_then(|slot| slot.process.as_mut()) {
+                    process.pause()?;
+                }
+                let deleted = async {
+                    let mut keys = self.keys("owner").await?;
+                    keys.sort_by_key(|(_, _, create)| *create);
+                    let Some((key, _, _)) = keys.first() else {
+                        return Ok(None);
+                    };
+                    self.admin.delete(key.clone(), false).await?;
+                    Ok::<_, anyhow::Error>(Some(key.clone()))
+                }
+                .await;
+                if let Some(process) = frozen.as_mut().and_then(|slot| slot.process.as_mut()) {
+                    tokio::time::sleep(hold).await;
+                    process.resume()?;
+                }
+                deleted
             }
             Kind::DeleteCaptureKey => {
                 let keys = self.keys("capture").await?;
