@@ -299,15 +299,27 @@ impl Targets {
                 Ok(Some(key.clone()))
             }
             Kind::DeleteOwnerKey => {
-                // Half the time the owner is frozen around the delete, so it wakes with a live
-                // session in a term that is not its own: only the owner fence stops its writes.
-                let mut frozen = if pick.is_multiple_of(2) {
+                // A third of the time the owner is frozen around the delete, so it wakes with a
+                // live session in a term that is not its own; a third of the time its etcd links
+                // are slow, so its transactions in flight arrive after the delete. Only the
+                // owner fence stops those writes.
+                let variant = pick % 3;
+                let mut frozen = if variant == 0 {
                     self.owner_slot().await
                 } else {
                     None
                 };
                 if let Some(process) = frozen.as_mut().and_then(|slot| slot.process.as_mut()) {
                     process.pause()?;
+                }
+                let slowed = if variant == 1 {
+                    self.owner_slot().await
+                } else {
+                    None
+                };
+                if let Some(slot) = &slowed {
+                    slot.set_etcd_mode(Mode::Delay(Duration::from_millis(700)));
+                    tokio::time::sleep(Duration::from_millis(500)).await;
                 }
                 let deleted = async {
                     let mut keys = self.keys("owner").await?;
@@ -322,6 +334,10 @@ impl Targets {
                 if let Some(process) = frozen.as_mut().and_then(|slot| slot.process.as_mut()) {
                     tokio::time::sleep(hold).await;
                     process.resume()?;
+                }
+                if let Some(slot) = &slowed {
+                    tokio::time::sleep(hold).await;
+                    slot.set_etcd_mode(Mode::Pass);
                 }
                 deleted
             }
