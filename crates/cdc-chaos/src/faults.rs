@@ -301,8 +301,9 @@ impl Targets {
             Kind::DeleteOwnerKey => {
                 // A third of the time the owner is frozen around the delete, so it wakes with a
                 // live session in a term that is not its own; a third of the time its etcd links
-                // are slow, so its transactions in flight arrive after the delete. Only the
-                // owner fence stops those writes.
+                // hold what it sends from before the delete until just after it, so its
+                // transactions in flight arrive in the next term. Only the owner fence stops
+                // those writes.
                 let variant = pick % 3;
                 let mut frozen = if variant == 0 {
                     self.owner_slot().await
@@ -318,8 +319,8 @@ impl Targets {
                     None
                 };
                 if let Some(slot) = &slowed {
-                    slot.set_etcd_mode(Mode::Delay(Duration::from_millis(700)));
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    slot.set_etcd_mode(Mode::BlackHole);
+                    tokio::time::sleep(Duration::from_millis(1_500)).await;
                 }
                 let deleted = async {
                     let mut keys = self.keys("owner").await?;
@@ -336,7 +337,7 @@ impl Targets {
                     process.resume()?;
                 }
                 if let Some(slot) = &slowed {
-                    tokio::time::sleep(hold).await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     slot.set_etcd_mode(Mode::Pass);
                 }
                 deleted
