@@ -9,6 +9,7 @@ mod etcd_cdc_client;
 mod etcd_raw;
 mod etcd_retry;
 mod etcd_watch;
+mod oracle;
 mod orchestrator;
 mod p2p;
 mod support;
