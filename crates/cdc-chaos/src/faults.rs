@@ -523,3 +523,35 @@ async fn fill(path: &std::path::Path) -> Result<()> {
     .await??;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_seed_draws_one_schedule_with_every_kind_before_repeats() {
+        let duration = Duration::from_secs(40);
+        let first = schedule(7, duration);
+        let again = schedule(7, duration);
+        let other = schedule(8, duration);
+        let kinds = |plan: &[Planned]| plan.iter().map(|fault| fault.kind).collect::<Vec<_>>();
+        let times = |plan: &[Planned]| plan.iter().map(|fault| fault.at).collect::<Vec<_>>();
+        assert_eq!(kinds(&first), kinds(&again));
+        assert_eq!(times(&first), times(&again));
+        assert_ne!(times(&first), times(&other));
+        assert_eq!(first.len(), 20);
+        for kind in KINDS {
+            assert!(kinds(&first).contains(&kind), "{kind:?} missing");
+        }
+        assert!(first.windows(2).all(|pair| pair[0].at <= pair[1].at));
+        assert!(first.iter().all(|fault| fault.at < duration));
+        let ttl = Duration::from_secs(TTL_SECS);
+        for fault in &first {
+            match fault.kind {
+                Kind::PauseCaptureShort => assert!(fault.hold < ttl, "{fault:?}"),
+                Kind::PauseCaptureLong => assert!(fault.hold > ttl, "{fault:?}"),
+                _ => {}
+            }
+        }
+    }
+}

@@ -154,3 +154,79 @@ fn double_run(dir: &Path) -> cdc_oracle::Result<Finding> {
     }
     Ok(found)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    fn line(capture: &str, event: &str, at: u64) -> String {
+        format!(
+            "{{\"capture\":\"{capture}\",\"changefeed\":\"default/cf\",\"span_id\":0,\"event\":\"{event}\",\"mono_ns\":{at}}}\n"
+        )
+    }
+
+    /// Capture 1 (process 1) runs the span from 1 s, is frozen from 10 s to `resumed` s and
+    /// stops the span at `stopped` s; capture 2 (process 2) runs it from 17 s on.
+    fn run_dir(resumed: u64, stopped: u64, fault: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("capture-1.span.log"),
+            line("c1", "start", S) + &line("c1", "stop", stopped * S),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("capture-2.span.log"),
+            line("c2", "start", 17 * S),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("faults.jsonl"),
+            format!(
+                "{{\"fault\":\"{fault}\",\"target\":\"capture-1\",\"start_mono_ns\":{},\"end_mono_ns\":{}}}\n",
+                10 * S,
+                resumed * S
+            ),
+        )
+        .unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_capture_frozen_past_its_ttl_that_stops_at_once_is_no_double_run() {
+        let dir = run_dir(20, 20, "sigstop-capture-long");
+        assert_eq!(double_run(dir.path()).unwrap().count, 0);
+    }
+
+    #[test]
+    fn a_capture_that_runs_on_after_its_sigcont_is_a_double_run() {
+        let dir = run_dir(20, 23, "sigstop-capture-long");
+        assert_eq!(double_run(dir.path()).unwrap().count, 1);
+    }
+
+    #[test]
+    fn a_capture_frozen_without_losing_its_lease_is_not_excused() {
+        // 3 s, below the TTL, and no lease revoked: its span should not have moved.
+        let dir = run_dir(13, 13, "sigstop-capture-short");
+        std::fs::write(
+            dir.path().join("capture-2.span.log"),
+            line("c2", "start", 12 * S),
+        )
+        .unwrap();
+        assert_eq!(double_run(dir.path()).unwrap().count, 1);
+        // The same freeze with the capture's lease revoked during it is the hazard.
+        std::fs::write(
+            dir.path().join("faults.jsonl"),
+            format!(
+                "{{\"fault\":\"sigstop-capture-short\",\"target\":\"capture-1\",\"start_mono_ns\":{},\"end_mono_ns\":{}}}\n{{\"fault\":\"revoke-lease\",\"target\":\"/tidb/cdc/chaos/__cdc_meta__/capture/c1\",\"start_mono_ns\":{},\"end_mono_ns\":{}}}\n",
+                10 * S,
+                13 * S,
+                11 * S,
+                11 * S
+            ),
+        )
+        .unwrap();
+        assert_eq!(double_run(dir.path()).unwrap().count, 0);
+    }
+}
