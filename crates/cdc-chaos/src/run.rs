@@ -261,10 +261,11 @@ async fn drive(
     // Keys to split the spans on: every key exists once before the changefeeds start.
     for prefix in 0..PREFIXES.len() {
         for i in 0..record::KEYS {
-            admin.put(record::key(prefix, i), "initial", 0).await?;
+            let key = record::key(prefix, i);
+            retried(|| admin.put(key.clone(), "initial", 0)).await?;
         }
     }
-    let from = admin.get("/", GetOptions::default()).await?.revision;
+    let from = store_revision(admin).await?;
     let sink_host = sink_endpoint.trim_start_matches("http://");
     let changefeeds = [
         (
@@ -357,8 +358,7 @@ async fn drive(
     writer_log.flush()?;
 
     // Convergence: every change written so far replicated, one owner, every capture in.
-    let target = admin.get("/", GetOptions::default()).await?.revision;
-    let target = u64::try_from(target)?;
+    let target = u64::try_from(store_revision(admin).await?)?;
     let converged = wait_converged(targets, http, Some(target), config.converge_within).await;
     let recovery = last_fault_end.elapsed().as_secs_f64();
     // The last status writes reach the recorder and the sampler.
@@ -381,6 +381,33 @@ async fn drive(
         progress.last_revision()
     ));
     Ok(outcome)
+}
+
+/// Retries an etcd call for up to 30 s: right after the faults a member may still be starting
+/// and the client's connection to it broken.
+async fn retried<T, F, Fut>(mut call: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = cdc_etcd::Result<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match call().await {
+            Ok(value) => return Ok(value),
+            Err(err) if Instant::now() < deadline => {
+                let _ = err;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
+}
+
+/// The upstream's store revision.
+async fn store_revision(admin: &EtcdClient) -> Result<i64> {
+    Ok(retried(|| admin.get("/", GetOptions::default()))
+        .await?
+        .revision)
 }
 
 async fn create_changefeed(targets: &Targets, http: &reqwest::Client, body: &Value) -> Result<()> {
