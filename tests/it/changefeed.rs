@@ -8,7 +8,6 @@
 
 mod dataplane;
 mod memory;
-mod span_log;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -22,7 +21,8 @@ use serde_json::{Value, json};
 
 use crate::support::node::{ServerNode, owners, send_when_ready};
 use crate::support::{hold_for, wait_for};
-use span_log::{ProcessLog, SpanHistory, mono_ns};
+use cdc_oracle::mono_ns;
+use cdc_oracle::span_log::{self, ProcessLog, SpanHistory};
 
 /// The captures' session TTL: the smallest the configuration accepts.
 const TTL: u64 = 5;
@@ -138,6 +138,7 @@ impl Cluster {
         node.server.kill()?;
         let died_at = mono_ns();
         let log = ProcessLog {
+            name: node.span_log.display().to_string(),
             text: node.span_log_text(),
             died_at: Some(died_at),
         };
@@ -157,18 +158,16 @@ impl Cluster {
     fn history(&self) -> Result<SpanHistory> {
         let mut logs: Vec<ProcessLog> = Vec::new();
         for (log, _) in &self.dead {
-            logs.push(ProcessLog {
-                text: log.text.clone(),
-                died_at: log.died_at,
-            });
+            logs.push(log.clone());
         }
         for node in &self.nodes {
             logs.push(ProcessLog {
+                name: node.span_log.display().to_string(),
                 text: node.span_log_text(),
                 died_at: None,
             });
         }
-        span_log::parse(&logs)
+        Ok(span_log::parse(&logs)?)
     }
 
     /// Fails with every process's recent log when the span logs show an overlap.
@@ -176,6 +175,7 @@ impl Cluster {
         let history = self.history()?;
         history
             .check_no_overlap()
+            .map_err(|overlap| anyhow::anyhow!("{overlap}"))
             .with_context(|| self.diagnostics())?;
         Ok(history)
     }

@@ -11,6 +11,7 @@ mod etcd_retry;
 mod etcd_watch;
 mod operator;
 mod operator_api;
+mod oracle;
 mod orchestrator;
 mod p2p;
 mod support;

@@ -1,4 +1,4 @@
-//! Project automation: `cargo xtask install | tidy | gen-docs | test | run-cluster | bench NAME`.
+//! Project automation: `cargo xtask install | tidy | gen-docs | test | run-cluster | bench NAME | chaos`.
 //!
 //! The xtask links none of the project's crates; it drives `cargo` and the tools that a fresh
 //! Debian machine lacks (`protoc` for etcd-client's build, `etcd` and `etcdctl` for the tests,
@@ -10,6 +10,7 @@
     reason = "a command-line tool reports to its terminal"
 )]
 
+mod chaos;
 mod gen_docs;
 mod install;
 mod run_cluster;
@@ -55,6 +56,13 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Build cdc-server and the chaos tool, then run randomized faults against a real cluster
+    /// and judge each run with the oracles (`--seed S`, `--runs N`, `--duration 30s`, `--keep`).
+    Chaos {
+        /// Arguments passed to the chaos tool.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -66,6 +74,7 @@ fn main() -> Result<()> {
         Cmd::Test { args } => test(&args),
         Cmd::RunCluster(args) => run_cluster::run(args),
         Cmd::Bench { name, args } => bench(&name, &args),
+        Cmd::Chaos { args } => chaos::run(&args),
     }
 }
 

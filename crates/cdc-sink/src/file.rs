@@ -2,7 +2,8 @@
 //!
 //! Files are named `<span>.<sequence>.jsonl` with a 20-digit sequence, so the files of a span
 //! sort by name in the order they were written; a sink opened again (after a restart or a move)
-//! continues after the largest sequence present. One line per change:
+//! continues after the largest sequence present, first cutting off the end of the previous file
+//! a line that a failed write or a killed process left unfinished. One line per change:
 //! `{"key": str, "value": str | null, "revision": u64, "op": "put" | "delete"}`, with
 //! `key_base64` / `value_base64` (standard alphabet, padded) in place of `key` / `value` where the
 //! bytes are not UTF-8. A file is rolled before a line would take it past `max-file-size`.
@@ -71,6 +72,9 @@ impl FileSink {
             .await
             .map_err(|source| io_error("create directory", &dir, source))?;
         let next_sequence = next_sequence(&dir, span).await?;
+        if let Some(last) = next_sequence.checked_sub(1) {
+            drop_torn_line(&dir.join(file_name(span, last))).await?;
+        }
         Ok(FileSink {
             dir,
             span: span.to_owned(),
@@ -175,6 +179,53 @@ impl Sink for FileSink {
     }
 }
 
+/// Cuts a line the span's previous sink did not finish off the end of its last file, so that
+/// every file holds whole lines only. A write that failed (a full disk) or a process killed in
+/// the middle of a `write(2)` leaves the start of a line without its newline; nothing flushed
+/// is ever cut, because a flush returns only after every line it covers was written whole.
+async fn drop_torn_line(path: &Path) -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut file = match OpenOptions::new().read(true).write(true).open(path).await {
+        Ok(file) => file,
+        Err(source) if source.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => return Err(io_error("open file", path, source)),
+    };
+    let len = file
+        .metadata()
+        .await
+        .map_err(|source| io_error("stat file", path, source))?
+        .len();
+    // Backwards in chunks from the end to the last newline: the whole lines end there.
+    const CHUNK: u64 = 64 << 10;
+    let mut end = len;
+    let mut keep = 0;
+    let mut buffer = vec![0_u8; CHUNK as usize];
+    while end > 0 {
+        let start = end.saturating_sub(CHUNK);
+        let chunk = &mut buffer[..(end - start) as usize];
+        file.seek(std::io::SeekFrom::Start(start))
+            .await
+            .map_err(|source| io_error("seek file", path, source))?;
+        file.read_exact(chunk)
+            .await
+            .map_err(|source| io_error("read file", path, source))?;
+        if let Some(newline) = chunk.iter().rposition(|byte| *byte == b'\n') {
+            keep = start + newline as u64 + 1;
+            break;
+        }
+        end = start;
+    }
+    if keep < len {
+        file.set_len(keep)
+            .await
+            .map_err(|source| io_error("truncate file", path, source))?;
+        file.sync_all()
+            .await
+            .map_err(|source| io_error("fsync", path, source))?;
+    }
+    Ok(())
+}
+
 /// One past the largest sequence of the span's files in `dir` (0 when there are none).
 async fn next_sequence(dir: &Path, span: &str) -> Result<u64> {
     let mut entries = tokio::fs::read_dir(dir)
@@ -229,4 +280,64 @@ fn base64(bytes: &[u8]) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod torn_line_tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_reopened_sink_cuts_the_line_a_failed_write_left_unfinished() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = FileSinkConfig {
+            dir: dir.path().to_owned(),
+            max_file_size: 1 << 20,
+            flush_interval: Duration::from_secs(1),
+        };
+        let mut sink = FileSink::open(&config, "cf", "span-0").await.unwrap();
+        sink.write(&[
+            ChangeEvent::put("/k1", "v", 1),
+            ChangeEvent::put("/k2", "v", 2),
+        ])
+        .await
+        .unwrap();
+        sink.flush().await.unwrap();
+        sink.close().await.unwrap();
+        // The disk filled up in the middle of the next line: its start is in the file.
+        let path = dir.path().join("cf").join(file_name("span-0", 0));
+        let whole = std::fs::read(&path).unwrap();
+        let torn = json_line(&ChangeEvent::put("/k3", "v", 3));
+        let mut bytes = whole.clone();
+        bytes.extend_from_slice(&torn.as_bytes()[..torn.len() / 2]);
+        std::fs::write(&path, &bytes).unwrap();
+
+        // The span restarts and re-delivers from its checkpoint into a new file.
+        let mut sink = FileSink::open(&config, "cf", "span-0").await.unwrap();
+        sink.write(&[ChangeEvent::put("/k3", "v", 3)])
+            .await
+            .unwrap();
+        sink.flush().await.unwrap();
+        sink.close().await.unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), whole, "the torn line is cut");
+        for sequence in 0..2 {
+            let path = dir.path().join("cf").join(file_name("span-0", sequence));
+            let text = std::fs::read_to_string(&path).unwrap();
+            assert!(text.ends_with('\n'), "{text:?}");
+            for line in text.lines() {
+                serde_json::from_str::<Value>(line).unwrap();
+            }
+        }
+
+        // A file that ends with a whole line, or an empty one, is left alone.
+        let sink = FileSink::open(&config, "cf", "span-0").await.unwrap();
+        sink.close().await.unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), whole);
+        let only_torn = dir.path().join("cf").join(file_name("span-1", 0));
+        std::fs::write(&only_torn, &torn.as_bytes()[..5]).unwrap();
+        let sink = FileSink::open(&config, "cf", "span-1").await.unwrap();
+        sink.close().await.unwrap();
+        assert_eq!(std::fs::read(&only_torn).unwrap(), b"");
+    }
 }

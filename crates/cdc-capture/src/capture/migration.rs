@@ -200,7 +200,20 @@ impl Capture {
             success,
             failure: vec![],
         };
-        Ok(self.etcd.retrying().txn(txn, cancel).await?.succeeded)
+        // Logged like the owner worker's transactions, for the fencing oracle of `cdc-oracle`
+        // (`docs/guarantees.md`, "The chaos oracles"). A refusal is not logged: an earlier
+        // attempt of the retried call may have committed.
+        let owner_key = String::from_utf8_lossy(&fence.key);
+        let n_keys = txn.success.len();
+        info!(target: "cdc::owner_commit", outcome = "sending", %owner_key,
+            owner_revision = fence.create_revision, keys = n_keys, "owner transaction");
+        let response = self.etcd.retrying().txn(txn, cancel).await?;
+        if response.succeeded {
+            info!(target: "cdc::owner_commit", outcome = "committed", %owner_key,
+                owner_revision = fence.create_revision, revision = response.revision,
+                keys = n_keys, "owner transaction");
+        }
+        Ok(response.succeeded)
     }
 
     /// The processor's side of the meta-version gate: polls every second until the version is

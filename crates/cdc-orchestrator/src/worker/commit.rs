@@ -95,7 +95,9 @@ impl Run {
             failure: Vec::new(),
         };
         self.add_fence(&mut txn);
+        self.log_owner_txn("sending", None, 1);
         let response = self.client.txn(txn).await?;
+        self.log_owner_txn_outcome(&response, 1);
         self.backoff.reset();
         self.check_fence_response(&response)?;
         if response.succeeded {
@@ -150,7 +152,9 @@ impl Run {
         let txn = self.build_txn(&batch.changes)?;
         self.metrics.record_txn_size(batch.size);
         let started = Instant::now();
+        self.log_owner_txn("sending", None, batch.changes.len());
         let response = self.client.txn(txn).await?;
+        self.log_owner_txn_outcome(&response, batch.changes.len());
         self.backoff.reset();
         let latency = started.elapsed();
         self.metrics.record_txn(response.succeeded, latency);
@@ -239,6 +243,46 @@ impl Run {
         });
         self.add_fence(&mut txn);
         Ok(txn)
+    }
+
+    /// Logs a transaction of a fenced worker at info level on target `cdc::owner_commit`, for
+    /// the fencing oracle of `cdc-oracle` (`docs/guarantees.md`, "The chaos oracles"): once
+    /// before it is sent (`outcome = "sending"`), then with its header revision once answered
+    /// (`committed` or `refused`). A transaction sent without an answer may have committed.
+    /// Owner transactions are a few per second at most, so the cost is small.
+    fn log_owner_txn(&self, outcome: &'static str, revision: Option<Revision>, n_keys: usize) {
+        let Some(fence) = &self.fence else {
+            return;
+        };
+        let owner_key = String::from_utf8_lossy(&fence.key);
+        match revision {
+            Some(revision) => info!(
+                target: "cdc::owner_commit",
+                outcome,
+                %owner_key,
+                owner_revision = fence.create_revision,
+                revision,
+                keys = n_keys,
+                "owner transaction"
+            ),
+            None => info!(
+                target: "cdc::owner_commit",
+                outcome,
+                %owner_key,
+                owner_revision = fence.create_revision,
+                keys = n_keys,
+                "owner transaction"
+            ),
+        }
+    }
+
+    fn log_owner_txn_outcome(&self, response: &cdc_etcd::TxnResponse, n_keys: usize) {
+        let outcome = if response.succeeded {
+            "committed"
+        } else {
+            "refused"
+        };
+        self.log_owner_txn(outcome, Some(response.revision), n_keys);
     }
 
     /// Adds the owner fence to a transaction of a fenced worker: the owner key's create
