@@ -35,11 +35,8 @@ struct Api {
 
 /// The routes, sharing `capture`.
 pub fn router(capture: Arc<Capture>) -> Router {
-    let http = reqwest::Client::builder()
-        .timeout(FORWARD_TIMEOUT)
-        .pool_idle_timeout(Duration::from_secs(5))
-        .build()
-        .expect("a client without TLS always builds");
+    let http = crate::tls::forwarding_client(capture.config(), FORWARD_TIMEOUT)
+        .expect("the configuration was validated, its certificates with it");
     Router::new()
         .route("/status", get(status))
         .route("/api/v2/status", get(status))
@@ -119,7 +116,10 @@ async fn forward(api: &Api, method: Method, address: &str, path: &str, body: Byt
     let from = api.capture.info().map(|info| info.id).unwrap_or_default();
     let sent = api
         .http
-        .request(method, format!("http://{address}{path}"))
+        .request(
+            method,
+            format!("{}://{address}{path}", crate::tls::scheme(api.capture.config())),
+        )
         .header(FORWARD_HEADER, from)
         .header("content-type", "application/json")
         .body(body)

@@ -27,6 +27,7 @@ mod metrics;
 mod reactor;
 mod server;
 mod session;
+mod tls;
 
 pub use capture::{
     CHANGEFEED_INIT_WORKERS, Capture, CaptureParts, GIT_HASH, Incarnation, STOP_BUDGET, VERSION,
