@@ -12,3 +12,4 @@ mod etcd_watch;
 mod orchestrator;
 mod p2p;
 mod support;
+mod tls;

@@ -11,8 +11,8 @@ use cdc_election::{DEFAULT_SESSION_TTL_SECS, MIN_SESSION_TTL_SECS};
 use cdc_p2p::MessagesConfig;
 
 mod security;
-pub(crate) use security::is_https;
 pub use security::SecurityConfig;
+pub(crate) use security::is_https;
 
 /// The configuration of one capture server. Keys are TiCDC's (`capture-session-ttl`, ...).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

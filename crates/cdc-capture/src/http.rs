@@ -118,7 +118,10 @@ async fn forward(api: &Api, method: Method, address: &str, path: &str, body: Byt
         .http
         .request(
             method,
-            format!("{}://{address}{path}", crate::tls::scheme(api.capture.config())),
+            format!(
+                "{}://{address}{path}",
+                crate::tls::scheme(api.capture.config())
+            ),
         )
         .header(FORWARD_HEADER, from)
         .header("content-type", "application/json")

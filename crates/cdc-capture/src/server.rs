@@ -115,12 +115,7 @@ impl Server {
         let handshakes = TaskTracker::new();
         let serve: std::pin::Pin<Box<dyn Future<Output = _> + Send>> = match &tls {
             Some(tls) => Box::pin(router.serve_with_incoming_shutdown(
-                crate::tls::incoming(
-                    listener,
-                    tls.acceptor(),
-                    &handshakes,
-                    serve_cancel.clone(),
-                ),
+                crate::tls::incoming(listener, tls.acceptor(), &handshakes, serve_cancel.clone()),
                 serve_cancel.clone().cancelled_owned(),
             )),
             None => Box::pin(router.serve_with_incoming_shutdown(

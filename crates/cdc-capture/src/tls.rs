@@ -202,7 +202,10 @@ pub(crate) async fn check_etcd_tls(client: &cdc_etcd::EtcdClient) -> Result<()> 
     };
     let report = cdc_model::ErrorReport(&err).to_string();
     let lower = report.to_lowercase();
-    if ETCD_TLS_FAILURES.iter().any(|failure| lower.contains(failure)) {
+    if ETCD_TLS_FAILURES
+        .iter()
+        .any(|failure| lower.contains(failure))
+    {
         return Err(invalid(format!(
             "TLS to etcd {} failed (check [security] ca-path, cert-path and key-path): {report}",
             client.endpoints()
@@ -319,13 +322,29 @@ async fn handshake(
                 _ = tx.send(Ok(connection)) => {}
             }
         }
-        Ok(Err(err)) => {
-            warn!(%peer, error = %cdc_model::ErrorReport(&err), "refused a TLS client");
-        }
+        Ok(Err(err)) => match refused_certificate(&err) {
+            Some(refused) => warn!(
+                %peer,
+                cn = refused.cn.as_deref().unwrap_or(""),
+                reason = %refused.reason,
+                "refused a TLS client's certificate"
+            ),
+            None => warn!(%peer, error = %cdc_model::ErrorReport(&err), "refused a TLS client"),
+        },
         Err(_) => {
             warn!(%peer, timeout = ?HANDSHAKE_TIMEOUT, "refused a TLS client: the handshake did not finish in time");
         }
     }
+}
+
+/// The verifier's verdict inside a failed handshake's error, if a certificate was refused.
+fn refused_certificate(err: &std::io::Error) -> Option<&Refused> {
+    let rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(inner))) =
+        err.get_ref()?.downcast_ref::<rustls::Error>()?
+    else {
+        return None;
+    };
+    inner.downcast_ref::<Refused>()
 }
 
 /// The common name of a certificate's subject, if it has one.

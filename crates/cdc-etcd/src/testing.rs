@@ -112,7 +112,10 @@ impl EtcdServer {
             command
                 .arg(format!("--cert-file={}", tls.cert_file.display()))
                 .arg(format!("--key-file={}", tls.key_file.display()))
-                .arg(format!("--trusted-ca-file={}", tls.trusted_ca_file.display()))
+                .arg(format!(
+                    "--trusted-ca-file={}",
+                    tls.trusted_ca_file.display()
+                ))
                 .arg("--client-cert-auth");
         }
         let child = command
