@@ -143,12 +143,9 @@ struct Curl {
     stderr: String,
 }
 
-async fn curl(url: &str, ca: Option<&Path>, cert: Option<&Pair>, post: bool) -> Result<Curl> {
+async fn curl(url: &str, ca: Option<&Path>, cert: Option<&Pair>) -> Result<Curl> {
     let mut command = tokio::process::Command::new("curl");
     command.args(["-sS", "--max-time", "5", "-w", "\n%{http_code}"]);
-    if post {
-        command.args(["-X", "POST"]);
-    }
     if let Some(ca) = ca {
         command.arg("--cacert").arg(ca);
     }
@@ -175,13 +172,45 @@ async fn curl(url: &str, ca: Option<&Path>, cert: Option<&Pair>, post: bool) -> 
     })
 }
 
+/// A `POST` of a JSON body over HTTPS with the allowed client certificate.
+async fn post_json(pki: &Pki, node: &ServerNode, path: &str, body: &str) -> Result<Curl> {
+    let output = tokio::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "20",
+            "-w",
+            "\n%{http_code}",
+            "-X",
+            "POST",
+        ])
+        .args(["-H", "content-type: application/json", "-d", body])
+        .arg("--cacert")
+        .arg(&pki.ca)
+        .arg("--cert")
+        .arg(&pki.client.cert)
+        .arg("--key")
+        .arg(&pki.client.key)
+        .arg(format!("https://{}{path}", node.address))
+        .stdin(Stdio::null())
+        .output()
+        .await?;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (answer, code) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
+    Ok(Curl {
+        ok: output.status.success(),
+        code: code.trim().parse().unwrap_or(0),
+        body: answer.to_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    })
+}
+
 /// A `GET` over HTTPS with the allowed client certificate, as JSON.
 async fn get(pki: &Pki, node: &ServerNode, path: &str) -> Result<Value> {
     let answer = curl(
         &format!("https://{}{path}", node.address),
         Some(&pki.ca),
         Some(&pki.client),
-        false,
     )
     .await?;
     ensure!(
@@ -217,7 +246,6 @@ async fn p2p_received(pki: &Pki, node: &ServerNode) -> Option<i64> {
         &format!("https://{}/metrics", node.address),
         Some(&pki.ca),
         Some(&pki.client),
-        false,
     )
     .await
     .ok()?;
@@ -305,6 +333,38 @@ async fn a_mutual_tls_cluster_works_and_refuses_strangers() -> Result<()> {
         }
     }
     ensure!(forwarded, "no non-owner found");
+    // The data plane reads the cluster's etcd over TLS: a changefeed on the default upstream
+    // replicates a change into a file sink.
+    let sink_dir = pki.dir.path().join("sink");
+    std::fs::create_dir_all(sink_dir.join("tls-feed"))?;
+    let body = serde_json::json!({
+        "changefeed_id": "tls-feed",
+        "sink_uri": format!("file://{}?flush-interval=200ms", sink_dir.display()),
+        "replica_config": {"filter": {"rules": ["/tls-demo/"]}},
+    })
+    .to_string();
+    let created = post_json(&pki, &nodes[0], "/api/v2/changefeeds", &body).await?;
+    ensure!(
+        created.ok && created.code == 200,
+        "create: {} {} {}",
+        created.code,
+        created.body,
+        created.stderr
+    );
+    let etcd_client = etcd.client().await?;
+    wait_for(Duration::from_secs(60), || async {
+        etcd_client.put("/tls-demo/key", "over-tls", 0).await.ok()?;
+        let files = std::fs::read_dir(sink_dir.join("tls-feed")).ok()?;
+        for file in files.flatten() {
+            let text = std::fs::read_to_string(file.path()).unwrap_or_default();
+            if text.contains("/tls-demo/key") {
+                return Some(());
+            }
+        }
+        None
+    })
+    .await
+    .with_context(|| format!("the change was not replicated:\n{}", tails(&nodes)))?;
     // The allowed client reaches gRPC too.
     let target = &nodes[0];
     grpc_call(&target.address, Some(peer_tls(&pki.ca, &pki.client)?))
@@ -314,7 +374,7 @@ async fn a_mutual_tls_cluster_works_and_refuses_strangers() -> Result<()> {
     // Refusals, each from outside; the cluster stays whole after each.
     let https = format!("https://{}/status", target.address);
     let http = format!("http://{}/status", target.address);
-    let plain = curl(&http, None, None, false).await?;
+    let plain = curl(&http, None, None).await?;
     ensure!(plain.code != 200, "plain HTTP answered: {}", plain.body);
     let plain_grpc = grpc_call(&target.address, None).await;
     ensure!(plain_grpc.is_err(), "plain gRPC was served");
@@ -323,7 +383,7 @@ async fn a_mutual_tls_cluster_works_and_refuses_strangers() -> Result<()> {
         ("a CN not allowed", &pki.stranger),
         ("an expired certificate", &pki.expired),
     ] {
-        let answer = curl(&https, Some(&pki.ca), Some(pair), false).await?;
+        let answer = curl(&https, Some(&pki.ca), Some(pair)).await?;
         ensure!(
             !answer.ok && answer.code != 200,
             "{what}: served {} {}",
@@ -337,7 +397,7 @@ async fn a_mutual_tls_cluster_works_and_refuses_strangers() -> Result<()> {
             "{what}: gRPC was served"
         );
     }
-    let anonymous = curl(&https, Some(&pki.ca), None, false).await?;
+    let anonymous = curl(&https, Some(&pki.ca), None).await?;
     ensure!(
         !anonymous.ok && anonymous.code != 200,
         "no client certificate: served {}",
