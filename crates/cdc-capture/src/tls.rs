@@ -181,13 +181,13 @@ impl Tls {
 }
 
 /// The etcd client's TLS: the credentials when TLS is on and the endpoints are `https://`.
-pub(crate) fn etcd_tls(config: &Config, tls: Option<&Tls>) -> Option<cdc_etcd::TlsConfig> {
+pub(crate) fn etcd_tls(config: &Config, tls: Option<&Tls>) -> Option<Arc<cdc_etcd::TlsConfig>> {
     let tls = tls?;
     config
         .endpoints()
         .iter()
         .any(|endpoint| is_https(endpoint))
-        .then(|| tls.etcd())
+        .then(|| Arc::new(tls.etcd()))
 }
 
 /// How a refused TLS handshake with etcd reads in the client's error (rustls through tonic).

@@ -29,8 +29,9 @@ pub struct ConnectConfig {
     pub keep_alive_timeout: Duration,
     /// Largest response the client decodes (range reads, watch batches).
     pub max_decoding_message_size: usize,
-    /// TLS to `https://` endpoints; `None` speaks plain HTTP/2.
-    pub tls: Option<TlsConfig>,
+    /// TLS to `https://` endpoints; `None` speaks plain HTTP/2. (Shared: the config is cloned
+    /// into every client and held across awaits.)
+    pub tls: Option<std::sync::Arc<TlsConfig>>,
 }
 
 /// TLS to etcd: the CA that signed the servers' certificates and, for etcd's

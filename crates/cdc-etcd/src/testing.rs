@@ -70,13 +70,14 @@ pub fn etcdctl_binary() -> PathBuf {
 impl EtcdServer {
     /// Starts a fresh single-member etcd and waits until it serves.
     pub async fn start() -> io::Result<EtcdServer> {
-        Self::start_with(None).await
+        // Boxed: the start's future holds a whole server; callers' futures stay small.
+        Box::pin(Self::start_with(None)).await
     }
 
     /// Starts a fresh single-member etcd serving TLS on `https://` client URLs with
     /// `--client-cert-auth`, and waits until it serves.
     pub async fn start_tls(tls: ServerTls) -> io::Result<EtcdServer> {
-        Self::start_with(Some(tls)).await
+        Box::pin(Self::start_with(Some(tls))).await
     }
 
     async fn start_with(tls: Option<ServerTls>) -> io::Result<EtcdServer> {
@@ -195,7 +196,10 @@ impl EtcdServer {
     /// The connection settings of the harness's own clients (with its TLS credentials).
     pub fn connect_config(&self) -> ConnectConfig {
         ConnectConfig {
-            tls: self.tls.as_ref().map(|tls| tls.client.clone()),
+            tls: self
+                .tls
+                .as_ref()
+                .map(|tls| std::sync::Arc::new(tls.client.clone())),
             ..ConnectConfig::default()
         }
     }
