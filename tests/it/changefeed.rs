@@ -69,7 +69,7 @@ async fn call(
     path: &str,
     body: Option<&Value>,
 ) -> Result<(u16, Value)> {
-    let mut request = reqwest::Client::new()
+    let mut request = crate::support::http_client()
         .request(method, format!("http://{address}{path}"))
         .timeout(Duration::from_secs(10));
     if let Some(body) = body {

@@ -79,6 +79,12 @@ fn certificates(key: &str, path: &str, pem: &[u8]) -> Result<Vec<CertificateDer<
     Ok(certs)
 }
 
+/// Installs ring as the process's default crypto provider, which reqwest's rustls (built without
+/// a provider of its own) needs even for plain HTTP; one already installed stays.
+pub(crate) fn install_crypto_provider() {
+    let _ = ring::default_provider().install_default();
+}
+
 /// The one crypto provider: ring, as tonic's and etcd-client's TLS.
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(ring::default_provider())
@@ -246,6 +252,7 @@ pub(crate) fn forwarding_client(
     config: &Config,
     timeout: Duration,
 ) -> std::result::Result<reqwest::Client, String> {
+    install_crypto_provider();
     let builder = reqwest::Client::builder()
         .timeout(timeout)
         .pool_idle_timeout(Duration::from_secs(5));

@@ -79,7 +79,7 @@ impl ServerNode {
 
     /// A successful answer to `POST path`, as JSON.
     pub(crate) async fn post(&self, path: &str) -> Result<Value> {
-        let response = reqwest::Client::new()
+        let response = super::http_client()
             .post(format!("http://{}{path}", self.address))
             .timeout(Duration::from_secs(10))
             .send()
@@ -94,7 +94,7 @@ impl ServerNode {
 
     /// A successful answer to `GET path`.
     async fn get_response(&self, path: &str) -> Result<reqwest::Response> {
-        let response = reqwest::Client::new()
+        let response = super::http_client()
             .get(format!("http://{}{path}", self.address))
             .timeout(self.get_timeout)
             .send()
