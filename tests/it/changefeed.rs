@@ -71,7 +71,7 @@ async fn call(
 ) -> Result<(u16, Value)> {
     let url = format!("http://{address}{path}");
     let (status, text) = send_when_ready(|| {
-        let request = reqwest::Client::new()
+        let request = crate::support::http_client()
             .request(method.clone(), &url)
             .timeout(Duration::from_secs(10));
         match body {

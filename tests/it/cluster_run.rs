@@ -143,7 +143,7 @@ async fn run_cluster_starts_lists_and_stops() -> Result<()> {
     assert!(summary.iter().any(|line| line.contains("owner is")));
 
     // Both captures are listed, by either node (the other forwards to the owner).
-    let http = reqwest::Client::new();
+    let http = crate::support::http_client();
     let list = wait_for(Duration::from_secs(10), || async {
         let list: Value = http
             .get(format!("http://{}/api/v2/captures", nodes[1].0))

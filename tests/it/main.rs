@@ -15,3 +15,4 @@ mod oracle;
 mod orchestrator;
 mod p2p;
 mod support;
+mod tls;

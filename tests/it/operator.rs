@@ -93,7 +93,7 @@ impl Drop for Process {
 }
 
 async fn get_json(address: &str, path: &str) -> Option<Value> {
-    let response = reqwest::Client::new()
+    let response = crate::support::http_client()
         .get(format!("http://{address}{path}"))
         .timeout(Duration::from_secs(2))
         .send()
@@ -388,7 +388,7 @@ async fn every_cli_verb_against_three_captures() -> Result<()> {
     let (ok, _, stderr) = cli(address, &["changefeed", "query", "-c", "no-such-feed"]).await?;
     assert!(!ok);
     let (status, body) = {
-        let response = reqwest::Client::new()
+        let response = crate::support::http_client()
             .get(format!("http://{address}/api/v2/changefeeds/no-such-feed"))
             .timeout(Duration::from_secs(10))
             .send()
@@ -434,7 +434,7 @@ async fn sighup_and_sigquit_drain_as_sigterm_does() -> Result<()> {
 /// Posts a level to `/api/v2/log` once the capture is ready (like every `/api/v2` route, it
 /// answers 503 until then).
 async fn post_log_level(address: &str, body: &str) -> Result<(u16, Value)> {
-    let client = reqwest::Client::new();
+    let client = crate::support::http_client();
     let (status, text) = crate::support::node::send_when_ready(|| {
         client
             .post(format!("http://{address}/api/v2/log"))

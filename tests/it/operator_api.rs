@@ -26,7 +26,7 @@ async fn request(
     headers: &[(&str, &str)],
     body: Option<&str>,
 ) -> Result<(u16, String)> {
-    let mut request = reqwest::Client::new()
+    let mut request = crate::support::http_client()
         .request(method, format!("http://{address}{path}"))
         .timeout(Duration::from_secs(15));
     for (name, value) in headers {

@@ -130,7 +130,7 @@ async fn every_owner_write_is_inside_its_term_across_an_owner_kill() -> Result<(
             "scheduler": {"spans_per_prefix": 3},
         },
     });
-    let response = reqwest::Client::new()
+    let response = crate::support::http_client()
         .post(format!(
             "http://{}/api/v2/changefeeds",
             nodes[owner].address

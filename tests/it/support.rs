@@ -101,3 +101,10 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// An HTTP client. reqwest's rustls brings no crypto provider of its own: ring's, the tree's one
+/// provider, is installed first.
+pub(crate) fn http_client() -> reqwest::Client {
+    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}

@@ -1,6 +1,9 @@
 //! `cargo xtask run-cluster`: a local etcd and N captures on free loopback ports, logs streamed
 //! with a prefix, a demo changefeed (prefix `/demo/` into a file sink under the cluster's
-//! directory), everything stopped and cleaned up on Ctrl-C.
+//! directory), everything stopped and cleaned up on Ctrl-C. With `--tls`, a throwaway CA and
+//! certificates (rcgen) under the cluster's directory, etcd on `https://` with
+//! `--client-cert-auth`, and captures with mutual TLS (`docs/security.md`); requests go through
+//! curl with the client certificate.
 #![allow(
     clippy::print_stderr,
     clippy::disallowed_methods,
@@ -40,6 +43,75 @@ pub(crate) struct Args {
     /// Where etcd's data and the captures' files go (removed on exit); default `target/cluster`.
     #[arg(long)]
     cluster_dir: Option<PathBuf>,
+    /// Generate a throwaway CA and certificates, and run etcd and the captures with mutual TLS.
+    #[arg(long)]
+    tls: bool,
+}
+
+/// The files of `--tls`: the CA, etcd's and the captures' certificates, and a client's.
+struct TlsFiles {
+    ca: PathBuf,
+    etcd: (PathBuf, PathBuf),
+    capture: (PathBuf, PathBuf),
+    client: (PathBuf, PathBuf),
+}
+
+/// The CN of the captures' certificate and of the operator's client certificate.
+const CAPTURE_CN: &str = "cdc-capture";
+const CLIENT_CN: &str = "cdc-client";
+
+impl TlsFiles {
+    /// Makes a CA and certificates for 127.0.0.1 and localhost under `dir`.
+    fn generate(dir: &Path) -> Result<TlsFiles> {
+        use rcgen::{
+            BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+            IsCa, KeyPair, KeyUsagePurpose,
+        };
+        std::fs::create_dir_all(dir)?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "run-cluster throwaway CA");
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate()?)?;
+        let ca_path = dir.join("ca.pem");
+        std::fs::write(&ca_path, ca.pem())?;
+        let leaf = |name: &str, cn: &str| -> Result<(PathBuf, PathBuf)> {
+            let mut params =
+                CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])?;
+            params.distinguished_name.push(DnType::CommonName, cn);
+            params.extended_key_usages = vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ];
+            let key = KeyPair::generate()?;
+            let cert = params.signed_by(&key, &ca)?;
+            let paths = (
+                dir.join(format!("{name}.pem")),
+                dir.join(format!("{name}-key.pem")),
+            );
+            std::fs::write(&paths.0, cert.pem())?;
+            std::fs::write(&paths.1, key.serialize_pem())?;
+            Ok(paths)
+        };
+        Ok(TlsFiles {
+            etcd: leaf("etcd", "etcd")?,
+            capture: leaf("capture", CAPTURE_CN)?,
+            client: leaf("client", CLIENT_CN)?,
+            ca: ca_path,
+        })
+    }
+
+    /// curl's options for the client certificate.
+    fn curl_args(&self) -> String {
+        format!(
+            "--cacert {} --cert {} --key {}",
+            self.ca.display(),
+            self.client.0.display(),
+            self.client.1.display()
+        )
+    }
 }
 
 struct Process {
@@ -159,12 +231,19 @@ fn start(
     processes: &mut Vec<Process>,
     signals: &mpsc::Receiver<Signal>,
 ) -> Result<()> {
+    let tls = if args.tls {
+        Some(TlsFiles::generate(&cluster_dir.join("tls"))?)
+    } else {
+        None
+    };
+    let tls = tls.as_ref();
     let etcd_url = match &args.etcd {
         Some(url) => url.clone(),
         None => {
             let client_port = free_port()?;
             let peer_port = free_port()?;
-            let url = format!("http://127.0.0.1:{client_port}");
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            let url = format!("{scheme}://127.0.0.1:{client_port}");
             let peer = format!("http://127.0.0.1:{peer_port}");
             let etcd = std::env::var_os("CDC_ETCD_BIN").unwrap_or_else(|| "etcd".into());
             let mut command = Command::new(etcd);
@@ -175,6 +254,16 @@ fn start(
                 .args(["--advertise-client-urls", &url, "--listen-peer-urls", &peer])
                 .args(["--initial-advertise-peer-urls", &peer])
                 .args(["--initial-cluster", &format!("etcd={peer}")]);
+            if let Some(tls) = tls {
+                command
+                    .arg("--cert-file")
+                    .arg(&tls.etcd.0)
+                    .arg("--key-file")
+                    .arg(&tls.etcd.1)
+                    .arg("--trusted-ca-file")
+                    .arg(&tls.ca)
+                    .arg("--client-cert-auth");
+            }
             processes.push(spawn("etcd", command)?);
             wait_tcp(client_port, Duration::from_secs(20), signals).context("wait for etcd")?;
             url
@@ -188,10 +277,16 @@ fn start(
         let dir = cluster_dir.join(format!("node-{node}"));
         std::fs::create_dir_all(&dir)?;
         let config = dir.join("cdc.toml");
-        std::fs::write(
-            &config,
-            format!("capture-session-ttl = {}\n", args.session_ttl),
-        )?;
+        let mut content = format!("capture-session-ttl = {}\n", args.session_ttl);
+        if let Some(tls) = tls {
+            content.push_str(&format!(
+                "[security]\nca-path = {:?}\ncert-path = {:?}\nkey-path = {:?}\ncert-allowed-cn = [{CAPTURE_CN:?}, {CLIENT_CN:?}]\n",
+                tls.ca.display().to_string(),
+                tls.capture.0.display().to_string(),
+                tls.capture.1.display().to_string(),
+            ));
+        }
+        std::fs::write(&config, content)?;
         let mut command = Command::new(binary);
         command
             .args(["--pd", &etcd_url, "--addr", &address])
@@ -203,11 +298,11 @@ fn start(
         addresses.push(address);
     }
 
-    let owner = wait_owner(&addresses, Duration::from_secs(30), signals)?;
+    let owner = wait_owner(&addresses, Duration::from_secs(30), tls, signals)?;
     // The demo changefeed, created through a capture that forwards it to the owner as users'
     // requests are. A failure is reported, not fatal: the cluster stays up for inspection.
     let sink_dir = cluster_dir.join("sink");
-    let demo = match create_demo_changefeed(&addresses[0], &sink_dir, signals) {
+    let demo = match create_demo_changefeed(&addresses[0], &sink_dir, tls, signals) {
         Err(err) if err.is::<Interrupted>() => return Err(err),
         other => other,
     };
@@ -228,8 +323,9 @@ fn start(
             .unwrap_or(0);
         writeln!(
             out,
-            "run-cluster: node-{} at http://{address} (pid {pid})",
-            index + 1
+            "run-cluster: node-{} at {}://{address} (pid {pid})",
+            index + 1,
+            scheme(tls)
         )?;
     }
     writeln!(out, "run-cluster: owner is {owner}")?;
@@ -244,26 +340,34 @@ fn start(
             "run-cluster: creating the demo changefeed failed: {err:#}"
         )?,
     }
+    let (curl, etcdctl) = match tls {
+        Some(tls) => (
+            format!("curl -s {}", tls.curl_args()),
+            format!("etcdctl {} --endpoints {etcd_url}", tls.curl_args()),
+        ),
+        None => (
+            "curl -s".to_owned(),
+            format!("etcdctl --endpoints {etcd_url}"),
+        ),
+    };
+    let http = scheme(tls);
     writeln!(out, "run-cluster: try")?;
     writeln!(
         out,
-        "  curl -s http://{}/api/v2/changefeeds/{DEMO_CHANGEFEED}",
+        "  {curl} {http}://{}/api/v2/changefeeds/{DEMO_CHANGEFEED}",
         addresses[0]
     )?;
     writeln!(
         out,
-        "  etcdctl --endpoints {etcd_url} put {DEMO_PREFIX}hello world    # a change to replicate"
+        "  {etcdctl} put {DEMO_PREFIX}hello world    # a change to replicate"
     )?;
     writeln!(
         out,
         "  tail -F {}/{DEMO_CHANGEFEED}/*.jsonl    # the changes, one JSON line each",
         sink_dir.display()
     )?;
-    writeln!(out, "  curl -s http://{}/api/v2/captures", addresses[0])?;
-    writeln!(
-        out,
-        "  etcdctl --endpoints {etcd_url} get --prefix /tidb/cdc"
-    )?;
+    writeln!(out, "  {curl} {http}://{}/api/v2/captures", addresses[0])?;
+    writeln!(out, "  {etcdctl} get --prefix /tidb/cdc")?;
     let last = processes
         .last()
         .map(|process| process.child.id())
@@ -354,13 +458,63 @@ fn wait_tcp(port: u16, within: Duration, signals: &mpsc::Receiver<Signal>) -> Re
     bail!("nothing listens on port {port} after {within:?}")
 }
 
-/// A plain HTTP/1.0 GET; returns the body.
-fn http_get(address: &str, path: &str) -> Result<String> {
-    http_request(address, "GET", path, "")
+/// The scheme of the captures' port.
+fn scheme(tls: Option<&TlsFiles>) -> &'static str {
+    if tls.is_some() { "https" } else { "http" }
 }
 
-/// A plain HTTP/1.0 request with a JSON body (empty: none); returns the body of a 200 answer.
-fn http_request(address: &str, method: &str, path: &str, body: &str) -> Result<String> {
+/// A GET; returns the body.
+fn http_get(address: &str, path: &str, tls: Option<&TlsFiles>) -> Result<String> {
+    http_request(address, "GET", path, "", tls)
+}
+
+/// A request with a JSON body (empty: none); returns the body of a 200 answer. Plain HTTP/1.0,
+/// or curl with the client certificate over TLS.
+fn http_request(
+    address: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+    tls: Option<&TlsFiles>,
+) -> Result<String> {
+    if let Some(tls) = tls {
+        let output = Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "10",
+                "-w",
+                "\n%{http_code}",
+                "-X",
+                method,
+            ])
+            .args(["-H", "content-type: application/json"])
+            .args(if body.is_empty() {
+                vec![]
+            } else {
+                vec!["-d", body]
+            })
+            .arg("--cacert")
+            .arg(&tls.ca)
+            .arg("--cert")
+            .arg(&tls.client.0)
+            .arg("--key")
+            .arg(&tls.client.1)
+            .arg(format!("https://{address}{path}"))
+            .stdin(Stdio::null())
+            .output()
+            .context("run curl")?;
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let (answer, code) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
+        if code.trim() != "200" {
+            bail!(
+                "{method} {path} on {address}: {} {answer}{}",
+                code.trim(),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        return Ok(answer.to_owned());
+    }
     let mut stream = TcpStream::connect(address)?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     write!(stream, "{method} {path} HTTP/1.0\r\nHost: {address}\r\n")?;
@@ -390,6 +544,7 @@ const DEMO_PREFIX: &str = "/demo/";
 fn create_demo_changefeed(
     address: &str,
     sink_dir: &Path,
+    tls: Option<&TlsFiles>,
     signals: &mpsc::Receiver<Signal>,
 ) -> Result<()> {
     std::fs::create_dir_all(sink_dir.join(DEMO_CHANGEFEED))
@@ -402,7 +557,7 @@ fn create_demo_changefeed(
     .to_string();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        match http_request(address, "POST", "/api/v2/changefeeds", &body) {
+        match http_request(address, "POST", "/api/v2/changefeeds", &body, tls) {
             Ok(_) => return Ok(()),
             // 503: no owner yet, or one that does not serve yet.
             Err(err) if Instant::now() < deadline && err.to_string().contains(" 503 ") => {
@@ -417,12 +572,13 @@ fn create_demo_changefeed(
 fn wait_owner(
     addresses: &[String],
     within: Duration,
+    tls: Option<&TlsFiles>,
     signals: &mpsc::Receiver<Signal>,
 ) -> Result<String> {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
         for address in addresses {
-            if let Ok(body) = http_get(address, "/status")
+            if let Ok(body) = http_get(address, "/status", tls)
                 && body.contains("\"is_owner\":true")
             {
                 return Ok(address.clone());

@@ -244,3 +244,10 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     // After the name, field 3 (state) is index 0, so utime (14) is index 11 and stime 12.
     (ticks(11) + ticks(12)) as f64 / 100.0
 }
+
+/// An HTTP client builder. reqwest's rustls brings no crypto provider of its own: ring's, the
+/// tree's one provider, is installed first.
+pub fn http_client_builder() -> reqwest::ClientBuilder {
+    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+}

@@ -271,7 +271,10 @@ impl Capture {
         ));
         let router = Arc::new(MessageRouter::new(
             capture_id.clone(),
-            messages.client_config(self.config.advertise_addr.clone()),
+            cdc_p2p::ClientConfig {
+                tls: crate::tls::peer_tls(&self.config),
+                ..messages.client_config(self.config.advertise_addr.clone())
+            },
         ));
         let old_router = {
             let mut state = self.state();

@@ -10,6 +10,10 @@ use crate::error::{Error, Result};
 use cdc_election::{DEFAULT_SESSION_TTL_SECS, MIN_SESSION_TTL_SECS};
 use cdc_p2p::MessagesConfig;
 
+mod security;
+pub use security::SecurityConfig;
+pub(crate) use security::is_https;
+
 /// The configuration of one capture server. Keys are TiCDC's (`capture-session-ttl`, ...).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
@@ -47,20 +51,6 @@ pub struct Config {
     pub security: SecurityConfig,
     /// Debug settings.
     pub debug: DebugConfig,
-}
-
-/// The `[security]` section.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
-pub struct SecurityConfig {
-    /// The CA certificate path.
-    pub ca_path: String,
-    /// The certificate path.
-    pub cert_path: String,
-    /// The private key path.
-    pub key_path: String,
-    /// Common names allowed to connect.
-    pub cert_allowed_cn: Vec<String>,
 }
 
 /// The `[debug]` section.
@@ -150,16 +140,7 @@ impl Config {
             .messages
             .validate_and_adjust()
             .map_err(|err| invalid(format!("[debug.messages]: {err}")))?;
-        let security = &self.security;
-        if !security.ca_path.is_empty()
-            || !security.cert_path.is_empty()
-            || !security.key_path.is_empty()
-            || !security.cert_allowed_cn.is_empty()
-        {
-            return Err(invalid(
-                "[security] TLS is not supported by this build".to_owned(),
-            ));
-        }
+        self.security.validate(&self.endpoints())?;
         Ok(warnings)
     }
 }

@@ -44,11 +44,8 @@ struct Api {
 
 /// The routes, sharing `capture`.
 pub fn router(capture: Arc<Capture>) -> Router {
-    let http = reqwest::Client::builder()
-        .timeout(FORWARD_TIMEOUT)
-        .pool_idle_timeout(Duration::from_secs(5))
-        .build()
-        .expect("a client without TLS always builds");
+    let http = crate::tls::forwarding_client(capture.config(), FORWARD_TIMEOUT)
+        .expect("the configuration was validated, its certificates with it");
     let api = Api { capture, http };
     // Every route goes above the ready gate, which covers only the routes added before it.
     Router::new()

@@ -27,6 +27,7 @@ mod metrics;
 mod reactor;
 mod server;
 mod session;
+mod tls;
 mod version;
 
 pub use capture::{CHANGEFEED_INIT_WORKERS, Capture, CaptureParts, Incarnation, STOP_BUDGET};
@@ -38,5 +39,6 @@ pub use http::{FORWARD_HEADER, FORWARD_TIMES_HEADER, MAX_FORWARD_TIMES, router};
 pub use metrics::{Metrics, WORKER_ROLES};
 pub use reactor::MinimalReactors;
 pub use server::Server;
+pub use tls::install_crypto_provider;
 pub use session::{EtcdSessionFactory, SessionFactory};
 pub use version::{BUILD_TS, GIT_BRANCH, GIT_HASH, VERSION, version_info};

@@ -8,12 +8,14 @@ use cdc_p2p::ServerWrapper;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::info;
 
 use crate::capture::{Capture, CaptureParts};
 use crate::config::{Config, parse_listen_addr};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::tls::Tls;
 
 /// How long open requests may take once the server stops.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
@@ -25,6 +27,7 @@ pub struct Server {
     p2p: ServerWrapper,
     listener: TcpListener,
     local_addr: SocketAddr,
+    tls: Option<Tls>,
 }
 
 impl Server {
@@ -51,7 +54,19 @@ impl Server {
             addr: config.addr.clone(),
             source,
         })?;
-        let client = EtcdClient::connect(&config.endpoints(), ConnectConfig::default()).await?;
+        let tls = if config.security.is_tls_enabled() {
+            Some(Tls::load(&config.security)?)
+        } else {
+            None
+        };
+        let connect = ConnectConfig {
+            tls: crate::tls::etcd_tls(&config, tls.as_ref()),
+            ..ConnectConfig::default()
+        };
+        let client = EtcdClient::connect(&config.endpoints(), connect).await?;
+        if tls.is_some() {
+            crate::tls::check_etcd_tls(&client).await?;
+        }
         let etcd = Box::pin(CdcEtcdClient::new(client, &config.cluster_id)).await?;
         let metrics = Arc::new(Metrics::new());
         let p2p = ServerWrapper::new(&config.debug.messages.server_config());
@@ -62,6 +77,7 @@ impl Server {
             p2p,
             listener,
             local_addr,
+            tls,
         })
     }
 
@@ -82,8 +98,9 @@ impl Server {
             p2p,
             listener,
             local_addr,
+            tls,
         } = self;
-        info!(addr = %local_addr, "serving HTTP and gRPC");
+        info!(addr = %local_addr, tls = tls.is_some(), "serving HTTP and gRPC");
         // The p2p service is registered once; incarnations swap the server behind it.
         let routes = tonic::service::Routes::from(crate::http::router(Arc::clone(&capture)))
             .add_service(p2p.service());
@@ -92,13 +109,20 @@ impl Server {
             tonic::transport::Server::builder(),
             &capture.config().debug.messages.server_config(),
         );
-        let serve = builder
-            .accept_http1(true)
-            .add_routes(routes)
-            .serve_with_incoming_shutdown(
+        let router = builder.accept_http1(true).add_routes(routes);
+        // With TLS, the handshakes (and the client-certificate check) run on tasks of their
+        // own before tonic sees a connection.
+        let handshakes = TaskTracker::new();
+        let serve: std::pin::Pin<Box<dyn Future<Output = _> + Send>> = match &tls {
+            Some(tls) => Box::pin(router.serve_with_incoming_shutdown(
+                crate::tls::incoming(listener, tls.acceptor(), &handshakes, serve_cancel.clone()),
+                serve_cancel.clone().cancelled_owned(),
+            )),
+            None => Box::pin(router.serve_with_incoming_shutdown(
                 TcpListenerStream::new(listener),
                 serve_cancel.clone().cancelled_owned(),
-            );
+            )),
+        };
         // Idle keep-alive connections (a peer's forwarding client) would hold a graceful
         // shutdown open: give open requests a moment, then stop serving.
         let serve = async {
@@ -118,6 +142,8 @@ impl Server {
             result
         };
         let (served, ran) = tokio::join!(serve, run);
+        handshakes.close();
+        handshakes.wait().await;
         ran?;
         served.map_err(|err| Error::Serve {
             addr: local_addr.to_string(),

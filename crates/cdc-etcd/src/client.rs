@@ -29,6 +29,29 @@ pub struct ConnectConfig {
     pub keep_alive_timeout: Duration,
     /// Largest response the client decodes (range reads, watch batches).
     pub max_decoding_message_size: usize,
+    /// TLS to `https://` endpoints; `None` speaks plain HTTP/2. (Shared: the config is cloned
+    /// into every client and held across awaits.)
+    pub tls: Option<std::sync::Arc<TlsConfig>>,
+}
+
+/// TLS to etcd: the CA that signed the servers' certificates and, for etcd's
+/// `--client-cert-auth`, the client's own certificate and key (PEM).
+#[derive(Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// The CA certificates (PEM).
+    pub ca_pem: Vec<u8>,
+    /// The client certificate chain and its private key (PEM), for mutual TLS.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for TlsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the private key.
+        f.debug_struct("TlsConfig")
+            .field("ca_pem_bytes", &self.ca_pem.len())
+            .field("identity", &self.identity.is_some())
+            .finish()
+    }
 }
 
 impl Default for ConnectConfig {
@@ -39,6 +62,7 @@ impl Default for ConnectConfig {
             keep_alive_interval: Duration::from_secs(10),
             keep_alive_timeout: Duration::from_secs(3),
             max_decoding_message_size: 256 << 20,
+            tls: None,
         }
     }
 }
@@ -71,6 +95,17 @@ impl EtcdClient {
             .with_keep_alive_while_idle(true)
             .with_connect_timeout(config.connect_timeout)
             .with_require_leader(true);
+        let options = match &config.tls {
+            Some(tls) => {
+                let mut tls_options = etcd_client::TlsOptions::new()
+                    .ca_certificate(etcd_client::Certificate::from_pem(&tls.ca_pem));
+                if let Some((cert, key)) = &tls.identity {
+                    tls_options = tls_options.identity(etcd_client::Identity::from_pem(cert, key));
+                }
+                options.with_tls(tls_options)
+            }
+            None => options,
+        };
         let client = tokio::time::timeout(
             config.connect_timeout,
             etcd_client::Client::connect(endpoints, Some(options)),

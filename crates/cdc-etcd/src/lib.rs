@@ -69,7 +69,7 @@ pub mod watch;
 pub mod testing;
 
 pub use cdc_client::{CdcEtcdClient, META_VERSION};
-pub use client::{ConnectConfig, EtcdClient, LeaseKeepAlive, RawWatch};
+pub use client::{ConnectConfig, EtcdClient, LeaseKeepAlive, RawWatch, TlsConfig};
 pub use error::{CdcError, CdcResult, Error, Result, RpcCode};
 pub use fence::OwnerFence;
 pub use retry::{RetryPolicy, RetryingClient};

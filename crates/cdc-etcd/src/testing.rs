@@ -4,6 +4,8 @@
 //! free loopback ports with a temporary data dir, waits until it serves, and kills it on drop.
 //! For fault tests it can pause (SIGSTOP), resume, kill and restart the same member on the same
 //! data dir and ports, revoke a lease out of band and compact the history.
+//! [`EtcdServer::start_tls`] runs it with TLS on `https://` client URLs and
+//! `--client-cert-auth`, with certificates the test made.
 
 use std::io;
 use std::net::TcpListener;
@@ -14,7 +16,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::client::{ConnectConfig, EtcdClient};
+use crate::client::{ConnectConfig, EtcdClient, TlsConfig};
 use crate::types::{GetOptions, LeaseId, Revision};
 
 const INSTALL_HINT: &str = "etcd is required for this test: run `cargo xtask install` (apt-get install etcd-server etcd-client) or set CDC_ETCD_BIN";
@@ -29,6 +31,22 @@ pub struct EtcdServer {
     client_port: u16,
     peer_port: u16,
     paused: bool,
+    tls: Option<ServerTls>,
+}
+
+/// TLS for a test etcd: its certificate, key and the CA it trusts for client certificates
+/// (files, as etcd's `--cert-file`, `--key-file`, `--trusted-ca-file`), and the credentials its
+/// own clients ([`EtcdServer::client`], the readiness probe) use.
+#[derive(Clone, Debug)]
+pub struct ServerTls {
+    /// The server certificate (PEM file); it must name 127.0.0.1.
+    pub cert_file: PathBuf,
+    /// The server's private key (PEM file).
+    pub key_file: PathBuf,
+    /// The CA whose client certificates etcd accepts (`--client-cert-auth`).
+    pub trusted_ca_file: PathBuf,
+    /// The CA and client identity of the harness's own clients.
+    pub client: TlsConfig,
 }
 
 fn free_port() -> io::Result<u16> {
@@ -52,6 +70,17 @@ pub fn etcdctl_binary() -> PathBuf {
 impl EtcdServer {
     /// Starts a fresh single-member etcd and waits until it serves.
     pub async fn start() -> io::Result<EtcdServer> {
+        // Boxed: the start's future holds a whole server; callers' futures stay small.
+        Box::pin(Self::start_with(None)).await
+    }
+
+    /// Starts a fresh single-member etcd serving TLS on `https://` client URLs with
+    /// `--client-cert-auth`, and waits until it serves.
+    pub async fn start_tls(tls: ServerTls) -> io::Result<EtcdServer> {
+        Box::pin(Self::start_with(Some(tls))).await
+    }
+
+    async fn start_with(tls: Option<ServerTls>) -> io::Result<EtcdServer> {
         let mut last_error = None;
         // A free port can be taken by someone else between our probe and etcd's bind: retry.
         for _ in 0..5 {
@@ -62,6 +91,7 @@ impl EtcdServer {
                 client_port: free_port()?,
                 peer_port: free_port()?,
                 paused: false,
+                tls: tls.clone(),
             };
             match server.spawn_and_wait().await {
                 Ok(()) => return Ok(server),
@@ -72,13 +102,24 @@ impl EtcdServer {
     }
 
     fn spawn(&mut self) -> io::Result<()> {
-        let client_url = format!("http://127.0.0.1:{}", self.client_port);
+        let client_url = self.endpoint();
         let peer_url = format!("http://127.0.0.1:{}", self.peer_port);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.log_path())?;
-        let child = Command::new(etcd_binary())
+        let mut command = Command::new(etcd_binary());
+        if let Some(tls) = &self.tls {
+            command
+                .arg(format!("--cert-file={}", tls.cert_file.display()))
+                .arg(format!("--key-file={}", tls.key_file.display()))
+                .arg(format!(
+                    "--trusted-ca-file={}",
+                    tls.trusted_ca_file.display()
+                ))
+                .arg("--client-cert-auth");
+        }
+        let child = command
             .arg("--name=cdc-test")
             .arg(format!(
                 "--data-dir={}",
@@ -118,7 +159,7 @@ impl EtcdServer {
         let deadline = Instant::now() + READY_TIMEOUT;
         let config = ConnectConfig {
             request_timeout: Duration::from_secs(1),
-            ..ConnectConfig::default()
+            ..self.connect_config()
         };
         let client = EtcdClient::connect(&self.endpoints(), config)
             .await
@@ -146,9 +187,21 @@ impl EtcdServer {
         }
     }
 
-    /// The client URL, `http://127.0.0.1:<port>`.
+    /// The client URL, `http://127.0.0.1:<port>` (`https://` with TLS).
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
+    }
+
+    /// The connection settings of the harness's own clients (with its TLS credentials).
+    pub fn connect_config(&self) -> ConnectConfig {
+        ConnectConfig {
+            tls: self
+                .tls
+                .as_ref()
+                .map(|tls| std::sync::Arc::new(tls.client.clone())),
+            ..ConnectConfig::default()
+        }
     }
 
     /// The client URLs, for [`EtcdClient::connect`].
@@ -173,7 +226,7 @@ impl EtcdServer {
 
     /// A new client with default settings.
     pub async fn client(&self) -> crate::Result<EtcdClient> {
-        EtcdClient::connect(&self.endpoints(), ConnectConfig::default()).await
+        EtcdClient::connect(&self.endpoints(), self.connect_config()).await
     }
 
     /// Revokes a lease out of band, as an operator or an expiry would.

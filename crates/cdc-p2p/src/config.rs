@@ -259,6 +259,30 @@ pub struct ClientConfig {
     pub client_version: String,
     /// This capture's advertised address, sent in the stream meta.
     pub advertised_addr: String,
+    /// TLS to the peers (`https://`); `None` dials plain HTTP/2.
+    pub tls: Option<PeerTls>,
+}
+
+/// The credentials of a p2p client over TLS: the CA that signed the peers' certificates and
+/// this capture's own certificate and key, which a peer with mutual TLS checks (PEM).
+#[derive(Clone, PartialEq, Eq)]
+pub struct PeerTls {
+    /// The CA certificates (PEM).
+    pub ca_pem: Vec<u8>,
+    /// The client certificate chain (PEM).
+    pub cert_pem: Vec<u8>,
+    /// The client's private key (PEM).
+    pub key_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for PeerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the private key.
+        f.debug_struct("PeerTls")
+            .field("ca_pem_bytes", &self.ca_pem.len())
+            .field("cert_pem_bytes", &self.cert_pem.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for ClientConfig {
@@ -277,6 +301,7 @@ impl Default for ClientConfig {
             keep_alive_timeout: messages.keep_alive_timeout,
             client_version: String::new(),
             advertised_addr: String::new(),
+            tls: None,
         }
     }
 }

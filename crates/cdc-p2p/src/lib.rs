@@ -95,7 +95,7 @@ pub mod proto {
 }
 
 pub use client::MessageClient;
-pub use config::{ClientConfig, MessagesConfig, ServerConfig};
+pub use config::{ClientConfig, MessagesConfig, PeerTls, ServerConfig};
 pub use error::{BoxError, Error, Result};
 pub use local::{LocalClient, LocalReceiver};
 pub use metrics::{Metrics, MetricsSnapshot};

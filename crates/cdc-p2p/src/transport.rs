@@ -1,7 +1,7 @@
 //! Connection settings shared by both sides: dialing with timeouts and HTTP/2 tuning.
 
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint, Server};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Server};
 
 use crate::config::{ClientConfig, ServerConfig};
 use crate::error::{Error, Result};
@@ -25,7 +25,7 @@ pub fn configure_server(builder: Server, config: &ServerConfig) -> Server {
 }
 
 /// Opens a gRPC channel to a peer's `host:port` with the configured dial timeout,
-/// keep-alive and windows.
+/// keep-alive and windows; over TLS (`https://`) when the config has credentials.
 pub async fn connect(addr: &str, config: &ClientConfig) -> Result<CdcPeerToPeerClient<Channel>> {
     let connect_error = |source: Box<dyn std::error::Error + Send + Sync>| Error::Connect {
         addr: addr.to_owned(),
@@ -33,11 +33,21 @@ pub async fn connect(addr: &str, config: &ClientConfig) -> Result<CdcPeerToPeerC
     };
     let uri = if addr.contains("://") {
         addr.to_owned()
+    } else if config.tls.is_some() {
+        format!("https://{addr}")
     } else {
         format!("http://{addr}")
     };
-    let endpoint = Endpoint::from_shared(uri)
-        .map_err(|err| connect_error(Box::new(err)))?
+    let mut endpoint = Endpoint::from_shared(uri).map_err(|err| connect_error(Box::new(err)))?;
+    if let Some(tls) = &config.tls {
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&tls.ca_pem))
+            .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem));
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|err| connect_error(Box::new(err)))?;
+    }
+    let endpoint = endpoint
         .connect_timeout(config.dial_timeout)
         .http2_keep_alive_interval(config.keep_alive_time)
         .keep_alive_timeout(config.keep_alive_timeout)

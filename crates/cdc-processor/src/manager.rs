@@ -155,6 +155,8 @@ impl Processors {
             fixed: fixed_pipeline,
             config: config.pipeline.clone(),
             connect: config.connect.clone(),
+            // The capture's own settings, with its TLS credentials (`docs/security.md`).
+            default_connect: context.etcd.client().config().clone(),
             default_upstream: (context.etcd.etcd_cluster_id(), context.pd_endpoints.clone()),
             upstreams: BTreeMap::new(),
             changefeeds: BTreeMap::new(),
@@ -485,6 +487,8 @@ struct Pipelines {
     fixed: Option<Arc<dyn SpanPipeline>>,
     config: PipelineConfig,
     connect: ConnectConfig,
+    /// How to connect to the default upstream: as the capture connects to its etcd.
+    default_connect: ConnectConfig,
     /// The default upstream: the cluster's own etcd (its cluster ID and endpoints).
     default_upstream: (UpstreamId, String),
     upstreams: BTreeMap<UpstreamId, EtcdClient>,
@@ -595,7 +599,15 @@ impl Pipelines {
             .filter(|endpoint| !endpoint.is_empty())
             .map(str::to_owned)
             .collect();
-        let client = EtcdClient::connect(&endpoint_list, self.connect.clone())
+        let connect = if upstream_id == self.default_upstream.0 {
+            ConnectConfig {
+                tls: self.default_connect.tls.clone(),
+                ..self.connect.clone()
+            }
+        } else {
+            self.connect.clone()
+        };
+        let client = EtcdClient::connect(&endpoint_list, connect)
             .await
             .map_err(|source| Error::UpstreamConnect {
                 upstream_id,

@@ -100,7 +100,43 @@ pub(crate) struct Overrides {
     #[arg(long, value_parser = godur::flag)]
     #[serde(skip_serializing_if = "Option::is_none")]
     processor_flush_interval: Option<String>,
+    /// `[security]` flags.
+    #[command(flatten)]
+    #[serde(skip_serializing_if = "SecurityOverrides::is_empty")]
+    security: SecurityOverrides,
 }
+
+/// The `[security]` flags (TiCDC's `--ca`, `--cert`, `--key`, `--cert-allowed-cn`).
+#[derive(Debug, Default, clap::Args, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) struct SecurityOverrides {
+    /// The CA certificate (PEM) of the etcd servers, the peers and the clients of the port.
+    #[arg(long = "ca")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ca_path: Option<String>,
+    /// This capture's certificate (PEM).
+    #[arg(long = "cert")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cert_path: Option<String>,
+    /// The private key (PEM) of --cert.
+    #[arg(long = "key")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_path: Option<String>,
+    /// The common names a client certificate may have, comma-separated (requires one).
+    #[arg(long = "cert-allowed-cn", value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cert_allowed_cn: Option<Vec<String>>,
+}
+
+impl SecurityOverrides {
+    fn is_empty(&self) -> bool {
+        self.ca_path.is_none()
+            && self.cert_path.is_none()
+            && self.key_path.is_none()
+            && self.cert_allowed_cn.is_none()
+    }
+}
+
 
 /// TiCDC's flags that are accepted and logged as unused: there is no sorter here.
 #[derive(Debug, Default, clap::Args)]
@@ -355,6 +391,48 @@ mod tests {
         clippy::result_large_err,
         reason = "figment's Jail returns its own error"
     )]
+    fn security_flags_override_the_file_and_partial_settings_name_the_key() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "cdc.toml",
+                "[security]\nca-path = \"/nonexistent/ca.pem\"\nmtls = true\nclient-user-required = true\nclient-allowed-user = [\"root\"]\n",
+            )?;
+            let err = load_cli(&["--config", "cdc.toml"]).unwrap_err();
+            assert!(err.contains("cert-path"), "{err}");
+            let err = load_cli(&[
+                "--config",
+                "cdc.toml",
+                "--cert",
+                "/nonexistent/cert.pem",
+            ])
+            .unwrap_err();
+            assert!(err.contains("key-path"), "{err}");
+            let err = load_cli(&[
+                "--config",
+                "cdc.toml",
+                "--ca",
+                "/nonexistent/other-ca.pem",
+                "--cert",
+                "/nonexistent/cert.pem",
+                "--key",
+                "/nonexistent/key.pem",
+                "--cert-allowed-cn",
+                "a,b",
+            ])
+            .unwrap_err();
+            // The flags won over the file, and the unreadable file is named.
+            assert!(err.contains("/nonexistent/other-ca.pem"), "{err}");
+            let err = load_cli(&["--pd", "https://127.0.0.1:2379"]).unwrap_err();
+            assert!(err.contains("https://") && err.contains("ca-path"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(
+        clippy::result_large_err,
+        reason = "figment's Jail returns its own error"
+    )]
     fn unknown_key_names_key_and_file() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("bad.toml", "capture-sesion-ttl = 5\n")?;
@@ -454,7 +532,14 @@ mod ticdc_tests {
             let err = load_args(&["--pd", bad]).err().unwrap_or_default();
             assert!(err.contains("PD endpoint"), "{bad}: {err}");
         }
-        assert!(load_args(&["--pd", "https://etcd:2379"]).is_ok());
+        // An https URL is a PD endpoint; without a CA it is refused for that alone.
+        let err = load_args(&["--pd", "https://etcd:2379"])
+            .err()
+            .unwrap_or_default();
+        assert!(
+            !err.contains("PD endpoint") && err.contains("ca-path"),
+            "{err}"
+        );
         let err = load_args(&["--tz", "Mars/Olympus"])
             .err()
             .unwrap_or_default();

@@ -27,6 +27,8 @@ const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
 const STOP_DEADLINE: Duration = DRAIN_DEADLINE.saturating_add(cdc_capture::STOP_BUDGET);
 
 fn main() -> ExitCode {
+    // Before any HTTP client is built (`cli` and the capture's forwarding client).
+    cdc_capture::install_crypto_provider();
     let cli = config::Cli::parse();
     let server = match cli.command {
         Some(config::Command::Cli(args)) => return cli::run(args),

@@ -108,7 +108,7 @@ impl ServerNode {
     pub(crate) async fn post(&self, path: &str) -> Result<Value> {
         let url = format!("http://{}{path}", self.address);
         let (status, body) = send_when_ready(|| {
-            reqwest::Client::new()
+            super::http_client()
                 .post(&url)
                 .timeout(Duration::from_secs(10))
         })
@@ -123,7 +123,7 @@ impl ServerNode {
     async fn get_body(&self, path: &str) -> Result<String> {
         let url = format!("http://{}{path}", self.address);
         let (status, body) =
-            send_when_ready(|| reqwest::Client::new().get(&url).timeout(self.get_timeout)).await?;
+            send_when_ready(|| super::http_client().get(&url).timeout(self.get_timeout)).await?;
         if !status.is_success() {
             bail!("GET {path}: {status}");
         }

@@ -248,7 +248,7 @@ async fn captures(
     for _ in 0..captures {
         nodes.push(ClusterNode::start(binary, &upstream.endpoint(), "bench", "", None).await?);
     }
-    let http = reqwest::Client::new();
+    let http = cdc_bench::http_client_builder().build()?;
     let owner = owner_address(&nodes, Duration::from_secs(60)).await?;
     let dest_host = dest.endpoint().trim_start_matches("http://").to_owned();
     let body = json!({

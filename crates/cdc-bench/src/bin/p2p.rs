@@ -2,7 +2,9 @@
 //! a bare tonic bidirectional stream with the same batching (the ceiling), between two
 //! processes on loopback. The last line is `p2p/raw throughput ratio 64B=<x> 1KiB=<y>`.
 //!
-//! `cargo xtask bench p2p` runs the comparison; `cargo xtask bench p2p -- memory` sends
+//! `cargo xtask bench p2p` runs the comparison; `cargo xtask bench p2p -- tls` runs it with
+//! both paths over mutual TLS (a throwaway CA and certificates from rcgen; the last line is
+//! then `p2p/raw throughput ratio with TLS ...`); `cargo xtask bench p2p -- memory` sends
 //! 1,000,000 messages to a slow handler and reports the server's peak RSS.
 //!
 //! The driver spawns this binary again with `serve` as the server process and talks to it
@@ -161,8 +163,88 @@ fn peak_rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// The certificates of the `tls` mode (PEM): a CA, and one certificate for 127.0.0.1 that
+/// both sides present.
+#[derive(Clone)]
+struct Certs {
+    ca: Vec<u8>,
+    cert: Vec<u8>,
+    key: Vec<u8>,
+}
+
+impl Certs {
+    fn generate() -> Result<Certs> {
+        use rcgen::{
+            BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
+            KeyUsagePurpose,
+        };
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "bench CA");
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate()?)?;
+        let mut params = CertificateParams::new(vec!["127.0.0.1".to_owned()])?;
+        params.distinguished_name.push(DnType::CommonName, "bench");
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &ca)?;
+        Ok(Certs {
+            ca: ca.pem().into_bytes(),
+            cert: cert.pem().into_bytes(),
+            key: key.serialize_pem().into_bytes(),
+        })
+    }
+
+    fn write(&self, dir: &std::path::Path) -> Result<()> {
+        std::fs::write(dir.join("ca.pem"), &self.ca)?;
+        std::fs::write(dir.join("cert.pem"), &self.cert)?;
+        std::fs::write(dir.join("key.pem"), &self.key)?;
+        Ok(())
+    }
+
+    fn read(dir: &std::path::Path) -> Result<Certs> {
+        Ok(Certs {
+            ca: std::fs::read(dir.join("ca.pem"))?,
+            cert: std::fs::read(dir.join("cert.pem"))?,
+            key: std::fs::read(dir.join("key.pem"))?,
+        })
+    }
+
+    /// The clients' configuration (p2p router and raw stream alike).
+    fn client(&self) -> ClientConfig {
+        ClientConfig {
+            tls: Some(cdc_p2p::PeerTls {
+                ca_pem: self.ca.clone(),
+                cert_pem: self.cert.clone(),
+                key_pem: self.key.clone(),
+            }),
+            ..ClientConfig::default()
+        }
+    }
+
+    /// tonic's server TLS with a required client certificate, for both ports.
+    fn server(&self) -> tonic::transport::ServerTlsConfig {
+        tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(&self.cert, &self.key))
+            .client_ca_root(tonic::transport::Certificate::from_pem(&self.ca))
+    }
+}
+
+/// A server builder with the p2p settings, over TLS when `certs` is set.
+fn server_builder(
+    config: &ServerConfig,
+    certs: Option<&Certs>,
+) -> Result<tonic::transport::Server> {
+    let builder = cdc_p2p::configure_server(tonic::transport::Server::builder(), config);
+    Ok(match certs {
+        Some(certs) => builder.tls_config(certs.server())?,
+        None => builder,
+    })
+}
+
 /// The server process: p2p on one port, the raw stream on another; phases driven by stdin.
-async fn serve(memory: bool) -> Result<()> {
+async fn serve(memory: bool, certs: Option<Certs>) -> Result<()> {
     let stats = Stats::default();
     let config = server_config(memory);
     let server = Arc::new(MessageServer::new(SERVER_ID, config.clone()));
@@ -188,9 +270,14 @@ async fn serve(memory: bool) -> Result<()> {
     }
     {
         let cancel = cancel.clone();
-        let config = config.clone();
+        let mut builder = server_builder(&config, certs.as_ref())?;
         tasks.spawn(async move {
-            cdc_p2p::serve(p2p_listener, &wrapper, &config, cancel)
+            builder
+                .add_service(wrapper.service())
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(p2p_listener),
+                    cancel.cancelled_owned(),
+                )
                 .await
                 .context("serve p2p")
         });
@@ -200,7 +287,7 @@ async fn serve(memory: bool) -> Result<()> {
         let raw = RawServer {
             stats: stats.clone(),
         };
-        let mut builder = cdc_p2p::configure_server(tonic::transport::Server::builder(), &config);
+        let mut builder = server_builder(&config, certs.as_ref())?;
         tasks.spawn(async move {
             builder
                 .add_service(CdcPeerToPeerServer::new(raw))
@@ -388,8 +475,14 @@ type OpenStream = (
 );
 
 /// The ceiling: the same batching (1024 entries or 10 ms) straight onto a tonic stream.
-async fn drive_raw(addr: &str, n: u64, size: usize, pace: Pace) -> Result<OpenStream> {
-    let mut client = cdc_p2p::connect(addr, &ClientConfig::default()).await?;
+async fn drive_raw(
+    addr: &str,
+    client_config: &ClientConfig,
+    n: u64,
+    size: usize,
+    pace: Pace,
+) -> Result<OpenStream> {
+    let mut client = cdc_p2p::connect(addr, client_config).await?;
     let (out_tx, out_rx) = mpsc::channel(4);
     out_tx
         .send(MessagePacket {
@@ -456,10 +549,17 @@ async fn drive_raw(addr: &str, n: u64, size: usize, pace: Pace) -> Result<OpenSt
     Ok((out_tx, response))
 }
 
-async fn spawn_server(memory: bool) -> Result<(Child, String, String, u64)> {
+async fn spawn_server(
+    memory: bool,
+    certs_dir: Option<&std::path::Path>,
+) -> Result<(Child, String, String, u64)> {
     let exe = std::env::current_exe()?;
-    let mut process = tokio::process::Command::new(exe)
-        .arg(if memory { "serve-memory" } else { "serve" })
+    let mut command = tokio::process::Command::new(exe);
+    match certs_dir {
+        Some(dir) => command.arg("serve-tls").arg(dir),
+        None => command.arg(if memory { "serve-memory" } else { "serve" }),
+    };
+    let mut process = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .kill_on_drop(true)
@@ -510,7 +610,7 @@ impl Path {
 async fn run_phase(
     child: &mut Child,
     router: &MessageRouter,
-    raw_addr: &str,
+    (raw_addr, raw_config): (&str, &ClientConfig),
     path: Path,
     (size, pace, count): (usize, Pace, u64),
 ) -> Result<PhaseResult> {
@@ -519,7 +619,9 @@ async fn run_phase(
     let mut open_stream = None;
     match path {
         Path::P2p => drive_p2p(router, count, size, pace).await?,
-        Path::Raw => open_stream = Some(drive_raw(raw_addr, count, size, pace).await?),
+        Path::Raw => {
+            open_stream = Some(drive_raw(raw_addr, raw_config, count, size, pace).await?);
+        }
     }
     let mut result = child.result().await?;
     result.client_cpu_ns = cpu_ns().saturating_sub(cpu_at_start);
@@ -548,23 +650,29 @@ fn median(values: &mut [f64]) -> f64 {
     values.get(values.len() / 2).copied().unwrap_or(0.0)
 }
 
-async fn compare() -> Result<()> {
-    let (mut child, p2p_addr, raw_addr, _) = spawn_server(false).await?;
-    let router = MessageRouter::new("bench-driver", ClientConfig::default());
+async fn compare(tls: bool) -> Result<()> {
+    let certs = if tls { Some(Certs::generate()?) } else { None };
+    let certs_dir = tempfile::tempdir()?;
+    if let Some(certs) = &certs {
+        certs.write(certs_dir.path())?;
+    }
+    let (mut child, p2p_addr, raw_addr, _) =
+        spawn_server(false, certs.as_ref().map(|_| certs_dir.path())).await?;
+    let client_config = certs.as_ref().map(Certs::client).unwrap_or_default();
+    let router = MessageRouter::new("bench-driver", client_config.clone());
     router.add_peer(SERVER_ID, &p2p_addr);
+    let raw = (raw_addr.as_str(), &client_config);
+    let over = if tls {
+        " over mutual TLS (both paths)"
+    } else {
+        ""
+    };
     println!(
-        "p2p benchmark: two processes on loopback, batches of {BATCH_COUNT} or {BATCH_INTERVAL:?}; \
+        "p2p benchmark: two processes on loopback{over}, batches of {BATCH_COUNT} or {BATCH_INTERVAL:?}; \
          {FLOOD_ROUNDS} alternating flood runs per path, ratio of the medians"
     );
     for path in [Path::Raw, Path::P2p] {
-        run_phase(
-            &mut child,
-            &router,
-            &raw_addr,
-            path,
-            (64, Pace::Flood, WARM_UP),
-        )
-        .await?;
+        run_phase(&mut child, &router, raw, path, (64, Pace::Flood, WARM_UP)).await?;
     }
     println!(
         "{:<6} {:<5} {:<10} {:>9} {:>12} {:>8} {:>8} {:>8} {:>8}",
@@ -582,7 +690,7 @@ async fn compare() -> Result<()> {
             };
             for path in order {
                 let result =
-                    run_phase(&mut child, &router, &raw_addr, path, (size, Pace::Flood, n)).await?;
+                    run_phase(&mut child, &router, raw, path, (size, Pace::Flood, n)).await?;
                 print_row(path, label, &format!("flood #{}", round + 1), &result);
                 match path {
                     Path::Raw => raw_rates.push(result.rate()),
@@ -592,7 +700,7 @@ async fn compare() -> Result<()> {
         }
         for path in [Path::Raw, Path::P2p] {
             let paced = (size, Pace::PerSecond(10_000), 20_000);
-            let result = run_phase(&mut child, &router, &raw_addr, path, paced).await?;
+            let result = run_phase(&mut child, &router, raw, path, paced).await?;
             print_row(path, label, "10k/s", &result);
         }
         let raw = median(&mut raw_rates);
@@ -603,8 +711,9 @@ async fn compare() -> Result<()> {
     router.close().await;
     drop(child.stdin);
     child.process.wait().await?;
+    let with = if tls { " with TLS" } else { "" };
     println!(
-        "p2p/raw throughput ratio {}={:.2} {}={:.2}",
+        "p2p/raw throughput ratio{with} {}={:.2} {}={:.2}",
         ratios[0].0, ratios[0].1, ratios[1].0, ratios[1].1
     );
     Ok(())
@@ -612,7 +721,7 @@ async fn compare() -> Result<()> {
 
 async fn memory() -> Result<()> {
     const N: u64 = 1_000_000;
-    let (mut child, p2p_addr, _, rss_at_start) = spawn_server(true).await?;
+    let (mut child, p2p_addr, _, rss_at_start) = spawn_server(true, None).await?;
     let router = MessageRouter::new("bench-driver", ClientConfig::default());
     router.add_peer(SERVER_ID, &p2p_addr);
     let config = server_config(true);
@@ -641,10 +750,17 @@ async fn memory() -> Result<()> {
 #[tokio::main]
 async fn main() -> Result<()> {
     match std::env::args().nth(1).as_deref() {
-        Some("serve") => serve(false).await,
-        Some("serve-memory") => serve(true).await,
+        Some("serve") => serve(false, None).await,
+        Some("serve-memory") => serve(true, None).await,
+        Some("serve-tls") => {
+            let dir = std::env::args()
+                .nth(2)
+                .context("serve-tls needs a directory")?;
+            serve(false, Some(Certs::read(std::path::Path::new(&dir))?)).await
+        }
         Some("memory") => memory().await,
-        None => compare().await,
-        Some(other) => bail!("unknown mode {other:?}: use no argument, or `memory`"),
+        Some("tls") => compare(true).await,
+        None => compare(false).await,
+        Some(other) => bail!("unknown mode {other:?}: use no argument, `tls` or `memory`"),
     }
 }

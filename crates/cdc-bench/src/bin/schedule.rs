@@ -128,7 +128,7 @@ async fn measure(
     window: Duration,
 ) -> Result<()> {
     let owner = wait_one_owner(nodes, Duration::from_secs(60), Duration::from_millis(50)).await?;
-    let http = reqwest::Client::builder()
+    let http = cdc_bench::http_client_builder()
         .timeout(Duration::from_secs(30))
         .build()?;
     // Requests go to the owner: forwarding would add two etcd reads per request to the load

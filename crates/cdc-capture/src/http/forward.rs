@@ -110,7 +110,13 @@ async fn forward(
 ) -> Response {
     let mut request = api
         .http
-        .request(method, format!("http://{address}{path}"))
+        .request(
+            method,
+            format!(
+                "{}://{address}{path}",
+                crate::tls::scheme(api.capture.config())
+            ),
+        )
         .header(FORWARD_HEADER, from)
         .header(FORWARD_FROM_HEADER, from)
         .header(FORWARD_TIMES_HEADER, times.to_string());
