@@ -479,7 +479,7 @@ mod ticdc_tests {
                 "--advertise-addr",
                 "10.0.0.1:8300",
                 "--pd",
-                "http://10.0.0.2:2379,https://10.0.0.3:2379",
+                "http://10.0.0.2:2379,http://10.0.0.3:2379",
                 "--data-dir=/data/cdc",
                 "--sort-dir=/data/cdc/tmp/sorter",
                 "--gc-ttl",
