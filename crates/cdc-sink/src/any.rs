@@ -10,6 +10,7 @@ use crate::blackhole::{BlackholeSink, BlackholeStats};
 use crate::error::Result;
 use crate::etcd::EtcdSink;
 use crate::file::FileSink;
+use crate::mysql::MysqlSink;
 use crate::sink::Sink;
 use crate::uri::{SinkConfig, SinkUri};
 
@@ -23,6 +24,10 @@ pub struct SpanTarget<'a> {
     /// The changefeed rule (key prefix) the span was cut from; the etcd sink replaces it by its
     /// own prefix.
     pub source_prefix: &'a [u8],
+    /// The span's first key.
+    pub start_key: &'a [u8],
+    /// The key after the span's last (empty: unbounded).
+    pub end_key: &'a [u8],
 }
 
 /// What the sinks of one changefeed on one capture share: the blackhole counters and the
@@ -49,6 +54,8 @@ pub enum AnySink {
     File(Box<FileSink>),
     /// `etcd://host:port/prefix`.
     Etcd(Box<EtcdSink>),
+    /// `mysql://user:password@host:port/database?table=name`.
+    Mysql(Box<MysqlSink>),
 }
 
 impl AnySink {
@@ -83,6 +90,10 @@ impl AnySink {
                     target.source_prefix.to_vec(),
                 ))))
             }
+            SinkConfig::Mysql(config) => Ok(AnySink::Mysql(Box::new(
+                MysqlSink::open(config, target.changefeed, target.start_key, target.end_key)
+                    .await?,
+            ))),
         }
     }
 }
@@ -93,6 +104,7 @@ impl Sink for AnySink {
             AnySink::Blackhole(sink) => sink.write(events).await,
             AnySink::File(sink) => sink.write(events).await,
             AnySink::Etcd(sink) => sink.write(events).await,
+            AnySink::Mysql(sink) => sink.write(events).await,
         }
     }
 
@@ -101,6 +113,7 @@ impl Sink for AnySink {
             AnySink::Blackhole(sink) => sink.flush().await,
             AnySink::File(sink) => sink.flush().await,
             AnySink::Etcd(sink) => sink.flush().await,
+            AnySink::Mysql(sink) => sink.flush().await,
         }
     }
 
@@ -109,6 +122,7 @@ impl Sink for AnySink {
             AnySink::Blackhole(sink) => sink.close().await,
             AnySink::File(sink) => sink.close().await,
             AnySink::Etcd(sink) => sink.close().await,
+            AnySink::Mysql(sink) => sink.close().await,
         }
     }
 }

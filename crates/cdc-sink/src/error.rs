@@ -56,6 +56,27 @@ pub enum Error {
         #[source]
         source: Box<cdc_etcd::Error>,
     },
+    /// A call to the downstream MySQL or MariaDB failed; the cause carries the server's message.
+    #[error("[CDC:ErrMySQLTxnError]{op} on mysql {address}")]
+    Mysql {
+        /// The call.
+        op: &'static str,
+        /// The server, `host:port`.
+        address: String,
+        /// The cause.
+        #[source]
+        source: Box<sqlx::Error>,
+    },
+    /// A call to the downstream MySQL or MariaDB did not answer in time.
+    #[error("[CDC:ErrMySQLTxnError]{op} on mysql {address} did not answer within {timeout:?}")]
+    MysqlTimeout {
+        /// The call.
+        op: &'static str,
+        /// The server, `host:port`.
+        address: String,
+        /// The deadline.
+        timeout: std::time::Duration,
+    },
     /// A file operation failed.
     #[error("[CDC:ErrFileSinkFileOp]{op} {path}")]
     Io {
@@ -83,8 +104,25 @@ impl Error {
             // per transaction, a value too large) will be refused again.
             Error::Etcd { source, .. } => source.is_retryable(),
             Error::Io { .. } => true,
+            Error::Mysql { source, .. } => mysql_retryable(source),
+            Error::MysqlTimeout { .. } => true,
         }
     }
+}
+
+/// Whether a MySQL error may pass: a lost connection, a pool timeout, a deadlock, a lock wait
+/// timeout or a server that is starting; a refused login or statement is worth a retry too, as an
+/// operator may fix the grant, the database or the server's limits while the changefeed waits.
+pub(crate) fn mysql_retryable(error: &sqlx::Error) -> bool {
+    !matches!(
+        error,
+        sqlx::Error::Configuration(_)
+            | sqlx::Error::ColumnDecode { .. }
+            | sqlx::Error::Decode(_)
+            | sqlx::Error::TypeNotFound { .. }
+            | sqlx::Error::ColumnIndexOutOfBounds { .. }
+            | sqlx::Error::ColumnNotFound(_)
+    )
 }
 
 /// The result type of this crate.
