@@ -8,6 +8,7 @@
 
 mod dataplane;
 mod memory;
+mod mysql;
 mod span_log;
 
 use std::collections::{BTreeMap, BTreeSet};
