@@ -11,6 +11,7 @@ use crate::error::Result;
 use crate::etcd::EtcdSink;
 use crate::file::FileSink;
 use crate::mysql::MysqlSink;
+use crate::nats::NatsSink;
 use crate::sink::Sink;
 use crate::uri::{SinkConfig, SinkUri};
 
@@ -31,11 +32,12 @@ pub struct SpanTarget<'a> {
 }
 
 /// What the sinks of one changefeed on one capture share: the blackhole counters and the
-/// connection to a downstream etcd, made by the first span that needs it.
+/// connection to a downstream etcd or NATS server, made by the first span that needs it.
 #[derive(Debug, Default)]
 pub struct SharedSinks {
     blackhole_stats: Arc<BlackholeStats>,
     etcd: Mutex<Option<EtcdClient>>,
+    nats: Mutex<Option<async_nats::Client>>,
 }
 
 impl SharedSinks {
@@ -56,6 +58,8 @@ pub enum AnySink {
     Etcd(Box<EtcdSink>),
     /// `mysql://user:password@host:port/database?table=name`.
     Mysql(Box<MysqlSink>),
+    /// `nats://host:port/subject?stream=name`.
+    Nats(Box<NatsSink>),
 }
 
 impl AnySink {
@@ -94,6 +98,22 @@ impl AnySink {
                 MysqlSink::open(config, target.changefeed, target.start_key, target.end_key)
                     .await?,
             ))),
+            SinkConfig::Nats(config) => {
+                let client = {
+                    let mut nats = shared.nats.lock().await;
+                    match &*nats {
+                        Some(client) => client.clone(),
+                        None => {
+                            let client = NatsSink::connect(config).await?;
+                            *nats = Some(client.clone());
+                            client
+                        }
+                    }
+                };
+                Ok(AnySink::Nats(Box::new(
+                    NatsSink::open(client, config, target.changefeed).await?,
+                )))
+            }
         }
     }
 }
@@ -105,6 +125,7 @@ impl Sink for AnySink {
             AnySink::File(sink) => sink.write(events).await,
             AnySink::Etcd(sink) => sink.write(events).await,
             AnySink::Mysql(sink) => sink.write(events).await,
+            AnySink::Nats(sink) => sink.write(events).await,
         }
     }
 
@@ -114,6 +135,7 @@ impl Sink for AnySink {
             AnySink::File(sink) => sink.flush().await,
             AnySink::Etcd(sink) => sink.flush().await,
             AnySink::Mysql(sink) => sink.flush().await,
+            AnySink::Nats(sink) => sink.flush().await,
         }
     }
 
@@ -123,6 +145,7 @@ impl Sink for AnySink {
             AnySink::File(sink) => sink.close().await,
             AnySink::Etcd(sink) => sink.close().await,
             AnySink::Mysql(sink) => sink.close().await,
+            AnySink::Nats(sink) => sink.close().await,
         }
     }
 }

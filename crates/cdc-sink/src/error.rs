@@ -77,6 +77,53 @@ pub enum Error {
         /// The deadline.
         timeout: std::time::Duration,
     },
+    /// A call to the downstream NATS server failed.
+    #[error("[CDC:ErrNatsSinkFailed]{op} on nats {address}")]
+    Nats {
+        /// The call.
+        op: &'static str,
+        /// The server, `host:port`.
+        address: String,
+        /// The cause.
+        #[source]
+        source: async_nats::Error,
+    },
+    /// The JetStream stream is missing and the URI does not ask to create it.
+    #[error(
+        "[CDC:ErrNatsSinkFailed]stream {stream:?} does not exist on nats {address} (create it with subjects {subject}.>, or add create-stream=true to the sink uri)"
+    )]
+    NatsStreamMissing {
+        /// The server.
+        address: String,
+        /// The stream.
+        stream: String,
+        /// The sink's subject.
+        subject: String,
+    },
+    /// The JetStream stream does not take the sink's subject.
+    #[error(
+        "[CDC:ErrNatsSinkFailed]stream {stream:?} on nats {address} does not cover subject {subject:?} (its subjects are {subjects:?})"
+    )]
+    NatsStreamMismatch {
+        /// The server.
+        address: String,
+        /// The stream.
+        stream: String,
+        /// The subject the sink publishes to.
+        subject: String,
+        /// The stream's subjects.
+        subjects: Vec<String>,
+    },
+    /// A publish was not acknowledged in time.
+    #[error("[CDC:ErrNatsSinkFailed]{op} on nats {address} did not finish within {timeout:?}")]
+    NatsTimeout {
+        /// The call.
+        op: &'static str,
+        /// The server.
+        address: String,
+        /// The deadline.
+        timeout: std::time::Duration,
+    },
     /// A file operation failed.
     #[error("[CDC:ErrFileSinkFileOp]{op} {path}")]
     Io {
@@ -106,6 +153,11 @@ impl Error {
             Error::Io { .. } => true,
             Error::Mysql { source, .. } => mysql_retryable(source),
             Error::MysqlTimeout { .. } => true,
+            // A server that is down comes back; a stream may be created or changed meanwhile.
+            Error::Nats { .. } => true,
+            Error::NatsStreamMissing { .. } => true,
+            Error::NatsStreamMismatch { .. } => true,
+            Error::NatsTimeout { .. } => true,
         }
     }
 }

@@ -7,6 +7,9 @@
 //! on the same data directory and port. The binaries come from `CDC_MARIADBD_BIN` and
 //! `CDC_MARIADB_INSTALL_DB_BIN`, or the `PATH` (Debian puts `mariadbd` in `/usr/sbin`, which is
 //! searched too).
+//!
+//! [`NatsServer::start`] runs `nats-server -js` (from `CDC_NATS_SERVER_BIN` or the `PATH`) on a
+//! free loopback port with its own store directory, and can kill and restart it on that store.
 
 use std::io;
 use std::net::TcpListener;
@@ -294,4 +297,163 @@ fn install_db(dir: &Path) -> io::Result<()> {
         )));
     }
     Ok(())
+}
+
+const NATS_INSTALL_HINT: &str = "nats-server is required for this test: run `cargo xtask install` (apt-get install nats-server) or set CDC_NATS_SERVER_BIN";
+
+/// A running `nats-server -js` owned by a test: its own store directory, a free loopback port,
+/// killed on drop; [`NatsServer::kill`] and [`NatsServer::restart`] keep the store, so the
+/// stream and its messages survive a restart.
+pub struct NatsServer {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl NatsServer {
+    /// Starts a fresh server with JetStream and waits until JetStream answers.
+    pub async fn start() -> io::Result<NatsServer> {
+        let mut last_error = None;
+        for _ in 0..5 {
+            let mut server = NatsServer {
+                child: None,
+                dir: tempfile::Builder::new().prefix("cdc-nats-").tempdir()?,
+                port: free_port()?,
+            };
+            match server.spawn_and_wait().await {
+                Ok(()) => return Ok(server),
+                Err(err) => last_error = Some(err),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| io::Error::other("nats-server did not start")))
+    }
+
+    fn spawn(&mut self) -> io::Result<()> {
+        let dir = self.dir.path();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())?;
+        let binary = binary("CDC_NATS_SERVER_BIN", "nats-server");
+        let child = Command::new(&binary)
+            .arg("-js")
+            .args(["-a", "127.0.0.1"])
+            .args(["-p", &self.port.to_string()])
+            .arg("-sd")
+            .arg(dir.join("store"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .map_err(|err| {
+                if err.kind() == io::ErrorKind::NotFound {
+                    io::Error::new(
+                        io::ErrorKind::NotFound,
+                        format!("{NATS_INSTALL_HINT} ({}: {err})", binary.display()),
+                    )
+                } else {
+                    err
+                }
+            })?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    async fn spawn_and_wait(&mut self) -> io::Result<()> {
+        self.spawn()?;
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                self.child = None;
+                return Err(io::Error::other(format!(
+                    "nats-server exited with {status} before serving; log: {}",
+                    self.log_path().display()
+                )));
+            }
+            let ready = tokio::time::timeout(Duration::from_secs(5), async {
+                let client = async_nats::connect(self.address()).await.ok()?;
+                // Any answer of JetStream's API (here: no such stream) means it is up; the
+                // account query's answer of nats-server 2.9 does not parse in this client.
+                match async_nats::jetstream::new(client).get_stream("READY").await {
+                    Ok(_) => Some(()),
+                    Err(err) => matches!(
+                        err.kind(),
+                        async_nats::jetstream::context::GetStreamErrorKind::JetStream(_)
+                    )
+                    .then_some(()),
+                }
+            })
+            .await;
+            if matches!(ready, Ok(Some(_))) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(io::Error::other(format!(
+                    "nats-server did not serve within {READY_TIMEOUT:?}; log: {}",
+                    self.log_path().display()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `127.0.0.1:<port>`.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The sink URI of subject `subject` in stream `stream`, with `extra` query parameters
+    /// (`&create-stream=true`, or empty).
+    pub fn sink_uri(&self, subject: &str, stream: &str, extra: &str) -> String {
+        format!("nats://{}/{subject}?stream={stream}{extra}", self.address())
+    }
+
+    /// A new client.
+    pub async fn client(&self) -> Result<async_nats::Client, async_nats::ConnectError> {
+        async_nats::connect(self.address()).await
+    }
+
+    /// The file the server logs to.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("nats-server.log")
+    }
+
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Kills the server (SIGKILL) and reaps it; the store is kept for [`Self::restart`].
+    pub fn kill(&mut self) -> io::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Starts the same server again on the same store and port and waits until JetStream
+    /// answers.
+    pub async fn restart(&mut self) -> io::Result<()> {
+        self.kill()?;
+        self.spawn_and_wait().await
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.kill();
+    }
+}
+
+impl std::fmt::Debug for NatsServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsServer")
+            .field("dir", &self.dir.path())
+            .field("port", &self.port)
+            .field("pid", &self.pid())
+            .finish()
+    }
 }

@@ -384,3 +384,31 @@ fn mysql_uri_is_parsed() {
         assert!(!err.is_retryable());
     }
 }
+
+#[test]
+fn nats_uri_is_parsed() {
+    let uri = SinkUri::parse("nats://127.0.0.1:4222/cdc.changes?stream=CHANGES&create-stream=true")
+        .unwrap();
+    assert_eq!(uri.kind(), SinkKind::Nats);
+    assert_eq!(
+        uri.config,
+        SinkConfig::Nats(crate::NatsSinkConfig {
+            address: "127.0.0.1:4222".to_owned(),
+            subject: "cdc.changes".to_owned(),
+            stream: "CHANGES".to_owned(),
+            create_stream: true,
+            flush_interval: Duration::from_secs(1),
+        })
+    );
+    for (bad, named) in [
+        ("nats://h:1/cdc", "stream"),
+        ("nats://h:1/?stream=S", "subject"),
+        ("nats://h:1/cdc.*?stream=S", "subject"),
+        ("nats://h/cdc?stream=S", "host:port"),
+        ("nats://h:1/cdc?stream=S&create-stream=yes", "create-stream"),
+        ("nats://h:1/cdc?stream=S&table=t", "table"),
+    ] {
+        let err = SinkUri::parse(bad).unwrap_err();
+        assert!(err.to_string().contains(named), "{bad}: {err}");
+    }
+}

@@ -6,7 +6,8 @@
 //! operations per transaction; default 128) and `flush-interval`.
 //! `mysql://user:password@host:port/database?table=name` takes `table` (required), `batch-size`
 //! (rows per statement, 1 to 4096; default 512), `tombstones` (`keep`, the default, or
-//! `purge-after=<duration>`) and `flush-interval`. `flush-interval` is a number with a unit `ms`,
+//! `purge-after=<duration>`) and `flush-interval`. `nats://host:port/subject?stream=name` takes
+//! `stream` (required), `create-stream` (`true` or `false`, the default) and `flush-interval`. `flush-interval` is a number with a unit `ms`,
 //! `s`, `m` or `h` (default 1 s). A parameter given twice, or one the scheme does not know, is an
 //! error naming it.
 
@@ -26,6 +27,8 @@ pub enum SinkKind {
     Etcd,
     /// `mysql://user:password@host:port/database?table=name`: a table in MySQL or MariaDB.
     Mysql,
+    /// `nats://host:port/subject?stream=name`: messages in a NATS JetStream stream.
+    Nats,
 }
 
 impl SinkKind {
@@ -36,6 +39,7 @@ impl SinkKind {
             SinkKind::File => "file",
             SinkKind::Etcd => "etcd",
             SinkKind::Mysql => "mysql",
+            SinkKind::Nats => "nats",
         }
     }
 }
@@ -123,6 +127,21 @@ impl std::fmt::Debug for MysqlSinkConfig {
     }
 }
 
+/// The settings of a `nats://` sink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatsSinkConfig {
+    /// The server, `host:port`.
+    pub address: String,
+    /// The subject prefix: changes go to `<subject>.<changefeed>`.
+    pub subject: String,
+    /// The JetStream stream that takes the subject.
+    pub stream: String,
+    /// Whether to create the stream (subjects `<subject>.>`) when it is missing.
+    pub create_stream: bool,
+    /// How often the pipeline flushes.
+    pub flush_interval: Duration,
+}
+
 /// A sink's settings, by scheme.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SinkConfig {
@@ -134,6 +153,8 @@ pub enum SinkConfig {
     Etcd(EtcdSinkConfig),
     /// `mysql://user:password@host:port/database?table=name`.
     Mysql(MysqlSinkConfig),
+    /// `nats://host:port/subject?stream=name`.
+    Nats(NatsSinkConfig),
 }
 
 /// A parsed and validated sink URI.
@@ -251,6 +272,14 @@ impl SinkUri {
                 )?;
                 SinkConfig::Mysql(parse_mysql(uri, location, &parameters)?)
             }
+            "nats" => {
+                check_known(
+                    &scheme_lower,
+                    &parameters,
+                    &["stream", "create-stream", "flush-interval"],
+                )?;
+                SinkConfig::Nats(parse_nats(uri, location, &parameters)?)
+            }
             _ => {
                 return Err(Error::UnknownScheme {
                     scheme: scheme.to_owned(),
@@ -270,6 +299,7 @@ impl SinkUri {
             SinkConfig::File(_) => SinkKind::File,
             SinkConfig::Etcd(_) => SinkKind::Etcd,
             SinkConfig::Mysql(_) => SinkKind::Mysql,
+            SinkConfig::Nats(_) => SinkKind::Nats,
         }
     }
 
@@ -280,8 +310,70 @@ impl SinkUri {
             SinkConfig::File(file) => file.flush_interval,
             SinkConfig::Etcd(etcd) => etcd.flush_interval,
             SinkConfig::Mysql(mysql) => mysql.flush_interval,
+            SinkConfig::Nats(nats) => nats.flush_interval,
         }
     }
+}
+
+/// The settings of `nats://host:port/subject?stream=name`.
+fn parse_nats(
+    uri: &str,
+    location: &str,
+    parameters: &[(String, String)],
+) -> Result<NatsSinkConfig> {
+    let bad = |reason: &'static str| Error::InvalidUri {
+        uri: uri.to_owned(),
+        reason,
+    };
+    let (address, subject) = location.split_once('/').unwrap_or((location, ""));
+    if !valid_host_port(address) {
+        return Err(bad("must name the server as host:port"));
+    }
+    let subject = subject.trim_end_matches('/');
+    let valid_subject = !subject.is_empty()
+        && subject.split('.').all(|token| {
+            !token.is_empty()
+                && token != "*"
+                && token != ">"
+                && token
+                    .bytes()
+                    .all(|byte| byte.is_ascii_graphic() && byte != b'*' && byte != b'>')
+        });
+    if !valid_subject {
+        return Err(bad(
+            "must name a subject of dot-separated tokens without wildcards (nats://host:port/subject)",
+        ));
+    }
+    let stream = match parameter(parameters, "stream") {
+        Some(stream)
+            if !stream.is_empty()
+                && stream
+                    .bytes()
+                    .all(|byte| byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-') =>
+        {
+            stream.to_owned()
+        }
+        Some(stream) => {
+            return Err(invalid(
+                "stream",
+                stream,
+                "must be letters, digits, '_' and '-'",
+            ));
+        }
+        None => return Err(bad("names no stream (?stream=name)")),
+    };
+    let create_stream = match parameter(parameters, "create-stream") {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(value) => return Err(invalid("create-stream", value, "must be true or false")),
+    };
+    Ok(NatsSinkConfig {
+        address: address.to_owned(),
+        subject: subject.to_owned(),
+        stream,
+        create_stream,
+        flush_interval: flush_interval(parameters)?,
+    })
 }
 
 /// The settings of `mysql://user:password@host:port/database?table=name`.
