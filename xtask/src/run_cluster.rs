@@ -1,6 +1,7 @@
 //! `cargo xtask run-cluster`: a local etcd and N captures on free loopback ports, logs streamed
 //! with a prefix, a demo changefeed (prefix `/demo/` into a file sink under the cluster's
-//! directory, or with `--sink mysql` into a table of a `mariadbd` started for it), everything
+//! directory, or with `--sink mysql` into a table of a `mariadbd` started for it, or with
+//! `--sink nats` into a JetStream stream of a `nats-server -js` started for it), everything
 //! stopped and cleaned up on Ctrl-C.
 #![allow(
     clippy::print_stderr,
@@ -54,6 +55,9 @@ pub(crate) enum DemoSink {
     File,
     /// `mysql://cdc:cdc@127.0.0.1:<port>/cdc?table=demo` on a `mariadbd` of the cluster's own.
     Mysql,
+    /// `nats://127.0.0.1:<port>/cdc?stream=CDC&create-stream=true` on a `nats-server -js` of the
+    /// cluster's own.
+    Nats,
 }
 
 struct Process {
@@ -196,7 +200,7 @@ fn start(
     };
 
     // The database before the captures, so that it stops after them.
-    let mysql_port = match args.sink {
+    let sink_port = match args.sink {
         DemoSink::File => None,
         DemoSink::Mysql => {
             let port = free_port()?;
@@ -204,13 +208,26 @@ fn start(
             wait_tcp(port, Duration::from_secs(60), signals).context("wait for mariadbd")?;
             Some(port)
         }
+        DemoSink::Nats => {
+            let port = free_port()?;
+            let mut command = Command::new(find_binary("CDC_NATS_SERVER_BIN", "nats-server"));
+            command
+                .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+                .arg(cluster_dir.join("nats"));
+            processes.push(spawn("nats", command)?);
+            wait_tcp(port, Duration::from_secs(30), signals).context("wait for nats-server")?;
+            Some(port)
+        }
     };
     let sink_dir = cluster_dir.join("sink");
-    let sink_uri = match mysql_port {
-        None => format!("file://{}?flush-interval=200ms", sink_dir.display()),
-        Some(port) => format!(
+    let sink_uri = match (args.sink, sink_port) {
+        (DemoSink::Mysql, Some(port)) => format!(
             "mysql://cdc:cdc@127.0.0.1:{port}/cdc?table={DEMO_CHANGEFEED}&flush-interval=200ms"
         ),
+        (DemoSink::Nats, Some(port)) => format!(
+            "nats://127.0.0.1:{port}/cdc?stream=CDC&create-stream=true&flush-interval=200ms"
+        ),
+        _ => format!("file://{}?flush-interval=200ms", sink_dir.display()),
     };
 
     let mut addresses = Vec::new();
@@ -284,15 +301,19 @@ fn start(
         out,
         "  etcdctl --endpoints {etcd_url} put {DEMO_PREFIX}hello world    # a change to replicate"
     )?;
-    match mysql_port {
-        None => writeln!(
+    match (args.sink, sink_port) {
+        (DemoSink::Mysql, Some(port)) => writeln!(
+            out,
+            "  mariadb -h 127.0.0.1 -P {port} -u cdc -pcdc cdc -e 'SELECT k, v, revision FROM {DEMO_CHANGEFEED}'    # one row per key"
+        )?,
+        (DemoSink::Nats, Some(port)) => writeln!(
+            out,
+            "  nats -s nats://127.0.0.1:{port} stream view CDC    # the changes on cdc.{DEMO_CHANGEFEED}, one JSON message each (the nats CLI)"
+        )?,
+        _ => writeln!(
             out,
             "  tail -F {}/{DEMO_CHANGEFEED}/*.jsonl    # the changes, one JSON line each",
             sink_dir.display()
-        )?,
-        Some(port) => writeln!(
-            out,
-            "  mariadb -h 127.0.0.1 -P {port} -u cdc -pcdc cdc -e 'SELECT k, v, revision FROM {DEMO_CHANGEFEED}'    # one row per key"
         )?,
     }
     writeln!(out, "  curl -s http://{}/api/v2/captures", addresses[0])?;
