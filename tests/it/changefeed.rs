@@ -8,6 +8,7 @@
 
 mod dataplane;
 mod memory;
+mod mysql;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;

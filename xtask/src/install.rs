@@ -37,17 +37,35 @@ const TOOLS: &[Tool] = &[
         package: "systemd",
         env_override: "CDC_SYSTEMD_ANALYZE_BIN",
     },
+    // The MySQL sink's tests, benchmark and `run-cluster --sink mysql` start their own
+    // `mariadbd` on a data directory made by `mariadb-install-db`; Debian's package also
+    // installs a system service, which nothing here uses.
+    Tool {
+        binary: "mariadbd",
+        package: "mariadb-server",
+        env_override: "CDC_MARIADBD_BIN",
+    },
+    Tool {
+        binary: "nats-server",
+        package: "nats-server",
+        env_override: "CDC_NATS_SERVER_BIN",
+    },
 ];
 
+/// Whether `binary` is on the `PATH`, or in `/usr/sbin` where Debian puts daemons such as
+/// `mariadbd` and `nats-server` (not on a user's `PATH`).
 fn on_path(binary: &str) -> bool {
     Command::new("sh")
-        .args(["-c", &format!("command -v {binary}")])
+        .args([
+            "-c",
+            &format!("command -v {binary} || test -x /usr/sbin/{binary}"),
+        ])
         .output()
         .map(|out| out.status.success())
         .unwrap_or(false)
 }
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()
@@ -55,7 +73,7 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-/// Makes sure protoc, etcd, etcdctl and systemd-analyze are present, installing the missing ones with apt-get
+/// Makes sure protoc, etcd, etcdctl, systemd-analyze, mariadbd and nats-server are present, installing the missing ones with apt-get
 /// when running as root, and otherwise failing with the exact command to run.
 #[allow(
     clippy::print_stderr,

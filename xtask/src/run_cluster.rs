@@ -1,9 +1,10 @@
 //! `cargo xtask run-cluster`: a local etcd and N captures on free loopback ports, logs streamed
 //! with a prefix, a demo changefeed (prefix `/demo/` into a file sink under the cluster's
-//! directory), everything stopped and cleaned up on Ctrl-C. With `--tls`, a throwaway CA and
-//! certificates (rcgen) under the cluster's directory, etcd on `https://` with
-//! `--client-cert-auth`, and captures with mutual TLS (`docs/security.md`); requests go through
-//! curl with the client certificate.
+//! directory, or with `--sink mysql` into a table of a `mariadbd` started for it, or with
+//! `--sink nats` into a JetStream stream of a `nats-server -js` started for it), everything
+//! stopped and cleaned up on Ctrl-C. With `--tls`, a throwaway CA and certificates (rcgen)
+//! under the cluster's directory, etcd on `https://` with `--client-cert-auth`, and captures
+//! with mutual TLS (`docs/security.md`); requests go through curl with the client certificate.
 #![allow(
     clippy::print_stderr,
     clippy::disallowed_methods,
@@ -43,6 +44,10 @@ pub(crate) struct Args {
     /// Where etcd's data and the captures' files go (removed on exit); default `target/cluster`.
     #[arg(long)]
     cluster_dir: Option<PathBuf>,
+    /// Where the demo changefeed writes: files under the cluster's directory, or a table of a
+    /// MariaDB server started for the cluster (its own data directory and port).
+    #[arg(long, value_enum, default_value_t = DemoSink::File)]
+    sink: DemoSink,
     /// Generate a throwaway CA and certificates, and run etcd and the captures with mutual TLS.
     #[arg(long)]
     tls: bool,
@@ -112,6 +117,18 @@ impl TlsFiles {
             self.client.1.display()
         )
     }
+}
+
+/// The demo changefeed's sink.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum DemoSink {
+    /// `file://<cluster dir>/sink`.
+    File,
+    /// `mysql://cdc:cdc@127.0.0.1:<port>/cdc?table=demo` on a `mariadbd` of the cluster's own.
+    Mysql,
+    /// `nats://127.0.0.1:<port>/cdc?stream=CDC&create-stream=true` on a `nats-server -js` of the
+    /// cluster's own.
+    Nats,
 }
 
 struct Process {
@@ -270,6 +287,37 @@ fn start(
         }
     };
 
+    // The database before the captures, so that it stops after them.
+    let sink_port = match args.sink {
+        DemoSink::File => None,
+        DemoSink::Mysql => {
+            let port = free_port()?;
+            processes.push(start_mariadb(&cluster_dir.join("mariadb"), port)?);
+            wait_tcp(port, Duration::from_secs(60), signals).context("wait for mariadbd")?;
+            Some(port)
+        }
+        DemoSink::Nats => {
+            let port = free_port()?;
+            let mut command = Command::new(find_binary("CDC_NATS_SERVER_BIN", "nats-server"));
+            command
+                .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+                .arg(cluster_dir.join("nats"));
+            processes.push(spawn("nats", command)?);
+            wait_tcp(port, Duration::from_secs(30), signals).context("wait for nats-server")?;
+            Some(port)
+        }
+    };
+    let sink_dir = cluster_dir.join("sink");
+    let sink_uri = match (args.sink, sink_port) {
+        (DemoSink::Mysql, Some(port)) => format!(
+            "mysql://cdc:cdc@127.0.0.1:{port}/cdc?table={DEMO_CHANGEFEED}&flush-interval=200ms"
+        ),
+        (DemoSink::Nats, Some(port)) => format!(
+            "nats://127.0.0.1:{port}/cdc?stream=CDC&create-stream=true&flush-interval=200ms"
+        ),
+        _ => format!("file://{}?flush-interval=200ms", sink_dir.display()),
+    };
+
     let mut addresses = Vec::new();
     for node in 1..=args.nodes {
         let port = free_port()?;
@@ -301,8 +349,7 @@ fn start(
     let owner = wait_owner(&addresses, Duration::from_secs(30), tls, signals)?;
     // The demo changefeed, created through a capture that forwards it to the owner as users'
     // requests are. A failure is reported, not fatal: the cluster stays up for inspection.
-    let sink_dir = cluster_dir.join("sink");
-    let demo = match create_demo_changefeed(&addresses[0], &sink_dir, tls, signals) {
+    let demo = match create_demo_changefeed(&addresses[0], &sink_dir, &sink_uri, tls, signals) {
         Err(err) if err.is::<Interrupted>() => return Err(err),
         other => other,
     };
@@ -332,8 +379,7 @@ fn start(
     match &demo {
         Ok(()) => writeln!(
             out,
-            "run-cluster: changefeed {DEMO_CHANGEFEED} follows {DEMO_PREFIX} into file://{}",
-            sink_dir.display()
+            "run-cluster: changefeed {DEMO_CHANGEFEED} follows {DEMO_PREFIX} into {sink_uri}"
         )?,
         Err(err) => writeln!(
             out,
@@ -361,11 +407,21 @@ fn start(
         out,
         "  {etcdctl} put {DEMO_PREFIX}hello world    # a change to replicate"
     )?;
-    writeln!(
-        out,
-        "  tail -F {}/{DEMO_CHANGEFEED}/*.jsonl    # the changes, one JSON line each",
-        sink_dir.display()
-    )?;
+    match (args.sink, sink_port) {
+        (DemoSink::Mysql, Some(port)) => writeln!(
+            out,
+            "  mariadb -h 127.0.0.1 -P {port} -u cdc -pcdc cdc -e 'SELECT k, v, revision FROM {DEMO_CHANGEFEED}'    # one row per key"
+        )?,
+        (DemoSink::Nats, Some(port)) => writeln!(
+            out,
+            "  nats -s nats://127.0.0.1:{port} stream view CDC    # the changes on cdc.{DEMO_CHANGEFEED}, one JSON message each (the nats CLI)"
+        )?,
+        _ => writeln!(
+            out,
+            "  tail -F {}/{DEMO_CHANGEFEED}/*.jsonl    # the changes, one JSON line each",
+            sink_dir.display()
+        )?,
+    }
     writeln!(out, "  {curl} {http}://{}/api/v2/captures", addresses[0])?;
     writeln!(out, "  {etcdctl} get --prefix /tidb/cdc")?;
     let last = processes
@@ -540,10 +596,70 @@ fn http_request(
 const DEMO_CHANGEFEED: &str = "demo";
 const DEMO_PREFIX: &str = "/demo/";
 
+/// A binary on the `PATH` or in `/usr/sbin` (where Debian puts `mariadbd`).
+fn find_binary(env: &str, name: &str) -> PathBuf {
+    if let Some(path) = std::env::var_os(env) {
+        return PathBuf::from(path);
+    }
+    let search = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&search)
+        .chain([PathBuf::from("/usr/sbin")])
+        .map(|dir| dir.join(name))
+        .find(|path| path.is_file())
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
+/// Initialises `dir` with `mariadb-install-db` and starts `mariadbd` on `port` of 127.0.0.1,
+/// with a user `cdc` (password `cdc`) and a database `cdc`; no system service is involved.
+fn start_mariadb(dir: &Path, port: u16) -> Result<Process> {
+    let data = dir.join("data");
+    let tmp = dir.join("tmp");
+    std::fs::create_dir_all(&tmp).with_context(|| format!("create {}", tmp.display()))?;
+    let root = install::is_root();
+    let mut install = Command::new(find_binary(
+        "CDC_MARIADB_INSTALL_DB_BIN",
+        "mariadb-install-db",
+    ));
+    install
+        .arg("--no-defaults")
+        .arg(format!("--datadir={}", data.display()))
+        .arg(format!("--tmpdir={}", tmp.display()))
+        .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
+        .args(["--skip-name-resolve", "--innodb-log-file-size=8M"]);
+    if root {
+        install.arg("--user=root");
+    }
+    run_checked(install.stdout(Stdio::null())).context("mariadb-install-db")?;
+    let init = dir.join("init.sql");
+    std::fs::write(
+        &init,
+        "CREATE USER IF NOT EXISTS 'cdc'@'%' IDENTIFIED BY 'cdc';\n\
+         GRANT ALL PRIVILEGES ON *.* TO 'cdc'@'%';\n\
+         CREATE DATABASE IF NOT EXISTS cdc;\n",
+    )?;
+    let mut command = Command::new(find_binary("CDC_MARIADBD_BIN", "mariadbd"));
+    command
+        .arg("--no-defaults")
+        .arg(format!("--datadir={}", data.display()))
+        .arg(format!("--tmpdir={}", tmp.display()))
+        .arg(format!("--port={port}"))
+        .arg("--bind-address=127.0.0.1")
+        .arg(format!("--socket={}", dir.join("mariadbd.sock").display()))
+        .arg(format!("--pid-file={}", dir.join("mariadbd.pid").display()))
+        .arg(format!("--init-file={}", init.display()))
+        .args(["--skip-name-resolve", "--innodb-log-file-size=8M"])
+        .args(["--innodb-buffer-pool-size=64M", "--performance-schema=OFF"]);
+    if root {
+        command.arg("--user=root");
+    }
+    spawn("mariadb", command)
+}
+
 /// Creates the demo changefeed (the owner may need a moment after its election to serve).
 fn create_demo_changefeed(
     address: &str,
     sink_dir: &Path,
+    sink_uri: &str,
     tls: Option<&TlsFiles>,
     signals: &mpsc::Receiver<Signal>,
 ) -> Result<()> {
@@ -551,7 +667,7 @@ fn create_demo_changefeed(
         .with_context(|| format!("create {}", sink_dir.display()))?;
     let body = serde_json::json!({
         "changefeed_id": DEMO_CHANGEFEED,
-        "sink_uri": format!("file://{}?flush-interval=200ms", sink_dir.display()),
+        "sink_uri": sink_uri,
         "replica_config": {"filter": {"rules": [DEMO_PREFIX]}},
     })
     .to_string();

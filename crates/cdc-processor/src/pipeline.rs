@@ -201,6 +201,8 @@ impl SinkFactory for UriSinks {
             changefeed: &changefeed,
             span: &span_name,
             source_prefix: self.source_prefix(span),
+            start_key: &span.start_key,
+            end_key: &span.end_key,
         };
         AnySink::open(&self.uri, target, &self.shared).await
     }

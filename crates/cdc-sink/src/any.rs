@@ -10,6 +10,8 @@ use crate::blackhole::{BlackholeSink, BlackholeStats};
 use crate::error::Result;
 use crate::etcd::EtcdSink;
 use crate::file::FileSink;
+use crate::mysql::MysqlSink;
+use crate::nats::NatsSink;
 use crate::sink::Sink;
 use crate::uri::{SinkConfig, SinkUri};
 
@@ -23,14 +25,19 @@ pub struct SpanTarget<'a> {
     /// The changefeed rule (key prefix) the span was cut from; the etcd sink replaces it by its
     /// own prefix.
     pub source_prefix: &'a [u8],
+    /// The span's first key.
+    pub start_key: &'a [u8],
+    /// The key after the span's last (empty: unbounded).
+    pub end_key: &'a [u8],
 }
 
 /// What the sinks of one changefeed on one capture share: the blackhole counters and the
-/// connection to a downstream etcd, made by the first span that needs it.
+/// connection to a downstream etcd or NATS server, made by the first span that needs it.
 #[derive(Debug, Default)]
 pub struct SharedSinks {
     blackhole_stats: Arc<BlackholeStats>,
     etcd: Mutex<Option<EtcdClient>>,
+    nats: Mutex<Option<async_nats::Client>>,
 }
 
 impl SharedSinks {
@@ -49,6 +56,10 @@ pub enum AnySink {
     File(Box<FileSink>),
     /// `etcd://host:port/prefix`.
     Etcd(Box<EtcdSink>),
+    /// `mysql://user:password@host:port/database?table=name`.
+    Mysql(Box<MysqlSink>),
+    /// `nats://host:port/subject?stream=name`.
+    Nats(Box<NatsSink>),
 }
 
 impl AnySink {
@@ -83,6 +94,26 @@ impl AnySink {
                     target.source_prefix.to_vec(),
                 ))))
             }
+            SinkConfig::Mysql(config) => Ok(AnySink::Mysql(Box::new(
+                MysqlSink::open(config, target.changefeed, target.start_key, target.end_key)
+                    .await?,
+            ))),
+            SinkConfig::Nats(config) => {
+                let client = {
+                    let mut nats = shared.nats.lock().await;
+                    match &*nats {
+                        Some(client) => client.clone(),
+                        None => {
+                            let client = NatsSink::connect(config).await?;
+                            *nats = Some(client.clone());
+                            client
+                        }
+                    }
+                };
+                Ok(AnySink::Nats(Box::new(
+                    NatsSink::open(client, config, target.changefeed).await?,
+                )))
+            }
         }
     }
 }
@@ -93,6 +124,8 @@ impl Sink for AnySink {
             AnySink::Blackhole(sink) => sink.write(events).await,
             AnySink::File(sink) => sink.write(events).await,
             AnySink::Etcd(sink) => sink.write(events).await,
+            AnySink::Mysql(sink) => sink.write(events).await,
+            AnySink::Nats(sink) => sink.write(events).await,
         }
     }
 
@@ -101,6 +134,8 @@ impl Sink for AnySink {
             AnySink::Blackhole(sink) => sink.flush().await,
             AnySink::File(sink) => sink.flush().await,
             AnySink::Etcd(sink) => sink.flush().await,
+            AnySink::Mysql(sink) => sink.flush().await,
+            AnySink::Nats(sink) => sink.flush().await,
         }
     }
 
@@ -109,6 +144,8 @@ impl Sink for AnySink {
             AnySink::Blackhole(sink) => sink.close().await,
             AnySink::File(sink) => sink.close().await,
             AnySink::Etcd(sink) => sink.close().await,
+            AnySink::Mysql(sink) => sink.close().await,
+            AnySink::Nats(sink) => sink.close().await,
         }
     }
 }

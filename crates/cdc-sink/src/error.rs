@@ -56,6 +56,74 @@ pub enum Error {
         #[source]
         source: Box<cdc_etcd::Error>,
     },
+    /// A call to the downstream MySQL or MariaDB failed; the cause carries the server's message.
+    #[error("[CDC:ErrMySQLTxnError]{op} on mysql {address}")]
+    Mysql {
+        /// The call.
+        op: &'static str,
+        /// The server, `host:port`.
+        address: String,
+        /// The cause.
+        #[source]
+        source: Box<sqlx::Error>,
+    },
+    /// A call to the downstream MySQL or MariaDB did not answer in time.
+    #[error("[CDC:ErrMySQLTxnError]{op} on mysql {address} did not answer within {timeout:?}")]
+    MysqlTimeout {
+        /// The call.
+        op: &'static str,
+        /// The server, `host:port`.
+        address: String,
+        /// The deadline.
+        timeout: std::time::Duration,
+    },
+    /// A call to the downstream NATS server failed.
+    #[error("[CDC:ErrNatsSinkFailed]{op} on nats {address}")]
+    Nats {
+        /// The call.
+        op: &'static str,
+        /// The server, `host:port`.
+        address: String,
+        /// The cause.
+        #[source]
+        source: async_nats::Error,
+    },
+    /// The JetStream stream is missing and the URI does not ask to create it.
+    #[error(
+        "[CDC:ErrNatsSinkFailed]stream {stream:?} does not exist on nats {address} (create it with subjects {subject}.>, or add create-stream=true to the sink uri)"
+    )]
+    NatsStreamMissing {
+        /// The server.
+        address: String,
+        /// The stream.
+        stream: String,
+        /// The sink's subject.
+        subject: String,
+    },
+    /// The JetStream stream does not take the sink's subject.
+    #[error(
+        "[CDC:ErrNatsSinkFailed]stream {stream:?} on nats {address} does not cover subject {subject:?} (its subjects are {subjects:?})"
+    )]
+    NatsStreamMismatch {
+        /// The server.
+        address: String,
+        /// The stream.
+        stream: String,
+        /// The subject the sink publishes to.
+        subject: String,
+        /// The stream's subjects.
+        subjects: Vec<String>,
+    },
+    /// A publish was not acknowledged in time.
+    #[error("[CDC:ErrNatsSinkFailed]{op} on nats {address} did not finish within {timeout:?}")]
+    NatsTimeout {
+        /// The call.
+        op: &'static str,
+        /// The server.
+        address: String,
+        /// The deadline.
+        timeout: std::time::Duration,
+    },
     /// A file operation failed.
     #[error("[CDC:ErrFileSinkFileOp]{op} {path}")]
     Io {
@@ -83,8 +151,30 @@ impl Error {
             // per transaction, a value too large) will be refused again.
             Error::Etcd { source, .. } => source.is_retryable(),
             Error::Io { .. } => true,
+            Error::Mysql { source, .. } => mysql_retryable(source),
+            Error::MysqlTimeout { .. } => true,
+            // A server that is down comes back; a stream may be created or changed meanwhile.
+            Error::Nats { .. } => true,
+            Error::NatsStreamMissing { .. } => true,
+            Error::NatsStreamMismatch { .. } => true,
+            Error::NatsTimeout { .. } => true,
         }
     }
+}
+
+/// Whether a MySQL error may pass: a lost connection, a pool timeout, a deadlock, a lock wait
+/// timeout or a server that is starting; a refused login or statement is worth a retry too, as an
+/// operator may fix the grant, the database or the server's limits while the changefeed waits.
+pub(crate) fn mysql_retryable(error: &sqlx::Error) -> bool {
+    !matches!(
+        error,
+        sqlx::Error::Configuration(_)
+            | sqlx::Error::ColumnDecode { .. }
+            | sqlx::Error::Decode(_)
+            | sqlx::Error::TypeNotFound { .. }
+            | sqlx::Error::ColumnIndexOutOfBounds { .. }
+            | sqlx::Error::ColumnNotFound(_)
+    )
 }
 
 /// The result type of this crate.

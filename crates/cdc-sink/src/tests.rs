@@ -5,8 +5,8 @@ use std::time::Duration;
 use cdc_model::ChangeEvent;
 
 use crate::{
-    BlackholeSink, Error, EtcdSinkConfig, FileSink, FileSinkConfig, Sink, SinkConfig, SinkKind,
-    SinkUri, file_name, json_line,
+    BlackholeSink, Error, EtcdSinkConfig, FileSink, FileSinkConfig, MysqlSinkConfig, Sink,
+    SinkConfig, SinkKind, SinkUri, Tombstones, file_name, json_line,
 };
 
 #[test]
@@ -184,6 +184,8 @@ fn target(span: &str) -> crate::SpanTarget<'_> {
         changefeed: "cf",
         span,
         source_prefix: b"/src/",
+        start_key: b"/src/",
+        end_key: b"/src0",
     }
 }
 
@@ -325,4 +327,88 @@ async fn etcd_sink_cuts_transactions_by_size() {
     let client = server.client().await.unwrap();
     assert_eq!(dump(&client, b"/dst/").await.len(), 300);
     sink.close().await.unwrap();
+}
+
+#[test]
+fn mysql_uri_is_parsed() {
+    let uri = SinkUri::parse(
+        "mysql://writer:p%40ss@127.0.0.1:3306/cdc?table=kv&batch-size=100&tombstones=purge-after=1h&flush-interval=200ms",
+    )
+    .unwrap();
+    assert_eq!(uri.kind(), SinkKind::Mysql);
+    assert_eq!(uri.flush_interval(), Duration::from_millis(200));
+    assert_eq!(
+        uri.config,
+        SinkConfig::Mysql(MysqlSinkConfig {
+            host: "127.0.0.1".to_owned(),
+            port: 3306,
+            user: "writer".to_owned(),
+            password: "p@ss".to_owned(),
+            database: "cdc".to_owned(),
+            table: "kv".to_owned(),
+            batch_size: 100,
+            tombstones: Tombstones::PurgeAfter(Duration::from_secs(3600)),
+            flush_interval: Duration::from_millis(200),
+        })
+    );
+    let SinkConfig::Mysql(config) = SinkUri::parse("mysql://u@h:1/d?table=t").unwrap().config
+    else {
+        panic!("not a mysql sink")
+    };
+    assert_eq!(config.tombstones, Tombstones::Keep);
+    assert_eq!(config.batch_size, crate::DEFAULT_MYSQL_BATCH_SIZE);
+    assert!(!format!("{config:?}").contains("p@ss"));
+    let SinkConfig::Mysql(config) = SinkUri::parse("mysql://u:secret@h:1/d?table=t")
+        .unwrap()
+        .config
+    else {
+        panic!("not a mysql sink")
+    };
+    assert!(!format!("{config:?}").contains("secret"));
+
+    for (bad, named) in [
+        ("mysql://u@h:1/d", "table"),
+        ("mysql://u@h:1/d?table=a-b", "table"),
+        ("mysql://u@h:1/?table=t", "database"),
+        ("mysql://u@h/d?table=t", "host:port"),
+        ("mysql://u@h:1/d?table=t&batch-size=0", "batch-size"),
+        ("mysql://u@h:1/d?table=t&tombstones=never", "tombstones"),
+        (
+            "mysql://u@h:1/d?table=t&tombstones=purge-after=1",
+            "tombstones",
+        ),
+        ("mysql://u@h:1/d?table=t&prefix=x", "prefix"),
+    ] {
+        let err = SinkUri::parse(bad).unwrap_err();
+        assert!(err.to_string().contains(named), "{bad}: {err}");
+        assert!(!err.is_retryable());
+    }
+}
+
+#[test]
+fn nats_uri_is_parsed() {
+    let uri = SinkUri::parse("nats://127.0.0.1:4222/cdc.changes?stream=CHANGES&create-stream=true")
+        .unwrap();
+    assert_eq!(uri.kind(), SinkKind::Nats);
+    assert_eq!(
+        uri.config,
+        SinkConfig::Nats(crate::NatsSinkConfig {
+            address: "127.0.0.1:4222".to_owned(),
+            subject: "cdc.changes".to_owned(),
+            stream: "CHANGES".to_owned(),
+            create_stream: true,
+            flush_interval: Duration::from_secs(1),
+        })
+    );
+    for (bad, named) in [
+        ("nats://h:1/cdc", "stream"),
+        ("nats://h:1/?stream=S", "subject"),
+        ("nats://h:1/cdc.*?stream=S", "subject"),
+        ("nats://h/cdc?stream=S", "host:port"),
+        ("nats://h:1/cdc?stream=S&create-stream=yes", "create-stream"),
+        ("nats://h:1/cdc?stream=S&table=t", "table"),
+    ] {
+        let err = SinkUri::parse(bad).unwrap_err();
+        assert!(err.to_string().contains(named), "{bad}: {err}");
+    }
 }

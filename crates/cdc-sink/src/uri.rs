@@ -3,9 +3,13 @@
 //! `blackhole://` takes no parameters. `file:///dir` takes `max-file-size` (bytes, or with a
 //! unit `KB`, `KiB`, `MB`, `MiB`, `GB`, `GiB`; default 64 MiB) and `flush-interval`.
 //! `etcd://host:port[,host:port]/prefix` takes `batch-size` (1 to 128, etcd's default limit of
-//! operations per transaction; default 128) and `flush-interval`. `flush-interval` is a number
-//! with a unit `ms`, `s` or `m` (default 1 s). A parameter given twice, or one the scheme does
-//! not know, is an error naming it.
+//! operations per transaction; default 128) and `flush-interval`.
+//! `mysql://user:password@host:port/database?table=name` takes `table` (required), `batch-size`
+//! (rows per statement, 1 to 4096; default 512), `tombstones` (`keep`, the default, or
+//! `purge-after=<duration>`) and `flush-interval`. `nats://host:port/subject?stream=name` takes
+//! `stream` (required), `create-stream` (`true` or `false`, the default) and `flush-interval`. `flush-interval` is a number with a unit `ms`,
+//! `s`, `m` or `h` (default 1 s). A parameter given twice, or one the scheme does not know, is an
+//! error naming it.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -21,6 +25,10 @@ pub enum SinkKind {
     File,
     /// `etcd://host:port/prefix`: a mirror in another etcd.
     Etcd,
+    /// `mysql://user:password@host:port/database?table=name`: a table in MySQL or MariaDB.
+    Mysql,
+    /// `nats://host:port/subject?stream=name`: messages in a NATS JetStream stream.
+    Nats,
 }
 
 impl SinkKind {
@@ -30,6 +38,8 @@ impl SinkKind {
             SinkKind::Blackhole => "blackhole",
             SinkKind::File => "file",
             SinkKind::Etcd => "etcd",
+            SinkKind::Mysql => "mysql",
+            SinkKind::Nats => "nats",
         }
     }
 }
@@ -59,6 +69,79 @@ pub struct EtcdSinkConfig {
     pub flush_interval: Duration,
 }
 
+/// What the MySQL sink does with the row of a deleted key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tombstones {
+    /// `keep`: the row stays, its value NULL, with the delete's revision, so that no replay can
+    /// resurrect the key; the table keeps a row per key ever written.
+    Keep,
+    /// `purge-after=<duration>`: a tombstone is deleted once its span has flushed changes this
+    /// long after it; a replay reaching back further than that may resurrect the key until it
+    /// replays the delete again.
+    PurgeAfter(Duration),
+}
+
+/// The settings of a `mysql://` sink.
+#[derive(Clone, PartialEq, Eq)]
+pub struct MysqlSinkConfig {
+    /// The server's host.
+    pub host: String,
+    /// The server's port.
+    pub port: u16,
+    /// The user.
+    pub user: String,
+    /// The password (empty for none).
+    pub password: String,
+    /// The database.
+    pub database: String,
+    /// The table, created when missing.
+    pub table: String,
+    /// Rows per statement.
+    pub batch_size: usize,
+    /// What happens to the rows of deleted keys.
+    pub tombstones: Tombstones,
+    /// How often the pipeline flushes.
+    pub flush_interval: Duration,
+}
+
+impl MysqlSinkConfig {
+    /// `host:port`, for messages.
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+impl std::fmt::Debug for MysqlSinkConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MysqlSinkConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .field("database", &self.database)
+            .field("table", &self.table)
+            .field("batch_size", &self.batch_size)
+            .field("tombstones", &self.tombstones)
+            .field("flush_interval", &self.flush_interval)
+            .finish()
+    }
+}
+
+/// The settings of a `nats://` sink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatsSinkConfig {
+    /// The server, `host:port`.
+    pub address: String,
+    /// The subject prefix: changes go to `<subject>.<changefeed>`.
+    pub subject: String,
+    /// The JetStream stream that takes the subject.
+    pub stream: String,
+    /// Whether to create the stream (subjects `<subject>.>`) when it is missing.
+    pub create_stream: bool,
+    /// How often the pipeline flushes.
+    pub flush_interval: Duration,
+}
+
 /// A sink's settings, by scheme.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SinkConfig {
@@ -68,6 +151,10 @@ pub enum SinkConfig {
     File(FileSinkConfig),
     /// `etcd://host:port/prefix`.
     Etcd(EtcdSinkConfig),
+    /// `mysql://user:password@host:port/database?table=name`.
+    Mysql(MysqlSinkConfig),
+    /// `nats://host:port/subject?stream=name`.
+    Nats(NatsSinkConfig),
 }
 
 /// A parsed and validated sink URI.
@@ -83,6 +170,8 @@ pub struct SinkUri {
 pub const DEFAULT_MAX_FILE_SIZE: u64 = 64 << 20;
 /// The default `batch-size` of the etcd sink: etcd's default `--max-txn-ops`.
 pub const DEFAULT_BATCH_SIZE: usize = 128;
+/// The default `batch-size` of the MySQL sink: rows per statement.
+pub const DEFAULT_MYSQL_BATCH_SIZE: usize = 512;
 /// The default `flush-interval`.
 pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -175,6 +264,22 @@ impl SinkUri {
                     flush_interval: flush_interval(&parameters)?,
                 })
             }
+            "mysql" => {
+                check_known(
+                    &scheme_lower,
+                    &parameters,
+                    &["table", "batch-size", "tombstones", "flush-interval"],
+                )?;
+                SinkConfig::Mysql(parse_mysql(uri, location, &parameters)?)
+            }
+            "nats" => {
+                check_known(
+                    &scheme_lower,
+                    &parameters,
+                    &["stream", "create-stream", "flush-interval"],
+                )?;
+                SinkConfig::Nats(parse_nats(uri, location, &parameters)?)
+            }
             _ => {
                 return Err(Error::UnknownScheme {
                     scheme: scheme.to_owned(),
@@ -193,6 +298,8 @@ impl SinkUri {
             SinkConfig::Blackhole => SinkKind::Blackhole,
             SinkConfig::File(_) => SinkKind::File,
             SinkConfig::Etcd(_) => SinkKind::Etcd,
+            SinkConfig::Mysql(_) => SinkKind::Mysql,
+            SinkConfig::Nats(_) => SinkKind::Nats,
         }
     }
 
@@ -202,8 +309,173 @@ impl SinkUri {
             SinkConfig::Blackhole => DEFAULT_FLUSH_INTERVAL,
             SinkConfig::File(file) => file.flush_interval,
             SinkConfig::Etcd(etcd) => etcd.flush_interval,
+            SinkConfig::Mysql(mysql) => mysql.flush_interval,
+            SinkConfig::Nats(nats) => nats.flush_interval,
         }
     }
+}
+
+/// The settings of `nats://host:port/subject?stream=name`.
+fn parse_nats(
+    uri: &str,
+    location: &str,
+    parameters: &[(String, String)],
+) -> Result<NatsSinkConfig> {
+    let bad = |reason: &'static str| Error::InvalidUri {
+        uri: uri.to_owned(),
+        reason,
+    };
+    let (address, subject) = location.split_once('/').unwrap_or((location, ""));
+    if !valid_host_port(address) {
+        return Err(bad("must name the server as host:port"));
+    }
+    let subject = subject.trim_end_matches('/');
+    let valid_subject = !subject.is_empty()
+        && subject.split('.').all(|token| {
+            !token.is_empty()
+                && token != "*"
+                && token != ">"
+                && token
+                    .bytes()
+                    .all(|byte| byte.is_ascii_graphic() && byte != b'*' && byte != b'>')
+        });
+    if !valid_subject {
+        return Err(bad(
+            "must name a subject of dot-separated tokens without wildcards (nats://host:port/subject)",
+        ));
+    }
+    let stream = match parameter(parameters, "stream") {
+        Some(stream)
+            if !stream.is_empty()
+                && stream
+                    .bytes()
+                    .all(|byte| byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-') =>
+        {
+            stream.to_owned()
+        }
+        Some(stream) => {
+            return Err(invalid(
+                "stream",
+                stream,
+                "must be letters, digits, '_' and '-'",
+            ));
+        }
+        None => return Err(bad("names no stream (?stream=name)")),
+    };
+    let create_stream = match parameter(parameters, "create-stream") {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(value) => return Err(invalid("create-stream", value, "must be true or false")),
+    };
+    Ok(NatsSinkConfig {
+        address: address.to_owned(),
+        subject: subject.to_owned(),
+        stream,
+        create_stream,
+        flush_interval: flush_interval(parameters)?,
+    })
+}
+
+/// The settings of `mysql://user:password@host:port/database?table=name`.
+fn parse_mysql(
+    uri: &str,
+    location: &str,
+    parameters: &[(String, String)],
+) -> Result<MysqlSinkConfig> {
+    let bad = |reason: &'static str| Error::InvalidUri {
+        uri: uri.to_owned(),
+        reason,
+    };
+    let (credentials, rest) = match location.rsplit_once('@') {
+        Some((credentials, rest)) => (Some(credentials), rest),
+        None => (None, location),
+    };
+    let (user, password) = match credentials {
+        None => ("root".to_owned(), String::new()),
+        Some(credentials) => {
+            let (user, password) = credentials.split_once(':').unwrap_or((credentials, ""));
+            (
+                String::from_utf8(percent_decode(user, "user")?)
+                    .map_err(|_| bad("has a user that is not UTF-8"))?,
+                String::from_utf8(percent_decode(password, "password")?)
+                    .map_err(|_| bad("has a password that is not UTF-8"))?,
+            )
+        }
+    };
+    if user.is_empty() {
+        return Err(bad(
+            "names no user (mysql://user:password@host:port/database)",
+        ));
+    }
+    let (host_port, database) = rest.split_once('/').unwrap_or((rest, ""));
+    let database = database.trim_end_matches('/');
+    if !valid_host_port(host_port) {
+        return Err(bad("must name the server as host:port"));
+    }
+    let (host, port) = host_port.rsplit_once(':').unwrap_or((host_port, ""));
+    let port = port
+        .parse::<u16>()
+        .map_err(|_| bad("must name the server as host:port"))?;
+    if database.is_empty() || !valid_identifier(database) {
+        return Err(bad(
+            "must name a database of letters, digits, '_' and '$' (mysql://host:port/database)",
+        ));
+    }
+    let table = match parameter(parameters, "table") {
+        Some(table) if valid_identifier(table) => table.to_owned(),
+        Some(table) => {
+            return Err(invalid(
+                "table",
+                table,
+                "must be letters, digits, '_' and '$', at most 64",
+            ));
+        }
+        None => return Err(bad("names no table (?table=name)")),
+    };
+    let batch_size = match parameter(parameters, "batch-size") {
+        None => DEFAULT_MYSQL_BATCH_SIZE,
+        Some(value) => match value.parse::<usize>() {
+            Ok(size) if (1..=4096).contains(&size) => size,
+            Ok(_) => return Err(invalid("batch-size", value, "must be between 1 and 4096")),
+            Err(_) => return Err(invalid("batch-size", value, "is not a number")),
+        },
+    };
+    let tombstones = match parameter(parameters, "tombstones") {
+        None | Some("keep") => Tombstones::Keep,
+        Some(value) => match value.strip_prefix("purge-after=") {
+            Some(after) => Tombstones::PurgeAfter(parse_duration("tombstones", after)?),
+            None => {
+                return Err(invalid(
+                    "tombstones",
+                    value,
+                    "must be keep or purge-after=<duration>",
+                ));
+            }
+        },
+    };
+    Ok(MysqlSinkConfig {
+        host: host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned(),
+        port,
+        user,
+        password,
+        database: database.to_owned(),
+        table,
+        batch_size,
+        tombstones,
+        flush_interval: flush_interval(parameters)?,
+    })
+}
+
+/// A MySQL name we quote without escaping: letters, digits, `_` and `$`, at most 64 bytes.
+fn valid_identifier(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'$')
 }
 
 /// Splits a query into decoded `(name, value)` pairs; a name given twice is an error.
@@ -296,7 +568,8 @@ fn parse_duration(parameter: &str, value: &str) -> Result<Duration> {
         "ms" => Duration::from_millis(number),
         "s" => Duration::from_secs(number),
         "m" => Duration::from_secs(number.saturating_mul(60)),
-        _ => return Err(invalid(parameter, value, "needs a unit ms, s or m")),
+        "h" => Duration::from_secs(number.saturating_mul(3600)),
+        _ => return Err(invalid(parameter, value, "needs a unit ms, s, m or h")),
     };
     if duration.is_zero() {
         return Err(invalid(parameter, value, "must be positive"));

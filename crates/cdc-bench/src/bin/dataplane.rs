@@ -14,6 +14,13 @@
 //! Usage: `cargo xtask bench dataplane [--keys N] [--sink-query QUERY] [--only-make-mirror]`.
 //! The last line is `dataplane/make-mirror throughput ratio=<x> lag_p99=<ms>ms`, x being (c)'s
 //! throughput over (a)'s and the lag (c)'s.
+//!
+//! `cargo xtask bench dataplane -- mysql [--keys N] [--sink-query QUERY]` runs case (c) into the
+//! etcd mirror and then into a MySQL table (the `mysql://` sink on a fresh `mariadbd`, its table
+//! created beforehand with an index on `revision` for the reader). The reader polls the rows
+//! changed after the changefeed's checkpoint (every row at or below it is committed), so a key's
+//! arrival is seen within a poll (about 50 ms) of its commit. The last line is
+//! `dataplane/mysql events_per_s=<n> lag_p99=<ms>ms etcd_mirror_events_per_s=<n> etcd_mirror_lag_p99=<ms>ms`.
 #![allow(clippy::print_stdout, reason = "a benchmark reports on stdout")]
 
 use std::collections::HashSet;
@@ -26,8 +33,11 @@ use anyhow::{Context, Result, bail};
 use cdc_bench::{ClusterNode, cpu_seconds, owner_address, request};
 use cdc_etcd::testing::EtcdServer;
 use cdc_etcd::{EtcdClient, GetOptions, WatchOptions};
+use cdc_sink::testing::MariaDb;
 use futures::stream::{self, StreamExt, TryStreamExt};
 use serde_json::json;
+use sqlx::Row as _;
+use sqlx::mysql::MySqlPool;
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
@@ -151,8 +161,73 @@ async fn measure(
     pids: &[u32],
 ) -> Result<Figures> {
     let epoch = Instant::now();
+    measure_with(
+        upstream,
+        keys,
+        pids,
+        epoch,
+        Box::pin(watch_arrivals(dest, keys, 1, epoch)),
+    )
+    .await
+}
+
+/// The rows of the MySQL table changed after the changefeed's checkpoint, polled until every
+/// key has arrived with a value of `round`; returns each key's lag and the last arrival.
+async fn mysql_arrivals(
+    pool: &MySqlPool,
+    owner: &str,
+    keys: usize,
+    round: u32,
+    epoch: Instant,
+) -> Result<(Vec<Duration>, Duration)> {
+    let http = reqwest::Client::new();
+    let mut since: u64 = 0;
+    let mut seen = HashSet::with_capacity(keys);
+    let mut lags = Vec::with_capacity(keys);
+    let mut last = Duration::ZERO;
+    let deadline = Instant::now() + CASE_DEADLINE;
+    while seen.len() < keys {
+        if Instant::now() > deadline {
+            bail!("{} of {keys} keys arrived in time", seen.len());
+        }
+        // Read before the rows: every change at or below it is committed.
+        let checkpoint =
+            match request(&http, owner, "GET", "/api/v2/changefeeds/mirror", None).await {
+                Ok((200, detail)) => detail["checkpoint_ts"].as_u64().unwrap_or(since),
+                _ => since,
+            };
+        let rows = sqlx::query("SELECT k, v FROM bench WHERE revision > ?")
+            .bind(since)
+            .fetch_all(pool)
+            .await?;
+        let now = epoch.elapsed();
+        for row in rows {
+            let key: Vec<u8> = row.try_get(0)?;
+            let value: Option<Vec<u8>> = row.try_get(1)?;
+            let Some((value_round, put_at)) = value.as_deref().and_then(parse_value) else {
+                continue;
+            };
+            if value_round == round && seen.insert(key) {
+                lags.push(now.saturating_sub(put_at));
+                last = now;
+            }
+        }
+        since = since.max(checkpoint);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok((lags, last))
+}
+
+/// Runs the measured round, whose arrivals `arrivals` sees, against a running mirror whose
+/// processes are `pids`.
+async fn measure_with(
+    upstream: &[String],
+    keys: usize,
+    pids: &[u32],
+    epoch: Instant,
+    arrivals: impl std::future::Future<Output = Result<(Vec<Duration>, Duration)>>,
+) -> Result<Figures> {
     let cpu_before: f64 = pids.iter().map(|&pid| cpu_seconds(pid)).sum();
-    let arrivals = watch_arrivals(dest, keys, 1, epoch);
     let writer = async {
         let first_put = epoch.elapsed();
         write(upstream, keys, 1, 1, epoch).await?;
@@ -244,16 +319,59 @@ async fn captures(
     sink_query: &str,
 ) -> Result<Figures> {
     let (upstream, dest, dest_client) = etcds(keys).await?;
+    let dest_host = dest.endpoint().trim_start_matches("http://").to_owned();
+    let sink_uri = format!("etcd://{dest_host}{DEST_PREFIX}{sink_query}");
+    let (nodes, _owner) = changefeed(binary, &upstream, captures, spans, &sink_uri).await?;
+    let pids: Vec<u32> = nodes.iter().filter_map(ClusterNode::pid).collect();
+    measure(&upstream.endpoints(), &dest_client, keys, &pids).await
+}
+
+/// Case (c) into the MySQL sink: `captures` capture processes, one changefeed of `spans` spans
+/// into table `bench` of a fresh `mariadbd`.
+async fn captures_mysql(
+    binary: &Path,
+    keys: usize,
+    captures: usize,
+    spans: usize,
+    sink_query: &str,
+) -> Result<Figures> {
+    let upstream = EtcdServer::start().await?;
+    write(&upstream.endpoints(), keys, SAMPLE_EVERY, 0, Instant::now()).await?;
+    let database = MariaDb::start().await?;
+    let pool = database.pool().await?;
+    sqlx::query(&cdc_sink::create_table_sql("bench"))
+        .execute(&pool)
+        .await?;
+    sqlx::query("CREATE INDEX by_revision ON bench (revision)")
+        .execute(&pool)
+        .await?;
+    let extra = sink_query.replacen('?', "&", 1);
+    let sink_uri = database.sink_uri("bench", &extra);
+    let (nodes, owner) = changefeed(binary, &upstream, captures, spans, &sink_uri).await?;
+    let pids: Vec<u32> = nodes.iter().filter_map(ClusterNode::pid).collect();
+    let epoch = Instant::now();
+    let arrivals = Box::pin(mysql_arrivals(&pool, &owner, keys, 1, epoch));
+    measure_with(&upstream.endpoints(), keys, &pids, epoch, arrivals).await
+}
+
+/// Starts `captures` capture processes on `upstream` and a changefeed `mirror` of `spans` spans
+/// over the prefix into `sink_uri`; returns once every span replicates, with the owner's address.
+async fn changefeed(
+    binary: &Path,
+    upstream: &EtcdServer,
+    captures: usize,
+    spans: usize,
+    sink_uri: &str,
+) -> Result<(Vec<ClusterNode>, String)> {
     let mut nodes = Vec::with_capacity(captures);
     for _ in 0..captures {
         nodes.push(ClusterNode::start(binary, &upstream.endpoint(), "bench", "", None).await?);
     }
     let http = cdc_bench::http_client_builder().build()?;
     let owner = owner_address(&nodes, Duration::from_secs(60)).await?;
-    let dest_host = dest.endpoint().trim_start_matches("http://").to_owned();
     let body = json!({
         "changefeed_id": "mirror",
-        "sink_uri": format!("etcd://{dest_host}{DEST_PREFIX}{sink_query}"),
+        "sink_uri": sink_uri,
         "replica_config": {
             "filter": {"rules": [PREFIX]},
             "scheduler": {"spans_per_prefix": spans},
@@ -280,8 +398,7 @@ async fn captures(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let pids: Vec<u32> = nodes.iter().filter_map(ClusterNode::pid).collect();
-    measure(&upstream.endpoints(), &dest_client, keys, &pids).await
+    Ok((nodes, owner))
 }
 
 fn report(name: &str, figures: &Figures) {
@@ -299,9 +416,12 @@ async fn main() -> Result<()> {
     let mut keys = 200_000;
     let mut sink_query = String::new();
     let mut only_make_mirror = false;
+    let mut mysql = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
+            "--" => {}
+            "mysql" => mysql = true,
             "--keys" => keys = args.next().context("--keys N")?.parse()?,
             "--sink-query" => {
                 sink_query = format!("?{}", args.next().context("--sink-query QUERY")?)
@@ -311,6 +431,27 @@ async fn main() -> Result<()> {
         }
     }
     let binary = cdc_bench::server_binary()?;
+    if mysql {
+        println!(
+            "dataplane: {keys} keys of {VALUE_LEN} B; 3 captures 6 spans into (c) the etcd mirror and (d) a MySQL table"
+        );
+        let c = Box::pin(captures(&binary, keys, 3, 6, &sink_query))
+            .await
+            .context("case (c) three captures into etcd")?;
+        report("3-captures-6-spans", &c);
+        let d = Box::pin(captures_mysql(&binary, keys, 3, 6, &sink_query))
+            .await
+            .context("case (d) three captures into mysql")?;
+        report("mysql-3-captures-6-spans", &d);
+        println!(
+            "dataplane/mysql events_per_s={:.0} lag_p99={}ms etcd_mirror_events_per_s={:.0} etcd_mirror_lag_p99={}ms",
+            d.events_per_s,
+            d.lag_p99.as_millis(),
+            c.events_per_s,
+            c.lag_p99.as_millis()
+        );
+        return Ok(());
+    }
     println!(
         "dataplane: {keys} keys of {VALUE_LEN} B; (a) make-mirror, (b) 1 capture 1 span, (c) 3 captures 6 spans"
     );
