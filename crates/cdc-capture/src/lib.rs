@@ -39,6 +39,6 @@ pub use http::{FORWARD_HEADER, FORWARD_TIMES_HEADER, MAX_FORWARD_TIMES, router};
 pub use metrics::{Metrics, WORKER_ROLES};
 pub use reactor::MinimalReactors;
 pub use server::Server;
-pub use tls::install_crypto_provider;
 pub use session::{EtcdSessionFactory, SessionFactory};
+pub use tls::install_crypto_provider;
 pub use version::{BUILD_TS, GIT_BRANCH, GIT_HASH, VERSION, version_info};

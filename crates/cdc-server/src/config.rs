@@ -137,7 +137,6 @@ impl SecurityOverrides {
     }
 }
 
-
 /// TiCDC's flags that are accepted and logged as unused: there is no sorter here.
 #[derive(Debug, Default, clap::Args)]
 pub(crate) struct UnusedFlags {
@@ -399,13 +398,8 @@ mod tests {
             )?;
             let err = load_cli(&["--config", "cdc.toml"]).unwrap_err();
             assert!(err.contains("cert-path"), "{err}");
-            let err = load_cli(&[
-                "--config",
-                "cdc.toml",
-                "--cert",
-                "/nonexistent/cert.pem",
-            ])
-            .unwrap_err();
+            let err =
+                load_cli(&["--config", "cdc.toml", "--cert", "/nonexistent/cert.pem"]).unwrap_err();
             assert!(err.contains("key-path"), "{err}");
             let err = load_cli(&[
                 "--config",
