@@ -56,6 +56,14 @@ pub enum Error {
         #[source]
         source: Box<cdc_etcd::Error>,
     },
+    /// The etcd mirror could not commit a transaction under its per-key revision fence.
+    #[error("[CDC:ErrEtcdSinkFailed]etcd mirror on {endpoints}: {reason}")]
+    EtcdFence {
+        /// The downstream endpoints.
+        endpoints: String,
+        /// What went wrong.
+        reason: &'static str,
+    },
     /// A file operation failed.
     #[error("[CDC:ErrFileSinkFileOp]{op} {path}")]
     Io {
@@ -82,6 +90,8 @@ impl Error {
             // A downstream that is down may come back; a refused request (too many operations
             // per transaction, a value too large) will be refused again.
             Error::Etcd { source, .. } => source.is_retryable(),
+            // Another writer of the same keys (a span's former capture) stops soon.
+            Error::EtcdFence { .. } => true,
             Error::Io { .. } => true,
         }
     }
