@@ -124,6 +124,14 @@ pub enum Error {
         /// The deadline.
         timeout: std::time::Duration,
     },
+    /// The etcd mirror could not commit a transaction under its per-key revision fence.
+    #[error("[CDC:ErrEtcdSinkFailed]etcd mirror on {endpoints}: {reason}")]
+    EtcdFence {
+        /// The downstream endpoints.
+        endpoints: String,
+        /// What went wrong.
+        reason: &'static str,
+    },
     /// A file operation failed.
     #[error("[CDC:ErrFileSinkFileOp]{op} {path}")]
     Io {
@@ -150,6 +158,8 @@ impl Error {
             // A downstream that is down may come back; a refused request (too many operations
             // per transaction, a value too large) will be refused again.
             Error::Etcd { source, .. } => source.is_retryable(),
+            // Another writer of the same keys (a span's former capture) stops soon.
+            Error::EtcdFence { .. } => true,
             Error::Io { .. } => true,
             Error::Mysql { source, .. } => mysql_retryable(source),
             Error::MysqlTimeout { .. } => true,
