@@ -9,6 +9,7 @@
 mod dataplane;
 mod memory;
 mod mysql;
+mod nats;
 mod span_log;
 
 use std::collections::{BTreeMap, BTreeSet};
