@@ -2,7 +2,9 @@
 //! puts and deletes of 1,000 keys while a capture and the owner are killed (SIGKILL) and the
 //! NATS server restarts; the stream then holds every change at least once, each key's changes in
 //! revision order (a replay only repeats earlier ones), and no message ID twice within the
-//! duplicate window.
+//! duplicate window. And each error the sink meets (a missing stream without `create-stream`, a
+//! stream that does not cover the subject, a server gone) shows as the changefeed's error, and
+//! the changefeed resumes once its cause is gone.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
@@ -14,6 +16,7 @@ use cdc_sink::testing::NatsServer;
 use futures::stream::{self, StreamExt, TryStreamExt};
 use serde_json::{Value, json};
 
+use super::mysql::{wait_caught_up, wait_error};
 use super::{Cluster, SETTLE, TTL};
 use crate::support::wait_for;
 
@@ -222,5 +225,122 @@ async fn every_change_reaches_the_stream_through_kills_and_a_nats_restart() -> R
             );
         }
     }
+    Ok(())
+}
+
+/// A changefeed from `from` over `prefix` into `sink_uri`, in one span.
+fn one_span(id: &str, prefix: &str, from: u64, sink_uri: &str) -> Value {
+    json!({
+        "changefeed_id": id,
+        "start_ts": from,
+        "sink_uri": sink_uri,
+        "replica_config": {
+            "filter": {"rules": [prefix]},
+            "scheduler": {"spans_per_prefix": 1},
+        },
+    })
+}
+
+/// The keys of the messages of `stream`.
+async fn stored_keys(server: &NatsServer, stream: &str) -> Result<Vec<String>> {
+    Ok(stored(server, stream)
+        .await?
+        .into_iter()
+        .map(|message| message.key)
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_errors_show_on_the_changefeed_which_resumes_once_they_are_fixed() -> Result<()> {
+    let cluster = Cluster::start(1, "nats-errors").await?;
+    let mut nats = NatsServer::start().await?;
+    let address = nats.address();
+    let jetstream = async_nats::jetstream::new(nats.client().await?);
+    // A stream whose subjects do not cover the changefeed's.
+    jetstream
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "OTHER".to_owned(),
+            subjects: vec!["other.>".to_owned()],
+            ..Default::default()
+        })
+        .await?;
+    let (owner, _) = cluster.wait_owner(SETTLE).await?;
+    let from = store_revision(&cluster.client).await?;
+    let cases = [
+        // A stream that does not exist, and no create-stream.
+        (
+            "missing",
+            "/missing/",
+            nats.sink_uri("missing", "MISSING", "&flush-interval=200ms"),
+            "does not exist",
+        ),
+        // A stream that exists but does not cover the subject.
+        (
+            "uncovered",
+            "/uncovered/",
+            nats.sink_uri("uncovered", "OTHER", "&flush-interval=200ms"),
+            "does not cover subject",
+        ),
+    ];
+    for (id, prefix, sink_uri, _) in &cases {
+        cluster
+            .create(owner, &one_span(id, prefix, from, sink_uri))
+            .await?;
+    }
+    cluster.client.put("/missing/a", "a", 0).await?;
+    cluster.client.put("/uncovered/a", "a", 0).await?;
+    for (id, _, _, needle) in &cases {
+        let error = wait_error(&cluster, id, needle).await?;
+        ensure!(
+            error["code"] == "CDC:ErrNatsSinkFailed",
+            "{id}: the code of {error}"
+        );
+    }
+
+    // The causes go away: the changefeeds resume and catch up.
+    jetstream
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "MISSING".to_owned(),
+            subjects: vec!["missing.>".to_owned()],
+            ..Default::default()
+        })
+        .await?;
+    jetstream
+        .update_stream(async_nats::jetstream::stream::Config {
+            name: "OTHER".to_owned(),
+            subjects: vec!["other.>".to_owned(), "uncovered.>".to_owned()],
+            ..Default::default()
+        })
+        .await?;
+    for (id, _, _, _) in &cases {
+        wait_caught_up(&cluster, id).await?;
+    }
+    let missing = stored_keys(&nats, "MISSING").await?;
+    ensure!(missing == ["/missing/a"], "MISSING holds {missing:?}");
+    let other = stored_keys(&nats, "OTHER").await?;
+    ensure!(other == ["/uncovered/a"], "OTHER holds {other:?}");
+
+    // The server goes away: the error names it; it comes back and the changefeed catches up.
+    wait_for(SETTLE, || async {
+        let detail = cluster.changefeed("missing").await?;
+        detail["error"].is_null().then_some(())
+    })
+    .await
+    .context("the missing stream's error clears once the changefeed made progress")?;
+    drop(jetstream);
+    nats.kill()?;
+    cluster.client.put("/missing/b", "b", 0).await?;
+    let error = wait_error(&cluster, "missing", &address).await?;
+    ensure!(
+        error["code"] == "CDC:ErrNatsSinkFailed",
+        "the code of {error}"
+    );
+    nats.restart().await?;
+    wait_caught_up(&cluster, "missing").await?;
+    let missing = stored_keys(&nats, "MISSING").await?;
+    ensure!(
+        missing.iter().any(|key| key == "/missing/b"),
+        "MISSING holds {missing:?}"
+    );
     Ok(())
 }
