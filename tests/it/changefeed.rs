@@ -9,6 +9,7 @@
 mod dataplane;
 mod memory;
 mod mysql;
+mod nats;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;

@@ -194,7 +194,7 @@ async fn every_change_reaches_the_mysql_table_through_kills_and_a_database_resta
 }
 
 /// Waits until changefeed `id` shows an error whose message contains `needle`; returns it.
-async fn wait_error(cluster: &Cluster, id: &str, needle: &str) -> Result<Value> {
+pub(super) async fn wait_error(cluster: &Cluster, id: &str, needle: &str) -> Result<Value> {
     let last = std::sync::Mutex::new(Value::Null);
     wait_for(Duration::from_secs(120), || async {
         let detail = cluster.changefeed(id).await?;
@@ -213,7 +213,7 @@ async fn wait_error(cluster: &Cluster, id: &str, needle: &str) -> Result<Value> 
 }
 
 /// Waits until changefeed `id` has replicated up to the upstream's current revision.
-async fn wait_caught_up(cluster: &Cluster, id: &str) -> Result<()> {
+pub(super) async fn wait_caught_up(cluster: &Cluster, id: &str) -> Result<()> {
     let last = store_revision(&cluster.client).await?;
     wait_for(Duration::from_secs(180), || async {
         (checkpoint(cluster, id).await? >= last).then_some(())

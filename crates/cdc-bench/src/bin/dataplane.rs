@@ -21,6 +21,12 @@
 //! changed after the changefeed's checkpoint (every row at or below it is committed), so a key's
 //! arrival is seen within a poll (about 50 ms) of its commit. The last line is
 //! `dataplane/mysql events_per_s=<n> lag_p99=<ms>ms etcd_mirror_events_per_s=<n> etcd_mirror_lag_p99=<ms>ms`.
+//!
+//! `cargo xtask bench dataplane -- nats [--keys N] [--sink-query QUERY]` runs case (c) into the
+//! etcd mirror and then into a JetStream stream (the `nats://` sink on a fresh `nats-server -js`,
+//! its stream `BENCH` created beforehand over `bench.>`). The reader is an ordered consumer of
+//! the stream: a key arrives when JetStream has stored its message. The last line is
+//! `dataplane/nats events_per_s=<n> lag_p99=<ms>ms etcd_mirror_events_per_s=<n> etcd_mirror_lag_p99=<ms>ms`.
 #![allow(clippy::print_stdout, reason = "a benchmark reports on stdout")]
 
 use std::collections::HashSet;
@@ -33,7 +39,7 @@ use anyhow::{Context, Result, bail};
 use cdc_bench::{ClusterNode, cpu_seconds, owner_address, request};
 use cdc_etcd::testing::EtcdServer;
 use cdc_etcd::{EtcdClient, GetOptions, WatchOptions};
-use cdc_sink::testing::MariaDb;
+use cdc_sink::testing::{MariaDb, NatsServer};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use serde_json::json;
 use sqlx::Row as _;
@@ -218,6 +224,46 @@ async fn mysql_arrivals(
     Ok((lags, last))
 }
 
+/// The messages of JetStream stream `stream`, read by an ordered consumer until every key has
+/// arrived with a value of `round`; returns each key's lag and the last arrival.
+async fn nats_arrivals(
+    jetstream: &async_nats::jetstream::Context,
+    stream: &str,
+    keys: usize,
+    round: u32,
+    epoch: Instant,
+) -> Result<(Vec<Duration>, Duration)> {
+    let consumer = jetstream
+        .get_stream(stream)
+        .await?
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
+        .await?;
+    let mut messages = consumer.messages().await?;
+    let mut seen = HashSet::with_capacity(keys);
+    let mut lags = Vec::with_capacity(keys);
+    let mut last = Duration::ZERO;
+    let deadline = Instant::now() + CASE_DEADLINE;
+    while seen.len() < keys {
+        let Ok(next) = tokio::time::timeout_at(deadline, messages.next()).await else {
+            bail!("{} of {keys} keys arrived in time", seen.len());
+        };
+        let message = next.context("the ordered consumer ended")??;
+        let now = epoch.elapsed();
+        let line: serde_json::Value = serde_json::from_slice(&message.payload)?;
+        let (Some(key), Some(value)) = (line["key"].as_str(), line["value"].as_str()) else {
+            continue;
+        };
+        let Some((value_round, put_at)) = parse_value(value.as_bytes()) else {
+            continue;
+        };
+        if value_round == round && seen.insert(key.to_owned()) {
+            lags.push(now.saturating_sub(put_at));
+            last = now;
+        }
+    }
+    Ok((lags, last))
+}
+
 /// Runs the measured round, whose arrivals `arrivals` sees, against a running mirror whose
 /// processes are `pids`.
 async fn measure_with(
@@ -354,6 +400,36 @@ async fn captures_mysql(
     measure_with(&upstream.endpoints(), keys, &pids, epoch, arrivals).await
 }
 
+/// Case (c) into the NATS sink: `captures` capture processes, one changefeed of `spans` spans
+/// publishing to `bench.mirror` in stream `BENCH` of a fresh `nats-server -js`.
+async fn captures_nats(
+    binary: &Path,
+    keys: usize,
+    captures: usize,
+    spans: usize,
+    sink_query: &str,
+) -> Result<Figures> {
+    let upstream = EtcdServer::start().await?;
+    write(&upstream.endpoints(), keys, SAMPLE_EVERY, 0, Instant::now()).await?;
+    let server = NatsServer::start().await?;
+    let jetstream = async_nats::jetstream::new(server.client().await?);
+    jetstream
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "BENCH".to_owned(),
+            subjects: vec!["bench.>".to_owned()],
+            duplicate_window: cdc_sink::DUPLICATE_WINDOW,
+            ..Default::default()
+        })
+        .await?;
+    let extra = sink_query.replacen('?', "&", 1);
+    let sink_uri = server.sink_uri("bench", "BENCH", &extra);
+    let (nodes, _owner) = changefeed(binary, &upstream, captures, spans, &sink_uri).await?;
+    let pids: Vec<u32> = nodes.iter().filter_map(ClusterNode::pid).collect();
+    let epoch = Instant::now();
+    let arrivals = Box::pin(nats_arrivals(&jetstream, "BENCH", keys, 1, epoch));
+    measure_with(&upstream.endpoints(), keys, &pids, epoch, arrivals).await
+}
+
 /// Starts `captures` capture processes on `upstream` and a changefeed `mirror` of `spans` spans
 /// over the prefix into `sink_uri`; returns once every span replicates, with the owner's address.
 async fn changefeed(
@@ -417,11 +493,13 @@ async fn main() -> Result<()> {
     let mut sink_query = String::new();
     let mut only_make_mirror = false;
     let mut mysql = false;
+    let mut nats = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--" => {}
             "mysql" => mysql = true,
+            "nats" => nats = true,
             "--keys" => keys = args.next().context("--keys N")?.parse()?,
             "--sink-query" => {
                 sink_query = format!("?{}", args.next().context("--sink-query QUERY")?)
@@ -445,6 +523,27 @@ async fn main() -> Result<()> {
         report("mysql-3-captures-6-spans", &d);
         println!(
             "dataplane/mysql events_per_s={:.0} lag_p99={}ms etcd_mirror_events_per_s={:.0} etcd_mirror_lag_p99={}ms",
+            d.events_per_s,
+            d.lag_p99.as_millis(),
+            c.events_per_s,
+            c.lag_p99.as_millis()
+        );
+        return Ok(());
+    }
+    if nats {
+        println!(
+            "dataplane: {keys} keys of {VALUE_LEN} B; 3 captures 6 spans into (c) the etcd mirror and (d) a JetStream stream"
+        );
+        let c = Box::pin(captures(&binary, keys, 3, 6, &sink_query))
+            .await
+            .context("case (c) three captures into etcd")?;
+        report("3-captures-6-spans", &c);
+        let d = Box::pin(captures_nats(&binary, keys, 3, 6, &sink_query))
+            .await
+            .context("case (d) three captures into nats")?;
+        report("nats-3-captures-6-spans", &d);
+        println!(
+            "dataplane/nats events_per_s={:.0} lag_p99={}ms etcd_mirror_events_per_s={:.0} etcd_mirror_lag_p99={}ms",
             d.events_per_s,
             d.lag_p99.as_millis(),
             c.events_per_s,
