@@ -211,7 +211,7 @@ async fn tiup_s_start_script_and_ticdc_s_example_config_join_the_cluster() -> Re
 }
 
 /// Runs `cdc-server cli --server http://address ARGS`; (exit success, stdout, stderr).
-async fn cli(address: &str, args: &[&str]) -> Result<(bool, String, String)> {
+pub(crate) async fn cli(address: &str, args: &[&str]) -> Result<(bool, String, String)> {
     let output = tokio::process::Command::new(server_binary())
         .arg("cli")
         .args(["--server", &format!("http://{address}")])

@@ -467,3 +467,160 @@ async fn a_capture_that_distrusts_etcd_exits_with_status_1() -> Result<()> {
     ensure!(stderr.contains("ca-path"), "{stderr}");
     Ok(())
 }
+
+/// Every file under `dir`, read as text (the file sink's output).
+fn sink_text(dir: &Path) -> String {
+    let mut text = String::new();
+    let mut pending = vec![dir.to_owned()];
+    // The sink's tree is a few levels deep; the bound only guards against a loop.
+    for _ in 0..1_000 {
+        let Some(path) = pending.pop() else { break };
+        if path.is_dir() {
+            if let Ok(entries) = std::fs::read_dir(&path) {
+                pending.extend(entries.flatten().map(|entry| entry.path()));
+            }
+        } else if let Ok(content) = std::fs::read_to_string(&path) {
+            text.push_str(&content);
+        }
+    }
+    text
+}
+
+/// `POST /api/v2/changefeeds` on a plain-HTTP capture: the status and the JSON answer.
+async fn create_changefeed(node: &ServerNode, body: &Value) -> Result<(u16, Value)> {
+    let url = format!("http://{}/api/v2/changefeeds", node.address);
+    let (status, text) = crate::support::node::send_when_ready(|| {
+        crate::support::http_client()
+            .post(&url)
+            .json(body)
+            .timeout(Duration::from_secs(30))
+    })
+    .await?;
+    Ok((
+        status.as_u16(),
+        serde_json::from_str(&text).unwrap_or(Value::Null),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changefeed_reads_another_upstream_over_tls_with_its_own_files() -> Result<()> {
+    // The cluster's own etcd and capture speak plain HTTP; the other upstream only mutual TLS,
+    // with a CA the capture's configuration does not know.
+    let (cluster_etcd, cluster_client) = crate::support::etcd().await;
+    let pki = Pki::new()?;
+    let upstream = EtcdServer::start_tls(pki.etcd_tls()?).await?;
+    let upstream_client =
+        cdc_etcd::EtcdClient::connect(&upstream.endpoints(), upstream.connect_config()).await?;
+    let node = ServerNode::start(
+        &cluster_etcd.endpoint(),
+        "default",
+        "capture-session-ttl = 5\n",
+    );
+    wait_for(Duration::from_secs(60), || async { node.status().await.ok() })
+        .await
+        .with_context(|| node.log_tail(20))?;
+    let out = tempfile::tempdir()?;
+    let changefeed = |id: &str, ca: &Path| {
+        serde_json::json!({
+            "changefeed_id": id,
+            "sink_uri": format!("file://{}?flush-interval=100ms", out.path().join(id).display()),
+            "replica_config": {"filter": {"rules": ["/tls/"]}},
+            "pd_addrs": [upstream.endpoint()],
+            "ca_path": ca,
+            "cert_path": pki.capture.cert,
+            "key_path": pki.capture.key,
+        })
+    };
+
+    // Refusals, each with the reason: no CA for an https:// upstream, and a CA that does not
+    // trust the upstream's certificate.
+    let mut no_ca = changefeed("no-ca", &pki.ca);
+    no_ca["ca_path"] = Value::Null;
+    let (status, answer) = create_changefeed(&node, &no_ca).await?;
+    ensure!(status == 400, "{status} {answer}");
+    ensure!(
+        answer["error_msg"]
+            .as_str()
+            .is_some_and(|msg| msg.contains("ca_path is empty")),
+        "{answer}"
+    );
+    let (status, answer) = create_changefeed(&node, &changefeed("wrong-ca", &pki.other_ca)).await?;
+    ensure!(status == 400, "{status} {answer}");
+    ensure!(
+        answer["error_msg"]
+            .as_str()
+            .is_some_and(|msg| msg.contains("pd_addrs")),
+        "{answer}"
+    );
+
+    // With its own files (TiCDC's `cli changefeed create --upstream-*` flags) the changefeed
+    // reads the upstream and the sink gets its changes.
+    upstream_client.put("/tls/a", "before", 0).await?;
+    let rules = pki.dir.path().join("changefeed.toml");
+    std::fs::write(&rules, "[filter]\nrules = [\"/tls/\"]\n")?;
+    let path = |path: &Path| path.display().to_string();
+    let sink_uri = format!(
+        "file://{}?flush-interval=100ms",
+        out.path().join("tls-feed").display()
+    );
+    let (ok, stdout, stderr) = crate::operator::cli(
+        &node.address,
+        &[
+            "changefeed",
+            "create",
+            "-c",
+            "tls-feed",
+            "--sink-uri",
+            &sink_uri,
+            "--config",
+            &path(&rules),
+            "--upstream-pd",
+            &upstream.endpoint(),
+            "--upstream-ca",
+            &path(&pki.ca),
+            "--upstream-cert",
+            &path(&pki.capture.cert),
+            "--upstream-key",
+            &path(&pki.capture.key),
+        ],
+    )
+    .await?;
+    ensure!(ok, "{stderr}{stdout}\n{}", node.log_tail(20));
+    let answer: Value = serde_json::from_str(
+        stdout
+            .split_once("Info: ")
+            .with_context(|| format!("no Info in {stdout}"))?
+            .1,
+    )?;
+    // The upstream info keeps the files, under TiCDC's keys, for every capture to use.
+    let upstream_id = answer["upstream_id"]
+        .as_u64()
+        .context("the answer's upstream_id")?;
+    let key = format!("/tidb/cdc/default/default/upstream/{upstream_id}");
+    let stored = cluster_client
+        .get(key.as_bytes(), Default::default())
+        .await?;
+    let info: Value = serde_json::from_slice(
+        &stored
+            .kvs
+            .first()
+            .with_context(|| format!("no {key}"))?
+            .value,
+    )?;
+    ensure!(
+        info["ca-path"] == pki.ca.display().to_string()
+            && info["cert-path"] == pki.capture.cert.display().to_string()
+            && info["key-path"] == pki.capture.key.display().to_string()
+            && info["pd-endpoints"] == upstream.endpoint(),
+        "{info}"
+    );
+    upstream_client.put("/tls/b", "after", 0).await?;
+    let sink = out.path().join("tls-feed");
+    wait_for(Duration::from_secs(60), || async {
+        let text = sink_text(&sink);
+        (text.contains("/tls/b") && text.contains("after")).then_some(())
+    })
+    .await
+    .with_context(|| node.log_tail(30))?;
+    Ok(())
+}

@@ -67,6 +67,55 @@ impl Default for ConnectConfig {
     }
 }
 
+impl TlsConfig {
+    /// The credentials stored in an upstream's info (TiCDC's `ca-path`, `cert-path`,
+    /// `key-path`), read from their files: `None` without a CA. A certificate needs its key and
+    /// a CA; a file that cannot be read or holds no PEM block is an error naming it.
+    pub fn from_files(ca_path: &str, cert_path: &str, key_path: &str) -> Result<Option<TlsConfig>> {
+        let invalid = |key: &'static str, path: &str, reason: String| Error::Credentials {
+            key,
+            path: path.to_owned(),
+            reason,
+        };
+        if cert_path.is_empty() != key_path.is_empty() {
+            let (key, path) = if cert_path.is_empty() {
+                ("key-path", key_path)
+            } else {
+                ("cert-path", cert_path)
+            };
+            return Err(invalid(
+                key,
+                path,
+                "cert-path and key-path go together".to_owned(),
+            ));
+        }
+        if ca_path.is_empty() {
+            if !cert_path.is_empty() {
+                return Err(invalid(
+                    "cert-path",
+                    cert_path,
+                    "a client certificate needs ca-path".to_owned(),
+                ));
+            }
+            return Ok(None);
+        }
+        let read = |key: &'static str, path: &str| {
+            let pem = std::fs::read(path).map_err(|err| invalid(key, path, err.to_string()))?;
+            if !pem.windows(11).any(|window| window == b"-----BEGIN ") {
+                return Err(invalid(key, path, "no PEM block in the file".to_owned()));
+            }
+            Ok(pem)
+        };
+        let ca_pem = read("ca-path", ca_path)?;
+        let identity = if cert_path.is_empty() {
+            None
+        } else {
+            Some((read("cert-path", cert_path)?, read("key-path", key_path)?))
+        };
+        Ok(Some(TlsConfig { ca_pem, identity }))
+    }
+}
+
 /// A connection to an etcd cluster. Cheap to clone; clones share the connection.
 #[derive(Clone)]
 pub struct EtcdClient {
@@ -543,5 +592,58 @@ fn convert_watch_response(response: etcd_client::WatchResponse) -> WatchResponse
         compact_revision: response.compact_revision(),
         cancel_reason: response.cancel_reason().to_owned(),
         events,
+    }
+}
+
+#[cfg(test)]
+mod tls_files_tests {
+    use super::TlsConfig;
+    use crate::Error;
+
+    fn refusal(ca: &str, cert: &str, key: &str) -> String {
+        match TlsConfig::from_files(ca, cert, key) {
+            Err(err @ Error::Credentials { .. }) => err.to_string(),
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_upstreams_tls_files_are_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let pem = dir.path().join("ca.pem");
+        std::fs::write(
+            &pem,
+            "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let not_pem = dir.path().join("not.pem");
+        std::fs::write(&not_pem, "hello").unwrap();
+        let pem = pem.to_str().unwrap();
+        let not_pem = not_pem.to_str().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let missing = missing.to_str().unwrap();
+
+        assert_eq!(TlsConfig::from_files("", "", "").unwrap(), None);
+        let tls = TlsConfig::from_files(pem, pem, pem).unwrap().unwrap();
+        assert!(tls.identity.is_some());
+        assert_eq!(
+            TlsConfig::from_files(pem, "", "")
+                .unwrap()
+                .unwrap()
+                .identity,
+            None
+        );
+        assert!(refusal(pem, pem, "").contains("cert-path and key-path go together"));
+        assert!(refusal("", pem, pem).contains("needs ca-path"));
+        let message = refusal(missing, "", "");
+        assert!(
+            message.contains("ca-path") && message.contains(missing),
+            "{message}"
+        );
+        let message = refusal(pem, not_pem, pem);
+        assert!(
+            message.contains("cert-path") && message.contains("no PEM block"),
+            "{message}"
+        );
     }
 }

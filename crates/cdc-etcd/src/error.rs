@@ -144,6 +144,16 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// A TLS credential file of an upstream cannot be used.
+    #[error("TLS {key} {path}: {reason}")]
+    Credentials {
+        /// The upstream info's key naming the file (`ca-path`, `cert-path`, `key-path`).
+        key: &'static str,
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 /// Errors of [`crate::CdcEtcdClient`]: the TiCDC metadata is missing, malformed or refused,
@@ -286,6 +296,8 @@ impl Error {
             // Only retryable errors are retried, so the last one is retryable too.
             Error::ReachMaxTry { .. } => true,
             Error::InvalidValue { .. } => false,
+            // The files may be deployed or fixed while the caller retries with backoff.
+            Error::Credentials { .. } => true,
         }
     }
 

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use cdc_model::{
     CaptureId, ChangeFeedId, ChangeFeedInfo, DEFAULT_NAMESPACE, FeedState, RunningError,
-    validate_changefeed_id, validate_namespace,
+    UpstreamInfo, validate_changefeed_id, validate_namespace,
 };
 use cdc_scheduler::{SpanId, SpanView};
 use chrono::{DateTime, Utc};
@@ -291,16 +291,12 @@ struct CreateBody {
     #[serde(default)]
     pd_addrs: Option<Vec<String>>,
     #[serde(default)]
-    #[allow(dead_code, reason = "TiCDC's TLS field: accepted, not used")]
     ca_path: Option<String>,
     #[serde(default)]
-    #[allow(dead_code, reason = "TiCDC's TLS field: accepted, not used")]
     cert_path: Option<String>,
     #[serde(default)]
-    #[allow(dead_code, reason = "TiCDC's TLS field: accepted, not used")]
     key_path: Option<String>,
     #[serde(default)]
-    #[allow(dead_code, reason = "TiCDC's TLS field: accepted, not used")]
     cert_allowed_cn: Option<Vec<String>>,
 }
 
@@ -318,8 +314,9 @@ pub struct CreatePlan {
     pub sink_uri: String,
     /// The prefixes and span count (no split keys yet).
     pub spec: ReplicaSpec,
-    /// Another upstream's endpoints; `None` for the cluster's own etcd.
-    pub pd_addrs: Option<Vec<String>>,
+    /// Another upstream: its endpoints (`pd-endpoints`) and TLS files, with ID 0 until the
+    /// owner reads its cluster ID; `None` for the cluster's own etcd.
+    pub upstream: Option<UpstreamInfo>,
 }
 
 fn spec_from_body(
@@ -449,13 +446,63 @@ pub fn parse_create(body: &[u8]) -> Result<CreatePlan, ApiError> {
                 .collect::<Vec<_>>()
         })
         .filter(|addrs| !addrs.is_empty());
+    // Without `pd_addrs` the changefeed reads the cluster's own etcd with the capture's
+    // credentials, and the TLS fields are ignored, as in TiCDC.
+    let upstream = match pd_addrs {
+        None => None,
+        Some(addrs) => Some(upstream_from_body(
+            addrs,
+            body.ca_path.unwrap_or_default(),
+            body.cert_path.unwrap_or_default(),
+            body.key_path.unwrap_or_default(),
+            body.cert_allowed_cn,
+        )?),
+    };
     Ok(CreatePlan {
         id: ChangeFeedId::new(namespace, id),
         start_ts: body.start_ts,
         target_ts: body.target_ts,
         sink_uri: body.sink_uri,
         spec,
-        pd_addrs,
+        upstream,
+    })
+}
+
+/// Another upstream from a create request: `https://` endpoints need `ca_path`, a CA needs
+/// `https://` endpoints, and a client certificate needs its key (the files are read when the
+/// owner connects).
+fn upstream_from_body(
+    addrs: Vec<String>,
+    ca_path: String,
+    cert_path: String,
+    key_path: String,
+    cert_allowed_cn: Option<Vec<String>>,
+) -> Result<UpstreamInfo, ApiError> {
+    for addr in &addrs {
+        let https = addr.to_ascii_lowercase().starts_with("https://");
+        if https && ca_path.is_empty() {
+            return Err(ApiError::invalid_param(format!(
+                "pd_addrs {addr} is https:// but ca_path is empty"
+            )));
+        }
+        if !https && !ca_path.is_empty() {
+            return Err(ApiError::invalid_param(format!(
+                "ca_path is set but pd_addrs {addr} is not https://"
+            )));
+        }
+    }
+    if cert_path.is_empty() != key_path.is_empty() {
+        return Err(ApiError::invalid_param(
+            "cert_path and key_path go together",
+        ));
+    }
+    Ok(UpstreamInfo {
+        id: 0,
+        pd_endpoints: addrs.join(","),
+        key_path,
+        cert_path,
+        ca_path,
+        cert_allowed_cn: cert_allowed_cn.filter(|names| !names.is_empty()),
     })
 }
 

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cdc_etcd::{ConnectConfig, EtcdClient, GetOptions};
+use cdc_etcd::{ConnectConfig, EtcdClient, GetOptions, TlsConfig};
 use cdc_model::{AdminJobType, ChangeFeedInfo, ErrorReport, FeedState, GoTime, UpstreamInfo};
 use cdc_orchestrator::GlobalReactorState;
 use cdc_p2p::{Json, NamedTopic};
@@ -391,7 +391,8 @@ impl SharedRevision {
 impl OwnerApi for ApiServer {
     fn serve(&self, request: ApiRequest) -> BoxFuture<'_, ApiResponse> {
         Box::pin(async move {
-            let served = tokio::time::timeout(API_TIMEOUT, self.serve_request(request)).await;
+            let served =
+                tokio::time::timeout(API_TIMEOUT, Box::pin(self.serve_request(request))).await;
             let reply = match served {
                 Ok(Ok(reply)) => reply,
                 Ok(Err(err)) => (err.status, err.body()),
@@ -515,20 +516,30 @@ impl ApiServer {
         }
     }
 
-    /// A client of the upstream at `addrs`, and its info.
-    async fn connect(&self, addrs: &[String]) -> std::result::Result<Upstream, ApiError> {
-        let client = EtcdClient::connect(addrs, ConnectConfig::default())
+    /// A client of another upstream, with the TLS files its info names, and its info with the
+    /// cluster ID read from it.
+    async fn connect(&self, upstream: &UpstreamInfo) -> std::result::Result<Upstream, ApiError> {
+        let pd_addrs = |err: &cdc_etcd::Error| {
+            ApiError::invalid_param(format!(
+                "pd_addrs {}: {}",
+                upstream.pd_endpoints,
+                ErrorReport(err)
+            ))
+        };
+        let tls = TlsConfig::from_files(&upstream.ca_path, &upstream.cert_path, &upstream.key_path)
+            .map_err(|err| pd_addrs(&err))?;
+        let connect = ConnectConfig {
+            tls: tls.map(Arc::new),
+            ..ConnectConfig::default()
+        };
+        let client = EtcdClient::connect(&upstream.pd_endpoint_list(), connect)
             .await
-            .map_err(|err| ApiError::invalid_param(format!("pd_addrs: {}", ErrorReport(&err))))?;
-        let id = client
-            .cluster_id()
-            .await
-            .map_err(|err| ApiError::invalid_param(format!("pd_addrs: {}", ErrorReport(&err))))?;
+            .map_err(|err| pd_addrs(&err))?;
+        let id = client.cluster_id().await.map_err(|err| pd_addrs(&err))?;
         Ok(Upstream {
             info: UpstreamInfo {
                 id,
-                pd_endpoints: addrs.join(","),
-                ..UpstreamInfo::default()
+                ..upstream.clone()
             },
             client,
         })
@@ -547,14 +558,14 @@ impl ApiServer {
             .get_upstream_info(info.upstream_id, &info.namespace, &cancel)
             .await
             .map_err(|err| etcd_error("read the upstream", &err))?;
-        self.connect(&upstream.pd_endpoint_list()).await
+        self.connect(&upstream).await
     }
 
     /// Resolves the upstream, the start revision and the split keys of a create request.
     async fn prepare_create(&self, plan: api::CreatePlan) -> std::result::Result<Job, ApiError> {
-        let (upstream, default) = match &plan.pd_addrs {
+        let (upstream, default) = match &plan.upstream {
             None => (self.default_upstream(), true),
-            Some(addrs) => (self.connect(addrs).await?, false),
+            Some(upstream) => (self.connect(upstream).await?, false),
         };
         let start_ts = if plan.start_ts == 0 && default {
             self.default_revision.current(&upstream.client).await?

@@ -10,9 +10,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use cdc_etcd::{ConnectConfig, EtcdClient};
+use cdc_etcd::{ConnectConfig, EtcdClient, TlsConfig};
 use cdc_model::{
     ChangeFeedId, ChangeFeedInfo, ErrorReport, GoTime, Liveness, RunningError, UpstreamId,
+    UpstreamInfo,
 };
 use cdc_orchestrator::{GlobalReactorState, TickPoke};
 use cdc_p2p::{BoxError, NamedTopic};
@@ -564,14 +565,16 @@ impl Pipelines {
             source,
         })?;
         let upstream_id = info.upstream_id;
-        let endpoints = if self.upstreams.contains_key(&upstream_id) {
+        let upstream = if self.upstreams.contains_key(&upstream_id) {
             None
         } else {
             match state.upstreams.get(&upstream_id) {
-                Some(upstream) => Some(upstream.pd_endpoints.clone()),
-                None if upstream_id == self.default_upstream.0 => {
-                    Some(self.default_upstream.1.clone())
-                }
+                Some(upstream) => Some(upstream.clone()),
+                None if upstream_id == self.default_upstream.0 => Some(UpstreamInfo {
+                    id: upstream_id,
+                    pd_endpoints: self.default_upstream.1.clone(),
+                    ..UpstreamInfo::default()
+                }),
                 None => {
                     return Err(Error::UpstreamNotFound {
                         changefeed: changefeed.to_string(),
@@ -587,34 +590,39 @@ impl Pipelines {
             target: info.target_ts(),
             rules,
             max_unflushed_bytes,
-            endpoints,
+            upstream,
         }))
     }
 
-    /// Connects to an upstream; spans of one upstream share the client.
-    async fn connect(&mut self, upstream_id: UpstreamId, endpoints: String) -> Result<EtcdClient> {
-        let endpoint_list: Vec<String> = endpoints
-            .split(',')
-            .map(str::trim)
-            .filter(|endpoint| !endpoint.is_empty())
-            .map(str::to_owned)
-            .collect();
-        let connect = if upstream_id == self.default_upstream.0 {
-            ConnectConfig {
-                tls: self.default_connect.tls.clone(),
-                ..self.connect.clone()
-            }
-        } else {
-            self.connect.clone()
+    /// Connects to an upstream; spans of one upstream share the client. The default upstream
+    /// is reached as the capture reaches its etcd; another with the TLS files its info names.
+    async fn connect(&mut self, upstream: UpstreamInfo) -> Result<EtcdClient> {
+        let upstream_id = upstream.id;
+        let connect_error = |source| Error::UpstreamConnect {
+            upstream_id,
+            endpoints: upstream.pd_endpoints.clone(),
+            source,
         };
-        let client = EtcdClient::connect(&endpoint_list, connect)
+        let tls = if upstream_id == self.default_upstream.0 {
+            self.default_connect.tls.clone()
+        } else {
+            TlsConfig::from_files(&upstream.ca_path, &upstream.cert_path, &upstream.key_path)
+                .map_err(connect_error)?
+                .map(Arc::new)
+        };
+        let connect = ConnectConfig {
+            tls,
+            ..self.connect.clone()
+        };
+        let client = EtcdClient::connect(&upstream.pd_endpoint_list(), connect)
             .await
-            .map_err(|source| Error::UpstreamConnect {
-                upstream_id,
-                endpoints: endpoints.clone(),
-                source,
-            })?;
-        info!(upstream_id, endpoints, "connected to an upstream");
+            .map_err(connect_error)?;
+        info!(
+            upstream_id,
+            endpoints = upstream.pd_endpoints,
+            tls = !upstream.ca_path.is_empty(),
+            "connected to an upstream"
+        );
         self.upstreams.insert(upstream_id, client.clone());
         Ok(client)
     }
@@ -634,11 +642,11 @@ impl Pipelines {
                 target,
                 rules,
                 max_unflushed_bytes,
-                endpoints,
+                upstream,
             } = new_pipeline;
-            let client = match (self.upstreams.get(&upstream_id), endpoints) {
+            let client = match (self.upstreams.get(&upstream_id), upstream) {
                 (Some(client), _) => client.clone(),
-                (None, Some(endpoints)) => self.connect(upstream_id, endpoints).await?,
+                (None, Some(upstream)) => self.connect(upstream).await?,
                 (None, None) => {
                     return Err(Error::UpstreamNotFound {
                         changefeed: changefeed.to_string(),
@@ -689,8 +697,8 @@ struct NewPipeline {
     rules: Vec<Vec<u8>>,
     /// Its share of the changefeed's memory quota per span.
     max_unflushed_bytes: u64,
-    /// The endpoints to connect to, when no client of the upstream exists yet.
-    endpoints: Option<String>,
+    /// The upstream to connect to (endpoints and TLS files), when no client of it exists yet.
+    upstream: Option<UpstreamInfo>,
 }
 
 /// The pipelines as the cluster state of this tick names them.

@@ -109,6 +109,18 @@ struct CreateArgs {
     /// Accepted for TiCDC's scripts: no question is asked.
     #[arg(long)]
     no_confirm: bool,
+    /// Another upstream etcd to read, comma-separated [default: the cluster's own].
+    #[arg(long)]
+    upstream_pd: Option<String>,
+    /// The CA (PEM) of the other upstream, for `https://` addresses.
+    #[arg(long)]
+    upstream_ca: Option<String>,
+    /// The client certificate (PEM) for the other upstream.
+    #[arg(long)]
+    upstream_cert: Option<String>,
+    /// The key (PEM) of `--upstream-cert`.
+    #[arg(long)]
+    upstream_key: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -295,6 +307,18 @@ async fn changefeed(client: &Client, command: ChangefeedCommand) -> Result<Strin
             }
             if let Some(path) = &create.config {
                 body["replica_config"] = replica_config(path)?;
+            }
+            if let Some(addrs) = &create.upstream_pd {
+                body["pd_addrs"] = json!(addrs.split(',').map(str::trim).collect::<Vec<_>>());
+            }
+            for (field, value) in [
+                ("ca_path", &create.upstream_ca),
+                ("cert_path", &create.upstream_cert),
+                ("key_path", &create.upstream_key),
+            ] {
+                if let Some(value) = value {
+                    body[field] = json!(value);
+                }
             }
             let info = client
                 .call(Method::POST, "/changefeeds", Some(body))

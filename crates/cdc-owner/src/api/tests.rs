@@ -50,7 +50,60 @@ fn a_create_body_is_parsed_with_defaults() {
     assert_eq!(plan.start_ts, 0);
     assert_eq!(plan.spec.rules, vec!["/a/".to_owned(), "/b/".to_owned()]);
     assert_eq!(plan.spec.spans_per_prefix, 3);
-    assert_eq!(plan.pd_addrs, None);
+    assert_eq!(plan.upstream, None);
+}
+
+#[test]
+fn another_upstream_carries_its_tls_files() {
+    let plan = parse_create(
+        br#"{"changefeed_id": "cf1", "sink_uri": "blackhole://",
+            "replica_config": {"filter": {"rules": ["/a/"]}},
+            "pd_addrs": ["https://10.0.0.1:2379", " https://10.0.0.2:2379 "],
+            "ca_path": "/tls/ca.pem", "cert_path": "/tls/cdc.pem", "key_path": "/tls/cdc-key.pem",
+            "cert_allowed_cn": ["etcd"]}"#,
+    )
+    .unwrap();
+    let upstream = plan.upstream.unwrap();
+    assert_eq!(
+        upstream.pd_endpoints,
+        "https://10.0.0.1:2379,https://10.0.0.2:2379"
+    );
+    assert_eq!(upstream.ca_path, "/tls/ca.pem");
+    assert_eq!(upstream.cert_path, "/tls/cdc.pem");
+    assert_eq!(upstream.key_path, "/tls/cdc-key.pem");
+    assert_eq!(upstream.cert_allowed_cn, Some(vec!["etcd".to_owned()]));
+    // Without pd_addrs the TLS fields are ignored: the cluster's own etcd is read.
+    let plan = parse_create(
+        br#"{"changefeed_id": "cf1", "sink_uri": "blackhole://",
+            "replica_config": {"filter": {"rules": ["/a/"]}}, "ca_path": "/tls/ca.pem"}"#,
+    )
+    .unwrap();
+    assert_eq!(plan.upstream, None);
+}
+
+#[test]
+fn another_upstreams_tls_must_be_consistent() {
+    for (body, needle) in [
+        (
+            r#""pd_addrs": ["https://10.0.0.1:2379"]"#,
+            "pd_addrs https://10.0.0.1:2379 is https:// but ca_path is empty",
+        ),
+        (
+            r#""pd_addrs": ["http://10.0.0.1:2379"], "ca_path": "/ca.pem""#,
+            "ca_path is set but pd_addrs http://10.0.0.1:2379 is not https://",
+        ),
+        (
+            r#""pd_addrs": ["https://10.0.0.1:2379"], "ca_path": "/ca.pem", "cert_path": "/c.pem""#,
+            "cert_path and key_path go together",
+        ),
+    ] {
+        let err = create_error(&format!(
+            r#"{{"changefeed_id": "cf1", "sink_uri": "blackhole://",
+                "replica_config": {{"filter": {{"rules": ["/a/"]}}}}, {body}}}"#
+        ));
+        assert_eq!(err.status, 400, "{body}");
+        assert!(err.message.contains(needle), "{body}: {}", err.message);
+    }
 }
 
 fn create_error(body: &str) -> ApiError {
