@@ -163,6 +163,22 @@ impl Tls {
             ))
         };
         let provider = provider();
+        // A key in PEM whose content the provider cannot use is named as such, not as a
+        // mismatch with the certificate.
+        let signing_key = provider
+            .key_provider
+            .load_private_key(key.clone_key())
+            .map_err(|err| {
+                invalid(format!(
+                    "[security] key-path {}: invalid private key: {err}",
+                    security.key_path
+                ))
+            })?;
+        let identity = CertifiedKey::new(chain.clone(), signing_key);
+        match identity.keys_match() {
+            Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
+            Err(err) => return Err(mismatch(err)),
+        }
         let mut verifier =
             WebPkiClientVerifier::builder_with_provider(Arc::clone(&roots), Arc::clone(&provider));
         if !security.requires_client_cert() {
@@ -182,11 +198,10 @@ impl Tls {
             .with_safe_default_protocol_versions()
             .map_err(|err| invalid(format!("[security] TLS versions: {err}")))?
             .with_client_cert_verifier(verifier)
-            .with_single_cert(chain.clone(), key.clone_key())
+            .with_single_cert(chain, key)
             .map_err(mismatch)?;
         // gRPC (p2p) needs HTTP/2; curl and browsers may speak HTTP/1.1.
         server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let identity = CertifiedKey::from_der(chain, key, &provider).map_err(mismatch)?;
         let server_verifier = WebPkiServerVerifier::builder_with_provider(roots, provider)
             .build()
             .map_err(|err| {

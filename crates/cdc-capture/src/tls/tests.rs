@@ -84,6 +84,20 @@ fn unreadable_or_invalid_files_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let mut security = files(dir.path());
     Tls::load(&security).unwrap();
+    // PEM around bytes that are no key.
+    let mut bad_key = security.clone();
+    let broken = dir.path().join("broken-key.pem");
+    std::fs::write(
+        &broken,
+        "-----BEGIN PRIVATE KEY-----\nbroken\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    bad_key.key_path = broken.display().to_string();
+    let err = Tls::load(&bad_key).unwrap_err().to_string();
+    assert!(
+        err.contains("key-path") && err.contains("broken-key.pem: invalid private key"),
+        "{err}"
+    );
     let garbage = dir.path().join("garbage.pem");
     std::fs::write(&garbage, "not a certificate").unwrap();
     security.cert_path = garbage.display().to_string();
