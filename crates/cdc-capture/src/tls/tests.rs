@@ -166,6 +166,10 @@ fn changed_files_are_put_in_use_and_a_bad_set_keeps_the_previous_one() {
     assert_eq!(common_name(&renewed).as_deref(), Some("renewed"));
     assert_eq!(current.peer().cert_pem, cert.as_bytes());
     assert_eq!(current.peer().key_pem, key.as_bytes());
+    // The forwarding client presents it at its next handshake.
+    let forwarding = Current(current.clone());
+    let presented = forwarding.resolve(&[], &[]).unwrap();
+    assert_eq!(presented.cert[0], renewed);
     assert_eq!(reloader.poll(), Reload::Unchanged);
 
     // A broken key is refused and the renewed pair stays; the same bytes are not tried again.
