@@ -578,6 +578,7 @@ async fn status_health_debug_and_metrics_endpoints() -> Result<()> {
         "ticdc_p2p_client_errors_total",
         "ticdc_capture_restarts_total",
         "ticdc_capture_resign_failures_total",
+        "ticdc_server_tls_reload_total",
     ];
     let roles = ["owner", "controller", "processor"];
     let metrics = wait_for(Duration::from_secs(10), || async {

@@ -27,6 +27,7 @@ use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::reactor::{CaptureState, MinimalReactors, Role, WorkerReactor};
 use crate::session::{EtcdSessionFactory, SESSION_CLOSE_BUDGET, SessionFactory};
+use crate::tls::CurrentTls;
 use crate::version::{GIT_HASH, VERSION};
 use cdc_reactor::{
     Controller, ControllerFactory, InitPool, Owner, OwnerApi, OwnerFactory, ProcessorManager,
@@ -127,6 +128,9 @@ pub struct Capture {
     migrate_done: AtomicBool,
     restart_limiter: DefaultDirectRateLimiter,
     campaign_limiter: DefaultDirectRateLimiter,
+    /// The TLS credentials in use, when TLS is on (`crate::tls`: replaced when the files
+    /// change).
+    tls: Option<CurrentTls>,
 }
 
 impl std::fmt::Debug for Capture {
@@ -147,6 +151,19 @@ impl Capture {
         metrics: Arc<Metrics>,
         p2p: ServerWrapper,
     ) -> Arc<Self> {
+        let tls = CurrentTls::from_config(&config);
+        Self::with_tls(config, etcd, parts, metrics, p2p, tls)
+    }
+
+    /// As [`Capture::new`], with the TLS credentials the server loaded and keeps current.
+    pub(crate) fn with_tls(
+        config: Config,
+        etcd: CdcEtcdClient,
+        parts: CaptureParts,
+        metrics: Arc<Metrics>,
+        p2p: ServerWrapper,
+        tls: Option<CurrentTls>,
+    ) -> Arc<Self> {
         let restart_quota = Quota::with_period(Duration::from_secs(20))
             .expect("a non-zero period")
             .allow_burst(NonZeroU32::new(2).expect("non-zero"));
@@ -163,6 +180,7 @@ impl Capture {
             migrate_done: AtomicBool::new(false),
             restart_limiter: RateLimiter::direct(restart_quota),
             campaign_limiter: RateLimiter::direct(campaign_quota),
+            tls,
         })
     }
 
@@ -175,6 +193,11 @@ impl Capture {
     /// The configuration.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The TLS credentials in use, when TLS is on.
+    pub(crate) fn tls(&self) -> Option<&CurrentTls> {
+        self.tls.as_ref()
     }
 
     /// The metrics.
@@ -272,7 +295,7 @@ impl Capture {
         let router = Arc::new(MessageRouter::new(
             capture_id.clone(),
             cdc_p2p::ClientConfig {
-                tls: crate::tls::peer_tls(&self.config),
+                tls: self.tls.as_ref().map(CurrentTls::peer),
                 ..messages.client_config(self.config.advertise_addr.clone())
             },
         ));

@@ -44,8 +44,8 @@ struct Api {
 
 /// The routes, sharing `capture`.
 pub fn router(capture: Arc<Capture>) -> Router {
-    let http = crate::tls::forwarding_client(capture.config(), FORWARD_TIMEOUT)
-        .expect("the configuration was validated, its certificates with it");
+    let http = crate::tls::forwarding_client(capture.tls(), FORWARD_TIMEOUT)
+        .expect("a client of a provider with the default TLS versions builds");
     let api = Api { capture, http };
     // Every route goes above the ready gate, which covers only the routes added before it.
     Router::new()

@@ -19,7 +19,7 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::{
     Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
 };
-use prometheus::{Encoder, IntCounter, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use owner::{OwnerCollector, OwnerState};
 
@@ -45,6 +45,8 @@ pub struct Metrics {
     pub resign_failures: IntCounter,
     /// p2p clients that stopped with an error (read from the router's error channel).
     pub p2p_client_errors: IntCounter,
+    /// Reloads of the changed certificate files, by `result` (`ok`, `error`).
+    pub tls_reloads: IntCounterVec,
 }
 
 impl Metrics {
@@ -78,6 +80,18 @@ impl Metrics {
             "p2p clients that stopped with an error",
         )
         .expect("valid metric");
+        let tls_reloads = IntCounterVec::new(
+            Opts::new(
+                "ticdc_server_tls_reload_total",
+                "reloads of the changed certificate files",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        // Both series exist from the start, so `increase()` sees the first reload.
+        for result in ["ok", "error"] {
+            tls_reloads.with_label_values(&[result]);
+        }
         for collector in [
             Box::new(OwnerCollector::new(Arc::clone(&owner))) as Box<dyn Collector>,
             Box::new(process::ProcessCollector::new()),
@@ -87,6 +101,7 @@ impl Metrics {
             Box::new(restarts.clone()),
             Box::new(resign_failures.clone()),
             Box::new(p2p_client_errors.clone()),
+            Box::new(tls_reloads.clone()),
         ] {
             registry
                 .register(collector)
@@ -101,6 +116,7 @@ impl Metrics {
             restarts,
             resign_failures,
             p2p_client_errors,
+            tls_reloads,
         }
     }
 

@@ -15,7 +15,7 @@ use crate::capture::{Capture, CaptureParts};
 use crate::config::{Config, parse_listen_addr};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::tls::Tls;
+use crate::tls::{CurrentTls, Reloader, Tls};
 
 /// How long open requests may take once the server stops.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
@@ -27,7 +27,7 @@ pub struct Server {
     p2p: ServerWrapper,
     listener: TcpListener,
     local_addr: SocketAddr,
-    tls: Option<Tls>,
+    tls: Option<CurrentTls>,
 }
 
 impl Server {
@@ -71,7 +71,8 @@ impl Server {
         let metrics = Arc::new(Metrics::new());
         let p2p = ServerWrapper::new(&config.debug.messages.server_config());
         let parts = parts(&etcd);
-        let capture = Capture::new(config, etcd, parts, metrics, p2p.clone());
+        let tls = tls.map(CurrentTls::new);
+        let capture = Capture::with_tls(config, etcd, parts, metrics, p2p.clone(), tls.clone());
         Ok(Server {
             capture,
             p2p,
@@ -91,7 +92,8 @@ impl Server {
         self.local_addr
     }
 
-    /// Serves the port and runs the capture until `cancel`, or until the capture fails.
+    /// Serves the port and runs the capture until `cancel`, or until the capture fails. With
+    /// TLS, the certificate files are watched meanwhile and reloaded when they change.
     pub async fn run(self, cancel: CancellationToken) -> Result<()> {
         let Server {
             capture,
@@ -115,7 +117,7 @@ impl Server {
         let handshakes = TaskTracker::new();
         let serve: std::pin::Pin<Box<dyn Future<Output = _> + Send>> = match &tls {
             Some(tls) => Box::pin(router.serve_with_incoming_shutdown(
-                crate::tls::incoming(listener, tls.acceptor(), &handshakes, serve_cancel.clone()),
+                crate::tls::incoming(listener, tls.clone(), &handshakes, serve_cancel.clone()),
                 serve_cancel.clone().cancelled_owned(),
             )),
             None => Box::pin(router.serve_with_incoming_shutdown(
@@ -141,7 +143,15 @@ impl Server {
             serve_cancel.cancel();
             result
         };
-        let (served, ran) = tokio::join!(serve, run);
+        // The certificate files' watcher stops with the port.
+        let watch = async {
+            if let Some(tls) = &tls {
+                let reloader = Reloader::new(capture.config().security.clone(), tls.clone());
+                let reloads = capture.metrics().tls_reloads.clone();
+                crate::tls::watch(reloader, reloads, serve_cancel.clone()).await;
+            }
+        };
+        let (served, ran, ()) = tokio::join!(serve, run, watch);
         handshakes.close();
         handshakes.wait().await;
         ran?;

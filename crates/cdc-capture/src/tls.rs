@@ -5,22 +5,31 @@
 //! The check of a client certificate happens in the handshake (a rustls client-certificate
 //! verifier), so HTTP and p2p are refused alike, with a TLS alert, before any request is read;
 //! the accept loop logs the refused client's address with the verifier's reason and CN.
-//! Certificates are read at start and, for the p2p clients, at each new incarnation; the port's
-//! own certificate changes only with a restart.
+//! Certificates are read at start and then watched ([`watch`]): when the files change, the
+//! set is loaded again and, if it loads, replaces the one in use ([`CurrentTls`]) for the
+//! port's next handshakes, the forwarding client's next connections and the p2p clients of the
+//! next incarnation; a set that does not load is logged and the previous one stays. The etcd
+//! client keeps the credentials it started with.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use prometheus::IntCounterVec;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::rustls::client::danger::HandshakeSignatureValid;
+use tokio_rustls::rustls::client::ResolvesClientCert;
+use tokio_rustls::rustls::client::WebPkiServerVerifier;
+use tokio_rustls::rustls::client::danger::{
+    HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
+};
 use tokio_rustls::rustls::crypto::{CryptoProvider, ring};
 use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use tokio_rustls::rustls::sign::CertifiedKey;
 use tokio_rustls::rustls::{
     self, CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, RootCertStore,
     SignatureScheme,
@@ -28,7 +37,7 @@ use tokio_rustls::rustls::{
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, error, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, SecurityConfig, is_https};
 use crate::error::{Error, Result};
@@ -39,6 +48,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const ACCEPTED_BACKLOG: usize = 64;
 /// The pause after a failed `accept` (out of file descriptors), so the loop does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+/// How often the certificate files are read to see whether they changed.
+pub(crate) const RELOAD_POLL_INTERVAL: Duration = Duration::from_secs(5);
 
 /// A connection to the port after its handshake.
 pub(crate) type TlsConnection = tokio_rustls::server::TlsStream<TcpStream>;
@@ -47,10 +58,11 @@ pub(crate) type TlsConnection = tokio_rustls::server::TlsStream<TcpStream>;
 #[derive(Clone)]
 pub(crate) struct Tls {
     server: Arc<rustls::ServerConfig>,
-    client: rustls::ClientConfig,
-    ca_pem: Vec<u8>,
-    cert_pem: Vec<u8>,
-    key_pem: Vec<u8>,
+    /// The certificate and key the clients present (the forwarding client's resolver).
+    identity: Arc<CertifiedKey>,
+    /// The check of the peers' certificates against the CA (the forwarding client's).
+    server_verifier: Arc<WebPkiServerVerifier>,
+    files: Files,
 }
 
 impl std::fmt::Debug for Tls {
@@ -63,8 +75,33 @@ fn invalid(message: String) -> Error {
     Error::InvalidConfig { message }
 }
 
-fn read(key: &str, path: &str) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|err| invalid(format!("[security] {key} {path}: {err}")))
+/// One file's bytes, or why it could not be read.
+type FileRead = std::result::Result<Vec<u8>, String>;
+
+/// What the three files of `[security]` held when read: the watcher compares two readings to
+/// see a change, and builds the new set from the very bytes it compared.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Files {
+    ca: FileRead,
+    cert: FileRead,
+    key: FileRead,
+}
+
+impl Files {
+    /// Reads the files `security` names.
+    pub(crate) fn read(security: &SecurityConfig) -> Files {
+        let read = |path: &str| std::fs::read(path).map_err(|err| err.to_string());
+        Files {
+            ca: read(&security.ca_path),
+            cert: read(&security.cert_path),
+            key: read(&security.key_path),
+        }
+    }
+}
+
+fn read<'a>(key: &str, path: &str, read: &'a FileRead) -> Result<&'a [u8]> {
+    read.as_deref()
+        .map_err(|err| invalid(format!("[security] {key} {path}: {err}")))
 }
 
 fn certificates(key: &str, path: &str, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>> {
@@ -94,11 +131,16 @@ impl Tls {
     /// Reads and checks the files of `security` (which has TLS on) and builds the server and
     /// client configurations; every error names the key and the file.
     pub(crate) fn load(security: &SecurityConfig) -> Result<Tls> {
-        let ca_pem = read("ca-path", &security.ca_path)?;
-        let cert_pem = read("cert-path", &security.cert_path)?;
-        let key_pem = read("key-path", &security.key_path)?;
+        Tls::from_files(security, Files::read(security))
+    }
+
+    /// As [`Tls::load`], from files already read.
+    pub(crate) fn from_files(security: &SecurityConfig, files: Files) -> Result<Tls> {
+        let ca_pem = read("ca-path", &security.ca_path, &files.ca)?;
+        let cert_pem = read("cert-path", &security.cert_path, &files.cert)?;
+        let key_pem = read("key-path", &security.key_path, &files.key)?;
         let mut roots = RootCertStore::empty();
-        for ca in certificates("ca-path", &security.ca_path, &ca_pem)? {
+        for ca in certificates("ca-path", &security.ca_path, ca_pem)? {
             roots.add(ca).map_err(|err| {
                 invalid(format!(
                     "[security] ca-path {}: not a CA certificate: {err}",
@@ -107,14 +149,36 @@ impl Tls {
             })?;
         }
         let roots = Arc::new(roots);
-        let chain = certificates("cert-path", &security.cert_path, &cert_pem)?;
-        let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|err| {
+        let chain = certificates("cert-path", &security.cert_path, cert_pem)?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|err| {
             invalid(format!(
                 "[security] key-path {}: invalid private key: {err}",
                 security.key_path
             ))
         })?;
+        let mismatch = |err: rustls::Error| {
+            invalid(format!(
+                "[security] key-path {} does not fit cert-path {}: {err}",
+                security.key_path, security.cert_path
+            ))
+        };
         let provider = provider();
+        // A key in PEM whose content the provider cannot use is named as such, not as a
+        // mismatch with the certificate.
+        let signing_key = provider
+            .key_provider
+            .load_private_key(key.clone_key())
+            .map_err(|err| {
+                invalid(format!(
+                    "[security] key-path {}: invalid private key: {err}",
+                    security.key_path
+                ))
+            })?;
+        let identity = CertifiedKey::new(chain.clone(), signing_key);
+        match identity.keys_match() {
+            Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
+            Err(err) => return Err(mismatch(err)),
+        }
         let mut verifier =
             WebPkiClientVerifier::builder_with_provider(Arc::clone(&roots), Arc::clone(&provider));
         if !security.requires_client_cert() {
@@ -134,55 +198,198 @@ impl Tls {
             .with_safe_default_protocol_versions()
             .map_err(|err| invalid(format!("[security] TLS versions: {err}")))?
             .with_client_cert_verifier(verifier)
-            .with_single_cert(chain.clone(), key.clone_key())
-            .map_err(|err| {
-                invalid(format!(
-                    "[security] key-path {} does not fit cert-path {}: {err}",
-                    security.key_path, security.cert_path
-                ))
-            })?;
+            .with_single_cert(chain, key)
+            .map_err(mismatch)?;
         // gRPC (p2p) needs HTTP/2; curl and browsers may speak HTTP/1.1.
         server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let client = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|err| invalid(format!("[security] TLS versions: {err}")))?
-            .with_root_certificates(roots)
-            .with_client_auth_cert(chain, key)
+        let server_verifier = WebPkiServerVerifier::builder_with_provider(roots, provider)
+            .build()
             .map_err(|err| {
                 invalid(format!(
-                    "[security] key-path {} does not fit cert-path {}: {err}",
-                    security.key_path, security.cert_path
+                    "[security] ca-path {}: unusable to verify servers: {err}",
+                    security.ca_path
                 ))
             })?;
         Ok(Tls {
             server: Arc::new(server),
-            client,
-            ca_pem,
-            cert_pem,
-            key_pem,
+            identity: Arc::new(identity),
+            server_verifier,
+            files,
         })
+    }
+
+    /// The bytes of a file read successfully (every file of a loaded set was).
+    fn pem(read: &FileRead) -> Vec<u8> {
+        read.clone().unwrap_or_default()
     }
 
     /// The credentials of the etcd client.
     pub(crate) fn etcd(&self) -> cdc_etcd::TlsConfig {
         cdc_etcd::TlsConfig {
-            ca_pem: self.ca_pem.clone(),
-            identity: Some((self.cert_pem.clone(), self.key_pem.clone())),
+            ca_pem: Tls::pem(&self.files.ca),
+            identity: Some((Tls::pem(&self.files.cert), Tls::pem(&self.files.key))),
         }
     }
 
     /// The credentials of the p2p clients.
     pub(crate) fn peer(&self) -> cdc_p2p::PeerTls {
         cdc_p2p::PeerTls {
-            ca_pem: self.ca_pem.clone(),
-            cert_pem: self.cert_pem.clone(),
-            key_pem: self.key_pem.clone(),
+            ca_pem: Tls::pem(&self.files.ca),
+            cert_pem: Tls::pem(&self.files.cert),
+            key_pem: Tls::pem(&self.files.key),
         }
     }
 
     /// The acceptor of the port.
     pub(crate) fn acceptor(&self) -> TlsAcceptor {
         TlsAcceptor::from(Arc::clone(&self.server))
+    }
+
+    /// The served certificate's subject, serial number and expiry, for the log.
+    fn describe(&self) -> (String, String, String) {
+        let unknown = || ("?".to_owned(), "?".to_owned(), "?".to_owned());
+        let Some(cert) = self.identity.cert.first() else {
+            return unknown();
+        };
+        match x509_parser::parse_x509_certificate(cert.as_ref()) {
+            Ok((_, parsed)) => (
+                parsed.subject().to_string(),
+                parsed.raw_serial_as_string(),
+                parsed.validity().not_after.to_string(),
+            ),
+            Err(_) => unknown(),
+        }
+    }
+}
+
+/// The credentials in use, shared by the port, the forwarding client and the capture (which
+/// hands them to each incarnation's p2p clients); [`Reloader`] replaces them.
+#[derive(Clone, Debug)]
+pub(crate) struct CurrentTls(Arc<RwLock<Arc<Tls>>>);
+
+impl CurrentTls {
+    pub(crate) fn new(tls: Tls) -> CurrentTls {
+        CurrentTls(Arc::new(RwLock::new(Arc::new(tls))))
+    }
+
+    /// Loads the files of `config` if TLS is on; a failure is logged (the configuration was
+    /// validated, so the files were good moments ago) and leaves no credentials.
+    pub(crate) fn from_config(config: &Config) -> Option<CurrentTls> {
+        if !config.security.is_tls_enabled() {
+            return None;
+        }
+        match Tls::load(&config.security) {
+            Ok(tls) => Some(CurrentTls::new(tls)),
+            Err(err) => {
+                error!(error = %cdc_model::ErrorReport(&err), "reading the certificates failed");
+                None
+            }
+        }
+    }
+
+    /// The set in use.
+    pub(crate) fn get(&self) -> Arc<Tls> {
+        let current = self
+            .0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Arc::clone(&current)
+    }
+
+    fn set(&self, tls: Tls) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(tls);
+    }
+
+    /// The p2p clients' credentials: the set in use (a new incarnation sees renewed files).
+    pub(crate) fn peer(&self) -> cdc_p2p::PeerTls {
+        self.get().peer()
+    }
+}
+
+/// What one look at the files found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Reload {
+    /// The files are as last read.
+    Unchanged,
+    /// They changed and the new set is in use.
+    Reloaded,
+    /// They changed and the new set does not load; the previous one stays in use.
+    Failed,
+}
+
+/// Watches the files of `[security]` and replaces the set in use when they change.
+#[derive(Debug)]
+pub(crate) struct Reloader {
+    security: SecurityConfig,
+    current: CurrentTls,
+    /// The files as last read; a set that failed to load is tried again once they change
+    /// again (a half-written file is complete at a later look).
+    seen: Files,
+}
+
+impl Reloader {
+    /// A reloader of `current`, which was loaded from `security`'s files.
+    pub(crate) fn new(security: SecurityConfig, current: CurrentTls) -> Reloader {
+        let seen = current.get().files.clone();
+        Reloader {
+            security,
+            current,
+            seen,
+        }
+    }
+
+    /// Reads the files and, if they changed since the last look, loads them and puts the new
+    /// set in use; a set that does not load is logged with its error and the previous set
+    /// stays in use.
+    pub(crate) fn poll(&mut self) -> Reload {
+        let files = Files::read(&self.security);
+        if files == self.seen {
+            return Reload::Unchanged;
+        }
+        self.seen = files.clone();
+        match Tls::from_files(&self.security, files) {
+            Ok(tls) => {
+                let (subject, serial, not_after) = tls.describe();
+                self.current.set(tls);
+                info!(%subject, %serial, %not_after, "reloaded the changed certificate files");
+                Reload::Reloaded
+            }
+            Err(err) => {
+                // A warning: the capture goes on with the previous set, and a replacement
+                // written in steps fails here until it is complete.
+                warn!(
+                    error = %cdc_model::ErrorReport(&err),
+                    "reloading the changed certificate files failed; the previous certificates stay in use"
+                );
+                Reload::Failed
+            }
+        }
+    }
+}
+
+/// Looks at the certificate files every [`RELOAD_POLL_INTERVAL`] until `cancel`, counting the
+/// reloads in `reloads` (`ticdc_server_tls_reload_total`, by `result`).
+pub(crate) async fn watch(
+    mut reloader: Reloader,
+    reloads: IntCounterVec,
+    cancel: CancellationToken,
+) {
+    let mut ticks = tokio::time::interval(RELOAD_POLL_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        let result = match reloader.poll() {
+            Reload::Unchanged => continue,
+            Reload::Reloaded => "ok",
+            Reload::Failed => "error",
+        };
+        reloads.with_label_values(&[result]).inc();
     }
 }
 
@@ -221,22 +428,6 @@ pub(crate) async fn check_etcd_tls(client: &cdc_etcd::EtcdClient) -> Result<()> 
     Ok(())
 }
 
-/// The p2p clients' TLS, read again from the files (a new incarnation sees renewed
-/// certificates); `None` without TLS. Files that went bad since the start are logged, and the
-/// clients then fail to connect until they are fixed.
-pub(crate) fn peer_tls(config: &Config) -> Option<cdc_p2p::PeerTls> {
-    if !config.security.is_tls_enabled() {
-        return None;
-    }
-    match Tls::load(&config.security) {
-        Ok(tls) => Some(tls.peer()),
-        Err(err) => {
-            error!(error = %cdc_model::ErrorReport(&err), "reading the certificates for the p2p clients failed");
-            None
-        }
-    }
-}
-
 /// The URL scheme of the peers' ports.
 pub(crate) fn scheme(config: &Config) -> &'static str {
     if config.security.is_tls_enabled() {
@@ -246,34 +437,109 @@ pub(crate) fn scheme(config: &Config) -> &'static str {
     }
 }
 
-/// The HTTP client that forwards owner-only requests: over TLS with this capture's certificate
-/// when TLS is on.
+/// The HTTP client that forwards owner-only requests: over TLS with the set in use when TLS
+/// is on, so each new connection presents the current certificate and checks the owner's
+/// against the current CA.
 pub(crate) fn forwarding_client(
-    config: &Config,
+    tls: Option<&CurrentTls>,
     timeout: Duration,
 ) -> std::result::Result<reqwest::Client, String> {
     install_crypto_provider();
     let builder = reqwest::Client::builder()
         .timeout(timeout)
         .pool_idle_timeout(Duration::from_secs(5));
-    let builder = if config.security.is_tls_enabled() {
-        let tls = Tls::load(&config.security).map_err(|err| err.to_string())?;
-        builder.tls_backend_preconfigured(tls.client)
-    } else {
-        builder
+    let builder = match tls {
+        Some(tls) => {
+            let current = Arc::new(Current(tls.clone()));
+            let client = rustls::ClientConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .map_err(|err| format!("TLS versions: {err}"))?
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::clone(&current) as _)
+                .with_client_cert_resolver(current);
+            builder.tls_backend_preconfigured(client)
+        }
+        None => builder,
     };
     builder
         .build()
         .map_err(|err| cdc_model::ErrorReport(&err).to_string())
 }
 
+/// The forwarding client's certificate and check of the owner's, from the set in use at each
+/// handshake.
+#[derive(Debug)]
+struct Current(CurrentTls);
+
+impl ResolvesClientCert for Current {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(&self.0.get().identity))
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+impl ServerCertVerifier for Current {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        self.0.get().server_verifier.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.0
+            .get()
+            .server_verifier
+            .verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.0
+            .get()
+            .server_verifier
+            .verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.get().server_verifier.supported_verify_schemes()
+    }
+}
+
 /// Accepts TCP connections on `listener` and hands those whose handshake succeeded to the
-/// returned stream, until `cancel`. Handshakes run concurrently (one slow client holds up no
+/// returned stream, until `cancel`. Each handshake uses the set in use when the connection
+/// came (`tls`). Handshakes run concurrently (one slow client holds up no
 /// other), each under [`HANDSHAKE_TIMEOUT`], on tasks of `tracker`; a refused client is logged
 /// with its address and the reason (with the certificate's CN).
 pub(crate) fn incoming(
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    tls: CurrentTls,
     tracker: &TaskTracker,
     cancel: CancellationToken,
 ) -> ReceiverStream<std::io::Result<TlsConnection>> {
@@ -301,7 +567,7 @@ pub(crate) fn incoming(
             handshakes.spawn(handshake(
                 tcp,
                 peer,
-                acceptor.clone(),
+                tls.get().acceptor(),
                 tx.clone(),
                 cancel.clone(),
             ));

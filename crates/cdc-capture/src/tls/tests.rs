@@ -34,8 +34,12 @@ fn leaf(cn: &str, issuer: &CertifiedIssuer<'static, KeyPair>) -> (String, String
 
 /// Files of a CA and a certificate named "capture", and the security section naming them.
 fn files(dir: &Path) -> SecurityConfig {
-    let issuer = ca();
-    let (cert, key) = leaf("capture", &issuer);
+    files_of(dir, &ca())
+}
+
+/// As [`files`], with the CA `issuer`.
+fn files_of(dir: &Path, issuer: &CertifiedIssuer<'static, KeyPair>) -> SecurityConfig {
+    let (cert, key) = leaf("capture", issuer);
     let write = |name: &str, content: &str| {
         let path = dir.join(name);
         std::fs::write(&path, content).unwrap();
@@ -80,6 +84,20 @@ fn unreadable_or_invalid_files_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let mut security = files(dir.path());
     Tls::load(&security).unwrap();
+    // PEM around bytes that are no key.
+    let mut bad_key = security.clone();
+    let broken = dir.path().join("broken-key.pem");
+    std::fs::write(
+        &broken,
+        "-----BEGIN PRIVATE KEY-----\nbroken\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    bad_key.key_path = broken.display().to_string();
+    let err = Tls::load(&bad_key).unwrap_err().to_string();
+    assert!(
+        err.contains("key-path") && err.contains("broken-key.pem: invalid private key"),
+        "{err}"
+    );
     let garbage = dir.path().join("garbage.pem");
     std::fs::write(&garbage, "not a certificate").unwrap();
     security.cert_path = garbage.display().to_string();
@@ -121,4 +139,63 @@ fn the_verifier_refuses_a_cn_not_in_the_allowlist() {
         .verify_client_cert(&der, &[], UnixTime::now())
         .unwrap_err();
     assert!(err.to_string().contains("allowed"), "{err}");
+}
+
+/// The end-entity certificate of the set in use.
+fn served(current: &CurrentTls) -> CertificateDer<'static> {
+    current.get().identity.cert[0].clone()
+}
+
+#[test]
+fn changed_files_are_put_in_use_and_a_bad_set_keeps_the_previous_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = ca();
+    let security = files_of(dir.path(), &issuer);
+    let current = CurrentTls::new(Tls::load(&security).unwrap());
+    let mut reloader = Reloader::new(security.clone(), current.clone());
+    assert_eq!(reloader.poll(), Reload::Unchanged);
+    let first = served(&current);
+
+    // A renewed pair is put in use, for the port and the clients alike.
+    let (cert, key) = leaf("renewed", &issuer);
+    std::fs::write(&security.cert_path, &cert).unwrap();
+    std::fs::write(&security.key_path, &key).unwrap();
+    assert_eq!(reloader.poll(), Reload::Reloaded);
+    let renewed = served(&current);
+    assert_ne!(renewed, first);
+    assert_eq!(common_name(&renewed).as_deref(), Some("renewed"));
+    assert_eq!(current.peer().cert_pem, cert.as_bytes());
+    assert_eq!(current.peer().key_pem, key.as_bytes());
+    // The forwarding client presents it at its next handshake.
+    let forwarding = Current(current.clone());
+    let presented = forwarding.resolve(&[], &[]).unwrap();
+    assert_eq!(presented.cert[0], renewed);
+    assert_eq!(reloader.poll(), Reload::Unchanged);
+
+    // A broken key is refused and the renewed pair stays; the same bytes are not tried again.
+    std::fs::write(&security.key_path, "not a key").unwrap();
+    assert_eq!(reloader.poll(), Reload::Failed);
+    assert_eq!(served(&current), renewed);
+    assert_eq!(current.peer().key_pem, key.as_bytes());
+    assert_eq!(reloader.poll(), Reload::Unchanged);
+
+    // A half-written replacement: the new certificate with the old key does not load...
+    let (next_cert, next_key) = leaf("next", &issuer);
+    std::fs::write(&security.key_path, &key).unwrap();
+    std::fs::write(&security.cert_path, &next_cert).unwrap();
+    assert_eq!(reloader.poll(), Reload::Failed);
+    assert_eq!(served(&current), renewed);
+    // ...and loads once its key is written too.
+    std::fs::write(&security.key_path, &next_key).unwrap();
+    assert_eq!(reloader.poll(), Reload::Reloaded);
+    assert_eq!(common_name(&served(&current)).as_deref(), Some("next"));
+
+    // A file that disappears (a rename in progress) leaves the set in use, and its return
+    // is seen.
+    std::fs::remove_file(&security.ca_path).unwrap();
+    assert_eq!(reloader.poll(), Reload::Failed);
+    assert_eq!(common_name(&served(&current)).as_deref(), Some("next"));
+    std::fs::write(&security.ca_path, issuer.pem()).unwrap();
+    assert_eq!(reloader.poll(), Reload::Reloaded);
+    assert_eq!(common_name(&served(&current)).as_deref(), Some("next"));
 }
