@@ -40,5 +40,5 @@ pub use metrics::{Metrics, WORKER_ROLES};
 pub use reactor::MinimalReactors;
 pub use server::Server;
 pub use session::{EtcdSessionFactory, SessionFactory};
-pub use tls::install_crypto_provider;
+pub use tls::{api_client, install_crypto_provider};
 pub use version::{BUILD_TS, GIT_BRANCH, GIT_HASH, VERSION, version_info};

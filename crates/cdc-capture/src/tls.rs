@@ -466,6 +466,25 @@ pub(crate) fn forwarding_client(
         .map_err(|err| cdc_model::ErrorReport(&err).to_string())
 }
 
+/// A client of the cluster's HTTP API with the credentials of `security` (`cdc-server cli`'s
+/// `--ca`, `--cert`, `--key`, as TiCDC's): over TLS, presenting the certificate, when the three
+/// are set; plain otherwise. Partial settings and unusable files are errors naming them.
+pub fn api_client(
+    security: &SecurityConfig,
+    timeout: Duration,
+) -> std::result::Result<reqwest::Client, String> {
+    security
+        .validate(&[])
+        .map_err(|err| cdc_model::ErrorReport(&err).to_string())?;
+    let tls = if security.is_tls_enabled() {
+        let tls = Tls::load(security).map_err(|err| cdc_model::ErrorReport(&err).to_string())?;
+        Some(CurrentTls::new(tls))
+    } else {
+        None
+    };
+    forwarding_client(tls.as_ref(), timeout)
+}
+
 /// The forwarding client's certificate and check of the owner's, from the set in use at each
 /// handshake.
 #[derive(Debug)]

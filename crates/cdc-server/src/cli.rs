@@ -19,6 +19,15 @@ pub(crate) struct CliArgs {
     /// The HTTP address of any capture of the cluster.
     #[arg(long, global = true, default_value = "http://127.0.0.1:8300")]
     server: String,
+    /// The CA (PEM) that signed the captures' certificates, for an `https://` server.
+    #[arg(long, global = true, default_value = "")]
+    ca: String,
+    /// The client certificate (PEM) presented to the captures.
+    #[arg(long, global = true, default_value = "")]
+    cert: String,
+    /// The key (PEM) of `--cert`.
+    #[arg(long, global = true, default_value = "")]
+    key: String,
     #[command(subcommand)]
     command: CliCommand,
 }
@@ -246,16 +255,25 @@ fn pretty(value: &Value) -> String {
 
 /// Runs one verb; the text to print on success.
 async fn run_verb(args: CliArgs) -> Result<String> {
+    let security = cdc_capture::SecurityConfig {
+        ca_path: args.ca.clone(),
+        cert_path: args.cert.clone(),
+        key_path: args.key.clone(),
+        ..cdc_capture::SecurityConfig::default()
+    };
+    let scheme = if security.is_tls_enabled() {
+        "https"
+    } else {
+        "http"
+    };
     let base = if args.server.contains("://") {
         args.server.trim_end_matches('/').to_owned()
     } else {
-        format!("http://{}", args.server.trim_end_matches('/'))
+        format!("{scheme}://{}", args.server.trim_end_matches('/'))
     };
     let client = Client {
-        http: reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .build()
-            .context("build the HTTP client")?,
+        http: cdc_capture::api_client(&security, REQUEST_TIMEOUT)
+            .map_err(|message| anyhow::anyhow!("--ca, --cert, --key: {message}"))?,
         base,
     };
     use reqwest::Method;
