@@ -179,8 +179,9 @@ impl Error {
             Error::UnknownParameter { .. } => false,
             Error::InvalidParameter { .. } => false,
             Error::InvalidUri { .. } => false,
-            // A TLS setting an operator must fix; the changefeed fails with it rather than
-            // retrying (docs/security.md, "TLS to the sinks").
+            // A TLS setting an operator must fix: the sink does not try again; the changefeed's
+            // own retry, after its backoff, takes a fixed file up (docs/security.md, "TLS to the
+            // sinks").
             Error::TlsParameterMissing { .. } => false,
             Error::TlsFile { .. } => false,
             // A downstream that is down may come back; a refused request (too many operations
