@@ -45,6 +45,30 @@ pub enum Error {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// A TLS parameter is given without one it needs: `cert` or `key` without `ca`, `cert`
+    /// without `key` or the reverse (mysql: `ssl-ca`, `ssl-cert`, `ssl-key`).
+    #[error(
+        "[CDC:ErrSinkURIInvalid]sink uri parameter {parameter:?} needs {needs:?} too ({reason})"
+    )]
+    TlsParameterMissing {
+        /// The parameter given.
+        parameter: &'static str,
+        /// The parameter it needs.
+        needs: &'static str,
+        /// Why.
+        reason: &'static str,
+    },
+    /// A TLS file named by the sink URI cannot be read, or does not hold what its parameter
+    /// needs (checked when the sink opens).
+    #[error("[CDC:ErrSinkURIInvalid]sink uri parameter {parameter:?} file {path}: {reason}")]
+    TlsFile {
+        /// The parameter (`ca`, `cert`, `key`, `ssl-ca`, ...).
+        parameter: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it, with the cause.
+        reason: String,
+    },
     /// A call to the downstream etcd failed.
     #[error("[CDC:ErrEtcdSinkFailed]{op} on etcd {endpoints}")]
     Etcd {
@@ -155,6 +179,11 @@ impl Error {
             Error::UnknownParameter { .. } => false,
             Error::InvalidParameter { .. } => false,
             Error::InvalidUri { .. } => false,
+            // A TLS setting an operator must fix: the sink does not try again; the changefeed's
+            // own retry, after its backoff, takes a fixed file up (docs/security.md, "TLS to the
+            // sinks").
+            Error::TlsParameterMissing { .. } => false,
+            Error::TlsFile { .. } => false,
             // A downstream that is down may come back; a refused request (too many operations
             // per transaction, a value too large) will be refused again.
             Error::Etcd { source, .. } => source.is_retryable(),

@@ -41,7 +41,8 @@
 use std::collections::HashMap;
 
 use cdc_etcd::{
-    Compare, CompareOp, ConnectConfig, EtcdClient, GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse,
+    Compare, CompareOp, ConnectConfig, EtcdClient, GetOptions, KeyValue, TlsConfig, Txn, TxnOp,
+    TxnOpResponse,
 };
 use cdc_model::{ChangeEvent, OpType};
 use futures::stream::{self, StreamExt, TryStreamExt};
@@ -179,8 +180,32 @@ pub struct EtcdSink {
 
 impl EtcdSink {
     /// Connects to the sink's etcd. Spans of one changefeed on one capture share the client.
+    /// With TLS (`ca`) the endpoints are `https://` and the server must present a certificate
+    /// signed by the CA for the endpoint's host; with `cert` and `key` the sink presents its
+    /// certificate, as etcd's `--client-cert-auth` requires.
     pub async fn connect(config: &EtcdSinkConfig) -> Result<EtcdClient> {
-        EtcdClient::connect(&config.endpoints, ConnectConfig::default())
+        let (endpoints, tls) = match &config.tls {
+            None => (config.endpoints.clone(), None),
+            Some(tls) => {
+                let loaded = tls.load().await?;
+                (
+                    config
+                        .endpoints
+                        .iter()
+                        .map(|endpoint| format!("https://{endpoint}"))
+                        .collect(),
+                    Some(std::sync::Arc::new(TlsConfig {
+                        ca_pem: loaded.ca_pem,
+                        identity: loaded.identity,
+                    })),
+                )
+            }
+        };
+        let connect = ConnectConfig {
+            tls,
+            ..ConnectConfig::default()
+        };
+        EtcdClient::connect(&endpoints, connect)
             .await
             .map_err(|source| Error::Etcd {
                 op: "connect",

@@ -6,7 +6,8 @@
 //! - [`SinkUri`]: the parsed sink URI (`blackhole://`, `file:///dir`, `etcd://h:p[,h:p]/prefix`,
 //!   `mysql://user:password@h:p/database?table=name`, `nats://h:p/subject?stream=name`), its query
 //!   parameters validated per scheme; an unknown scheme or parameter is an [`Error`]
-//!   naming it.
+//!   naming it. The network sinks take TLS files ([`SinkTls`], read and checked when the sink
+//!   opens).
 //! - [`BlackholeSink`]: counts changes and bytes and drops them.
 //! - [`FileSink`]: JSON Lines files per span, rolled by size, fsynced on flush.
 //! - [`EtcdSink`]: a mirror in another etcd under a prefix, batched and pipelined per flush.
@@ -29,6 +30,7 @@ mod file;
 mod mysql;
 mod nats;
 mod sink;
+mod tls;
 mod uri;
 
 #[cfg(any(test, feature = "testing"))]
@@ -42,10 +44,11 @@ pub use file::{FileSink, file_name, json_line};
 pub use mysql::{MAX_LOCK_RETRIES, MAX_STATEMENT_BYTES, MysqlSink, create_table_sql};
 pub use nats::{DUPLICATE_WINDOW, NatsSink, msg_id, subject_matches};
 pub use sink::Sink;
+pub use tls::LoadedTls;
 pub use uri::{
     DEFAULT_BATCH_SIZE, DEFAULT_FLUSH_INTERVAL, DEFAULT_MAX_FILE_SIZE, DEFAULT_MYSQL_BATCH_SIZE,
-    EtcdSinkConfig, FileSinkConfig, MysqlSinkConfig, NatsSinkConfig, SinkConfig, SinkKind, SinkUri,
-    Tombstones,
+    EtcdSinkConfig, FileSinkConfig, MYSQL_TLS_PARAMETERS, MysqlSinkConfig, NatsSinkConfig,
+    SinkConfig, SinkKind, SinkTls, SinkUri, TLS_PARAMETERS, TlsParameters, Tombstones,
 };
 
 #[cfg(test)]

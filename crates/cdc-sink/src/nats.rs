@@ -77,14 +77,25 @@ pub struct NatsSink {
 
 impl NatsSink {
     /// Connects to the sink's server. Spans of one changefeed on one capture share the client.
+    /// With `ca` TLS is required and the server's certificate must be signed by that CA (only
+    /// it: not the system's roots) and name the URI's host; with `cert` and `key` the sink
+    /// presents its certificate, as the server's `--tlsverify` requires. The client reads the
+    /// files again when it reconnects, so renewed files reach new connections.
     pub async fn connect(config: &NatsSinkConfig) -> Result<async_nats::Client> {
-        let connected = tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            async_nats::ConnectOptions::new()
-                .connection_timeout(CONNECT_TIMEOUT)
-                .connect(config.address.as_str()),
-        )
-        .await;
+        let mut options = async_nats::ConnectOptions::new().connection_timeout(CONNECT_TIMEOUT);
+        if let Some(tls) = &config.tls {
+            // Checked here so that a bad file is an error naming its parameter; async-nats
+            // reads them itself.
+            tls.load().await?;
+            options = options
+                .require_tls(true)
+                .add_root_certificates(tls.ca.clone());
+            if let Some((cert, key)) = &tls.identity {
+                options = options.add_client_certificate(cert.clone(), key.clone());
+            }
+        }
+        let connected =
+            tokio::time::timeout(CONNECT_TIMEOUT, options.connect(config.address.as_str())).await;
         match connected {
             Ok(Ok(client)) => Ok(client),
             Ok(Err(source)) => Err(Error::Nats {

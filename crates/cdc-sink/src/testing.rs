@@ -10,6 +10,11 @@
 //!
 //! [`NatsServer::start`] runs `nats-server -js` (from `CDC_NATS_SERVER_BIN` or the `PATH`) on a
 //! free loopback port with its own store directory, and can kill and restart it on that store.
+//!
+//! [`MariaDb::start_tls`] and [`NatsServer::start_tls`] serve TLS only, with certificates the test
+//! made ([`TlsFiles`]): MariaDB with `require_secure_transport`, NATS with `--tls`; with a client
+//! certificate, MariaDB's user requires one (`REQUIRE X509`) and NATS verifies clients
+//! (`--tlsverify`), and the harness's own clients present it.
 
 use std::io;
 use std::net::TcpListener;
@@ -18,6 +23,21 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlSslMode};
+
+/// TLS files for a test server, all PEM: its certificate (naming 127.0.0.1) and key, the CA that
+/// signed it and the clients' certificates, and, to require client certificates, the one the
+/// harness's own clients present.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    /// The CA.
+    pub ca_file: PathBuf,
+    /// The server's certificate.
+    pub cert_file: PathBuf,
+    /// The server's private key.
+    pub key_file: PathBuf,
+    /// A client certificate and its key: the server then requires client certificates.
+    pub client: Option<(PathBuf, PathBuf)>,
+}
 
 const INSTALL_HINT: &str = "MariaDB is required for this test: run `cargo xtask install` (apt-get install mariadb-server) or set CDC_MARIADBD_BIN and CDC_MARIADB_INSTALL_DB_BIN";
 
@@ -70,6 +90,7 @@ pub struct MariaDb {
     child: Option<Child>,
     dir: tempfile::TempDir,
     port: u16,
+    tls: Option<TlsFiles>,
 }
 
 impl MariaDb {
@@ -82,6 +103,22 @@ impl MariaDb {
 
     /// Initialises a fresh data directory, starts the server and waits until it answers.
     pub async fn start() -> io::Result<MariaDb> {
+        Self::start_with(None).await
+    }
+
+    /// As [`Self::start`], serving TLS only (`require_secure_transport`); with a client
+    /// certificate in `tls`, [`Self::USER`] requires one (`REQUIRE X509`).
+    pub async fn start_tls(tls: TlsFiles) -> io::Result<MariaDb> {
+        Self::start_with(Some(tls)).await
+    }
+
+    async fn start_with(tls: Option<TlsFiles>) -> io::Result<MariaDb> {
+        let require = match &tls {
+            Some(TlsFiles {
+                client: Some(_), ..
+            }) => " REQUIRE X509",
+            Some(_) | None => "",
+        };
         let mut last_error = None;
         // A free port can be taken by someone else between our probe and the server's bind.
         for _ in 0..5 {
@@ -90,7 +127,7 @@ impl MariaDb {
             std::fs::write(
                 dir.path().join("init.sql"),
                 format!(
-                    "CREATE USER IF NOT EXISTS '{user}'@'%' IDENTIFIED BY '{password}';\n\
+                    "CREATE USER IF NOT EXISTS '{user}'@'%' IDENTIFIED BY '{password}'{require};\n\
                      GRANT ALL PRIVILEGES ON *.* TO '{user}'@'%' WITH GRANT OPTION;\n\
                      CREATE DATABASE IF NOT EXISTS `{database}`;\n",
                     user = Self::USER,
@@ -102,6 +139,7 @@ impl MariaDb {
                 child: None,
                 dir,
                 port: free_port()?,
+                tls: tls.clone(),
             };
             match server.spawn_and_wait().await {
                 Ok(()) => return Ok(server),
@@ -133,6 +171,13 @@ impl MariaDb {
             .arg("--innodb-buffer-pool-size=32M")
             .arg("--performance-schema=OFF")
             .arg("--max-connections=200");
+        if let Some(tls) = &self.tls {
+            command
+                .arg(format!("--ssl-ca={}", tls.ca_file.display()))
+                .arg(format!("--ssl-cert={}", tls.cert_file.display()))
+                .arg(format!("--ssl-key={}", tls.key_file.display()))
+                .arg("--require-secure-transport=ON");
+        }
         if is_root() {
             command.arg("--user=root");
         }
@@ -206,15 +251,27 @@ impl MariaDb {
         )
     }
 
-    /// A small pool connected as [`Self::USER`] to [`Self::DATABASE`].
+    /// A small pool connected as [`Self::USER`] to [`Self::DATABASE`] (over TLS, verified, for
+    /// a server started with [`Self::start_tls`]).
     pub async fn pool(&self) -> sqlx::Result<MySqlPool> {
         let options = MySqlConnectOptions::new()
             .host("127.0.0.1")
             .port(self.port)
             .username(Self::USER)
             .password(Self::PASSWORD)
-            .database(Self::DATABASE)
-            .ssl_mode(MySqlSslMode::Disabled);
+            .database(Self::DATABASE);
+        let options = match &self.tls {
+            None => options.ssl_mode(MySqlSslMode::Disabled),
+            Some(tls) => {
+                let options = options
+                    .ssl_mode(MySqlSslMode::VerifyIdentity)
+                    .ssl_ca(&tls.ca_file);
+                match &tls.client {
+                    None => options,
+                    Some((cert, key)) => options.ssl_client_cert(cert).ssl_client_key(key),
+                }
+            }
+        };
         MySqlPoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(5))
@@ -308,17 +365,29 @@ pub struct NatsServer {
     child: Option<Child>,
     dir: tempfile::TempDir,
     port: u16,
+    tls: Option<TlsFiles>,
 }
 
 impl NatsServer {
     /// Starts a fresh server with JetStream and waits until JetStream answers.
     pub async fn start() -> io::Result<NatsServer> {
+        Self::start_with(None).await
+    }
+
+    /// As [`Self::start`], serving TLS only (`--tls`); with a client certificate in `tls`, the
+    /// server requires client certificates signed by the CA (`--tlsverify`).
+    pub async fn start_tls(tls: TlsFiles) -> io::Result<NatsServer> {
+        Self::start_with(Some(tls)).await
+    }
+
+    async fn start_with(tls: Option<TlsFiles>) -> io::Result<NatsServer> {
         let mut last_error = None;
         for _ in 0..5 {
             let mut server = NatsServer {
                 child: None,
                 dir: tempfile::Builder::new().prefix("cdc-nats-").tempdir()?,
                 port: free_port()?,
+                tls: tls.clone(),
             };
             match server.spawn_and_wait().await {
                 Ok(()) => return Ok(server),
@@ -335,12 +404,27 @@ impl NatsServer {
             .append(true)
             .open(self.log_path())?;
         let binary = binary("CDC_NATS_SERVER_BIN", "nats-server");
-        let child = Command::new(&binary)
+        let mut command = Command::new(&binary);
+        command
             .arg("-js")
             .args(["-a", "127.0.0.1"])
             .args(["-p", &self.port.to_string()])
             .arg("-sd")
-            .arg(dir.join("store"))
+            .arg(dir.join("store"));
+        if let Some(tls) = &self.tls {
+            command
+                .arg("--tls")
+                .arg("--tlscert")
+                .arg(&tls.cert_file)
+                .arg("--tlskey")
+                .arg(&tls.key_file)
+                .arg("--tlscacert")
+                .arg(&tls.ca_file);
+            if tls.client.is_some() {
+                command.arg("--tlsverify");
+            }
+        }
+        let child = command
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -373,7 +457,7 @@ impl NatsServer {
                 )));
             }
             let ready = tokio::time::timeout(Duration::from_secs(5), async {
-                let client = async_nats::connect(self.address()).await.ok()?;
+                let client = self.client().await.ok()?;
                 // Any answer of JetStream's API (here: no such stream) means it is up; the
                 // account query's answer of nats-server 2.9 does not parse in this client.
                 match async_nats::jetstream::new(client).get_stream("READY").await {
@@ -410,9 +494,19 @@ impl NatsServer {
         format!("nats://{}/{subject}?stream={stream}{extra}", self.address())
     }
 
-    /// A new client.
+    /// A new client (over TLS, with the client certificate if any, for a server started with
+    /// [`Self::start_tls`]).
     pub async fn client(&self) -> Result<async_nats::Client, async_nats::ConnectError> {
-        async_nats::connect(self.address()).await
+        let mut options = async_nats::ConnectOptions::new();
+        if let Some(tls) = &self.tls {
+            options = options
+                .require_tls(true)
+                .add_root_certificates(tls.ca_file.clone());
+            if let Some((cert, key)) = &tls.client {
+                options = options.add_client_certificate(cert.clone(), key.clone());
+            }
+        }
+        options.connect(self.address()).await
     }
 
     /// The file the server logs to.

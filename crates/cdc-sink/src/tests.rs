@@ -1,12 +1,14 @@
-//! Unit tests of the sink URI parser, the blackhole sink and the file sink.
+//! Unit tests of the sink URI parser (its TLS parameters too), the blackhole sink and the file
+//! sink.
 
 use std::time::Duration;
 
 use cdc_model::ChangeEvent;
 
 use crate::{
-    BlackholeSink, Error, EtcdSinkConfig, FileSink, FileSinkConfig, MysqlSinkConfig, Sink,
-    SinkConfig, SinkKind, SinkUri, Tombstones, file_name, json_line,
+    BlackholeSink, Error, EtcdSinkConfig, FileSink, FileSinkConfig, MYSQL_TLS_PARAMETERS,
+    MysqlSinkConfig, Sink, SinkConfig, SinkKind, SinkTls, SinkUri, TLS_PARAMETERS, Tombstones,
+    file_name, json_line,
 };
 
 #[test]
@@ -74,6 +76,7 @@ fn parameters_are_parsed() {
             prefix: b"/mirror/".to_vec(),
             batch_size: 64,
             flush_interval: Duration::from_secs(2),
+            tls: None,
         })
     );
 }
@@ -349,6 +352,7 @@ fn mysql_uri_is_parsed() {
             batch_size: 100,
             tombstones: Tombstones::PurgeAfter(Duration::from_secs(3600)),
             flush_interval: Duration::from_millis(200),
+            tls: None,
         })
     );
     let SinkConfig::Mysql(config) = SinkUri::parse("mysql://u@h:1/d?table=t").unwrap().config
@@ -398,6 +402,7 @@ fn nats_uri_is_parsed() {
             stream: "CHANGES".to_owned(),
             create_stream: true,
             flush_interval: Duration::from_secs(1),
+            tls: None,
         })
     );
     for (bad, named) in [
@@ -410,5 +415,142 @@ fn nats_uri_is_parsed() {
     ] {
         let err = SinkUri::parse(bad).unwrap_err();
         assert!(err.to_string().contains(named), "{bad}: {err}");
+    }
+}
+
+#[test]
+fn tls_parameters_are_parsed() {
+    let SinkConfig::Etcd(etcd) = SinkUri::parse("etcd://h:1,h:2/dst/?ca=/pki/ca.pem&batch-size=8")
+        .unwrap()
+        .config
+    else {
+        panic!("not an etcd sink")
+    };
+    assert_eq!(
+        etcd.tls,
+        Some(SinkTls {
+            ca: "/pki/ca.pem".into(),
+            identity: None,
+            parameters: TLS_PARAMETERS,
+        })
+    );
+    let SinkConfig::Etcd(etcd) =
+        SinkUri::parse("etcd://h:1/dst/?ca=/pki/ca.pem&cert=/pki/c.pem&key=/pki/c-key.pem")
+            .unwrap()
+            .config
+    else {
+        panic!("not an etcd sink")
+    };
+    assert_eq!(
+        etcd.tls.unwrap().identity,
+        Some(("/pki/c.pem".into(), "/pki/c-key.pem".into()))
+    );
+
+    let SinkConfig::Mysql(mysql) = SinkUri::parse(
+        "mysql://u:p@h:1/d?table=t&ssl-ca=/pki/ca.pem&ssl-cert=/pki/c.pem&ssl-key=/pki/c-key.pem",
+    )
+    .unwrap()
+    .config
+    else {
+        panic!("not a mysql sink")
+    };
+    assert_eq!(
+        mysql.tls,
+        Some(SinkTls {
+            ca: "/pki/ca.pem".into(),
+            identity: Some(("/pki/c.pem".into(), "/pki/c-key.pem".into())),
+            parameters: MYSQL_TLS_PARAMETERS,
+        })
+    );
+    let SinkConfig::Mysql(mysql) = SinkUri::parse("mysql://u@h:1/d?table=t").unwrap().config else {
+        panic!("not a mysql sink")
+    };
+    assert_eq!(mysql.tls, None);
+
+    let SinkConfig::Nats(nats) = SinkUri::parse("nats://h:1/cdc?stream=S&ca=/pki/ca%20dir/ca.pem")
+        .unwrap()
+        .config
+    else {
+        panic!("not a nats sink")
+    };
+    assert_eq!(
+        nats.tls,
+        Some(SinkTls {
+            ca: "/pki/ca dir/ca.pem".into(),
+            identity: None,
+            parameters: TLS_PARAMETERS,
+        })
+    );
+}
+
+#[test]
+fn tls_parameters_without_what_they_need_are_named() {
+    for (uri, parameter, needs) in [
+        ("etcd://h:1/p?cert=/c.pem&key=/k.pem", "cert", "ca"),
+        ("etcd://h:1/p?key=/k.pem", "key", "ca"),
+        ("etcd://h:1/p?ca=/ca.pem&cert=/c.pem", "cert", "key"),
+        ("etcd://h:1/p?ca=/ca.pem&key=/k.pem", "key", "cert"),
+        ("nats://h:1/s?stream=S&cert=/c.pem&key=/k.pem", "cert", "ca"),
+        (
+            "nats://h:1/s?stream=S&ca=/ca.pem&cert=/c.pem",
+            "cert",
+            "key",
+        ),
+        (
+            "mysql://u@h:1/d?table=t&ssl-cert=/c.pem&ssl-key=/k.pem",
+            "ssl-cert",
+            "ssl-ca",
+        ),
+        (
+            "mysql://u@h:1/d?table=t&ssl-key=/k.pem",
+            "ssl-key",
+            "ssl-ca",
+        ),
+        (
+            "mysql://u@h:1/d?table=t&ssl-ca=/ca.pem&ssl-key=/k.pem",
+            "ssl-key",
+            "ssl-cert",
+        ),
+    ] {
+        let err = SinkUri::parse(uri).unwrap_err();
+        assert!(
+            matches!(&err, Error::TlsParameterMissing { parameter: p, needs: n, .. } if *p == parameter && *n == needs),
+            "{uri}: {err:?}"
+        );
+        let message = err.to_string();
+        assert!(
+            message.contains(&format!("{parameter:?}")) && message.contains(&format!("{needs:?}")),
+            "{uri}: {message}"
+        );
+        assert!(!err.is_retryable());
+    }
+    for (uri, parameter) in [
+        ("etcd://h:1/p?ca=", "ca"),
+        ("mysql://u@h:1/d?table=t&ssl-ca=", "ssl-ca"),
+        ("nats://h:1/s?stream=S&ca=/ca.pem&cert=&key=/k.pem", "cert"),
+    ] {
+        let err = SinkUri::parse(uri).unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidParameter { parameter: named, .. } if named == parameter),
+            "{uri}: {err:?}"
+        );
+    }
+}
+
+#[test]
+fn tls_parameters_of_another_scheme_are_unknown() {
+    for (uri, scheme, parameter) in [
+        ("mysql://u@h:1/d?table=t&ca=/ca.pem", "mysql", "ca"),
+        ("mysql://u@h:1/d?table=t&cert=/c.pem", "mysql", "cert"),
+        ("etcd://h:1/p?ssl-ca=/ca.pem", "etcd", "ssl-ca"),
+        ("nats://h:1/s?stream=S&ssl-key=/k.pem", "nats", "ssl-key"),
+        ("file:///d?ca=/ca.pem", "file", "ca"),
+        ("blackhole://?cert=/c.pem", "blackhole", "cert"),
+    ] {
+        let err = SinkUri::parse(uri).unwrap_err();
+        assert!(
+            matches!(&err, Error::UnknownParameter { scheme: s, parameter: p } if s == scheme && p == parameter),
+            "{uri}: {err:?}"
+        );
     }
 }

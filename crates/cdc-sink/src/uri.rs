@@ -3,13 +3,20 @@
 //! `blackhole://` takes no parameters. `file:///dir` takes `max-file-size` (bytes, or with a
 //! unit `KB`, `KiB`, `MB`, `MiB`, `GB`, `GiB`; default 64 MiB) and `flush-interval`.
 //! `etcd://host:port[,host:port]/prefix` takes `batch-size` (1 to 128, etcd's default limit of
-//! operations per transaction; default 128) and `flush-interval`.
-//! `mysql://user:password@host:port/database?table=name` takes `table` (required), `batch-size`
-//! (rows per statement, 1 to 4096; default 512), `tombstones` (`keep`, the default, or
-//! `purge-after=<duration>`) and `flush-interval`. `nats://host:port/subject?stream=name` takes
-//! `stream` (required), `create-stream` (`true` or `false`, the default) and `flush-interval`. `flush-interval` is a number with a unit `ms`,
-//! `s`, `m` or `h` (default 1 s). A parameter given twice, or one the scheme does not know, is an
-//! error naming it.
+//! operations per transaction; default 128), `flush-interval` and the TLS files `ca`, `cert`,
+//! `key`. `mysql://user:password@host:port/database?table=name` takes `table` (required),
+//! `batch-size` (rows per statement, 1 to 4096; default 512), `tombstones` (`keep`, the default,
+//! or `purge-after=<duration>`), `flush-interval` and the TLS files `ssl-ca`, `ssl-cert`,
+//! `ssl-key`. `nats://host:port/subject?stream=name` takes `stream` (required), `create-stream`
+//! (`true` or `false`, the default), `flush-interval` and the TLS files `ca`, `cert`, `key`.
+//! `flush-interval` is a number with a unit `ms`, `s`, `m` or `h` (default 1 s). A parameter given
+//! twice, or one the scheme does not know, is an error naming it.
+//!
+//! The TLS parameters are TiCDC's names (`ca`, `cert`, `key` of its Kafka sink; `ssl-ca`,
+//! `ssl-cert`, `ssl-key` of its MySQL sink, `pkg/sink/mysql/config.go` in pingcap/tiflow): with
+//! the CA the sink speaks TLS and verifies the server against it; the client certificate and its
+//! key go together and need the CA (docs/security.md, "TLS to the sinks"). The files are read
+//! when the sink opens ([`SinkTls::load`]).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -56,6 +63,42 @@ pub struct FileSinkConfig {
     pub flush_interval: Duration,
 }
 
+/// The names a scheme gives its TLS parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TlsParameters {
+    /// The CA that verifies the server.
+    pub ca: &'static str,
+    /// The client certificate.
+    pub cert: &'static str,
+    /// The client certificate's private key.
+    pub key: &'static str,
+}
+
+/// The TLS parameters of `etcd://` and `nats://` (TiCDC's Kafka sink's names).
+pub const TLS_PARAMETERS: TlsParameters = TlsParameters {
+    ca: "ca",
+    cert: "cert",
+    key: "key",
+};
+
+/// The TLS parameters of `mysql://` (TiCDC's MySQL sink's names).
+pub const MYSQL_TLS_PARAMETERS: TlsParameters = TlsParameters {
+    ca: "ssl-ca",
+    cert: "ssl-cert",
+    key: "ssl-key",
+};
+
+/// TLS to a sink's server: the files the URI names (read when the sink opens).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkTls {
+    /// The CA certificates (PEM) that verify the server.
+    pub ca: PathBuf,
+    /// The client certificate chain and its private key (PEM), for mutual TLS.
+    pub identity: Option<(PathBuf, PathBuf)>,
+    /// What the URI calls these, for errors.
+    pub parameters: TlsParameters,
+}
+
 /// The settings of an `etcd://` sink.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EtcdSinkConfig {
@@ -67,6 +110,8 @@ pub struct EtcdSinkConfig {
     pub batch_size: usize,
     /// How often the pipeline flushes.
     pub flush_interval: Duration,
+    /// TLS (`https://` endpoints), with `ca`.
+    pub tls: Option<SinkTls>,
 }
 
 /// What the MySQL sink does with the row of a deleted key.
@@ -102,6 +147,8 @@ pub struct MysqlSinkConfig {
     pub tombstones: Tombstones,
     /// How often the pipeline flushes.
     pub flush_interval: Duration,
+    /// TLS, required and verified, with `ssl-ca`.
+    pub tls: Option<SinkTls>,
 }
 
 impl MysqlSinkConfig {
@@ -123,6 +170,7 @@ impl std::fmt::Debug for MysqlSinkConfig {
             .field("batch_size", &self.batch_size)
             .field("tombstones", &self.tombstones)
             .field("flush_interval", &self.flush_interval)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -140,6 +188,8 @@ pub struct NatsSinkConfig {
     pub create_stream: bool,
     /// How often the pipeline flushes.
     pub flush_interval: Duration,
+    /// TLS, required, with `ca`.
+    pub tls: Option<SinkTls>,
 }
 
 /// A sink's settings, by scheme.
@@ -230,7 +280,7 @@ impl SinkUri {
                 check_known(
                     &scheme_lower,
                     &parameters,
-                    &["batch-size", "flush-interval"],
+                    &["batch-size", "flush-interval", "ca", "cert", "key"],
                 )?;
                 let (hosts, path) = match location.split_once('/') {
                     Some((hosts, path)) => (hosts, path),
@@ -262,13 +312,22 @@ impl SinkUri {
                     prefix,
                     batch_size,
                     flush_interval: flush_interval(&parameters)?,
+                    tls: parse_tls(&parameters, TLS_PARAMETERS)?,
                 })
             }
             "mysql" => {
                 check_known(
                     &scheme_lower,
                     &parameters,
-                    &["table", "batch-size", "tombstones", "flush-interval"],
+                    &[
+                        "table",
+                        "batch-size",
+                        "tombstones",
+                        "flush-interval",
+                        "ssl-ca",
+                        "ssl-cert",
+                        "ssl-key",
+                    ],
                 )?;
                 SinkConfig::Mysql(parse_mysql(uri, location, &parameters)?)
             }
@@ -276,7 +335,14 @@ impl SinkUri {
                 check_known(
                     &scheme_lower,
                     &parameters,
-                    &["stream", "create-stream", "flush-interval"],
+                    &[
+                        "stream",
+                        "create-stream",
+                        "flush-interval",
+                        "ca",
+                        "cert",
+                        "key",
+                    ],
                 )?;
                 SinkConfig::Nats(parse_nats(uri, location, &parameters)?)
             }
@@ -373,6 +439,7 @@ fn parse_nats(
         stream,
         create_stream,
         flush_interval: flush_interval(parameters)?,
+        tls: parse_tls(parameters, TLS_PARAMETERS)?,
     })
 }
 
@@ -466,7 +533,45 @@ fn parse_mysql(
         batch_size,
         tombstones,
         flush_interval: flush_interval(parameters)?,
+        tls: parse_tls(parameters, MYSQL_TLS_PARAMETERS)?,
     })
+}
+
+/// The TLS files of a URI, under the scheme's `names`: none, the CA alone, or the CA with a
+/// client certificate and its key.
+fn parse_tls(parameters: &[(String, String)], names: TlsParameters) -> Result<Option<SinkTls>> {
+    let file = |name: &'static str| -> Result<Option<PathBuf>> {
+        match parameter(parameters, name) {
+            None => Ok(None),
+            Some("") => Err(invalid(name, "", "names no file")),
+            Some(path) => Ok(Some(PathBuf::from(path))),
+        }
+    };
+    let (ca, cert, key) = (file(names.ca)?, file(names.cert)?, file(names.key)?);
+    let missing = |parameter, needs, reason| Error::TlsParameterMissing {
+        parameter,
+        needs,
+        reason,
+    };
+    const NEEDS_CA: &str = "TLS verifies the server against the CA";
+    const PAIR: &str = "a client certificate goes with its private key";
+    match (ca, cert, key) {
+        (None, None, None) => Ok(None),
+        (None, Some(_), _) => Err(missing(names.cert, names.ca, NEEDS_CA)),
+        (None, None, Some(_)) => Err(missing(names.key, names.ca, NEEDS_CA)),
+        (Some(_), Some(_), None) => Err(missing(names.cert, names.key, PAIR)),
+        (Some(_), None, Some(_)) => Err(missing(names.key, names.cert, PAIR)),
+        (Some(ca), None, None) => Ok(Some(SinkTls {
+            ca,
+            identity: None,
+            parameters: names,
+        })),
+        (Some(ca), Some(cert), Some(key)) => Ok(Some(SinkTls {
+            ca,
+            identity: Some((cert, key)),
+            parameters: names,
+        })),
+    }
 }
 
 /// A MySQL name we quote without escaping: letters, digits, `_` and `$`, at most 64 bytes.

@@ -3,7 +3,8 @@
 //! the database restarts, and the table ends equal to the upstream's final state; and each error
 //! the sink meets (a refused login, a missing database, a row larger than the server takes, a
 //! server gone) shows as the changefeed's error with the server's message, and the changefeed
-//! resumes once its cause is gone.
+//! resumes once its cause is gone; and a sink over TLS (`ssl-ca`) whose CA file is missing at
+//! first (docs/security.md, "TLS to the sinks").
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -327,6 +328,65 @@ async fn mysql_errors_show_on_the_changefeed_which_resumes_once_they_are_fixed()
             .map(|(value, _)| value.as_slice())
             == Some(&b"b"[..]),
         "{login:?}"
+    );
+    Ok(())
+}
+
+/// A throwaway CA (PEM) and a server certificate for 127.0.0.1 signed by it, with its key.
+fn tls_files(dir: &std::path::Path) -> Result<cdc_sink::testing::TlsFiles> {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate()?)?;
+    let key = KeyPair::generate()?;
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_owned()])?.signed_by(&key, &ca)?;
+    let files = cdc_sink::testing::TlsFiles {
+        ca_file: dir.join("ca.pem"),
+        cert_file: dir.join("server.pem"),
+        key_file: dir.join("server-key.pem"),
+        client: None,
+    };
+    std::fs::write(&files.ca_file, ca.pem())?;
+    std::fs::write(&files.cert_file, cert.pem())?;
+    std::fs::write(&files.key_file, key.serialize_pem())?;
+    Ok(files)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_tls_file_shows_on_the_changefeed_which_resumes_once_it_is_there() -> Result<()> {
+    let cluster = Cluster::start(1, "mysql-tls").await?;
+    let dir = tempfile::tempdir()?;
+    let files = tls_files(dir.path())?;
+    let database = MariaDb::start_tls(files.clone()).await?;
+    let (owner, _) = cluster.wait_owner(SETTLE).await?;
+    let from = store_revision(&cluster.client).await?;
+    // The CA is not there yet.
+    let ca = dir.path().join("sink-ca.pem");
+    let sink_uri = database.sink_uri(
+        "tls_kv",
+        &format!("&flush-interval=200ms&ssl-ca={}", ca.display()),
+    );
+    cluster
+        .create(owner, &changefeed("tls", "/tls/", from, &sink_uri, 1))
+        .await?;
+    cluster.client.put("/tls/a", "a", 0).await?;
+    let error = wait_error(&cluster, "tls", &ca.display().to_string()).await?;
+    ensure!(
+        error["code"] == "CDC:ErrSinkURIInvalid"
+            && error["message"]
+                .as_str()
+                .is_some_and(|message| message.contains("\"ssl-ca\"")),
+        "the error of {error}"
+    );
+
+    // The file appears: the changefeed resumes over TLS (the server takes nothing else).
+    std::fs::copy(&files.ca_file, &ca)?;
+    wait_caught_up(&cluster, "tls").await?;
+    let admin = database.pool().await?;
+    let (rows, _) = table(&admin, "tls_kv").await?;
+    ensure!(
+        rows.get(&b"/tls/a"[..]).map(|(value, _)| value.as_slice()) == Some(&b"a"[..]),
+        "{rows:?}"
     );
     Ok(())
 }

@@ -17,6 +17,7 @@ fn sink(server: &EtcdServer, client: &EtcdClient, batch_size: usize) -> EtcdSink
         prefix: b"/dst/".to_vec(),
         batch_size,
         flush_interval: DEFAULT_FLUSH_INTERVAL,
+        tls: None,
     };
     EtcdSink::new(client.clone(), config, b"/src/".to_vec())
 }
