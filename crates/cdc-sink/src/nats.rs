@@ -4,8 +4,9 @@
 //! payload ([`crate::json_line`]) and a `Nats-Msg-Id` header made of the changefeed, the
 //! revision and the key ([`msg_id`]), so that JetStream drops the copies a replay publishes
 //! again inside the stream's duplicate window. Writes are buffered until [`Sink::flush`], which
-//! publishes them in order on the changefeed's connection and returns once JetStream has
-//! acknowledged every one, so the checkpoint never covers a change the stream has not stored.
+//! publishes them on the changefeed's connection, in waves of at most one change per key
+//! ([`waves`]), each key's changes in order, and returns once JetStream has acknowledged every
+//! one, so the checkpoint never covers a change the stream has not stored.
 //!
 //! The stream must exist and take the subject; with `create-stream=true` a missing stream is
 //! created with the subjects `<subject>.>` and a duplicate window of [`DUPLICATE_WINDOW`].
@@ -200,29 +201,53 @@ impl NatsSink {
     }
 
     async fn publish_all(&self, events: &[ChangeEvent]) -> Result<()> {
-        for chunk in events.chunks(MAX_IN_FLIGHT) {
-            let mut acks = Vec::with_capacity(chunk.len());
-            for event in chunk {
-                let mut headers = async_nats::HeaderMap::new();
-                headers.insert("Nats-Msg-Id", msg_id(&self.changefeed, event).as_str());
-                let ack = self
-                    .jetstream
-                    .publish_with_headers(
-                        self.subject.clone(),
-                        headers,
-                        bytes::Bytes::from(json_line(event)),
-                    )
-                    .await
-                    .map_err(|err| self.error("publish", Box::new(err)))?;
-                acks.push(ack);
-            }
-            for ack in acks {
-                ack.await
-                    .map_err(|err| self.error("publish acknowledgement", Box::new(err)))?;
+        for wave in waves(events) {
+            for chunk in wave.chunks(MAX_IN_FLIGHT) {
+                let mut acks = Vec::with_capacity(chunk.len());
+                for event in chunk {
+                    let mut headers = async_nats::HeaderMap::new();
+                    headers.insert("Nats-Msg-Id", msg_id(&self.changefeed, event).as_str());
+                    let ack = self
+                        .jetstream
+                        .publish_with_headers(
+                            self.subject.clone(),
+                            headers,
+                            bytes::Bytes::from(json_line(event)),
+                        )
+                        .await
+                        .map_err(|err| self.error("publish", Box::new(err)))?;
+                    acks.push(ack);
+                }
+                for ack in acks {
+                    ack.await
+                        .map_err(|err| self.error("publish acknowledgement", Box::new(err)))?;
+                }
             }
         }
         Ok(())
     }
+}
+
+/// `events` in waves that hold at most one change of each key, each key's changes in order
+/// across the waves: wave `n` holds every key's `n`-th change of the flush.
+///
+/// A wave is published and acknowledged before the next is sent, so no key ever has two
+/// changes in flight. With two in flight, a server that crashed after storing the newer one
+/// but not the older one (the client sends what it still holds once it reconnects) would leave
+/// the older one to a replay, stored after the newer: out of order for that key.
+fn waves(events: &[ChangeEvent]) -> Vec<Vec<&ChangeEvent>> {
+    let mut seen: std::collections::HashMap<&[u8], usize> =
+        std::collections::HashMap::with_capacity(events.len());
+    let mut waves: Vec<Vec<&ChangeEvent>> = Vec::new();
+    for event in events {
+        let count = seen.entry(event.key.as_slice()).or_insert(0);
+        if *count == waves.len() {
+            waves.push(Vec::new());
+        }
+        waves[*count].push(event);
+        *count += 1;
+    }
+    waves
 }
 
 impl Sink for NatsSink {

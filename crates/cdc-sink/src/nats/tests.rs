@@ -150,3 +150,22 @@ async fn nats_sink_names_a_missing_or_mismatched_stream_and_a_server_gone() {
     assert_eq!(ids, ["cf:1:/src/a", "cf:2:/src/b"]);
     sink.close().await.unwrap();
 }
+
+#[test]
+fn a_flush_is_published_in_waves_of_one_change_per_key() {
+    let events = [
+        ChangeEvent::put("/a", "1", 1),
+        ChangeEvent::put("/b", "2", 2),
+        ChangeEvent::put("/a", "3", 3),
+        ChangeEvent::put("/a", "4", 4),
+        ChangeEvent::delete("/b", 5),
+        ChangeEvent::put("/c", "6", 6),
+    ];
+    let revisions: Vec<Vec<u64>> = super::waves(&events)
+        .iter()
+        .map(|wave| wave.iter().map(|event| event.revision).collect())
+        .collect();
+    // Every change once; no key twice in a wave; each key's changes in order across waves.
+    assert_eq!(revisions, vec![vec![1, 2, 6], vec![3, 5], vec![4]]);
+    assert!(super::waves(&[]).is_empty());
+}
