@@ -413,6 +413,34 @@ async fn a_mutual_tls_cluster_works_and_refuses_strangers() -> Result<()> {
     })
     .await
     .with_context(|| format!("no refusal logged:\n{}", target.log_tail(20)))?;
+    // TiCDC's `cli --ca --cert --key` talks to the TLS cluster; without them it is refused.
+    let path = |path: &Path| path.display().to_string();
+    let server = format!("https://{}", target.address);
+    let output = tokio::process::Command::new(server_binary())
+        .args(["cli", "--server", &server, "--ca", &path(&pki.ca)])
+        .args([
+            "--cert",
+            &path(&pki.client.cert),
+            "--key",
+            &path(&pki.client.key),
+        ])
+        .args(["capture", "list"])
+        .output()
+        .await?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    ensure!(
+        output.status.success() && stdout.contains(&target.address),
+        "cli over TLS: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let output = tokio::process::Command::new(server_binary())
+        .args(["cli", "--server", &server, "capture", "list"])
+        .output()
+        .await?;
+    ensure!(
+        !output.status.success(),
+        "cli without a certificate was served"
+    );
     wait_for(Duration::from_secs(30), || healthy(&pki, &nodes))
         .await
         .with_context(|| format!("the cluster broke:\n{}", tails(&nodes)))?;
