@@ -70,7 +70,7 @@ struct ChangefeedId {
 #[derive(Debug, Subcommand)]
 enum ChangefeedCommand {
     /// Create a changefeed.
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// List the changefeeds.
     List {
         /// Also list the removed and finished ones.

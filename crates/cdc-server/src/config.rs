@@ -31,7 +31,7 @@ pub(crate) enum Command {
     /// Start a capture server (TiCDC's `cdc server`).
     Server(Box<ServerArgs>),
     /// Manage the cluster over its HTTP API (TiCDC's `cdc cli`).
-    Cli(crate::cli::CliArgs),
+    Cli(Box<crate::cli::CliArgs>),
     /// Print the version, git hash and build time (TiCDC's `cdc version`).
     Version,
     /// Print the tables of flags and configuration keys of `docs/operations.md`.

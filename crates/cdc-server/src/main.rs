@@ -31,7 +31,7 @@ fn main() -> ExitCode {
     cdc_capture::install_crypto_provider();
     let cli = config::Cli::parse();
     let server = match cli.command {
-        Some(config::Command::Cli(args)) => return cli::run(args),
+        Some(config::Command::Cli(args)) => return cli::run(*args),
         Some(config::Command::Version) => {
             #[allow(clippy::print_stdout, reason = "the command's output")]
             {
