@@ -106,7 +106,8 @@ pub struct EtcdSinkConfig {
     pub endpoints: Vec<String>,
     /// The prefix that replaces the source prefix.
     pub prefix: Vec<u8>,
-    /// Changes per transaction.
+    /// Operations per transaction (`batch-size`): each change is two, its key and its revision
+    /// record, so a transaction holds half as many changes.
     pub batch_size: usize,
     /// How often the pipeline flushes.
     pub flush_interval: Duration,
