@@ -33,6 +33,80 @@ const REMOVAL_DELAY: u64 = 5;
 /// Generous bound for what takes a few ticks on an idle machine.
 const SETTLE: Duration = Duration::from_secs(30);
 
+/// The upstream etcd's store revision.
+async fn store_revision(client: &EtcdClient) -> Result<u64> {
+    Ok(u64::try_from(
+        client.get("/", GetOptions::default()).await?.revision,
+    )?)
+}
+
+/// The checkpoint of changefeed `id` as the API reports it.
+async fn checkpoint(cluster: &Cluster, id: &str) -> Option<u64> {
+    cluster.changefeed(id).await?["checkpoint_ts"].as_u64()
+}
+
+/// A writer running while an end-to-end test fails captures and servers in turn, at store
+/// revisions counted from `from`.
+struct Faults {
+    writer: tokio::task::JoinHandle<Result<()>>,
+    client: EtcdClient,
+    from: u64,
+}
+
+impl Faults {
+    /// Starts `write` on a client of the cluster's etcd.
+    fn start<F>(cluster: &Cluster, from: u64, write: impl FnOnce(EtcdClient) -> F) -> Faults
+    where
+        F: std::future::Future<Output = Result<()>> + Send + 'static,
+    {
+        Faults {
+            writer: tokio::spawn(write(cluster.client.clone())),
+            client: cluster.client.clone(),
+            from,
+        }
+    }
+
+    /// Waits (180 s at most) until the writes reach revision `from + offset`.
+    async fn reach(&self, offset: u64) -> Result<()> {
+        let target = self.from + offset;
+        wait_for(Duration::from_secs(180), || async {
+            let revision = self
+                .client
+                .get("/", GetOptions::default())
+                .await
+                .ok()?
+                .revision;
+            (u64::try_from(revision).ok()? >= target).then_some(())
+        })
+        .await
+    }
+
+    /// Kills (SIGKILL) a capture other than the owner at `from + capture`, then the owner at
+    /// `from + owner`, each replaced by a new capture.
+    async fn kill_a_capture_then_the_owner(
+        &self,
+        cluster: &mut Cluster,
+        capture: u64,
+        owner: u64,
+    ) -> Result<()> {
+        self.reach(capture).await?;
+        let (owner_index, _) = cluster.wait_owner(SETTLE).await?;
+        cluster.kill((owner_index + 1) % cluster.nodes.len())?;
+        cluster.add_node();
+        self.reach(owner).await?;
+        let (owner_index, _) = cluster.wait_owner(Duration::from_secs(TTL * 3)).await?;
+        cluster.kill(owner_index)?;
+        cluster.add_node();
+        Ok(())
+    }
+
+    /// Waits for the writer to finish; the store revision after its last write.
+    async fn finish(self) -> Result<u64> {
+        self.writer.await??;
+        store_revision(&self.client).await
+    }
+}
+
 /// One `cdc-server` process with its own span log.
 struct Node {
     server: ServerNode,

@@ -12,7 +12,7 @@ use cdc_etcd::testing::EtcdServer;
 use cdc_etcd::{EtcdClient, EventKind, GetOptions, WatchOptions};
 use serde_json::{Value, json};
 
-use super::{Cluster, SETTLE, TTL};
+use super::{Cluster, Faults, SETTLE, checkpoint, store_revision};
 use crate::support::wait_for;
 
 const PREFIX: &str = "/dp/";
@@ -157,18 +157,6 @@ fn read_files(dir: &Path) -> Result<(Vec<Change>, State)> {
     Ok((all, state))
 }
 
-/// The changefeed's checkpoint as the API reports it.
-async fn checkpoint(cluster: &Cluster, id: &str) -> Option<u64> {
-    cluster.changefeed(id).await?["checkpoint_ts"].as_u64()
-}
-
-/// The upstream etcd's store revision.
-async fn store_revision(client: &EtcdClient) -> Result<u64> {
-    Ok(u64::try_from(
-        client.get("/", GetOptions::default()).await?.revision,
-    )?)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_change_reaches_the_file_and_etcd_sinks_through_kills_and_a_sink_restart()
 -> Result<()> {
@@ -212,35 +200,17 @@ async fn every_change_reaches_the_file_and_etcd_sinks_through_kills_and_a_sink_r
     }
 
     // The writes run while a capture, the owner and the sink's etcd fail in turn.
-    let writer = tokio::spawn({
-        let client = cluster.client.clone();
-        async move { write_changes(&client).await }
+    let faults = Faults::start(&cluster, from, |client| async move {
+        write_changes(&client).await
     });
-    let upstream = cluster.client.clone();
-    let progressed = |target: u64| {
-        let client = upstream.clone();
-        async move {
-            wait_for(Duration::from_secs(180), || async {
-                let revision = client.get("/", GetOptions::default()).await.ok()?.revision;
-                (u64::try_from(revision).ok()? >= target).then_some(())
-            })
-            .await
-        }
-    };
-    progressed(from + 20_000).await?;
-    let (owner, _) = cluster.wait_owner(SETTLE).await?;
-    cluster.kill((owner + 1) % cluster.nodes.len())?;
-    cluster.add_node();
-    progressed(from + 45_000).await?;
-    let (owner, _) = cluster.wait_owner(Duration::from_secs(TTL * 3)).await?;
-    cluster.kill(owner)?;
-    cluster.add_node();
-    progressed(from + 70_000).await?;
+    faults
+        .kill_a_capture_then_the_owner(&mut cluster, 20_000, 45_000)
+        .await?;
+    faults.reach(70_000).await?;
     sink_etcd.kill()?;
-    progressed(from + 80_000).await?;
+    faults.reach(80_000).await?;
     sink_etcd.restart().await?;
-    writer.await??;
-    let last = store_revision(&cluster.client).await?;
+    let last = faults.finish().await?;
 
     // Both changefeeds catch up (the etcd one after retrying past the sink's restart).
     let catch_up = Duration::from_secs(180);

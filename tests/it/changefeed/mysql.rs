@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use sqlx::Row as _;
 use sqlx::mysql::MySqlPool;
 
-use super::{Cluster, SETTLE, TTL};
+use super::{Cluster, Faults, SETTLE, checkpoint, store_revision};
 use crate::support::wait_for;
 
 const PREFIX: &str = "/my/";
@@ -88,18 +88,6 @@ async fn table(pool: &MySqlPool, table: &str) -> Result<(State, Vec<Vec<u8>>)> {
     Ok((state, tombstones))
 }
 
-/// The changefeed's checkpoint as the API reports it.
-async fn checkpoint(cluster: &Cluster, id: &str) -> Option<u64> {
-    cluster.changefeed(id).await?["checkpoint_ts"].as_u64()
-}
-
-/// The upstream etcd's store revision.
-async fn store_revision(client: &EtcdClient) -> Result<u64> {
-    Ok(u64::try_from(
-        client.get("/", GetOptions::default()).await?.revision,
-    )?)
-}
-
 /// A changefeed from `from` over `prefix` into `sink_uri`, in `n_spans` spans.
 fn changefeed(id: &str, prefix: &str, from: u64, sink_uri: &str, n_spans: usize) -> Value {
     json!({
@@ -130,35 +118,17 @@ async fn every_change_reaches_the_mysql_table_through_kills_and_a_database_resta
     cluster.wait_replicating("to-mysql", 3, SETTLE).await?;
 
     // The writes run while a capture, the owner and the database fail in turn.
-    let writer = tokio::spawn({
-        let client = cluster.client.clone();
-        async move { write_changes(&client).await }
+    let faults = Faults::start(&cluster, from, |client| async move {
+        write_changes(&client).await
     });
-    let upstream_client = cluster.client.clone();
-    let progressed = |target: u64| {
-        let client = upstream_client.clone();
-        async move {
-            wait_for(Duration::from_secs(180), || async {
-                let revision = client.get("/", GetOptions::default()).await.ok()?.revision;
-                (u64::try_from(revision).ok()? >= target).then_some(())
-            })
-            .await
-        }
-    };
-    progressed(from + 8_000).await?;
-    let (owner, _) = cluster.wait_owner(SETTLE).await?;
-    cluster.kill((owner + 1) % cluster.nodes.len())?;
-    cluster.add_node();
-    progressed(from + 18_000).await?;
-    let (owner, _) = cluster.wait_owner(Duration::from_secs(TTL * 3)).await?;
-    cluster.kill(owner)?;
-    cluster.add_node();
-    progressed(from + 28_000).await?;
+    faults
+        .kill_a_capture_then_the_owner(&mut cluster, 8_000, 18_000)
+        .await?;
+    faults.reach(28_000).await?;
     database.kill()?;
-    progressed(from + 32_000).await?;
+    faults.reach(32_000).await?;
     database.restart().await?;
-    writer.await??;
-    let last = store_revision(&cluster.client).await?;
+    let last = faults.finish().await?;
 
     wait_for(Duration::from_secs(300), || async {
         (checkpoint(&cluster, "to-mysql").await? >= last).then_some(())

@@ -10,14 +10,14 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use cdc_etcd::{EtcdClient, EventKind, GetOptions, WatchOptions};
+use cdc_etcd::{EtcdClient, EventKind, WatchOptions};
 use cdc_sink::DUPLICATE_WINDOW;
 use cdc_sink::testing::NatsServer;
 use futures::stream::{self, StreamExt, TryStreamExt};
 use serde_json::{Value, json};
 
 use super::mysql::{wait_caught_up, wait_error};
-use super::{Cluster, SETTLE, TTL};
+use super::{Cluster, Faults, SETTLE, checkpoint, store_revision};
 use crate::support::wait_for;
 
 const PREFIX: &str = "/nats/";
@@ -119,16 +119,6 @@ async fn stored(server: &NatsServer, stream: &str) -> Result<Vec<Stored>> {
         .await
 }
 
-async fn checkpoint(cluster: &Cluster, id: &str) -> Option<u64> {
-    cluster.changefeed(id).await?["checkpoint_ts"].as_u64()
-}
-
-async fn store_revision(client: &EtcdClient) -> Result<u64> {
-    Ok(u64::try_from(
-        client.get("/", GetOptions::default()).await?.revision,
-    )?)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_change_reaches_the_stream_through_kills_and_a_nats_restart() -> Result<()> {
     let mut cluster = Cluster::start(3, "nats-dataplane").await?;
@@ -150,35 +140,17 @@ async fn every_change_reaches_the_stream_through_kills_and_a_nats_restart() -> R
     cluster.create(owner, &body).await?;
     cluster.wait_replicating("to-nats", 3, SETTLE).await?;
 
-    let writer = tokio::spawn({
-        let client = cluster.client.clone();
-        async move { write_changes(&client).await }
+    let faults = Faults::start(&cluster, from, |client| async move {
+        write_changes(&client).await
     });
-    let upstream = cluster.client.clone();
-    let progressed = |target: u64| {
-        let client = upstream.clone();
-        async move {
-            wait_for(Duration::from_secs(180), || async {
-                let revision = client.get("/", GetOptions::default()).await.ok()?.revision;
-                (u64::try_from(revision).ok()? >= target).then_some(())
-            })
-            .await
-        }
-    };
-    progressed(from + 8_000).await?;
-    let (owner, _) = cluster.wait_owner(SETTLE).await?;
-    cluster.kill((owner + 1) % cluster.nodes.len())?;
-    cluster.add_node();
-    progressed(from + 18_000).await?;
-    let (owner, _) = cluster.wait_owner(Duration::from_secs(TTL * 3)).await?;
-    cluster.kill(owner)?;
-    cluster.add_node();
-    progressed(from + 28_000).await?;
+    faults
+        .kill_a_capture_then_the_owner(&mut cluster, 8_000, 18_000)
+        .await?;
+    faults.reach(28_000).await?;
     nats.kill()?;
-    progressed(from + 32_000).await?;
+    faults.reach(32_000).await?;
     nats.restart().await?;
-    writer.await??;
-    let last = store_revision(&cluster.client).await?;
+    let last = faults.finish().await?;
     wait_for(Duration::from_secs(300), || async {
         (checkpoint(&cluster, "to-nats").await? >= last).then_some(())
     })
