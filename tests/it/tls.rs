@@ -88,25 +88,7 @@ fn leaf(
 
 impl Pki {
     fn new() -> Result<Pki> {
-        let dir = tempfile::tempdir()?;
-        let path = dir.path().to_owned();
-        let main = ca("cdc test CA")?;
-        let other = ca("another CA")?;
-        let ca_path = path.join("ca.pem");
-        std::fs::write(&ca_path, main.pem())?;
-        let other_ca = path.join("other-ca.pem");
-        std::fs::write(&other_ca, other.pem())?;
-        Ok(Pki {
-            ca: ca_path,
-            other_ca,
-            etcd: leaf(&path, "etcd", "etcd", &main, false)?,
-            capture: leaf(&path, "capture", CAPTURE_CN, &main, false)?,
-            client: leaf(&path, "client", CLIENT_CN, &main, false)?,
-            stranger: leaf(&path, "stranger", "stranger", &main, false)?,
-            foreign: leaf(&path, "foreign", CLIENT_CN, &other, false)?,
-            expired: leaf(&path, "expired", CLIENT_CN, &main, true)?,
-            dir,
-        })
+        Ok(renewable_pki()?.0)
     }
 
     fn etcd_tls(&self) -> Result<ServerTls> {
@@ -655,7 +637,7 @@ async fn a_changefeed_reads_another_upstream_over_tls_with_its_own_files() -> Re
     Ok(())
 }
 
-/// Certificates of one test as [`Pki::new`] makes them, with the CA kept to sign renewals.
+/// The certificates of one test ([`Pki`]), with the CA that signed them kept to sign renewals.
 fn renewable_pki() -> Result<(Pki, CertifiedIssuer<'static, KeyPair>)> {
     let dir = tempfile::tempdir()?;
     let path = dir.path().to_owned();
