@@ -355,7 +355,9 @@ async fn v2_routes_answer_503_until_the_capture_is_ready() -> Result<()> {
         let (code, text) = request(&node.address, Method::GET, "/api/v2/status", &[], None)
             .await
             .ok()?;
-        (code == 200).then(|| json_of(&text))
+        // Readiness and the won election reach the status separately: wait for both.
+        let status = json_of(&text);
+        (code == 200 && status["is_owner"] == true).then_some(status)
     })
     .await
     .with_context(|| format!("ready after the owner key went\n{}", node.log_tail(30)))?;
